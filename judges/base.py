@@ -1,0 +1,83 @@
+"""What every judge is: a named, versioned scorer of one item for one metric.
+
+Judges come in tiers: tier 0 is free code (`judges.rules`), tiers 1 and 2 are
+LLMs behind the `openai` / `anthropic` clients. All of them answer with a
+`Verdict` (score in [0, 1] = how strongly the problem the metric looks for is
+present; label `flagged` or `ok`; a short explanation).
+
+Errors::
+
+    JudgeError
+    ├── RetryableJudgeError      429, 5xx, timeouts, connection resets
+    ├── InvalidVerdictError      output not valid against the verdict schema
+    └── FatalJudgeError          401/403, unknown model: disable the judge
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from operators.records import JudgeCall, Verdict
+
+METRICS = ("toxicity", "hallucination", "pii", "refusal", "jailbreak", "sentiment")
+
+FLAGGED = "flagged"
+OK = "ok"
+
+
+@dataclass(frozen=True, slots=True)
+class JudgeItem:
+    """What a judge sees: the text to evaluate, as data."""
+
+    input_text: str
+    output_text: str
+    context: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JudgeResult:
+    verdict: Verdict | None
+    call: JudgeCall
+
+
+class JudgeError(Exception):
+    """A judge could not produce a verdict."""
+
+
+class RetryableJudgeError(JudgeError):
+    def __init__(self, msg: str, *, retry_after_s: float | None = None) -> None:
+        super().__init__(msg)
+        self.retry_after_s = retry_after_s
+
+
+class InvalidVerdictError(JudgeError):
+    """The model answered, but not with a verdict that fits the schema."""
+
+
+class FatalJudgeError(JudgeError):
+    """Retrying cannot help (bad key, unknown model): the judge is disabled."""
+
+
+class RuleJudge(Protocol):
+    """Tier 0: synchronous, free, deterministic."""
+
+    name: str
+    version: str
+
+    def judge(self, metric: str, item: JudgeItem) -> Verdict | None:
+        """A verdict, or None when this rule set does not cover `metric`."""
+        ...
+
+
+class LLMJudge(Protocol):
+    """Tiers 1 and 2: an LLM behind an official client, called asynchronously."""
+
+    name: str  # e.g. "openai/gpt-4o-mini"
+    tier: int
+
+    async def judge(self, metric: str, item: JudgeItem) -> JudgeResult:
+        """One call for one metric. Raises `JudgeError` subclasses."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,235 @@
+"""The records that travel through the dataflow.
+
+Hot-path records are `msgspec.Struct`s: cheap to build, to pickle across
+workers and to encode. Money is an integer number of picodollars (1e-12 USD)
+everywhere inside the flow, so sums are exact and never drift; sinks turn it
+into ClickHouse `Decimal(38, 12)` dollars.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+import msgspec
+
+PICO_PER_USD = 10**12
+
+
+def usd_to_pico(usd: Decimal | int | str) -> int:
+    """Dollars as an exact decimal -> integer picodollars (half-even below 1e-12)."""
+    return int((Decimal(usd) * PICO_PER_USD).to_integral_value())
+
+
+def pico_to_usd(pico: int) -> Decimal:
+    return Decimal(pico).scaleb(-12)
+
+
+# --- the wire format of a native LLM-request event -------------------------
+
+
+class Usage(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """Token counts. `input_tokens` includes cached input (the OpenAI and
+    OpenTelemetry convention); `reasoning_tokens` are part of `output_tokens`."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+class ChatMessage(msgspec.Struct, frozen=True):
+    role: str
+    content: str
+
+
+class WireEvent(msgspec.Struct, frozen=True):
+    """One LLM request as producers write it to Kafka (JSON)."""
+
+    event_id: str
+    ts: datetime | int  # RFC 3339 with offset, or epoch milliseconds
+    tenant_id: str
+    agent: str
+    model: str
+    input: str | list[ChatMessage]
+    output: str
+    usage: Usage
+    provider: str | None = None
+    variant: str = "baseline"
+    context: str | None = None
+    cost_usd: Decimal | None = None
+    latency_ms: float | None = None
+    conversation_id: str | None = None
+    user_id: str | None = None
+    metadata: dict[str, str] = {}
+
+
+# --- inside the flow ---------------------------------------------------------
+
+
+class Source(msgspec.Struct, frozen=True, array_like=True):
+    """Where a record came from (Kafka coordinates), for dead letters and audits."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class Event(msgspec.Struct, array_like=True):
+    """A decoded, validated event. `price` fills the cost fields."""
+
+    event_id: str
+    ts_ms: int
+    tenant_id: str
+    agent: str
+    model: str
+    provider: str
+    variant: str
+    input_text: str
+    output_text: str
+    context: str | None
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    provided_cost_pusd: int | None
+    latency_ms: float | None
+    conversation_id: str | None
+    user_id: str | None
+    metadata: dict[str, str]
+    source: Source | None
+    cost_pusd: int = 0
+    cost_source: str = "unpriced"  # provided | catalog | override | unknown
+
+
+class DeadLetter(msgspec.Struct, frozen=True, array_like=True):
+    """A record the flow could not process, with the reason and its origin.
+
+    `key` is deterministic (source coordinates, or a content hash) so a replay
+    writes the same dead letter once.
+    """
+
+    key: str
+    stage: str
+    reason: str
+    raw: bytes
+    source: Source | None
+    ts_ms: int
+
+
+class Verdict(msgspec.Struct, frozen=True, array_like=True):
+    """One judge's answer for one metric."""
+
+    metric: str
+    score: float
+    label: str
+    explanation: str
+    judge: str  # judge id, e.g. "rules/pii@1" or "openai/gpt-4o-mini"
+    tier: int
+
+
+class JudgeCall(msgspec.Struct, frozen=True, array_like=True):
+    """What one judge call cost (tokens and dollars) and how it went."""
+
+    judge: str
+    tier: int
+    input_tokens: int
+    output_tokens: int
+    cost_pusd: int
+    latency_ms: float
+    ok: bool
+    error: str = ""
+
+
+class Evaluation(msgspec.Struct, frozen=True, array_like=True):
+    """A verdict attached to the event it judges (an evaluation row)."""
+
+    eval_id: str
+    event_id: str
+    ts_ms: int
+    tenant_id: str
+    agent: str
+    model: str
+    variant: str
+    metric: str
+    score: float
+    label: str
+    explanation: str
+    judge: str
+    tier: int
+    cache_hit: bool
+    inclusion_prob: float
+    content_hash: str
+    judge_cost_pusd: int
+    judge_latency_ms: float
+    error: str = ""
+
+
+class LedgerEntry(msgspec.Struct, array_like=True):
+    """Partial sums for one (tenant, agent, model, variant, minute): what the
+    windows add up. `price` makes one per event; judges make one per judged
+    event (category `judge`)."""
+
+    tenant_id: str
+    agent: str
+    model: str
+    variant: str
+    ts_ms: int
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_pusd: int = 0
+    unknown_cost_requests: int = 0
+    judge_calls: int = 0
+    judge_cost_pusd: int = 0
+    max_request_cost_pusd: int = 0
+
+    def add(self, other: LedgerEntry) -> None:
+        self.requests += other.requests
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.cost_pusd += other.cost_pusd
+        self.unknown_cost_requests += other.unknown_cost_requests
+        self.judge_calls += other.judge_calls
+        self.judge_cost_pusd += other.judge_cost_pusd
+        self.max_request_cost_pusd = max(self.max_request_cost_pusd, other.max_request_cost_pusd)
+
+
+class CostWindow(msgspec.Struct, frozen=True, array_like=True):
+    """A closed (or revised) tumbling window for one (tenant, agent, model, variant)."""
+
+    window_start_ms: int
+    window_ms: int
+    tenant_id: str
+    agent: str
+    model: str
+    variant: str
+    requests: int
+    input_tokens: int
+    output_tokens: int
+    cost_pusd: int
+    unknown_cost_requests: int
+    judge_calls: int
+    judge_cost_pusd: int
+    max_request_cost_pusd: int
+    revision: int  # 0 when first closed; +1 per late update within the allowed lateness
+
+
+class Alert(msgspec.Struct, frozen=True, array_like=True):
+    """A state transition of one alert rule for one tenant."""
+
+    alert_id: str
+    rule: str
+    tenant_id: str
+    scope: str  # e.g. "" or an agent name
+    level: str  # ok | warn | critical | emergency
+    previous_level: str
+    value: float
+    threshold: float
+    window_start_ms: int
+    window_end_ms: int
+    ts_ms: int
+    message: str
+    runbook: str
