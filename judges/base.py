@@ -42,7 +42,12 @@ class JudgeResult:
 
 
 class JudgeError(Exception):
-    """A judge could not produce a verdict."""
+    """A judge could not produce a verdict. `call` is set when the call itself
+    happened and was billed (e.g. the model answered with an invalid verdict)."""
+
+    def __init__(self, msg: str, *, call: JudgeCall | None = None) -> None:
+        super().__init__(msg)
+        self.call = call
 
 
 class RetryableJudgeError(JudgeError):
@@ -67,6 +72,10 @@ class RuleJudge(Protocol):
 
     def judge(self, metric: str, item: JudgeItem) -> Verdict | None:
         """A verdict, or None when this rule set does not cover `metric`."""
+        ...
+
+    def flags(self, item: JudgeItem) -> frozenset[str]:
+        """Every rule that fires on the item, in one pass (sampler strata)."""
         ...
 
 

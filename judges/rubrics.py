@@ -66,6 +66,20 @@ VERDICT_SCHEMA: dict = {
 }
 
 
+# what is sent as structured-output schema: strict mode rejects numeric and
+# length bounds, which `parse_verdict` checks instead
+API_VERDICT_SCHEMA: dict = {
+    "type": "object",
+    "properties": {
+        "score": {"type": "number"},
+        "label": {"type": "string", "enum": ["flagged", "ok"]},
+        "explanation": {"type": "string"},
+    },
+    "required": ["score", "label", "explanation"],
+    "additionalProperties": False,
+}
+
+
 class VerdictPayload(msgspec.Struct, forbid_unknown_fields=True):
     score: float
     label: str

@@ -102,6 +102,7 @@ class Event(msgspec.Struct, array_like=True):
     source: Source | None
     cost_pusd: int = 0
     cost_source: str = "unpriced"  # provided | catalog | override | unknown
+    flags: tuple[str, ...] = ()  # tier-0 rules that fired (set by `sample`)
 
 
 class DeadLetter(msgspec.Struct, frozen=True, array_like=True):
@@ -185,6 +186,8 @@ class LedgerEntry(msgspec.Struct, array_like=True):
     judge_calls: int = 0
     judge_cost_pusd: int = 0
     max_request_cost_pusd: int = 0
+    # set only on entries that travel alone (not combined), so a correction has a stable id
+    entry_id: str = ""
 
     def add(self, other: LedgerEntry) -> None:
         self.requests += other.requests
@@ -214,7 +217,9 @@ class CostWindow(msgspec.Struct, frozen=True, array_like=True):
     judge_calls: int
     judge_cost_pusd: int
     max_request_cost_pusd: int
-    revision: int  # 0 when first closed; +1 per late update within the allowed lateness
+    version: int  # emission time (ms): the newest row for a window key wins
+    kind: str = "window"  # window | correction (entries after the allowed lateness)
+    correction_id: str = ""  # the late entry's id, for correction rows
 
 
 class Alert(msgspec.Struct, frozen=True, array_like=True):

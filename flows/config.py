@@ -1,0 +1,253 @@
+"""The flow config: one TOML file, validated, plus URLs and secrets from the environment.
+
+`load_settings(path)` is called once at the composition root; the frozen
+`Settings` it returns is handed to `build_flow` and from there to operators
+and sinks, which never read `os.environ` themselves.
+
+Environment (override the file; secrets come only from here):
+
+    JUDGEFLOW_KAFKA_BROKERS      host:port[,host:port]  (unset: embedded mock cluster)
+    JUDGEFLOW_REDIS_URL          redis://host:port/db   (unset: in-process cache)
+    JUDGEFLOW_CLICKHOUSE_DSN     http(s)://user:pass@host:8123 or chdb:///abs/dir
+    OPENAI_API_KEY, OPENAI_BASE_URL, ANTHROPIC_API_KEY, ANTHROPIC_BASE_URL
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from judges.base import METRICS
+
+DEFAULT_CONFIG = Path(__file__).with_name("judgeflow.example.toml")
+
+
+class ConfigError(ValueError):
+    """The flow config is invalid; the message names the key and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+NonNegMoney = Annotated[Decimal, Field(ge=0, max_digits=24, decimal_places=12)]
+
+
+class KafkaConfig(_Section):
+    brokers: str = ""
+    topics: tuple[str, ...] = ("llm-events",)
+    batch_size: int = Field(1000, ge=1, le=100_000)
+    start: Literal["beginning", "end"] = "beginning"
+    tail: bool = True
+    alerts_topic: str = "judgeflow-alerts"
+    dead_letters_topic: str = "judgeflow-dead-letters"
+    extra: dict[str, str] = {}
+
+
+class DecodeConfig(_Section):
+    earliest_ts: datetime = datetime(2020, 1, 1, tzinfo=UTC)
+    max_future_s: int = Field(86_400, ge=0)
+    max_tokens: int = Field(10_000_000, ge=1)
+    max_cost_usd: NonNegMoney = Decimal(1000)
+
+
+class PriceOverride(_Section):
+    """Prices per 1M tokens for a model the catalog does not know (fine-tuned, self-hosted)."""
+
+    input_per_mtok: NonNegMoney
+    output_per_mtok: NonNegMoney
+    cache_read_per_mtok: NonNegMoney | None = None
+    cache_write_per_mtok: NonNegMoney | None = None
+
+
+class PricingConfig(_Section):
+    prefer_provided_cost: bool = True
+    overrides: dict[str, PriceOverride] = {}
+
+
+class CacheConfig(_Section):
+    backend: Literal["auto", "redis", "memory"] = "auto"
+    redis_url: str = ""
+    ttl_s: int = Field(7 * 86_400, ge=1)
+    max_entries: int = Field(200_000, ge=1)
+    lowercase: bool = False
+    volatile_patterns: tuple[str, ...] = (
+        r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b",
+        r"\b\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?\b",
+    )
+
+
+class SamplingConfig(_Section):
+    base_rate: float = Field(0.1, ge=0.0, le=1.0)
+    version: str = "v1"
+
+
+class JudgeTierConfig(_Section):
+    provider: Literal["openai", "anthropic"] = "openai"
+    model: str = "gpt-4o-mini"
+    base_url: str = ""
+    max_in_flight: int = Field(256, ge=1, le=4096)
+    timeout_s: float = Field(30.0, gt=0)
+    max_attempts: int = Field(3, ge=1, le=10)
+    input_per_mtok: NonNegMoney | None = None
+    output_per_mtok: NonNegMoney | None = None
+
+
+class JudgesConfig(_Section):
+    enabled: bool = True
+    # metric -> tiers that judge it (0 = rules, 1 = cheap LLM)
+    metrics: dict[str, tuple[int, ...]] = {
+        "pii": (0,),
+        "refusal": (0,),
+        "jailbreak": (0,),
+        "toxicity": (0, 1),
+        "hallucination": (1,),
+    }
+    tier1: JudgeTierConfig = JudgeTierConfig()
+    # without an API key, start the local simulated endpoint (verdicts are simulated)
+    simulate_without_key: bool = True
+
+    @model_validator(mode="after")
+    def _known_metrics(self) -> JudgesConfig:
+        for metric, tiers in self.metrics.items():
+            if metric not in METRICS:
+                msg = f"judges.metrics: unknown metric {metric!r}; allowed: {', '.join(METRICS)}"
+                raise ValueError(msg)
+            bad = [t for t in tiers if t not in (0, 1)]
+            if bad or not tiers:
+                msg = f"judges.metrics.{metric}: tiers must be a non-empty list of 0 and 1, got {list(tiers)}"
+                raise ValueError(msg)
+        return self
+
+
+class WindowsConfig(_Section):
+    size_s: int = Field(60, ge=1)
+    allowed_lateness_s: int = Field(300, ge=0)
+
+
+class BurnRateRule(_Section):
+    warn: NonNegMoney = Decimal(5)
+    critical: NonNegMoney = Decimal(20)
+    emergency: NonNegMoney = Decimal(100)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> BurnRateRule:
+        if not self.warn <= self.critical <= self.emergency:
+            msg = f"alerts.burn_rate: need warn <= critical <= emergency, got {self.warn}, {self.critical}, {self.emergency}"
+            raise ValueError(msg)
+        return self
+
+
+class AlertsConfig(_Section):
+    burn_rate: BurnRateRule = BurnRateRule()
+
+
+class ClickHouseConfig(_Section):
+    dsn: str = "chdb://.judgeflow/chdb"
+    database: str = "judgeflow"
+    store_text: bool = False
+    max_retry_s: float = Field(60.0, gt=0)
+
+
+class MetricsConfig(_Section):
+    port: int | None = Field(None, ge=0, le=65535)
+
+
+class FlowConfig(_Section):
+    """Everything tunable about one judgeflow deployment."""
+
+    kafka: KafkaConfig = KafkaConfig()
+    decode: DecodeConfig = DecodeConfig()
+    pricing: PricingConfig = PricingConfig()
+    cache: CacheConfig = CacheConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    judges: JudgesConfig = JudgesConfig()
+    windows: WindowsConfig = WindowsConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    clickhouse: ClickHouseConfig = ClickHouseConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+
+class Secrets(_Section):
+    openai_api_key: SecretStr | None = None
+    anthropic_api_key: SecretStr | None = None
+
+
+class Settings(_Section):
+    """The frozen settings object built once at the composition root."""
+
+    flow: FlowConfig
+    secrets: Secrets = Secrets()
+    config_path: str = ""
+
+
+_ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "JUDGEFLOW_KAFKA_BROKERS": ("kafka", "brokers"),
+    "JUDGEFLOW_REDIS_URL": ("cache", "redis_url"),
+    "JUDGEFLOW_CLICKHOUSE_DSN": ("clickhouse", "dsn"),
+    "OPENAI_BASE_URL": ("judges", "tier1", "base_url"),
+}
+
+
+def load_settings(
+    path: str | Path | None = None, *, env: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Read the TOML flow config, apply environment overrides, validate.
+
+    `overrides` are dotted keys for programmatic use (tests, demo), e.g.
+    `load_settings(p, **{"kafka.brokers": "127.0.0.1:9092"})`.
+    """
+    env = os.environ if env is None else env
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        msg = f"flow config {path} does not exist"
+        raise ConfigError(msg) from exc
+    except tomllib.TOMLDecodeError as exc:
+        msg = f"flow config {path} is not valid TOML: {exc}"
+        raise ConfigError(msg) from exc
+    for var, keys in _ENV_OVERRIDES.items():
+        if env.get(var):
+            _set(data, keys, env[var])
+    if env.get("OPENAI_BASE_URL") is None and env.get("ANTHROPIC_BASE_URL"):
+        tier1 = data.get("judges", {}).get("tier1", {})
+        if tier1.get("provider") == "anthropic":
+            _set(data, ("judges", "tier1", "base_url"), env["ANTHROPIC_BASE_URL"])
+    for dotted, value in overrides.items():
+        _set(data, tuple(dotted.split(".")), value)
+    try:
+        flow = FlowConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(path, exc)) from None
+    secrets = Secrets(
+        openai_api_key=env.get("OPENAI_API_KEY") or None,
+        anthropic_api_key=env.get("ANTHROPIC_API_KEY") or None,
+    )
+    return Settings(flow=flow, secrets=secrets, config_path=str(path))
+
+
+def _set(data: dict, keys: tuple[str, ...], value: Any) -> None:
+    for key in keys[:-1]:
+        data = data.setdefault(key, {})
+    data[keys[-1]] = value
+
+
+def _explain(path: Path, exc: ValidationError) -> str:
+    lines = [f"flow config {path} is invalid:"]
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"  {where}: unknown key{shown}")
+        else:
+            lines.append(f"  {where}: {err['msg']}{shown}")
+    return "\n".join(lines)

@@ -1,0 +1,146 @@
+"""Builds what the stages need from the settings: the composition root's helpers.
+
+Clients are created lazily (the verdict cache's Redis pool on first use, the
+LLM clients inside the judge runtime's loop on the first judgement), so
+building a flow never connects anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+
+from flows.config import JudgeTierConfig, Settings
+from judges.base import LLMJudge, RuleJudge
+from judges.rubrics import RUBRIC_VERSION
+from judges.rules import Tier0Rules
+from judges.runtime import JudgeRuntime, RetryPolicy
+from operators.alerts import BurnRateLevels
+from operators.cache import MemoryVerdictCache, RedisVerdictCache, VerdictCache
+from operators.decode import DecodeLimits
+from operators.dedup import ContentKeyer
+from operators.judge import JudgePlan
+from operators.price import Catalog, Pricer, override_rates
+from operators.records import PICO_PER_USD
+from operators.sample import Sampler
+
+
+@dataclass(frozen=True)
+class Deps:
+    brokers: list[str]
+    starting_offset: int
+    decode_limits: DecodeLimits
+    now_ms: Callable[[], int]
+    pricer: Pricer
+    cache: VerdictCache
+    keyer: ContentKeyer
+    plan: JudgePlan
+    sampler: Sampler
+    rules: RuleJudge
+    runtime: JudgeRuntime
+    burn_levels: BurnRateLevels
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def build_deps(settings: Settings) -> Deps:
+    cfg = settings.flow
+    plan = JudgePlan(dict(cfg.judges.metrics) if cfg.judges.enabled else {})
+    rules = Tier0Rules()
+    return Deps(
+        brokers=[b.strip() for b in cfg.kafka.brokers.split(",") if b.strip()],
+        starting_offset=OFFSET_BEGINNING if cfg.kafka.start == "beginning" else OFFSET_END,
+        decode_limits=DecodeLimits(
+            earliest_ts_ms=int(cfg.decode.earliest_ts.timestamp() * 1000),
+            max_future_ms=cfg.decode.max_future_s * 1000,
+            max_tokens=cfg.decode.max_tokens,
+            max_cost_pico=int(cfg.decode.max_cost_usd * PICO_PER_USD),
+        ),
+        now_ms=now_ms,
+        pricer=Pricer(
+            {
+                model: override_rates(
+                    o.input_per_mtok, o.output_per_mtok, o.cache_read_per_mtok, o.cache_write_per_mtok
+                )
+                for model, o in cfg.pricing.overrides.items()
+            },
+            prefer_provided=cfg.pricing.prefer_provided_cost,
+        ),
+        cache=build_cache(settings),
+        keyer=ContentKeyer(
+            lowercase=cfg.cache.lowercase,
+            volatile_patterns=cfg.cache.volatile_patterns,
+            judge_version=judge_version(settings, rules),
+        ),
+        plan=plan,
+        sampler=Sampler(base_rate=cfg.sampling.base_rate, version=cfg.sampling.version),
+        rules=rules,
+        runtime=JudgeRuntime(
+            lambda: build_llm_judges(settings),
+            max_in_flight=cfg.judges.tier1.max_in_flight,
+            retry=RetryPolicy(max_attempts=cfg.judges.tier1.max_attempts),
+        ),
+        burn_levels=BurnRateLevels(
+            warn=cfg.alerts.burn_rate.warn,
+            critical=cfg.alerts.burn_rate.critical,
+            emergency=cfg.alerts.burn_rate.emergency,
+        ),
+    )
+
+
+def build_cache(settings: Settings) -> VerdictCache:
+    c = settings.flow.cache
+    if c.backend == "redis" or (c.backend == "auto" and c.redis_url):
+        if not c.redis_url:
+            msg = "cache.backend = 'redis' needs JUDGEFLOW_REDIS_URL (or cache.redis_url)"
+            raise ValueError(msg)
+        return RedisVerdictCache(c.redis_url, ttl_s=c.ttl_s)
+    return MemoryVerdictCache(max_entries=c.max_entries, ttl_s=c.ttl_s)
+
+
+def judge_version(settings: Settings, rules: RuleJudge) -> str:
+    """What a cached verdict depends on: rubric, rules and judge models."""
+    j = settings.flow.judges
+    text = f"{RUBRIC_VERSION}|{rules.version}|{j.tier1.provider}/{j.tier1.model}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_llm_judges(settings: Settings) -> dict[int, LLMJudge]:
+    """Called inside the judge runtime's event loop."""
+    from judges.openai_judge import OpenAIJudge
+
+    t = settings.flow.judges.tier1
+    key = settings.secrets.openai_api_key
+    if t.provider != "openai":
+        msg = f"judges.tier1.provider = {t.provider!r} is not supported yet; use 'openai'"
+        raise ValueError(msg)
+    return {
+        1: OpenAIJudge(
+            model=t.model,
+            api_key=key.get_secret_value() if key else "missing-key",
+            base_url=t.base_url or None,
+            tier=1,
+            timeout_s=t.timeout_s,
+            cost=judge_cost_fn(t),
+        )
+    }
+
+
+def judge_cost_fn(t: JudgeTierConfig) -> Callable[[int, int], int]:
+    """Judge call cost: config prices when given, else the catalog at call time."""
+    if t.input_per_mtok is not None and t.output_per_mtok is not None:
+        rates = override_rates(t.input_per_mtok, t.output_per_mtok)
+        return lambda i, o: rates.cost_pico(i, o)
+    catalog = Catalog()
+
+    def cost(i: int, o: int) -> int:
+        pico = catalog.cost_pico(t.model, t.provider, now_ms(), i, o)
+        return pico or 0
+
+    return cost

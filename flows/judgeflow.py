@@ -1,0 +1,102 @@
+"""The judgeflow dataflow, top to bottom.
+
+    kafka_in ─ decode ─┬─ errs ─────────────────────────────────────► dead letters
+                       └─ events ─ price ─┬─ ledger ─ cost_window ─┬─► cost_windows
+                                          │            ▲           └─ alerts ─► alerts
+                                          │            └──── judge spend ◄─┐
+                                          └─ dedup ─ sample ─┬─ judge ─────┴─► evaluations
+                                                             └─────────────► llm_events
+
+`build_flow(settings)` wires the stages; `flows.deps` builds what they need
+(clients, caches, judges) from the settings. Nothing here connects anywhere
+until the dataflow runs.
+"""
+
+from __future__ import annotations
+
+import bytewax.operators as op
+from bytewax.connectors.kafka import KafkaSource
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+
+from flows.config import Settings
+from flows.deps import Deps, build_deps
+from operators.alerts import burn_rate_alerts
+from operators.decode import decode
+from operators.dedup import dedup
+from operators.judge import judge
+from operators.price import price
+from operators.sample import sample
+from operators.windows import cost_window, ledger_entry
+from sinks.clickhouse import ClickHouseSink
+from sinks.kafka import kafka_out
+
+
+def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps | None = None) -> Dataflow:
+    """The whole pipeline. `source` replaces the Kafka input (tests, benchmarks)."""
+    cfg = settings.flow
+    d = deps if deps is not None else build_deps(settings)
+    ch = cfg.clickhouse
+
+    def to_clickhouse(step_id: str, stream, table: str) -> None:
+        sink = ClickHouseSink(
+            ch.dsn, ch.database, table, store_text=ch.store_text, max_retry_s=ch.max_retry_s
+        )
+        op.output(step_id, stream, sink)
+
+    flow = Dataflow("judgeflow")
+    if source is None:
+        source = KafkaSource(
+            brokers=d.brokers,
+            topics=list(cfg.kafka.topics),
+            tail=cfg.kafka.tail,
+            starting_offset=d.starting_offset,
+            batch_size=cfg.kafka.batch_size,
+            add_config=dict(cfg.kafka.extra),
+            raise_on_errors=False,
+        )
+    raw = op.input("kafka_in", flow, source)
+
+    decoded = decode("decode", raw, limits=d.decode_limits, now_ms=d.now_ms)
+    events = price("price", decoded.oks, pricer=d.pricer)
+
+    # cost: every event, and every judge call, into windowed spend per key
+    looked_up = dedup("dedup", events, cache=d.cache, keyer=d.keyer, llm_metrics=d.plan.llm_metrics)
+    sampled = sample("sample", looked_up, sampler=d.sampler, rules=d.rules)
+    judged = judge(
+        "judge",
+        sampled.judge,
+        plan=d.plan,
+        rules=d.rules,
+        runtime=d.runtime,
+        cache=d.cache,
+        keyer=d.keyer,
+        now_ms=d.now_ms,
+    )
+    ledger = op.merge("ledger", op.map("ledger_events", events, ledger_entry), judged.spend)
+    windows = cost_window(
+        "cost_window",
+        ledger,
+        size_s=cfg.windows.size_s,
+        allowed_lateness_s=cfg.windows.allowed_lateness_s,
+    )
+    alerts = burn_rate_alerts("alerts", windows, levels=d.burn_levels)
+
+    # outputs
+    to_clickhouse("llm_events_out", op.map("event_of", sampled.events, lambda c: c.event), "llm_events")
+    to_clickhouse("evaluations_out", judged.evaluations, "evaluations")
+    to_clickhouse("cost_windows_out", windows, "cost_windows")
+    to_clickhouse("alerts_out", alerts, "alerts")
+    to_clickhouse("dead_letters_out", decoded.errs, "dead_letters")
+    if d.brokers:
+        kafka_out(
+            "alerts_kafka", alerts, brokers=d.brokers, topic=cfg.kafka.alerts_topic, extra=cfg.kafka.extra
+        )
+        kafka_out(
+            "dead_letters_kafka",
+            decoded.errs,
+            brokers=d.brokers,
+            topic=cfg.kafka.dead_letters_topic,
+            extra=cfg.kafka.extra,
+        )
+    return flow

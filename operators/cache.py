@@ -1,0 +1,156 @@
+"""The verdict cache: stored verdicts by content key, so identical pairs are judged once.
+
+`VerdictCache` has two implementations: `RedisVerdictCache` (shared by all
+workers and restarts; one MGET per batch, pipelined SET with TTL) and
+`MemoryVerdictCache` (an LRU for the embedded default). A cache failure never
+stops the flow: lookups miss, writes are skipped, the outage is counted and
+logged once, and the cache is retried after a short back-off.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+import msgspec
+
+from operators import metrics
+from operators.records import Verdict
+
+log = logging.getLogger(__name__)
+
+
+class CachedVerdict(msgspec.Struct, frozen=True, array_like=True):
+    verdict: Verdict
+    stored_ms: int
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(CachedVerdict).decode
+
+
+class VerdictCache(Protocol):
+    def get_many(self, keys: Sequence[str]) -> list[CachedVerdict | None]:
+        """One lookup for a whole batch; a miss or a failure is None."""
+        ...
+
+    def put_many(self, items: Mapping[str, CachedVerdict]) -> None:
+        """Store verdicts with the cache's TTL; failures are counted, not raised."""
+        ...
+
+
+class MemoryVerdictCache:
+    """In-process LRU with TTL; thread-safe (bytewax workers are threads)."""
+
+    def __init__(
+        self, *, max_entries: int, ttl_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._data: OrderedDict[str, tuple[float, CachedVerdict]] = OrderedDict()
+        self._max = max_entries
+        self._ttl = ttl_s
+        self._clock = clock
+        self._lock = threading.Lock()
+
+    def get_many(self, keys: Sequence[str]) -> list[CachedVerdict | None]:
+        now = self._clock()
+        out: list[CachedVerdict | None] = []
+        with self._lock:
+            for k in keys:
+                hit = self._data.get(k)
+                if hit is None or hit[0] <= now:
+                    if hit is not None:
+                        del self._data[k]
+                    out.append(None)
+                else:
+                    self._data.move_to_end(k)
+                    out.append(hit[1])
+        return out
+
+    def put_many(self, items: Mapping[str, CachedVerdict]) -> None:
+        expires = self._clock() + self._ttl
+        with self._lock:
+            for k, v in items.items():
+                self._data[k] = (expires, v)
+                self._data.move_to_end(k)
+            while len(self._data) > self._max:
+                self._data.popitem(last=False)
+
+
+class RedisVerdictCache:
+    """Redis-backed cache. Build it on the worker (it opens a connection pool)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl_s: int,
+        prefix: str = "jf:v:",
+        retry_after_s: float = 5.0,
+        socket_timeout_s: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        import redis
+
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+        )
+        self._errors = (redis.RedisError, OSError)
+        self._ttl = ttl_s
+        self._prefix = prefix
+        self._retry_after = retry_after_s
+        self._clock = clock
+        self._down_until = 0.0
+        self._outage = False
+
+    def get_many(self, keys: Sequence[str]) -> list[CachedVerdict | None]:
+        if not keys or self._skipping():
+            return [None] * len(keys)
+        try:
+            raw = self._redis.mget([self._prefix + k for k in keys])
+        except self._errors as exc:
+            self._failed(exc)
+            return [None] * len(keys)
+        self._recovered()
+        return [None if r is None else _safe_decode(r) for r in raw]
+
+    def put_many(self, items: Mapping[str, CachedVerdict]) -> None:
+        if not items or self._skipping():
+            return
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for k, v in items.items():
+                    pipe.set(self._prefix + k, _encode(v), ex=self._ttl)
+                pipe.execute()
+        except self._errors as exc:
+            self._failed(exc)
+            return
+        self._recovered()
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def _skipping(self) -> bool:
+        return self._outage and self._clock() < self._down_until
+
+    def _failed(self, exc: Exception) -> None:
+        metrics.CACHE_ERRORS.inc()
+        if not self._outage:
+            log.warning("verdict cache unavailable, judging without it: %s", type(exc).__name__)
+        self._outage = True
+        self._down_until = self._clock() + self._retry_after
+
+    def _recovered(self) -> None:
+        if self._outage:
+            log.warning("verdict cache is back")
+            self._outage = False
+
+
+def _safe_decode(raw: bytes) -> CachedVerdict | None:
+    try:
+        return _decode(raw)
+    except msgspec.DecodeError:
+        return None  # written by an older version: a miss, re-judged and overwritten

@@ -1,0 +1,98 @@
+"""dedup: look every event's content up in the verdict cache, one batch at a time.
+
+The content key is xxh3-128 over the normalized input, output and context
+(whitespace collapsed, optionally lower-cased, volatile tokens such as UUIDs
+and dates replaced), and each metric's cache key adds the metric and the
+judge version (rubric version + judge models), so a rubric or model change
+re-judges instead of reusing stale verdicts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+import bytewax.operators as op
+import msgspec
+import xxhash
+from bytewax.dataflow import Stream
+
+from operators import metrics
+from operators.cache import VerdictCache
+from operators.records import Event, Verdict
+
+_WS = re.compile(r"\s+")
+
+
+class Candidate(msgspec.Struct, array_like=True):
+    """An event on its way to the judges: what the cache already knows, what is left."""
+
+    event: Event
+    content_hash: str
+    cached: dict[str, Verdict]
+    todo: tuple[str, ...]  # LLM metrics with no cached verdict
+    flags: tuple[str, ...] = ()
+    inclusion_prob: float = 0.0  # 0 = not sampled
+    sample_reason: str = ""
+
+
+class ContentKeyer:
+    """Normalizes text and derives the content and per-metric cache keys."""
+
+    def __init__(self, *, lowercase: bool, volatile_patterns: Sequence[str], judge_version: str) -> None:
+        self._lower = lowercase
+        self._volatile = (
+            re.compile("|".join(f"(?:{p})" for p in volatile_patterns)) if volatile_patterns else None
+        )
+        self._version = judge_version
+
+    def normalize(self, text: str) -> str:
+        if self._volatile is not None:
+            text = self._volatile.sub("\x00", text)
+        text = _WS.sub(" ", text).strip()
+        return text.lower() if self._lower else text
+
+    def content_hash(self, e: Event) -> str:
+        h = xxhash.xxh3_128()
+        for part in (e.input_text, e.output_text, e.context or ""):
+            h.update(self.normalize(part).encode())
+            h.update(b"\x1f")
+        return h.hexdigest()
+
+    def metric_key(self, content_hash: str, metric: str) -> str:
+        return xxhash.xxh3_128_hexdigest(f"{content_hash}|{metric}|{self._version}")
+
+
+def dedup(
+    step_id: str,
+    up: Stream[Event],
+    *,
+    cache: VerdictCache,
+    keyer: ContentKeyer,
+    llm_metrics: Sequence[str],
+) -> Stream[Candidate]:
+    """Attach cached verdicts to each event; one `get_many` per batch."""
+    metrics_ = tuple(llm_metrics)
+
+    def lookup_batch(events: list[Event]) -> Iterable[Candidate]:
+        hashes = [keyer.content_hash(e) for e in events]
+        keys = [keyer.metric_key(h, m) for h in hashes for m in metrics_]
+        found = cache.get_many(keys) if keys else []
+        out = []
+        hits = 0
+        for i, (e, h) in enumerate(zip(events, hashes, strict=True)):
+            cached: dict[str, Verdict] = {}
+            todo = []
+            for j, m in enumerate(metrics_):
+                c = found[i * len(metrics_) + j]
+                if c is None:
+                    todo.append(m)
+                else:
+                    cached[m] = c.verdict
+                    hits += 1
+            out.append(Candidate(event=e, content_hash=h, cached=cached, todo=tuple(todo)))
+        metrics.CACHE.labels("hit").inc(hits)
+        metrics.CACHE.labels("miss").inc(len(keys) - hits)
+        return out
+
+    return op.flat_map_batch(step_id, up, lookup_batch)

@@ -1,0 +1,51 @@
+"""The job's Prometheus metrics, defined once per process.
+
+Label cardinality is bounded: tenant labels go through `tenant_label`, which
+keeps the first `MAX_TENANT_LABELS` tenants seen and folds the rest into
+`__other__`, so a tenant explosion cannot take Prometheus down.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MAX_TENANT_LABELS = 500
+OTHER = "__other__"
+
+_tenants: set[str] = set()
+_tenants_lock = threading.Lock()
+
+
+def tenant_label(tenant: str) -> str:
+    if tenant in _tenants:
+        return tenant
+    with _tenants_lock:
+        if len(_tenants) < MAX_TENANT_LABELS:
+            _tenants.add(tenant)
+            return tenant
+    return OTHER
+
+
+EVENTS_IN = Counter("judgeflow_events_total", "Events decoded successfully")
+DEAD_LETTERS = Counter("judgeflow_dead_letters_total", "Records sent to dead letters", ["stage"])
+UNKNOWN_MODEL = Counter(
+    "judgeflow_unknown_model_events_total", "Events whose model has no known price", ["model"]
+)
+COST = Counter("judgeflow_cost_usd_total", "Priced LLM spend in USD", ["tenant", "category"])
+REQUESTS = Counter("judgeflow_requests_total", "LLM requests seen", ["tenant"])
+CACHE = Counter("judgeflow_verdict_cache_total", "Verdict cache lookups", ["result"])
+CACHE_ERRORS = Counter("judgeflow_verdict_cache_errors_total", "Verdict cache backend failures")
+SAMPLED = Counter("judgeflow_sampler_decisions_total", "Sampler decisions", ["decision"])
+JUDGE_CALLS = Counter("judgeflow_judge_calls_total", "Judge calls by judge and outcome", ["judge", "outcome"])
+JUDGE_COST = Counter("judgeflow_judge_cost_usd_total", "Judge spend in USD", ["judge"])
+JUDGE_LATENCY = Histogram(
+    "judgeflow_judge_latency_seconds",
+    "Judge call latency",
+    ["judge"],
+    buckets=(0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
+)
+JUDGE_IN_FLIGHT = Gauge("judgeflow_judge_in_flight", "Judge calls in flight in this process")
+ALERTS = Counter("judgeflow_alerts_total", "Alert transitions", ["rule", "level"])
+LATE = Counter("judgeflow_late_ledger_entries_total", "Ledger entries after the allowed lateness")
