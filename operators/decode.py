@@ -73,8 +73,12 @@ def decode_message(
         return dead_letter("decode", "empty message (null value)", b"", source, now_ms)
     try:
         return to_event(_decoder.decode(raw), limits, now_ms, source)
-    except (msgspec.DecodeError, InvalidEvent) as exc:
-        return dead_letter("decode", str(exc), raw, source, now_ms)
+    except msgspec.ValidationError as exc:
+        return dead_letter("decode", f"invalid event: {exc}", raw, source, now_ms)
+    except msgspec.DecodeError as exc:
+        return dead_letter("decode", f"malformed JSON: {exc}", raw, source, now_ms)
+    except InvalidEvent as exc:
+        return dead_letter("decode", f"invalid event: {exc}", raw, source, now_ms)
 
 
 def decode_bytes(raw: bytes, limits: DecodeLimits, now_ms: int, source: Source | None = None) -> Event:

@@ -1,0 +1,134 @@
+"""The `judgeflow` command.
+
+    judgeflow run     [--config F] [-w N] [-i I -a ADDRS] [--recovery-dir D]   the streaming job
+    judgeflow demo    [--workers N] [--limit N]                                 everything embedded
+    judgeflow init-db [--config F]                                              create the ClickHouse tables
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+
+from flows.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("judgeflow")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"judgeflow: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="judgeflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the streaming job")
+    _config_arg(run)
+    run.add_argument("-w", "--workers", type=int, default=1, help="worker threads in this process")
+    run.add_argument("-i", "--process-id", type=int, default=None, help="this process's index in a cluster")
+    run.add_argument("-a", "--addresses", default=None, help="host:port of every process, ';'-separated")
+    run.add_argument("--recovery-dir", type=Path, default=None, help="bytewax recovery partitions (resume on restart)")
+    run.add_argument("--snapshot-s", type=float, default=10.0, help="epoch / snapshot interval in seconds")
+    run.set_defaults(func=_cmd_run)
+
+    demo = sub.add_parser("demo", help="run the whole job embedded on sample production traffic")
+    _config_arg(demo)
+    demo.add_argument("--workers", type=int, default=1)
+    demo.add_argument("--limit", type=int, default=None, help="events to replay (default: all, ~28k)")
+    demo.add_argument("--dir", type=Path, default=Path(".judgeflow/demo"), help="where ClickHouse data goes")
+    demo.add_argument("--judge-latency-ms", type=float, default=150.0, help="simulated judge latency")
+    demo.set_defaults(func=_cmd_demo)
+
+    init = sub.add_parser("init-db", help="create the ClickHouse database and tables")
+    _config_arg(init)
+    init.set_defaults(func=_cmd_init_db)
+    return p
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", type=Path, default=None, help="flow config TOML (default: the example)")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from bytewax._bytewax import cli_main
+    from bytewax.recovery import RecoveryConfig
+
+    from flows.judgeflow import build_flow
+
+    settings = load_settings(args.config)
+    _check_runnable(settings)
+    _init_db(settings)
+    _serve_metrics(settings)
+    recovery = RecoveryConfig(str(args.recovery_dir)) if args.recovery_dir else None
+    addresses = args.addresses.split(";") if args.addresses else None
+    cli_main(
+        build_flow(settings),
+        workers_per_process=args.workers,
+        process_id=args.process_id,
+        addresses=addresses,
+        epoch_interval=timedelta(seconds=args.snapshot_s),
+        recovery_config=recovery,
+    )
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from flows.demo import run_demo
+
+    return run_demo(
+        config=args.config,
+        workers=args.workers,
+        limit=args.limit,
+        out_dir=args.dir,
+        judge_latency_ms=args.judge_latency_ms,
+    )
+
+
+def _cmd_init_db(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    _init_db(settings)
+    print(f"tables ready in database {settings.flow.clickhouse.database!r}")
+    return 0
+
+
+def _check_runnable(settings: Settings) -> None:
+    if not settings.flow.kafka.brokers:
+        msg = "kafka.brokers is empty: set JUDGEFLOW_KAFKA_BROKERS (or use `judgeflow demo` for the embedded setup)"
+        raise ConfigError(msg)
+    j = settings.flow.judges
+    if j.enabled and j.tier1.provider == "openai" and settings.secrets.openai_api_key is None and not j.tier1.base_url:
+        msg = "judges are enabled but OPENAI_API_KEY is not set (or point OPENAI_BASE_URL at an OpenAI-compatible judge)"
+        raise ConfigError(msg)
+
+
+def _init_db(settings: Settings) -> None:
+    from sinks.clickhouse import connect, ensure_schema
+
+    ch = settings.flow.clickhouse
+    ensure_schema(connect(ch.dsn), ch.database)
+
+
+def _serve_metrics(settings: Settings) -> None:
+    port = settings.flow.metrics.port
+    if port is None:
+        return
+    from prometheus_client import start_http_server
+
+    start_http_server(port, addr="127.0.0.1")
+    log.info("Prometheus metrics on http://127.0.0.1:%d/metrics", port)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

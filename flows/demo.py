@@ -1,0 +1,131 @@
+"""`judgeflow demo`: the whole job on one machine with nothing installed.
+
+An in-process Kafka (librdkafka's mock cluster) is filled with two hours of
+real production arrivals; the flow runs to the end of the topic on the
+embedded ClickHouse engine (chdb) in a local folder, the in-process verdict
+cache, and — without an OPENAI_API_KEY — a local judge endpoint whose
+verdicts are simulated; then it prints what a platform team would ask first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+from flows.config import Settings, load_settings
+from flows.traffic import generate
+
+TOPIC = "llm-events"
+PARTITIONS = 4
+
+
+def run_demo(
+    *,
+    config: Path | None = None,
+    workers: int = 1,
+    limit: int | None = None,
+    out_dir: Path = Path(".judgeflow/demo"),
+    judge_latency_ms: float = 150.0,
+) -> int:
+    from bytewax._bytewax import cli_main
+
+    from flows.judgeflow import build_flow
+    from flows.kafka_mock import MockCluster, produce_all
+    from sinks.clickhouse import connect, ensure_schema
+
+    out_dir = out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with MockCluster() as kafka, _judge_endpoint(config, judge_latency_ms) as judge_url:
+        kafka.create_topic(TOPIC, PARTITIONS)
+        started = time.perf_counter()
+        n = produce_all(kafka.bootstrap, TOPIC, generate(limit=limit))
+        print(f"produced {n} events to {TOPIC} ({PARTITIONS} partitions) in {time.perf_counter() - started:.1f} s")
+        overrides = {
+            "kafka.brokers": kafka.bootstrap,
+            "kafka.tail": False,
+            "kafka.topics": [TOPIC],
+            "clickhouse.dsn": f"chdb://{out_dir / 'chdb'}",
+        }
+        if judge_url:
+            overrides["judges.tier1.base_url"] = judge_url
+        settings = load_settings(config, **overrides)
+        ch = settings.flow.clickhouse
+        ensure_schema(connect(ch.dsn), ch.database)
+        started = time.perf_counter()
+        cli_main(build_flow(settings), workers_per_process=workers, epoch_interval=timedelta(seconds=5))
+        elapsed = time.perf_counter() - started
+        print(f"flow finished in {elapsed:.1f} s ({n / elapsed:,.0f} events/s, {workers} worker(s))")
+        print_summary(settings, simulated=bool(judge_url))
+    return 0
+
+
+@contextlib.contextmanager
+def _judge_endpoint(config: Path | None, latency_ms: float) -> Iterator[str | None]:
+    """A local simulated judge when no API key is configured, else nothing."""
+    settings = load_settings(config)
+    if settings.secrets.openai_api_key is not None or not settings.flow.judges.simulate_without_key:
+        yield None
+        return
+    from judges.local_endpoint import EndpointConfig, LocalEndpoint, Latency
+
+    print("no OPENAI_API_KEY: judging with the local endpoint — verdicts are SIMULATED, not from a model")
+    cfg = EndpointConfig(latency=Latency.lognormal(median_ms=latency_ms, sigma=0.5), seed=7)
+    with LocalEndpoint(cfg) as ep:
+        yield ep.openai_base_url
+
+
+def print_summary(settings: Settings, *, simulated: bool) -> None:
+    from sinks.clickhouse import connect
+
+    ch = settings.flow.clickhouse
+    client = connect(ch.dsn)
+    db = ch.database
+
+    def table(title: str, sql: str, headers: list[str]) -> None:
+        rows = client.query(sql).result_rows
+        print(f"\n{title}")
+        widths = [max(len(h), *(len(_fmt(r[i])) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+        print("  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+        for r in rows:
+            print("  " + "  ".join(_fmt(v).ljust(w) for v, w in zip(r, widths, strict=True)))
+
+    table(
+        "events and LLM cost per tenant",
+        f"SELECT tenant_id, count(), sum(input_tokens + output_tokens), sum(cost_usd), countIf(cost_source = 'unknown')"
+        f" FROM {db}.llm_events FINAL GROUP BY tenant_id ORDER BY tenant_id",
+        ["tenant", "events", "tokens", "cost $", "unpriced"],
+    )
+    table(
+        "cost per tenant / agent / model / variant (from the 1-minute windows)",
+        f"SELECT tenant_id, agent, model, variant, sum(requests), sum(cost_usd), sum(judge_cost_usd)"
+        f" FROM {db}.cost_windows FINAL GROUP BY ALL ORDER BY tenant_id, agent, model, variant",
+        ["tenant", "agent", "model", "variant", "requests", "cost $", "judge $"],
+    )
+    label = "judge calls (SIMULATED verdicts)" if simulated else "judge calls"
+    table(
+        label,
+        f"SELECT metric, tier, count(), countIf(cache_hit), countIf(label = 'flagged'), countIf(error != ''),"
+        f" sum(judge_cost_usd) FROM {db}.evaluations FINAL GROUP BY metric, tier ORDER BY metric, tier",
+        ["metric", "tier", "evaluations", "cache hits", "flagged", "errors", "judge $"],
+    )
+    table(
+        "alerts fired (one per level change)",
+        f"SELECT tenant_id, rule, previous_level, level, round(value, 2), toString(ts) FROM {db}.alerts FINAL"
+        f" ORDER BY tenant_id, ts",
+        ["tenant", "rule", "from", "to", "$/h", "at (event time)"],
+    )
+    table(
+        "dead letters",
+        f"SELECT stage, reason, count() FROM {db}.dead_letters FINAL GROUP BY stage, reason ORDER BY count() DESC",
+        ["stage", "reason", "count"],
+    )
+
+
+def _fmt(v: object) -> str:
+    if isinstance(v, float):
+        return f"{v:,.4f}"
+    s = str(v)
+    return s if len(s) <= 70 else s[:67] + "..."
