@@ -118,7 +118,7 @@ class _BurnRateLogic(StatefulBatchLogic[CostWindow, Alert, _AlertState]):
             message = f"{tenant} is spending ${burn:.2f}/h over the last hour: {level} (>= ${threshold}/h)"
         metrics.ALERTS.labels("burn_rate", level).inc()
         return Alert(
-            alert_id=xxhash.xxh3_128_hexdigest(f"burn_rate|{tenant}||{level}|{end}"),
+            alert_id=xxhash.xxh3_128_hexdigest(f"burn_rate|{tenant}||{level}|{end}".encode()),
             rule="burn_rate",
             tenant_id=tenant,
             scope="",

@@ -60,7 +60,7 @@ class ContentKeyer:
         return h.hexdigest()
 
     def metric_key(self, content_hash: str, metric: str) -> str:
-        return xxhash.xxh3_128_hexdigest(f"{content_hash}|{metric}|{self._version}")
+        return xxhash.xxh3_128_hexdigest(f"{content_hash}|{metric}|{self._version}".encode())
 
 
 def dedup(

@@ -233,7 +233,7 @@ def judge(
 
 
 def _shard(event_id: str) -> str:
-    return str(xxhash.xxh3_64_intdigest(event_id) % SHARDS)
+    return str(xxhash.xxh3_64_intdigest(event_id.encode()) % SHARDS)
 
 
 def _error_verdict(metric: str, tier: int) -> Verdict:
@@ -253,7 +253,7 @@ def _evaluation(
     e = c.event
     return Evaluation(
         # one row per (event, metric, tier): a replay or a retry replaces it
-        eval_id=xxhash.xxh3_128_hexdigest(f"{e.event_id}|{v.metric}|{v.tier}"),
+        eval_id=xxhash.xxh3_128_hexdigest(f"{e.event_id}|{v.metric}|{v.tier}".encode()),
         event_id=e.event_id,
         ts_ms=e.ts_ms,
         tenant_id=e.tenant_id,

@@ -25,7 +25,7 @@ _TWO_64 = float(2**64)
 
 def unit_hash(version: str, event_id: str) -> float:
     """A stable number in [0, 1) for an event id."""
-    return xxhash.xxh3_64_intdigest(f"{version}|{event_id}") / _TWO_64
+    return xxhash.xxh3_64_intdigest(f"{version}|{event_id}".encode()) / _TWO_64
 
 
 @dataclass(frozen=True)
