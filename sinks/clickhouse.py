@@ -1,0 +1,783 @@
+"""ClickHouse storage for judgeflow: the schema, one shared client per DSN, and the sink.
+
+The flow writes five tables (`llm_events`, `evaluations`, `cost_windows`,
+`alerts`, `dead_letters`; DDL in `schema.sql`). Writes are idempotent: every
+table is a ReplacingMergeTree keyed by the record's deterministic id, so a
+replay or a crash-restart that re-writes a batch never double counts (read
+with FINAL). Money leaves the flow as integer picodollars and lands as exact
+`Decimal(38, 12)` dollars.
+
+One client API, two backends, chosen by the DSN:
+
+- `chdb:///abs/dir` (or a relative `chdb://dir`): the embedded ClickHouse
+  engine (chdb) through clickhouse-connect's chdb backend. The directory is
+  created. chdb hosts ONE data directory per process (and a directory is
+  locked by one process): every chdb DSN used in a process must name the
+  same directory, and `connect()` fails clearly when it does not. In tests,
+  use one session-wide directory and a database per test; several processes
+  that must share data go through `sinks.chdb_http` instead.
+- `http(s)://user:pass@host:port`: a ClickHouse server (or `sinks.chdb_http`).
+
+Bytewax runs several worker threads per process, and chdb allows only one
+engine per process, so `connect()` shares one client per DSN per process and
+returns a `LockedClient` that serialises every call on it.
+
+Errors (what the sink raises; the flow stops, a restart resumes from the last
+bytewax snapshot and the idempotent keys make the re-write harmless):
+
+    ClickHouseSinkError
+     ├── InsertRejectedError   fatal at once: bad data, unknown table or
+     │                         column, wrong credentials, a bug
+     └── InsertGaveUpError     retryable errors (network, overload, server
+                               errors) outlasted `max_retry_s`
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import clickhouse_connect
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from clickhouse_connect.driver import Client
+from clickhouse_connect.driver.exceptions import (
+    DatabaseError,
+    DataError,
+    InterfaceError,
+    NotSupportedError,
+    ProgrammingError,
+)
+from clickhouse_connect.driver.insert import InsertContext
+from prometheus_client import Counter
+
+from operators.records import Alert, CostWindow, DeadLetter, Evaluation, Event, pico_to_usd
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_DATABASE = "judgeflow"
+
+ROWS = Counter("judgeflow_clickhouse_rows_total", "Rows inserted into ClickHouse by the sinks.", ["table"])
+RETRIES = Counter(
+    "judgeflow_clickhouse_insert_retries_total",
+    "Failed ClickHouse insert (or connect) attempts that were retried.",
+    ["table"],
+)
+FAILURES = Counter(
+    "judgeflow_clickhouse_insert_failures_total",
+    "ClickHouse connects or inserts that failed for good (the sink raised, the flow stops).",
+    ["table"],
+)
+
+# Server error codes that no retry can fix: the request or the setup is wrong.
+_FATAL_CODES = frozenset(
+    {
+        16,  # NO_SUCH_COLUMN_IN_TABLE
+        27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+        33,  # CANNOT_READ_ALL_DATA (malformed insert body)
+        47,  # UNKNOWN_IDENTIFIER
+        53,  # TYPE_MISMATCH
+        60,  # UNKNOWN_TABLE
+        62,  # SYNTAX_ERROR
+        69,  # ARGUMENT_OUT_OF_BOUND
+        81,  # UNKNOWN_DATABASE
+        192,  # UNKNOWN_USER
+        193,  # WRONG_PASSWORD
+        497,  # ACCESS_DENIED
+        516,  # AUTHENTICATION_FAILED
+    }
+)
+_CLIENT_SIDE_ERRORS = (ProgrammingError, DataError, NotSupportedError, InterfaceError)
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class ClickHouseSinkError(Exception):
+    """A ClickHouse write failed for good; the message names the table and the cause."""
+
+
+class InsertRejectedError(ClickHouseSinkError):
+    """A non-retryable failure (bad data, schema mismatch, auth, a bug)."""
+
+
+class InsertGaveUpError(ClickHouseSinkError):
+    """Retryable failures went on for longer than `max_retry_s`."""
+
+
+# --- the schema --------------------------------------------------------------
+
+
+def check_identifier(name: str, what: str = "database") -> str:
+    """Return `name` if it is a plain ClickHouse identifier, else raise ValueError."""
+    if not _IDENTIFIER.match(name):
+        msg = f"invalid ClickHouse {what} name {name!r}: use letters, digits and _"
+        raise ValueError(msg)
+    return name
+
+
+def schema_statements(database: str = DEFAULT_DATABASE) -> list[str]:
+    """The DDL of `schema.sql` for `database`, one idempotent statement per item."""
+    sql = resources.files("sinks").joinpath("schema.sql").read_text(encoding="utf-8")
+    sql = sql.replace("{database}", f"`{check_identifier(database)}`")
+    statements = []
+    for chunk in sql.split(";\n"):
+        lines = [line for line in chunk.splitlines() if not line.lstrip().startswith("--")]
+        statement = "\n".join(lines).strip()
+        if statement:
+            statements.append(statement)
+    return statements
+
+
+def ensure_schema(client: LockedClient | Client, database: str = DEFAULT_DATABASE) -> None:
+    """Create the database and its tables if they are missing (safe to repeat)."""
+    for statement in schema_statements(database):
+        client.command(statement, use_database=False)
+
+
+# --- records -> rows ---------------------------------------------------------
+
+
+def _ms_to_s(window_ms: int) -> int:
+    if window_ms <= 0 or window_ms % 1000:
+        msg = f"cost_windows: window_ms={window_ms} is not a positive whole number of seconds"
+        raise ValueError(msg)
+    return window_ms // 1000
+
+
+def event_row(e: Event, *, store_text: bool = False) -> tuple[Any, ...]:
+    """An `llm_events` row; prompt and response text only with `store_text`."""
+    src = e.source
+    return (
+        e.event_id,
+        e.ts_ms,
+        e.tenant_id,
+        e.agent,
+        e.model,
+        e.provider,
+        e.variant,
+        e.input_tokens,
+        e.output_tokens,
+        e.cache_read_tokens,
+        e.cache_write_tokens,
+        e.reasoning_tokens,
+        pico_to_usd(e.cost_pusd),
+        e.cost_source,
+        e.latency_ms,
+        e.conversation_id,
+        e.user_id,
+        len(e.input_text),
+        len(e.output_text),
+        e.input_text if store_text else "",
+        e.output_text if store_text else "",
+        src.topic if src else None,
+        src.partition if src else None,
+        src.offset if src else None,
+    )
+
+
+def evaluation_row(v: Evaluation) -> tuple[Any, ...]:
+    """An `evaluations` row."""
+    return (
+        v.eval_id,
+        v.event_id,
+        v.ts_ms,
+        v.tenant_id,
+        v.agent,
+        v.model,
+        v.variant,
+        v.metric,
+        v.score,
+        v.label,
+        v.explanation,
+        v.judge,
+        v.tier,
+        pico_to_usd(v.judge_cost_pusd),
+        v.judge_latency_ms,
+        v.cache_hit,
+        v.inclusion_prob,
+        v.content_hash,
+        v.error,
+    )
+
+
+def cost_window_row(w: CostWindow) -> tuple[Any, ...]:
+    """A `cost_windows` row; `window_s` tells 1 min, 1 h and 1 day windows apart."""
+    return (
+        w.tenant_id,
+        w.agent,
+        w.model,
+        w.variant,
+        _ms_to_s(w.window_ms),
+        w.window_start_ms,
+        w.kind,
+        w.correction_id,
+        w.requests,
+        w.input_tokens,
+        w.output_tokens,
+        pico_to_usd(w.cost_pusd),
+        w.unknown_cost_requests,
+        w.judge_calls,
+        pico_to_usd(w.judge_cost_pusd),
+        pico_to_usd(w.max_request_cost_pusd),
+        w.version,
+    )
+
+
+def alert_row(a: Alert) -> tuple[Any, ...]:
+    """An `alerts` row."""
+    return (
+        a.alert_id,
+        a.rule,
+        a.tenant_id,
+        a.scope,
+        a.level,
+        a.previous_level,
+        a.value,
+        a.threshold,
+        a.window_start_ms,
+        a.window_end_ms,
+        a.ts_ms,
+        a.message,
+        a.runbook,
+    )
+
+
+def dead_letter_row(d: DeadLetter) -> tuple[Any, ...]:
+    """A `dead_letters` row; `raw` is stored byte for byte."""
+    src = d.source
+    return (
+        d.key,
+        d.ts_ms,
+        d.stage,
+        d.reason,
+        d.raw,
+        src.topic if src else None,
+        src.partition if src else None,
+        src.offset if src else None,
+    )
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """How one record type maps onto one table: columns in row order, types for
+    the insert (so no DESCRIBE round trip per batch), and the row builder."""
+
+    name: str
+    record_type: type
+    columns: tuple[tuple[str, str], ...]
+    build_row: Callable[[Any], tuple[Any, ...]]
+
+    @property
+    def column_names(self) -> list[str]:
+        return [name for name, _ in self.columns]
+
+    @property
+    def column_types(self) -> list[str]:
+        return [ch_type for _, ch_type in self.columns]
+
+
+_LC = "LowCardinality(String)"
+_TS = "DateTime64(3, 'UTC')"
+_USD = "Decimal(38, 12)"
+_SOURCE_COLUMNS = (
+    ("source_topic", "LowCardinality(Nullable(String))"),
+    ("source_partition", "Nullable(Int32)"),
+    ("source_offset", "Nullable(Int64)"),
+)
+
+TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in (
+        TableSpec(
+            "llm_events",
+            Event,
+            (
+                ("event_id", "String"),
+                ("ts", _TS),
+                ("tenant_id", _LC),
+                ("agent", _LC),
+                ("model", _LC),
+                ("provider", _LC),
+                ("variant", _LC),
+                ("input_tokens", "UInt32"),
+                ("output_tokens", "UInt32"),
+                ("cache_read_tokens", "UInt32"),
+                ("cache_write_tokens", "UInt32"),
+                ("reasoning_tokens", "UInt32"),
+                ("cost_usd", _USD),
+                ("cost_source", _LC),
+                ("latency_ms", "Nullable(Float64)"),
+                ("conversation_id", "Nullable(String)"),
+                ("user_id", "Nullable(String)"),
+                ("input_chars", "UInt32"),
+                ("output_chars", "UInt32"),
+                ("input_text", "String"),
+                ("output_text", "String"),
+                *_SOURCE_COLUMNS,
+            ),
+            event_row,
+        ),
+        TableSpec(
+            "evaluations",
+            Evaluation,
+            (
+                ("eval_id", "String"),
+                ("event_id", "String"),
+                ("ts", _TS),
+                ("tenant_id", _LC),
+                ("agent", _LC),
+                ("model", _LC),
+                ("variant", _LC),
+                ("metric", _LC),
+                ("score", "Float64"),
+                ("label", _LC),
+                ("explanation", "String"),
+                ("judge", _LC),
+                ("tier", "UInt8"),
+                ("judge_cost_usd", _USD),
+                ("judge_latency_ms", "Float64"),
+                ("cache_hit", "Bool"),
+                ("inclusion_prob", "Float64"),
+                ("content_hash", "String"),
+                ("error", "String"),
+            ),
+            evaluation_row,
+        ),
+        TableSpec(
+            "cost_windows",
+            CostWindow,
+            (
+                ("tenant_id", _LC),
+                ("agent", _LC),
+                ("model", _LC),
+                ("variant", _LC),
+                ("window_s", "UInt32"),
+                ("window_start", _TS),
+                ("kind", _LC),
+                ("correction_id", "String"),
+                ("requests", "UInt64"),
+                ("input_tokens", "UInt64"),
+                ("output_tokens", "UInt64"),
+                ("cost_usd", _USD),
+                ("unknown_cost_requests", "UInt64"),
+                ("judge_calls", "UInt64"),
+                ("judge_cost_usd", _USD),
+                ("max_request_cost_usd", _USD),
+                ("version", "UInt64"),
+            ),
+            cost_window_row,
+        ),
+        TableSpec(
+            "alerts",
+            Alert,
+            (
+                ("alert_id", "String"),
+                ("rule", _LC),
+                ("tenant_id", _LC),
+                ("scope", "String"),
+                ("level", _LC),
+                ("previous_level", _LC),
+                ("value", "Float64"),
+                ("threshold", "Float64"),
+                ("window_start", _TS),
+                ("window_end", _TS),
+                ("ts", _TS),
+                ("message", "String"),
+                ("runbook", "String"),
+            ),
+            alert_row,
+        ),
+        TableSpec(
+            "dead_letters",
+            DeadLetter,
+            (
+                ("key", "String"),
+                ("ts", _TS),
+                ("stage", _LC),
+                ("reason", "String"),
+                ("raw", "String"),
+                *_SOURCE_COLUMNS,
+            ),
+            dead_letter_row,
+        ),
+    )
+}
+
+ROW_BUILDERS: dict[str, Callable[[Any], tuple[Any, ...]]] = {
+    name: spec.build_row for name, spec in TABLES.items()
+}
+
+
+def table_spec(table: str) -> TableSpec:
+    """The spec of `table`, or ValueError naming the tables that exist."""
+    try:
+        return TABLES[table]
+    except KeyError:
+        msg = f"unknown judgeflow table {table!r}; expected one of {sorted(TABLES)}"
+        raise ValueError(msg) from None
+
+
+# --- one shared client per DSN per process -----------------------------------
+
+
+@dataclass
+class _Shared:
+    client: Client
+    lock: threading.RLock
+    default_database: str | None
+
+
+_SHARED: dict[str, _Shared] = {}
+_SHARED_LOCK = threading.Lock()
+_chdb_dir: Path | None = None
+
+
+class LockedClient:
+    """A clickhouse-connect `Client` shared by the threads of a process.
+
+    Every call holds the client's lock and runs in this handle's database, so
+    worker threads never interleave on the one chdb engine (or one HTTP
+    session). Methods not listed are forwarded the same way. `close()` does
+    nothing: the shared client lives as long as the process.
+    """
+
+    def __init__(self, shared: _Shared, database: str | None) -> None:
+        self._shared = shared
+        self._database = database or shared.default_database
+
+    @property
+    def database(self) -> str | None:
+        return self._database
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        with self._shared.lock:
+            client = self._shared.client
+            client.database = self._database
+            return getattr(client, method)(*args, **kwargs)
+
+    def query(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("query", *args, **kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("command", *args, **kwargs)
+
+    def insert(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call("insert", *args, **kwargs)
+
+    def raw_query(self, *args: Any, **kwargs: Any) -> bytes:
+        return self._call("raw_query", *args, **kwargs)
+
+    def create_insert_context(self, *args: Any, **kwargs: Any) -> InsertContext:
+        return self._call("create_insert_context", *args, **kwargs)
+
+    def close(self) -> None:
+        """Keep the shared client open: other threads of this process use it."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # private and dunder lookups (copy, pickle) stay here
+            raise AttributeError(name)
+        attr = getattr(self._shared.client, name)
+        if not callable(attr):
+            return attr
+
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            return self._call(name, *args, **kwargs)
+
+        return locked
+
+
+def redact_dsn(dsn: str) -> str:
+    """`dsn` with its password replaced by ***, for messages and logs."""
+    parts = urlsplit(dsn)
+    if not parts.password:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def chdb_dir_in_use() -> Path | None:
+    """The chdb data directory this process has opened, if any (one per process)."""
+    return _chdb_dir
+
+
+def _chdb_path(dsn: str) -> Path:
+    rest = dsn[len("chdb:") :]
+    rest = rest[2:] if rest.startswith("//") else rest
+    if not rest or "?" in rest:
+        msg = f"chdb DSN {dsn!r}: expected chdb:///abs/dir or chdb://relative/dir"
+        raise ValueError(msg)
+    return Path(rest).expanduser().resolve()
+
+
+def _open_chdb(path: Path) -> _Shared:
+    global _chdb_dir
+    if _chdb_dir is not None and _chdb_dir != path:
+        msg = (
+            f"chdb hosts one data directory per process: this process already uses "
+            f"{_chdb_dir}, cannot also open {path} (use one directory, or sinks.chdb_http)"
+        )
+        raise ValueError(msg)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        client = clickhouse_connect.get_client(interface="chdb", path=str(path))
+    except ImportError as ex:
+        msg = f"a chdb DSN needs the embedded ClickHouse engine: pip install 'judgeflow[embedded]' ({ex})"
+        raise ImportError(msg) from ex
+    _chdb_dir = path
+    # A chdb handle keeps the last USE; None must mean the engine's default.
+    current = client.command("SELECT currentDatabase()", use_database=False)
+    return _Shared(client, threading.RLock(), str(current))
+
+
+def _open_http(dsn: str, connect_timeout: float) -> _Shared:
+    client = clickhouse_connect.get_client(
+        dsn=dsn,
+        # stateless requests: no server session to lock or expire
+        autogenerate_session_id=False,
+        connect_timeout=max(1, round(connect_timeout)),
+    )
+    return _Shared(client, threading.RLock(), None)
+
+
+def _shared_key(dsn: str) -> str:
+    if dsn.startswith("chdb:"):
+        return f"chdb://{_chdb_path(dsn)}"
+    if dsn.startswith(("http://", "https://")):
+        return dsn
+    msg = f"unsupported ClickHouse DSN {redact_dsn(dsn)!r}: use chdb:///abs/dir or http(s)://..."
+    raise ValueError(msg)
+
+
+def connect(dsn: str, database: str | None = None, *, connect_timeout: float = 10.0) -> LockedClient:
+    """A thread-safe handle on the process-wide client for `dsn`, in `database`.
+
+    Args:
+        dsn: `chdb:///abs/dir` (a relative `chdb://dir` is resolved against the
+            working directory; the directory is created) or `http(s)://user:pass@host:port`.
+        database: the database unqualified table names refer to; the server
+            default when None. It is not created here (see `ensure_schema`).
+        connect_timeout: seconds to wait for a TCP connection (HTTP only).
+
+    The first call for a DSN opens the client (the HTTP one checks the server
+    is up); later calls, from any thread, share it.
+    """
+    if database is not None:
+        check_identifier(database)
+    key = _shared_key(dsn)
+    with _SHARED_LOCK:
+        shared = _SHARED.get(key)
+        if shared is None:
+            if key.startswith("chdb:"):
+                shared = _open_chdb(_chdb_path(dsn))
+            else:
+                shared = _open_http(dsn, connect_timeout)
+            _SHARED[key] = shared
+    return LockedClient(shared, database)
+
+
+# --- retries -----------------------------------------------------------------
+
+
+def is_retryable(ex: BaseException) -> bool:
+    """True for failures a later attempt can fix (network, overload, server errors)."""
+    if isinstance(ex, (ClickHouseSinkError, *_CLIENT_SIDE_ERRORS)):
+        return False
+    if isinstance(ex, DatabaseError):
+        return getattr(ex, "code", None) not in _FATAL_CODES
+    return isinstance(ex, OSError)  # connection refused / reset, timeouts
+
+
+def _backoff_s(attempt: int, *, base: float = 0.05, cap: float = 5.0) -> float:
+    """Exponential backoff with jitter: uniform in [d/2, d], d = base * 2**attempt."""
+    delay = min(cap, base * 2**attempt)
+    return random.uniform(delay / 2, delay)
+
+
+def retry(
+    fn: Callable[[], T],
+    *,
+    table: str,
+    action: str,
+    max_retry_s: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run `fn`, retrying retryable failures with backoff for at most `max_retry_s`.
+
+    No sleep when `fn` succeeds. Raises InsertRejectedError at once for a
+    fatal failure, InsertGaveUpError when the time budget runs out; both
+    name the table, the attempts and the last cause.
+    """
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except Exception as ex:
+            elapsed = time.monotonic() - started
+            if not is_retryable(ex):
+                FAILURES.labels(table).inc()
+                msg = f"ClickHouse {action} for table {table!r} failed and cannot be retried: {ex!r}"
+                raise InsertRejectedError(msg) from ex
+            remaining = max_retry_s - elapsed
+            if remaining <= 0:
+                FAILURES.labels(table).inc()
+                msg = (
+                    f"ClickHouse {action} for table {table!r} gave up after {attempt + 1} "
+                    f"attempts in {elapsed:.1f}s (max_retry_s={max_retry_s}); last error: {ex!r}"
+                )
+                raise InsertGaveUpError(msg) from ex
+            RETRIES.labels(table).inc()
+            delay = min(_backoff_s(attempt), remaining)
+            logger.warning(
+                "ClickHouse %s for %s failed (attempt %d), retrying in %.2fs: %r",
+                action,
+                table,
+                attempt + 1,
+                delay,
+                ex,
+            )
+            sleep(delay)
+            attempt += 1
+
+
+# --- the sink ----------------------------------------------------------------
+
+
+class _ClickHouseSinkPartition(StatelessSinkPartition[Any]):
+    def __init__(
+        self,
+        client: LockedClient,
+        context: InsertContext,
+        spec: TableSpec,
+        build_row: Callable[[Any], tuple[Any, ...]],
+        max_retry_s: float,
+    ) -> None:
+        self._client = client
+        self._context = context
+        self._spec = spec
+        self._build_row = build_row
+        self._max_retry_s = max_retry_s
+
+    def write_batch(self, items: list[Any]) -> None:
+        if not items:
+            return
+        # Column-oriented: the Native encoder works per column, and handing it
+        # columns measured ~5-10% faster than row tuples.
+        columns = list(zip(*self._rows(items), strict=True))
+        retry(
+            lambda: self._insert(columns),
+            table=self._spec.name,
+            action="insert",
+            max_retry_s=self._max_retry_s,
+        )
+        ROWS.labels(self._spec.name).inc(len(items))
+
+    def _rows(self, items: list[Any]) -> list[tuple[Any, ...]]:
+        record_type = self._spec.record_type
+        for item in items:
+            if not isinstance(item, record_type):
+                msg = (
+                    f"ClickHouse sink for {self._spec.name!r} expects {record_type.__name__} "
+                    f"records, got {type(item).__name__}: {item!r:.200}"
+                )
+                raise TypeError(msg)
+        build_row = self._build_row
+        return [build_row(item) for item in items]
+
+    def _insert(self, columns: list[tuple[Any, ...]]) -> None:
+        # A fresh `data` resets the reusable context, also after a failed attempt.
+        self._context.insert_exception = None
+        self._context.data = columns
+        try:
+            self._client.insert(context=self._context)
+        finally:
+            self._context.data = None
+
+
+class ClickHouseSink(DynamicSink[Any]):
+    """Write one judgeflow record type into its ClickHouse table, one insert per batch.
+
+    Args:
+        dsn: where ClickHouse is (see `connect`).
+        database: the judgeflow database; created with its tables if missing.
+        table: one of `TABLES` (`llm_events`, `evaluations`, `cost_windows`,
+            `alerts`, `dead_letters`); the records must be of its type.
+        store_text: keep prompts and responses in `llm_events` (off by default).
+        max_retry_s: how long to keep retrying a failing connect or insert
+            (exponential backoff with jitter) before raising.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        database: str,
+        table: str,
+        *,
+        store_text: bool = False,
+        max_retry_s: float = 60.0,
+    ) -> None:
+        if max_retry_s < 0:
+            msg = f"ClickHouseSink({table!r}): max_retry_s must be >= 0, got {max_retry_s}"
+            raise ValueError(msg)
+        _shared_key(dsn)  # fail at flow build time on a malformed DSN, without connecting
+        self.dsn = dsn
+        self.database = check_identifier(database)
+        self.spec = table_spec(table)
+        self.store_text = store_text
+        self.max_retry_s = max_retry_s
+
+    def _row_builder(self) -> Callable[[Any], tuple[Any, ...]]:
+        if self.spec.build_row is event_row:
+            store_text = self.store_text
+            return lambda e: event_row(e, store_text=store_text)
+        return self.spec.build_row
+
+    def _open(self) -> tuple[LockedClient, InsertContext]:
+        client = connect(self.dsn, self.database)
+        ensure_schema(client, self.database)
+        context = client.create_insert_context(
+            self.spec.name,
+            self.spec.column_names,
+            database=self.database,
+            column_type_names=self.spec.column_types,
+            column_oriented=True,
+        )
+        return client, context
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ClickHouseSinkPartition:
+        """Open the shared client on this worker (retrying like an insert) and
+        make sure the schema exists."""
+        client, context = retry(
+            self._open, table=self.spec.name, action="connect", max_retry_s=self.max_retry_s
+        )
+        return _ClickHouseSinkPartition(client, context, self.spec, self._row_builder(), self.max_retry_s)
+
+
+__all__ = [
+    "DEFAULT_DATABASE",
+    "ROW_BUILDERS",
+    "TABLES",
+    "ClickHouseSink",
+    "ClickHouseSinkError",
+    "InsertGaveUpError",
+    "InsertRejectedError",
+    "LockedClient",
+    "TableSpec",
+    "chdb_dir_in_use",
+    "connect",
+    "ensure_schema",
+    "event_row",
+    "is_retryable",
+    "retry",
+    "schema_statements",
+    "table_spec",
+]

@@ -1,0 +1,144 @@
+-- judgeflow's ClickHouse schema. `{database}` is replaced by the configured
+-- database name (default `judgeflow`) by sinks.clickhouse.ensure_schema().
+--
+-- Every statement is idempotent (IF NOT EXISTS). Every table is a
+-- ReplacingMergeTree whose sorting key is the record's deterministic id, so a
+-- replay or a crash-restart that re-writes rows never double counts: read
+-- with FINAL (or argMax by the version column). Money is Decimal(38, 12)
+-- dollars, converted exactly from the flow's integer picodollars; times are
+-- UTC milliseconds. `inserted_at` is filled by the server and is the replacing
+-- version where the record has none, so the latest write of a key wins.
+
+CREATE DATABASE IF NOT EXISTS {database};
+
+-- One row per LLM request event (operators.records.Event).
+CREATE TABLE IF NOT EXISTS {database}.llm_events
+(
+    event_id           String,
+    ts                 DateTime64(3, 'UTC'),
+    tenant_id          LowCardinality(String),
+    agent              LowCardinality(String),
+    model              LowCardinality(String),
+    provider           LowCardinality(String),
+    variant            LowCardinality(String),
+    input_tokens       UInt32,
+    output_tokens      UInt32,
+    cache_read_tokens  UInt32,
+    cache_write_tokens UInt32,
+    reasoning_tokens   UInt32,
+    cost_usd           Decimal(38, 12),
+    cost_source        LowCardinality(String) COMMENT 'provided | catalog | override | unknown',
+    latency_ms         Nullable(Float64),
+    conversation_id    Nullable(String),
+    user_id            Nullable(String),
+    input_chars        UInt32,
+    output_chars       UInt32,
+    input_text         String COMMENT 'empty unless the sink runs with store_text',
+    output_text        String COMMENT 'empty unless the sink runs with store_text',
+    source_topic       LowCardinality(Nullable(String)),
+    source_partition   Nullable(Int32),
+    source_offset      Nullable(Int64),
+    inserted_at        DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(inserted_at)
+PARTITION BY toYYYYMM(ts)
+ORDER BY (tenant_id, event_id);
+
+-- One row per judge verdict (operators.records.Evaluation). The columns follow
+-- the OpenTelemetry `gen_ai.evaluation.result` event; the mapping is in the
+-- column comments.
+CREATE TABLE IF NOT EXISTS {database}.evaluations
+(
+    eval_id          String,
+    event_id         String COMMENT 'gen_ai.response.id: the judged event',
+    ts               DateTime64(3, 'UTC'),
+    tenant_id        LowCardinality(String),
+    agent            LowCardinality(String),
+    model            LowCardinality(String),
+    variant          LowCardinality(String),
+    metric           LowCardinality(String) COMMENT 'gen_ai.evaluation.name',
+    score            Float64 COMMENT 'gen_ai.evaluation.score.value',
+    label            LowCardinality(String) COMMENT 'gen_ai.evaluation.score.label',
+    explanation      String COMMENT 'gen_ai.evaluation.explanation',
+    judge            LowCardinality(String),
+    tier             UInt8,
+    judge_cost_usd   Decimal(38, 12),
+    judge_latency_ms Float64,
+    cache_hit        Bool,
+    inclusion_prob   Float64 COMMENT 'sampling inclusion probability, for Horvitz-Thompson estimates',
+    content_hash     String,
+    error            String COMMENT 'error.type when the judge failed, else empty',
+    inserted_at      DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(inserted_at)
+PARTITION BY toYYYYMM(ts)
+ORDER BY (tenant_id, eval_id);
+
+-- Tumbling windows (operators.records.CostWindow). 1 min, 1 h and 1 day rows
+-- share the table, told apart by window_s. A window re-emitted within the
+-- allowed lateness carries a newer version, which replaces the earlier row;
+-- entries later still arrive as `correction` rows with their own ids, which
+-- add to the window: sum over both kinds.
+CREATE TABLE IF NOT EXISTS {database}.cost_windows
+(
+    tenant_id             LowCardinality(String),
+    agent                 LowCardinality(String),
+    model                 LowCardinality(String),
+    variant               LowCardinality(String),
+    window_s              UInt32,
+    window_start          DateTime64(3, 'UTC'),
+    kind                  LowCardinality(String) COMMENT 'window | correction',
+    correction_id         String COMMENT 'the late entry of a correction row, else empty',
+    requests              UInt64,
+    input_tokens          UInt64,
+    output_tokens         UInt64,
+    cost_usd              Decimal(38, 12),
+    unknown_cost_requests UInt64,
+    judge_calls           UInt64,
+    judge_cost_usd        Decimal(38, 12),
+    max_request_cost_usd  Decimal(38, 12),
+    version               UInt64 COMMENT 'emission time: the newest row of a key wins',
+    inserted_at           DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (tenant_id, agent, model, variant, window_s, window_start, kind, correction_id);
+
+-- Alert state transitions (operators.records.Alert).
+CREATE TABLE IF NOT EXISTS {database}.alerts
+(
+    alert_id       String,
+    rule           LowCardinality(String),
+    tenant_id      LowCardinality(String),
+    scope          String,
+    level          LowCardinality(String),
+    previous_level LowCardinality(String),
+    value          Float64,
+    threshold      Float64,
+    window_start   DateTime64(3, 'UTC'),
+    window_end     DateTime64(3, 'UTC'),
+    ts             DateTime64(3, 'UTC'),
+    message        String,
+    runbook        String,
+    inserted_at    DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(inserted_at)
+PARTITION BY toYYYYMM(ts)
+ORDER BY (tenant_id, alert_id);
+
+-- Records the flow could not process (operators.records.DeadLetter).
+CREATE TABLE IF NOT EXISTS {database}.dead_letters
+(
+    key              String,
+    ts               DateTime64(3, 'UTC'),
+    stage            LowCardinality(String),
+    reason           String,
+    raw              String COMMENT 'the undecodable bytes, verbatim',
+    source_topic     LowCardinality(Nullable(String)),
+    source_partition Nullable(Int32),
+    source_offset    Nullable(Int64),
+    inserted_at      DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(inserted_at)
+PARTITION BY toYYYYMM(ts)
+ORDER BY key;
