@@ -77,6 +77,12 @@ class OpenAIJudge:
             )
         except openai.APIError as exc:
             raise classify_openai_error(exc) from exc
+        except ValueError as exc:  # a truncated JSON body surfaces as json.JSONDecodeError
+            msg = f"malformed response body: {exc}"
+            raise RetryableJudgeError(msg) from exc
+        if isinstance(resp, str):  # a 200 with a non-JSON body comes back as text
+            msg = f"non-JSON response body: {resp[:80]!r}"
+            raise RetryableJudgeError(msg)
         latency_ms = (time.perf_counter() - started) * 1000
         usage = resp.usage
         in_tok = usage.prompt_tokens if usage else 0

@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS {database}.llm_events
     output_chars       UInt32,
     input_text         String COMMENT 'empty unless the sink runs with store_text',
     output_text        String COMMENT 'empty unless the sink runs with store_text',
+    flags              Array(LowCardinality(String)) COMMENT 'tier-0 rules that fired, e.g. pii.email',
     source_topic       LowCardinality(Nullable(String)),
     source_partition   Nullable(Int32),
     source_offset      Nullable(Int64),
