@@ -1,8 +1,8 @@
 """The `judgeflow` command.
 
-    judgeflow run     [--config F] [-w N] [-i I -a ADDRS] [--recovery-dir D]   the streaming job
-    judgeflow demo    [--workers N] [--limit N]                                 everything embedded
-    judgeflow init-db [--config F]                                              create the ClickHouse tables
+judgeflow run     [--config F] [-w N] [-i I -a ADDRS] [--recovery-dir D]   the streaming job
+judgeflow demo    [--workers N] [--limit N]                                 everything embedded
+judgeflow init-db [--config F]                                              create the ClickHouse tables
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("httpx", "httpx2", "openai", "anthropic"):  # one line per judge call otherwise
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except ConfigError as exc:
@@ -31,7 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="judgeflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="judgeflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run the streaming job")
@@ -39,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-w", "--workers", type=int, default=1, help="worker threads in this process")
     run.add_argument("-i", "--process-id", type=int, default=None, help="this process's index in a cluster")
     run.add_argument("-a", "--addresses", default=None, help="host:port of every process, ';'-separated")
-    run.add_argument("--recovery-dir", type=Path, default=None, help="bytewax recovery partitions (resume on restart)")
+    run.add_argument(
+        "--recovery-dir", type=Path, default=None, help="bytewax recovery partitions (resume on restart)"
+    )
     run.add_argument("--snapshot-s", type=float, default=10.0, help="epoch / snapshot interval in seconds")
     run.set_defaults(func=_cmd_run)
 
@@ -65,6 +71,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from bytewax._bytewax import cli_main
     from bytewax.recovery import RecoveryConfig
 
+    from flows.deps import build_deps
     from flows.judgeflow import build_flow
 
     settings = load_settings(args.config)
@@ -73,14 +80,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _serve_metrics(settings)
     recovery = RecoveryConfig(str(args.recovery_dir)) if args.recovery_dir else None
     addresses = args.addresses.split(";") if args.addresses else None
-    cli_main(
-        build_flow(settings),
-        workers_per_process=args.workers,
-        process_id=args.process_id,
-        addresses=addresses,
-        epoch_interval=timedelta(seconds=args.snapshot_s),
-        recovery_config=recovery,
-    )
+    deps = build_deps(settings)
+    try:
+        cli_main(
+            build_flow(settings, deps=deps),
+            workers_per_process=args.workers,
+            process_id=args.process_id,
+            addresses=addresses,
+            epoch_interval=timedelta(seconds=args.snapshot_s),
+            recovery_config=recovery,
+        )
+    finally:
+        deps.close()
     return 0
 
 
@@ -108,7 +119,12 @@ def _check_runnable(settings: Settings) -> None:
         msg = "kafka.brokers is empty: set JUDGEFLOW_KAFKA_BROKERS (or use `judgeflow demo` for the embedded setup)"
         raise ConfigError(msg)
     j = settings.flow.judges
-    if j.enabled and j.tier1.provider == "openai" and settings.secrets.openai_api_key is None and not j.tier1.base_url:
+    if (
+        j.enabled
+        and j.tier1.provider == "openai"
+        and settings.secrets.openai_api_key is None
+        and not j.tier1.base_url
+    ):
         msg = "judges are enabled but OPENAI_API_KEY is not set (or point OPENAI_BASE_URL at an OpenAI-compatible judge)"
         raise ConfigError(msg)
 

@@ -130,6 +130,8 @@ class JudgesConfig(_Section):
 class WindowsConfig(_Section):
     size_s: int = Field(60, ge=1)
     allowed_lateness_s: int = Field(300, ge=0)
+    # judge verdicts return well after their requests during replays: more slack
+    judge_allowed_lateness_s: int = Field(1800, ge=0)
 
 
 class BurnRateRule(_Section):

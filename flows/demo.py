@@ -19,7 +19,8 @@ from flows.config import Settings, load_settings
 from flows.traffic import generate
 
 TOPIC = "llm-events"
-PARTITIONS = 4
+# the mock cluster keeps ~5 MB per partition: 16 partitions hold the whole sample
+PARTITIONS = 16
 
 
 def run_demo(
@@ -32,6 +33,7 @@ def run_demo(
 ) -> int:
     from bytewax._bytewax import cli_main
 
+    from flows.deps import build_deps
     from flows.judgeflow import build_flow
     from flows.kafka_mock import MockCluster, produce_all
     from sinks.clickhouse import connect, ensure_schema
@@ -42,7 +44,10 @@ def run_demo(
         kafka.create_topic(TOPIC, PARTITIONS)
         started = time.perf_counter()
         n = produce_all(kafka.bootstrap, TOPIC, generate(limit=limit))
-        print(f"produced {n} events to {TOPIC} ({PARTITIONS} partitions) in {time.perf_counter() - started:.1f} s")
+        print(
+            f"produced {n} events to {TOPIC} ({PARTITIONS} partitions) in {time.perf_counter() - started:.1f} s"
+        )
+        _check_retained(kafka.bootstrap, n)
         overrides = {
             "kafka.brokers": kafka.bootstrap,
             "kafka.tail": False,
@@ -55,11 +60,33 @@ def run_demo(
         ch = settings.flow.clickhouse
         ensure_schema(connect(ch.dsn), ch.database)
         started = time.perf_counter()
-        cli_main(build_flow(settings), workers_per_process=workers, epoch_interval=timedelta(seconds=5))
+        deps = build_deps(settings)
+        try:
+            flow = build_flow(settings, deps=deps)
+            cli_main(flow, workers_per_process=workers, epoch_interval=timedelta(seconds=5))
+        finally:
+            deps.close()
         elapsed = time.perf_counter() - started
         print(f"flow finished in {elapsed:.1f} s ({n / elapsed:,.0f} events/s, {workers} worker(s))")
         print_summary(settings, simulated=bool(judge_url))
     return 0
+
+
+def _check_retained(bootstrap: str, produced: int) -> None:
+    """Fail loudly if the mock broker trimmed messages (it keeps ~5 MB per partition)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "judgeflow-demo-check"})
+    try:
+        kept = 0
+        for p in range(PARTITIONS):
+            low, high = c.get_watermark_offsets(TopicPartition(TOPIC, p), timeout=10)
+            kept += high - low
+    finally:
+        c.close()
+    if kept != produced:
+        msg = f"the embedded Kafka kept {kept} of {produced} messages: use --limit or more partitions"
+        raise RuntimeError(msg)
 
 
 @contextlib.contextmanager
@@ -87,7 +114,9 @@ def print_summary(settings: Settings, *, simulated: bool) -> None:
     def table(title: str, sql: str, headers: list[str]) -> None:
         rows = client.query(sql).result_rows
         print(f"\n{title}")
-        widths = [max(len(h), *(len(_fmt(r[i])) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+        widths = [
+            max(len(h), *(len(_fmt(r[i])) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+        ]
         print("  " + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
         for r in rows:
             print("  " + "  ".join(_fmt(v).ljust(w) for v, w in zip(r, widths, strict=True)))

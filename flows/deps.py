@@ -44,6 +44,13 @@ class Deps:
     runtime: JudgeRuntime
     burn_levels: BurnRateLevels
 
+    def close(self) -> None:
+        """Stop the judge loop and close clients once the dataflow has returned."""
+        self.runtime.close()
+        close = getattr(self.cache, "close", None)
+        if close is not None:
+            close()
+
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000

@@ -1,11 +1,11 @@
 """The judgeflow dataflow, top to bottom.
 
-    kafka_in ─ decode ─┬─ errs ─────────────────────────────────────► dead letters
-                       └─ events ─ price ─┬─ ledger ─ cost_window ─┬─► cost_windows
-                                          │            ▲           └─ alerts ─► alerts
-                                          │            └──── judge spend ◄─┐
-                                          └─ dedup ─ sample ─┬─ judge ─────┴─► evaluations
-                                                             └─────────────► llm_events
+    kafka_in ─ decode ─┬─ errs ──────────────────────────────────────► dead letters
+                       └─ events ─ price ─┬─ ledger ─ cost_window ─┬────► cost_windows (llm)
+                                          │                        └─ alerts ─► alerts
+                                          └─ dedup ─ sample ─┬─ judge ─┬──► evaluations
+                                                             │         └─ judge_window ─► cost_windows (judge)
+                                                             └────────────► llm_events
 
 `build_flow(settings)` wires the stages; `flows.deps` builds what they need
 (clients, caches, judges) from the settings. Nothing here connects anywhere
@@ -73,14 +73,23 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
         keyer=d.keyer,
         now_ms=d.now_ms,
     )
-    ledger = op.merge("ledger", op.map("ledger_events", events, ledger_entry), judged.spend)
-    windows = cost_window(
+    # judge verdicts come back after the requests they judge: judge spend gets
+    # its own windows (same ledger, category "judge") that follow their own event-time progress
+    request_windows = cost_window(
         "cost_window",
-        ledger,
+        op.map("ledger", events, ledger_entry),
         size_s=cfg.windows.size_s,
         allowed_lateness_s=cfg.windows.allowed_lateness_s,
     )
-    alerts = burn_rate_alerts("alerts", windows, levels=d.burn_levels)
+    judge_windows = cost_window(
+        "judge_window",
+        judged.spend,
+        size_s=cfg.windows.size_s,
+        allowed_lateness_s=cfg.windows.judge_allowed_lateness_s,
+        category="judge",
+    )
+    windows = op.merge("windows", request_windows, judge_windows)
+    alerts = burn_rate_alerts("alerts", request_windows, levels=d.burn_levels)
 
     # outputs
     to_clickhouse("llm_events_out", op.map("event_of", sampled.events, lambda c: c.event), "llm_events")

@@ -57,7 +57,9 @@ def read_trace(name: str, data: Path | None = None) -> list[TraceRow]:
     with path.open(newline="") as f:
         for r in csv.DictReader(f):
             ts = datetime.strptime(r["TIMESTAMP"][:26], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
-            rows.append(TraceRow(int(ts.timestamp() * 1000), int(r["ContextTokens"]), int(r["GeneratedTokens"])))
+            rows.append(
+                TraceRow(int(ts.timestamp() * 1000), int(r["ContextTokens"]), int(r["GeneratedTokens"]))
+            )
     return rows
 
 
@@ -78,7 +80,9 @@ def content_pool(data: Path | None = None) -> tuple[Content, ...]:
     with (d / "labeled" / "presidio_synth_pii_v2.jsonl").open() as f:
         for line in f:
             r = json.loads(line)
-            pool.append(Content("Please repeat the customer's message for the record.", r["full_text"], None, "pii"))
+            pool.append(
+                Content("Please repeat the customer's message for the record.", r["full_text"], None, "pii")
+            )
     with (d / "prompts" / "dan_jailbreak_templates.jsonl").open() as f:
         for line in f:
             r = json.loads(line)
@@ -155,7 +159,11 @@ def event_dict(trace: str, i: int, row: TraceRow, pool: tuple[Content, ...]) -> 
 
 
 def generate(
-    *, traces: tuple[str, ...] = ("conv", "code"), limit: int | None = None, bad: bool = True, data: Path | None = None
+    *,
+    traces: tuple[str, ...] = ("conv", "code"),
+    limit: int | None = None,
+    bad: bool = True,
+    data: Path | None = None,
 ) -> Iterator[tuple[bytes, bytes, int]]:
     """(key, JSON value, timestamp ms) in arrival order across the traces."""
     pool = content_pool(data)

@@ -73,20 +73,35 @@ class _BurnRateLogic(StatefulBatchLogic[CostWindow, Alert, _AlertState]):
     def on_batch(self, values: list[CostWindow]) -> tuple[Iterable[Alert], bool]:
         s = self._s
         tenant = values[0].tenant_id
+        out = []
+        # evaluate at every window end in event-time order, so a fast replay
+        # still walks through each level instead of jumping to the last one
         for w in sorted(values, key=lambda w: w.window_start_ms):
+            if w.category != "llm":
+                continue
             if w.kind == "correction":
                 s.corrections[(w.window_start_ms, w.correction_id)] = w.cost_pusd
             else:
                 s.windows[(w.agent, w.model, w.variant, w.window_start_ms)] = w.cost_pusd
-            s.newest_end_ms = max(s.newest_end_ms, w.window_start_ms + w.window_ms)
+            end = w.window_start_ms + w.window_ms
+            if end > s.newest_end_ms:
+                out.extend(self._evaluate(tenant))
+                s.newest_end_ms = end
+        out.extend(self._evaluate(tenant))
         self._forget_old()
-        out = []
+        return out, StatefulBatchLogic.RETAIN
+
+    def _evaluate(self, tenant: str) -> list[Alert]:
+        s = self._s
+        if s.newest_end_ms == 0:
+            return []
         burn = self._burn_usd(s.newest_end_ms)
         level = self._levels.level(burn)
-        if level != s.level:
-            out.append(self._alert(tenant, level, burn))
-            s.level = level
-        return out, StatefulBatchLogic.RETAIN
+        if level == s.level:
+            return []
+        alert = self._alert(tenant, level, burn)
+        s.level = level
+        return [alert]
 
     def snapshot(self) -> _AlertState:
         s = self._s

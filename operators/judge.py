@@ -205,7 +205,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, Evaluation | LedgerEntry, _Judge
                 verdict = _error_verdict(o.metric, self._d.plan.llm_tier(o.metric))
                 out.append(_evaluation(c, verdict, cost=cost, latency=latency, error=o.error))
             if o.calls:
-                out.append(_spend(c.event, len(o.calls), cost))
+                out.append(_spend(c.event, o.metric, len(o.calls), cost))
         if to_cache:
             self._d.cache.put_many(to_cache)
         return out
@@ -275,7 +275,7 @@ def _evaluation(
     )
 
 
-def _spend(e: Event, calls: int, cost: int) -> LedgerEntry:
+def _spend(e: Event, metric: str, calls: int, cost: int) -> LedgerEntry:
     return LedgerEntry(
         tenant_id=e.tenant_id,
         agent=e.agent,
@@ -284,4 +284,5 @@ def _spend(e: Event, calls: int, cost: int) -> LedgerEntry:
         ts_ms=e.ts_ms,
         judge_calls=calls,
         judge_cost_pusd=cost,
+        entry_id=f"{e.event_id}|judge|{metric}",
     )

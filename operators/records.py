@@ -218,6 +218,7 @@ class CostWindow(msgspec.Struct, frozen=True, array_like=True):
     judge_cost_pusd: int
     max_request_cost_pusd: int
     version: int  # emission time (ms): the newest row for a window key wins
+    category: str = "llm"  # llm (the product's requests) | judge (judgeflow's own judge calls)
     kind: str = "window"  # window | correction (entries after the allowed lateness)
     correction_id: str = ""  # the late entry's id, for correction rows
 

@@ -85,7 +85,9 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         lateness_ms: int,
         clock: Callable[[], float],
         resume: _WindowState | None,
+        category: str = "llm",
     ) -> None:
+        self._category = category
         self._size = size_ms
         self._lateness = lateness_ms
         self._clock = clock
@@ -193,6 +195,7 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
             judge_cost_pusd=w.judge_cost_pusd,
             max_request_cost_pusd=w.max_request_cost_pusd,
             version=time.time_ns() // 1000,
+            category=self._category,
             kind=kind,
             correction_id=correction_id,
         )
@@ -211,6 +214,7 @@ def cost_window(
     *,
     size_s: int,
     allowed_lateness_s: int,
+    category: str = "llm",
     clock: Callable[[], float] = time.time,
 ) -> Stream[CostWindow]:
     """Windowed spend per (tenant, agent, model, variant); see the module docstring."""
@@ -226,7 +230,7 @@ def cost_window(
     rows = op.stateful_batch(
         f"{step_id}_windows",
         keyed,
-        lambda resume: _WindowLogic(size_ms, lateness_ms, clock, resume),
+        lambda resume: _WindowLogic(size_ms, lateness_ms, clock, resume, category),
     )
     return op.map(f"{step_id}_unkey", rows, lambda kv: kv[1])
 

@@ -76,7 +76,10 @@ PARTITION BY toYYYYMM(ts)
 ORDER BY (tenant_id, eval_id);
 
 -- Tumbling windows (operators.records.CostWindow). 1 min, 1 h and 1 day rows
--- share the table, told apart by window_s. A window re-emitted within the
+-- share the table, told apart by window_s. Spend on the product's LLM requests
+-- (category llm) and on judgeflow's own judge calls (category judge) are kept
+-- in separate rows of the same ledger: judge verdicts return later than the
+-- requests they judge, so each category keeps its own event-time progress. A window re-emitted within the
 -- allowed lateness carries a newer version, which replaces the earlier row;
 -- entries later still arrive as `correction` rows with their own ids, which
 -- add to the window: sum over both kinds.
@@ -88,6 +91,7 @@ CREATE TABLE IF NOT EXISTS {database}.cost_windows
     variant               LowCardinality(String),
     window_s              UInt32,
     window_start          DateTime64(3, 'UTC'),
+    category              LowCardinality(String) COMMENT 'llm (requests) | judge (judge calls)',
     kind                  LowCardinality(String) COMMENT 'window | correction',
     correction_id         String COMMENT 'the late entry of a correction row, else empty',
     requests              UInt64,
@@ -103,7 +107,7 @@ CREATE TABLE IF NOT EXISTS {database}.cost_windows
 )
 ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(window_start)
-ORDER BY (tenant_id, agent, model, variant, window_s, window_start, kind, correction_id);
+ORDER BY (tenant_id, agent, model, variant, window_s, window_start, category, kind, correction_id);
 
 -- Alert state transitions (operators.records.Alert).
 CREATE TABLE IF NOT EXISTS {database}.alerts

@@ -13,7 +13,10 @@ from operators.records import DeadLetter, Event, usd_to_pico
 
 NOW = 1_763_800_000_000  # 2025-11-22
 LIMITS = DecodeLimits(
-    earliest_ts_ms=1_577_836_800_000, max_future_ms=86_400_000, max_tokens=10_000_000, max_cost_pico=usd_to_pico(1000)
+    earliest_ts_ms=1_577_836_800_000,
+    max_future_ms=86_400_000,
+    max_tokens=10_000_000,
+    max_cost_pico=usd_to_pico(1000),
 )
 
 

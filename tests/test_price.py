@@ -14,7 +14,9 @@ from operators.price import Catalog, Pricer, override_rates
 from operators.records import PICO_PER_USD, Event
 
 
-def event(model: str, provider: str = "", *, inp=1000, out=200, cr=0, cw=0, ts_ms=1_700_158_546_000, cost=None) -> Event:
+def event(
+    model: str, provider: str = "", *, inp=1000, out=200, cr=0, cw=0, ts_ms=1_700_158_546_000, cost=None
+) -> Event:
     return Event(
         event_id="e",
         ts_ms=ts_ms,
@@ -120,5 +122,7 @@ def test_override_cache_read_rate(cache_read):
     rates = override_rates(Decimal("0.30"), Decimal("1.20"), cache_read)
     # 1M input of which 400k cached, no output
     got = rates.cost_pico(1_000_000, 0, 400_000, 0)
-    expected = Decimal("0.18") + 400_000 * (cache_read if cache_read is not None else Decimal("0.30")) / 1_000_000
+    expected = (
+        Decimal("0.18") + 400_000 * (cache_read if cache_read is not None else Decimal("0.30")) / 1_000_000
+    )
     assert got == int(expected * PICO_PER_USD)

@@ -51,7 +51,9 @@ def expected(entries: list[LedgerEntry]) -> dict[tuple, tuple[int, int]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
-def run_windows(batches: list[list[LedgerEntry]], workers: int = 1, lateness_s: int = 120) -> list[CostWindow]:
+def run_windows(
+    batches: list[list[LedgerEntry]], workers: int = 1, lateness_s: int = 120
+) -> list[CostWindow]:
     flow = Dataflow("windows_test")
     items = [e for b in batches for e in b]
     src = op.input("in", flow, TestingSource(items, batch_size=max(1, max(len(b) for b in batches))))
@@ -121,7 +123,9 @@ ENTRIES = st.lists(
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ENTRIES, st.integers(min_value=1, max_value=40), st.sampled_from([0, 60, 600]), st.sampled_from([1, 2]))
+@given(
+    ENTRIES, st.integers(min_value=1, max_value=40), st.sampled_from([0, 60, 600]), st.sampled_from([1, 2])
+)
 def test_property_window_totals_equal_event_sums(raw, batch, lateness_s, workers):
     items = [entry(t, BASE + off, c, eid=f"e{i}") for i, (t, off, c) in enumerate(raw)]
     batches = [items[i : i + batch] for i in range(0, len(items), batch)]

@@ -1,0 +1,122 @@
+"""Real components for the tests: Kafka (librdkafka mock cluster), redis-server,
+ClickHouse (chdb, one data directory per pytest process), and a local
+OpenAI/Anthropic-compatible judge endpoint."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from flows.config import Settings, load_settings
+from flows.kafka_mock import MockCluster
+from judges.local_endpoint import EndpointConfig, LocalEndpoint
+from sinks import clickhouse as ch
+
+
+@pytest.fixture(scope="session")
+def chdb_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+    # chdb allows one data directory per process: reuse the one already open
+    path = ch.chdb_dir_in_use() or tmp_path_factory.mktemp("chdb")
+    return f"chdb://{path}"
+
+
+@pytest.fixture
+def database() -> str:
+    return f"t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def kafka() -> Iterator[MockCluster]:
+    with MockCluster() as cluster:
+        yield cluster
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port; can be stopped and restarted."""
+
+    def __init__(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail("redis-server is not installed: run `make test` (it installs it with apt)")
+        self.exe = exe
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        pytest.fail("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def judge_endpoint() -> Iterator[LocalEndpoint]:
+    with LocalEndpoint(EndpointConfig(latency=5.0)) as ep:
+        yield ep
+
+
+CONFIG = Path(__file__).resolve().parents[1] / "flows" / "judgeflow.example.toml"
+
+
+def flow_settings(**overrides: object) -> Settings:
+    """The example config with test overrides and no environment leaking in."""
+    return load_settings(CONFIG, env={"OPENAI_API_KEY": "test-key"}, **overrides)
+
+
+def run_flow(settings: Settings, *, workers: int = 1) -> None:
+    """Run the whole judgeflow dataflow to the end of its (bounded) input."""
+    from bytewax._bytewax import cli_main
+
+    from flows.deps import build_deps
+    from flows.judgeflow import build_flow
+
+    deps = build_deps(settings)
+    try:
+        cli_main(
+            build_flow(settings, deps=deps), workers_per_process=workers, epoch_interval=timedelta(seconds=1)
+        )
+    finally:
+        deps.close()
