@@ -49,3 +49,4 @@ JUDGE_LATENCY = Histogram(
 JUDGE_IN_FLIGHT = Gauge("judgeflow_judge_in_flight", "Judge calls in flight in this process")
 ALERTS = Counter("judgeflow_alerts_total", "Alert transitions", ["rule", "level"])
 LATE = Counter("judgeflow_late_ledger_entries_total", "Ledger entries after the allowed lateness")
+OVERRIDES_ACTIVE = Gauge("judgeflow_sampler_overrides_active", "Tenant sampling overrides in force")

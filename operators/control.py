@@ -1,0 +1,143 @@
+"""The control store: per-tenant sampling overrides with a time to live.
+
+Alerts write overrides (e.g. judge 1% of a tenant's traffic during a cost
+spike, or pause judging it), operators set and clear them by hand
+(`judgeflow overrides ...`), and the sampler reads them. `RedisControlStore`
+shares them across workers, processes and restarts; `MemoryControlStore` is
+the in-process fallback of the embedded default. Reads are cached for
+`refresh_s` so the hot path does not make a round trip per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import msgspec
+
+from operators import metrics
+
+log = logging.getLogger(__name__)
+
+
+class Override(msgspec.Struct, frozen=True):
+    """`rate` replaces the sampler's rates for the tenant; 0.0 pauses judging."""
+
+    tenant_id: str
+    rate: float
+    reason: str
+    set_by: str  # "alert:<alert_id>" or "cli:<user>"
+    expires_ms: int
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder(Override).decode
+
+
+class ControlStore(Protocol):
+    def active(self) -> dict[str, Override]:
+        """Every override that has not expired, by tenant (cached for a moment)."""
+        ...
+
+    def set(self, override: Override) -> None: ...
+
+    def clear(self, tenant_id: str) -> bool:
+        """Remove a tenant's override; True if there was one."""
+        ...
+
+
+class MemoryControlStore:
+    def __init__(self, *, clock_ms: Callable[[], int] | None = None) -> None:
+        self._clock = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self._data: dict[str, Override] = {}
+        self._lock = threading.Lock()
+
+    def active(self) -> dict[str, Override]:
+        now = self._clock()
+        with self._lock:
+            for t in [t for t, o in self._data.items() if o.expires_ms <= now]:
+                del self._data[t]
+            out = dict(self._data)
+        metrics.OVERRIDES_ACTIVE.set(len(out))
+        return out
+
+    def set(self, override: Override) -> None:
+        with self._lock:
+            self._data[override.tenant_id] = override
+
+    def clear(self, tenant_id: str) -> bool:
+        with self._lock:
+            return self._data.pop(tenant_id, None) is not None
+
+
+class RedisControlStore:
+    """Overrides as `jf:ovr:<tenant>` keys whose Redis TTL is the override's."""
+
+    PREFIX = "jf:ovr:"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        refresh_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        clock_ms: Callable[[], int] | None = None,
+    ) -> None:
+        import redis
+
+        self._redis = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._errors = (redis.RedisError, OSError)
+        self._refresh_s = refresh_s
+        self._clock = clock
+        self._clock_ms = clock_ms or (lambda: time.time_ns() // 1_000_000)
+        self._cached: dict[str, Override] = {}
+        self._fetched_at = float("-inf")
+        self._lock = threading.Lock()
+        self._failing = False
+
+    def active(self) -> dict[str, Override]:
+        with self._lock:
+            if self._clock() - self._fetched_at >= self._refresh_s:
+                self._fetched_at = self._clock()
+                self._cached = self._fetch()
+            now = self._clock_ms()
+            out = {t: o for t, o in self._cached.items() if o.expires_ms > now}
+        metrics.OVERRIDES_ACTIVE.set(len(out))
+        return out
+
+    def set(self, override: Override) -> None:
+        ttl_ms = max(1, override.expires_ms - self._clock_ms())
+        self._redis.set(self.PREFIX + override.tenant_id, _encode(override), px=ttl_ms)
+        self._fetched_at = float("-inf")
+
+    def clear(self, tenant_id: str) -> bool:
+        removed = bool(self._redis.delete(self.PREFIX + tenant_id))
+        self._fetched_at = float("-inf")
+        return removed
+
+    def close(self) -> None:
+        self._redis.close()
+
+    def _fetch(self) -> dict[str, Override]:
+        try:
+            keys = list(self._redis.scan_iter(match=self.PREFIX + "*", count=500))
+            values = self._redis.mget(keys) if keys else []
+        except self._errors as exc:
+            if not self._failing:
+                log.warning("control store unavailable, keeping the last overrides: %s", type(exc).__name__)
+            self._failing = True
+            return self._cached  # keep what we had: an outage must not lift a pause
+        self._failing = False
+        out = {}
+        for raw in values:
+            if raw is None:
+                continue
+            try:
+                o = _decode(raw)
+            except msgspec.DecodeError:
+                continue
+            out[o.tenant_id] = o
+        return out
