@@ -21,6 +21,7 @@ from judges.rules import Tier0Rules
 from judges.runtime import JudgeRuntime, RetryPolicy
 from operators.alerts import BurnRateLevels
 from operators.cache import MemoryVerdictCache, RedisVerdictCache, VerdictCache
+from operators.control import ControlStore, MemoryControlStore, RedisControlStore
 from operators.decode import DecodeLimits
 from operators.dedup import ContentKeyer
 from operators.judge import JudgePlan
@@ -43,13 +44,15 @@ class Deps:
     rules: RuleJudge
     runtime: JudgeRuntime
     burn_levels: BurnRateLevels
+    control: ControlStore
 
     def close(self) -> None:
         """Stop the judge loop and close clients once the dataflow has returned."""
         self.runtime.close()
-        close = getattr(self.cache, "close", None)
-        if close is not None:
-            close()
+        for client in (self.cache, self.control):
+            close = getattr(client, "close", None)
+            if close is not None:
+                close()
 
 
 def now_ms() -> int:
@@ -98,6 +101,7 @@ def build_deps(settings: Settings) -> Deps:
             critical=cfg.alerts.burn_rate.critical,
             emergency=cfg.alerts.burn_rate.emergency,
         ),
+        control=build_control(settings),
     )
 
 
@@ -109,6 +113,12 @@ def build_cache(settings: Settings) -> VerdictCache:
             raise ValueError(msg)
         return RedisVerdictCache(c.redis_url, ttl_s=c.ttl_s)
     return MemoryVerdictCache(max_entries=c.max_entries, ttl_s=c.ttl_s)
+
+
+def build_control(settings: Settings) -> ControlStore:
+    """Overrides live in Redis when there is one (shared by all processes), else in-process."""
+    url = settings.flow.cache.redis_url
+    return RedisControlStore(url) if url else MemoryControlStore()
 
 
 def judge_version(settings: Settings, rules: RuleJudge) -> str:
