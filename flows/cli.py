@@ -142,8 +142,9 @@ def _serve_metrics(settings: Settings) -> None:
         return
     from prometheus_client import start_http_server
 
-    start_http_server(port, addr="127.0.0.1")
-    log.info("Prometheus metrics on http://127.0.0.1:%d/metrics", port)
+    host = settings.flow.metrics.host
+    start_http_server(port, addr=host)
+    log.info("Prometheus metrics on http://%s:%d/metrics", host, port)
 
 
 if __name__ == "__main__":

@@ -160,6 +160,7 @@ class ClickHouseConfig(_Section):
 
 class MetricsConfig(_Section):
     port: int | None = Field(None, ge=0, le=65535)
+    host: str = "127.0.0.1"  # 0.0.0.0 only inside a container network
 
 
 class FlowConfig(_Section):
