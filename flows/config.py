@@ -58,6 +58,15 @@ class DecodeConfig(_Section):
     max_cost_usd: NonNegMoney = Decimal(1000)
 
 
+class OtlpConfig(_Section):
+    """OTLP/JSON export requests on the input topics (the Collector's Kafka exporter)."""
+
+    enabled: bool = True  # detected per message; native JSON events keep working beside them
+    tenant_attribute: str = "tenant.id"
+    variant_attribute: str = "judgeflow.variant"
+    default_tenant: str = ""  # empty: a call without a tenant attribute is dead-lettered
+
+
 class PriceOverride(_Section):
     """Prices per 1M tokens for a model the catalog does not know (fine-tuned, self-hosted)."""
 
@@ -168,6 +177,7 @@ class FlowConfig(_Section):
 
     kafka: KafkaConfig = KafkaConfig()
     decode: DecodeConfig = DecodeConfig()
+    otlp: OtlpConfig = OtlpConfig()
     pricing: PricingConfig = PricingConfig()
     cache: CacheConfig = CacheConfig()
     sampling: SamplingConfig = SamplingConfig()

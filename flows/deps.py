@@ -25,6 +25,7 @@ from operators.control import ControlStore, MemoryControlStore, RedisControlStor
 from operators.decode import DecodeLimits
 from operators.dedup import ContentKeyer
 from operators.judge import JudgePlan
+from operators.otlp import OtlpMapping
 from operators.price import Catalog, Pricer, override_rates
 from operators.records import PICO_PER_USD
 from operators.sample import Sampler
@@ -35,6 +36,7 @@ class Deps:
     brokers: list[str]
     starting_offset: int
     decode_limits: DecodeLimits
+    otlp: OtlpMapping | None
     now_ms: Callable[[], int]
     pricer: Pricer
     cache: VerdictCache
@@ -72,6 +74,13 @@ def build_deps(settings: Settings) -> Deps:
             max_tokens=cfg.decode.max_tokens,
             max_cost_pico=int(cfg.decode.max_cost_usd * PICO_PER_USD),
         ),
+        otlp=OtlpMapping(
+            tenant_attribute=cfg.otlp.tenant_attribute,
+            variant_attribute=cfg.otlp.variant_attribute,
+            default_tenant=cfg.otlp.default_tenant,
+        )
+        if cfg.otlp.enabled
+        else None,
         now_ms=now_ms,
         pricer=Pricer(
             {

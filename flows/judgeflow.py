@@ -57,7 +57,7 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
         )
     raw = op.input("kafka_in", flow, source)
 
-    decoded = decode("decode", raw, limits=d.decode_limits, now_ms=d.now_ms)
+    decoded = decode("decode", raw, limits=d.decode_limits, now_ms=d.now_ms, otlp=d.otlp)
     events = price("price", decoded.oks, pricer=d.pricer)
 
     # cost: every event, and every judge call, into windowed spend per key

@@ -49,4 +49,6 @@ JUDGE_LATENCY = Histogram(
 JUDGE_IN_FLIGHT = Gauge("judgeflow_judge_in_flight", "Judge calls in flight in this process")
 ALERTS = Counter("judgeflow_alerts_total", "Alert transitions", ["rule", "level"])
 LATE = Counter("judgeflow_late_ledger_entries_total", "Ledger entries after the allowed lateness")
+OTLP_SKIPPED = Counter("judgeflow_otlp_skipped_records_total", "OTLP spans/log records that are not LLM calls")
+OTLP_EMPTY = Counter("judgeflow_otlp_messages_without_llm_calls_total", "OTLP messages with no LLM call in them")
 OVERRIDES_ACTIVE = Gauge("judgeflow_sampler_overrides_active", "Tenant sampling overrides in force")

@@ -1,0 +1,146 @@
+"""Validation shared by every input format: a wire event -> a trusted `Event`.
+
+Raises `InvalidEvent` with a message that says what is wrong and what is
+accepted; callers turn it into a dead letter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import xxhash
+
+from operators.records import ChatMessage, DeadLetter, Event, Source, WireEvent, usd_to_pico
+
+MAX_ID_LEN = 256
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    earliest_ts_ms: int
+    max_future_ms: int
+    max_tokens: int
+    max_cost_pico: int
+
+
+class InvalidEvent(ValueError):
+    """An event that parsed but makes no sense."""
+
+
+def to_event(w: WireEvent, limits: DecodeLimits, now_ms: int, source: Source | None) -> Event:
+    _check_id("event_id", w.event_id)
+    _check_id("tenant_id", w.tenant_id)
+    _check_id("agent", w.agent)
+    _check_id("model", w.model)
+    ts_ms = _event_time_ms(w.ts, limits, now_ms)
+    u = w.usage
+    for name in (
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+    ):
+        n = getattr(u, name)
+        if n < 0 or n > limits.max_tokens:
+            msg = f"usage.{name} = {n} outside [0, {limits.max_tokens}]"
+            raise InvalidEvent(msg)
+    if u.cache_read_tokens + u.cache_write_tokens > u.input_tokens:
+        msg = (
+            f"usage.cache_read_tokens + cache_write_tokens ({u.cache_read_tokens} + "
+            f"{u.cache_write_tokens}) exceed input_tokens ({u.input_tokens}); input_tokens must "
+            "include cached input"
+        )
+        raise InvalidEvent(msg)
+    if u.reasoning_tokens > u.output_tokens:
+        msg = f"usage.reasoning_tokens ({u.reasoning_tokens}) exceed output_tokens ({u.output_tokens})"
+        raise InvalidEvent(msg)
+    provided = None
+    if w.cost_usd is not None:
+        provided = _provided_cost(w.cost_usd, limits)
+    if w.latency_ms is not None and not 0 <= w.latency_ms < 86_400_000:
+        msg = f"latency_ms = {w.latency_ms} outside [0, 1 day)"
+        raise InvalidEvent(msg)
+    return Event(
+        event_id=w.event_id,
+        ts_ms=ts_ms,
+        tenant_id=w.tenant_id,
+        agent=w.agent,
+        model=w.model,
+        provider=w.provider or "",
+        variant=w.variant or "baseline",
+        input_text=_text(w.input),
+        output_text=w.output,
+        context=w.context,
+        input_tokens=u.input_tokens,
+        output_tokens=u.output_tokens,
+        cache_read_tokens=u.cache_read_tokens,
+        cache_write_tokens=u.cache_write_tokens,
+        reasoning_tokens=u.reasoning_tokens,
+        provided_cost_pusd=provided,
+        latency_ms=w.latency_ms,
+        conversation_id=w.conversation_id,
+        user_id=w.user_id,
+        metadata=w.metadata,
+        source=source,
+    )
+
+
+def dead_letter(stage: str, reason: str, raw: bytes, source: Source | None, now_ms: int) -> DeadLetter:
+    if source is not None:
+        key = f"{source.topic}:{source.partition}:{source.offset}"
+    else:
+        key = f"{stage}:{xxhash.xxh3_128_hexdigest(raw)}"
+    return DeadLetter(key=key, stage=stage, reason=reason, raw=raw, source=source, ts_ms=now_ms)
+
+
+def _check_id(name: str, value: str) -> None:
+    if not value or not value.strip():
+        msg = f"{name} is empty"
+        raise InvalidEvent(msg)
+    if len(value) > MAX_ID_LEN:
+        msg = f"{name} is {len(value)} characters long (at most {MAX_ID_LEN})"
+        raise InvalidEvent(msg)
+
+
+def _event_time_ms(ts: datetime | int, limits: DecodeLimits, now_ms: int) -> int:
+    if isinstance(ts, datetime):
+        if ts.tzinfo is None:
+            msg = f"ts {ts.isoformat()!r} has no UTC offset; send RFC 3339 with 'Z' or '+hh:mm'"
+            raise InvalidEvent(msg)
+        ts_ms = int(ts.timestamp() * 1000)
+    else:
+        ts_ms = ts
+    if ts_ms < limits.earliest_ts_ms:
+        msg = f"ts {_iso(ts_ms)} is before the earliest accepted time {_iso(limits.earliest_ts_ms)} (epoch seconds sent as milliseconds?)"
+        raise InvalidEvent(msg)
+    if ts_ms > now_ms + limits.max_future_ms:
+        msg = f"ts {_iso(ts_ms)} is more than {limits.max_future_ms // 1000} s in the future"
+        raise InvalidEvent(msg)
+    return ts_ms
+
+
+def _provided_cost(cost: Decimal, limits: DecodeLimits) -> int:
+    if not cost.is_finite():
+        msg = f"cost_usd {cost} is not a finite number"
+        raise InvalidEvent(msg)
+    pico = usd_to_pico(cost)
+    if pico < 0 or pico > limits.max_cost_pico:
+        msg = f"cost_usd {cost} outside [0, {limits.max_cost_pico / 10**12:g}]"
+        raise InvalidEvent(msg)
+    return pico
+
+
+def _text(value: str | list[ChatMessage]) -> str:
+    if isinstance(value, str):
+        return value
+    return "\n".join(f"{m.role}: {m.content}" for m in value)
+
+
+def _iso(ts_ms: int) -> str:
+    try:
+        return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat()
+    except (OverflowError, OSError, ValueError):
+        return f"{ts_ms} ms"
