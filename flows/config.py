@@ -141,6 +141,20 @@ class WindowsConfig(_Section):
     allowed_lateness_s: int = Field(300, ge=0)
     # judge verdicts return well after their requests during replays: more slack
     judge_allowed_lateness_s: int = Field(1800, ge=0)
+    # coarser windows rolled up from the minutes (same table, told apart by window_s)
+    rollups_s: tuple[int, ...] = (3600, 86400)
+
+    @model_validator(mode="after")
+    def _rollups_nest(self) -> WindowsConfig:
+        sizes = (self.size_s, *self.rollups_s)
+        for smaller, larger in zip(sizes, sizes[1:], strict=False):
+            if larger <= smaller or larger % smaller:
+                msg = (
+                    f"windows.rollups_s: each size must be a larger multiple of the one before "
+                    f"(starting with size_s = {self.size_s}), got {list(self.rollups_s)}"
+                )
+                raise ValueError(msg)
+        return self
 
 
 class BurnRateRule(_Section):

@@ -130,7 +130,8 @@ def print_summary(settings: Settings, *, simulated: bool) -> None:
     table(
         "cost per tenant / agent / model / variant (from the 1-minute windows)",
         f"SELECT tenant_id, agent, model, variant, sum(requests), sum(cost_usd), sum(judge_cost_usd)"
-        f" FROM {db}.cost_windows FINAL GROUP BY ALL ORDER BY tenant_id, agent, model, variant",
+        f" FROM {db}.cost_windows FINAL WHERE window_s = 60"
+        " GROUP BY ALL ORDER BY tenant_id, agent, model, variant",
         ["tenant", "agent", "model", "variant", "requests", "cost $", "judge $"],
     )
     label = "judge calls (SIMULATED verdicts)" if simulated else "judge calls"

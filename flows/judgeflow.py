@@ -2,10 +2,12 @@
 
     kafka_in ─ decode ─┬─ errs ──────────────────────────────────────► dead letters
                        └─ events ─ price ─┬─ ledger ─ cost_window ─┬────► cost_windows (llm)
-                                          │                        └─ alerts ─► alerts
-                                          └─ dedup ─ sample ─┬─ judge ─┬──► evaluations
-                                                             │         └─ judge_window ─► cost_windows (judge)
-                                                             └────────────► llm_events
+                                   │      │                        └─ alerts ─► alerts
+                                   │      └─ dedup ─ sample ─┬─ judge ─┬──► evaluations
+                                   │                         │         └─ judge_window ─► cost_windows (judge)
+                                   │                         └────────────► llm_events
+                                   └─ unknown models ─► pricing_issues
+    cost_windows (llm, judge; 1 min) ─ rollup ─► cost_windows (1 h, 1 day)
 
 `build_flow(settings)` wires the stages; `flows.deps` builds what they need
 (clients, caches, judges) from the settings. Nothing here connects anywhere
@@ -27,7 +29,7 @@ from operators.dedup import dedup
 from operators.judge import judge
 from operators.price import price
 from operators.sample import sample
-from operators.windows import cost_window, ledger_entry
+from operators.windows import cost_window, ledger_entry, rollup
 from sinks.clickhouse import ClickHouseSink
 from sinks.kafka import kafka_out
 
@@ -58,7 +60,8 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
     raw = op.input("kafka_in", flow, source)
 
     decoded = decode("decode", raw, limits=d.decode_limits, now_ms=d.now_ms, otlp=d.otlp)
-    events = price("price", decoded.oks, pricer=d.pricer)
+    priced = price("price", decoded.oks, pricer=d.pricer)
+    events = priced.events
 
     # cost: every event, and every judge call, into windowed spend per key
     looked_up = dedup("dedup", events, cache=d.cache, keyer=d.keyer, llm_metrics=d.plan.llm_metrics)
@@ -89,6 +92,10 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
         category="judge",
     )
     windows = op.merge("windows", request_windows, judge_windows)
+    if cfg.windows.rollups_s:  # 1 h and 1 day rows, derived from the minute rows
+        lateness_s = max(cfg.windows.allowed_lateness_s, cfg.windows.judge_allowed_lateness_s)
+        rollups = rollup("rollup", windows, sizes_s=cfg.windows.rollups_s, allowed_lateness_s=lateness_s)
+        windows = op.merge("windows_and_rollups", windows, rollups)
     alerts = burn_rate_alerts("alerts", request_windows, levels=d.burn_levels)
 
     # outputs
@@ -97,6 +104,7 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
     to_clickhouse("cost_windows_out", windows, "cost_windows")
     to_clickhouse("alerts_out", alerts, "alerts")
     to_clickhouse("dead_letters_out", decoded.errs, "dead_letters")
+    to_clickhouse("pricing_issues_out", priced.issues, "pricing_issues")
     if d.brokers:
         kafka_out(
             "alerts_kafka", alerts, brokers=d.brokers, topic=cfg.kafka.alerts_topic, extra=cfg.kafka.extra

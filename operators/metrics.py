@@ -28,6 +28,22 @@ def tenant_label(tenant: str) -> str:
     return OTHER
 
 
+MAX_MODEL_LABELS = 200
+_models: set[str] = set()
+
+
+def model_label(model: str) -> str:
+    """Like `tenant_label`, for model names (producers can send anything)."""
+    model = model[:64]
+    if model in _models:
+        return model
+    with _tenants_lock:
+        if len(_models) < MAX_MODEL_LABELS:
+            _models.add(model)
+            return model
+    return OTHER
+
+
 EVENTS_IN = Counter("judgeflow_events_total", "Events decoded successfully")
 DEAD_LETTERS = Counter("judgeflow_dead_letters_total", "Records sent to dead letters", ["stage"])
 UNKNOWN_MODEL = Counter(
@@ -49,6 +65,12 @@ JUDGE_LATENCY = Histogram(
 JUDGE_IN_FLIGHT = Gauge("judgeflow_judge_in_flight", "Judge calls in flight in this process")
 ALERTS = Counter("judgeflow_alerts_total", "Alert transitions", ["rule", "level"])
 LATE = Counter("judgeflow_late_ledger_entries_total", "Ledger entries after the allowed lateness")
+WINDOW_ENTRIES = Counter(
+    "judgeflow_window_entries_total",
+    "Ledger entries reaching a window step (stage=in) and the partial sums left after the per-batch "
+    "combine (stage=keyed): only the latter cross workers",
+    ["step", "stage"],
+)
 OTLP_SKIPPED = Counter("judgeflow_otlp_skipped_records_total", "OTLP spans/log records that are not LLM calls")
 OTLP_EMPTY = Counter("judgeflow_otlp_messages_without_llm_calls_total", "OTLP messages with no LLM call in them")
 OVERRIDES_ACTIVE = Gauge("judgeflow_sampler_overrides_active", "Tenant sampling overrides in force")

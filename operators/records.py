@@ -120,6 +120,19 @@ class DeadLetter(msgspec.Struct, frozen=True, array_like=True):
     ts_ms: int
 
 
+class PricingIssue(msgspec.Struct, frozen=True, array_like=True):
+    """A model the flow could not price, reported once per (model, provider,
+    UTC day) — the events themselves are still counted, with cost unknown.
+    `key` is deterministic, so repeats (workers, replays) replace each other."""
+
+    key: str
+    day_ms: int
+    model: str
+    provider: str
+    issue: str  # unknown_model
+    message: str
+
+
 class Verdict(msgspec.Struct, frozen=True, array_like=True):
     """One judge's answer for one metric."""
 
@@ -239,3 +252,4 @@ class Alert(msgspec.Struct, frozen=True, array_like=True):
     ts_ms: int
     message: str
     runbook: str
+    details: str = ""  # JSON: the numbers that triggered it (per rule: see operators.alert_rules)

@@ -1,7 +1,7 @@
 """ClickHouse storage for judgeflow: the schema, one shared client per DSN, and the sink.
 
-The flow writes five tables (`llm_events`, `evaluations`, `cost_windows`,
-`alerts`, `dead_letters`; DDL in `schema.sql`). Writes are idempotent: every
+The flow writes six tables (`llm_events`, `evaluations`, `cost_windows`,
+`alerts`, `dead_letters`, `pricing_issues`; DDL in `schema.sql`). Writes are idempotent: every
 table is a ReplacingMergeTree keyed by the record's deterministic id, so a
 replay or a crash-restart that re-writes a batch never double counts (read
 with FINAL). Money leaves the flow as integer picodollars and lands as exact
@@ -41,6 +41,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -59,7 +60,15 @@ from clickhouse_connect.driver.exceptions import (
 from clickhouse_connect.driver.insert import InsertContext
 from prometheus_client import Counter
 
-from operators.records import Alert, CostWindow, DeadLetter, Evaluation, Event, pico_to_usd
+from operators.records import (
+    Alert,
+    CostWindow,
+    DeadLetter,
+    Evaluation,
+    Event,
+    PricingIssue,
+    pico_to_usd,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +262,12 @@ def alert_row(a: Alert) -> tuple[Any, ...]:
     )
 
 
+def pricing_issue_row(p: PricingIssue) -> tuple[Any, ...]:
+    """A `pricing_issues` row: one per unpriced (model, provider, UTC day)."""
+    day = datetime.fromtimestamp(p.day_ms // 1000, tz=UTC).date()
+    return (p.key, day, p.model, p.provider, p.issue, p.message)
+
+
 def dead_letter_row(d: DeadLetter) -> tuple[Any, ...]:
     """A `dead_letters` row; `raw` is stored byte for byte."""
     src = d.source
@@ -412,6 +427,19 @@ TABLES: dict[str, TableSpec] = {
                 *_SOURCE_COLUMNS,
             ),
             dead_letter_row,
+        ),
+        TableSpec(
+            "pricing_issues",
+            PricingIssue,
+            (
+                ("key", "String"),
+                ("day", "Date"),
+                ("model", "String"),
+                ("provider", _LC),
+                ("issue", _LC),
+                ("message", "String"),
+            ),
+            pricing_issue_row,
         ),
     )
 }
@@ -714,7 +742,7 @@ class ClickHouseSink(DynamicSink[Any]):
         dsn: where ClickHouse is (see `connect`).
         database: the judgeflow database; created with its tables if missing.
         table: one of `TABLES` (`llm_events`, `evaluations`, `cost_windows`,
-            `alerts`, `dead_letters`); the records must be of its type.
+            `alerts`, `dead_letters`, `pricing_issues`); the records must be of its type.
         store_text: keep prompts and responses in `llm_events` (off by default).
         max_retry_s: how long to keep retrying a failing connect or insert
             (exponential backoff with jitter) before raising.

@@ -147,3 +147,21 @@ CREATE TABLE IF NOT EXISTS {database}.dead_letters
 ENGINE = ReplacingMergeTree(inserted_at)
 PARTITION BY toYYYYMM(ts)
 ORDER BY key;
+
+-- Models the flow could not price (operators.records.PricingIssue): one row
+-- per (model, provider, UTC day), keyed deterministically so workers and
+-- replays replace each other. The requests themselves are in llm_events
+-- (cost_source = 'unknown') and cost_windows (unknown_cost_requests).
+CREATE TABLE IF NOT EXISTS {database}.pricing_issues
+(
+    key         String,
+    day         Date,
+    model       String,
+    provider    LowCardinality(String),
+    issue       LowCardinality(String) COMMENT 'unknown_model',
+    message     String,
+    inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(inserted_at)
+PARTITION BY toYYYYMM(day)
+ORDER BY key;

@@ -111,11 +111,20 @@ def test_whole_flow_reconciles_and_reruns_idempotently(kafka, chdb_dsn, database
             for t, r, c, j in query(
                 client,
                 "SELECT tenant_id, sum(requests), sum(cost_usd), sum(judge_cost_usd) FROM cost_windows FINAL"
-                " GROUP BY tenant_id",
+                " WHERE window_s = 60 GROUP BY tenant_id",
             )
         }
         assert {t: w[0] for t, w in windows.items()} == dict(want_requests)
         assert {t: w[1] for t, w in windows.items()} == want_cost
+        # the 1 h and 1 day rollups hold the same totals
+        levels: dict[int, dict] = defaultdict(dict)
+        for window_s, t, r, c, j in query(
+            client,
+            "SELECT window_s, tenant_id, sum(requests), sum(cost_usd), sum(judge_cost_usd)"
+            " FROM cost_windows FINAL GROUP BY window_s, tenant_id",
+        ):
+            levels[window_s][t] = (int(r), c, j)
+        assert levels == {60: windows, 3600: windows, 86400: windows}
 
         # judge spend: the same dollars in the ledger as on the evaluations
         judge_by_tenant = dict(
@@ -137,6 +146,6 @@ def test_whole_flow_reconciles_and_reruns_idempotently(kafka, chdb_dsn, database
 
     # judge calls reached the endpoint through the real client; each call is in the ledger once
     seen = judge_endpoint.stats()["total"]
-    ledger_calls = query(client, "SELECT sum(judge_calls) FROM cost_windows FINAL")[0][0]
+    ledger_calls = query(client, "SELECT sum(judge_calls) FROM cost_windows FINAL WHERE window_s = 60")[0][0]
     assert 0 < ledger_calls <= seen
     assert count_topic(kafka.bootstrap, settings.flow.kafka.dead_letters_topic) == 2 * want_bad

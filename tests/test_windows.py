@@ -1,6 +1,6 @@
-"""cost_window: totals per window equal the per-event sums exactly — with
-out-of-order, late and too-late entries, replayed (old) timestamps, and on
-1 and 2 workers."""
+"""cost_window and rollup: totals per window (1 min, 1 h, 1 day) equal the
+per-event sums exactly — with out-of-order, late and too-late entries,
+replayed (old) timestamps, and on 1 and 2 workers."""
 
 from __future__ import annotations
 
@@ -11,55 +11,78 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 
 from operators.records import CostWindow, LedgerEntry
-from operators.windows import _WindowLogic, cost_window
+from operators.windows import _RollupLogic, _WindowLogic, cost_window, rollup
 
 MIN = 60_000
-BASE = 1_700_000_000_000 - 1_700_000_000_000 % MIN  # an old (replayed) minute boundary
+HOUR = 60 * MIN
+DAY = 24 * HOUR
+LEVELS = (MIN, HOUR, DAY)
+BASE = 1_700_000_000_000 - 1_700_000_000_000 % MIN  # an old (replayed) minute boundary: 2023-11-14 22:13
 
 
 def entry(tenant: str, ts_ms: int, cost: int, *, eid: str = "", agent: str = "a") -> LedgerEntry:
-    return LedgerEntry(tenant, agent, "m", "baseline", ts_ms, requests=1, cost_pusd=cost, entry_id=eid)
+    return LedgerEntry(
+        tenant,
+        agent,
+        "m",
+        "baseline",
+        ts_ms,
+        requests=1,
+        cost_pusd=cost,
+        max_request_cost_pusd=cost,
+        entry_id=eid,
+    )
 
 
-def final(rows: list[CostWindow]) -> dict[tuple, tuple[int, int]]:
-    """What `SELECT ... FINAL` gives: newest version per window, plus corrections."""
+def final(rows: list[CostWindow], size: int = MIN) -> dict[tuple, tuple[int, int, int]]:
+    """What `SELECT ... FINAL WHERE window_s = size` gives: the newest version of
+    each window plus the corrections, summed per window."""
     latest: dict[tuple, CostWindow] = {}
     corrections: dict[str, CostWindow] = {}
     for r in rows:
+        if r.window_ms != size:
+            continue
         if r.kind == "correction":
+            assert r.correction_id not in corrections, "one correction row per late entry"
             corrections[r.correction_id] = r
             continue
         k = (r.tenant_id, r.agent, r.window_start_ms)
-        if k not in latest or r.version >= latest[k].version:
+        assert k not in latest or r.version != latest[k].version, "revisions carry a new version"
+        if k not in latest or r.version > latest[k].version:
             latest[k] = r
-    out: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+    out: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0])
     for r in [*latest.values(), *corrections.values()]:
         acc = out[(r.tenant_id, r.agent, r.window_start_ms)]
         acc[0] += r.requests
         acc[1] += r.cost_pusd
+        acc[2] = max(acc[2], r.max_request_cost_pusd)
     return {k: tuple(v) for k, v in out.items()}
 
 
-def expected(entries: list[LedgerEntry]) -> dict[tuple, tuple[int, int]]:
-    out: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+def expected(entries: list[LedgerEntry], size: int = MIN) -> dict[tuple, tuple[int, int, int]]:
+    out: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0])
     for e in entries:
-        acc = out[(e.tenant_id, e.agent, e.ts_ms - e.ts_ms % MIN)]
+        acc = out[(e.tenant_id, e.agent, e.ts_ms - e.ts_ms % size)]
         acc[0] += e.requests
         acc[1] += e.cost_pusd
+        acc[2] = max(acc[2], e.max_request_cost_pusd)
     return {k: tuple(v) for k, v in out.items()}
 
 
 def run_windows(
     batches: list[list[LedgerEntry]], workers: int = 1, lateness_s: int = 120
 ) -> list[CostWindow]:
+    """Minute windows and their 1 h / 1 day rollups, as the flow wires them."""
     flow = Dataflow("windows_test")
     items = [e for b in batches for e in b]
     src = op.input("in", flow, TestingSource(items, batch_size=max(1, max(len(b) for b in batches))))
-    rows = cost_window("cw", src, size_s=60, allowed_lateness_s=lateness_s)
+    minutes = cost_window("cw", src, size_s=60, allowed_lateness_s=lateness_s)
+    rollups = rollup("ru", minutes, sizes_s=(3600, 86400), allowed_lateness_s=lateness_s)
     out: list[CostWindow] = []
-    op.output("out", rows, TestingSink(out))
+    op.output("out", op.merge("all", minutes, rollups), TestingSink(out))
     if workers == 1:
         run_main(flow)
     else:
@@ -106,19 +129,22 @@ def test_flow_totals_match_on_one_and_two_workers():
         [entry("globex", BASE + i * 13_007, 2 * i, eid=f"g{i}", agent="b") for i in range(40)],
         [entry("acme", BASE + 5_000, 1_000, eid="late-1")],  # late, out of order
     ]
-    want = expected([e for b in batches for e in b])
-    assert final(run_windows(batches, workers=1)) == want
-    assert final(run_windows(batches, workers=2)) == want
+    items = [e for b in batches for e in b]
+    for workers in (1, 2):
+        rows = run_windows(batches, workers=workers)
+        for size in LEVELS:
+            assert final(rows, size) == expected(items, size), (workers, size)
 
 
+# up to 5 hours after 22:13 UTC: across hours and a day boundary
 ENTRIES = st.lists(
     st.tuples(
         st.sampled_from(["acme", "globex", "initech"]),
-        st.integers(min_value=0, max_value=30 * MIN),
+        st.integers(min_value=0, max_value=5 * HOUR),
         st.integers(min_value=0, max_value=10**12),
     ),
     min_size=1,
-    max_size=120,
+    max_size=150,
 )
 
 
@@ -129,4 +155,72 @@ ENTRIES = st.lists(
 def test_property_window_totals_equal_event_sums(raw, batch, lateness_s, workers):
     items = [entry(t, BASE + off, c, eid=f"e{i}") for i, (t, off, c) in enumerate(raw)]
     batches = [items[i : i + batch] for i in range(0, len(items), batch)]
-    assert final(run_windows(batches, workers=workers, lateness_s=lateness_s)) == expected(items)
+    rows = run_windows(batches, workers=workers, lateness_s=lateness_s)
+    for size in LEVELS:
+        assert final(rows, size) == expected(items, size), size
+
+
+def row(start: int, cost: int, *, version: int, kind: str = "window", cid: str = "") -> CostWindow:
+    return CostWindow(
+        window_start_ms=start,
+        window_ms=MIN,
+        tenant_id="t",
+        agent="a",
+        model="m",
+        variant="baseline",
+        requests=1,
+        input_tokens=0,
+        output_tokens=0,
+        cost_pusd=cost,
+        unknown_cost_requests=0,
+        judge_calls=0,
+        judge_cost_pusd=0,
+        max_request_cost_pusd=cost,
+        version=version,
+        kind=kind,
+        correction_id=cid,
+    )
+
+
+def test_rollup_replaces_revised_minutes_and_corrects_closed_hours():
+    now = [1_000]
+    t0 = BASE - BASE % DAY + 10 * HOUR  # 10:00 UTC
+    logic = _RollupLogic((HOUR, DAY), 5 * MIN, lambda: now[0], None)
+    out, _ = logic.on_batch([row(t0, 5, version=1), row(t0 + MIN, 7, version=2)])
+    assert sorted((r.window_ms, r.cost_pusd, r.kind) for r in out) == [
+        (HOUR, 12, "window"),
+        (DAY, 12, "window"),
+    ]
+    # a revision of the first minute (5 -> 9) replaces its share, with a newer version
+    out, _ = logic.on_batch([row(t0, 9, version=3)])
+    assert sorted((r.window_ms, r.cost_pusd) for r in out) == [(HOUR, 16), (DAY, 16)]
+    assert min(r.version for r in out) > 1_000
+    # the key moves on 3 hours: t0's hour closes; a minute correction for it becomes an hour correction
+    logic.on_batch([row(t0 + 3 * HOUR, 1, version=4)])
+    out, _ = logic.on_batch([row(t0, 4, version=5, kind="correction", cid="ev-1")])
+    by_size = {r.window_ms: r for r in out}
+    assert (by_size[HOUR].kind, by_size[HOUR].cost_pusd, by_size[HOUR].correction_id) == (
+        "correction",
+        4,
+        "ev-1",
+    )
+    assert (by_size[DAY].kind, by_size[DAY].cost_pusd) == ("window", 21)  # the day is still open
+
+
+def test_batches_are_combined_before_the_keyed_step():
+    # 2,000 entries of 2 keys within 2 minutes, in batches of 500: partial sums cross, not entries
+    items = [entry("acme" if i % 2 else "globex", BASE + i * 50, 1, eid=f"e{i}") for i in range(2_000)]
+    labels = {"step": "cw"}
+    before = {
+        s: REGISTRY.get_sample_value("judgeflow_window_entries_total", {**labels, "stage": s}) or 0
+        for s in ("in", "keyed")
+    }
+    rows = run_windows([items[i : i + 500] for i in range(0, 2_000, 500)])
+    after = {
+        s: REGISTRY.get_sample_value("judgeflow_window_entries_total", {**labels, "stage": s})
+        for s in ("in", "keyed")
+    }
+    assert after["in"] - before["in"] == 2_000
+    # each batch spans at most 2 minutes: at most 2 keys x 2 minutes per batch cross the exchange
+    assert after["keyed"] - before["keyed"] <= 4 * 4
+    assert final(rows) == expected(items)
