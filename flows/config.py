@@ -102,16 +102,39 @@ class JudgeTierConfig(_Section):
     provider: Literal["openai", "anthropic"] = "openai"
     model: str = "gpt-4o-mini"
     base_url: str = ""
-    max_in_flight: int = Field(256, ge=1, le=4096)
+    max_in_flight: int = Field(256, ge=1, le=4096)  # calls in flight to this endpoint
     timeout_s: float = Field(30.0, gt=0)
     max_attempts: int = Field(3, ge=1, le=10)
     input_per_mtok: NonNegMoney | None = None
     output_per_mtok: NonNegMoney | None = None
+    # client-side limits (0 = none): keep under the provider's quota instead of collecting 429s
+    requests_per_minute: int = Field(0, ge=0)
+    tokens_per_minute: int = Field(0, ge=0)
+    # circuit breaker: open after this many failures in a row, probe again after the cool-down
+    breaker_failures: int = Field(5, ge=1)
+    breaker_cooldown_s: float = Field(30.0, gt=0)
+
+
+class CascadeConfig(_Section):
+    # a tier-1 score within this distance of 0.5 is unsure and goes on to tier 2
+    unsure_band: float = Field(0.15, ge=0.0, le=0.5)
+    escalate_flagged: bool = True  # tier 2 confirms what tier 1 flagged
+    # metrics where a tier-0 rule that fires settles the verdict without an LLM
+    tier0_settles: tuple[str, ...] = METRICS
+
+
+class BudgetConfig(_Section):
+    """Judge spend per tenant per UTC day (event time); 0 = no limit."""
+
+    daily_usd: NonNegMoney = Decimal(0)
+    tenants: dict[str, NonNegMoney] = {}
+    # share of the day's budget after which tier 2 is no longer used
+    tier2_share: float = Field(0.8, ge=0.0, le=1.0)
 
 
 class JudgesConfig(_Section):
     enabled: bool = True
-    # metric -> tiers that judge it (0 = rules, 1 = cheap LLM)
+    # metric -> tiers that judge it (0 = rules, 1 = cheap LLM, 2 = expensive LLM)
     metrics: dict[str, tuple[int, ...]] = {
         "pii": (0,),
         "refusal": (0,),
@@ -120,6 +143,11 @@ class JudgesConfig(_Section):
         "hallucination": (1,),
     }
     tier1: JudgeTierConfig = JudgeTierConfig()
+    tier2: JudgeTierConfig | None = None
+    cascade: CascadeConfig = CascadeConfig()
+    budget: BudgetConfig = BudgetConfig()
+    max_in_flight: int = Field(256, ge=1, le=4096)  # judge calls in flight per process, all tiers
+    redact_pii: bool = False  # replace tier-0 PII findings before text goes to an LLM judge
     # without an API key, start the local simulated endpoint (verdicts are simulated)
     simulate_without_key: bool = True
 
@@ -129,10 +157,17 @@ class JudgesConfig(_Section):
             if metric not in METRICS:
                 msg = f"judges.metrics: unknown metric {metric!r}; allowed: {', '.join(METRICS)}"
                 raise ValueError(msg)
-            bad = [t for t in tiers if t not in (0, 1)]
+            bad = [t for t in tiers if t not in (0, 1, 2)]
             if bad or not tiers:
-                msg = f"judges.metrics.{metric}: tiers must be a non-empty list of 0 and 1, got {list(tiers)}"
+                msg = f"judges.metrics.{metric}: tiers must be a non-empty list of 0, 1, 2; got {list(tiers)}"
                 raise ValueError(msg)
+            if 2 in tiers and self.tier2 is None:
+                msg = f"judges.metrics.{metric} uses tier 2, but there is no [judges.tier2] section"
+                raise ValueError(msg)
+        unknown = [m for m in self.cascade.tier0_settles if m not in METRICS]
+        if unknown:
+            msg = f"judges.cascade.tier0_settles: unknown metrics {unknown}; allowed: {', '.join(METRICS)}"
+            raise ValueError(msg)
         return self
 
 
@@ -219,7 +254,6 @@ _ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "JUDGEFLOW_KAFKA_BROKERS": ("kafka", "brokers"),
     "JUDGEFLOW_REDIS_URL": ("cache", "redis_url"),
     "JUDGEFLOW_CLICKHOUSE_DSN": ("clickhouse", "dsn"),
-    "OPENAI_BASE_URL": ("judges", "tier1", "base_url"),
 }
 
 
@@ -244,10 +278,15 @@ def load_settings(
     for var, keys in _ENV_OVERRIDES.items():
         if env.get(var):
             _set(data, keys, env[var])
-    if env.get("OPENAI_BASE_URL") is None and env.get("ANTHROPIC_BASE_URL"):
-        tier1 = data.get("judges", {}).get("tier1", {})
-        if tier1.get("provider") == "anthropic":
-            _set(data, ("judges", "tier1", "base_url"), env["ANTHROPIC_BASE_URL"])
+    # a provider's base URL goes to each judge tier that uses that provider
+    for tier in ("tier1", "tier2"):
+        section = data.get("judges", {}).get(tier)
+        if section is None and tier == "tier2":
+            continue
+        provider = (section or {}).get("provider", "openai")
+        url = env.get("ANTHROPIC_BASE_URL" if provider == "anthropic" else "OPENAI_BASE_URL")
+        if url:
+            _set(data, ("judges", tier, "base_url"), url)
     for dotted, value in overrides.items():
         _set(data, tuple(dotted.split(".")), value)
     try:

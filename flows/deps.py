@@ -16,9 +16,11 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
 from flows.config import JudgeTierConfig, Settings
 from judges.base import LLMJudge, RuleJudge
+from judges.budget import BudgetPolicy
+from judges.redact import Redactor
 from judges.rubrics import RUBRIC_VERSION
 from judges.rules import Tier0Rules
-from judges.runtime import JudgeRuntime, RetryPolicy
+from judges.runtime import EndpointPolicy, JudgeRuntime, RetryPolicy
 from operators.alerts import BurnRateLevels
 from operators.cache import MemoryVerdictCache, RedisVerdictCache, VerdictCache
 from operators.control import ControlStore, MemoryControlStore, RedisControlStore
@@ -27,7 +29,7 @@ from operators.dedup import ContentKeyer
 from operators.judge import JudgePlan
 from operators.otlp import OtlpMapping
 from operators.price import Catalog, Pricer, override_rates
-from operators.records import PICO_PER_USD
+from operators.records import PICO_PER_USD, usd_to_pico
 from operators.sample import Sampler
 
 
@@ -63,7 +65,6 @@ def now_ms() -> int:
 
 def build_deps(settings: Settings) -> Deps:
     cfg = settings.flow
-    plan = JudgePlan(dict(cfg.judges.metrics) if cfg.judges.enabled else {})
     rules = Tier0Rules()
     return Deps(
         brokers=[b.strip() for b in cfg.kafka.brokers.split(",") if b.strip()],
@@ -97,14 +98,10 @@ def build_deps(settings: Settings) -> Deps:
             volatile_patterns=cfg.cache.volatile_patterns,
             judge_version=judge_version(settings, rules),
         ),
-        plan=plan,
+        plan=build_plan(settings, rules),
         sampler=Sampler(base_rate=cfg.sampling.base_rate, version=cfg.sampling.version),
         rules=rules,
-        runtime=JudgeRuntime(
-            lambda: build_llm_judges(settings),
-            max_in_flight=cfg.judges.tier1.max_in_flight,
-            retry=RetryPolicy(max_attempts=cfg.judges.tier1.max_attempts),
-        ),
+        runtime=build_runtime(settings),
         burn_levels=BurnRateLevels(
             warn=cfg.alerts.burn_rate.warn,
             critical=cfg.alerts.burn_rate.critical,
@@ -131,31 +128,78 @@ def build_control(settings: Settings) -> ControlStore:
 
 
 def judge_version(settings: Settings, rules: RuleJudge) -> str:
-    """What a cached verdict depends on: rubric, rules and judge models."""
+    """What a cached verdict depends on: rubrics, rules, judge models and the cascade."""
     j = settings.flow.judges
-    text = f"{RUBRIC_VERSION}|{rules.version}|{j.tier1.provider}/{j.tier1.model}"
+    tiers = "|".join(f"{t.provider}/{t.model}" for t in judge_tiers(settings).values())
+    cascade = f"{j.cascade.unsure_band}|{j.cascade.escalate_flagged}"
+    text = f"{RUBRIC_VERSION}|{rules.version}|{tiers}|{cascade}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def judge_tiers(settings: Settings) -> dict[int, JudgeTierConfig]:
+    j = settings.flow.judges
+    return {1: j.tier1} if j.tier2 is None else {1: j.tier1, 2: j.tier2}
+
+
+def build_plan(settings: Settings, rules: Tier0Rules) -> JudgePlan:
+    """Tiers per metric, the cascade's thresholds, budgets, redaction and prices."""
+    j = settings.flow.judges
+    tiers = judge_tiers(settings)
+    return JudgePlan(
+        dict(j.metrics) if j.enabled else {},
+        llm_tiers=frozenset(tiers),
+        unsure_band=j.cascade.unsure_band,
+        escalate_flagged=j.cascade.escalate_flagged,
+        tier0_settles=frozenset(j.cascade.tier0_settles),
+        budget=BudgetPolicy(
+            daily_pusd=usd_to_pico(j.budget.daily_usd),
+            tenants={t: usd_to_pico(usd) for t, usd in j.budget.tenants.items()},
+            tier2_share=j.budget.tier2_share,
+        ),
+        redactor=Redactor(rules.find_pii) if j.redact_pii else None,
+        costs={tier: judge_cost_fn(t) for tier, t in tiers.items()},
+    )
+
+
+def build_runtime(settings: Settings) -> JudgeRuntime:
+    """The process's judge runtime; its clients are made on its own loop, on first use."""
+    return JudgeRuntime(
+        lambda: build_llm_judges(settings),
+        max_in_flight=settings.flow.judges.max_in_flight,
+        policies={
+            tier: EndpointPolicy(
+                retry=RetryPolicy(max_attempts=t.max_attempts),
+                requests_per_minute=t.requests_per_minute,
+                tokens_per_minute=t.tokens_per_minute,
+                max_in_flight=t.max_in_flight,
+                breaker_failures=t.breaker_failures,
+                breaker_cooldown_s=t.breaker_cooldown_s,
+            )
+            for tier, t in judge_tiers(settings).items()
+        },
+    )
 
 
 def build_llm_judges(settings: Settings) -> dict[int, LLMJudge]:
     """Called inside the judge runtime's event loop."""
+    from judges.anthropic_judge import AnthropicJudge
     from judges.openai_judge import OpenAIJudge
 
-    t = settings.flow.judges.tier1
-    key = settings.secrets.openai_api_key
-    if t.provider != "openai":
-        msg = f"judges.tier1.provider = {t.provider!r} is not supported yet; use 'openai'"
-        raise ValueError(msg)
-    return {
-        1: OpenAIJudge(
+    judges: dict[int, LLMJudge] = {}
+    for tier, t in judge_tiers(settings).items():
+        anthropic = t.provider == "anthropic"
+        key = settings.secrets.anthropic_api_key if anthropic else settings.secrets.openai_api_key
+        cls = AnthropicJudge if anthropic else OpenAIJudge
+        judges[tier] = cls(
             model=t.model,
             api_key=key.get_secret_value() if key else "missing-key",
             base_url=t.base_url or None,
-            tier=1,
+            tier=tier,
             timeout_s=t.timeout_s,
             cost=judge_cost_fn(t),
+            max_connections=t.max_in_flight,
         )
-    }
+    return judges
 
 
 def judge_cost_fn(t: JudgeTierConfig) -> Callable[[int, int], int]:

@@ -7,8 +7,9 @@ present; label `flagged` or `ok`; a short explanation).
 
 Errors::
 
-    JudgeError
-    ├── RetryableJudgeError      429, 5xx, timeouts, connection resets
+    JudgeError                   rejected for this item (e.g. 400): recorded, not retried
+    ├── RetryableJudgeError      429, 5xx, timeouts, connection resets, broken bodies,
+    │                            an open circuit breaker
     ├── InvalidVerdictError      output not valid against the verdict schema
     └── FatalJudgeError          401/403, unknown model: disable the judge
 """
@@ -51,9 +52,13 @@ class JudgeError(Exception):
 
 
 class RetryableJudgeError(JudgeError):
-    def __init__(self, msg: str, *, retry_after_s: float | None = None) -> None:
+    """Worth another attempt later. `throttled` (429) means the endpoint is up
+    but over its limit: it does not count against the circuit breaker."""
+
+    def __init__(self, msg: str, *, retry_after_s: float | None = None, throttled: bool = False) -> None:
         super().__init__(msg)
         self.retry_after_s = retry_after_s
+        self.throttled = throttled
 
 
 class InvalidVerdictError(JudgeError):

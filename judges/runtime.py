@@ -3,11 +3,19 @@ LLM judge calls in flight without ever blocking the dataflow on the network.
 
 Workers hand work over with `submit_many` (one thread hop per batch); a
 bounded number of calls is in flight (the worker blocks only when the bound is
-reached: backpressure); each call is retried within bounds with exponential
-back-off and jitter, honouring Retry-After; a fatal error (401, unknown model)
-disables that judge loudly; identical work already in flight is not sent
-twice. Results come back through the caller's `on_done` callback, invoked on
-the loop thread, which must only enqueue.
+reached: backpressure); identical work already in flight is not sent twice.
+Each judge endpoint (one per tier) has its own `EndpointPolicy`:
+
+- client-side rate limits (requests and tokens per minute, token buckets);
+- a circuit breaker: while open, calls fail fast with "circuit open" instead
+  of piling up behind a dead endpoint (the operator degrades to what cheaper
+  tiers said), and one probe per cool-down tests whether it is back;
+- bounded attempts with exponential back-off and jitter on 429/5xx/timeouts,
+  honouring Retry-After; an invalid verdict is asked again once, then recorded
+  as an error; a fatal error (401, unknown model) disables the judge loudly.
+
+Results come back through the caller's `on_done` callback, invoked on the loop
+thread, which must only enqueue.
 """
 
 from __future__ import annotations
@@ -25,25 +33,32 @@ from judges.base import (
     InvalidVerdictError,
     JudgeError,
     JudgeItem,
+    JudgeResult,
     LLMJudge,
     RetryableJudgeError,
 )
+from judges.limits import CLOSED, CircuitBreaker, RateLimiter
+from judges.rubrics import estimate_prompt_tokens
 from operators import metrics
 from operators.records import PICO_PER_USD, JudgeCall, Verdict
 
 log = logging.getLogger(__name__)
 
+CIRCUIT_OPEN = "circuit open"
+
 
 @dataclass(slots=True)
 class Outcome:
-    """The end of one (metric, item) judgement: a verdict or an error, and every
-    billed call it took. `shared` means another in-flight request did the work."""
+    """The end of one (metric, item) judgement at one tier: a verdict or an error,
+    and every billed call it took. `shared` means another in-flight request did the work."""
 
     metric: str
     verdict: Verdict | None
     calls: list[JudgeCall] = field(default_factory=list)
     error: str = ""
     shared: bool = False
+    tier: int = 0
+    judge: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +78,38 @@ class RetryPolicy:
     invalid_retries: int = 1
 
 
+@dataclass(frozen=True)
+class EndpointPolicy:
+    """Limits for one judge endpoint; 0 means no limit."""
+
+    retry: RetryPolicy = RetryPolicy()
+    requests_per_minute: float = 0
+    tokens_per_minute: float = 0
+    max_in_flight: int = 0
+    breaker_failures: int = 5
+    breaker_cooldown_s: float = 30.0
+
+
+class _Endpoint:
+    """A judge with its limiter, breaker and concurrency cap (loop side only)."""
+
+    def __init__(self, judge: LLMJudge, policy: EndpointPolicy) -> None:
+        self.judge = judge
+        self.policy = policy
+        self.limiter = RateLimiter(policy.requests_per_minute, policy.tokens_per_minute)
+        self.breaker = CircuitBreaker(policy.breaker_failures, policy.breaker_cooldown_s)
+        self.cap = asyncio.Semaphore(policy.max_in_flight) if policy.max_in_flight > 0 else None
+
+
 class JudgeRuntime:
-    """Per-process owner of the event loop, the LLM judges and the in-flight bound."""
+    """Per-process owner of the event loop, the LLM judges and the in-flight bound.
+
+    Args:
+        make_judges: builds tier -> judge; called once, inside the loop.
+        max_in_flight: calls in flight in this process (all tiers together).
+        retry: the retry policy of tiers without their own `policies` entry.
+        policies: tier -> limits for that tier's endpoint.
+    """
 
     def __init__(
         self,
@@ -72,17 +117,20 @@ class JudgeRuntime:
         *,
         max_in_flight: int,
         retry: RetryPolicy = RetryPolicy(),
+        policies: Mapping[int, EndpointPolicy] | None = None,
     ) -> None:
         self._make_judges = make_judges
         self._max_in_flight = max_in_flight
-        self._retry = retry
+        self._default_policy = EndpointPolicy(retry=retry)
+        self._policies = dict(policies or {})
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._start_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._judges: dict[int, LLMJudge] = {}
+        self._endpoints: dict[int, _Endpoint] = {}
         self._disabled: dict[str, str] = {}
         self._in_flight: dict[str, list[Task]] = {}
+        self._tasks: set[asyncio.Task] = set()
 
     # --- worker side -------------------------------------------------------
 
@@ -102,9 +150,23 @@ class JudgeRuntime:
 
     def judge_names(self) -> dict[int, str]:
         self._ensure_started()
-        return {tier: j.name for tier, j in self._judges.items()}
+        return {tier: ep.judge.name for tier, ep in self._endpoints.items()}
+
+    def breaker_states(self) -> dict[str, str]:
+        """Judge name -> circuit breaker state (closed, open, half_open)."""
+        loop = self._ensure_started()
+
+        async def states() -> dict[str, str]:
+            return {ep.judge.name: ep.breaker.state for ep in self._endpoints.values()}
+
+        return asyncio.run_coroutine_threadsafe(states(), loop).result(timeout=10)
+
+    def disabled(self) -> dict[str, str]:
+        """Judge name -> why it was disabled."""
+        return dict(self._disabled)
 
     def close(self) -> None:
+        """Cancel what is still in flight (it is in the operator's snapshot), close the clients."""
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
@@ -125,8 +187,7 @@ class JudgeRuntime:
                 loop = asyncio.new_event_loop()
                 thread = threading.Thread(target=loop.run_forever, name="judge-loop", daemon=True)
                 thread.start()
-                judges = asyncio.run_coroutine_threadsafe(self._build(), loop).result(timeout=30)
-                self._judges = dict(judges)
+                asyncio.run_coroutine_threadsafe(self._build(), loop).result(timeout=30)
                 self._thread = thread
                 self._loop = loop
         assert self._loop is not None
@@ -134,12 +195,19 @@ class JudgeRuntime:
 
     # --- loop side ---------------------------------------------------------
 
-    async def _build(self) -> Mapping[int, LLMJudge]:
-        return self._make_judges()
+    async def _build(self) -> None:
+        for tier, judge in self._make_judges().items():
+            policy = self._policies.get(tier, self._default_policy)
+            self._endpoints[tier] = _Endpoint(judge, policy)
+            metrics.JUDGE_BREAKER_OPEN.labels(judge.name).set(0)
 
     async def _aclose(self) -> None:
-        for j in self._judges.values():
-            await j.aclose()
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for ep in self._endpoints.values():
+            await ep.judge.aclose()
 
     def _spawn_all(self, tasks: list[Task]) -> None:
         assert self._loop is not None
@@ -150,7 +218,9 @@ class JudgeRuntime:
                 self._slots.release()
                 continue
             self._in_flight[t.key] = []
-            self._loop.create_task(self._run(t))
+            task = self._loop.create_task(self._run(t))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         metrics.JUDGE_IN_FLIGHT.set(len(self._in_flight))
 
     async def _run(self, t: Task) -> None:
@@ -158,73 +228,138 @@ class JudgeRuntime:
             outcome = await self._judge_with_retries(t)
         except Exception as exc:  # a bug in a judge must not lose the item
             log.exception("judge task failed")
-            outcome = Outcome(t.metric, None, error=f"internal error: {type(exc).__name__}")
+            outcome = Outcome(t.metric, None, error=f"internal error: {type(exc).__name__}", tier=t.tier)
         finally:
             self._slots.release()
         waiters = self._in_flight.pop(t.key, [])
         metrics.JUDGE_IN_FLIGHT.set(len(self._in_flight))
         t.on_done(outcome)
         for w in waiters:
-            w.on_done(Outcome(w.metric, outcome.verdict, error=outcome.error, shared=True))
+            w.on_done(
+                Outcome(
+                    w.metric,
+                    outcome.verdict,
+                    error=outcome.error,
+                    shared=True,
+                    tier=outcome.tier,
+                    judge=outcome.judge,
+                )
+            )
 
     async def _judge_with_retries(self, t: Task) -> Outcome:
-        judge = self._judges.get(t.tier)
-        if judge is None:
-            return Outcome(t.metric, None, error=f"no tier-{t.tier} judge configured")
-        out = Outcome(t.metric, None)
-        policy = self._retry
+        ep = self._endpoints.get(t.tier)
+        if ep is None:
+            return Outcome(t.metric, None, error=f"no tier-{t.tier} judge configured", tier=t.tier)
+        name = ep.judge.name
+        out = Outcome(t.metric, None, tier=t.tier, judge=name)
+        policy = ep.policy.retry
         invalid_left = policy.invalid_retries
         attempt = 0
         while True:
-            if judge.name in self._disabled:
-                out.error = f"judge {judge.name} disabled: {self._disabled[judge.name]}"
-                metrics.JUDGE_CALLS.labels(judge.name, "disabled").inc()
+            if name in self._disabled:
+                out.error = f"judge {name} disabled: {self._disabled[name]}"
+                metrics.JUDGE_CALLS.labels(name, "disabled").inc()
+                return out
+            if not ep.breaker.allow():
+                out.error = f"{CIRCUIT_OPEN}: {name} failed {ep.policy.breaker_failures} times in a row"
+                metrics.JUDGE_CALLS.labels(name, "breaker_open").inc()
                 return out
             attempt += 1
             started = time.perf_counter()
             try:
-                result = await judge.judge(t.metric, t.item)
+                result = await self._attempt(ep, t)
             except RetryableJudgeError as exc:
-                metrics.JUDGE_CALLS.labels(judge.name, "retryable_error").inc()
+                self._breaker_result(ep, ok=exc.throttled)
+                metrics.JUDGE_CALLS.labels(name, "throttled" if exc.throttled else "retryable_error").inc()
                 if attempt >= policy.max_attempts:
                     out.error = f"gave up after {attempt} attempts: {exc}"
                     return out
-                await asyncio.sleep(self._backoff(attempt, exc.retry_after_s))
+                await asyncio.sleep(self._backoff(policy, attempt, exc.retry_after_s))
                 continue
             except InvalidVerdictError as exc:
-                metrics.JUDGE_CALLS.labels(judge.name, "invalid_verdict").inc()
+                self._breaker_result(ep, ok=True)
+                metrics.JUDGE_CALLS.labels(name, "invalid_verdict").inc()
                 self._bill(out, exc.call)
-                if invalid_left > 0 and attempt < policy.max_attempts + policy.invalid_retries:
+                if invalid_left > 0:
                     invalid_left -= 1
                     continue
                 out.error = f"invalid verdict: {exc}"
                 return out
             except FatalJudgeError as exc:
-                metrics.JUDGE_CALLS.labels(judge.name, "fatal").inc()
-                if judge.name not in self._disabled:
-                    self._disabled[judge.name] = str(exc)
-                    log.error("judge %s disabled, fix its configuration: %s", judge.name, exc)
-                out.error = f"judge {judge.name} disabled: {exc}"
+                self._breaker_result(ep, ok=True)
+                metrics.JUDGE_CALLS.labels(name, "fatal").inc()
+                if name not in self._disabled:
+                    self._disabled[name] = str(exc)
+                    log.error("judge %s disabled, fix its configuration: %s", name, exc)
+                out.error = f"judge {name} disabled: {exc}"
                 return out
             except JudgeError as exc:
-                metrics.JUDGE_CALLS.labels(judge.name, "rejected").inc()
+                self._breaker_result(ep, ok=True)
+                metrics.JUDGE_CALLS.labels(name, "rejected").inc()
                 self._bill(out, exc.call)
                 out.error = str(exc)
                 return out
-            metrics.JUDGE_CALLS.labels(judge.name, "ok").inc()
-            metrics.JUDGE_LATENCY.labels(judge.name).observe(time.perf_counter() - started)
+            self._breaker_result(ep, ok=True)
+            metrics.JUDGE_CALLS.labels(name, "ok").inc()
+            metrics.JUDGE_LATENCY.labels(name).observe(time.perf_counter() - started)
             self._bill(out, result.call)
             out.verdict = result.verdict
             return out
+
+    async def _attempt(self, ep: _Endpoint, t: Task) -> JudgeResult:
+        estimate = 0
+        if ep.limiter.limited:
+            estimate = estimate_prompt_tokens(t.metric, t.item) + 200
+            wait = ep.limiter.reserve(estimate)
+            if wait > 0:
+                metrics.JUDGE_RATE_LIMIT_WAIT.labels(ep.judge.name).inc(wait)
+                await asyncio.sleep(wait)
+        try:
+            if ep.cap is None:
+                result = await ep.judge.judge(t.metric, t.item)
+            else:
+                async with ep.cap:
+                    result = await ep.judge.judge(t.metric, t.item)
+        except JudgeError as exc:
+            if estimate and exc.call is not None:
+                ep.limiter.settle(estimate, exc.call.input_tokens + exc.call.output_tokens)
+            raise
+        except BaseException:
+            if ep.breaker.state != CLOSED:  # a cancelled probe must not leave the breaker stuck
+                ep.breaker.failure()
+            raise
+        if estimate:
+            ep.limiter.settle(estimate, result.call.input_tokens + result.call.output_tokens)
+        return result
+
+    def _breaker_result(self, ep: _Endpoint, *, ok: bool) -> None:
+        was = ep.breaker.state
+        if ok:
+            ep.breaker.success()
+        else:
+            ep.breaker.failure()
+        now = ep.breaker.state
+        if now != was:
+            metrics.JUDGE_BREAKER_OPEN.labels(ep.judge.name).set(0 if now == CLOSED else 1)
+            if now == CLOSED:
+                log.warning("judge %s is answering again: circuit closed", ep.judge.name)
+            elif was == CLOSED:
+                log.warning(
+                    "judge %s failed %d times in a row: circuit open, calls fail fast for %g s",
+                    ep.judge.name,
+                    ep.policy.breaker_failures,
+                    ep.policy.breaker_cooldown_s,
+                )
 
     def _bill(self, out: Outcome, call: JudgeCall | None) -> None:
         if call is None:
             return
         out.calls.append(call)
         metrics.JUDGE_COST.labels(call.judge).inc(call.cost_pusd / PICO_PER_USD)
+        metrics.JUDGE_TOKENS.labels(call.judge, "input").inc(call.input_tokens)
+        metrics.JUDGE_TOKENS.labels(call.judge, "output").inc(call.output_tokens)
 
-    def _backoff(self, attempt: int, retry_after_s: float | None) -> float:
-        p = self._retry
+    def _backoff(self, p: RetryPolicy, attempt: int, retry_after_s: float | None) -> float:
         delay = min(p.max_backoff_s, p.base_backoff_s * 2 ** (attempt - 1))
         delay *= 0.5 + random.random() / 2  # jitter: spread retries of a burst
         if retry_after_s is not None:

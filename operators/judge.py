@@ -1,19 +1,25 @@
 """judge: turn candidates into evaluations and judge spend, without stalling the stream.
 
 Cached verdicts and tier-0 rules answer inline. LLM work goes to the
-process's `JudgeRuntime`; finished verdicts are emitted on the next batch or
-notification, written back to the verdict cache, and their cost becomes a
-judge-spend ledger entry for the event's cost window. Work not yet finished is
-part of the snapshot, so a restart resumes it; work finished before a snapshot
-is carried in it, so it is never paid for twice.
+process's `JudgeRuntime` at the tier the plan and the tenant's budget allow
+(`judges.cascade`, `judges.budget`); finished verdicts are emitted on the
+next batch or notification, unsure or flagged tier-1 verdicts go on to tier
+2, final verdicts are written back to the verdict cache, and every billed
+call becomes a judge-spend ledger entry (by judge model and tier) for the
+event's cost window.
+
+Work not yet finished is part of the snapshot, so a restart resumes it; work
+finished before a snapshot is carried in it, so it is never paid for twice;
+the budget book is in it too, estimates for work in flight included.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import bytewax.operators as op
@@ -21,28 +27,23 @@ import xxhash
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
-from judges.base import FLAGGED, JudgeItem, RuleJudge
+from judges.base import JudgeItem, RuleJudge
+from judges.budget import BudgetBook
+from judges.cascade import JudgePlan
 from judges.runtime import JudgeRuntime, Outcome, Task
+from operators import metrics
 from operators.cache import CachedVerdict, VerdictCache
 from operators.dedup import Candidate, ContentKeyer
 from operators.records import Evaluation, Event, LedgerEntry, Verdict
 
+__all__ = ["JudgeOut", "JudgePlan", "judge"]
+
 SHARDS = 8
 _POLL = timedelta(milliseconds=20)
 
-
-@dataclass(frozen=True)
-class JudgePlan:
-    """Which tiers judge which metric; a tier-0 `flagged` answer settles a metric."""
-
-    metrics: Mapping[str, tuple[int, ...]]
-
-    @property
-    def llm_metrics(self) -> tuple[str, ...]:
-        return tuple(m for m, tiers in self.metrics.items() if any(t > 0 for t in tiers))
-
-    def llm_tier(self, metric: str) -> int:
-        return min(t for t in self.metrics[metric] if t > 0)
+ERROR = "error"
+SKIPPED = "skipped"
+BUDGET_SPENT = "judge budget spent: no tier-0 rule covers this metric"
 
 
 @dataclass(frozen=True)
@@ -52,15 +53,24 @@ class JudgeOut:
 
 
 @dataclass
+class _Pending:
+    """One LLM judgement on its way: its tier and the budget reserved for it."""
+
+    tier: int
+    reserved_pusd: int
+
+
+@dataclass
 class _Waiting:
     cand: Candidate
-    remaining: list[str]
+    pending: dict[str, _Pending]  # metric -> what is on its way
 
 
 @dataclass(frozen=True)
 class _JudgeState:
     waiting: list[_Waiting]
     ready: list[Evaluation | LedgerEntry]
+    budget: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,21 +84,29 @@ class _Deps:
     eof_timeout_s: float
 
 
+_Work = tuple[Candidate, str, int]  # (candidate, metric, tier)
+
+
 class _JudgeLogic(StatefulBatchLogic[Candidate, Evaluation | LedgerEntry, _JudgeState]):
     def __init__(self, deps: _Deps, resume: _JudgeState | None) -> None:
         self._d = deps
+        self._plan = deps.plan
         self._waiting: dict[str, _Waiting] = {}
         self._done: collections.deque[tuple[str, Outcome]] = collections.deque()
         self._ready: list[Evaluation | LedgerEntry] = []
+        policy = dataclasses.replace(deps.plan.budget, shards=SHARDS)
+        self._budget = BudgetBook(policy, resume.budget if resume is not None else None)
         if resume is not None:
             self._ready = list(resume.ready)
+            work: list[_Work] = []
             for w in resume.waiting:
                 self._waiting[w.cand.event.event_id] = w
-            self._submit([(w.cand, m) for w in resume.waiting for m in w.remaining])
+                work.extend((w.cand, m, p.tier) for m, p in w.pending.items())
+            self._submit(work)
 
     def on_batch(self, values: list[Candidate]) -> tuple[Iterable[Evaluation | LedgerEntry], bool]:
         out = self._take_ready()
-        work: list[tuple[Candidate, str]] = []
+        work: list[_Work] = []
         for c in values:
             out.extend(self._start(c, work))
         self._submit(work)
@@ -109,8 +127,8 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, Evaluation | LedgerEntry, _Judge
                 time.sleep(0.005)
         out.extend(self._harvest())
         for w in list(self._waiting.values()):  # never silently drop: record the timeout
-            for m in w.remaining:
-                verdict = _error_verdict(m, self._d.plan.llm_tier(m))
+            for m, p in w.pending.items():
+                verdict = _no_verdict(m, p.tier, ERROR)
                 out.append(_evaluation(w.cand, verdict, error="judge timed out at shutdown"))
         self._waiting.clear()
         return out, StatefulBatchLogic.RETAIN
@@ -123,8 +141,11 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, Evaluation | LedgerEntry, _Judge
     def snapshot(self) -> _JudgeState:
         # finished work moves into the snapshot so a restore emits it instead of re-judging
         self._ready.extend(self._harvest())
-        waiting = [_Waiting(w.cand, list(w.remaining)) for w in self._waiting.values()]
-        return _JudgeState(waiting=waiting, ready=list(self._ready))
+        waiting = [
+            _Waiting(w.cand, {m: dataclasses.replace(p) for m, p in w.pending.items()})
+            for w in self._waiting.values()
+        ]
+        return _JudgeState(waiting=waiting, ready=list(self._ready), budget=dict(self._budget.spent))
 
     # --- internals ---------------------------------------------------------
 
@@ -132,82 +153,111 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, Evaluation | LedgerEntry, _Judge
         out, self._ready = self._ready, []
         return out
 
-    def _start(self, c: Candidate, work: list[tuple[Candidate, str]]) -> list[Evaluation | LedgerEntry]:
-        out: list[Evaluation | LedgerEntry] = []
-        for verdict in c.cached.values():
-            out.append(_evaluation(c, verdict, cache_hit=True, prob=1.0))
-        if c.inclusion_prob <= 0:
-            return out
+    def _start(self, c: Candidate, work: list[_Work]) -> list[Evaluation | LedgerEntry]:
+        """Cached and tier-0 verdicts now; LLM work at the first tier the budget allows."""
+        out: list[Evaluation | LedgerEntry] = [
+            _evaluation(c, v, cache_hit=True, prob=1.0) for v in c.cached.values()
+        ]
         e = c.event
+        if c.inclusion_prob <= 0 or e.event_id in self._waiting:  # a duplicate of work under way
+            return out
+        plan = self._plan
         item = JudgeItem(e.input_text, e.output_text, e.context)
+        ceiling = self._budget.ceiling(e.tenant_id, e.ts_ms)
         llm_todo = set(c.todo)
-        remaining = []
-        for metric, tiers in self._d.plan.metrics.items():
+        pending: dict[str, _Pending] = {}
+        for metric, tiers in plan.metrics.items():
             if metric in c.cached:
                 continue
-            if 0 in tiers:
-                v = self._d.rules.judge(metric, item)
-                if v is not None:
-                    out.append(_evaluation(c, v))
-                    if v.label == FLAGGED:
-                        continue  # a free rule already settled it
-            if metric in llm_todo:
-                remaining.append(metric)
-        if remaining:
-            self._waiting[e.event_id] = _Waiting(c, remaining)
-            work.extend((c, m) for m in remaining)
+            tier0 = None
+            # with the budget spent, the rules answer every metric they cover
+            if 0 in tiers or (ceiling == 0 and metric in llm_todo):
+                tier0 = self._d.rules.judge(metric, item)
+                if tier0 is not None:
+                    out.append(_evaluation(c, tier0))
+            if metric not in llm_todo or plan.settles(tier0):
+                continue
+            tier = plan.first_tier(metric, ceiling)
+            if plan.degraded(metric, ceiling):
+                metrics.JUDGE_DEGRADED.labels(metrics.tenant_label(e.tenant_id), str(ceiling)).inc()
+            if tier is None:
+                if tier0 is None:
+                    verdict = _no_verdict(metric, plan.default_tier(metric), SKIPPED)
+                    out.append(_evaluation(c, verdict, error=BUDGET_SPENT))
+                continue
+            reserved = plan.estimate_pusd(tier, metric, item)
+            self._budget.charge(e.tenant_id, e.ts_ms, reserved)
+            pending[metric] = _Pending(tier, reserved)
+        if pending:
+            self._waiting[e.event_id] = _Waiting(c, pending)
+            work.extend((c, m, p.tier) for m, p in pending.items())
         return out
 
-    def _submit(self, work: list[tuple[Candidate, str]]) -> None:
+    def _submit(self, work: list[_Work]) -> None:
         if not work:
             return
         done = self._done
+        redactor = self._plan.redactor
+        items: dict[str, JudgeItem] = {}
         tasks = []
-        for c, metric in work:
+        for c, metric, tier in work:
             e = c.event
             event_id = e.event_id
+            item = items.get(event_id)
+            if item is None:
+                item = JudgeItem(e.input_text, e.output_text, e.context)
+                if redactor is not None:
+                    item = redactor.item(item)
+                items[event_id] = item
 
             def on_done(o: Outcome, _id: str = event_id) -> None:
                 done.append((_id, o))
 
-            tasks.append(
-                Task(
-                    metric=metric,
-                    tier=self._d.plan.llm_tier(metric),
-                    item=JudgeItem(e.input_text, e.output_text, e.context),
-                    key=self._d.keyer.metric_key(c.content_hash, metric),
-                    on_done=on_done,
-                )
-            )
+            key = f"{self._d.keyer.metric_key(c.content_hash, metric)}|{tier}"
+            tasks.append(Task(metric=metric, tier=tier, item=item, key=key, on_done=on_done))
         self._d.runtime.submit_many(tasks)
 
     def _harvest(self) -> list[Evaluation | LedgerEntry]:
+        """Emit what finished; escalate what tier 1 was unsure about; cache final verdicts."""
         out: list[Evaluation | LedgerEntry] = []
         to_cache: dict[str, CachedVerdict] = {}
+        escalate: list[_Work] = []
+        plan = self._plan
         now = self._d.now_ms()
         while self._done:
             event_id, o = self._done.popleft()
             w = self._waiting.get(event_id)
-            if w is None or o.metric not in w.remaining:
+            p = w.pending.get(o.metric) if w is not None else None
+            if w is None or p is None or p.tier != o.tier:
                 continue  # restored twice: already emitted
-            w.remaining.remove(o.metric)
-            if not w.remaining:
-                del self._waiting[event_id]
-            c = w.cand
+            del w.pending[o.metric]
+            c, e = w.cand, w.cand.event
             cost = sum(call.cost_pusd for call in o.calls)
             latency = sum(call.latency_ms for call in o.calls)
-            if o.verdict is not None:
+            self._budget.charge(e.tenant_id, e.ts_ms, cost - p.reserved_pusd)
+            if o.calls:
+                out.append(_spend(e, o, cost))
+            if o.verdict is None:
+                verdict = _no_verdict(o.metric, o.tier, ERROR, judge=o.judge)
+                out.append(_evaluation(c, verdict, cost=cost, latency=latency, error=o.error))
+            else:
                 out.append(_evaluation(c, o.verdict, cache_hit=o.shared, cost=cost, latency=latency))
-                if not o.shared:
+                reason = plan.escalation(o.verdict, self._budget.ceiling(e.tenant_id, e.ts_ms))
+                if reason is not None:
+                    metrics.JUDGE_ESCALATIONS.labels(o.metric, reason).inc()
+                    item = JudgeItem(e.input_text, e.output_text, e.context)
+                    reserved = plan.estimate_pusd(2, o.metric, item)
+                    self._budget.charge(e.tenant_id, e.ts_ms, reserved)
+                    w.pending[o.metric] = _Pending(2, reserved)
+                    escalate.append((c, o.metric, 2))
+                elif not o.shared:
                     key = self._d.keyer.metric_key(c.content_hash, o.metric)
                     to_cache[key] = CachedVerdict(o.verdict, now)
-            else:
-                verdict = _error_verdict(o.metric, self._d.plan.llm_tier(o.metric))
-                out.append(_evaluation(c, verdict, cost=cost, latency=latency, error=o.error))
-            if o.calls:
-                out.append(_spend(c.event, o.metric, len(o.calls), cost))
+            if not w.pending:
+                del self._waiting[event_id]
         if to_cache:
             self._d.cache.put_many(to_cache)
+        self._submit(escalate)
         return out
 
 
@@ -236,8 +286,8 @@ def _shard(event_id: str) -> str:
     return str(xxhash.xxh3_64_intdigest(event_id.encode()) % SHARDS)
 
 
-def _error_verdict(metric: str, tier: int) -> Verdict:
-    return Verdict(metric=metric, score=0.0, label="error", explanation="", judge="", tier=tier)
+def _no_verdict(metric: str, tier: int, label: str, *, judge: str = "") -> Verdict:
+    return Verdict(metric=metric, score=0.0, label=label, explanation="", judge=judge, tier=tier)
 
 
 def _evaluation(
@@ -275,14 +325,17 @@ def _evaluation(
     )
 
 
-def _spend(e: Event, metric: str, calls: int, cost: int) -> LedgerEntry:
+def _spend(e: Event, o: Outcome, cost: int) -> LedgerEntry:
+    """Judge spend for the event's tenant and agent, by judge model (`model`) and tier (`variant`)."""
     return LedgerEntry(
         tenant_id=e.tenant_id,
         agent=e.agent,
-        model=e.model,
-        variant=e.variant,
+        model=o.judge,
+        variant=f"tier{o.tier}",
         ts_ms=e.ts_ms,
-        judge_calls=calls,
+        input_tokens=sum(call.input_tokens for call in o.calls),
+        output_tokens=sum(call.output_tokens for call in o.calls),
+        judge_calls=len(o.calls),
         judge_cost_pusd=cost,
-        entry_id=f"{e.event_id}|judge|{metric}",
+        entry_id=f"{e.event_id}|judge|{o.metric}|{o.tier}",
     )

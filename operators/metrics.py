@@ -63,6 +63,23 @@ JUDGE_LATENCY = Histogram(
     buckets=(0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
 )
 JUDGE_IN_FLIGHT = Gauge("judgeflow_judge_in_flight", "Judge calls in flight in this process")
+JUDGE_TOKENS = Counter("judgeflow_judge_tokens_total", "Judge tokens billed", ["judge", "direction"])
+JUDGE_BREAKER_OPEN = Gauge(
+    "judgeflow_judge_breaker_open", "1 while a judge endpoint's circuit breaker is open or probing", ["judge"]
+)
+JUDGE_RATE_LIMIT_WAIT = Counter(
+    "judgeflow_judge_rate_limit_wait_seconds_total",
+    "Time judge calls waited for client-side rate limits",
+    ["judge"],
+)
+JUDGE_ESCALATIONS = Counter(
+    "judgeflow_judge_escalations_total", "Tier-1 verdicts sent on to tier 2", ["metric", "reason"]
+)
+JUDGE_DEGRADED = Counter(
+    "judgeflow_judge_budget_degraded_total",
+    "Judgements held below their configured tier because the tenant's daily judge budget is spent",
+    ["tenant", "ceiling"],
+)
 ALERTS = Counter("judgeflow_alerts_total", "Alert transitions", ["rule", "level"])
 LATE = Counter("judgeflow_late_ledger_entries_total", "Ledger entries after the allowed lateness")
 WINDOW_ENTRIES = Counter(
