@@ -86,6 +86,7 @@ class CacheConfig(_Section):
     redis_url: str = ""
     ttl_s: int = Field(7 * 86_400, ge=1)
     max_entries: int = Field(200_000, ge=1)
+    retry_after_s: float = Field(5.0, gt=0)  # Redis down: judge without the cache, retry after this
     lowercase: bool = False
     volatile_patterns: tuple[str, ...] = (
         r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b",
@@ -93,9 +94,61 @@ class CacheConfig(_Section):
     )
 
 
+class SamplingRule(_Section):
+    """`rate` for the events it matches; every field that is set must match.
+
+    Names are glob patterns (`code-*`); lengths are bucket labels as built from
+    `length_buckets` (`<1000`, `1000-4000`, `>=4000`); `flag` is the prefix of a
+    tier-0 rule that fired (`refusal.`).
+    """
+
+    rate: float = Field(ge=0.0, le=1.0)
+    tenant: str | None = None
+    agent: str | None = None
+    model: str | None = None
+    variant: str | None = None
+    input_length: str | None = None
+    output_length: str | None = None
+    flag: str | None = None
+
+
 class SamplingConfig(_Section):
+    """The stratified sampler (operators/sample.py has the design and the math)."""
+
     base_rate: float = Field(0.1, ge=0.0, le=1.0)
     version: str = "v1"
+    # a stratum is tenant x agent x these x the matching rule
+    strata: tuple[Literal["model", "variant", "input_length", "output_length", "flags"], ...] = (
+        "model",
+        "variant",
+        "input_length",
+    )
+    length_buckets: tuple[int, ...] = (1000, 4000)  # token edges of the length buckets
+    rules: tuple[SamplingRule, ...] = ()  # first match wins; no match: base_rate
+    always_over_tokens: int = Field(8000, ge=0)  # input + output tokens; 0: off
+    always_on_flags: tuple[str, ...] = ("pii.", "jailbreak.", "toxicity.")  # tier-0 flag prefixes
+    min_per_stratum: int = Field(2, ge=0)  # K per window
+    max_per_tenant_per_window: int = Field(600, ge=0)  # M; 0: no cap
+    window_s: int = Field(60, ge=1)
+    allowed_lateness_s: float = Field(10.0, ge=0)
+    idle_s: float = Field(5.0, ge=0)  # and no arrival for this long (wall clock) before a window closes
+
+    @model_validator(mode="after")
+    def _valid_buckets(self) -> SamplingConfig:
+        edges = self.length_buckets
+        if any(e <= 0 for e in edges) or list(edges) != sorted(set(edges)):
+            msg = f"sampling.length_buckets must be increasing positive token counts, got {list(edges)}"
+            raise ValueError(msg)
+        from operators.sample import bucket_labels
+
+        labels = bucket_labels(edges)
+        for i, r in enumerate(self.rules):
+            for name in ("input_length", "output_length"):
+                value = getattr(r, name)
+                if value is not None and value not in labels:
+                    msg = f"sampling.rules[{i}].{name} = {value!r}: not a length bucket; allowed: {labels}"
+                    raise ValueError(msg)
+        return self
 
 
 class JudgeTierConfig(_Section):

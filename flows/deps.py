@@ -30,7 +30,8 @@ from operators.judge import JudgePlan
 from operators.otlp import OtlpMapping
 from operators.price import Catalog, Pricer, override_rates
 from operators.records import PICO_PER_USD, usd_to_pico
-from operators.sample import Sampler
+from operators.sample import Sampler, StratumRule
+from operators.savings import Baseline, ReferenceJudge, reference_judge
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Deps:
     keyer: ContentKeyer
     plan: JudgePlan
     sampler: Sampler
+    baseline: Baseline  # reference cost of judging an event on every metric (savings ledger)
     rules: RuleJudge
     runtime: JudgeRuntime
     burn_levels: BurnRateLevels
@@ -99,7 +101,8 @@ def build_deps(settings: Settings) -> Deps:
             judge_version=judge_version(settings, rules),
         ),
         plan=build_plan(settings, rules),
-        sampler=Sampler(base_rate=cfg.sampling.base_rate, version=cfg.sampling.version),
+        sampler=build_sampler(settings),
+        baseline=build_baseline(settings),
         rules=rules,
         runtime=build_runtime(settings),
         burn_levels=BurnRateLevels(
@@ -117,8 +120,37 @@ def build_cache(settings: Settings) -> VerdictCache:
         if not c.redis_url:
             msg = "cache.backend = 'redis' needs JUDGEFLOW_REDIS_URL (or cache.redis_url)"
             raise ValueError(msg)
-        return RedisVerdictCache(c.redis_url, ttl_s=c.ttl_s)
+        return RedisVerdictCache(c.redis_url, ttl_s=c.ttl_s, retry_after_s=c.retry_after_s)
     return MemoryVerdictCache(max_entries=c.max_entries, ttl_s=c.ttl_s)
+
+
+def build_sampler(settings: Settings) -> Sampler:
+    s = settings.flow.sampling
+    return Sampler(
+        base_rate=s.base_rate,
+        version=s.version,
+        rules=tuple(StratumRule(**r.model_dump()) for r in s.rules),
+        strata=s.strata,
+        length_buckets=s.length_buckets,
+        always_over_tokens=s.always_over_tokens,
+        always_on_flags=s.always_on_flags,
+        min_per_stratum=s.min_per_stratum,
+        max_per_tenant=s.max_per_tenant_per_window,
+        window_s=s.window_s,
+        allowed_lateness_s=s.allowed_lateness_s,
+        idle_s=s.idle_s,
+    )
+
+
+def build_baseline(settings: Settings) -> Baseline:
+    j = settings.flow.judges
+    return Baseline(list(j.metrics) if j.enabled else [], reference_judge_of(settings))
+
+
+def reference_judge_of(settings: Settings) -> ReferenceJudge:
+    """The most expensive configured LLM judge: the savings ledger's "judge everything"."""
+    tiers = [t for _, t in settings.flow.judges if isinstance(t, JudgeTierConfig)]
+    return reference_judge(tiers, now_ms())
 
 
 def build_control(settings: Settings) -> ControlStore:

@@ -3,8 +3,11 @@
     kafka_in ─ decode ─┬─ errs ──────────────────────────────────────► dead letters
                        └─ events ─ price ─┬─ ledger ─ cost_window ─┬────► cost_windows (llm)
                                    │      │                        └─ alerts ─► alerts
-                                   │      └─ dedup ─ sample ─┬─ judge ─┬──► evaluations
+                                   │      └─ dedup ─ sample ─┬─ judge ─┬──► evaluations ─ estimates ─►
+                                   │                         │         │      quality_estimates
                                    │                         │         └─ judge_window ─► cost_windows (judge)
+                                   │                         ├─ baseline + spend + hits ─ savings ─►
+                                   │                         │      judge_savings
                                    │                         └────────────► llm_events
                                    └─ unknown models ─► pricing_issues
     cost_windows (llm, judge; 1 min) ─ rollup ─► cost_windows (1 h, 1 day)
@@ -26,9 +29,11 @@ from flows.deps import Deps, build_deps
 from operators.alerts import burn_rate_alerts
 from operators.decode import decode
 from operators.dedup import dedup
+from operators.estimates import quality_estimates
 from operators.judge import judge
 from operators.price import price
 from operators.sample import sample
+from operators.savings import judge_savings
 from operators.windows import cost_window, ledger_entry, rollup
 from sinks.clickhouse import ClickHouseSink
 from sinks.kafka import kafka_out
@@ -65,7 +70,9 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
 
     # cost: every event, and every judge call, into windowed spend per key
     looked_up = dedup("dedup", events, cache=d.cache, keyer=d.keyer, llm_metrics=d.plan.llm_metrics)
-    sampled = sample("sample", looked_up, sampler=d.sampler, rules=d.rules)
+    sampled = sample(
+        "sample", looked_up, sampler=d.sampler, rules=d.rules, control=d.control, baseline=d.baseline
+    )
     judged = judge(
         "judge",
         sampled.judge,
@@ -75,6 +82,22 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
         cache=d.cache,
         keyer=d.keyer,
         now_ms=d.now_ms,
+    )
+    # quality: unbiased flagged rates from the sampled verdicts; what judging less saved
+    estimates = quality_estimates(
+        "estimates",
+        judged.evaluations,
+        size_s=cfg.windows.size_s,
+        allowed_lateness_s=cfg.windows.judge_allowed_lateness_s,
+    )
+    savings = judge_savings(
+        "savings",
+        sampled.savings,
+        judged.spend,
+        judged.evaluations,
+        reference=d.baseline.reference.name,
+        size_s=cfg.windows.size_s,
+        allowed_lateness_s=cfg.windows.judge_allowed_lateness_s,
     )
     # judge verdicts come back after the requests they judge: judge spend gets
     # its own windows (same ledger, category "judge") that follow their own event-time progress
@@ -101,6 +124,8 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
     # outputs
     to_clickhouse("llm_events_out", op.map("event_of", sampled.events, lambda c: c.event), "llm_events")
     to_clickhouse("evaluations_out", judged.evaluations, "evaluations")
+    to_clickhouse("estimates_out", estimates, "quality_estimates")
+    to_clickhouse("savings_out", savings, "judge_savings")
     to_clickhouse("cost_windows_out", windows, "cost_windows")
     to_clickhouse("alerts_out", alerts, "alerts")
     to_clickhouse("dead_letters_out", decoded.errs, "dead_letters")

@@ -87,7 +87,7 @@ class RedisVerdictCache:
         self,
         url: str,
         *,
-        ttl_s: int,
+        ttl_s: float,
         prefix: str = "jf:v:",
         retry_after_s: float = 5.0,
         socket_timeout_s: float = 2.0,
@@ -99,7 +99,7 @@ class RedisVerdictCache:
             url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
         )
         self._errors = (redis.RedisError, OSError)
-        self._ttl = ttl_s
+        self._ttl_ms = max(1, round(ttl_s * 1000))
         self._prefix = prefix
         self._retry_after = retry_after_s
         self._clock = clock
@@ -123,7 +123,7 @@ class RedisVerdictCache:
         try:
             with self._redis.pipeline(transaction=False) as pipe:
                 for k, v in items.items():
-                    pipe.set(self._prefix + k, _encode(v), ex=self._ttl)
+                    pipe.set(self._prefix + k, _encode(v), px=self._ttl_ms)
                 pipe.execute()
         except self._errors as exc:
             self._failed(exc)
@@ -139,6 +139,7 @@ class RedisVerdictCache:
     def _failed(self, exc: Exception) -> None:
         metrics.CACHE_ERRORS.inc()
         if not self._outage:
+            metrics.CACHE_OUTAGES.inc()
             log.warning("verdict cache unavailable, judging without it: %s", type(exc).__name__)
         self._outage = True
         self._down_until = self._clock() + self._retry_after

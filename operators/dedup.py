@@ -5,6 +5,10 @@ The content key is xxh3-128 over the normalized input, output and context
 and dates replaced), and each metric's cache key adds the metric and the
 judge version (rubric version + judge models), so a rubric or model change
 re-judges instead of reusing stale verdicts.
+
+Identical pairs are judged once: a batch looks each distinct key up once (one
+`get_many` per batch), and identical keys that miss are judged by one call —
+the judge runtime shares a call in flight with every task of the same key.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ class Candidate(msgspec.Struct, array_like=True):
     flags: tuple[str, ...] = ()
     inclusion_prob: float = 0.0  # 0 = not sampled
     sample_reason: str = ""
+    stratum: str = ""  # the sampler's stratum within the tenant
 
 
 class ContentKeyer:
@@ -76,23 +81,26 @@ def dedup(
 
     def lookup_batch(events: list[Event]) -> Iterable[Candidate]:
         hashes = [keyer.content_hash(e) for e in events]
-        keys = [keyer.metric_key(h, m) for h in hashes for m in metrics_]
-        found = cache.get_many(keys) if keys else []
+        keys_of = {h: [keyer.metric_key(h, m) for m in metrics_] for h in dict.fromkeys(hashes)}
+        keys = [k for ks in keys_of.values() for k in ks]  # each distinct key once
+        found = dict(zip(keys, cache.get_many(keys), strict=True)) if keys else {}
         out = []
         hits = 0
-        for i, (e, h) in enumerate(zip(events, hashes, strict=True)):
+        for e, h in zip(events, hashes, strict=True):
             cached: dict[str, Verdict] = {}
             todo = []
-            for j, m in enumerate(metrics_):
-                c = found[i * len(metrics_) + j]
+            for m, key in zip(metrics_, keys_of[h], strict=True):
+                c = found[key]
                 if c is None:
                     todo.append(m)
                 else:
                     cached[m] = c.verdict
                     hits += 1
             out.append(Candidate(event=e, content_hash=h, cached=cached, todo=tuple(todo)))
+        lookups = len(events) * len(metrics_)
         metrics.CACHE.labels("hit").inc(hits)
-        metrics.CACHE.labels("miss").inc(len(keys) - hits)
+        metrics.CACHE.labels("miss").inc(lookups - hits)
+        metrics.CACHE_BATCH_DUPLICATES.inc(lookups - len(keys))
         return out
 
     return op.flat_map_batch(step_id, up, lookup_batch)

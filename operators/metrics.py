@@ -53,7 +53,34 @@ COST = Counter("judgeflow_cost_usd_total", "Priced LLM spend in USD", ["tenant",
 REQUESTS = Counter("judgeflow_requests_total", "LLM requests seen", ["tenant"])
 CACHE = Counter("judgeflow_verdict_cache_total", "Verdict cache lookups", ["result"])
 CACHE_ERRORS = Counter("judgeflow_verdict_cache_errors_total", "Verdict cache backend failures")
-SAMPLED = Counter("judgeflow_sampler_decisions_total", "Sampler decisions", ["decision"])
+CACHE_OUTAGES = Counter(
+    "judgeflow_verdict_cache_outages_total",
+    "Times the verdict cache became unavailable (the flow went on without it)",
+)
+CACHE_BATCH_DUPLICATES = Counter(
+    "judgeflow_verdict_cache_batch_duplicates_total",
+    "Lookups saved because the same content key occurred earlier in the batch",
+)
+SAMPLED = Counter(
+    "judgeflow_sampler_decisions_total",
+    "Sampler decisions per event: decision sampled|skipped; reason flagged|long|rate|minimum|override"
+    "|late (sampled), rate|cap|override|paused (skipped)",
+    ["decision", "reason"],
+)
+SAVINGS_CALLS = Counter(
+    "judgeflow_judge_savings_calls_total",
+    "Judge calls per tenant: what: baseline (judge everything with the reference judge), judged (made),"
+    " and avoided by sampling | cache | cascade",
+    ["tenant", "what"],
+)
+SAVINGS_USD = Counter(
+    "judgeflow_judge_savings_usd_total", "Judge USD per tenant, same `what` as the calls", ["tenant", "what"]
+)
+LATE_DROPPED = Counter(
+    "judgeflow_late_records_dropped_total",
+    "Records that arrived after their estimate / savings window was final",
+    ["step"],
+)
 JUDGE_CALLS = Counter("judgeflow_judge_calls_total", "Judge calls by judge and outcome", ["judge", "outcome"])
 JUDGE_COST = Counter("judgeflow_judge_cost_usd_total", "Judge spend in USD", ["judge"])
 JUDGE_LATENCY = Histogram(

@@ -213,6 +213,80 @@ class LedgerEntry(msgspec.Struct, array_like=True):
         self.max_request_cost_pusd = max(self.max_request_cost_pusd, other.max_request_cost_pusd)
 
 
+class SavingsEntry(msgspec.Struct, array_like=True):
+    """Partial sums of the judge savings ledger for one tenant, at a time in its
+    window: the reference cost of judging every event on every metric, and what
+    sampling, the cache and the judges actually did about it."""
+
+    tenant_id: str
+    ts_ms: int
+    events: int = 0
+    baseline_calls: int = 0  # every event x every metric, with the reference judge
+    baseline_pusd: int = 0
+    sampling_calls: int = 0  # not made: the event was not sampled (or its tenant paused)
+    sampling_pusd: int = 0
+    cache_calls: int = 0  # answered by the verdict cache (stored or in flight)
+    judge_calls: int = 0  # made
+    judge_pusd: int = 0
+
+    def add(self, other: SavingsEntry) -> None:
+        self.ts_ms = max(self.ts_ms, other.ts_ms)
+        self.events += other.events
+        self.baseline_calls += other.baseline_calls
+        self.baseline_pusd += other.baseline_pusd
+        self.sampling_calls += other.sampling_calls
+        self.sampling_pusd += other.sampling_pusd
+        self.cache_calls += other.cache_calls
+        self.judge_calls += other.judge_calls
+        self.judge_pusd += other.judge_pusd
+
+
+class JudgeSavings(msgspec.Struct, frozen=True, array_like=True):
+    """One (tenant, window) row of the savings ledger: judge calls and dollars
+    avoided by sampling, by the cache and by the cascade (tier-0 rules and
+    cheaper tiers), against judging everything with the reference judge."""
+
+    window_start_ms: int
+    window_ms: int
+    tenant_id: str
+    events: int
+    baseline_calls: int
+    baseline_pusd: int
+    sampling_calls: int
+    sampling_pusd: int
+    cache_calls: int
+    cache_pusd: int
+    cascade_calls: int
+    cascade_pusd: int
+    judge_calls: int
+    judge_pusd: int
+    reference_judge: str
+    version: int  # emission time: the newest row of a window wins
+
+
+class QualityEstimate(msgspec.Struct, frozen=True, array_like=True):
+    """Horvitz-Thompson estimate of the share of flagged responses for one
+    (tenant, agent, metric, window), with a 95% interval; the sums let any
+    rollup recompute it (see operators.estimates)."""
+
+    window_start_ms: int
+    window_ms: int
+    tenant_id: str
+    agent: str
+    metric: str
+    judged: int
+    flagged: int
+    rate: float
+    ci_low: float
+    ci_high: float
+    population: float  # estimated events (sum of 1/pi)
+    sum_w: float
+    sum_wy: float
+    sum_ww1: float  # sum of w(w-1), w = 1/pi
+    sum_ww1y: float
+    version: int
+
+
 class CostWindow(msgspec.Struct, frozen=True, array_like=True):
     """A closed (or revised) tumbling window for one (tenant, agent, model, variant)."""
 

@@ -1,26 +1,96 @@
-"""sample: decide, deterministically, which events the LLM judges see.
+"""sample: decide, deterministically, which events the LLM judges see, and with what probability.
 
-The decision hashes the event id with the sampler version (never `random()`),
-so a replay or a 2-worker run picks exactly the same events. Every sampled
-event carries its inclusion probability, which is what makes the quality
-estimates unbiased (Horvitz-Thompson). Tier-0 rules run on every event here:
-their flags are recorded on the event and can force a judgement.
+Every event gets a stratum within its tenant: its agent, the configured
+dimensions (model, variant, input/output length bucket, tier-0 flag families)
+and the first configured rule that matches it, which sets the stratum's rate
+(`base_rate` when none does). Two kinds of strata are special: a *certainty*
+stratum per agent holds the events that must be judged (a tier-0 rule with a
+configured prefix fired — e.g. `pii.`, `jailbreak.` — or the conversation is
+longer than `always_over_tokens`), and a tenant under a control-store override
+has one stratum per agent at the override's rate (0 = paused: nothing is
+judged). Overrides take precedence over everything else.
+
+Within a stratum h of one event-time window (N_h events) every event has
+u = xxh3_64(version|event_id) / 2^64, uniform in [0, 1) and unrelated to the
+content. When the window closes the sampler takes the m_h events with the
+smallest u, where
+
+    m_h = N_h                                  certainty strata
+    m_h = max(min(K, N_h), #{i : u_i < r_h})   other strata ("at least K")
+
+and, when a tenant's total exceeds its cap M, reduces the m_h by max-min fair
+water-filling (certainty strata first, then the others; ties by stratum
+name). Replays and any number of workers therefore choose exactly the same
+events, provided each window is complete when it closes (see "lateness").
+
+Inclusion probabilities. m_h depends on the hashes only through their sorted
+values (how many fall below r_h, how many events there are), never on which
+event holds which value; the hashes being exchangeable, the m_h chosen events
+are — given m_h — a simple random sample without replacement of the N_h.
+So pi_i = m_h / N_h is each chosen event's inclusion probability given the
+realised sample sizes, and the Horvitz-Thompson estimator with these pi is
+the textbook stratified estimator: unbiased given the sizes, hence unbiased.
+With neither K nor M binding this is Bernoulli(r_h) sampling, post-stratified
+(m_h / N_h instead of r_h removes the noise of a random sample size). Every
+chosen event carries its pi (`Candidate.inclusion_prob`) into its
+evaluations; `operators.estimates` turns them into rates with intervals.
+
+Lateness. A window closes once the tenant's watermark (newest event time +
+wall time since) passes its end by `allowed_lateness_s` AND no event arrived
+for it in the last `idle_s` seconds of wall time — the second condition keeps
+windows open while a replay still delivers them from lagging partitions. At
+the end of a bounded input every window closes. An event for a window already
+closed is decided alone with its batch-mates of the same stratum: the u <
+r_h ones are taken (K does not apply; the cap applies per late batch), with
+pi = m / n of that late group — still exact for Horvitz-Thompson, but outside
+the per-window guarantees; `judgeflow_sampler_decisions_total{reason="late"}`
+counts them.
+
+Honest approximations: overrides are read when the event is processed, so a
+replay under different overrides chooses differently; decisions are
+identical across runs only for windows that were complete when they closed.
+
+Memory per open (tenant, window): for each stratum the events below its rate
+(at most M when capped) plus the K smallest others — each worker pre-selects
+per batch the same way, so only these, and per-stratum counts, cross workers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import heapq
+import itertools
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from fnmatch import fnmatchcase
 
 import bytewax.operators as op
+import msgspec
 import xxhash
 from bytewax.dataflow import Stream
+from bytewax.operators import StatefulBatchLogic
 
 from judges.base import JudgeItem, RuleJudge
 from operators import metrics
+from operators.control import ControlStore, Override
 from operators.dedup import Candidate
+from operators.records import Event, SavingsEntry
 
 _TWO_64 = float(2**64)
+_SEP = "\x1f"
+
+# stratum-level reasons (`Assignment.reason`) and per-event ones
+FLAGGED = "flagged"  # certainty: a tier-0 rule with a forcing prefix fired
+LONG = "long"  # certainty: longer than always_over_tokens
+RATE = "rate"  # u < the stratum's rate
+MINIMUM = "minimum"  # topped up to K in a small stratum
+OVERRIDE = "override"  # the tenant's override rate
+PAUSED = "paused"  # override rate 0
+CAP = "cap"  # cut by the tenant's cap
+LATE = "late"  # its window had already been decided
+
+DIMENSIONS = ("model", "variant", "input_length", "output_length", "flags")
 
 
 def unit_hash(version: str, event_id: str) -> float:
@@ -28,42 +98,490 @@ def unit_hash(version: str, event_id: str) -> float:
     return xxhash.xxh3_64_intdigest(f"{version}|{event_id}".encode()) / _TWO_64
 
 
+def bucket_labels(edges: Sequence[int]) -> list[str]:
+    """Every label `length_bucket` can return for these edges."""
+    if not edges:
+        return ["any"]
+    return [f"<{edges[0]}", *(f"{lo}-{hi}" for lo, hi in itertools.pairwise(edges)), f">={edges[-1]}"]
+
+
+def length_bucket(tokens: int, edges: Sequence[int]) -> str:
+    """`<e0`, `e0-e1`, ..., `>=en`: the label rules and strata use."""
+    if not edges or tokens < edges[0]:
+        return f"<{edges[0]}" if edges else "any"
+    for lo, hi in itertools.pairwise(edges):
+        if tokens < hi:
+            return f"{lo}-{hi}"
+    return f">={edges[-1]}"
+
+
+@dataclass(frozen=True)
+class StratumRule:
+    """`rate` for the events it matches; unset fields match anything. Names are
+    glob patterns (`code-*`), lengths are bucket labels (`>=4000`), `flag` is the
+    prefix of a tier-0 flag that fired (`refusal.`)."""
+
+    rate: float
+    tenant: str | None = None
+    agent: str | None = None
+    model: str | None = None
+    variant: str | None = None
+    input_length: str | None = None
+    output_length: str | None = None
+    flag: str | None = None
+
+    def matches(self, e: Event, lengths: tuple[str, str], flags: Sequence[str]) -> bool:
+        return (
+            _glob(self.tenant, e.tenant_id)
+            and _glob(self.agent, e.agent)
+            and _glob(self.model, e.model)
+            and _glob(self.variant, e.variant)
+            and (self.input_length is None or self.input_length == lengths[0])
+            and (self.output_length is None or self.output_length == lengths[1])
+            and (self.flag is None or any(f.startswith(self.flag) for f in flags))
+        )
+
+
+def _glob(pattern: str | None, value: str) -> bool:
+    return pattern is None or fnmatchcase(value, pattern)
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """An event's stratum (within its tenant), its rate, why, and its K."""
+
+    stratum: str
+    rate: float
+    reason: str  # FLAGGED | LONG | RATE | OVERRIDE | PAUSED
+    min_k: int
+
+
 @dataclass(frozen=True)
 class Sampler:
-    base_rate: float
-    version: str
-    always_when_flagged: bool = True
+    """The sampling design (see the module docstring); built from `[sampling]`."""
 
-    def decide(self, c: Candidate) -> tuple[float, str]:
-        """(inclusion probability, reason); probability 0 means not sampled."""
-        if self.always_when_flagged and c.flags:
-            return 1.0, "flagged"
-        if self.base_rate > 0 and unit_hash(self.version, c.event.event_id) < self.base_rate:
-            return self.base_rate, "base_rate"
-        return 0.0, "skipped"
+    base_rate: float = 0.1
+    version: str = "v1"
+    rules: tuple[StratumRule, ...] = ()
+    strata: tuple[str, ...] = ("model", "variant", "input_length")
+    length_buckets: tuple[int, ...] = (1000, 4000)
+    always_over_tokens: int = 0  # 0: off
+    always_on_flags: tuple[str, ...] = ("pii.", "jailbreak.", "toxicity.")
+    min_per_stratum: int = 1  # K
+    max_per_tenant: int = 0  # M per window; 0: no cap
+    window_s: int = 60
+    allowed_lateness_s: float = 10.0
+    idle_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        unknown = [d for d in self.strata if d not in DIMENSIONS]
+        if unknown:
+            msg = f"sampler: unknown strata dimensions {unknown}; allowed: {', '.join(DIMENSIONS)}"
+            raise ValueError(msg)
+
+    def unit(self, event_id: str) -> float:
+        return unit_hash(self.version, event_id)
+
+    def assign(self, e: Event, flags: Sequence[str], override: Override | None = None) -> Assignment:
+        """The stratum of one event; `override` is its tenant's, if any."""
+        if override is not None:
+            if override.rate <= 0:
+                return Assignment(f"{e.agent}{_SEP}{PAUSED}", 0.0, PAUSED, 0)
+            rate = min(override.rate, 1.0)
+            return Assignment(f"{e.agent}{_SEP}{OVERRIDE}@{rate:g}", rate, OVERRIDE, 0)
+        forcing = self.always_on_flags
+        if forcing and any(f.startswith(forcing) for f in flags):
+            return Assignment(f"{e.agent}{_SEP}certain", 1.0, FLAGGED, 0)
+        if self.always_over_tokens and e.input_tokens + e.output_tokens > self.always_over_tokens:
+            return Assignment(f"{e.agent}{_SEP}certain", 1.0, LONG, 0)
+        lengths = (
+            length_bucket(e.input_tokens, self.length_buckets),
+            length_bucket(e.output_tokens, self.length_buckets),
+        )
+        rate, rule = self.base_rate, -1
+        for i, r in enumerate(self.rules):
+            if r.matches(e, lengths, flags):
+                rate, rule = r.rate, i
+                break
+        parts = [e.agent]
+        for d in self.strata:
+            if d == "model":
+                parts.append(e.model)
+            elif d == "variant":
+                parts.append(e.variant)
+            elif d == "input_length":
+                parts.append(f"in{lengths[0]}")
+            elif d == "output_length":
+                parts.append(f"out{lengths[1]}")
+            else:
+                parts.append("+".join(sorted({f.split(".", 1)[0] for f in flags})) or "noflag")
+        parts.append(f"rule{rule}@{rate:g}")  # one rate per stratum, even across config changes
+        return Assignment(_SEP.join(parts), rate, RATE, self.min_per_stratum)
+
+    def window_of(self, ts_ms: int) -> int:
+        size = self.window_s * 1000
+        return ts_ms - ts_ms % size
+
+
+# --- choosing within a window: pure functions ----------------------------------
+
+
+@dataclass(slots=True)
+class Held:
+    """A candidate kept for the decision, with its hash and what judging it all would cost."""
+
+    u: float
+    event_id: str
+    cand: Candidate
+    reason: str
+    calls: int
+    cost_pusd: int
+
+
+@dataclass(slots=True)
+class StratumTally:
+    """One stratum of one window: how many events, how many below the rate,
+    and the events that can still be chosen (sorted by hash on demand)."""
+
+    rate: float
+    reason: str
+    min_k: int
+    n: int = 0
+    below: int = 0
+    held: list[Held] = field(default_factory=list)
+
+    def add(self, other: StratumTally, cap: int) -> list[Held]:
+        """Merge `other` in; returns the held events that can no longer be chosen."""
+        self.n += other.n
+        self.below += other.below
+        self.held.extend(other.held)
+        return self.trim(cap)
+
+    def trim(self, cap: int) -> list[Held]:
+        """Keep what any outcome may choose: the events below the rate (the `cap`
+        smallest when capped) and the `min_k` smallest others."""
+        below = [h for h in self.held if h.u < self.rate]
+        above = [h for h in self.held if h.u >= self.rate]
+        keep_below = heapq.nsmallest(cap, below, key=_order) if cap and len(below) > cap else below
+        keep_above = heapq.nsmallest(self.min_k, above, key=_order) if len(above) > self.min_k else above
+        if len(keep_below) + len(keep_above) == len(self.held):
+            return []
+        kept = {id(h) for h in keep_below} | {id(h) for h in keep_above}
+        dropped = [h for h in self.held if id(h) not in kept]
+        self.held = keep_below + keep_above
+        return dropped
+
+    def want(self) -> int:
+        if self.reason in (FLAGGED, LONG):
+            return self.n
+        return max(min(self.min_k, self.n), self.below)
+
+
+def _order(h: Held) -> tuple[float, str]:
+    return (h.u, h.event_id)
+
+
+def allocate(wants: Sequence[int], capacity: int) -> list[int]:
+    """Max-min fair shares of `capacity` (water-filling): small wants are met in
+    full, the largest are cut to a common level; leftover units go to the
+    earliest of the cut ones. Deterministic."""
+    if sum(wants) <= capacity:
+        return list(wants)
+    level, remaining, left = 0, capacity, sorted(w for w in wants if w > 0)
+    while left:  # raise the level until the next want no longer fits
+        share = remaining // len(left)
+        if left[0] > share:
+            level = share
+            break
+        remaining -= left[0]
+        level = left.pop(0)
+    else:
+        return list(wants)
+    out = [min(w, level) for w in wants]
+    spare = capacity - sum(out)
+    for i, w in enumerate(wants):
+        if spare <= 0:
+            break
+        if w > out[i]:
+            out[i] += 1
+            spare -= 1
+    return out
+
+
+@dataclass(slots=True)
+class Choice:
+    """The outcome for one window (or one late group) of one tenant."""
+
+    chosen: list[Candidate]
+    avoided_calls: int  # judge calls not made because the events were not chosen
+    avoided_pusd: int
+    sampled: dict[str, int]  # reason -> events chosen
+    skipped: dict[str, int]  # reason -> events not chosen
+
+
+def choose(strata: dict[str, StratumTally], cap: int) -> Choice:
+    """Pick each stratum's bottom-m_h by hash (see the module docstring) and
+    set every chosen candidate's inclusion probability m_h / N_h."""
+    names = sorted(strata)
+    wants = [strata[h].want() for h in names]
+    alloc = list(wants)
+    if cap:
+        certain = [i for i, h in enumerate(names) if strata[h].reason in (FLAGGED, LONG)]
+        others = [i for i in range(len(names)) if i not in set(certain)]
+        given = allocate([wants[i] for i in certain], cap)
+        rest = allocate([wants[i] for i in others], cap - sum(given))
+        for i, a in zip(certain + others, given + rest, strict=True):
+            alloc[i] = a
+    out = Choice([], 0, 0, {}, {})
+    for h, want, m in zip(names, wants, alloc, strict=True):
+        s = strata[h]
+        s.held.sort(key=_order)
+        prob = m / s.n if s.n else 0.0
+        for i, held in enumerate(s.held):
+            if i < m:
+                reason = held.reason if s.reason in (FLAGGED, LONG, OVERRIDE) else RATE
+                if reason == RATE and held.u >= s.rate:
+                    reason = MINIMUM
+                out.chosen.append(
+                    msgspec.structs.replace(held.cand, inclusion_prob=prob, sample_reason=reason)
+                )
+                _count(out.sampled, reason, 1)
+            else:
+                out.avoided_calls += held.calls
+                out.avoided_pusd += held.cost_pusd
+        skip_reason = PAUSED if s.reason == PAUSED else OVERRIDE if s.reason == OVERRIDE else RATE
+        _count(out.skipped, CAP, want - m)
+        _count(out.skipped, skip_reason, s.n - want)
+    return out
+
+
+def _count(d: dict[str, int], key: str, n: int) -> None:
+    if n:
+        d[key] = d.get(key, 0) + n
+
+
+# --- the operator ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Part:
+    """What one worker's batch adds to one tenant's window: per-stratum tallies
+    (with the pre-selected candidates) and the savings of the events it dropped."""
+
+    tenant: str
+    window: int
+    strata: dict[str, StratumTally]
+    savings: SavingsEntry
+
+
+@dataclass
+class _Window:
+    strata: dict[str, StratumTally]
+    savings: SavingsEntry
+    last_arrival_s: float
+
+
+@dataclass
+class _SampleState:
+    max_ts_ms: int = -1
+    seen_at_s: float = 0.0
+    open: dict[int, _Window] = field(default_factory=dict)
+    closed: set[int] = field(default_factory=set)
+
+
+_CLOSED_HORIZON_MS = 86_400_000  # how long a decided window is remembered
+
+
+class _SampleLogic(StatefulBatchLogic[_Part, Candidate | SavingsEntry, _SampleState]):
+    def __init__(self, sampler: Sampler, clock: Callable[[], float], resume: _SampleState | None) -> None:
+        self._sampler = sampler
+        self._clock = clock
+        self._size_ms = sampler.window_s * 1000
+        self._grace_ms = int(sampler.allowed_lateness_s * 1000)
+        self._cap = sampler.max_per_tenant
+        self._s = resume if resume is not None else _SampleState()
+
+    def on_batch(self, values: list[_Part]) -> tuple[Iterable[Candidate | SavingsEntry], bool]:
+        s, now = self._s, self._clock()
+        out: list[Candidate | SavingsEntry] = []
+        for part in values:
+            if part.savings.ts_ms > s.max_ts_ms:
+                s.max_ts_ms, s.seen_at_s = part.savings.ts_ms, now
+            if part.window in s.closed:
+                out.extend(self._decide(part.tenant, part.strata, part.savings, late=True))
+                continue
+            w = s.open.get(part.window)
+            if w is None:
+                s.open[part.window] = _Window(part.strata, part.savings, now)
+                continue
+            w.last_arrival_s = now
+            w.savings.add(part.savings)
+            for name, tally in part.strata.items():
+                mine = w.strata.get(name)
+                if mine is None:
+                    w.strata[name] = tally
+                    continue
+                for h in mine.add(tally, self._cap):
+                    w.savings.sampling_calls += h.calls
+                    w.savings.sampling_pusd += h.cost_pusd
+        out.extend(self._advance(now))
+        return out, StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[Candidate | SavingsEntry], bool]:
+        return self._advance(self._clock()), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Candidate | SavingsEntry], bool]:
+        out: list[Candidate | SavingsEntry] = []
+        for start in sorted(self._s.open):
+            out.extend(self._close(start))
+        return out, StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        s = self._s
+        if not s.open:
+            return None
+        due = min(
+            max(
+                s.seen_at_s + (start + self._size_ms + self._grace_ms - s.max_ts_ms) / 1000,
+                w.last_arrival_s + self._sampler.idle_s,
+            )
+            for start, w in s.open.items()
+        )
+        return datetime.fromtimestamp(due, tz=UTC)
+
+    def snapshot(self) -> _SampleState:
+        s = self._s
+        return _SampleState(
+            max_ts_ms=s.max_ts_ms,
+            seen_at_s=s.seen_at_s,
+            open={
+                start: _Window(
+                    {n: _copy_tally(t) for n, t in w.strata.items()},
+                    msgspec.structs.replace(w.savings),
+                    w.last_arrival_s,
+                )
+                for start, w in s.open.items()
+            },
+            closed=set(s.closed),
+        )
+
+    def _advance(self, now: float) -> list[Candidate | SavingsEntry]:
+        s = self._s
+        wm = s.max_ts_ms + int((now - s.seen_at_s) * 1000)
+        out: list[Candidate | SavingsEntry] = []
+        idle_s = self._sampler.idle_s
+        for start in sorted(s.open):
+            if start + self._size_ms + self._grace_ms <= wm and now - s.open[start].last_arrival_s >= idle_s:
+                out.extend(self._close(start))
+        if len(s.closed) > 2 * 1440:
+            s.closed = {c for c in s.closed if c >= wm - _CLOSED_HORIZON_MS}
+        return out
+
+    def _close(self, start: int) -> list[Candidate | SavingsEntry]:
+        w = self._s.open.pop(start)
+        self._s.closed.add(start)
+        tenant = w.savings.tenant_id
+        return self._decide(tenant, w.strata, w.savings, late=False)
+
+    def _decide(
+        self, tenant: str, strata: dict[str, StratumTally], savings: SavingsEntry, *, late: bool
+    ) -> list[Candidate | SavingsEntry]:
+        if late:
+            for t in strata.values():
+                t.min_k = 0
+        c = choose(strata, self._cap)
+        savings.sampling_calls += c.avoided_calls
+        savings.sampling_pusd += c.avoided_pusd
+        for reason, n in c.sampled.items():
+            metrics.SAMPLED.labels("sampled", LATE if late else reason).inc(n)
+        for reason, n in c.skipped.items():
+            metrics.SAMPLED.labels("skipped", reason).inc(n)
+        out: list[Candidate | SavingsEntry] = list(c.chosen)
+        out.append(savings)
+        return out
+
+
+def _copy_tally(t: StratumTally) -> StratumTally:
+    return StratumTally(t.rate, t.reason, t.min_k, t.n, t.below, list(t.held))
 
 
 @dataclass(frozen=True)
 class SampleOut:
-    """`events`: every event, now with its tier-0 flags; `judge`: candidates with
-    something to judge or a cached verdict to report."""
+    """`events`: every event, with its tier-0 flags; `judge`: the chosen
+    candidates with their inclusion probabilities; `savings`: per tenant and
+    window, the baseline judge cost and what sampling avoided."""
 
     events: Stream[Candidate]
     judge: Stream[Candidate]
+    savings: Stream[SavingsEntry]
 
 
-def sample(step_id: str, up: Stream[Candidate], *, sampler: Sampler, rules: RuleJudge) -> SampleOut:
-    def sample_batch(cands: list[Candidate]) -> Iterable[Candidate]:
-        counts: dict[str, int] = {}
+def sample(
+    step_id: str,
+    up: Stream[Candidate],
+    *,
+    sampler: Sampler,
+    rules: RuleJudge,
+    control: ControlStore,
+    baseline: Callable[[Event], tuple[int, int]],
+    clock: Callable[[], float] = time.time,
+) -> SampleOut:
+    """Flag, stratify and choose events to judge (see the module docstring).
+
+    Args:
+        baseline: (judge calls, picodollars) to judge one event on every metric
+            with the reference judge — what the savings ledger compares against.
+    """
+    size_ms = sampler.window_s * 1000
+    cap = sampler.max_per_tenant
+
+    def assign_batch(cands: list[Candidate]) -> Iterable[Candidate | _Part]:
+        overrides = control.active()
+        parts: dict[tuple[str, int], _Part] = {}
         for c in cands:
             e = c.event
             c.flags = e.flags = tuple(sorted(rules.flags(JudgeItem(e.input_text, e.output_text, e.context))))
-            c.inclusion_prob, c.sample_reason = sampler.decide(c)
-            counts[c.sample_reason] = counts.get(c.sample_reason, 0) + 1
-        for reason, n in counts.items():
-            metrics.SAMPLED.labels(reason).inc(n)
-        return cands
+            a = sampler.assign(e, c.flags, overrides.get(e.tenant_id))
+            c.stratum = a.stratum
+            window = e.ts_ms - e.ts_ms % size_ms
+            part = parts.get((e.tenant_id, window))
+            if part is None:
+                part = parts[(e.tenant_id, window)] = _Part(
+                    e.tenant_id, window, {}, SavingsEntry(tenant_id=e.tenant_id, ts_ms=e.ts_ms)
+                )
+            sv = part.savings
+            sv.ts_ms = max(sv.ts_ms, e.ts_ms)
+            calls, pusd = baseline(e)
+            sv.events += 1
+            sv.baseline_calls += calls
+            sv.baseline_pusd += pusd
+            tally = part.strata.get(a.stratum)
+            if tally is None:
+                tally = part.strata[a.stratum] = StratumTally(a.rate, a.reason, a.min_k)
+            tally.n += 1
+            u = sampler.unit(e.event_id)
+            if u < a.rate:
+                tally.below += 1
+            if a.rate > 0 or a.min_k > 0:
+                tally.held.append(Held(u, e.event_id, c, a.reason, calls, pusd))
+            else:
+                sv.sampling_calls += calls
+                sv.sampling_pusd += pusd
+        out: list[Candidate | _Part] = list(cands)
+        for part in parts.values():
+            for tally in part.strata.values():
+                for h in tally.trim(cap):  # only what may be chosen crosses workers
+                    part.savings.sampling_calls += h.calls
+                    part.savings.sampling_pusd += h.cost_pusd
+            out.append(part)
+        return out
 
-    decided = op.flat_map_batch(f"{step_id}_decide", up, sample_batch)
-    to_judge = op.filter(f"{step_id}_to_judge", decided, lambda c: c.inclusion_prob > 0 or bool(c.cached))
-    return SampleOut(events=decided, judge=to_judge)
+    assigned = op.flat_map_batch(f"{step_id}_assign", up, assign_batch)
+    split = op.branch(f"{step_id}_split", assigned, lambda x: type(x) is Candidate)
+    keyed = op.key_on(f"{step_id}_key", split.falses, lambda p: p.tenant)
+    decided = op.stateful_batch(
+        f"{step_id}_choose", keyed, lambda resume: _SampleLogic(sampler, clock, resume)
+    )
+    values = op.map(f"{step_id}_unkey", decided, lambda kv: kv[1])
+    chosen = op.branch(f"{step_id}_chosen", values, lambda x: type(x) is Candidate)
+    return SampleOut(events=split.trues, judge=chosen.trues, savings=chosen.falses)

@@ -66,7 +66,9 @@ from operators.records import (
     DeadLetter,
     Evaluation,
     Event,
+    JudgeSavings,
     PricingIssue,
+    QualityEstimate,
     pico_to_usd,
 )
 
@@ -268,6 +270,50 @@ def pricing_issue_row(p: PricingIssue) -> tuple[Any, ...]:
     return (p.key, day, p.model, p.provider, p.issue, p.message)
 
 
+def quality_estimate_row(q: QualityEstimate) -> tuple[Any, ...]:
+    """A `quality_estimates` row."""
+    return (
+        q.tenant_id,
+        q.agent,
+        q.metric,
+        _ms_to_s(q.window_ms),
+        q.window_start_ms,
+        q.judged,
+        q.flagged,
+        q.rate,
+        q.ci_low,
+        q.ci_high,
+        q.population,
+        q.sum_w,
+        q.sum_wy,
+        q.sum_ww1,
+        q.sum_ww1y,
+        q.version,
+    )
+
+
+def judge_savings_row(s: JudgeSavings) -> tuple[Any, ...]:
+    """A `judge_savings` row."""
+    return (
+        s.tenant_id,
+        _ms_to_s(s.window_ms),
+        s.window_start_ms,
+        s.events,
+        s.baseline_calls,
+        pico_to_usd(s.baseline_pusd),
+        s.sampling_calls,
+        pico_to_usd(s.sampling_pusd),
+        s.cache_calls,
+        pico_to_usd(s.cache_pusd),
+        s.cascade_calls,
+        pico_to_usd(s.cascade_pusd),
+        s.judge_calls,
+        pico_to_usd(s.judge_pusd),
+        s.reference_judge,
+        s.version,
+    )
+
+
 def dead_letter_row(d: DeadLetter) -> tuple[Any, ...]:
     """A `dead_letters` row; `raw` is stored byte for byte."""
     src = d.source
@@ -427,6 +473,52 @@ TABLES: dict[str, TableSpec] = {
                 *_SOURCE_COLUMNS,
             ),
             dead_letter_row,
+        ),
+        TableSpec(
+            "quality_estimates",
+            QualityEstimate,
+            (
+                ("tenant_id", _LC),
+                ("agent", _LC),
+                ("metric", _LC),
+                ("window_s", "UInt32"),
+                ("window_start", _TS),
+                ("judged", "UInt64"),
+                ("flagged", "UInt64"),
+                ("rate", "Float64"),
+                ("ci_low", "Float64"),
+                ("ci_high", "Float64"),
+                ("population", "Float64"),
+                ("sum_w", "Float64"),
+                ("sum_wy", "Float64"),
+                ("sum_ww1", "Float64"),
+                ("sum_ww1y", "Float64"),
+                ("version", "UInt64"),
+            ),
+            quality_estimate_row,
+        ),
+        TableSpec(
+            "judge_savings",
+            JudgeSavings,
+            (
+                ("tenant_id", _LC),
+                ("window_s", "UInt32"),
+                ("window_start", _TS),
+                ("events", "UInt64"),
+                ("baseline_calls", "UInt64"),
+                ("baseline_usd", _USD),
+                ("sampling_calls", "UInt64"),
+                ("sampling_usd", _USD),
+                ("cache_calls", "UInt64"),
+                ("cache_usd", _USD),
+                ("cascade_calls", "Int64"),
+                ("cascade_usd", _USD),
+                ("judge_calls", "UInt64"),
+                ("judge_usd", _USD),
+                ("reference_judge", _LC),
+                ("version", "UInt64"),
+            ),
+            judge_savings_row,
         ),
         TableSpec(
             "pricing_issues",

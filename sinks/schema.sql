@@ -165,3 +165,62 @@ CREATE TABLE IF NOT EXISTS {database}.pricing_issues
 ENGINE = ReplacingMergeTree(inserted_at)
 PARTITION BY toYYYYMM(day)
 ORDER BY key;
+
+-- Horvitz-Thompson estimates of the share of flagged responses per
+-- (tenant, agent, metric, window), from the sampled verdicts and their
+-- inclusion probabilities (operators.records.QualityEstimate). The sums make
+-- any rollup exact: rate = sum(sum_wy) / sum(sum_w), interval as in
+-- operators/estimates.py (query_estimates). Re-emitted as verdicts arrive: the
+-- newest version wins.
+CREATE TABLE IF NOT EXISTS {database}.quality_estimates
+(
+    tenant_id    LowCardinality(String),
+    agent        LowCardinality(String),
+    metric       LowCardinality(String),
+    window_s     UInt32,
+    window_start DateTime64(3, 'UTC'),
+    judged       UInt64 COMMENT 'events with a verdict for the metric',
+    flagged      UInt64 COMMENT 'of which flagged',
+    rate         Float64 COMMENT 'estimated share of flagged responses among all events',
+    ci_low       Float64 COMMENT '95% interval (Wilson at the effective sample size)',
+    ci_high      Float64,
+    population   Float64 COMMENT 'estimated events: sum of 1/inclusion_prob',
+    sum_w        Float64,
+    sum_wy       Float64,
+    sum_ww1      Float64 COMMENT 'sum of w(w-1), w = 1/inclusion_prob',
+    sum_ww1y     Float64,
+    version      UInt64 COMMENT 'emission time: the newest row of a key wins',
+    inserted_at  DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (tenant_id, agent, metric, window_s, window_start);
+
+-- The judge savings ledger per (tenant, window) (operators.records.JudgeSavings):
+-- judge calls and dollars of judging every event on every metric with the
+-- reference (most expensive configured) judge, and what sampling, the cache
+-- and the cascade avoided; judge_* is what was spent. baseline = sampling +
+-- cache + cascade + judge.
+CREATE TABLE IF NOT EXISTS {database}.judge_savings
+(
+    tenant_id       LowCardinality(String),
+    window_s        UInt32,
+    window_start    DateTime64(3, 'UTC'),
+    events          UInt64,
+    baseline_calls  UInt64,
+    baseline_usd    Decimal(38, 12),
+    sampling_calls  UInt64,
+    sampling_usd    Decimal(38, 12),
+    cache_calls     UInt64,
+    cache_usd       Decimal(38, 12) COMMENT 'at the window mean reference cost per call',
+    cascade_calls   Int64 COMMENT 'tier-0 settled and cheaper tiers, net of retries',
+    cascade_usd     Decimal(38, 12),
+    judge_calls     UInt64,
+    judge_usd       Decimal(38, 12),
+    reference_judge LowCardinality(String),
+    version         UInt64 COMMENT 'emission time: the newest row of a key wins',
+    inserted_at     DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (tenant_id, window_s, window_start);
