@@ -11,17 +11,18 @@ import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
-from flows.config import JudgeTierConfig, Settings
+from flows.config import ConfigError, JudgeTierConfig, Settings
 from judges.base import LLMJudge, RuleJudge
 from judges.budget import BudgetPolicy
 from judges.redact import Redactor
 from judges.rubrics import RUBRIC_VERSION
 from judges.rules import Tier0Rules
 from judges.runtime import EndpointPolicy, JudgeRuntime, RetryPolicy
-from operators.alerts import BurnRateLevels
+from operators.alert_rules import Action, AlertPolicy, RuleSet
 from operators.cache import MemoryVerdictCache, RedisVerdictCache, VerdictCache
 from operators.control import ControlStore, MemoryControlStore, RedisControlStore
 from operators.decode import DecodeLimits
@@ -32,6 +33,7 @@ from operators.price import Catalog, Pricer, override_rates
 from operators.records import PICO_PER_USD, usd_to_pico
 from operators.sample import Sampler, StratumRule
 from operators.savings import Baseline, ReferenceJudge, reference_judge
+from sinks.webhooks import Delivery, WebhookSink, WebhookTarget
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,9 @@ class Deps:
     baseline: Baseline  # reference cost of judging an event on every metric (savings ledger)
     rules: RuleJudge
     runtime: JudgeRuntime
-    burn_levels: BurnRateLevels
+    alert_policy: AlertPolicy
     control: ControlStore
+    webhooks: WebhookSink | None
 
     def close(self) -> None:
         """Stop the judge loop and close clients once the dataflow has returned."""
@@ -105,12 +108,44 @@ def build_deps(settings: Settings) -> Deps:
         baseline=build_baseline(settings),
         rules=rules,
         runtime=build_runtime(settings),
-        burn_levels=BurnRateLevels(
-            warn=cfg.alerts.burn_rate.warn,
-            critical=cfg.alerts.burn_rate.critical,
-            emergency=cfg.alerts.burn_rate.emergency,
-        ),
+        alert_policy=build_alert_policy(settings),
         control=build_control(settings),
+        webhooks=build_webhooks(settings),
+    )
+
+
+def build_alert_policy(settings: Settings) -> AlertPolicy:
+    """The alert rules with every tenant's thresholds, and the actions, from `[alerts]`."""
+    a, w = settings.flow.alerts, settings.flow.windows
+    budget = settings.flow.judges.budget
+
+    def rules(tenant: str | None) -> RuleSet:
+        given = {name: a.rule(name, tenant).model_dump() for name in a.rule_names()}
+        judge = given["judge_budget"]
+        if judge["budget_usd"] is None:  # the judge stage's own daily budget
+            usd = budget.tenants.get(tenant, budget.daily_usd) if tenant else budget.daily_usd
+            if usd > 0:
+                judge["budget_usd"] = usd
+            else:  # no budget anywhere: nothing to alert on
+                judge.update(enabled=False, budget_usd=1)
+        return RuleSet.from_dicts(given)
+
+    acts = a.actions
+    return AlertPolicy(
+        default=rules(None),
+        tenants={t: rules(t) for t in {*a.tenants, *budget.tenants}},
+        hysteresis=Decimal(str(a.hysteresis)),
+        deescalate=a.deescalate,
+        eval_delay_ms=a.eval_delay_s * 1000,
+        slot_ms=w.size_s * 1000,
+        revisable_ms=(max(w.allowed_lateness_s, w.judge_allowed_lateness_s) + w.size_s) * 1000,
+        actions={
+            level: Action(act.sampling_rate, act.ttl_s)
+            for level in ("warn", "critical", "emergency")
+            if acts.enabled and (act := getattr(acts, level)) is not None
+        },
+        action_rules=frozenset(acts.rules),
+        clear_on_resolve=acts.clear_on_resolve,
     )
 
 
@@ -122,6 +157,34 @@ def build_cache(settings: Settings) -> VerdictCache:
             raise ValueError(msg)
         return RedisVerdictCache(c.redis_url, ttl_s=c.ttl_s, retry_after_s=c.retry_after_s)
     return MemoryVerdictCache(max_entries=c.max_entries, ttl_s=c.ttl_s)
+
+
+def build_webhooks(settings: Settings) -> WebhookSink | None:
+    """The webhook sink of `[alerts.webhooks]`, or None without targets; URLs
+    from the config or from the environment variable a target names."""
+    w = settings.flow.alerts.webhooks
+    targets = []
+    for t in w.targets:
+        secret = settings.secrets.webhook_urls.get(t.name)
+        url = secret.get_secret_value() if secret else t.url
+        if not url:
+            msg = f"alerts.webhooks target {t.name!r}: environment variable {t.url_env} is not set"
+            raise ConfigError(msg)
+        targets.append(
+            WebhookTarget(t.name, t.format, url, t.min_level, frozenset(t.rules), frozenset(t.tenants))
+        )
+    if not targets:
+        return None
+    delivery = Delivery(
+        timeout_s=w.timeout_s,
+        max_attempts=w.max_attempts,
+        backoff_s=w.backoff_s,
+        budget_s=w.budget_s,
+        max_in_flight=w.max_in_flight,
+        max_age_s=w.max_age_s,
+        firing_ttl_s=w.firing_ttl_s,
+    )
+    return WebhookSink(targets, delivery)
 
 
 def build_sampler(settings: Settings) -> Sampler:

@@ -26,16 +26,18 @@ from bytewax.inputs import Source
 
 from flows.config import Settings
 from flows.deps import Deps, build_deps
-from operators.alerts import burn_rate_alerts
+from operators.alerts import alerts
 from operators.decode import decode
 from operators.dedup import dedup
 from operators.estimates import quality_estimates
+from operators.expensive import expensive_requests
 from operators.judge import judge
 from operators.price import price
 from operators.sample import sample
 from operators.savings import judge_savings
 from operators.windows import cost_window, ledger_entry, rollup
 from sinks.clickhouse import ClickHouseSink
+from sinks.control import ControlSink
 from sinks.kafka import kafka_out
 
 
@@ -119,7 +121,9 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
         lateness_s = max(cfg.windows.allowed_lateness_s, cfg.windows.judge_allowed_lateness_s)
         rollups = rollup("rollup", windows, sizes_s=cfg.windows.rollups_s, allowed_lateness_s=lateness_s)
         windows = op.merge("windows_and_rollups", windows, rollups)
-    alerts = burn_rate_alerts("alerts", request_windows, levels=d.burn_levels)
+    # alerts: rules over each tenant's windows and expensive requests, in event time
+    expensive = expensive_requests("expensive", events, policy=d.alert_policy)
+    alerting = alerts("alerts", windows, expensive, policy=d.alert_policy)
 
     # outputs
     to_clickhouse("llm_events_out", op.map("event_of", sampled.events, lambda c: c.event), "llm_events")
@@ -127,12 +131,19 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
     to_clickhouse("estimates_out", estimates, "quality_estimates")
     to_clickhouse("savings_out", savings, "judge_savings")
     to_clickhouse("cost_windows_out", windows, "cost_windows")
-    to_clickhouse("alerts_out", alerts, "alerts")
+    to_clickhouse("alerts_out", alerting.alerts, "alerts")
+    op.output("overrides_out", alerting.actions, ControlSink(d.control))
+    if d.webhooks is not None:
+        op.output("webhooks_out", alerting.alerts, d.webhooks)
     to_clickhouse("dead_letters_out", decoded.errs, "dead_letters")
     to_clickhouse("pricing_issues_out", priced.issues, "pricing_issues")
     if d.brokers:
         kafka_out(
-            "alerts_kafka", alerts, brokers=d.brokers, topic=cfg.kafka.alerts_topic, extra=cfg.kafka.extra
+            "alerts_kafka",
+            alerting.alerts,
+            brokers=d.brokers,
+            topic=cfg.kafka.alerts_topic,
+            extra=cfg.kafka.extra,
         )
         kafka_out(
             "dead_letters_kafka",

@@ -1,156 +1,327 @@
-"""alerts: rules over cost windows, with a level per (rule, tenant) that is
-announced once per change — never once per window.
+"""alerts: the alert rules over a tenant's windows, with a level per (rule,
+tenant[, agent]) announced once per change — never once per window — and
+the control-store actions those levels call for.
 
-The hourly burn rate is the tenant's LLM spend over the trailing 60 minutes
-of event time, recomputed whenever a window row for the tenant arrives
-(revisions replace their earlier numbers, corrections add to them). Levels:
-ok < warn < critical < emergency. Alert ids are deterministic, so a replay
-writes the same alerts again instead of new ones.
+Time. Every rule is evaluated in event time, at each base-window end `E` of
+the tenant, in order — so a fast replay walks through the same levels as the
+live run did. The tenant's clock is the newest end of its LLM windows; `E`
+is evaluated once the clock is `eval_delay` past it (by then the windows of
+all its agents and models have closed), when the tenant has been quiet for
+that long in wall time (so a tenant that stops still resolves), and at the
+end of a bounded input. Window rows that arrive after `E` was evaluated
+update the ledger (revisions replace, corrections add) and count from the
+next evaluation on. What "now" means for each rule: `operators.alert_rules`.
+
+Lifecycle. Levels are ok < warn < critical < emergency. A level is entered
+when the value reaches its threshold and left only when the value falls
+below threshold x (1 - hysteresis): by default the alert stays at its peak
+until it resolves; with `deescalate` it steps down. Each change is one
+`Alert` (resolved = a change to ok) whose id hashes (rule, tenant, scope,
+level, E): a replay writes the same ids again.
+
+Actions. The tenant's acting level is the highest level (of the rules that
+act) with an action configured; when it changes, an `OverrideAction` sets
+the tenant's judge sampling rate until E + ttl (event time: a backfill of old
+data writes overrides that have already expired), or clears the override
+this stage set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import copy
+import json
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal
+from itertools import groupby
 
 import bytewax.operators as op
+import msgspec
 import xxhash
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
 from operators import metrics
-from operators.records import PICO_PER_USD, Alert, CostWindow
+from operators.alert_rules import LEVELS, RANK, AlertPolicy, Reading, Rule, dec
+from operators.alert_state import DAY_MS, TenantLedger, month_bounds
+from operators.expensive import ExpensiveSlot
+from operators.records import Alert, CostWindow
 
-LEVELS = ("ok", "warn", "critical", "emergency")
-HOUR_MS = 3_600_000
 
-RUNBOOKS = {
-    "burn_rate": (
-        "judgeflow report cost --tenant {tenant} --last 1h --by agent,model,variant; "
-        "then judgeflow report top --tenant {tenant} --last 1h"
-    ),
-}
+class OverrideAction(msgspec.Struct, frozen=True, array_like=True):
+    """Set or clear a tenant's sampling override (applied by `sinks.control.ControlSink`).
+
+    A `clear` only removes the override if it is still the one `set_by` wrote.
+    """
+
+    tenant_id: str
+    op: str  # set | clear
+    rate: float
+    expires_ms: int
+    set_by: str  # "alert:<alert id>"
+    reason: str
+    ts_ms: int
 
 
 @dataclass(frozen=True)
-class BurnRateLevels:
-    """$ per trailing hour at which each level starts."""
+class AlertsOut:
+    """`alerts`: level changes; `actions`: control-store writes they call for."""
 
-    warn: Decimal
-    critical: Decimal
-    emergency: Decimal
-
-    def level(self, usd_per_hour: Decimal) -> str:
-        if usd_per_hour >= self.emergency:
-            return "emergency"
-        if usd_per_hour >= self.critical:
-            return "critical"
-        if usd_per_hour >= self.warn:
-            return "warn"
-        return "ok"
-
-    def threshold(self, level: str) -> Decimal:
-        return {"ok": Decimal(0), "warn": self.warn, "critical": self.critical, "emergency": self.emergency}[
-            level
-        ]
+    alerts: Stream[Alert]
+    actions: Stream[OverrideAction]
 
 
 @dataclass
 class _AlertState:
-    # (agent, model, variant, window_start) -> picodollars from the newest row
-    windows: dict[tuple[str, str, str, int], int] = field(default_factory=dict)
-    corrections: dict[tuple[int, str], int] = field(default_factory=dict)
-    newest_end_ms: int = 0
-    level: str = "ok"
+    tenant: str = ""
+    ledger: TenantLedger = field(default_factory=TenantLedger)
+    clock_ms: int = -1  # newest end of an LLM window
+    seen_at_s: float = 0.0  # wall time when the clock last moved
+    evaluated_ms: int = -1  # the last evaluated window end
+    levels: dict[tuple[str, str], str] = field(default_factory=dict)  # only levels other than ok
+    acting: str = "ok"
+    acted_by: str = ""
 
 
-class _BurnRateLogic(StatefulBatchLogic[CostWindow, Alert, _AlertState]):
-    def __init__(self, levels: BurnRateLevels, resume: _AlertState | None) -> None:
-        self._levels = levels
-        self._s = resume if resume is not None else _AlertState()
+@dataclass(frozen=True, slots=True)
+class _Change:
+    rule: Rule
+    reading: Reading
+    previous: str
+    level: str
 
-    def on_batch(self, values: list[CostWindow]) -> tuple[Iterable[Alert], bool]:
+
+class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, Alert | OverrideAction, _AlertState]):
+    def __init__(self, policy: AlertPolicy, clock: Callable[[], float], resume: _AlertState | None) -> None:
+        self._policy = policy
+        self._slot = policy.slot_ms
+        self._revisable = policy.revisable_ms
+        self._clock = clock
+        self._s = resume if resume is not None else _AlertState(ledger=TenantLedger(slot_ms=self._slot))
+
+    def on_batch(
+        self, values: list[CostWindow | ExpensiveSlot]
+    ) -> tuple[Iterable[Alert | OverrideAction], bool]:
         s = self._s
-        tenant = values[0].tenant_id
-        out = []
-        # evaluate at every window end in event-time order, so a fast replay
-        # still walks through each level instead of jumping to the last one
-        for w in sorted(values, key=lambda w: w.window_start_ms):
-            if w.category != "llm":
-                continue
-            if w.kind == "correction":
-                s.corrections[(w.window_start_ms, w.correction_id)] = w.cost_pusd
-            else:
-                s.windows[(w.agent, w.model, w.variant, w.window_start_ms)] = w.cost_pusd
-            end = w.window_start_ms + w.window_ms
-            if end > s.newest_end_ms:
-                out.extend(self._evaluate(tenant))
-                s.newest_end_ms = end
-        out.extend(self._evaluate(tenant))
-        self._forget_old()
+        windows: list[CostWindow] = []
+        for v in values:
+            s.tenant = v.tenant_id
+            if isinstance(v, ExpensiveSlot):
+                rule = self._policy.for_tenant(v.tenant_id).expensive_requests
+                s.ledger.add_expensive(v.slot_ms, v.count, v.top, rule.top_n)
+            elif v.window_ms == self._slot:  # rollups (1 h, 1 day) repeat what the base windows hold
+                windows.append(v)
+        out: list[Alert | OverrideAction] = []
+        windows.sort(key=lambda w: w.window_start_ms)
+        for start, group in groupby(windows, key=lambda w: w.window_start_ms):
+            llm = False
+            for w in group:
+                s.ledger.add_window(w)
+                llm = llm or w.category == "llm"
+            end = start + self._slot
+            if llm and end > s.clock_ms:
+                if s.clock_ms < 0:
+                    s.evaluated_ms = end - self._slot
+                s.clock_ms, s.seen_at_s = end, self._clock()
+                out.extend(self._evaluate_until(end - self._policy.eval_delay_ms))
         return out, StatefulBatchLogic.RETAIN
 
-    def _evaluate(self, tenant: str) -> list[Alert]:
+    def on_notify(self) -> tuple[Iterable[Alert | OverrideAction], bool]:
         s = self._s
-        if s.newest_end_ms == 0:
-            return []
-        burn = self._burn_usd(s.newest_end_ms)
-        level = self._levels.level(burn)
-        if level == s.level:
-            return []
-        alert = self._alert(tenant, level, burn)
-        s.level = level
-        return [alert]
+        quiet_ms = int((self._clock() - s.seen_at_s) * 1000)
+        return self._evaluate_until(
+            s.clock_ms + quiet_ms - self._policy.eval_delay_ms
+        ), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Alert | OverrideAction], bool]:
+        # the end of a bounded input: nothing else is coming, evaluate what is pending
+        return self._evaluate_until(self._s.clock_ms), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        s = self._s
+        if s.clock_ms < 0:
+            return None
+        due_ms = s.evaluated_ms + self._slot + self._policy.eval_delay_ms - s.clock_ms
+        return datetime.fromtimestamp(s.seen_at_s + max(due_ms, 0) / 1000, tz=UTC)
 
     def snapshot(self) -> _AlertState:
-        s = self._s
-        return _AlertState(dict(s.windows), dict(s.corrections), s.newest_end_ms, s.level)
+        return copy.deepcopy(self._s)
 
-    def _burn_usd(self, end_ms: int) -> Decimal:
-        start = end_ms - HOUR_MS
-        pico = sum(c for (_, _, _, ws), c in self._s.windows.items() if start <= ws < end_ms)
-        pico += sum(c for (ws, _), c in self._s.corrections.items() if start <= ws < end_ms)
-        return Decimal(pico) / PICO_PER_USD
-
-    def _forget_old(self) -> None:
+    def _evaluate_until(self, horizon_ms: int) -> list[Alert | OverrideAction]:
         s = self._s
-        horizon = s.newest_end_ms - 2 * HOUR_MS
-        for k in [k for k in s.windows if k[3] < horizon]:
-            del s.windows[k]
-        for k in [k for k in s.corrections if k[0] < horizon]:
-            del s.corrections[k]
+        if s.clock_ms < 0:
+            return []
+        rules = self._policy.for_tenant(s.tenant)
+        lookback = max(rules.lookback_ms(), 3_600_000)
+        out: list[Alert | OverrideAction] = []
+        end = s.evaluated_ms + self._slot
+        if end > horizon_ms:
+            return out
+        while end <= horizon_ms:
+            out.extend(self._evaluate(end))
+            s.evaluated_ms = end
+            end = self._next_end(end + self._slot, lookback)
+        self._forget(lookback)
+        return out
 
-    def _alert(self, tenant: str, level: str, burn: Decimal) -> Alert:
+    def _next_end(self, end: int, lookback: int) -> int:
+        # a tenant silent for longer than every rule looks back, with every level
+        # ok, has nothing to report until its next data: skip the empty minutes
         s = self._s
-        previous = s.level
-        end = s.newest_end_ms
-        shown = level if level != "ok" else previous
-        threshold = self._levels.threshold(shown)
+        if s.levels or any(end - lookback <= slot < end for slot in s.ledger.llm):
+            return end
+        later = [slot for slot in s.ledger.llm if slot >= end]
+        return max(end, min(later) + self._slot) if later else end
+
+    def _evaluate(self, end: int) -> list[Alert | OverrideAction]:
+        s = self._s
+        policy = self._policy
+        changes: list[_Change] = []
+        read: set[tuple[str, str]] = set()
+        for rule in policy.for_tenant(s.tenant):
+            for r in rule.evaluate(s.ledger, end):
+                read.add((rule.name, r.scope))
+                changes.extend(self._step(rule, r))
+        for rule_name, scope in [k for k in s.levels if k not in read]:
+            # a scope that has no data left (an agent that stopped) reads as zero
+            rule = getattr(policy.for_tenant(s.tenant), rule_name)
+            changes.extend(self._step(rule, Reading(scope, Decimal(0), end - rule.lookback_ms())))
+        if not changes:
+            return []
+        alerts = [self._alert(c, end) for c in changes]
+        out: list[Alert | OverrideAction] = []
+        action = self._act(changes, alerts, end)
+        if action is not None:
+            alerts = [
+                msgspec.structs.replace(a, message=f"{a.message}; {action.reason}")
+                if action.set_by == f"alert:{a.alert_id}"
+                else a
+                for a in alerts
+            ]
+        out.extend(alerts)
+        if action is not None:
+            out.append(action)
+        return out
+
+    def _step(self, rule: Rule, r: Reading) -> list[_Change]:
+        s = self._s
+        key = (rule.name, r.scope)
+        current = s.levels.get(key, "ok")
+        level = rule.next_level(current, r.value, self._policy.hysteresis, self._policy.deescalate)
+        if level == current:
+            return []
         if level == "ok":
-            message = f"resolved: {tenant} burn rate back to ${burn:.2f}/h, below the {previous} level ${threshold}/h"
+            del s.levels[key]
         else:
-            message = f"{tenant} is spending ${burn:.2f}/h over the last hour: {level} (>= ${threshold}/h)"
-        metrics.ALERTS.labels("burn_rate", level).inc()
+            s.levels[key] = level
+        if not r.scope:
+            metrics.ALERT_LEVEL.labels(rule.name, metrics.tenant_label(s.tenant)).set(RANK[level])
+        return [_Change(rule, r, current, level)]
+
+    def _act(self, changes: list[_Change], alerts: list[Alert], end: int) -> OverrideAction | None:
+        s = self._s
+        policy = self._policy
+        acting = "ok"
+        for (rule_name, _), level in s.levels.items():
+            if policy.acts_on(rule_name):
+                configured = [lv for lv in LEVELS[1 : RANK[level] + 1] if lv in policy.actions]
+                if configured and RANK[configured[-1]] > RANK[acting]:
+                    acting = configured[-1]
+        if acting == s.acting:
+            return None
+        causes = [a for c, a in zip(changes, alerts, strict=True) if policy.acts_on(c.rule.name)]
+        cause = max(causes, key=lambda a: RANK[a.level]) if causes else alerts[-1]
+        previous_by = s.acted_by
+        s.acting = acting
+        if acting == "ok":
+            s.acted_by = ""
+            if not policy.clear_on_resolve or not previous_by:
+                return None
+            return OverrideAction(
+                s.tenant, "clear", 1.0, end, previous_by, "judge sampling back to normal", end
+            )
+        act = policy.actions[acting]
+        s.acted_by = f"alert:{cause.alert_id}"
+        what = (
+            "judging paused" if act.sampling_rate == 0 else f"judge sampling set to {act.sampling_rate:.2%}"
+        )
+        reason = f"{what} for {_duration(act.ttl_s)} ({cause.rule} {acting})"
+        return OverrideAction(
+            s.tenant, "set", act.sampling_rate, end + act.ttl_s * 1000, s.acted_by, reason, end
+        )
+
+    def _alert(self, c: _Change, end: int) -> Alert:
+        tenant = self._s.tenant
+        rule, r = c.rule, c.reading
+        value = r.value if r.value is not None else Decimal(0)
+        where = f"{tenant}" + (f" / {r.scope}" if r.scope else "")
+        if c.level == "ok":
+            threshold = rule.threshold(c.previous) or Decimal(0)
+            message = f"resolved: {where}: {rule.what} is {rule.show(value)}, {c.previous} ended"
+        else:
+            threshold = rule.threshold(c.level) or Decimal(0)
+            message = f"{where}: {rule.what} is {rule.show(value)}: {c.level} (from {rule.show(threshold)})"
+        metrics.ALERTS.labels(rule.name, c.level).inc()
+        details = {"value": dec(value), "threshold": dec(threshold), **r.details}
         return Alert(
-            alert_id=xxhash.xxh3_128_hexdigest(f"burn_rate|{tenant}||{level}|{end}".encode()),
-            rule="burn_rate",
+            alert_id=xxhash.xxh3_128_hexdigest(f"{rule.name}|{tenant}|{r.scope}|{c.level}|{end}".encode()),
+            rule=rule.name,
             tenant_id=tenant,
-            scope="",
-            level=level,
-            previous_level=previous,
-            value=float(burn),
+            scope=r.scope,
+            level=c.level,
+            previous_level=c.previous,
+            value=float(value),
             threshold=float(threshold),
-            window_start_ms=end - HOUR_MS,
+            window_start_ms=r.start_ms,
             window_end_ms=end,
             ts_ms=end,
             message=message,
-            runbook=RUNBOOKS["burn_rate"].format(tenant=tenant),
+            runbook=rule.runbook_for(tenant, r.scope),
+            details=json.dumps(details, separators=(",", ":"), sort_keys=True),
+        )
+
+    def _forget(self, lookback: int) -> None:
+        s = self._s
+        rules = self._policy.for_tenant(s.tenant)
+        at = s.evaluated_ms
+        s.ledger.forget(
+            revisable_ms=self._revisable,
+            keys=s.clock_ms - 2 * DAY_MS,
+            llm=at - lookback - self._slot,
+            agents=at - rules.variant_cost.window_s * 1000 - self._slot,
+            expensive=at - rules.expensive_requests.window_s * 1000 - self._slot,
+            days=month_bounds(at - 1)[0] - DAY_MS,
         )
 
 
-def burn_rate_alerts(step_id: str, up: Stream[CostWindow], *, levels: BurnRateLevels) -> Stream[Alert]:
-    """Per-tenant hourly burn-rate level changes."""
-    keyed = op.key_on(f"{step_id}_tenant", up, lambda w: w.tenant_id)
-    alerts = op.stateful_batch(f"{step_id}_rule", keyed, lambda resume: _BurnRateLogic(levels, resume))
-    return op.map(f"{step_id}_unkey", alerts, lambda kv: kv[1])
+def _duration(seconds: int) -> str:
+    for unit, n in (("d", 86_400), ("h", 3600), ("min", 60)):
+        if seconds % n == 0:
+            return f"{seconds // n} {unit}"
+    return f"{seconds} s"
+
+
+def alerts(
+    step_id: str,
+    windows: Stream[CostWindow],
+    expensive: Stream[ExpensiveSlot],
+    *,
+    policy: AlertPolicy,
+    clock: Callable[[], float] = time.time,
+) -> AlertsOut:
+    """Alert level changes per tenant, and the sampling overrides they call for.
+
+    Args:
+        windows: cost windows of both categories (rollups are ignored).
+        expensive: requests above the single-request threshold (`operators.expensive`).
+        policy: rules, thresholds, actions, and the base window size.
+        clock: wall time, for tenants that go quiet.
+    """
+    merged = op.merge(f"{step_id}_in", windows, expensive)
+    keyed = op.key_on(f"{step_id}_tenant", merged, lambda x: x.tenant_id)
+    out = op.stateful_batch(f"{step_id}_rules", keyed, lambda resume: _AlertLogic(policy, clock, resume))
+    values = op.map(f"{step_id}_unkey", out, lambda kv: kv[1])
+    split = op.branch(f"{step_id}_split", values, lambda x: isinstance(x, Alert))
+    return AlertsOut(alerts=split.trues, actions=split.falses)

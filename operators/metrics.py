@@ -108,6 +108,11 @@ JUDGE_DEGRADED = Counter(
     ["tenant", "ceiling"],
 )
 ALERTS = Counter("judgeflow_alerts_total", "Alert transitions", ["rule", "level"])
+ALERT_LEVEL = Gauge(
+    "judgeflow_alert_level",
+    "Tenant-wide alert level per rule: 0 ok, 1 warn, 2 critical, 3 emergency",
+    ["rule", "tenant"],
+)
 LATE = Counter("judgeflow_late_ledger_entries_total", "Ledger entries after the allowed lateness")
 WINDOW_ENTRIES = Counter(
     "judgeflow_window_entries_total",

@@ -261,6 +261,7 @@ def alert_row(a: Alert) -> tuple[Any, ...]:
         a.ts_ms,
         a.message,
         a.runbook,
+        a.details,
     )
 
 
@@ -458,6 +459,7 @@ TABLES: dict[str, TableSpec] = {
                 ("ts", _TS),
                 ("message", "String"),
                 ("runbook", "String"),
+                ("details", "String"),
             ),
             alert_row,
         ),

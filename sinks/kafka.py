@@ -28,6 +28,7 @@ def alert_message(a: Alert) -> KafkaSinkMessage[bytes, bytes]:
     body = {f: getattr(a, f) for f in a.__struct_fields__}
     for f in ("window_start_ms", "window_end_ms", "ts_ms"):
         body[f.removesuffix("_ms")] = _iso(body.pop(f))
+    body["details"] = msgspec.json.decode(a.details) if a.details else {}  # an object, not a string
     return KafkaSinkMessage(key=a.alert_id.encode(), value=_json.encode(body))
 
 

@@ -124,12 +124,16 @@ CREATE TABLE IF NOT EXISTS {database}.alerts
     window_end     DateTime64(3, 'UTC'),
     ts             DateTime64(3, 'UTC'),
     message        String,
-    runbook        String,
+    runbook        String COMMENT 'the judgeflow command(s) to run first',
+    details        String COMMENT 'JSON: the numbers behind the alert (per rule, see operators/alert_rules.py)',
     inserted_at    DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree(inserted_at)
 PARTITION BY toYYYYMM(ts)
 ORDER BY (tenant_id, alert_id);
+
+-- tables created before alerts carried their numbers
+ALTER TABLE {database}.alerts ADD COLUMN IF NOT EXISTS details String AFTER runbook;
 
 -- Records the flow could not process (operators.records.DeadLetter).
 CREATE TABLE IF NOT EXISTS {database}.dead_letters

@@ -1,0 +1,463 @@
+"""Alert rules: what each one measures, its levels, and the runbook step it points to.
+
+Every rule reads a tenant's ledger (`operators.alert_state.TenantLedger`) at
+an evaluation time `end` — the end of a base window, in event time — and
+returns one reading per scope ("" for the tenant, an agent name for
+per-agent rules). A reading's value is compared with the rule's levels
+(warn < critical < emergency; an unset level is skipped). "Now" for each rule:
+
+    burn_rate            LLM spend of the windows in [end - 1 h, end), in $/h
+    daily_spend          LLM spend since 00:00 UTC of the day `end` closes
+    monthly_projection   spend since the 1st (UTC) projected linearly to the
+                         month's end, as a share of the budget (the actual
+                         share before `min_elapsed_s` of the month has passed)
+    variant_cost         per agent: cost per request of each variant over
+                         [end - window_s, end) as a multiple of the baseline's
+    expensive_requests   requests above `threshold_usd` with a time in
+                         [end - window_s, end); the alert lists the top N
+    volume_spike         requests/min over [end - short_s, end) as a multiple
+                         of the mean over the `baseline_s` before that
+    judge_budget         judge spend (category "judge") since 00:00 UTC, as
+                         a share of the daily judge budget
+
+A reading without enough data (too few requests, too little history) holds
+the current level instead of guessing.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, ClassVar
+
+from operators.alert_state import DAY_MS, TenantLedger, month_bounds
+from operators.records import PICO_PER_USD
+
+LEVELS = ("ok", "warn", "critical", "emergency")
+RANK = {level: i for i, level in enumerate(LEVELS)}
+HOUR_MS = 3_600_000
+MINUTE_MS = 60_000
+NANO = Decimal("0.000000001")
+
+
+def usd(pico: int) -> Decimal:
+    return Decimal(pico) / PICO_PER_USD
+
+
+def dec(x: Decimal) -> str:
+    """A decimal as plain digits (never `1E-7`), for alert details."""
+    return format(x, "f")
+
+
+def _money(x: Decimal) -> str:
+    return f"${x:,.2f}" if x >= 1 or x == 0 else f"${x:.4f}".rstrip("0")
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One rule's value for one scope at one evaluation time.
+
+    `value` None means "not enough data": the level is held.
+    """
+
+    scope: str
+    value: Decimal | None
+    start_ms: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Levels shared by every rule; subclasses add what they measure."""
+
+    name: ClassVar[str] = ""
+    what: ClassVar[str] = ""
+    runbook: ClassVar[str] = ""
+
+    warn: Decimal | None = None
+    critical: Decimal | None = None
+    emergency: Decimal | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return any(t is not None for t in (self.warn, self.critical, self.emergency))
+
+    def threshold(self, level: str) -> Decimal | None:
+        return getattr(self, level, None) if level != "ok" else None
+
+    def lookback_ms(self) -> int:
+        """How much history (event time before `end`) the rule reads."""
+        return HOUR_MS
+
+    def next_level(self, current: str, value: Decimal | None, hysteresis: Decimal, deescalate: bool) -> str:
+        """The level after reading `value`, with hysteresis on the way down.
+
+        Up: the highest level whose threshold `value` reaches. Down: only once
+        `value` is below threshold x (1 - hysteresis) — of the lowest level
+        (the alert resolves from its peak), or with `deescalate` step by step.
+        """
+        if value is None:
+            return current
+        enabled = [(lv, t) for lv in LEVELS[1:] if (t := self.threshold(lv)) is not None]
+        raw = "ok"
+        for lv, t in enabled:
+            if value >= t:
+                raw = lv
+        if RANK[raw] >= RANK[current]:
+            return raw
+        keep = 1 - hysteresis
+        if not deescalate:
+            lowest = enabled[0][1] if enabled else None
+            return current if lowest is not None and value >= lowest * keep else "ok"
+        held = "ok"
+        for lv, t in enabled:
+            if RANK[lv] <= RANK[current] and value >= t * keep:
+                held = lv
+        return held
+
+    def evaluate(self, led: TenantLedger, end_ms: int) -> list[Reading]:
+        raise NotImplementedError
+
+    def show(self, value: Decimal) -> str:
+        return f"{value:.2f}"
+
+    def runbook_for(self, tenant: str, scope: str) -> str:
+        return self.runbook.format(tenant=shlex.quote(tenant), agent=shlex.quote(scope or "ALL"))
+
+
+@dataclass(frozen=True)
+class BurnRate(Rule):
+    name: ClassVar[str] = "burn_rate"
+    what: ClassVar[str] = "LLM spend over the last hour"
+    runbook: ClassVar[str] = (
+        "judgeflow report cost --tenant {tenant} --last 1h --by agent,model,variant; "
+        "then judgeflow report top --tenant {tenant} --last 1h"
+    )
+
+    warn: Decimal | None = Decimal(5)
+    critical: Decimal | None = Decimal(20)
+    emergency: Decimal | None = Decimal(100)
+
+    def evaluate(self, led: TenantLedger, end_ms: int) -> list[Reading]:
+        requests, pico = led.llm_sum(end_ms - HOUR_MS, end_ms)
+        spend = usd(pico)
+        return [Reading("", spend, end_ms - HOUR_MS, {"usd_last_hour": dec(spend), "requests": requests})]
+
+    def show(self, value: Decimal) -> str:
+        return f"{_money(value)}/h"
+
+
+@dataclass(frozen=True)
+class DailySpend(Rule):
+    name: ClassVar[str] = "daily_spend"
+    what: ClassVar[str] = "LLM spend today (UTC)"
+    runbook: ClassVar[str] = (
+        "judgeflow report hourly --tenant {tenant}; "
+        "then judgeflow report cost --tenant {tenant} --last 1d --by agent,model,variant"
+    )
+
+    critical: Decimal | None = Decimal(500)
+
+    def lookback_ms(self) -> int:
+        return 0  # per-day totals are kept separately
+
+    def evaluate(self, led: TenantLedger, end_ms: int) -> list[Reading]:
+        day = (end_ms - 1) - (end_ms - 1) % DAY_MS
+        spend = usd(led.day_costs(end_ms)[0])
+        return [Reading("", spend, day, {"usd_today": dec(spend), "day": _date(day)})]
+
+    def show(self, value: Decimal) -> str:
+        return _money(value)
+
+
+@dataclass(frozen=True)
+class MonthlyProjection(Rule):
+    name: ClassVar[str] = "monthly_projection"
+    what: ClassVar[str] = "month-to-date spend projected to the month's end"
+    runbook: ClassVar[str] = "judgeflow report budget --tenant {tenant}"
+
+    budget_usd: Decimal = Decimal(15_000)
+    min_elapsed_s: int = 86_400
+    warn: Decimal | None = Decimal(1)
+    critical: Decimal | None = Decimal("1.5")
+
+    def lookback_ms(self) -> int:
+        return 0
+
+    def evaluate(self, led: TenantLedger, end_ms: int) -> list[Reading]:
+        start, month_end = month_bounds(end_ms - 1)
+        mtd = usd(led.llm_since(start, end_ms))
+        elapsed = end_ms - start
+        projected = mtd * (month_end - start) / elapsed if elapsed >= self.min_elapsed_s * 1000 else mtd
+        details = {
+            "mtd_usd": dec(mtd),
+            "projected_usd": dec(projected.quantize(Decimal("0.01"))),
+            "budget_usd": dec(self.budget_usd),
+            "elapsed_days": dec((Decimal(elapsed) / DAY_MS).quantize(Decimal("0.01"))),
+            "projection": elapsed >= self.min_elapsed_s * 1000,
+        }
+        return [Reading("", projected / self.budget_usd, start, details)]
+
+    def show(self, value: Decimal) -> str:
+        return f"{value * 100:.0f}% of the monthly budget"
+
+
+@dataclass(frozen=True)
+class VariantCost(Rule):
+    name: ClassVar[str] = "variant_cost"
+    what: ClassVar[str] = "cost per request of a variant vs the baseline"
+    runbook: ClassVar[str] = "judgeflow report variants --tenant {tenant} --agent {agent}"
+
+    baseline: str = "baseline"
+    window_s: int = 3600
+    min_requests: int = 50
+    warn: Decimal | None = Decimal("1.5")
+    critical: Decimal | None = Decimal(3)
+
+    def lookback_ms(self) -> int:
+        return self.window_s * 1000
+
+    def evaluate(self, led: TenantLedger, end_ms: int) -> list[Reading]:
+        start = end_ms - self.window_s * 1000
+        out = []
+        for agent, variants in sorted(led.agent_sums(start, end_ms).items()):
+            base = variants.get(self.baseline)
+            others = {v: rc for v, rc in variants.items() if v != self.baseline and rc[0] > 0}
+            if base is None or base[0] == 0 or base[1] == 0 or not others:
+                out.append(Reading(agent, Decimal(0), start))  # nothing left to compare
+                continue
+            if base[0] < self.min_requests:
+                out.append(Reading(agent, None, start))
+                continue
+            base_cpr = Decimal(base[1]) / base[0]
+            best: tuple[Decimal, str, int, int] | None = None
+            for variant, (n, pico) in sorted(others.items()):
+                if n < self.min_requests:
+                    continue
+                ratio = Decimal(pico) / n / base_cpr
+                if best is None or ratio > best[0]:
+                    best = (ratio, variant, n, pico)
+            if best is None:
+                out.append(Reading(agent, None, start))
+                continue
+            ratio, variant, n, pico = best
+            details = {
+                "variant": variant,
+                "baseline": self.baseline,
+                "variant_usd_per_request": dec((usd(pico) / n).quantize(NANO)),
+                "baseline_usd_per_request": dec((usd(base[1]) / base[0]).quantize(NANO)),
+                "variant_requests": n,
+                "baseline_requests": base[0],
+            }
+            out.append(Reading(agent, ratio, start, details))
+        return out
+
+    def show(self, value: Decimal) -> str:
+        return f"{value:.2f}x the baseline's cost per request"
+
+
+@dataclass(frozen=True)
+class ExpensiveRequests(Rule):
+    name: ClassVar[str] = "expensive_requests"
+    what: ClassVar[str] = "requests above the single-request cost threshold"
+    runbook: ClassVar[str] = "judgeflow report top --tenant {tenant} --last 1h"
+
+    threshold_usd: Decimal = Decimal("0.01")
+    window_s: int = 3600
+    top_n: int = 5
+    warn: Decimal | None = Decimal(1)
+
+    @property
+    def threshold_pusd(self) -> int:
+        return int(self.threshold_usd * PICO_PER_USD)
+
+    def lookback_ms(self) -> int:
+        return self.window_s * 1000
+
+    def evaluate(self, led: TenantLedger, end_ms: int) -> list[Reading]:
+        start = end_ms - self.window_s * 1000
+        count, top = led.expensive_in(start, end_ms, self.top_n)
+        details = {
+            "threshold_usd": dec(self.threshold_usd),
+            "count": count,
+            "top": [
+                {"event_id": e, "cost_usd": dec(usd(c)), "agent": a, "model": m, "variant": v, "ts": _iso(t)}
+                for c, e, a, m, v, t in top
+            ],
+        }
+        return [Reading("", Decimal(count), start, details)]
+
+    def show(self, value: Decimal) -> str:
+        return f"{value:.0f} request(s) above {_money(self.threshold_usd)} in {self.window_s // 60} min"
+
+
+@dataclass(frozen=True)
+class VolumeSpike(Rule):
+    name: ClassVar[str] = "volume_spike"
+    what: ClassVar[str] = "requests per minute vs the trailing baseline"
+    runbook: ClassVar[str] = (
+        "judgeflow report hourly --tenant {tenant}; "
+        "then judgeflow report cost --tenant {tenant} --last 1h --by agent,model,variant"
+    )
+
+    short_s: int = 300
+    baseline_s: int = 21_600
+    min_history_s: int = 3600
+    min_rpm: Decimal = Decimal(10)
+    warn: Decimal | None = Decimal(3)
+    critical: Decimal | None = Decimal(10)
+
+    def lookback_ms(self) -> int:
+        return (self.short_s + self.baseline_s) * 1000
+
+    def evaluate(self, led: TenantLedger, end_ms: int) -> list[Reading]:
+        short_start = end_ms - self.short_s * 1000
+        recent, _ = led.llm_sum(short_start, end_ms)
+        rpm = Decimal(recent) * MINUTE_MS / (self.short_s * 1000)
+        if rpm < self.min_rpm:
+            return [Reading("", Decimal(0), short_start, {"rpm": dec(rpm)})]
+        base_start = max(short_start - self.baseline_s * 1000, led.first_slot_ms)
+        span = short_start - base_start
+        if span < self.min_history_s * 1000:
+            return [Reading("", None, short_start)]
+        before, _ = led.llm_sum(base_start, short_start)
+        base_rpm = max(Decimal(before) * MINUTE_MS / span, Decimal(1))  # a silent tenant's floor: 1/min
+        details = {
+            "rpm": dec(rpm.quantize(Decimal("0.01"))),
+            "baseline_rpm": dec(base_rpm.quantize(Decimal("0.01"))),
+            "requests": recent,
+            "baseline_minutes": span // MINUTE_MS,
+        }
+        return [Reading("", rpm / base_rpm, short_start, details)]
+
+    def show(self, value: Decimal) -> str:
+        return f"{value:.1f}x the usual requests/min"
+
+
+@dataclass(frozen=True)
+class JudgeBudget(Rule):
+    name: ClassVar[str] = "judge_budget"
+    what: ClassVar[str] = "judge spend today (UTC)"
+    runbook: ClassVar[str] = (
+        "judgeflow overrides list; judgeflow report cost --tenant {tenant} --last 1d --by agent,model,variant"
+    )
+
+    budget_usd: Decimal = Decimal(20)
+    warn: Decimal | None = Decimal("0.8")
+    critical: Decimal | None = Decimal(1)
+
+    def lookback_ms(self) -> int:
+        return 0
+
+    def evaluate(self, led: TenantLedger, end_ms: int) -> list[Reading]:
+        day = (end_ms - 1) - (end_ms - 1) % DAY_MS
+        spend = usd(led.day_costs(end_ms)[1])
+        details = {"judge_usd_today": dec(spend), "budget_usd": dec(self.budget_usd), "day": _date(day)}
+        return [Reading("", spend / self.budget_usd, day, details)]
+
+    def show(self, value: Decimal) -> str:
+        return f"{value * 100:.0f}% of the daily judge budget"
+
+
+RULE_TYPES: tuple[type[Rule], ...] = (
+    BurnRate,
+    DailySpend,
+    MonthlyProjection,
+    VariantCost,
+    ExpensiveRequests,
+    VolumeSpike,
+    JudgeBudget,
+)
+RULE_NAMES = tuple(r.name for r in RULE_TYPES)
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """The rules of one tenant, with that tenant's thresholds."""
+
+    burn_rate: BurnRate = BurnRate()
+    daily_spend: DailySpend = DailySpend()
+    monthly_projection: MonthlyProjection = MonthlyProjection()
+    variant_cost: VariantCost = VariantCost()
+    expensive_requests: ExpensiveRequests = ExpensiveRequests()
+    volume_spike: VolumeSpike = VolumeSpike()
+    judge_budget: JudgeBudget = JudgeBudget()
+
+    @classmethod
+    def from_dicts(cls, rules: Mapping[str, Mapping[str, Any]]) -> RuleSet:
+        """From `{rule name: {field: value}}` (the flow config's sections); keys a rule
+        does not have (such as `enabled`) are ignored; `enabled = false` unsets every level."""
+        built = {}
+        for rule_type in RULE_TYPES:
+            given = dict(rules.get(rule_type.name, {}))
+            known = {f.name for f in fields(rule_type)}
+            kwargs = {k: v for k, v in given.items() if k in known}
+            if given.get("enabled") is False:
+                kwargs.update(warn=None, critical=None, emergency=None)
+            built[rule_type.name] = rule_type(**kwargs)
+        return cls(**built)
+
+    def __iter__(self) -> Iterator[Rule]:
+        for rule_type in RULE_TYPES:
+            rule = getattr(self, rule_type.name)
+            if rule.enabled:
+                yield rule
+
+    def lookback_ms(self) -> int:
+        return max((r.lookback_ms() for r in self), default=0)
+
+
+@dataclass(frozen=True)
+class Action:
+    """Set the tenant's judge sampling rate to `sampling_rate` (0 pauses judging) for `ttl_s`."""
+
+    sampling_rate: float
+    ttl_s: int
+
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    """Everything the alert stage needs from the flow config.
+
+    Args:
+        default: the rules with the configured defaults.
+        tenants: rules of tenants with overrides.
+        hysteresis: a level ends only below threshold x (1 - hysteresis).
+        deescalate: step down level by level (else stay at the peak until resolved).
+        eval_delay_ms: evaluate a window end once the tenant's event time is this far past it,
+            so the windows of all the tenant's agents and models are in.
+        slot_ms: the base window size: evaluations happen at its ends.
+        revisable_ms: how long after its key's newest window a window can still be
+            revised (the windows' allowed lateness plus one window).
+        actions: level -> override to write to the control store.
+        action_rules: the rules whose levels trigger actions (empty: all).
+        clear_on_resolve: clear the override when no acting level is left (else it expires).
+    """
+
+    default: RuleSet = RuleSet()
+    tenants: Mapping[str, RuleSet] = field(default_factory=dict)
+    hysteresis: Decimal = Decimal("0.1")
+    deescalate: bool = False
+    eval_delay_ms: int = 120_000
+    slot_ms: int = 60_000
+    revisable_ms: int = 1_860_000
+    actions: Mapping[str, Action] = field(default_factory=dict)
+    action_rules: frozenset[str] = frozenset()
+    clear_on_resolve: bool = True
+
+    def for_tenant(self, tenant: str) -> RuleSet:
+        return self.tenants.get(tenant, self.default)
+
+    def acts_on(self, rule: str) -> bool:
+        return not self.action_rules or rule in self.action_rules
+
+
+def _date(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).date().isoformat()
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
