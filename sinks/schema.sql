@@ -47,7 +47,10 @@ ORDER BY (tenant_id, event_id);
 
 -- One row per judge verdict (operators.records.Evaluation). The columns follow
 -- the OpenTelemetry `gen_ai.evaluation.result` event; the mapping is in the
--- column comments.
+-- column comments. One row per (event, metric, tier): a cascade that escalates
+-- writes the tier-1 and the tier-2 verdict; the highest tier is the verdict of
+-- record. `label` is flagged | ok, or error (the judge failed, see `error`) |
+-- skipped (the tenant's daily judge budget was spent and no rule covers the metric).
 CREATE TABLE IF NOT EXISTS {database}.evaluations
 (
     eval_id          String,
@@ -82,7 +85,9 @@ ORDER BY (tenant_id, eval_id);
 -- requests they judge, so each category keeps its own event-time progress. A window re-emitted within the
 -- allowed lateness carries a newer version, which replaces the earlier row;
 -- entries later still arrive as `correction` rows with their own ids, which
--- add to the window: sum over both kinds.
+-- add to the window: sum over both kinds. In category judge rows, `model` is
+-- the judge (e.g. openai/gpt-4o-mini), `variant` its tier (tier1 | tier2) and
+-- the token counts are the judge's.
 CREATE TABLE IF NOT EXISTS {database}.cost_windows
 (
     tenant_id             LowCardinality(String),
