@@ -3,6 +3,7 @@
 judgeflow run     [--config F] [-w N] [-i I -a ADDRS] [--recovery-dir D]   the streaming job
 judgeflow demo    [--workers N] [--limit N]                                 everything embedded
 judgeflow init-db [--config F]                                              create the ClickHouse tables
+judgeflow report  cost|variants|top|hourly|budget|tokens|alerts|pricing|all  the cost runbook from ClickHouse
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     init = sub.add_parser("init-db", help="create the ClickHouse database and tables")
     _config_arg(init)
     init.set_defaults(func=_cmd_init_db)
+
+    from flows.report import add_report_parser
+
+    add_report_parser(sub)
     return p
 
 

@@ -1,0 +1,342 @@
+"""`judgeflow report`: the CLI, run as a subprocess beside ClickHouse (the chdb
+HTTP front), answers from known data: a small flow writes minute windows
+and their rollups (with late events and corrections), events, evaluations,
+alerts and a pricing issue; the numbers printed must equal sums computed
+here straight from the inputs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import bytewax.operators as op
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSource, run_main
+
+from operators.price import pricing_issue
+from operators.records import Alert, Evaluation, Event, LedgerEntry, pico_to_usd
+from operators.windows import cost_window, ledger_entry, rollup
+from sinks.chdb_http import start_chdb_http
+from sinks.clickhouse import ClickHouseSink
+
+REPO = Path(__file__).resolve().parents[1]
+MIN = 60_000
+HOUR = 60 * MIN
+T0 = int(datetime(2023, 11, 16, 10, 0, tzinfo=UTC).timestamp() * 1000)
+DB = "report_t"
+
+
+def event(i: int, tenant: str, agent: str, variant: str, ts: int, pico: int, *, model: str = "m1") -> Event:
+    return Event(
+        event_id=f"e{i:04d}",
+        ts_ms=ts,
+        tenant_id=tenant,
+        agent=agent,
+        model=model,
+        provider="p",
+        variant=variant,
+        input_text="",
+        output_text="",
+        context=None,
+        input_tokens=100 + i % 50,
+        output_tokens=20 + i % 7,
+        cache_read_tokens=0,
+        cache_write_tokens=0,
+        reasoning_tokens=0,
+        provided_cost_pusd=pico,
+        latency_ms=None,
+        conversation_id=None,
+        user_id=None,
+        metadata={},
+        source=None,
+        cost_pusd=pico,
+        cost_source="unknown" if model == "mystery" else "provided",
+    )
+
+
+def known_events() -> list[Event]:
+    """3.5 hours of traffic for two tenants; the last 40 arrive late and out of order."""
+    out = []
+    for i in range(400):
+        ts = T0 + i * 31_500  # 10:00 .. 13:30
+        if i % 3 == 0:
+            out.append(event(i, "globex", "coder", "baseline", ts, 7_000_000_000 + 1_000 * i))
+        else:
+            variant = "finetuned" if i % 2 else "baseline"
+            pico = (3_000_000_000 if variant == "finetuned" else 2_000_000_000) + 7 * i
+            out.append(event(i, "acme", "support-bot", variant, ts, pico))
+    out.append(event(900, "acme", "support-bot", "baseline", T0 + 5 * MIN, 25 * 10**9))  # $0.025
+    out.append(event(901, "globex", "coder", "baseline", T0 + 65 * MIN, 12 * 10**9))  # $0.012
+    out.append(event(902, "acme", "helpdesk", "baseline", T0 + 70 * MIN, 0, model="mystery"))
+    late = [
+        event(1000 + j, "acme", "support-bot", "baseline", T0 + j * 4 * MIN + 7, 10**9) for j in range(40)
+    ]
+    return out + late[::-1]
+
+
+def evaluations(events: list[Event]) -> list[Evaluation]:
+    """Refusal verdicts on the support-bot: baseline events sampled at 0.5, finetuned at 1.0;
+    every 4th flagged; a tier-1 verdict overrides tier 0 on every 10th event."""
+    out = []
+    for e in events:
+        if e.agent != "support-bot" or e.event_id >= "e1000":
+            continue
+        n = int(e.event_id[1:])
+        prob = 0.5 if e.variant == "baseline" else 1.0
+        tiers = [(0, "flagged" if n % 4 == 0 else "ok")]
+        if n % 10 == 0:
+            tiers.append((1, "ok"))
+        for tier, label in tiers:
+            out.append(
+                Evaluation(
+                    eval_id=f"{e.event_id}|refusal|{tier}",
+                    event_id=e.event_id,
+                    ts_ms=e.ts_ms,
+                    tenant_id=e.tenant_id,
+                    agent=e.agent,
+                    model=e.model,
+                    variant=e.variant,
+                    metric="refusal",
+                    score=1.0 if label == "flagged" else 0.0,
+                    label=label,
+                    explanation="",
+                    judge=f"t{tier}",
+                    tier=tier,
+                    cache_hit=False,
+                    inclusion_prob=prob,
+                    content_hash="h",
+                    judge_cost_pusd=0,
+                    judge_latency_ms=1.0,
+                )
+            )
+    return out
+
+
+def judge_spend(events: list[Event]) -> list[LedgerEntry]:
+    return [
+        LedgerEntry(
+            e.tenant_id,
+            e.agent,
+            e.model,
+            e.variant,
+            e.ts_ms,
+            judge_calls=1,
+            judge_cost_pusd=150_000,
+            entry_id=f"{e.event_id}|j",
+        )
+        for e in events
+        if int(e.event_id[1:]) % 5 == 0
+    ]
+
+
+ALERTS = [
+    Alert(
+        "a1", "burn_rate", "globex", "", "warn", "ok", 6.0, 5.0, T0, T0 + HOUR, T0 + HOUR, "globex warn", ""
+    ),
+    Alert(
+        "a2",
+        "burn_rate",
+        "globex",
+        "",
+        "ok",
+        "warn",
+        1.0,
+        5.0,
+        T0 + HOUR,
+        T0 + 2 * HOUR,
+        T0 + 2 * HOUR,
+        "ok",
+        "",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def ch_url(tmp_path_factory: pytest.TempPathFactory):
+    with start_chdb_http(tmp_path_factory.mktemp("report_chdb")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def loaded(ch_url: str) -> list[Event]:
+    """Write the known data through the flow's own operators and sinks."""
+    events = known_events()
+    flow = Dataflow("report_data")
+
+    def to(step: str, items: list, table: str, batch: int = 50):
+        stream = op.input(f"{step}_in", flow, TestingSource(items, batch_size=batch))
+        op.output(f"{step}_out", stream, ClickHouseSink(ch_url, DB, table))
+        return stream
+
+    ledger = op.input("ledger_in", flow, TestingSource([ledger_entry(e) for e in events], batch_size=50))
+    spend = op.input("spend_in", flow, TestingSource(judge_spend(events), batch_size=50))
+    minutes = op.merge(
+        "minutes",
+        cost_window("cw", ledger, size_s=60, allowed_lateness_s=60),
+        cost_window("jw", spend, size_s=60, allowed_lateness_s=60, category="judge"),
+    )
+    windows = op.merge("all", minutes, rollup("ru", minutes, sizes_s=(3600, 86400), allowed_lateness_s=60))
+    op.output("windows_out", windows, ClickHouseSink(ch_url, DB, "cost_windows"))
+    to("events", events, "llm_events")
+    to("evals", evaluations(events), "evaluations")
+    to("alerts", ALERTS, "alerts")
+    to("issues", [pricing_issue("mystery", "p", T0 + 70 * MIN)], "pricing_issues")
+    run_main(flow)
+    return events
+
+
+def report(ch_url: str, *args: str) -> dict:
+    out = run_cli(ch_url, *args, "--json")
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def run_cli(ch_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "flows.cli", "report", *args, "--dsn", ch_url, "--database", DB]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+
+
+def usd(pico: int) -> Decimal:
+    return pico_to_usd(pico)
+
+
+def in_range(events: list[Event], since: int, until: int) -> list[Event]:
+    """Events whose minute window starts in [since, until): the report's resolution."""
+    return [e for e in events if since <= e.ts_ms - e.ts_ms % MIN < until]
+
+
+def per_tenant(events: list[Event]) -> dict[str, tuple[int, Decimal]]:
+    acc: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for e in events:
+        acc[e.tenant_id][0] += 1
+        acc[e.tenant_id][1] += e.cost_pusd
+    return {t: (n, usd(p)) for t, (n, p) in acc.items()}
+
+
+def rows_by(table: dict, *keys: str) -> dict:
+    return {tuple(r[k] for k in keys) if len(keys) > 1 else r[keys[0]]: r for r in table["rows"]}
+
+
+def test_all_reports_match_the_known_data(ch_url: str, loaded: list[Event]) -> None:
+    # 10:17 .. 13:00: read from minutes (10:17-11:00), then whole hours (11:00-13:00) of the rollups
+    since, until = T0 + 17 * MIN, T0 + 3 * HOUR
+    r = report(
+        ch_url, "all", "--since", "2023-11-16T10:17:00Z", "--until", "2023-11-16 13:00", "--budget", "50"
+    )
+    assert r["range"]["since"] == "2023-11-16T10:17:00.000Z"
+    assert r["range"]["now_from"] == "data"
+    t = r["tables"]
+    scoped = in_range(loaded, since, until)
+
+    cost = rows_by(t["cost"], "tenant")
+    assert {k: (v["requests"], Decimal(v["cost_usd"])) for k, v in cost.items()} == per_tenant(scoped)
+    assert all(isinstance(v["cost_usd"], str) for v in cost.values())  # money is never a float
+    judge = defaultdict(int)
+    for j in judge_spend(loaded):
+        if since <= j.ts_ms - j.ts_ms % MIN < until:
+            judge[j.tenant_id] += j.judge_cost_pusd
+    assert {k: Decimal(v["judge_cost_usd"]) for k, v in cost.items()} == {k: usd(v) for k, v in judge.items()}
+    total = t["cost"]["total"]
+    assert Decimal(total["cost_usd"]) == sum(usd(e.cost_pusd) for e in scoped)
+    assert total["unpriced_requests"] == 1  # the mystery model
+
+    # variants: cost per request and its ratio to the baseline, per agent
+    v = rows_by(t["variants"], "agent", "variant")
+    sb = [e for e in scoped if e.agent == "support-bot"]
+    cpr = {}
+    for variant in ("baseline", "finetuned"):
+        mine = [e for e in sb if e.variant == variant]
+        cpr[variant] = (usd(sum(e.cost_pusd for e in mine)) / len(mine)).quantize(Decimal("1e-12"))
+        assert v[("support-bot", variant)]["requests"] == len(mine)
+        assert Decimal(v[("support-bot", variant)]["cost_per_request_usd"]) == cpr[variant]
+    assert v[("support-bot", "finetuned")]["vs_baseline"] == pytest.approx(
+        float(cpr["finetuned"]) / float(cpr["baseline"])
+    )
+    # quality: one verdict per event (the highest tier), weighted by 1 / inclusion probability
+    q = rows_by(t["quality"], "agent", "variant", "metric")
+    judged = {e.event_id: e for e in scoped if e.agent == "support-bot" and e.event_id < "e1000"}
+    for variant in ("baseline", "finetuned"):
+        ids = [int(i[1:]) for i, e in judged.items() if e.variant == variant]
+        flagged = [n for n in ids if n % 4 == 0 and n % 10 != 0]
+        row = q[("support-bot", variant, "refusal")]
+        assert (row["judged"], row["flagged"]) == (len(ids), len(flagged))
+        assert row["flagged_rate"] == pytest.approx(len(flagged) / len(ids))
+
+    top = t["top"]["rows"]
+    assert [x["event_id"] for x in top] == ["e0901"]  # e0900 ($0.025) is before 10:17
+    assert Decimal(top[0]["cost_usd"]) == Decimal("0.012")
+
+    hourly = rows_by(t["hourly"], "start", "tenant")  # whole hours around the range: 10:00 .. 13:00
+    for hour in range(3):
+        start = T0 + hour * HOUR
+        want = per_tenant(in_range(loaded, start, start + HOUR))
+        iso = datetime.fromtimestamp(start / 1000, tz=UTC).isoformat(timespec="milliseconds")
+        got = {k[1]: Decimal(r["cost_usd"]) for k, r in hourly.items() if k[0] == iso.replace("+00:00", "Z")}
+        assert got == {tenant: c for tenant, (_, c) in want.items()}
+
+    # month to date: 2023-11-01 .. the newest minute window; projected over 30 days
+    newest = max(e.ts_ms for e in loaded) // MIN * MIN + MIN
+    budget = rows_by(t["budget"], "tenant")
+    elapsed = Decimal(newest - int(datetime(2023, 11, 1, tzinfo=UTC).timestamp() * 1000))
+    for tenant, (_, spent) in per_tenant(loaded).items():
+        row = budget[tenant]
+        assert Decimal(row["mtd_cost_usd"]) == spent
+        assert Decimal(row["projected_usd"]) == (spent * 30 * 86_400_000 / elapsed).quantize(Decimal("1e-12"))
+        assert row["used"] == pytest.approx(float(spent / 50))
+
+    tokens = rows_by(t["tokens"], "agent", "model")
+    coder = [e for e in scoped if e.agent == "coder"]
+    assert tokens[("coder", "m1")]["requests"] == len(coder)
+    assert tokens[("coder", "m1")]["input_max"] == max(e.input_tokens for e in coder)
+
+    assert [a["to"] for a in t["alerts"]["rows"]] == ["warn", "ok"]
+    assert [(p["model"], p["requests"], p["tenants"]) for p in t["pricing"]["rows"]] == [
+        ("mystery", 1, "acme")
+    ]
+
+
+def test_last_counts_back_from_the_newest_event_and_filters_apply(ch_url: str, loaded: list[Event]) -> None:
+    r = report(ch_url, "cost", "--last", "1h", "--by", "agent,variant", "--tenant", "acme")
+    newest = max(e.ts_ms for e in loaded) // MIN * MIN + MIN
+    assert r["range"]["until"] == datetime.fromtimestamp(newest / 1000, tz=UTC).isoformat(
+        timespec="milliseconds"
+    ).replace("+00:00", "Z")
+    scoped = [e for e in in_range(loaded, newest - HOUR, newest) if e.tenant_id == "acme"]
+    want: dict[tuple[str, str], Decimal] = defaultdict(Decimal)
+    for e in scoped:
+        want[(e.agent, e.variant)] += usd(e.cost_pusd)
+    got = {k: Decimal(row["cost_usd"]) for k, row in rows_by(r["tables"]["cost"], "agent", "variant").items()}
+    assert got == dict(want)
+
+
+def test_text_and_html_reports(ch_url: str, loaded: list[Event], tmp_path: Path) -> None:
+    page = tmp_path / "report.html"
+    out = run_cli(
+        ch_url, "cost", "--since", "2023-11-16T10:00Z", "--until", "2023-11-16T14:00Z", "--html", str(page)
+    )
+    assert out.returncode == 0, out.stderr
+    total = sum(usd(e.cost_pusd) for e in loaded)
+    assert f"${total:,.4f}" in out.stdout  # the total line of the text table
+    assert "newest event time in the data" in out.stdout
+
+    html = page.read_text()
+    for chart in ("cost over time per tenant", "alerts timeline", "cost per request by variant"):
+        assert '<svg width="1000"' in html and f'aria-label="{chart}"' in html
+    assert html.count("<polyline") == 2  # one cost line per tenant
+    assert "globex" in html and "support-bot / finetuned" in html
+    # self-contained: nothing to fetch, nothing to run
+    for outside in ("http://", "https://", "<script", "<link", "url("):
+        assert outside not in html
+
+
+def test_bad_arguments_say_what_is_wrong(ch_url: str, loaded: list[Event]) -> None:
+    out = run_cli(ch_url, "cost", "--last", "yesterday")
+    assert out.returncode == 2 and "cannot read the duration 'yesterday'" in out.stderr
+    out = run_cli(ch_url, "cost", "--by", "planet")
+    assert out.returncode == 2 and "--by: unknown planet" in out.stderr
