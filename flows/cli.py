@@ -48,6 +48,13 @@ def _parser() -> argparse.ArgumentParser:
         "--recovery-dir", type=Path, default=None, help="bytewax recovery partitions (resume on restart)"
     )
     run.add_argument("--snapshot-s", type=float, default=10.0, help="epoch / snapshot interval in seconds")
+    run.add_argument(
+        "--from",
+        dest="start",
+        default=None,
+        help="backfill: start every partition at this RFC 3339 time (overrides kafka.start)",
+    )
+    run.add_argument("--bounded", action="store_true", help="stop at the current end of the topics (kafka.tail = false)")
     run.set_defaults(func=_cmd_run)
 
     demo = sub.add_parser("demo", help="run the whole job embedded on sample production traffic")
@@ -79,7 +86,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from flows.deps import build_deps
     from flows.judgeflow import build_flow
 
-    settings = load_settings(args.config)
+    overrides: dict[str, object] = {}
+    if args.start:
+        overrides["kafka.start"] = args.start
+    if args.bounded:
+        overrides["kafka.tail"] = False
+    settings = load_settings(args.config, **overrides)
     _check_runnable(settings)
     _init_db(settings)
     _serve_metrics(settings)

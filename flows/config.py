@@ -22,7 +22,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from judges.base import METRICS
 
@@ -44,7 +52,8 @@ class KafkaConfig(_Section):
     brokers: str = ""
     topics: tuple[str, ...] = ("llm-events",)
     batch_size: int = Field(1000, ge=1, le=100_000)
-    start: Literal["beginning", "end"] = "beginning"
+    # beginning | end | an RFC 3339 time with offset (replay from that time)
+    start: Literal["beginning", "end"] | AwareDatetime = "beginning"
     tail: bool = True
     alerts_topic: str = "judgeflow-alerts"
     dead_letters_topic: str = "judgeflow-dead-letters"

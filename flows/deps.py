@@ -13,8 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
-
 from flows.config import ConfigError, JudgeTierConfig, Settings
 from judges.base import LLMJudge, RuleJudge
 from judges.budget import BudgetPolicy
@@ -39,7 +37,6 @@ from sinks.webhooks import Delivery, WebhookSink, WebhookTarget
 @dataclass(frozen=True)
 class Deps:
     brokers: list[str]
-    starting_offset: int
     decode_limits: DecodeLimits
     otlp: OtlpMapping | None
     now_ms: Callable[[], int]
@@ -73,7 +70,6 @@ def build_deps(settings: Settings) -> Deps:
     rules = Tier0Rules()
     return Deps(
         brokers=[b.strip() for b in cfg.kafka.brokers.split(",") if b.strip()],
-        starting_offset=OFFSET_BEGINNING if cfg.kafka.start == "beginning" else OFFSET_END,
         decode_limits=DecodeLimits(
             earliest_ts_ms=int(cfg.decode.earliest_ts.timestamp() * 1000),
             max_future_ms=cfg.decode.max_future_s * 1000,

@@ -20,12 +20,12 @@ until the dataflow runs.
 from __future__ import annotations
 
 import bytewax.operators as op
-from bytewax.connectors.kafka import KafkaSource
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
 from flows.config import Settings
 from flows.deps import Deps, build_deps
+from flows.sources import kafka_source
 from operators.alerts import alerts
 from operators.decode import decode
 from operators.dedup import dedup
@@ -54,17 +54,7 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
         op.output(step_id, stream, sink)
 
     flow = Dataflow("judgeflow")
-    if source is None:
-        source = KafkaSource(
-            brokers=d.brokers,
-            topics=list(cfg.kafka.topics),
-            tail=cfg.kafka.tail,
-            starting_offset=d.starting_offset,
-            batch_size=cfg.kafka.batch_size,
-            add_config=dict(cfg.kafka.extra),
-            raise_on_errors=False,
-        )
-    raw = op.input("kafka_in", flow, source)
+    raw = op.input("kafka_in", flow, source or kafka_source(cfg.kafka, d.brokers))
 
     decoded = decode("decode", raw, limits=d.decode_limits, now_ms=d.now_ms, otlp=d.otlp)
     priced = price("price", decoded.oks, pricer=d.pricer)
