@@ -81,7 +81,6 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from bytewax._bytewax import cli_main
-    from bytewax.recovery import RecoveryConfig
 
     from flows.deps import build_deps
     from flows.judgeflow import build_flow
@@ -95,7 +94,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     _check_runnable(settings)
     _init_db(settings)
     _serve_metrics(settings)
-    recovery = RecoveryConfig(str(args.recovery_dir)) if args.recovery_dir else None
+    recovery = _recovery(args.recovery_dir) if args.recovery_dir else None
     addresses = args.addresses.split(";") if args.addresses else None
     deps = build_deps(settings)
     try:
@@ -144,6 +143,17 @@ def _check_runnable(settings: Settings) -> None:
     ):
         msg = "judges are enabled but OPENAI_API_KEY is not set (or point OPENAI_BASE_URL at an OpenAI-compatible judge)"
         raise ConfigError(msg)
+
+
+def _recovery(path: Path):  # noqa: ANN202  (bytewax's RecoveryConfig)
+    """Recovery snapshots in `path`; a new, empty directory gets one partition."""
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    path.mkdir(parents=True, exist_ok=True)
+    if not any(path.glob("part-*.sqlite3")):
+        init_db_dir(path, 1)
+        log.info("created bytewax recovery partitions in %s", path)
+    return RecoveryConfig(str(path))
 
 
 def _init_db(settings: Settings) -> None:
