@@ -1,0 +1,66 @@
+"""Scale-out: two `judgeflow run` processes form one bytewax cluster over the
+topic's partitions and share one ClickHouse (over HTTP, through the chdb
+front). Every event is counted exactly once and the windows reconcile."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import clickhouse_connect
+import pytest
+
+from flows.kafka_mock import produce_all
+from flows.traffic import generate
+from sinks.chdb_http import start_chdb_http
+from tests.conftest import CONFIG, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_partitions_and_count_every_event_once(kafka, judge_endpoint, tmp_path):
+    kafka.create_topic("llm-events", 4)
+    messages = list(generate(limit=4000))
+    produce_all(kafka.bootstrap, "llm-events", messages)
+    bad = sum(1 for k, _, _ in messages if k.startswith(b"bad-"))
+    with start_chdb_http(tmp_path / "chdb") as url:
+        env = {
+            **os.environ,
+            "JUDGEFLOW_KAFKA_BROKERS": kafka.bootstrap,
+            "JUDGEFLOW_CLICKHOUSE_DSN": url,
+            "OPENAI_BASE_URL": judge_endpoint.openai_base_url,
+            "OPENAI_API_KEY": "test-key",
+            "PYTHONPATH": str(ROOT),
+        }
+        env.pop("JUDGEFLOW_REDIS_URL", None)
+        addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(2))
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "flows.cli", "run", "--config", str(CONFIG), "--bounded"]
+                + ["-i", str(i), "-a", addresses],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for i in range(2)
+        ]
+        for p in procs:
+            _, err = p.communicate(timeout=300)
+            assert p.returncode == 0, err.decode()[-3000:]
+
+        host, port = url.removeprefix("http://").split(":")
+        client = clickhouse_connect.get_client(host=host, port=int(port), database="judgeflow")
+        n, cost = client.query("SELECT count(), sum(cost_usd) FROM llm_events FINAL").result_rows[0]
+        assert n == len(messages) - bad
+        assert client.query("SELECT count() FROM dead_letters FINAL").result_rows[0][0] == bad
+        requests, window_cost = client.query(
+            "SELECT sum(requests), sum(cost_usd) FROM cost_windows FINAL WHERE window_s = 60 AND category = 'llm'"
+        ).result_rows[0]
+        assert (requests, window_cost) == (n, cost)
+        # every partition was read (bytewax assigns them to the cluster's two workers)
+        partitions = client.query("SELECT uniqExact(source_partition) FROM llm_events FINAL").result_rows[0][0]
+        assert partitions == 4
