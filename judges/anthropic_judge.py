@@ -20,7 +20,7 @@ import msgspec
 
 from judges.base import InvalidVerdictError, JudgeItem, JudgeResult, RetryableJudgeError
 from judges.errors import classify_sdk_error
-from judges.openai_judge import MAX_OUTPUT_TOKENS, CostFn, aiohttp_client
+from judges.openai_judge import MAX_OUTPUT_TOKENS, CostFn, aiohttp_client, endpoint_url
 from judges.rubrics import API_VERDICT_SCHEMA, build_prompt, parse_verdict_object
 from operators.records import JudgeCall, Verdict
 
@@ -82,6 +82,7 @@ class AnthropicJudge:
             timeout=timeout_s,
             http_client=aiohttp_client(anthropic, timeout_s=timeout_s, max_connections=max_connections),
         )
+        self._url = endpoint_url(self._client, "v1/messages")
 
     async def judge(self, metric: str, item: JudgeItem) -> JudgeResult:
         prompt = build_prompt(metric, item)
@@ -96,7 +97,7 @@ class AnthropicJudge:
         started = time.perf_counter()
         try:
             if self._raw:
-                resp = await self._client.post("/v1/messages", cast_to=httpx2.Response, content=_encode(body))
+                resp = await self._client.post(self._url, cast_to=httpx2.Response, content=_encode(body))
                 message = _decode_message(resp.content)
             else:
                 message = _from_sdk(await self._client.messages.create(**body))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 import httpx2
 import msgspec
@@ -71,6 +72,11 @@ def aiohttp_client(sdk: ModuleType, *, timeout_s: float, max_connections: int) -
     return sdk.DefaultAioHttpClient(timeout=timeout_s, limits=limits)
 
 
+def endpoint_url(client: openai.AsyncOpenAI | Any, path: str) -> str:
+    """The absolute URL of `path` under the client's base URL."""
+    return f"{str(client.base_url).rstrip('/')}/{path}"
+
+
 class OpenAIJudge:
     """Tier-1/2 judge through `openai.AsyncOpenAI`. Create it inside the running loop.
 
@@ -107,6 +113,8 @@ class OpenAIJudge:
             timeout=timeout_s,
             http_client=aiohttp_client(openai, timeout_s=timeout_s, max_connections=max_connections),
         )
+        # an absolute URL saves the SDK joining it to the base URL on every call (~8% of its CPU)
+        self._url = endpoint_url(self._client, "chat/completions")
 
     async def judge(self, metric: str, item: JudgeItem) -> JudgeResult:
         prompt = build_prompt(metric, item)
@@ -124,9 +132,7 @@ class OpenAIJudge:
         started = time.perf_counter()
         try:
             if self._raw:
-                resp = await self._client.post(
-                    "/chat/completions", cast_to=httpx2.Response, content=_encode(body)
-                )
+                resp = await self._client.post(self._url, cast_to=httpx2.Response, content=_encode(body))
                 completion = _decode_completion(resp.content)
             else:
                 completion = _from_sdk(await self._client.chat.completions.create(**body))

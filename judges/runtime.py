@@ -99,6 +99,13 @@ class _Endpoint:
         self.limiter = RateLimiter(policy.requests_per_minute, policy.tokens_per_minute)
         self.breaker = CircuitBreaker(policy.breaker_failures, policy.breaker_cooldown_s)
         self.cap = asyncio.Semaphore(policy.max_in_flight) if policy.max_in_flight > 0 else None
+        # the hot path's metric children, looked up once
+        name = judge.name
+        self.ok = metrics.JUDGE_CALLS.labels(name, "ok")
+        self.latency = metrics.JUDGE_LATENCY.labels(name)
+        self.cost_usd = metrics.JUDGE_COST.labels(name)
+        self.tokens_in = metrics.JUDGE_TOKENS.labels(name, "input")
+        self.tokens_out = metrics.JUDGE_TOKENS.labels(name, "output")
 
 
 class JudgeRuntime:
@@ -279,7 +286,7 @@ class JudgeRuntime:
             except InvalidVerdictError as exc:
                 self._breaker_result(ep, ok=True)
                 metrics.JUDGE_CALLS.labels(name, "invalid_verdict").inc()
-                self._bill(out, exc.call)
+                self._bill(ep, out, exc.call)
                 if invalid_left > 0:
                     invalid_left -= 1
                     continue
@@ -296,13 +303,13 @@ class JudgeRuntime:
             except JudgeError as exc:
                 self._breaker_result(ep, ok=True)
                 metrics.JUDGE_CALLS.labels(name, "rejected").inc()
-                self._bill(out, exc.call)
+                self._bill(ep, out, exc.call)
                 out.error = str(exc)
                 return out
             self._breaker_result(ep, ok=True)
-            metrics.JUDGE_CALLS.labels(name, "ok").inc()
-            metrics.JUDGE_LATENCY.labels(name).observe(time.perf_counter() - started)
-            self._bill(out, result.call)
+            ep.ok.inc()
+            ep.latency.observe(time.perf_counter() - started)
+            self._bill(ep, out, result.call)
             out.verdict = result.verdict
             return out
 
@@ -351,13 +358,13 @@ class JudgeRuntime:
                     ep.policy.breaker_cooldown_s,
                 )
 
-    def _bill(self, out: Outcome, call: JudgeCall | None) -> None:
+    def _bill(self, ep: _Endpoint, out: Outcome, call: JudgeCall | None) -> None:
         if call is None:
             return
         out.calls.append(call)
-        metrics.JUDGE_COST.labels(call.judge).inc(call.cost_pusd / PICO_PER_USD)
-        metrics.JUDGE_TOKENS.labels(call.judge, "input").inc(call.input_tokens)
-        metrics.JUDGE_TOKENS.labels(call.judge, "output").inc(call.output_tokens)
+        ep.cost_usd.inc(call.cost_pusd / PICO_PER_USD)
+        ep.tokens_in.inc(call.input_tokens)
+        ep.tokens_out.inc(call.output_tokens)
 
     def _backoff(self, p: RetryPolicy, attempt: int, retry_after_s: float | None) -> float:
         delay = min(p.max_backoff_s, p.base_backoff_s * 2 ** (attempt - 1))
