@@ -386,6 +386,8 @@ class AlertsConfig(_Section):
     hysteresis: float = Field(0.1, ge=0.0, lt=1.0)  # a level ends below threshold x (1 - hysteresis)
     deescalate: bool = False  # step down level by level instead of staying at the peak until resolved
     eval_delay_s: int = Field(120, ge=0)  # evaluate a minute once the tenant's event time is this far past it
+    # ...and once nothing for an earlier minute has arrived for this long (replays read partitions unevenly)
+    settle_s: float = Field(5.0, ge=0)
     burn_rate: BurnRateRule = BurnRateRule()
     daily_spend: DailySpendRule = DailySpendRule()
     monthly_projection: MonthlyProjectionRule = MonthlyProjectionRule()

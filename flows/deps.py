@@ -133,6 +133,7 @@ def build_alert_policy(settings: Settings) -> AlertPolicy:
         hysteresis=Decimal(str(a.hysteresis)),
         deescalate=a.deescalate,
         eval_delay_ms=a.eval_delay_s * 1000,
+        settle_s=a.settle_s,
         slot_ms=w.size_s * 1000,
         revisable_ms=(max(w.allowed_lateness_s, w.judge_allowed_lateness_s) + w.size_s) * 1000,
         actions={

@@ -429,6 +429,8 @@ class AlertPolicy:
         deescalate: step down level by level (else stay at the peak until resolved).
         eval_delay_ms: evaluate a window end once the tenant's event time is this far past it,
             so the windows of all the tenant's agents and models are in.
+        settle_s: ...and once nothing for an earlier time has arrived for this long (wall
+            time), so a replay reading partitions at different speeds has delivered it all.
         slot_ms: the base window size: evaluations happen at its ends.
         revisable_ms: how long after its key's newest window a window can still be
             revised (the windows' allowed lateness plus one window).
@@ -442,6 +444,7 @@ class AlertPolicy:
     hysteresis: Decimal = Decimal("0.1")
     deescalate: bool = False
     eval_delay_ms: int = 120_000
+    settle_s: float = 5.0
     slot_ms: int = 60_000
     revisable_ms: int = 1_860_000
     actions: Mapping[str, Action] = field(default_factory=dict)

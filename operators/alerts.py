@@ -5,12 +5,19 @@ the control-store actions those levels call for.
 Time. Every rule is evaluated in event time, at each base-window end `E` of
 the tenant, in order — so a fast replay walks through the same levels as the
 live run did. The tenant's clock is the newest end of its LLM windows; `E`
-is evaluated once the clock is `eval_delay` past it (by then the windows of
-all its agents and models have closed), when the tenant has been quiet for
-that long in wall time (so a tenant that stops still resolves), and at the
-end of a bounded input. Window rows that arrive after `E` was evaluated
-update the ledger (revisions replace, corrections add) and count from the
-next evaluation on. What "now" means for each rule: `operators.alert_rules`.
+is evaluated once
+
+- the clock is `eval_delay` past it (by then the windows of all the
+  tenant's agents and models have closed) — or, when the tenant has gone
+  quiet, that much wall time has passed (so a tenant that stops resolves);
+- and no window (or expensive request) for a time before `E` has arrived in
+  the last `settle_s` of wall time: a replay reading partitions at different
+  speeds is still delivering that past, so `E` waits until it is complete;
+- or the input has ended (a bounded run): everything pending is evaluated.
+
+Rows that arrive after `E` was evaluated update the ledger (revisions
+replace, corrections add) and count from the next evaluation on. What "now"
+means for each rule: `operators.alert_rules`.
 
 Lifecycle. Levels are ok < warn < critical < emergency. A level is entered
 when the value reaches its threshold and left only when the value falls
@@ -35,7 +42,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from itertools import groupby
 
 import bytewax.operators as op
 import msgspec
@@ -79,6 +85,7 @@ class _AlertState:
     ledger: TenantLedger = field(default_factory=TenantLedger)
     clock_ms: int = -1  # newest end of an LLM window
     seen_at_s: float = 0.0  # wall time when the clock last moved
+    arrivals: dict[int, float] = field(default_factory=dict)  # slot -> wall time of its latest input
     evaluated_ms: int = -1  # the last evaluated window end
     levels: dict[tuple[str, str], str] = field(default_factory=dict)  # only levels other than ok
     acting: str = "ok"
@@ -105,54 +112,65 @@ class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, Alert | Overrid
         self, values: list[CostWindow | ExpensiveSlot]
     ) -> tuple[Iterable[Alert | OverrideAction], bool]:
         s = self._s
-        windows: list[CostWindow] = []
+        now = self._clock()
+        earliest, newest = None, -1
         for v in values:
             s.tenant = v.tenant_id
             if isinstance(v, ExpensiveSlot):
                 rule = self._policy.for_tenant(v.tenant_id).expensive_requests
                 s.ledger.add_expensive(v.slot_ms, v.count, v.top, rule.top_n)
+                s.arrivals[v.slot_ms] = now
             elif v.window_ms == self._slot:  # rollups (1 h, 1 day) repeat what the base windows hold
-                windows.append(v)
-        out: list[Alert | OverrideAction] = []
-        windows.sort(key=lambda w: w.window_start_ms)
-        for start, group in groupby(windows, key=lambda w: w.window_start_ms):
-            llm = False
-            for w in group:
-                s.ledger.add_window(w)
-                llm = llm or w.category == "llm"
-            end = start + self._slot
-            if llm and end > s.clock_ms:
-                if s.clock_ms < 0:
-                    s.evaluated_ms = end - self._slot
-                s.clock_ms, s.seen_at_s = end, self._clock()
-                out.extend(self._evaluate_until(end - self._policy.eval_delay_ms))
-        return out, StatefulBatchLogic.RETAIN
+                s.ledger.add_window(v)
+                s.arrivals[v.window_start_ms] = now
+                if v.category == "llm":
+                    newest = max(newest, v.window_start_ms + self._slot)
+                    earliest = min(earliest or v.window_start_ms, v.window_start_ms)
+        if newest > s.clock_ms:
+            if s.clock_ms < 0:
+                s.evaluated_ms = earliest  # the first evaluation is at the end of the first window
+            s.clock_ms, s.seen_at_s = newest, now
+        return self._evaluate_until(s.clock_ms - self._policy.eval_delay_ms, now), StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[Iterable[Alert | OverrideAction], bool]:
         s = self._s
-        quiet_ms = int((self._clock() - s.seen_at_s) * 1000)
-        return self._evaluate_until(
-            s.clock_ms + quiet_ms - self._policy.eval_delay_ms
-        ), StatefulBatchLogic.RETAIN
+        now = self._clock()
+        quiet_ms = int((now - s.seen_at_s) * 1000)
+        horizon = s.clock_ms + quiet_ms - self._policy.eval_delay_ms
+        return self._evaluate_until(horizon, now), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[Alert | OverrideAction], bool]:
         # the end of a bounded input: nothing else is coming, evaluate what is pending
-        return self._evaluate_until(self._s.clock_ms), StatefulBatchLogic.RETAIN
+        return self._evaluate_until(self._s.clock_ms, None), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         s = self._s
         if s.clock_ms < 0:
             return None
-        due_ms = s.evaluated_ms + self._slot + self._policy.eval_delay_ms - s.clock_ms
-        return datetime.fromtimestamp(s.seen_at_s + max(due_ms, 0) / 1000, tz=UTC)
+        following = s.evaluated_ms + self._slot
+        at = s.seen_at_s + max(following + self._policy.eval_delay_ms - s.clock_ms, 0) / 1000
+        settling = [t for slot, t in s.arrivals.items() if slot < following]
+        if settling:
+            at = max(at, max(settling) + self._policy.settle_s)
+        return datetime.fromtimestamp(at, tz=UTC)
 
     def snapshot(self) -> _AlertState:
         return copy.deepcopy(self._s)
 
-    def _evaluate_until(self, horizon_ms: int) -> list[Alert | OverrideAction]:
+    def _evaluate_until(self, horizon_ms: int, now: float | None) -> list[Alert | OverrideAction]:
+        """Evaluate every window end up to `horizon_ms` that has settled by wall time `now`
+        (None: the input has ended, everything has)."""
         s = self._s
         if s.clock_ms < 0:
             return []
+        if now is None:
+            s.arrivals.clear()
+        else:
+            settle = self._policy.settle_s
+            for slot in [slot for slot, t in s.arrivals.items() if now - t >= settle]:
+                del s.arrivals[slot]
+            if s.arrivals:  # data for these slots is still coming in: evaluate only up to them
+                horizon_ms = min(horizon_ms, min(s.arrivals))
         rules = self._policy.for_tenant(s.tenant)
         lookback = max(rules.lookback_ms(), 3_600_000)
         out: list[Alert | OverrideAction] = []

@@ -86,10 +86,13 @@ def win(
     )
 
 
-def run(batches, pol, *, clock=lambda: 0.0) -> list[Alert | OverrideAction]:
-    logic = _AlertLogic(pol, clock, None)
+def run(batches, pol) -> list[Alert | OverrideAction]:
+    """Feed batches 10 s of wall time apart (each batch has settled by the next), then end."""
+    wall = [0.0]
+    logic = _AlertLogic(pol, lambda: wall[0], None)
     out: list = []
     for b in batches:
+        wall[0] += 10
         out.extend(logic.on_batch(list(b))[0])
     out.extend(logic.on_eof()[0])
     return out
@@ -202,9 +205,22 @@ def test_revisions_replace_and_corrections_add():
 
 def test_a_window_that_arrives_after_its_minute_was_evaluated_counts_from_the_next():
     pol = policy(only="burn_rate", **{"alerts.eval_delay_s": 0})
-    out = run([[win(0, "4")], [win(1, "0.5")], [win(0, "1", agent="b")], [win(2, "0.1")]], pol)
-    (a,) = [a for a in out if isinstance(a, Alert)]
-    assert a.ts_ms == T0 + 3 * MIN  # not at minute 2: agent b's window for minute 0 came later
+    batches = [[win(0, "4")], [win(1, "0.5")], [win(2, "0.1")], [win(0, "1", agent="b")], [win(3, "0.1")]]
+    (a,) = [a for a in run(batches, pol) if isinstance(a, Alert)]
+    assert a.ts_ms == T0 + 3 * MIN  # not at minute 2: agent b's window for minute 0 came after that
+
+
+def test_a_minute_waits_while_earlier_windows_are_still_arriving():
+    pol = policy(only="burn_rate", **{"alerts.eval_delay_s": 0})
+    wall = [100.0]
+    logic = _AlertLogic(pol, lambda: wall[0], None)
+    assert logic.on_batch([win(m, "0.5", agent="fast") for m in range(10)])[0] == []
+    wall[0] += 1  # a lagging partition delivers the same minutes for another agent a second later
+    assert logic.on_batch([win(m, "0.5", agent="slow") for m in range(10)])[0] == []
+    assert logic.notify_at().timestamp() == wall[0] + 5  # settle_s after the last of them
+    wall[0] += 5
+    (a,) = logic.on_notify()[0]
+    assert (a.level, a.ts_ms) == ("warn", T0 + 5 * MIN)  # $1/min from both agents: $5 after 5 minutes
 
 
 def test_per_tenant_thresholds():
