@@ -4,6 +4,7 @@ judgeflow run     [--config F] [-w N] [-i I -a ADDRS] [--recovery-dir D]   the s
 judgeflow demo    [--workers N] [--limit N]                                 everything embedded
 judgeflow init-db [--config F]                                              create the ClickHouse tables
 judgeflow report  cost|variants|top|hourly|budget|tokens|alerts|pricing|all  the cost runbook from ClickHouse
+judgeflow overrides list|set|clear [TENANT]                                per-tenant judge sampling (Redis)
 """
 
 from __future__ import annotations
@@ -69,9 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     _config_arg(init)
     init.set_defaults(func=_cmd_init_db)
 
+    from flows.overrides import add_overrides_parser
     from flows.report import add_report_parser
 
     add_report_parser(sub)
+    add_overrides_parser(sub)
     return p
 
 
