@@ -35,7 +35,7 @@ from operators.judge import judge
 from operators.price import price
 from operators.sample import sample
 from operators.savings import judge_savings
-from operators.windows import cost_window, ledger_entry, rollup
+from operators.windows import cost_window, rollup
 from sinks.clickhouse import ClickHouseSink
 from sinks.control import ControlSink
 from sinks.kafka import kafka_out
@@ -95,7 +95,7 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
     # its own windows (same ledger, category "judge") that follow their own event-time progress
     request_windows = cost_window(
         "cost_window",
-        op.map("ledger", events, ledger_entry),
+        events,
         size_s=cfg.windows.size_s,
         allowed_lateness_s=cfg.windows.allowed_lateness_s,
     )

@@ -13,8 +13,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from operators.records import CostWindow, LedgerEntry
-from operators.windows import _RollupLogic, _WindowLogic, cost_window, rollup
+from operators.records import CostWindow, Event, LedgerEntry
+from operators.windows import (
+    _RollupLogic,
+    _WindowLogic,
+    combine,
+    combine_events,
+    cost_window,
+    ledger_entry,
+    rollup,
+)
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -224,3 +232,50 @@ def test_batches_are_combined_before_the_keyed_step():
     # each batch spans at most 2 minutes: at most 2 keys x 2 minutes per batch cross the exchange
     assert after["keyed"] - before["keyed"] <= 4 * 4
     assert final(rows) == expected(items)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["acme", "globex"]),
+            st.integers(min_value=0, max_value=10 * MIN),
+            st.integers(min_value=0, max_value=10**10),
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    st.integers(min_value=0, max_value=10 * MIN),
+)
+def test_events_combine_like_their_ledger_entries(raw, alone_before):
+    events = [
+        Event(
+            f"e{i}",
+            BASE + off,
+            t,
+            "a",
+            "m",
+            "p",
+            "baseline",
+            "",
+            "",
+            None,
+            i,
+            2 * i,
+            0,
+            0,
+            0,
+            None,
+            None,
+            None,
+            None,
+            {},
+            None,
+            cost_pusd=c,
+            cost_source="unknown" if unknown else "catalog",
+        )
+        for i, (t, off, c, unknown) in enumerate(raw)
+    ]
+    got = combine_events(events, MIN, BASE + alone_before)
+    assert got == combine([ledger_entry(e) for e in events], MIN, BASE + alone_before)
