@@ -166,10 +166,21 @@ def _connect(args: argparse.Namespace, settings: Settings) -> Any:
                 "chdb://.judgeflow/demo/chdb — pass it with --dsn)"
             )
             raise ReportError(msg)
+    from clickhouse_connect.driver.exceptions import ClickHouseError
+
     try:
         client = connect(dsn, database)
     except ValueError as exc:
         raise ReportError(str(exc)) from None
+    except ClickHouseError as exc:
+        if not dsn.startswith("chdb:"):
+            raise
+        msg = (
+            f"cannot open {dsn}: {exc}\nOne process at a time can use a chdb directory; while a flow"
+            " runs on it, serve it with `python -m sinks.chdb_http --path DIR --port 8123` and pass"
+            " --dsn http://127.0.0.1:8123"
+        )
+        raise ReportError(msg) from None
     if "cost_windows" not in _tables(client, database):
         msg = f"database {database!r} has no judgeflow tables (run the flow, or `judgeflow init-db`)"
         raise ReportError(msg)

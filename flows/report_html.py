@@ -2,8 +2,8 @@
 scripts, fonts or anything fetched from elsewhere) with the cost over time
 per tenant, the alerts timeline, the variant comparison and every table.
 
-Charts plot floats; every number printed on the page comes from the exact
-decimals of the report.
+Charts plot floats; every amount printed on the page (tables, labels,
+legends) comes from the exact decimals of the report.
 """
 
 from __future__ import annotations
@@ -149,13 +149,14 @@ LEFT, RIGHT, TOP, BOTTOM = 70, 170, 16, 34
 def cost_chart(series: Table, since_ms: int, until_ms: int, bucket_ms: int) -> str:
     """One line per tenant: spend per bucket over the whole range (empty buckets are zero)."""
     by_tenant: dict[str, dict[int, float]] = {}
+    totals: dict[str, Decimal] = {}
     for start, tenant, _requests, usd, judge_usd in series.rows:
         by_tenant.setdefault(tenant, {})[start] = float(usd + judge_usd)
+        totals[tenant] = totals.get(tenant, Decimal(0)) + usd + judge_usd
     if not by_tenant:
         return "<p class='note'>(no spend in this range)</p>"
     first = since_ms // bucket_ms * bucket_ms
     buckets = list(range(first, until_ms, bucket_ms))
-    totals = {t: sum(v.values()) for t, v in by_tenant.items()}
     tenants = sorted(by_tenant, key=lambda t: -totals[t])
     y_max, ticks = _ticks(max(max(v.values()) for v in by_tenant.values()))
     x = _scale(since_ms, until_ms, LEFT, W - RIGHT)
@@ -252,13 +253,14 @@ def variants_chart(variants: Table) -> str:
         cpr = float(r[i_cpr])
         ratio = r[i_ratio]
         extra = f" ({ratio:.2f}x)" if ratio is not None else ""
+        shown = f"${r[i_cpr]:.6f}{extra}"  # from the exact decimal
         parts.append(f'<text x="{left - 6}" y="{yy + 14}" text-anchor="end">{escape(label)}</text>')
         width = max(x(cpr) - left, 1)
         parts.append(
             f'<rect x="{left}" y="{yy + 3}" width="{width:.1f}" height="{bar_h - 6}" fill="{color}">'
             f"<title>{escape(label)}: {r[i_tpr]:,.0f} tokens per request</title></rect>"
         )
-        parts.append(f'<text x="{x(cpr) + 4:.1f}" y="{yy + 14}">${cpr:.6f}{escape(extra)}</text>')
+        parts.append(f'<text x="{x(cpr) + 4:.1f}" y="{yy + 14}">{escape(shown)}</text>')
         yy += bar_h
     parts.append("</svg>")
     return "".join(parts)
