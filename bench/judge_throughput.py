@@ -242,7 +242,7 @@ def main() -> int:
             rows.append(base[latency])
             print(_fmt(base[latency], base[latency]), flush=True)
             for in_flight in args.in_flight if latency <= 200 else sorted({*args.in_flight, 1024}):
-                n = max(in_flight * 4, int(args.calls * 200 / latency))
+                n = max(in_flight * 8, int(args.calls * 200 / latency))  # >= 8 rounds of in-flight calls
                 for variant in args.variants:
                     rt = runtime_for("raw" if variant == "flow" else variant, urls, in_flight)
                     try:
