@@ -1,0 +1,73 @@
+"""The Prometheus rules in docker/prometheus/: valid (`promtool check rules`),
+behaving as specified (`promtool test rules`: levels, pending, hysteresis,
+daily spend, counter resets), and in step with the flow config's defaults
+and the metrics the job exports."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from operators import metrics
+from tests.conftest import flow_settings
+
+PROM = Path(__file__).resolve().parents[1] / "docker" / "prometheus"
+RULES = PROM / "rules" / "judgeflow.yml"
+TESTS = PROM / "tests" / "judgeflow_test.yml"
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("promtool")
+    if exe is None:
+        pytest.fail(
+            "promtool is not installed: `apt-get install -y --no-install-recommends prometheus` "
+            "(or run `make test`, which installs it)"
+        )
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_rules_are_valid():
+    done = promtool("check", "rules", str(RULES))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 6 rules found" in done.stdout
+
+
+def test_rule_unit_tests_pass():
+    done = promtool("test", "rules", str(TESTS))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
+
+
+def thresholds(alert: str) -> tuple[Decimal, Decimal]:
+    """(fires at, keeps firing down to) of one alert in the rules file."""
+    text = RULES.read_text()
+    block = text[text.index(f"- alert: {alert}\n") :].split("- alert:", 2)[1]
+    found = [Decimal(x) for x in re.findall(r"increase1[hd] >= ([\d.]+)", block)]
+    assert len(found) == 2, block
+    return found[0], found[1]
+
+
+def test_thresholds_follow_the_flow_config_defaults():
+    alerts = flow_settings().flow.alerts
+    keep = 1 - Decimal(str(alerts.hysteresis))
+    burn = alerts.burn_rate
+    for alert, level in (
+        ("JudgeflowBurnRateWarn", burn.warn),
+        ("JudgeflowBurnRateCritical", burn.critical),
+        ("JudgeflowBurnRateEmergency", burn.emergency),
+        ("JudgeflowDailySpend", alerts.daily_spend.critical),
+    ):
+        assert thresholds(alert) == (level, level * keep), alert
+
+
+def test_rules_read_metrics_the_job_exports():
+    text = RULES.read_text()
+    assert "judgeflow_cost_usd_total" in text
+    sample = metrics.COST.labels(tenant="t", category="llm")
+    assert sample is not None  # the labels the rules sum by and filter on exist
+    assert {"tenant", "category"} == set(metrics.COST._labelnames)
