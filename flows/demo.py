@@ -143,9 +143,9 @@ def print_summary(settings: Settings, *, simulated: bool) -> None:
     )
     table(
         "alerts fired (one per level change)",
-        f"SELECT tenant_id, rule, previous_level, level, round(value, 2), toString(ts) FROM {db}.alerts FINAL"
-        f" ORDER BY tenant_id, ts",
-        ["tenant", "rule", "from", "to", "$/h", "at (event time)"],
+        f"SELECT tenant_id, rule, scope, previous_level, level, round(value, 2), toString(ts)"
+        f" FROM {db}.alerts FINAL ORDER BY tenant_id, ts",
+        ["tenant", "rule", "agent", "from", "to", "value", "at (event time)"],
     )
     table(
         "dead letters",
