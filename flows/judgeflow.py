@@ -11,8 +11,8 @@
                                    │                         └────────────► llm_events
                                    └─ unknown models ─► pricing_issues
     cost_windows (llm, judge; 1 min) ─ rollup ─► cost_windows (1 h, 1 day)
-    cost_windows (1 min) + events above the single-request threshold ─ alerts ─┬─► alerts (ClickHouse, Kafka, webhooks)
-                                                                               └─► sampling overrides ─► control store
+    cost_windows (1 min) + requests above the cost threshold ─ alerts ─┬─► alerts (ClickHouse, Kafka, hooks)
+                                                                       └─► sampling overrides (control store)
 
 `build_flow(settings)` wires the stages; `flows.deps` builds what they need
 (clients, caches, judges) from the settings. Nothing here connects anywhere
