@@ -10,9 +10,11 @@ is evaluated once
 - the clock is `eval_delay` past it (by then the windows of all the
   tenant's agents and models have closed) — or, when the tenant has gone
   quiet, that much wall time has passed (so a tenant that stops resolves);
-- and no window (or expensive request) for a time before `E` has arrived in
-  the last `settle_s` of wall time: a replay reading partitions at different
-  speeds is still delivering that past, so `E` waits until it is complete;
+- and no LLM window (or expensive request) for a time before `E` has arrived
+  in the last `settle_s` of wall time: a replay reading partitions at
+  different speeds is still delivering that past, so `E` waits until it is
+  complete (judge spend trails its requests by design: it counts as it
+  arrives and holds nothing back);
 - or the input has ended (a bounded run): everything pending is evaluated.
 
 Rows that arrive after `E` was evaluated update the ledger (revisions
@@ -122,10 +124,12 @@ class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, Alert | Overrid
                 s.arrivals[v.slot_ms] = now
             elif v.window_ms == self._slot:  # rollups (1 h, 1 day) repeat what the base windows hold
                 s.ledger.add_window(v)
-                s.arrivals[v.window_start_ms] = now
+                # judge spend trails its requests by design (judge latency, backlogs):
+                # it counts when it arrives and never holds the evaluation back
                 if v.category == "llm":
+                    s.arrivals[v.window_start_ms] = now
                     newest = max(newest, v.window_start_ms + self._slot)
-                    earliest = min(earliest or v.window_start_ms, v.window_start_ms)
+                    earliest = v.window_start_ms if earliest is None else min(earliest, v.window_start_ms)
         if newest > s.clock_ms:
             if s.clock_ms < 0:
                 s.evaluated_ms = earliest  # the first evaluation is at the end of the first window
@@ -209,18 +213,15 @@ class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, Alert | Overrid
         if not changes:
             return []
         alerts = [self._alert(c, end) for c in changes]
-        out: list[Alert | OverrideAction] = []
-        action = self._act(changes, alerts, end)
-        if action is not None:
-            alerts = [
-                msgspec.structs.replace(a, message=f"{a.message}; {action.reason}")
-                if action.set_by == f"alert:{a.alert_id}"
-                else a
-                for a in alerts
-            ]
-        out.extend(alerts)
-        if action is not None:
-            out.append(action)
+        acted = self._act(changes, alerts, end)
+        if acted is None:
+            return list(alerts)
+        action, cause = acted
+        out: list[Alert | OverrideAction] = [
+            msgspec.structs.replace(a, message=f"{a.message}; {action.reason}") if a.alert_id == cause else a
+            for a in alerts
+        ]
+        out.append(action)
         return out
 
     def _step(self, rule: Rule, r: Reading) -> list[_Change]:
@@ -238,37 +239,41 @@ class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, Alert | Overrid
             metrics.ALERT_LEVEL.labels(rule.name, metrics.tenant_label(s.tenant)).set(RANK[level])
         return [_Change(rule, r, current, level)]
 
-    def _act(self, changes: list[_Change], alerts: list[Alert], end: int) -> OverrideAction | None:
+    def _act(
+        self, changes: list[_Change], alerts: list[Alert], end: int
+    ) -> tuple[OverrideAction, str] | None:
+        """The override the tenant's new acting level calls for, and the id of the alert
+        that caused it; None when the acting level did not change."""
         s = self._s
         policy = self._policy
-        acting = "ok"
-        for (rule_name, _), level in s.levels.items():
+        acting, by = "ok", ""
+        for (rule_name, _), level in sorted(s.levels.items()):
             if policy.acts_on(rule_name):
                 configured = [lv for lv in LEVELS[1 : RANK[level] + 1] if lv in policy.actions]
                 if configured and RANK[configured[-1]] > RANK[acting]:
-                    acting = configured[-1]
+                    acting, by = configured[-1], f"{rule_name} {level}"
         if acting == s.acting:
             return None
-        causes = [a for c, a in zip(changes, alerts, strict=True) if policy.acts_on(c.rule.name)]
-        cause = max(causes, key=lambda a: RANK[a.level]) if causes else alerts[-1]
+        acted = [a for c, a in zip(changes, alerts, strict=True) if policy.acts_on(c.rule.name)]
+        cause = next((a for a in acted if f"{a.rule} {a.level}" == by), acted[-1] if acted else alerts[-1])
         previous_by = s.acted_by
         s.acting = acting
         if acting == "ok":
             s.acted_by = ""
             if not policy.clear_on_resolve or not previous_by:
                 return None
-            return OverrideAction(
-                s.tenant, "clear", 1.0, end, previous_by, "judge sampling back to normal", end
-            )
+            reason = "judge sampling back to normal"
+            return OverrideAction(s.tenant, "clear", 1.0, end, previous_by, reason, end), cause.alert_id
         act = policy.actions[acting]
         s.acted_by = f"alert:{cause.alert_id}"
         what = (
             "judging paused" if act.sampling_rate == 0 else f"judge sampling set to {act.sampling_rate:.2%}"
         )
-        reason = f"{what} for {_duration(act.ttl_s)} ({cause.rule} {acting})"
+        reason = f"{what} for {_duration(act.ttl_s)} ({by})"
+        expires = end + act.ttl_s * 1000
         return OverrideAction(
-            s.tenant, "set", act.sampling_rate, end + act.ttl_s * 1000, s.acted_by, reason, end
-        )
+            s.tenant, "set", act.sampling_rate, expires, s.acted_by, reason, end
+        ), cause.alert_id
 
     def _alert(self, c: _Change, end: int) -> Alert:
         tenant = self._s.tenant

@@ -441,6 +441,31 @@ def test_actions_throttle_on_critical_pause_on_emergency_and_clear_on_resolve():
     ]
     assert crit.message.endswith("judge sampling set to 1.00% for 1 h (burn_rate critical)")
     assert emer.message.endswith("judging paused for 1 h (burn_rate emergency)")
+    assert alerts_["ok"].message.endswith("emergency ended; judge sampling back to normal")
+
+
+def test_the_acting_level_is_the_highest_across_rules():
+    pol = policy(
+        **{**ONLY, "alerts.burn_rate.enabled": True, "alerts.daily_spend.enabled": True},
+        **{"alerts.daily_spend.critical": "50"},
+    )
+    out = run([[w] for w in ramp_rows()], pol)
+    assert [(a.rule, a.level) for a in out if isinstance(a, Alert)] == [
+        ("burn_rate", "warn"),
+        ("burn_rate", "critical"),
+        ("daily_spend", "critical"),
+        ("burn_rate", "emergency"),
+        ("burn_rate", "ok"),
+    ]
+    # the burn rate resolves, the day's spend is still critical: back to 1%, not cleared
+    acts = [(a.op, a.rate, a.reason) for a in out if isinstance(a, OverrideAction)]
+    assert acts == [
+        ("set", 0.01, "judge sampling set to 1.00% for 1 h (burn_rate critical)"),
+        ("set", 0.0, "judging paused for 1 h (burn_rate emergency)"),
+        ("set", 0.01, "judge sampling set to 1.00% for 1 h (daily_spend critical)"),
+    ]
+    resolved = next(a for a in out if isinstance(a, Alert) and a.level == "ok")
+    assert resolved.message.endswith("; judge sampling set to 1.00% for 1 h (daily_spend critical)")
 
 
 def test_actions_follow_the_configured_rules_only():
