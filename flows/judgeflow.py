@@ -3,12 +3,11 @@
     kafka_in ─ decode ─┬─ errs ──────────────────────────────────────► dead letters
                        └─ events ─ price ─┬─ ledger ─ cost_window ─┬────► cost_windows (llm)
                                    │      │                        └─ alerts ─► alerts
-                                   │      └─ dedup ─ sample ─┬─ judge ─┬──► evaluations ─ estimates ─►
-                                   │                         │         │      quality_estimates
-                                   │                         │         └─ judge_window ─► cost_windows (judge)
-                                   │                         ├─ baseline + spend + hits ─ savings ─►
-                                   │                         │      judge_savings
-                                   │                         └────────────► llm_events
+                                   │      └─ sample ─┬─ dedup ─ judge ─┬──► evaluations ─ estimates ─►
+                                   │                 │                 │      quality_estimates
+                                   │                 │                 └─ judge_window ─► cost_windows (judge)
+                                   │                 ├─ baseline + spend + hits ─ savings ─► judge_savings
+                                   │                 └────────────────────► llm_events
                                    └─ unknown models ─► pricing_issues
     cost_windows (llm, judge; 1 min) ─ rollup ─► cost_windows (1 h, 1 day)
     cost_windows (1 min) + requests above the cost threshold ─ alerts ─┬─► alerts (ClickHouse, Kafka, hooks)
@@ -63,13 +62,13 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
     events = priced.events
 
     # cost: every event, and every judge call, into windowed spend per key
-    looked_up = dedup("dedup", events, cache=d.cache, keyer=d.keyer, llm_metrics=d.plan.llm_metrics)
     sampled = sample(
-        "sample", looked_up, sampler=d.sampler, rules=d.rules, control=d.control, baseline=d.baseline
+        "sample", events, sampler=d.sampler, rules=d.rules, control=d.control, baseline=d.baseline
     )
+    looked_up = dedup("dedup", sampled.judge, cache=d.cache, keyer=d.keyer, llm_metrics=d.plan.llm_metrics)
     judged = judge(
         "judge",
-        sampled.judge,
+        looked_up,
         plan=d.plan,
         rules=d.rules,
         runtime=d.runtime,

@@ -141,6 +141,8 @@ class RedisVerdictCache:
         if not self._outage:
             metrics.CACHE_OUTAGES.inc()
             log.warning("verdict cache unavailable, judging without it: %s", type(exc).__name__)
+            # idle pooled sockets to a dead server would each fail once more after it is back
+            self._redis.connection_pool.disconnect(inuse_connections=False)
         self._outage = True
         self._down_until = self._clock() + self._retry_after
 

@@ -1,14 +1,17 @@
-"""dedup: look every event's content up in the verdict cache, one batch at a time.
+"""dedup: look the chosen events' content up in the verdict cache, one batch at a time.
 
-The content key is xxh3-128 over the normalized input, output and context
-(whitespace collapsed, optionally lower-cased, volatile tokens such as UUIDs
-and dates replaced), and each metric's cache key adds the metric and the
-judge version (rubric version + judge models), so a rubric or model change
-re-judges instead of reusing stale verdicts.
+It runs after the sampler, on the events it chose: a lookup costs one key
+per LLM metric, and the verdicts judged while a window was being decided are
+already in the cache. The content key is xxh3-128 over the normalized input,
+output and context (whitespace collapsed, optionally lower-cased, volatile
+tokens such as UUIDs and dates replaced), and each metric's cache key adds the
+metric and the judge version (rubrics, rules, judge models), so a rubric or
+model change re-judges instead of reusing stale verdicts.
 
 Identical pairs are judged once: a batch looks each distinct key up once (one
-`get_many` per batch), and identical keys that miss are judged by one call —
-the judge runtime shares a call in flight with every task of the same key.
+`get_many` per batch); identical keys that miss go to the same judge worker
+(the judge shards by content), where the runtime shares one call in flight
+with every task of the same key.
 """
 
 from __future__ import annotations
@@ -32,9 +35,9 @@ class Candidate(msgspec.Struct, array_like=True):
     """An event on its way to the judges: what the cache already knows, what is left."""
 
     event: Event
-    content_hash: str
-    cached: dict[str, Verdict]
-    todo: tuple[str, ...]  # LLM metrics with no cached verdict
+    content_hash: str = ""  # set by `dedup`
+    cached: dict[str, Verdict] = {}
+    todo: tuple[str, ...] = ()  # LLM metrics with no cached verdict
     flags: tuple[str, ...] = ()
     inclusion_prob: float = 0.0  # 0 = not sampled
     sample_reason: str = ""
@@ -70,37 +73,36 @@ class ContentKeyer:
 
 def dedup(
     step_id: str,
-    up: Stream[Event],
+    up: Stream[Candidate],
     *,
     cache: VerdictCache,
     keyer: ContentKeyer,
     llm_metrics: Sequence[str],
 ) -> Stream[Candidate]:
-    """Attach cached verdicts to each event; one `get_many` per batch."""
+    """Attach cached verdicts to each candidate; one `get_many` per batch."""
     metrics_ = tuple(llm_metrics)
 
-    def lookup_batch(events: list[Event]) -> Iterable[Candidate]:
-        hashes = [keyer.content_hash(e) for e in events]
+    def lookup_batch(cands: list[Candidate]) -> Iterable[Candidate]:
+        hashes = [keyer.content_hash(c.event) for c in cands]
         keys_of = {h: [keyer.metric_key(h, m) for m in metrics_] for h in dict.fromkeys(hashes)}
         keys = [k for ks in keys_of.values() for k in ks]  # each distinct key once
         found = dict(zip(keys, cache.get_many(keys), strict=True)) if keys else {}
-        out = []
         hits = 0
-        for e, h in zip(events, hashes, strict=True):
+        for c, h in zip(cands, hashes, strict=True):
             cached: dict[str, Verdict] = {}
             todo = []
             for m, key in zip(metrics_, keys_of[h], strict=True):
-                c = found[key]
-                if c is None:
+                v = found[key]
+                if v is None:
                     todo.append(m)
                 else:
-                    cached[m] = c.verdict
+                    cached[m] = v.verdict
                     hits += 1
-            out.append(Candidate(event=e, content_hash=h, cached=cached, todo=tuple(todo)))
-        lookups = len(events) * len(metrics_)
+            c.content_hash, c.cached, c.todo = h, cached, tuple(todo)
+        lookups = len(cands) * len(metrics_)
         metrics.CACHE.labels("hit").inc(hits)
         metrics.CACHE.labels("miss").inc(lookups - hits)
         metrics.CACHE_BATCH_DUPLICATES.inc(lookups - len(keys))
-        return out
+        return cands
 
     return op.flat_map_batch(step_id, up, lookup_batch)

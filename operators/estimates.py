@@ -232,8 +232,10 @@ def query_estimates(
     """
     from sinks.clickhouse import check_identifier
 
-    bucket = "toDateTime64(0, 3, 'UTC')" if bucket_s is None else (
-        f"toStartOfInterval(window_start, INTERVAL {int(bucket_s)} SECOND)"
+    bucket = (
+        "toDateTime64(0, 3, 'UTC')"
+        if bucket_s is None
+        else (f"toStartOfInterval(window_start, INTERVAL {int(bucket_s)} SECOND)")
     )
     sql = ESTIMATES_SQL.format(bucket=bucket, database=check_identifier(database))
     params = {"since": _utc(since), "until": _utc(until), "tenant": tenant}
@@ -248,7 +250,7 @@ def query_estimates(
                 tenant_id,
                 agent,
                 metric,
-                None if bucket_s is None else start,
+                None if bucket_s is None else _aware(start),
                 s.judged,
                 s.flagged,
                 sw,
@@ -258,6 +260,10 @@ def query_estimates(
             )
         )
     return out
+
+
+def _aware(t: datetime) -> datetime:
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t  # the engine returns UTC, naive
 
 
 def _utc(t: datetime) -> datetime:

@@ -275,7 +275,8 @@ def judge(
 ) -> JudgeOut:
     """Judge candidates; emits evaluations and judge-spend ledger entries."""
     deps = _Deps(plan, rules, runtime, cache, keyer, now_ms, eof_timeout_s)
-    keyed = op.key_on(f"{step_id}_shard", up, lambda c: _shard(c.event.event_id))
+    # by content: identical pairs meet on one worker, where one call judges them all
+    keyed = op.key_on(f"{step_id}_shard", up, lambda c: _shard(c.content_hash))
     results = op.stateful_batch(f"{step_id}_calls", keyed, lambda resume: _JudgeLogic(deps, resume))
     values = op.map(f"{step_id}_unkey", results, lambda kv: kv[1])
     split = op.branch(f"{step_id}_split", values, lambda x: type(x) is Evaluation)

@@ -60,7 +60,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
@@ -374,6 +374,56 @@ class _Part:
     savings: SavingsEntry
 
 
+def tally_batch(
+    cands: Sequence[Candidate],
+    *,
+    sampler: Sampler,
+    rules: RuleJudge,
+    overrides: Mapping[str, Override],
+    baseline: Callable[[Event], tuple[int, int]],
+) -> list[_Part]:
+    """Flag and stratify a batch (sets `flags` and `stratum` on each candidate) and
+    tally it per (tenant, window): counts per stratum, and only the candidates
+    any outcome may choose; the savings of the others are counted here."""
+    size_ms = sampler.window_s * 1000
+    parts: dict[tuple[str, int], _Part] = {}
+    for c in cands:
+        e = c.event
+        c.flags = e.flags = tuple(sorted(rules.flags(JudgeItem(e.input_text, e.output_text, e.context))))
+        a = sampler.assign(e, c.flags, overrides.get(e.tenant_id))
+        c.stratum = a.stratum
+        window = e.ts_ms - e.ts_ms % size_ms
+        part = parts.get((e.tenant_id, window))
+        if part is None:
+            part = parts[(e.tenant_id, window)] = _Part(
+                e.tenant_id, window, {}, SavingsEntry(tenant_id=e.tenant_id, ts_ms=e.ts_ms)
+            )
+        sv = part.savings
+        sv.ts_ms = max(sv.ts_ms, e.ts_ms)
+        calls, pusd = baseline(e)
+        sv.events += 1
+        sv.baseline_calls += calls
+        sv.baseline_pusd += pusd
+        tally = part.strata.get(a.stratum)
+        if tally is None:
+            tally = part.strata[a.stratum] = StratumTally(a.rate, a.reason, a.min_k)
+        tally.n += 1
+        u = sampler.unit(e.event_id)
+        if u < a.rate:
+            tally.below += 1
+        if a.rate > 0 or a.min_k > 0:
+            tally.held.append(Held(u, e.event_id, c, a.reason, calls, pusd))
+        else:
+            sv.sampling_calls += calls
+            sv.sampling_pusd += pusd
+    for part in parts.values():
+        for tally in part.strata.values():
+            for h in tally.trim(sampler.max_per_tenant):  # only what may be chosen crosses workers
+                part.savings.sampling_calls += h.calls
+                part.savings.sampling_pusd += h.cost_pusd
+    return list(parts.values())
+
+
 @dataclass
 class _Window:
     strata: dict[str, StratumTally]
@@ -518,7 +568,7 @@ class SampleOut:
 
 def sample(
     step_id: str,
-    up: Stream[Candidate],
+    up: Stream[Event],
     *,
     sampler: Sampler,
     rules: RuleJudge,
@@ -532,49 +582,12 @@ def sample(
         baseline: (judge calls, picodollars) to judge one event on every metric
             with the reference judge — what the savings ledger compares against.
     """
-    size_ms = sampler.window_s * 1000
-    cap = sampler.max_per_tenant
 
-    def assign_batch(cands: list[Candidate]) -> Iterable[Candidate | _Part]:
-        overrides = control.active()
-        parts: dict[tuple[str, int], _Part] = {}
-        for c in cands:
-            e = c.event
-            c.flags = e.flags = tuple(sorted(rules.flags(JudgeItem(e.input_text, e.output_text, e.context))))
-            a = sampler.assign(e, c.flags, overrides.get(e.tenant_id))
-            c.stratum = a.stratum
-            window = e.ts_ms - e.ts_ms % size_ms
-            part = parts.get((e.tenant_id, window))
-            if part is None:
-                part = parts[(e.tenant_id, window)] = _Part(
-                    e.tenant_id, window, {}, SavingsEntry(tenant_id=e.tenant_id, ts_ms=e.ts_ms)
-                )
-            sv = part.savings
-            sv.ts_ms = max(sv.ts_ms, e.ts_ms)
-            calls, pusd = baseline(e)
-            sv.events += 1
-            sv.baseline_calls += calls
-            sv.baseline_pusd += pusd
-            tally = part.strata.get(a.stratum)
-            if tally is None:
-                tally = part.strata[a.stratum] = StratumTally(a.rate, a.reason, a.min_k)
-            tally.n += 1
-            u = sampler.unit(e.event_id)
-            if u < a.rate:
-                tally.below += 1
-            if a.rate > 0 or a.min_k > 0:
-                tally.held.append(Held(u, e.event_id, c, a.reason, calls, pusd))
-            else:
-                sv.sampling_calls += calls
-                sv.sampling_pusd += pusd
-        out: list[Candidate | _Part] = list(cands)
-        for part in parts.values():
-            for tally in part.strata.values():
-                for h in tally.trim(cap):  # only what may be chosen crosses workers
-                    part.savings.sampling_calls += h.calls
-                    part.savings.sampling_pusd += h.cost_pusd
-            out.append(part)
-        return out
+    def assign_batch(events: list[Event]) -> Iterable[Candidate | _Part]:
+        cands = [Candidate(e) for e in events]
+        overrides = control.active()  # cached by the store: no round trip per batch
+        parts = tally_batch(cands, sampler=sampler, rules=rules, overrides=overrides, baseline=baseline)
+        return [*cands, *parts]
 
     assigned = op.flat_map_batch(f"{step_id}_assign", up, assign_batch)
     split = op.branch(f"{step_id}_split", assigned, lambda x: type(x) is Candidate)

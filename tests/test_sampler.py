@@ -1,0 +1,376 @@
+"""The stratified sampler: strata and forcing rules, max-min fair caps, decisions
+that do not depend on batching or worker count (in-process and through the whole
+flow into ClickHouse), a tiny tenant's minimum, a flood tenant's cap, and
+control-store overrides (paused, aggressive) with their effect in the metrics."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from collections import Counter, defaultdict
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from prometheus_client import REGISTRY
+
+from flows.deps import build_deps
+from flows.judgeflow import build_flow
+from flows.kafka_mock import produce_all
+from flows.traffic import generate
+from judges.rules import Tier0Rules
+from operators.control import MemoryControlStore, Override
+from operators.dedup import Candidate
+from operators.price import override_rates
+from operators.records import Event
+from operators.sample import (
+    CAP,
+    FLAGGED,
+    LONG,
+    MINIMUM,
+    OVERRIDE,
+    PAUSED,
+    RATE,
+    Sampler,
+    StratumRule,
+    _SampleLogic,
+    allocate,
+    tally_batch,
+    unit_hash,
+)
+from operators.savings import Baseline, ReferenceJudge
+from sinks.clickhouse import connect, ensure_schema
+from tests.conftest import flow_settings
+
+T0 = 1_763_300_000_000 - 1_763_300_000_000 % 60_000  # a minute boundary
+METRICS = ("pii", "refusal", "jailbreak", "toxicity", "hallucination")
+BASELINE = Baseline(METRICS, ReferenceJudge("ref", override_rates(Decimal("2.5"), Decimal("10"))))
+RULES = Tier0Rules()
+
+
+def event(event_id: str, ts_ms: int, tenant: str, agent: str = "bot", **kw: object) -> Event:
+    fields: dict = {
+        "event_id": event_id,
+        "ts_ms": ts_ms,
+        "tenant_id": tenant,
+        "agent": agent,
+        "model": "gpt-4o-mini",
+        "provider": "openai",
+        "variant": "baseline",
+        "input_text": "How do I reset my password?",
+        "output_text": "Open Settings, then Security, then Reset password.",
+        "context": None,
+        "input_tokens": 120,
+        "output_tokens": 40,
+        "cache_read_tokens": 0,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
+        "provided_cost_pusd": None,
+        "latency_ms": None,
+        "conversation_id": None,
+        "user_id": None,
+        "metadata": {},
+        "source": None,
+    }
+    fields.update(kw)
+    return Event(**fields)
+
+
+def cand(e: Event) -> Candidate:
+    return Candidate(event=e, content_hash=e.event_id, cached={}, todo=("toxicity", "hallucination"))
+
+
+def decide(
+    sampler: Sampler, batches: list[list[Event]], overrides: dict[str, Override] | None = None
+) -> dict[str, tuple[float, str]]:
+    """Run the sampler's two stages in-process: batches -> tallies -> one logic per tenant."""
+    logics: dict[str, _SampleLogic] = {}
+    for batch in batches:
+        cands = [cand(e) for e in batch]
+        parts = tally_batch(cands, sampler=sampler, rules=RULES, overrides=overrides or {}, baseline=BASELINE)
+        by_tenant = defaultdict(list)
+        for p in parts:
+            by_tenant[p.tenant].append(p)
+        for tenant, ps in by_tenant.items():
+            logic = logics.setdefault(tenant, _SampleLogic(sampler, lambda: 0.0, None))
+            logic.on_batch(ps)
+    chosen: dict[str, tuple[float, str]] = {}
+    for logic in logics.values():
+        out, _ = logic.on_eof()
+        for x in out:
+            if isinstance(x, Candidate):
+                chosen[x.event.event_id] = (x.inclusion_prob, x.sample_reason)
+    return chosen
+
+
+# --- pure pieces ------------------------------------------------------------------
+
+
+def test_allocate_meets_small_wants_and_cuts_the_largest():
+    assert allocate([3, 50, 7, 200], 1000) == [3, 50, 7, 200]
+    shares = allocate([3, 50, 7, 200], 60)
+    assert sum(shares) == 60 and shares[0] == 3 and shares[2] == 7
+    assert shares[1] == 25 and shares[3] == 25  # the two big ones meet at a common level
+    assert allocate([10, 10, 10], 4) == [2, 1, 1]  # leftovers to the earliest
+    assert allocate([0, 5], 0) == [0, 0]
+
+
+def test_strata_rules_forcing_and_overrides():
+    s = Sampler(
+        rules=(
+            StratumRule(rate=0.5, tenant="small-*"),
+            StratumRule(rate=0.02, flag="refusal."),
+            StratumRule(rate=0.3, input_length=">=4000"),
+        ),
+        always_over_tokens=8000,
+        always_on_flags=("pii.", "jailbreak."),
+    )
+    e = event("e1", T0, "acme")
+    assert s.assign(e, ["pii.email"]).reason == FLAGGED
+    assert s.assign(e, ["pii.email"]).rate == 1.0
+    refusal = s.assign(e, ["refusal.opening"])  # fires on a large share of traffic: not forced
+    assert (refusal.reason, refusal.rate) == (RATE, 0.02)
+    assert s.assign(event("e2", T0, "acme", input_tokens=9000), []).reason == LONG
+    assert s.assign(event("e3", T0, "acme", input_tokens=5000), []).rate == 0.3
+    small = event("e4", T0, "small-co", input_tokens=5000)
+    assert s.assign(small, ["refusal.inline"]).rate == 0.5  # the first match wins
+    assert s.assign(e, []).rate == 0.1
+    # strata: agent, model, variant and input length; different rates never share one
+    assert s.assign(e, []).stratum != s.assign(event("e5", T0, "acme", variant="finetuned"), []).stratum
+    assert s.assign(e, []).stratum != s.assign(e, ["refusal.inline"]).stratum
+    # an override beats everything, even a forcing flag
+    paused = Override("acme", 0.0, "cost spike", "cli:ops", T0 + 60_000)
+    assert s.assign(e, ["pii.email"], paused).reason == PAUSED
+    aggressive = Override("acme", 0.01, "cost spike", "alert:x", T0 + 60_000)
+    assert s.assign(e, ["pii.email"], aggressive).reason == OVERRIDE
+    assert s.assign(e, [], aggressive).rate == 0.01
+    with pytest.raises(ValueError, match="unknown strata"):
+        Sampler(strata=("colour",))
+
+
+# --- the two stages in-process ------------------------------------------------------
+
+
+def traffic_events(n: int) -> list[Event]:
+    out = []
+    for i, (_, value, _) in enumerate(generate(limit=n, bad=False)):
+        d = json.loads(value)
+        out.append(
+            event(
+                d["event_id"],
+                d["ts"],
+                d["tenant_id"],
+                d["agent"],
+                model=d["model"],
+                variant=d["variant"],
+                input_text=d["input"][0]["content"],
+                output_text=d["output"],
+                context=d.get("context"),
+                input_tokens=d["usage"]["input_tokens"],
+                output_tokens=d["usage"]["output_tokens"],
+            )
+        )
+        assert i < n
+    return out
+
+
+def test_decisions_do_not_depend_on_batching_or_order():
+    events = traffic_events(1500)
+    sampler = Sampler(max_per_tenant=30, min_per_stratum=2, always_over_tokens=8000)
+    one_batch = decide(sampler, [events])
+    rng = random.Random(7)  # a shuffled delivery in uneven batches, as from several partitions
+    shuffled = events[:]
+    rng.shuffle(shuffled)
+    cuts = sorted(rng.sample(range(1, len(shuffled)), 40))
+    batches = [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(shuffled)], strict=True)]
+    assert decide(sampler, batches) == one_batch
+    assert decide(dataclasses.replace(sampler, version="v2"), [events]) != one_batch  # a new draw
+
+    # and the design holds: per (tenant, window) at most the cap; pi = chosen / stratum size
+    per_window = Counter((e.tenant_id, e.ts_ms // 60_000) for e in events if e.event_id in one_batch)
+    assert max(per_window.values()) <= 30
+    reasons = Counter(r for _, r in one_batch.values())
+    assert reasons[FLAGGED] > 0 and reasons[RATE] > 0 and reasons[MINIMUM] > 0
+    assert all(0 < p <= 1 for p, _ in one_batch.values())
+
+
+def test_tiny_tenant_gets_its_minimum_and_flood_tenant_its_cap():
+    sampler = Sampler(min_per_stratum=2, max_per_tenant=40, always_on_flags=("pii.",))
+    tiny = [event(f"tiny-{i}", T0 + i, "tiny") for i in range(3)]
+    flood = [event(f"flood-{i}", T0 + i, "flood") for i in range(3000)]
+    leaks = [
+        event(f"leak-{i}", T0 + i, "flood", output_text=f"Sure, write to jane.doe{i}@example.com")
+        for i in range(15)
+    ]
+    chosen = decide(sampler, [tiny + flood[:1000], flood[1000:] + leaks])
+    tiny_chosen = {k: v for k, v in chosen.items() if k.startswith("tiny")}
+    below = sum(unit_hash("v1", e.event_id) < 0.1 for e in tiny)
+    assert len(tiny_chosen) == max(2, below)
+    assert {p for p, _ in tiny_chosen.values()} == {len(tiny_chosen) / 3}
+    flood_chosen = {k: v for k, v in chosen.items() if not k.startswith("tiny")}
+    assert len(flood_chosen) == 40  # the cap, certainty strata first
+    assert all(chosen[e.event_id] == (1.0, FLAGGED) for e in leaks)
+    assert {p for k, (p, _) in flood_chosen.items() if k.startswith("flood")} == {25 / 3000}
+
+
+def test_overrides_pause_and_thin_a_tenant():
+    events = [event(f"p-{i}", T0 + i, "paused") for i in range(200)]
+    events += [event(f"a-{i}", T0 + i, "aggr") for i in range(2000)]
+    overrides = {
+        "paused": Override("paused", 0.0, "spike", "cli:ops", T0 + 3_600_000),
+        "aggr": Override("aggr", 0.01, "spike", "alert:a1", T0 + 3_600_000),
+    }
+    before = _samples()
+    chosen = decide(Sampler(), [events], overrides)
+    after = _samples()
+    assert not any(k.startswith("p-") for k in chosen)
+    expected = sum(unit_hash("v1", f"a-{i}") < 0.01 for i in range(2000))
+    assert 5 < expected == len(chosen) < 40
+    assert {v for v in chosen.values()} == {(expected / 2000, OVERRIDE)}
+    assert after[("skipped", PAUSED)] - before[("skipped", PAUSED)] == 200
+    assert after[("sampled", OVERRIDE)] - before[("sampled", OVERRIDE)] == expected
+    assert after[("skipped", OVERRIDE)] - before[("skipped", OVERRIDE)] == 2000 - expected
+    assert after[("skipped", CAP)] == before[("skipped", CAP)]
+
+
+def _samples() -> Counter:
+    out: Counter = Counter()
+    for metric in REGISTRY.collect():
+        if metric.name == "judgeflow_sampler_decisions":
+            for s in metric.samples:
+                if s.name.endswith("_total"):
+                    out[(s.labels["decision"], s.labels["reason"])] = s.value
+    return out
+
+
+# --- the whole flow, into ClickHouse -----------------------------------------------------
+
+TOPIC = "llm-events"
+
+
+def wire(e: Event) -> tuple[bytes, bytes, int]:
+    d = {
+        "event_id": e.event_id,
+        "ts": e.ts_ms,
+        "tenant_id": e.tenant_id,
+        "agent": e.agent,
+        "model": e.model,
+        "provider": e.provider,
+        "input": e.input_text,
+        "output": e.output_text,
+        "usage": {"input_tokens": e.input_tokens, "output_tokens": e.output_tokens},
+    }
+    return e.event_id.encode(), json.dumps(d).encode(), e.ts_ms
+
+
+def settings_for(kafka, chdb_dsn, database, judge_endpoint, **extra):
+    return flow_settings(
+        **{
+            "kafka.brokers": kafka.bootstrap,
+            "kafka.tail": False,
+            "kafka.topics": [TOPIC],
+            "clickhouse.dsn": chdb_dsn,
+            "clickhouse.database": database,
+            "judges.tier1.base_url": judge_endpoint.openai_base_url,
+            **extra,
+        }
+    )
+
+
+def run(settings, *, workers: int, control=None) -> None:
+    from bytewax._bytewax import cli_main
+
+    deps = build_deps(settings)
+    if control is not None:
+        deps = dataclasses.replace(deps, control=control)
+    try:
+        flow = build_flow(settings, deps=deps)
+        cli_main(flow, workers_per_process=workers, epoch_interval=timedelta(seconds=1))
+    finally:
+        deps.close()
+
+
+def rows(client, sql: str) -> list[tuple]:
+    return client.query(sql).result_rows
+
+
+@pytest.mark.slow
+def test_replays_and_two_workers_sample_the_same_events(kafka, chdb_dsn, judge_endpoint):
+    kafka.create_topic(TOPIC, 4)
+    produce_all(kafka.bootstrap, TOPIC, generate(limit=2000))
+    chosen = []
+    for i, workers in enumerate((1, 1, 2)):
+        database = f"t_det_{i}_{random.Random().getrandbits(40):x}"
+        settings = settings_for(kafka, chdb_dsn, database, judge_endpoint)
+        client = connect(chdb_dsn, database)
+        ensure_schema(client, database)
+        run(settings, workers=workers)
+        sql = "SELECT event_id, any(inclusion_prob) FROM evaluations FINAL GROUP BY event_id ORDER BY 1"
+        chosen.append(rows(client, sql))
+        judged_share = len(chosen[-1]) / rows(client, "SELECT count() FROM llm_events FINAL")[0][0]
+        assert 0.1 < judged_share < 0.3
+    assert chosen[0] == chosen[1] == chosen[2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
+def test_minimum_cap_and_overrides_in_clickhouse(kafka, chdb_dsn, database, judge_endpoint, workers):
+    kafka.create_topic(TOPIC, 4)
+    events = [event(f"tiny-{i}", T0 + 20_000 * i, "tiny") for i in range(3)]
+    events += [event(f"flood-{i}", T0 + 20 * i, "flood") for i in range(3000)]
+    events += [event(f"flood2-{i}", T0 + 60_000 + 20 * i, "flood") for i in range(600)]
+    events += [event(f"paused-{i}", T0 + 100 * i, "paused") for i in range(100)]
+    produce_all(kafka.bootstrap, TOPIC, [wire(e) for e in events])
+    settings = settings_for(
+        kafka,
+        chdb_dsn,
+        database,
+        judge_endpoint,
+        **{"sampling.min_per_stratum": 2, "sampling.max_per_tenant_per_window": 40},
+    )
+    store = MemoryControlStore()
+    store.set(Override("paused", 0.0, "cost spike", "cli:test", 2**62))
+    client = connect(chdb_dsn, database)
+    ensure_schema(client, database)
+    run(settings, workers=workers, control=store)
+
+    judged = dict(
+        rows(
+            client,
+            "SELECT concat(tenant_id, '/', toString(toUnixTimestamp(toStartOfMinute(ts)))),"
+            " count(DISTINCT event_id) FROM evaluations FINAL GROUP BY 1",
+        )
+    )
+    minute = T0 // 1000
+    below = sum(unit_hash("v1", f"tiny-{i}") < 0.1 for i in range(3))
+    assert judged[f"tiny/{minute}"] == max(2, below)  # small tenants are never invisible
+    assert judged[f"flood/{minute}"] == 40  # the cost cap
+    assert judged[f"flood/{minute + 60}"] == 40
+    assert not any(k.startswith("paused/") for k in judged)
+
+    # every judged event carries pi = chosen / stratum size: the estimates count every event once
+    population = dict(
+        rows(
+            client,
+            "SELECT tenant_id, round(sum(population)) FROM quality_estimates FINAL WHERE metric = 'refusal'"
+            " GROUP BY tenant_id",
+        )
+    )
+    assert population == {"tiny": 3, "flood": 3600}
+
+    # the savings ledger: everything the paused tenant would have cost was avoided by sampling
+    ledger = {
+        t: (b, s, c, k, j)
+        for t, b, s, c, k, j in rows(
+            client,
+            "SELECT tenant_id, sum(baseline_calls), sum(sampling_calls), sum(cache_calls),"
+            " sum(cascade_calls), sum(judge_calls) FROM judge_savings FINAL GROUP BY tenant_id",
+        )
+    }
+    assert ledger["paused"][:2] == (500, 500)
+    assert ledger["flood"][0] - ledger["flood"][1] == 80 * 5  # only the capped 80 events could cost
+    assert ledger["flood"][2] > 0  # identical texts: judged once, the others answered in flight
+    sql = "SELECT tenant_id, sum(judge_calls) FROM cost_windows FINAL WHERE window_s = 60 GROUP BY 1"
+    spend = dict(rows(client, sql))
+    assert {t: v[4] for t, v in ledger.items() if v[4]} == {t: int(v) for t, v in spend.items() if v}
