@@ -27,10 +27,11 @@ the current level instead of guessing.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import cached_property, partial
 from typing import Any, ClassVar
 
 from operators.alert_state import DAY_MS, TenantLedger, month_bounds
@@ -66,7 +67,7 @@ class Reading:
     scope: str
     value: Decimal | None
     start_ms: int
-    details: dict[str, Any] = field(default_factory=dict)
+    details: Callable[[], dict[str, Any]] = dict  # built only when the level changes
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,14 @@ class Rule:
     critical: Decimal | None = None
     emergency: Decimal | None = None
 
+    @cached_property
+    def levels(self) -> tuple[tuple[str, Decimal], ...]:
+        """(level, threshold) of the levels that are set, lowest first."""
+        return tuple((lv, t) for lv in LEVELS[1:] if (t := getattr(self, lv)) is not None)
+
     @property
     def enabled(self) -> bool:
-        return any(t is not None for t in (self.warn, self.critical, self.emergency))
+        return bool(self.levels)
 
     def threshold(self, level: str) -> Decimal | None:
         return getattr(self, level, None) if level != "ok" else None
@@ -101,7 +107,7 @@ class Rule:
         """
         if value is None:
             return current
-        enabled = [(lv, t) for lv in LEVELS[1:] if (t := self.threshold(lv)) is not None]
+        enabled = self.levels
         raw = "ok"
         for lv, t in enabled:
             if value >= t:
@@ -144,7 +150,9 @@ class BurnRate(Rule):
     def evaluate(self, led: TenantLedger, end_ms: int) -> list[Reading]:
         requests, pico = led.llm_sum(end_ms - HOUR_MS, end_ms)
         spend = usd(pico)
-        return [Reading("", spend, end_ms - HOUR_MS, {"usd_last_hour": dec(spend), "requests": requests})]
+        return [
+            Reading("", spend, end_ms - HOUR_MS, lambda: {"usd_last_hour": dec(spend), "requests": requests})
+        ]
 
     def show(self, value: Decimal) -> str:
         return f"{_money(value)}/h"
@@ -167,7 +175,7 @@ class DailySpend(Rule):
     def evaluate(self, led: TenantLedger, end_ms: int) -> list[Reading]:
         day = (end_ms - 1) - (end_ms - 1) % DAY_MS
         spend = usd(led.day_costs(end_ms)[0])
-        return [Reading("", spend, day, {"usd_today": dec(spend), "day": _date(day)})]
+        return [Reading("", spend, day, lambda: {"usd_today": dec(spend), "day": _date(day)})]
 
     def show(self, value: Decimal) -> str:
         return _money(value)
@@ -189,16 +197,19 @@ class MonthlyProjection(Rule):
 
     def evaluate(self, led: TenantLedger, end_ms: int) -> list[Reading]:
         start, month_end = month_bounds(end_ms - 1)
-        mtd = usd(led.llm_since(start, end_ms))
+        mtd = usd(led.llm_since(start))
         elapsed = end_ms - start
         projected = mtd * (month_end - start) / elapsed if elapsed >= self.min_elapsed_s * 1000 else mtd
-        details = {
-            "mtd_usd": dec(mtd),
-            "projected_usd": dec(projected.quantize(Decimal("0.01"))),
-            "budget_usd": dec(self.budget_usd),
-            "elapsed_days": dec((Decimal(elapsed) / DAY_MS).quantize(Decimal("0.01"))),
-            "projection": elapsed >= self.min_elapsed_s * 1000,
-        }
+
+        def details() -> dict[str, Any]:
+            return {
+                "mtd_usd": dec(mtd),
+                "projected_usd": dec(projected.quantize(Decimal("0.01"))),
+                "budget_usd": dec(self.budget_usd),
+                "elapsed_days": dec((Decimal(elapsed) / DAY_MS).quantize(Decimal("0.01"))),
+                "projection": elapsed >= self.min_elapsed_s * 1000,
+            }
+
         return [Reading("", projected / self.budget_usd, start, details)]
 
     def show(self, value: Decimal) -> str:
@@ -223,7 +234,7 @@ class VariantCost(Rule):
     def evaluate(self, led: TenantLedger, end_ms: int) -> list[Reading]:
         start = end_ms - self.window_s * 1000
         out = []
-        for agent, variants in sorted(led.agent_sums(start, end_ms).items()):
+        for agent, variants in sorted(led.agent_sums().items()):  # the ledger keeps this window
             base = variants.get(self.baseline)
             others = {v: rc for v, rc in variants.items() if v != self.baseline and rc[0] > 0}
             if base is None or base[0] == 0 or base[1] == 0 or not others:
@@ -244,14 +255,7 @@ class VariantCost(Rule):
                 out.append(Reading(agent, None, start))
                 continue
             ratio, variant, n, pico = best
-            details = {
-                "variant": variant,
-                "baseline": self.baseline,
-                "variant_usd_per_request": dec((usd(pico) / n).quantize(NANO)),
-                "baseline_usd_per_request": dec((usd(base[1]) / base[0]).quantize(NANO)),
-                "variant_requests": n,
-                "baseline_requests": base[0],
-            }
+            details = partial(_variant_details, self.baseline, (base[0], base[1]), variant, n, pico)
             out.append(Reading(agent, ratio, start, details))
         return out
 
@@ -279,15 +283,25 @@ class ExpensiveRequests(Rule):
 
     def evaluate(self, led: TenantLedger, end_ms: int) -> list[Reading]:
         start = end_ms - self.window_s * 1000
-        count, top = led.expensive_in(start, end_ms, self.top_n)
-        details = {
-            "threshold_usd": dec(self.threshold_usd),
-            "count": count,
-            "top": [
-                {"event_id": e, "cost_usd": dec(usd(c)), "agent": a, "model": m, "variant": v, "ts": _iso(t)}
-                for c, e, a, m, v, t in top
-            ],
-        }
+        count = led.expensive_count(start, end_ms)
+
+        def details() -> dict[str, Any]:
+            return {
+                "threshold_usd": dec(self.threshold_usd),
+                "count": count,
+                "top": [
+                    {
+                        "event_id": e,
+                        "cost_usd": dec(usd(c)),
+                        "agent": a,
+                        "model": m,
+                        "variant": v,
+                        "ts": _iso(t),
+                    }
+                    for c, e, a, m, v, t in led.expensive_top(start, end_ms, self.top_n)
+                ],
+            }
+
         return [Reading("", Decimal(count), start, details)]
 
     def show(self, value: Decimal) -> str:
@@ -318,19 +332,23 @@ class VolumeSpike(Rule):
         recent, _ = led.llm_sum(short_start, end_ms)
         rpm = Decimal(recent) * MINUTE_MS / (self.short_s * 1000)
         if rpm < self.min_rpm:
-            return [Reading("", Decimal(0), short_start, {"rpm": dec(rpm)})]
+            return [Reading("", Decimal(0), short_start, lambda: {"rpm": dec(rpm)})]
         base_start = max(short_start - self.baseline_s * 1000, led.first_slot_ms)
         span = short_start - base_start
         if span < self.min_history_s * 1000:
             return [Reading("", None, short_start)]
-        before, _ = led.llm_sum(base_start, short_start)
+        # nothing before the first slot: the whole trailing window less the short one
+        before = led.llm_sum(short_start - self.baseline_s * 1000, end_ms)[0] - recent
         base_rpm = max(Decimal(before) * MINUTE_MS / span, Decimal(1))  # a silent tenant's floor: 1/min
-        details = {
-            "rpm": dec(rpm.quantize(Decimal("0.01"))),
-            "baseline_rpm": dec(base_rpm.quantize(Decimal("0.01"))),
-            "requests": recent,
-            "baseline_minutes": span // MINUTE_MS,
-        }
+
+        def details() -> dict[str, Any]:
+            return {
+                "rpm": dec(rpm.quantize(Decimal("0.01"))),
+                "baseline_rpm": dec(base_rpm.quantize(Decimal("0.01"))),
+                "requests": recent,
+                "baseline_minutes": span // MINUTE_MS,
+            }
+
         return [Reading("", rpm / base_rpm, short_start, details)]
 
     def show(self, value: Decimal) -> str:
@@ -355,7 +373,14 @@ class JudgeBudget(Rule):
     def evaluate(self, led: TenantLedger, end_ms: int) -> list[Reading]:
         day = (end_ms - 1) - (end_ms - 1) % DAY_MS
         spend = usd(led.day_costs(end_ms)[1])
-        details = {"judge_usd_today": dec(spend), "budget_usd": dec(self.budget_usd), "day": _date(day)}
+
+        def details() -> dict[str, Any]:
+            return {
+                "judge_usd_today": dec(spend),
+                "budget_usd": dec(self.budget_usd),
+                "day": _date(day),
+            }
+
         return [Reading("", spend / self.budget_usd, day, details)]
 
     def show(self, value: Decimal) -> str:
@@ -400,14 +425,21 @@ class RuleSet:
             built[rule_type.name] = rule_type(**kwargs)
         return cls(**built)
 
+    @cached_property
+    def active(self) -> tuple[Rule, ...]:
+        return tuple(r for t in RULE_TYPES if (r := getattr(self, t.name)).enabled)
+
     def __iter__(self) -> Iterator[Rule]:
-        for rule_type in RULE_TYPES:
-            rule = getattr(self, rule_type.name)
-            if rule.enabled:
-                yield rule
+        return iter(self.active)
 
     def lookback_ms(self) -> int:
         return max((r.lookback_ms() for r in self), default=0)
+
+    def llm_windows_ms(self) -> set[int]:
+        """The trailing windows the rules sum LLM requests and spend over, every
+        evaluation: the ledger keeps these as sliding sums."""
+        v = self.volume_spike
+        return {HOUR_MS, v.short_s * 1000, (v.short_s + v.baseline_s) * 1000}
 
 
 @dataclass(frozen=True)
@@ -456,6 +488,17 @@ class AlertPolicy:
 
     def acts_on(self, rule: str) -> bool:
         return not self.action_rules or rule in self.action_rules
+
+
+def _variant_details(baseline: str, base: tuple[int, int], variant: str, n: int, pico: int) -> dict[str, Any]:
+    return {
+        "variant": variant,
+        "baseline": baseline,
+        "variant_usd_per_request": dec((usd(pico) / n).quantize(NANO)),
+        "baseline_usd_per_request": dec((usd(base[1]) / base[0]).quantize(NANO)),
+        "variant_requests": n,
+        "baseline_requests": base[0],
+    }
 
 
 def _date(ms: int) -> str:

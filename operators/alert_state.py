@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from operators.records import CostWindow
 
@@ -43,14 +44,21 @@ class TenantLedger:
     newest: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
     # slot start -> [requests, cost] of LLM requests
     llm: dict[int, list[int]] = field(default_factory=dict)
-    # (agent, variant, slot start) -> [requests, cost]
-    agents: dict[tuple[str, str, int], list[int]] = field(default_factory=dict)
+    # slot start -> (agent, variant) -> [requests, cost]
+    agents: dict[int, dict[tuple[str, str], list[int]]] = field(default_factory=dict)
+    # (agent, variant) -> [requests, cost] over [cursor - agent_window_ms, cursor), kept as it slides
+    agent_window_ms: int = 3_600_000
+    agents_open: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    # width -> [requests, cost] of the LLM slots in [cursor - width, cursor), kept as it slides
+    llm_open: dict[int, list[int]] = field(default_factory=dict)
     # slot start -> judge cost
     judge: dict[int, int] = field(default_factory=dict)
-    # UTC day start -> [LLM cost, judge cost]
-    days: dict[int, list[int]] = field(default_factory=dict)
     # slot start -> (count above the threshold, top requests of the slot)
     expensive: dict[int, tuple[int, list[Expensive]]] = field(default_factory=dict)
+    # the evaluation has reached `cursor`: `days` holds, per UTC day, the
+    # [LLM cost, judge cost] of every slot before it (whatever was forgotten since)
+    cursor: int = -1
+    days: dict[int, list[int]] = field(default_factory=dict)
     first_slot_ms: int = -1
 
     def add_window(self, w: CostWindow) -> None:
@@ -65,17 +73,23 @@ class TenantLedger:
                 self.newest[key[:4]] = w.window_start_ms
             delta = (new[0] - old[0], new[1] - old[1], new[2] - old[2])
         slot = w.window_start_ms
-        day = slot - slot % DAY_MS
-        totals = self.days.setdefault(day, [0, 0])
+        done = self.days.setdefault(slot - slot % DAY_MS, [0, 0]) if slot < self.cursor else None
         if w.category == "judge":
-            totals[1] += delta[2]
             self.judge[slot] = self.judge.get(slot, 0) + delta[2]
+            if done is not None:
+                done[1] += delta[2]
             return
-        totals[0] += delta[1]
-        for acc in (
+        if done is not None:
+            done[0] += delta[1]
+        accs = [
             self.llm.setdefault(slot, [0, 0]),
-            self.agents.setdefault((w.agent, w.variant, slot), [0, 0]),
-        ):
+            self.agents.setdefault(slot, {}).setdefault((w.agent, w.variant), [0, 0]),
+        ]
+        if slot < self.cursor:  # already inside some of the sliding windows
+            if self.cursor - self.agent_window_ms <= slot:
+                accs.append(self.agents_open.setdefault((w.agent, w.variant), [0, 0]))
+            accs.extend(acc for width, acc in self.llm_open.items() if self.cursor - width <= slot)
+        for acc in accs:
             acc[0] += delta[0]
             acc[1] += delta[1]
         if self.first_slot_ms < 0 or slot < self.first_slot_ms:
@@ -88,57 +102,82 @@ class TenantLedger:
         else:
             self.expensive[slot] = (have[0] + count, top_expensive(have[1] + top, keep))
 
+    def advance(self, end: int) -> None:
+        """Move the evaluation to `end`: the slots before it count in the day totals."""
+        for slot in self._slots(self.llm, self.cursor, end):
+            day = self.days.setdefault(slot - slot % DAY_MS, [0, 0])
+            day[0] += self.llm[slot][1]
+        for slot in self._slots(self.judge, self.cursor, end):
+            day = self.days.setdefault(slot - slot % DAY_MS, [0, 0])
+            day[1] += self.judge[slot]
+        for width, acc in self.llm_open.items():
+            for sign, slot in self._sliding(self.llm, width, end):
+                n, c = self.llm[slot]
+                acc[0] += sign * n
+                acc[1] += sign * c
+        for sign, slot in self._sliding(self.agents, self.agent_window_ms, end):
+            for key, (n, c) in self.agents[slot].items():
+                acc = self.agents_open.setdefault(key, [0, 0])
+                acc[0] += sign * n
+                acc[1] += sign * c
+        for key in [k for k, (n, c) in self.agents_open.items() if n == 0 and c == 0]:
+            del self.agents_open[key]
+        self.cursor = end
+
+    def _sliding(self, d: dict[int, Any], width: int, end: int) -> list[tuple[int, int]]:
+        """(+1, slot) entering and (-1, slot) leaving a window of `width` that moves
+        from [cursor - width, cursor) to [end - width, end)."""
+        lo, hi = (self.cursor - width, self.cursor) if self.cursor >= 0 else (end - width, end - width)
+        entering = self._slots(d, max(hi, end - width), end)
+        leaving = self._slots(d, lo, min(hi, end - width))
+        return [(1, s) for s in entering] + [(-1, s) for s in leaving]
+
+    def _slots(self, d: dict[int, Any], start: int, end: int) -> list[int]:
+        """The keys of `d` in [start, end): by stepping through the range when it
+        is shorter than the dict (one window per evaluation), else by scanning."""
+        if start >= 0 and (end - start) // self.slot_ms < len(d):
+            first = start + (-start) % self.slot_ms
+            return [s for s in range(first, end, self.slot_ms) if s in d]
+        return [s for s in d if start <= s < end]
+
     def llm_sum(self, start: int, end: int) -> tuple[int, int]:
         """(requests, cost) of the slots starting in [start, end)."""
+        if end == self.cursor and (acc := self.llm_open.get(end - start)) is not None:
+            return acc[0], acc[1]  # a tracked window: kept as the cursor moves
         requests = cost = 0
-        slot_ms = self.slot_ms
-        if (end - start) // slot_ms < len(self.llm):
-            first = start + (-start) % slot_ms
-            for slot in range(first, end, slot_ms):
-                acc = self.llm.get(slot)
-                if acc is not None:
-                    requests += acc[0]
-                    cost += acc[1]
-            return requests, cost
-        for slot, (n, c) in self.llm.items():
-            if start <= slot < end:
-                requests += n
-                cost += c
+        llm = self.llm
+        for slot in self._slots(llm, start, end):
+            n, c = llm[slot]
+            requests += n
+            cost += c
         return requests, cost
 
-    def llm_since(self, start: int, end: int) -> int:
-        """LLM cost of the slots in [start, end), `start` a UTC day boundary: the
-        per-day totals less the slots already in at or after `end`."""
-        total = sum(c for day, (c, _) in self.days.items() if day >= start)
-        return total - sum(c for slot, (_, c) in self.llm.items() if slot >= end)
+    def has_llm(self, start: int, end: int) -> bool:
+        return bool(self._slots(self.llm, start, end))
 
-    def day_costs(self, end: int) -> tuple[int, int]:
-        """(LLM cost, judge cost) from 00:00 UTC of the day `end` closes to `end`."""
+    def day_costs(self, end: int) -> list[int]:
+        """[LLM cost, judge cost] from 00:00 UTC of the day `end` closes to `end` (the cursor)."""
         day = (end - 1) - (end - 1) % DAY_MS
-        llm, judge = self.days.get(day, (0, 0))
-        next_day = day + DAY_MS
-        llm -= sum(c for slot, (_, c) in self.llm.items() if end <= slot < next_day)
-        judge -= sum(c for slot, c in self.judge.items() if end <= slot < next_day)
-        return llm, judge
+        return self.days.get(day, [0, 0])
 
-    def agent_sums(self, start: int, end: int) -> dict[str, dict[str, list[int]]]:
-        """agent -> variant -> [requests, cost] over the slots in [start, end)."""
+    def llm_since(self, start: int) -> int:
+        """LLM cost from `start` (a UTC day boundary) to the cursor."""
+        return sum(c for day, (c, _) in self.days.items() if day >= start)
+
+    def agent_sums(self) -> dict[str, dict[str, list[int]]]:
+        """agent -> variant -> [requests, cost] over [cursor - agent_window_ms, cursor)."""
         out: dict[str, dict[str, list[int]]] = {}
-        for (agent, variant, slot), (n, c) in self.agents.items():
-            if start <= slot < end and n:
-                acc = out.setdefault(agent, {}).setdefault(variant, [0, 0])
-                acc[0] += n
-                acc[1] += c
+        for (agent, variant), (n, c) in self.agents_open.items():
+            if n:
+                out.setdefault(agent, {})[variant] = [n, c]
         return out
 
-    def expensive_in(self, start: int, end: int, n: int) -> tuple[int, list[Expensive]]:
-        count = 0
-        top: list[Expensive] = []
-        for slot, (k, items) in self.expensive.items():
-            if start <= slot < end:
-                count += k
-                top.extend(items)
-        return count, top_expensive(top, n)
+    def expensive_count(self, start: int, end: int) -> int:
+        return sum(self.expensive[slot][0] for slot in self._slots(self.expensive, start, end))
+
+    def expensive_top(self, start: int, end: int, n: int) -> list[Expensive]:
+        top = [x for slot in self._slots(self.expensive, start, end) for x in self.expensive[slot][1]]
+        return top_expensive(top, n)
 
     def forget(
         self, *, revisable_ms: int, keys: int, llm: int, agents: int, expensive: int, days: int
@@ -155,12 +194,13 @@ class TenantLedger:
         newest = self.newest
         for k in [k for k in self.rows if k[:4] not in newest or k[4] < newest[k[:4]] - revisable_ms]:
             del self.rows[k]
+        llm = min(llm, self.cursor)  # what the cursor has not passed is not in the day totals yet
         for s in [s for s in self.llm if s < llm]:
             del self.llm[s]
         for s in [s for s in self.judge if s < llm]:
             del self.judge[s]
-        for k in [k for k in self.agents if k[2] < agents]:
-            del self.agents[k]
+        for s in [s for s in self.agents if s < agents]:
+            del self.agents[s]
         for s in [s for s in self.expensive if s < expensive]:
             del self.expensive[s]
         for d in [d for d in self.days if d < days]:

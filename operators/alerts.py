@@ -116,8 +116,13 @@ class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, Alert | Overrid
         s = self._s
         now = self._clock()
         earliest, newest = None, -1
+        if not s.tenant:
+            s.tenant = values[0].tenant_id
+            rules = self._policy.for_tenant(s.tenant)
+            s.ledger.agent_window_ms = rules.variant_cost.window_s * 1000
+            for width in rules.llm_windows_ms():
+                s.ledger.llm_open[width] = [0, 0]
         for v in values:
-            s.tenant = v.tenant_id
             if isinstance(v, ExpensiveSlot):
                 rule = self._policy.for_tenant(v.tenant_id).expensive_requests
                 s.ledger.add_expensive(v.slot_ms, v.count, v.top, rule.top_n)
@@ -192,7 +197,7 @@ class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, Alert | Overrid
         # a tenant silent for longer than every rule looks back, with every level
         # ok, has nothing to report until its next data: skip the empty minutes
         s = self._s
-        if s.levels or any(end - lookback <= slot < end for slot in s.ledger.llm):
+        if s.levels or s.ledger.has_llm(end - lookback, end):
             return end
         later = [slot for slot in s.ledger.llm if slot >= end]
         return max(end, min(later) + self._slot) if later else end
@@ -200,6 +205,7 @@ class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, Alert | Overrid
     def _evaluate(self, end: int) -> list[Alert | OverrideAction]:
         s = self._s
         policy = self._policy
+        s.ledger.advance(end)
         changes: list[_Change] = []
         read: set[tuple[str, str]] = set()
         for rule in policy.for_tenant(s.tenant):
@@ -287,7 +293,7 @@ class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, Alert | Overrid
             threshold = rule.threshold(c.level) or Decimal(0)
             message = f"{where}: {rule.what} is {rule.show(value)}: {c.level} (from {rule.show(threshold)})"
         metrics.ALERTS.labels(rule.name, c.level).inc()
-        details = {"value": dec(value), "threshold": dec(threshold), **r.details}
+        details = {"value": dec(value), "threshold": dec(threshold), **r.details()}
         return Alert(
             alert_id=xxhash.xxh3_128_hexdigest(f"{rule.name}|{tenant}|{r.scope}|{c.level}|{end}".encode()),
             rule=rule.name,

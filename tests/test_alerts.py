@@ -15,10 +15,13 @@ import bytewax.operators as op
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from flows.config import ConfigError
 from flows.deps import build_alert_policy
 from operators.alert_rules import BurnRate, VolumeSpike
+from operators.alert_state import TenantLedger
 from operators.alerts import OverrideAction, _AlertLogic, alerts
 from operators.control import MemoryControlStore, Override
 from operators.expensive import ExpensiveSlot, expensive_requests
@@ -396,8 +399,6 @@ def test_volume_spike_against_the_trailing_baseline():
 
 def test_volume_spike_floor_for_silent_tenants():
     rule = VolumeSpike(baseline_s=3600, min_history_s=0)
-    from operators.alert_state import TenantLedger
-
     led = TenantLedger()
     led.add_window(win(0, "0.01", requests=1))
     led.add_window(win(65, "0.01", requests=60))
@@ -520,3 +521,62 @@ def test_operator_agrees_on_one_and_two_workers():
     )
     assert len([a for a in one if isinstance(a, Alert)]) == 16
     assert sorted(one, key=repr) == sorted(two, key=repr)
+
+
+# --- the ledger's running sums equal sums from scratch -----------------------
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 150),  # minute
+            st.integers(0, 40),  # minutes late: how far behind the cursor it may land
+            st.sampled_from(["a", "b"]),
+            st.sampled_from(["baseline", "finetuned"]),
+            st.integers(0, 5),  # requests
+            st.sampled_from(["window", "correction"]),
+            st.sampled_from(["llm", "judge"]),
+        ),
+        max_size=120,
+    )
+)
+def test_running_sums_match_sums_from_scratch(ops):
+    led = TenantLedger(agent_window_ms=30 * MIN)
+    for width in (HOUR, 5 * MIN, 45 * MIN):
+        led.llm_open[width] = [0, 0]
+    truth: dict[tuple, tuple[int, int, int]] = {}  # newest window row per key
+    extra: list[tuple] = []  # corrections
+    cursor_min = 0
+    for i, (minute, late, agent, variant, n, kind, category) in enumerate(ops):
+        m = max(0, min(minute, cursor_min + 2) - late)
+        w = win(m, str(n), agent=agent, variant=variant, requests=n, kind=kind, category=category, version=i)
+        led.add_window(w)
+        if kind == "correction":
+            extra.append((category, agent, variant, m, n))
+        else:
+            truth[(category, agent, variant, m)] = (n, n)
+        if i % 3 == 2:
+            cursor_min += 1 + i % 4
+            led.advance(T0 + cursor_min * MIN)
+            rows = [(*k, v[0]) for k, v in truth.items()] + extra
+            end = T0 + cursor_min * MIN
+
+            def scratch(start_min, cat="llm", by=None, rows=rows, upto=cursor_min):
+                out: dict = {}
+                for c, a, v, mm, nn in rows:
+                    if c == cat and start_min <= mm < upto:
+                        k = by(a, v) if by else ""
+                        out[k] = out.get(k, 0) + nn
+                return out
+
+            for width in (60, 5, 45):
+                req, cost = led.llm_sum(end - width * MIN, end)
+                want = scratch(cursor_min - width).get("", 0)
+                assert (req, cost) == (want, usd_to_pico(want))
+            agents = {(a, v): rc for a, vs in led.agent_sums().items() for v, rc in vs.items()}
+            want_agents = scratch(cursor_min - 30, by=lambda a, v: (a, v))
+            assert agents == {k: [n, usd_to_pico(n)] for k, n in want_agents.items() if n}
+            llm_today, judge_today = led.day_costs(end)
+            assert llm_today == usd_to_pico(scratch(0).get("", 0))
+            assert judge_today == usd_to_pico(scratch(0, cat="judge").get("", 0))
