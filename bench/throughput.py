@@ -177,19 +177,19 @@ def run_plain(settings: Settings, batches: list[list]) -> tuple[float, dict[str,
         d.close()
 
 
-def run_with_sinks(msgs: list, batch: int) -> float:
+def run_with_sinks(msgs: list, batch: int, chdb_dir: str, run: int) -> float:
+    """build_flow itself; chdb opens one directory per process: a fresh database per run."""
     from flows.judgeflow import build_flow
 
-    with tempfile.TemporaryDirectory(prefix="jf_bench_") as tmp:
-        settings = settings_for(f"chdb://{tmp}/chdb")
-        d = build_deps(settings)
-        try:
-            flow = build_flow(settings, source=TestingSource(msgs, batch_size=batch), deps=d)
-            started = time.perf_counter()
-            run_main(flow)
-            return time.perf_counter() - started
-        finally:
-            d.close()
+    settings = settings_for(f"chdb://{chdb_dir}", database=f"bench_{run}")
+    d = build_deps(settings)
+    try:
+        flow = build_flow(settings, source=TestingSource(msgs, batch_size=batch), deps=d)
+        started = time.perf_counter()
+        run_main(flow)
+        return time.perf_counter() - started
+    finally:
+        d.close()
 
 
 def main() -> int:
@@ -205,6 +205,7 @@ def main() -> int:
     batches = batched(msgs, args.batch)
     settings = settings_for()
 
+    chdb_dir = tempfile.TemporaryDirectory(prefix="jf_bench_")
     results: dict[str, list[float]] = defaultdict(list)
     check: dict[str, dict[str, int]] = {}
     keyed_per_event = 0.0
@@ -218,7 +219,8 @@ def main() -> int:
         check["bytewax"] = counts
         keyed_per_event = (_keyed() - before) / args.events
         if args.sinks:
-            results["bytewax + ClickHouse sinks (chdb)"].append(run_with_sinks(msgs, args.batch))
+            secs = run_with_sinks(msgs, args.batch, chdb_dir.name, i)
+            results["bytewax + ClickHouse sinks (chdb)"].append(secs)
         print(f"run {i + 1}/{args.repeat} done", file=sys.stderr)
 
     base = args.events / min(results["plain Python loop"])
