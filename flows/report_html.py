@@ -241,7 +241,8 @@ def variants_chart(variants: Table) -> str:
         parts.append(
             f'<text x="{x(t):.1f}" y="{height - BOTTOM + 14}" text-anchor="middle">${_short(t)}</text>'
         )
-    yy, group, colors = TOP, None, {}
+    yy, group = TOP, None
+    colors: dict[str, str] = {}
     for r in rows:
         g = tuple(r[:i_variant])
         if g != group:

@@ -223,7 +223,7 @@ def cost(client: Any, scope: Scope, by: Sequence[str], grains: Sequence[int]) ->
     rows = [r for r in rows if any(r[len(keys) :])]  # groups with only zeros (e.g. filtered out)
     grand = sum((r[len(keys) + 3] + r[len(keys) + 6] for r in rows), Decimal(0))
     out = []
-    totals = [0, 0, 0, Decimal(0), 0, 0, Decimal(0)]
+    totals: list[Any] = [0, 0, 0, Decimal(0), 0, 0, Decimal(0)]
     for r in rows:
         k, (req, inp, outp, usd, unknown, jcalls, jusd) = r[: len(keys)], r[len(keys) :]
         for i, v in enumerate((req, inp, outp, usd, unknown, jcalls, jusd)):

@@ -72,8 +72,8 @@ class Rates:
         values = (input, output, cache_read, cache_write, reasoning, fixed)
         exp = max(0, *(-v.normalize().as_tuple().exponent for v in values))  # type: ignore[operator]
         scale = 10**exp
-        ints = [int(v * scale) for v in values]
-        return cls(*ints, exp=exp)
+        i, o, cr, cw, r, f = (int(v * scale) for v in values)
+        return cls(i, o, cr, cw, r, f, exp=exp)
 
     def cost_pico(
         self,
@@ -162,15 +162,17 @@ class Catalog:
     ) -> int | None:
         """Exact cost of one request, or None when the catalog does not know the model."""
         key = (model, provider)
-        m = self._models.get(key, _MISSING)
-        if m is _MISSING:
-            m = self._learn(model, provider, ts_ms)
+        m = self._models.get(key)
         if m is None:
-            return None
-        period = ts_ms // m.period_ms if m.period_ms else 0  # type: ignore[union-attr]
-        schedule = m.schedules.get(period)  # type: ignore[union-attr]
+            if key in self._models:  # a model the catalog does not know
+                return None
+            m = self._learn(model, provider, ts_ms)
+            if m is None:
+                return None
+        period = ts_ms // m.period_ms if m.period_ms else 0
+        schedule = m.schedules.get(period)
         if schedule is None:
-            schedule = self._schedule(m, model, provider, ts_ms, period)  # type: ignore[arg-type]
+            schedule = self._schedule(m, model, provider, ts_ms, period)
         return schedule.cost_pico(input_tokens, output_tokens, cache_read, cache_write, reasoning)
 
     def _learn(self, model: str, provider: str, ts_ms: int) -> _Model | None:
@@ -190,9 +192,6 @@ class Catalog:
         schedule = m.schedules[period] = _derive(model, provider, _dt(ts_ms))
         self._cached += 1
         return schedule
-
-
-_MISSING = object()
 
 
 def _price_period_ms(found: PriceCalculation) -> int:
