@@ -86,7 +86,7 @@ class AnthropicJudge:
 
     async def judge(self, metric: str, item: JudgeItem) -> JudgeResult:
         prompt = build_prompt(metric, item)
-        body = {
+        body: dict[str, Any] = {
             "model": self._model,
             "max_tokens": MAX_OUTPUT_TOKENS,  # no temperature: this API version has none
             "system": prompt.system,

@@ -156,7 +156,8 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, Evaluation | LedgerEntry, _Judge
     def _start(self, c: Candidate, work: list[_Work]) -> list[Evaluation | LedgerEntry]:
         """Cached and tier-0 verdicts now; LLM work at the first tier the budget allows."""
         out: list[Evaluation | LedgerEntry] = [
-            _evaluation(c, v, cache_hit=True) for v in c.cached.values()  # with the event's sampling prob
+            _evaluation(c, v, cache_hit=True)
+            for v in c.cached.values()  # with the event's sampling prob
         ]
         e = c.event
         if c.inclusion_prob <= 0 or e.event_id in self._waiting:  # a duplicate of work under way
