@@ -135,7 +135,10 @@ def build_alert_policy(settings: Settings) -> AlertPolicy:
         eval_delay_ms=a.eval_delay_s * 1000,
         settle_s=a.settle_s,
         slot_ms=w.size_s * 1000,
-        revisable_ms=(max(w.allowed_lateness_s, w.judge_allowed_lateness_s) + w.size_s) * 1000,
+        revisable_ms={
+            "llm": (w.allowed_lateness_s + w.size_s) * 1000,
+            "judge": (w.judge_allowed_lateness_s + w.size_s) * 1000,
+        },
         actions={
             level: Action(act.sampling_rate, act.ttl_s)
             for level in ("warn", "critical", "emergency")

@@ -464,8 +464,8 @@ class AlertPolicy:
         settle_s: ...and once nothing for an earlier time has arrived for this long (wall
             time), so a replay reading partitions at different speeds has delivered it all.
         slot_ms: the base window size: evaluations happen at its ends.
-        revisable_ms: how long after its key's newest window a window can still be
-            revised (the windows' allowed lateness plus one window).
+        revisable_ms: category -> how long after its key's newest window a window can
+            still be revised (that category's allowed lateness plus one window).
         actions: level -> override to write to the control store.
         action_rules: the rules whose levels trigger actions (empty: all).
         clear_on_resolve: clear the override when no acting level is left (else it expires).
@@ -478,7 +478,7 @@ class AlertPolicy:
     eval_delay_ms: int = 120_000
     settle_s: float = 5.0
     slot_ms: int = 60_000
-    revisable_ms: int = 1_860_000
+    revisable_ms: Mapping[str, int] = field(default_factory=lambda: {"llm": 360_000, "judge": 1_860_000})
     actions: Mapping[str, Action] = field(default_factory=dict)
     action_rules: frozenset[str] = frozenset()
     clear_on_resolve: bool = True

@@ -11,6 +11,7 @@ whole ledger is the alert stage's snapshot state.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -180,19 +181,19 @@ class TenantLedger:
         return top_expensive(top, n)
 
     def forget(
-        self, *, revisable_ms: int, keys: int, llm: int, agents: int, expensive: int, days: int
+        self, *, revisable_ms: Mapping[str, int], keys: int, llm: int, agents: int, expensive: int, days: int
     ) -> None:
         """Drop what no rule and no revision can need any more.
 
         A window key's rows can be revised while they are within
-        `revisable_ms` of that key's newest row (its own event-time progress,
+        `revisable_ms[category]` of that key's newest row (its own event-time progress,
         which may lag the tenant's); keys with no row since `keys` are dropped.
         The other arguments are the horizons of each kind of total.
         """
         for k in [k for k, newest in self.newest.items() if newest < keys]:
             del self.newest[k]
         newest = self.newest
-        for k in [k for k in self.rows if k[:4] not in newest or k[4] < newest[k[:4]] - revisable_ms]:
+        for k in [k for k in self.rows if k[:4] not in newest or k[4] < newest[k[:4]] - revisable_ms[k[0]]]:
             del self.rows[k]
         llm = min(llm, self.cursor)  # what the cursor has not passed is not in the day totals yet
         for s in [s for s in self.llm if s < llm]:
