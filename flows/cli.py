@@ -138,14 +138,17 @@ def _check_runnable(settings: Settings) -> None:
         msg = "kafka.brokers is empty: set JUDGEFLOW_KAFKA_BROKERS (or use `judgeflow demo` for the embedded setup)"
         raise ConfigError(msg)
     j = settings.flow.judges
-    if (
-        j.enabled
-        and j.tier1.provider == "openai"
-        and settings.secrets.openai_api_key is None
-        and not j.tier1.base_url
-    ):
-        msg = "judges are enabled but OPENAI_API_KEY is not set (or point OPENAI_BASE_URL at an OpenAI-compatible judge)"
-        raise ConfigError(msg)
+    if not j.enabled:
+        return
+    keys = {"openai": settings.secrets.openai_api_key, "anthropic": settings.secrets.anthropic_api_key}
+    for name, tier in (("tier1", j.tier1), ("tier2", j.tier2)):
+        if tier is not None and keys[tier.provider] is None and not tier.base_url:
+            var = "OPENAI" if tier.provider == "openai" else "ANTHROPIC"
+            msg = (
+                f"judges.{name} uses {tier.provider} but {var}_API_KEY is not set "
+                f"(or point {var}_BASE_URL at a compatible endpoint)"
+            )
+            raise ConfigError(msg)
 
 
 def _recovery(path: Path):  # noqa: ANN202  (bytewax's RecoveryConfig)

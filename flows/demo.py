@@ -40,7 +40,8 @@ def run_demo(
 
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    with MockCluster() as kafka, _judge_endpoint(config, judge_latency_ms) as judge_url:
+    base = load_settings(config)
+    with MockCluster() as kafka, _judge_endpoint(base, judge_latency_ms) as judge_urls:
         kafka.create_topic(TOPIC, PARTITIONS)
         started = time.perf_counter()
         n = produce_all(kafka.bootstrap, TOPIC, generate(limit=limit))
@@ -54,8 +55,11 @@ def run_demo(
             "kafka.topics": [TOPIC],
             "clickhouse.dsn": f"chdb://{out_dir / 'chdb'}",
         }
-        if judge_url:
-            overrides["judges.tier1.base_url"] = judge_url
+        if judge_urls:
+            for tier in ("tier1", "tier2"):
+                section = getattr(base.flow.judges, tier)
+                if section is not None:  # each tier speaks its provider's API to the local endpoint
+                    overrides[f"judges.{tier}.base_url"] = judge_urls[section.provider]
         settings = load_settings(config, **overrides)
         ch = settings.flow.clickhouse
         ensure_schema(connect(ch.dsn), ch.database)
@@ -68,7 +72,7 @@ def run_demo(
             deps.close()
         elapsed = time.perf_counter() - started
         print(f"flow finished in {elapsed:.1f} s ({n / elapsed:,.0f} events/s, {workers} worker(s))")
-        print_summary(settings, simulated=bool(judge_url))
+        print_summary(settings, simulated=bool(judge_urls))
     return 0
 
 
@@ -90,9 +94,8 @@ def _check_retained(bootstrap: str, produced: int) -> None:
 
 
 @contextlib.contextmanager
-def _judge_endpoint(config: Path | None, latency_ms: float) -> Iterator[str | None]:
-    """A local simulated judge when no API key is configured, else nothing."""
-    settings = load_settings(config)
+def _judge_endpoint(settings: Settings, latency_ms: float) -> Iterator[dict[str, str] | None]:
+    """A local simulated judge (base URL per provider) when no API key is configured, else nothing."""
     if settings.secrets.openai_api_key is not None or not settings.flow.judges.simulate_without_key:
         yield None
         return
@@ -101,7 +104,7 @@ def _judge_endpoint(config: Path | None, latency_ms: float) -> Iterator[str | No
     print("no OPENAI_API_KEY: judging with the local endpoint — verdicts are SIMULATED, not from a model")
     cfg = EndpointConfig(latency=Latency.lognormal(median_ms=latency_ms, sigma=0.5), seed=7)
     with LocalEndpoint(cfg) as ep:
-        yield ep.openai_base_url
+        yield {"openai": ep.openai_base_url, "anthropic": ep.anthropic_base_url}
 
 
 def print_summary(settings: Settings, *, simulated: bool) -> None:
@@ -128,11 +131,18 @@ def print_summary(settings: Settings, *, simulated: bool) -> None:
         ["tenant", "events", "tokens", "cost $", "unpriced"],
     )
     table(
-        "cost per tenant / agent / model / variant (from the 1-minute windows)",
-        f"SELECT tenant_id, agent, model, variant, sum(requests), sum(cost_usd), sum(judge_cost_usd)"
-        f" FROM {db}.cost_windows FINAL WHERE window_s = 60"
+        "LLM cost per tenant / agent / model / variant (from the 1-minute windows)",
+        f"SELECT tenant_id, agent, model, variant, sum(requests), sum(cost_usd), max(max_request_cost_usd)"
+        f" FROM {db}.cost_windows FINAL WHERE window_s = 60 AND category = 'llm'"
         " GROUP BY ALL ORDER BY tenant_id, agent, model, variant",
-        ["tenant", "agent", "model", "variant", "requests", "cost $", "judge $"],
+        ["tenant", "agent", "model", "variant", "requests", "cost $", "max request $"],
+    )
+    table(
+        "judge spend per tenant / judge / tier (the same ledger, category judge)",
+        f"SELECT tenant_id, model, variant, sum(judge_calls), sum(judge_cost_usd)"
+        f" FROM {db}.cost_windows FINAL WHERE window_s = 60 AND category = 'judge'"
+        " GROUP BY ALL ORDER BY tenant_id, model, variant",
+        ["tenant", "judge", "tier", "calls", "judge $"],
     )
     label = "judge calls (SIMULATED verdicts)" if simulated else "judge calls"
     table(
