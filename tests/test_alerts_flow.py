@@ -18,6 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import redis
 from bytewax._bytewax import cli_main
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from confluent_kafka import Consumer, TopicPartition
 
 from flows.deps import build_deps
@@ -277,3 +278,41 @@ def test_the_override_pauses_later_events_until_its_ttl(kafka, chdb_dsn, databas
     produce_all(kafka.bootstrap, "after-ttl", events(later, quiet, "p3"))
     run_with_store(settings_for(kafka, chdb_dsn, database, judge_endpoint, "after-ttl"), store)
     assert evaluated(client, "p3-").keys() == {"ramp", "steady"}
+
+
+@pytest.mark.slow
+def test_alert_state_resumes_from_a_recovery_snapshot(kafka, chdb_dsn, database, judge_endpoint, tmp_path):
+    start = now_minute() - len(SCHEDULE) * MIN
+    want = expected_changes(start)
+    # stop between the critical and the emergency change, on a minute boundary
+    cut = start + ((want[1][1] + want[2][1]) // 2 - start) // MIN * MIN
+    messages = events(start, SCHEDULE, "p1")
+    kafka.create_topic("llm-events", 2)
+    settings = settings_for(kafka, chdb_dsn, database, judge_endpoint, "llm-events")
+    client = connect(chdb_dsn, database)
+    ensure_schema(client, database)
+    recovery = tmp_path / "recovery"
+    recovery.mkdir()
+    init_db_dir(recovery, 1)
+
+    for part in ([m for m in messages if m[2] < cut], [m for m in messages if m[2] >= cut]):
+        produce_all(kafka.bootstrap, "llm-events", part)
+        deps = build_deps(settings)
+        try:
+            cli_main(
+                build_flow(settings, deps=deps),
+                workers_per_process=1,
+                epoch_interval=timedelta(seconds=1),
+                recovery_config=RecoveryConfig(str(recovery)),
+            )
+        finally:
+            deps.close()
+        levels = client.query(
+            "SELECT level, toUnixTimestamp64Milli(ts) FROM alerts FINAL"
+            " WHERE tenant_id = 'ramp' AND rule = 'burn_rate' ORDER BY ts"
+        ).result_rows
+        assert [tuple(r) for r in levels] == [c for c in want if c[1] < cut or part[0][2] >= cut]
+        assert client.query("SELECT count() FROM llm_events").result_rows == [(len(part),)]
+        client.command("TRUNCATE TABLE llm_events")  # the resumed run must not read part one again
+    # each level once across the restart: the emergency needs the spend from before it
+    assert [lv for lv, _ in levels] == ["warn", "critical", "emergency", "ok"]
