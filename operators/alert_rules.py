@@ -267,7 +267,7 @@ class VariantCost(Rule):
 class ExpensiveRequests(Rule):
     name: ClassVar[str] = "expensive_requests"
     what: ClassVar[str] = "requests above the single-request cost threshold"
-    runbook: ClassVar[str] = "judgeflow report top --tenant {tenant} --last 1h"
+    runbook: ClassVar[str] = "judgeflow report top --tenant {tenant} --last {window} --min-cost {threshold}"
 
     threshold_usd: Decimal = Decimal("0.01")
     window_s: int = 3600
@@ -306,6 +306,12 @@ class ExpensiveRequests(Rule):
 
     def show(self, value: Decimal) -> str:
         return f"{value:.0f} request(s) above {_money(self.threshold_usd)} in {self.window_s // 60} min"
+
+    def runbook_for(self, tenant: str, scope: str) -> str:
+        window = f"{self.window_s // 3600}h" if self.window_s % 3600 == 0 else f"{self.window_s // 60}m"
+        return self.runbook.format(
+            tenant=shlex.quote(tenant), window=window, threshold=dec(self.threshold_usd)
+        )
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shlex
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -18,9 +19,10 @@ from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flows.cli import _parser
 from flows.config import ConfigError
 from flows.deps import build_alert_policy
-from operators.alert_rules import BurnRate, VolumeSpike
+from operators.alert_rules import RULE_TYPES, BurnRate, VolumeSpike
 from operators.alert_state import TenantLedger
 from operators.alerts import OverrideAction, _AlertLogic, alerts
 from operators.control import MemoryControlStore, Override
@@ -342,6 +344,7 @@ def test_expensive_requests_list_the_top_n():
     d = json.loads(out[0].details)
     assert d["count"] == 3 and [x["event_id"] for x in d["top"]] == ["e1", "e2"]
     assert d["top"][0]["cost_usd"] == "0.05"
+    assert out[0].runbook == "judgeflow report top --tenant t --last 10m --min-cost 0.01"
     assert run([[win(m, "0.01")] for m in range(20)], pol) == []
 
 
@@ -580,3 +583,16 @@ def test_running_sums_match_sums_from_scratch(ops):
             llm_today, judge_today = led.day_costs(end)
             assert llm_today == usd_to_pico(scratch(0).get("", 0))
             assert judge_today == usd_to_pico(scratch(0, cat="judge").get("", 0))
+
+
+@pytest.mark.parametrize("rule", RULE_TYPES, ids=lambda r: r.name)
+def test_runbook_steps_are_commands_the_cli_accepts(rule):
+    """Every step an alert points to parses as a `judgeflow` command line."""
+    steps = [
+        x.strip().removeprefix("then ") for x in rule().runbook_for("acme corp", "support bot").split(";")
+    ]
+    assert steps
+    for step in steps:
+        argv = shlex.split(step)
+        assert argv[0] == "judgeflow"
+        _parser().parse_args(argv[1:])  # exits (fails the test) on an unknown command or option
