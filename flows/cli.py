@@ -62,7 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     _config_arg(demo)
     demo.add_argument("--workers", type=int, default=1)
     demo.add_argument("--limit", type=int, default=None, help="events to replay (default: all, ~28k)")
-    demo.add_argument("--dir", type=Path, default=Path(".judgeflow/demo"), help="where ClickHouse data goes")
+    demo.add_argument(
+        "--dsn", default=None, help="ClickHouse for the results (default: the config's, chdb in .judgeflow/chdb)"
+    )
     demo.add_argument("--judge-latency-ms", type=float, default=150.0, help="simulated judge latency")
     demo.set_defaults(func=_cmd_demo)
 
@@ -121,7 +123,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         config=args.config,
         workers=args.workers,
         limit=args.limit,
-        out_dir=args.dir,
+        dsn=args.dsn,
         judge_latency_ms=args.judge_latency_ms,
     )
 

@@ -28,7 +28,7 @@ def run_demo(
     config: Path | None = None,
     workers: int = 1,
     limit: int | None = None,
-    out_dir: Path = Path(".judgeflow/demo"),
+    dsn: str | None = None,
     judge_latency_ms: float = 150.0,
 ) -> int:
     from bytewax._bytewax import cli_main
@@ -38,8 +38,6 @@ def run_demo(
     from flows.kafka_mock import MockCluster, produce_all
     from sinks.clickhouse import connect, ensure_schema
 
-    out_dir = out_dir.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
     base = load_settings(config)
     with MockCluster() as kafka, _judge_endpoint(base, judge_latency_ms) as judge_urls:
         kafka.create_topic(TOPIC, PARTITIONS)
@@ -53,7 +51,8 @@ def run_demo(
             "kafka.brokers": kafka.bootstrap,
             "kafka.tail": False,
             "kafka.topics": [TOPIC],
-            "clickhouse.dsn": f"chdb://{out_dir / 'chdb'}",
+            # the config's own ClickHouse by default, so `judgeflow report` finds the results
+            "clickhouse.dsn": dsn or base.flow.clickhouse.dsn,
         }
         if judge_urls:
             for tier in ("tier1", "tier2"):
@@ -73,6 +72,7 @@ def run_demo(
         elapsed = time.perf_counter() - started
         print(f"flow finished in {elapsed:.1f} s ({n / elapsed:,.0f} events/s, {workers} worker(s))")
         print_summary(settings, simulated=bool(judge_urls))
+        print("\nnext: judgeflow report all --last 2h --html report.html   (the cost runbook, with charts)")
     return 0
 
 
@@ -99,7 +99,7 @@ def _judge_endpoint(settings: Settings, latency_ms: float) -> Iterator[dict[str,
     if settings.secrets.openai_api_key is not None or not settings.flow.judges.simulate_without_key:
         yield None
         return
-    from judges.local_endpoint import EndpointConfig, LocalEndpoint, Latency
+    from judges.local_endpoint import EndpointConfig, Latency, LocalEndpoint
 
     print("no OPENAI_API_KEY: judging with the local endpoint — verdicts are SIMULATED, not from a model")
     cfg = EndpointConfig(latency=Latency.lognormal(median_ms=latency_ms, sigma=0.5), seed=7)

@@ -55,7 +55,8 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
         op.output(step_id, stream, sink)
 
     flow = Dataflow("judgeflow")
-    raw = op.input("kafka_in", flow, source or kafka_source(cfg.kafka, d.brokers))
+    longest_window_s = max((cfg.windows.size_s, *cfg.windows.rollups_s))
+    raw = op.input("kafka_in", flow, source or kafka_source(cfg.kafka, d.brokers, align_s=longest_window_s))
 
     decoded = decode("decode", raw, limits=d.decode_limits, now_ms=d.now_ms, otlp=d.otlp)
     priced = price("price", decoded.oks, pricer=d.pricer)

@@ -3,13 +3,17 @@
 `kafka.start` is `beginning`, `end`, or an RFC 3339 time: then each
 partition starts at its first message at or after that time (looked up with
 `flows.kafka_offsets.offsets_for_time`, which also works where the broker
-cannot answer ListOffsets by timestamp). A restart with a recovery directory
-resumes from the snapshot instead, whatever `start` says.
+cannot answer ListOffsets by timestamp). The time is first moved back to the
+start of the longest window (the UTC day with the default rollups): a replay
+rewrites whole windows, and a window rebuilt from half its events would
+replace the complete row. A restart with a recovery directory resumes from
+the snapshot instead, whatever `start` says.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from bytewax.connectors.kafka import KafkaSource
@@ -17,6 +21,8 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 
 from flows.config import KafkaConfig
 from flows.kafka_offsets import offsets_for_time
+
+log = logging.getLogger(__name__)
 
 
 class _FromTimeKafkaSource(KafkaSource):
@@ -27,7 +33,7 @@ class _FromTimeKafkaSource(KafkaSource):
         self._start_ms = start_ms
         self._offsets: dict[str, dict[int, int]] = {}
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None):  # noqa: ANN201
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None):
         if resume_state is None:
             idx, topic = for_part.split("-", 1)
             if topic not in self._offsets:
@@ -38,7 +44,7 @@ class _FromTimeKafkaSource(KafkaSource):
         return super().build_part(step_id, for_part, resume_state)
 
 
-def kafka_source(cfg: KafkaConfig, brokers: list[str]) -> KafkaSource:
+def kafka_source(cfg: KafkaConfig, brokers: list[str], *, align_s: int = 86_400) -> KafkaSource:
     common: dict[str, Any] = {
         "brokers": brokers,
         "topics": list(cfg.topics),
@@ -48,6 +54,16 @@ def kafka_source(cfg: KafkaConfig, brokers: list[str]) -> KafkaSource:
         "raise_on_errors": False,  # broker errors become dead letters, not a crash loop
     }
     if isinstance(cfg.start, datetime):
-        return _FromTimeKafkaSource(**common, start_ms=int(cfg.start.timestamp() * 1000))
+        start_ms = replay_start_ms(cfg.start, align_s)
+        if start_ms != int(cfg.start.timestamp() * 1000):
+            shown = datetime.fromtimestamp(start_ms / 1000, tz=UTC).isoformat()
+            log.info("replaying from %s: the start of the window that holds %s", shown, cfg.start.isoformat())
+        return _FromTimeKafkaSource(**common, start_ms=start_ms)
     offset = OFFSET_BEGINNING if cfg.start == "beginning" else OFFSET_END
     return KafkaSource(**common, starting_offset=offset)
+
+
+def replay_start_ms(start: datetime, align_s: int) -> int:
+    """`start` moved back to the beginning of its `align_s` window (UTC)."""
+    ms = int(start.timestamp() * 1000)
+    return ms - ms % (align_s * 1000)

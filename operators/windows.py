@@ -6,7 +6,10 @@ combines a batch's events (or ledger entries) per key and window, so only
 small partial sums cross workers.
 
 Time: a key's watermark is the newest event time it has seen plus the system
-time elapsed since (so a quiet key still closes its windows). A window is
+time elapsed since (so a quiet key still closes its windows; a restore does
+not count the downtime). After a restore every window still held is
+re-emitted, so rows the crashed run wrote after its last snapshot are
+replaced by what the resumed run computes. A window is
 emitted when the watermark passes its end, re-emitted (a newer `version`,
 which replaces the ClickHouse row) when entries arrive within the allowed
 lateness, and forgotten after that. Entries later still are never dropped:
@@ -137,6 +140,12 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         self._lateness = lateness_ms
         self._clock = clock
         self._s = resume if resume is not None else _WindowState()
+        if resume is not None:
+            # rows written after this snapshot by the run that crashed must be
+            # superseded by the restored state: re-emit every emitted window
+            resume.dirty |= resume.emitted
+            # and the downtime is not event-time progress
+            resume.seen_at_s = clock()
 
     def watermark_ms(self) -> int:
         s = self._s

@@ -279,3 +279,20 @@ def test_events_combine_like_their_ledger_entries(raw, alone_before):
     ]
     got = combine_events(events, MIN, BASE + alone_before)
     assert got == combine([ledger_entry(e) for e in events], MIN, BASE + alone_before)
+
+
+def test_restore_reemits_held_windows_and_does_not_count_the_downtime():
+    now = [1000.0]
+    logic = _WindowLogic(MIN, 2 * MIN, lambda: now[0], None)
+    logic.on_batch([entry("t", BASE + 1_000, 5)])
+    out, _ = logic.on_batch([entry("t", BASE + MIN + 10, 7)])
+    assert [r.window_start_ms for r in out] == [BASE]
+    snap = logic.snapshot()
+    # the job was down for an hour; the snapshot's window must come back, not be dropped
+    now[0] += 3600
+    restored = _WindowLogic(MIN, 2 * MIN, lambda: now[0], snap)
+    out, _ = restored.on_notify()
+    assert [(r.window_start_ms, r.cost_pusd, r.kind) for r in out] == [(BASE, 5, "window")]
+    # an entry replayed after the restore still lands in its window, not in a correction
+    out, _ = restored.on_batch([entry("t", BASE + 2_000, 1)])
+    assert [(r.window_start_ms, r.cost_pusd, r.kind) for r in out] == [(BASE, 6, "window")]
