@@ -28,9 +28,15 @@ same deterministic judge.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _traffic import table
 
 from flows.config import DEFAULT_CONFIG, load_settings
 from flows.deps import build_deps
@@ -100,20 +106,6 @@ def run(bootstrap: str, endpoint: LocalEndpoint, dsn: str, database: str, worker
     out["seconds"] = elapsed
     out["client"], out["database"] = client, database
     return out
-
-
-def table(title: str, headers: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        return "  " + "  ".join(
-            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    print(f"\n{title}")
-    print(line(headers))
-    for r in rows:
-        print(line(r))
 
 
 def estimates_vs_census(census: dict, sampled: dict) -> tuple[list[list[str]], int]:
@@ -192,10 +184,13 @@ def main() -> None:
                 f"{100 * (1 - float(r['usd']) / float(r['base_usd'])):.1f}%",
             ]
         )
-    table(
-        f"judge calls and $ per 1M events ({n:,} events of flows/traffic.py, scaled)",
-        ["policy", "judge calls", "judge $", "events judged", "$ saved vs reference"],
-        rows,
+    print()
+    print(
+        table(
+            f"judge calls and $ per 1M events ({n:,} events of flows/traffic.py, scaled)",
+            ["policy", "judge calls", "judge $", "events judged", "$ saved vs reference"],
+            rows,
+        )
     )
     rows = []
     for (setup, policy), r in results.items():
@@ -206,16 +201,22 @@ def main() -> None:
                 *(f"{float(r[k]) * per_m:,.2f}" for k in ("samp_usd", "cache_usd", "casc_usd", "usd")),
             ]
         )
-    table(
-        "savings ledger per 1M events: calls / $ avoided by sampling, cache, cascade; and spent",
-        ["run", "sampling", "cache", "cascade", "made", "sampling $", "cache $", "cascade $", "spent $"],
-        rows,
+    print()
+    print(
+        table(
+            "savings ledger per 1M events: calls / $ avoided by sampling, cache, cascade; and spent",
+            ["run", "sampling", "cache", "cascade", "made", "sampling $", "cache $", "cascade $", "spent $"],
+            rows,
+        )
     )
 
-    table(
-        f"default-sampler estimates vs the census (judge everything): {covered}/{len(est_rows)} covered",
-        ["tenant/agent/metric", "census rate", "HT estimate", "95% interval", "judged", "N^"],
-        est_rows,
+    print()
+    print(
+        table(
+            f"default-sampler estimates vs the census (judge everything): {covered}/{len(est_rows)} covered",
+            ["tenant/agent/metric", "census rate", "HT estimate", "95% interval", "judged", "N^"],
+            est_rows,
+        )
     )
 
 

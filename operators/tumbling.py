@@ -1,14 +1,24 @@
 """tumbling: fold records into event-time tumbling windows per key, and emit each
-window when it closes and again whenever it changes within the allowed lateness.
+window when it closes and again whenever it changes, until it is final.
 
-The shape shared by the quality estimates and the savings ledger: their
-inputs (verdicts, judge spend) arrive well after the events they belong to,
-so a window is first reported when the key's watermark (newest event time +
-wall time since) passes its end, re-reported with a newer `version` when
-more records arrive (the ClickHouse row is replaced), and forgotten once the
-watermark passes its end plus the allowed lateness. Records later still are
-counted (`judgeflow_late_records_dropped_total{step}`) and dropped: these
-windows hold statistics, and the exact spend is in the cost windows anyway.
+The shape shared by the quality estimates and the savings ledger. Their inputs
+(verdicts, judge spend) come after the sampler and the judges, so they are
+out of event-time order by as much as the judges are behind: in a replay, the
+judge stage emits the free tier-0 verdicts of many windows at once and their
+LLM verdicts over the next minutes. So a window is
+
+- first reported when the key's watermark (newest event time + wall time
+  since) passes its end, and re-reported with a newer `version` whenever
+  records arrive (the ClickHouse row is replaced);
+- final, and forgotten, only when the watermark has also passed its end plus
+  the allowed lateness AND no record arrived for it for `idle_s` seconds of
+  wall time — in a live stream the first condition decides, in a replay the
+  second keeps windows open while the judges work through them.
+
+Records for a window already forgotten are counted
+(`judgeflow_late_records_dropped_total{step}`) and dropped: these windows hold
+statistics, and the exact judge spend is in the cost windows anyway. A window
+first seen after its end (a replay's first record for it) simply opens.
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ X = TypeVar("X")
 A = TypeVar("A")
 R = TypeVar("R")
 
+_FORGOTTEN_HORIZON_MS = 86_400_000  # how long a final window is remembered as final
+
 
 @dataclass
 class _TumblingState(Generic[A]):
@@ -37,8 +49,10 @@ class _TumblingState(Generic[A]):
     max_ts_ms: int = -1
     seen_at_s: float = 0.0
     open: dict[int, A] = field(default_factory=dict)
+    arrived_s: dict[int, float] = field(default_factory=dict)  # window -> wall time of its last record
     emitted: set[int] = field(default_factory=set)
     dirty: set[int] = field(default_factory=set)
+    final: set[int] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,7 @@ class _Spec(Generic[X, A, R]):
     key_of: Callable[[X], str]
     size_ms: int
     lateness_ms: int
+    idle_s: float
     ts_of: Callable[[X], int]
     new: Callable[[], A]
     fold: Callable[[A, X], None]
@@ -63,29 +78,30 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
         s, spec = self._s, self._spec
         if not s.key:
             s.key = spec.key_of(values[0])
+        now = spec.clock()
         newest = max(spec.ts_of(x) for x in values)
         if newest > s.max_ts_ms:
-            s.max_ts_ms, s.seen_at_s = newest, spec.clock()
-        wm = self._watermark()
+            s.max_ts_ms, s.seen_at_s = newest, now
         dropped = 0
         for x in values:
             ts = spec.ts_of(x)
             start = ts - ts % spec.size_ms
+            if start in s.final:
+                dropped += 1
+                continue
             acc = s.open.get(start)
             if acc is None:
-                if start + spec.size_ms + spec.lateness_ms <= wm:
-                    dropped += 1
-                    continue
                 acc = s.open[start] = spec.new()
             spec.fold(acc, x)
+            s.arrived_s[start] = now
             if start in s.emitted:
                 s.dirty.add(start)
         if dropped:
             metrics.LATE_DROPPED.labels(spec.step_id).inc(dropped)
-        return self._advance(wm), StatefulBatchLogic.RETAIN
+        return self._advance(now), StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[Iterable[R], bool]:
-        return self._advance(self._watermark()), StatefulBatchLogic.RETAIN
+        return self._advance(self._spec.clock()), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[R], bool]:
         s = self._s
@@ -101,22 +117,26 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
         s, spec = self._s, self._spec
         if not s.open:
             return None
-        edges = [
-            start + spec.size_ms + (spec.lateness_ms if start in s.emitted and start not in s.dirty else 0)
-            for start in s.open
-        ]
-        wait_s = (min(edges) - s.max_ts_ms) / 1000
-        return datetime.fromtimestamp(s.seen_at_s + max(wait_s, 0.0), tz=UTC)
+        due = []
+        for start in s.open:
+            end = start + spec.size_ms
+            if start not in s.emitted or start in s.dirty:
+                due.append(self._wall_when(end))
+            else:
+                due.append(max(self._wall_when(end + spec.lateness_ms), s.arrived_s[start] + spec.idle_s))
+        return datetime.fromtimestamp(min(due), tz=UTC)
 
     def snapshot(self) -> _TumblingState[A]:
         return copy.deepcopy(self._s)
 
-    def _watermark(self) -> int:
+    def _wall_when(self, ts_ms: int) -> float:
+        """The wall time at which the watermark reaches `ts_ms`."""
         s = self._s
-        return s.max_ts_ms + int((self._spec.clock() - s.seen_at_s) * 1000)
+        return s.seen_at_s + max(ts_ms - s.max_ts_ms, 0) / 1000
 
-    def _advance(self, wm: int) -> list[R]:
+    def _advance(self, now: float) -> list[R]:
         s, spec = self._s, self._spec
+        wm = s.max_ts_ms + int((now - s.seen_at_s) * 1000)
         out: list[R] = []
         for start in sorted(s.open):
             end = start + spec.size_ms
@@ -126,9 +146,12 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
                 out.extend(self._rows(start))
                 s.emitted.add(start)
                 s.dirty.discard(start)
-            if end + spec.lateness_ms <= wm:
-                del s.open[start]
+            if end + spec.lateness_ms <= wm and now - s.arrived_s[start] >= spec.idle_s:
+                del s.open[start], s.arrived_s[start]
                 s.emitted.discard(start)
+                s.final.add(start)
+        if len(s.final) > 2 * 1440:
+            s.final = {f for f in s.final if f >= wm - _FORGOTTEN_HORIZON_MS}
         return out
 
     def _rows(self, start: int) -> list[R]:
@@ -146,11 +169,14 @@ def tumbling(
     new: Callable[[], A],
     fold: Callable[[A, X], None],
     rows: Callable[[str, int, A, int], list[R]],
+    idle_s: float = 300.0,
     clock: Callable[[], float] = time.time,
 ) -> Stream[R]:
     """Per `key_of(record)`: fold records into windows, emit `rows(key, window_start_ms,
     acc, version)` when a window closes or changes (see the module docstring)."""
-    spec = _Spec(step_id, key_of, size_s * 1000, allowed_lateness_s * 1000, ts_of, new, fold, rows, clock)
+    spec = _Spec(
+        step_id, key_of, size_s * 1000, allowed_lateness_s * 1000, idle_s, ts_of, new, fold, rows, clock
+    )
     keyed = op.key_on(f"{step_id}_key", up, key_of)
     out = op.stateful_batch(f"{step_id}_windows", keyed, lambda resume: _TumblingLogic(spec, resume))
     return op.map(f"{step_id}_unkey", out, lambda kv: kv[1])

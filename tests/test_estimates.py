@@ -203,3 +203,37 @@ def test_report_query_rolls_up_what_the_flow_wrote(chdb_dsn, database):
     per_minute = query_estimates(client, database, since=since, until=hour, bucket_s=60)
     assert [r.window_start for r in per_minute] == [since + timedelta(minutes=m) for m in range(3)]
     assert query_estimates(client, database, since=since, until=hour, tenant="nobody") == []
+
+
+def test_windows_stay_open_while_a_replay_still_delivers_them():
+    from prometheus_client import REGISTRY
+
+    from operators.tumbling import _Spec, _TumblingLogic
+
+    now = [1000.0]
+    spec = _Spec(
+        step_id="t_replay",
+        key_of=lambda x: "k",
+        size_ms=60_000,
+        lateness_ms=0,
+        idle_s=10.0,
+        ts_of=lambda x: x,
+        new=list,
+        fold=lambda acc, x: acc.append(x),
+        rows=lambda key, start, acc, version: [(start, len(acc))],
+        clock=lambda: now[0],
+    )
+    logic = _TumblingLogic(spec, None)
+    hour = 3_600_000
+    out, _ = logic.on_batch([T0 + 1, T0 + hour])  # a replay: the judges' free verdicts run ahead
+    assert list(out) == [(T0, 1)]
+    now[0] += 5  # the LLM verdicts of minute 0 follow: it is still open, and revised
+    assert list(logic.on_batch([T0 + 2])[0]) == [(T0, 2)]
+    now[0] += 11  # nothing for minute 0 for longer than idle_s: final
+    assert list(logic.on_notify()[0]) == []
+    dropped = REGISTRY.get_sample_value("judgeflow_late_records_dropped_total", {"step": "t_replay"}) or 0
+    assert list(logic.on_batch([T0 + 3, T0 + 120_000])[0]) == [(T0 + 120_000, 1)]  # a window seen late opens
+    assert (
+        REGISTRY.get_sample_value("judgeflow_late_records_dropped_total", {"step": "t_replay"}) == dropped + 1
+    )
+    assert list(logic.on_eof()[0]) == [(T0 + hour, 1)]  # the end of a bounded run reports the rest
