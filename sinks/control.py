@@ -6,12 +6,21 @@ expiry is event time + TTL, so an override from a backfill of old data has
 expired already and the store never serves it. A `clear` removes the
 tenant's override only if it is still the one the alert stage set — never
 one set by hand in between.
+
+A store that is down does not stop the flow: each action is tried
+`attempts` times with a short backoff, then given up, logged and counted
+(`judgeflow_override_actions_total{outcome="failed"}`); the alert itself is
+in ClickHouse, on Kafka and at the webhooks, and the runbook's
+`judgeflow overrides set` does the same by hand.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 
+import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter
 
@@ -22,36 +31,68 @@ log = logging.getLogger(__name__)
 
 ACTIONS = Counter(
     "judgeflow_override_actions_total",
-    "Sampling override actions from alerts: set, cleared, or not cleared (not ours any more)",
+    "Sampling override actions from alerts: set, cleared, not_ours (someone else's override "
+    "by then), failed (the control store was unreachable)",
     ["outcome"],
 )
+_UNREACHABLE = (redis.RedisError, OSError)
 
 
 class _ControlPartition(StatelessSinkPartition[OverrideAction]):
-    def __init__(self, store: ControlStore) -> None:
+    def __init__(
+        self, store: ControlStore, attempts: int, backoff_s: float, sleep: Callable[[float], None]
+    ) -> None:
         self._store = store
+        self._attempts = attempts
+        self._backoff_s = backoff_s
+        self._sleep = sleep
 
     def write_batch(self, items: list[OverrideAction]) -> None:
         for a in items:
-            if a.op == "set":
-                self._store.set(Override(a.tenant_id, a.rate, a.reason, a.set_by, a.expires_ms))
-                ACTIONS.labels("set").inc()
-                log.info("override for tenant %s: %s (until %d)", a.tenant_id, a.reason, a.expires_ms)
-            else:
-                current = self._store.active().get(a.tenant_id)
-                if current is None or current.set_by != a.set_by:
-                    ACTIONS.labels("not_ours").inc()
-                    continue
-                self._store.clear(a.tenant_id)
-                ACTIONS.labels("cleared").inc()
-                log.info("override for tenant %s cleared: %s", a.tenant_id, a.reason)
+            for attempt in range(self._attempts):
+                try:
+                    ACTIONS.labels(self._apply(a)).inc()
+                    break
+                except _UNREACHABLE as exc:
+                    if attempt + 1 == self._attempts:
+                        ACTIONS.labels("failed").inc()
+                        log.warning(
+                            "override %s for tenant %s not applied, control store unreachable: %s",
+                            a.op,
+                            a.tenant_id,
+                            type(exc).__name__,
+                        )
+                    else:
+                        self._sleep(self._backoff_s * 2**attempt)
+
+    def _apply(self, a: OverrideAction) -> str:
+        if a.op == "set":
+            self._store.set(Override(a.tenant_id, a.rate, a.reason, a.set_by, a.expires_ms))
+            log.info("override for tenant %s: %s (until %d)", a.tenant_id, a.reason, a.expires_ms)
+            return "set"
+        current = self._store.active().get(a.tenant_id)
+        if current is None or current.set_by != a.set_by:
+            return "not_ours"
+        self._store.clear(a.tenant_id)
+        log.info("override for tenant %s cleared: %s", a.tenant_id, a.reason)
+        return "cleared"
 
 
 class ControlSink(DynamicSink[OverrideAction]):
-    """Write `OverrideAction`s to `store`, in order."""
+    """Write `OverrideAction`s to `store`, in order, with `attempts` tries each."""
 
-    def __init__(self, store: ControlStore) -> None:
+    def __init__(
+        self,
+        store: ControlStore,
+        *,
+        attempts: int = 3,
+        backoff_s: float = 0.2,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.store = store
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+        self.sleep = sleep
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _ControlPartition:
-        return _ControlPartition(self.store)
+        return _ControlPartition(self.store, self.attempts, self.backoff_s, self.sleep)

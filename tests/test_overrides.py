@@ -8,6 +8,7 @@ import json
 import time
 
 import pytest
+from prometheus_client import REGISTRY
 
 from flows.cli import main
 from operators.alerts import OverrideAction
@@ -104,3 +105,24 @@ def test_bad_arguments(cli, argv):
     with pytest.raises(SystemExit) as exc:
         cli(*argv)
     assert exc.value.code == 2
+
+
+def test_alert_actions_ride_out_a_redis_outage(redis_server):
+    store = RedisControlStore(redis_server.url)
+    sink = ControlSink(store, attempts=2, backoff_s=0.0).build("overrides", 0, 1)
+    expires = time.time_ns() // 1_000_000 + 3_600_000
+    action = OverrideAction(
+        "ramp", "set", 0.01, expires, "alert:abc", "judge sampling set to 1.00% for 1 h", 0
+    )
+    failed = REGISTRY.get_sample_value("judgeflow_override_actions_total", {"outcome": "failed"}) or 0
+    try:
+        redis_server.stop()
+        sink.write_batch([action])  # given up after two tries: logged and counted, not raised
+        assert (
+            REGISTRY.get_sample_value("judgeflow_override_actions_total", {"outcome": "failed"}) == failed + 1
+        )
+        redis_server.start()
+        sink.write_batch([action])
+        assert store.active()["ramp"].set_by == "alert:abc"
+    finally:
+        store.close()
