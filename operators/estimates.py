@@ -34,6 +34,7 @@ verdict of its highest tier that did not fail.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -171,7 +172,6 @@ def quality_estimates(
             for metric, s in sorted(sums_by_metric(acc.items()).items())
         ]
 
-    extra = {} if clock is None else {"clock": clock}
     return tumbling(
         step_id,
         up,
@@ -182,7 +182,7 @@ def quality_estimates(
         new=dict,
         fold=_fold,
         rows=rows,
-        **extra,
+        clock=clock or time.time,
     )
 
 

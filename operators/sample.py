@@ -165,10 +165,10 @@ class Sampler:
     rules: tuple[StratumRule, ...] = ()
     strata: tuple[str, ...] = ("model", "variant", "input_length")
     length_buckets: tuple[int, ...] = (1000, 4000)
-    always_over_tokens: int = 0  # 0: off
+    always_over_tokens: int = 8000  # 0: off
     always_on_flags: tuple[str, ...] = ("pii.", "jailbreak.", "toxicity.")
-    min_per_stratum: int = 1  # K
-    max_per_tenant: int = 0  # M per window; 0: no cap
+    min_per_stratum: int = 2  # K
+    max_per_tenant: int = 600  # M per window; 0: no cap
     window_s: int = 60
     allowed_lateness_s: float = 10.0
     idle_s: float = 5.0
@@ -217,10 +217,6 @@ class Sampler:
                 parts.append("+".join(sorted({f.split(".", 1)[0] for f in flags})) or "noflag")
         parts.append(f"rule{rule}@{rate:g}")  # one rate per stratum, even across config changes
         return Assignment(_SEP.join(parts), rate, RATE, self.min_per_stratum)
-
-    def window_of(self, ts_ms: int) -> int:
-        size = self.window_s * 1000
-        return ts_ms - ts_ms % size
 
 
 # --- choosing within a window: pure functions ----------------------------------

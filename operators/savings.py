@@ -21,6 +21,7 @@ counters (`judgeflow_judge_savings_*`), incremented by each revision's delta.
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -216,7 +217,6 @@ def judge_savings(
         _export(acc, row)
         return [row]
 
-    extra = {} if clock is None else {"clock": clock}
     return tumbling(
         step_id,
         combined,
@@ -227,7 +227,7 @@ def judge_savings(
         new=_Acc,
         fold=fold,
         rows=rows,
-        **extra,
+        clock=clock or time.time,
     )
 
 
