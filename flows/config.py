@@ -376,7 +376,7 @@ class WebhooksConfig(_Section):
     max_attempts: int = Field(3, ge=1, le=10)  # 5xx, 429 and network errors are retried
     backoff_s: float = Field(0.5, ge=0)  # doubled per attempt, with jitter
     budget_s: float = Field(10.0, gt=0)  # for all posts of one batch, retries included
-    max_in_flight: int = Field(8, ge=1, le=256)
+    max_in_flight: int = Field(8, ge=1, le=256)  # targets posted to at once; one target's posts go in order
     # alerts older than this (event time vs now) are not posted, so backfills stay quiet
     max_age_s: int = Field(3600, ge=0)
     firing_ttl_s: int = Field(86_400, ge=60)  # Alertmanager endsAt of a firing alert, until resolved

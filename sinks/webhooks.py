@@ -9,10 +9,13 @@
   change) and fires the new one; a firing alert's endsAt is `firing_ttl_s`
   ahead, since judgeflow sends once per change instead of re-sending.
 
-Delivery never holds the flow for long: posts of a batch run concurrently
-(at most `max_in_flight`), each attempt has `timeout_s`, 429 / 5xx / network
-errors are retried with exponential backoff and jitter up to `max_attempts`,
-and the whole batch gives up after `budget_s`. Other 4xx are not retried.
+Delivery never holds the flow for long: targets are served concurrently (at
+most `max_in_flight` at once), each target's posts one after the other in
+event-time order (a channel reads warn before critical; Slack also limits
+webhooks to about one message a second), each attempt has `timeout_s`, 429 /
+5xx / network errors are retried with exponential backoff and jitter up to
+`max_attempts`, and the whole batch gives up after `budget_s` — what is left
+is counted as `budget`. Other 4xx are not retried.
 Failures are counted and logged (target name and status, never the URL or
 the payload) and the flow goes on: an alert is also in ClickHouse and on
 the Kafka alerts topic. Alerts older than `max_age_s` (a backfill replaying
@@ -191,7 +194,6 @@ def _retryable(status: int) -> bool:
 
 async def _post(
     session: aiohttp.ClientSession,
-    sem: asyncio.Semaphore,
     target: WebhookTarget,
     body: Any,
     d: Delivery,
@@ -211,15 +213,14 @@ async def _post(
             await asyncio.sleep(delay)
             remaining = deadline - loop.time()
         try:
-            async with sem:
-                timeout = aiohttp.ClientTimeout(total=min(d.timeout_s, remaining))
-                async with session.post(target.url, json=body, timeout=timeout) as resp:
-                    await resp.read()
-                    if resp.status < 300:
-                        return "ok"
-                    problem = f"HTTP {resp.status}"
-                    if not _retryable(resp.status):
-                        break
+            timeout = aiohttp.ClientTimeout(total=min(d.timeout_s, remaining))
+            async with session.post(target.url, json=body, timeout=timeout) as resp:
+                await resp.read()
+                if resp.status < 300:
+                    return "ok"
+                problem = f"HTTP {resp.status}"
+                if not _retryable(resp.status):
+                    break
         except (aiohttp.ClientError, TimeoutError) as exc:
             problem = type(exc).__name__
     log.warning("webhook %s: giving up after %s", target.name, problem)
@@ -227,15 +228,27 @@ async def _post(
 
 
 async def deliver(posts: list[tuple[WebhookTarget, Any]], d: Delivery) -> list[str]:
-    """POST everything concurrently within the budget; the outcome of each post."""
+    """POST everything within the budget: targets concurrently, each target's posts
+    in order. Returns the outcome of each post."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + d.budget_s
     sem = asyncio.Semaphore(d.max_in_flight)
+    queues: dict[str, list[int]] = {}
+    for i, (t, _) in enumerate(posts):
+        queues.setdefault(t.name, []).append(i)
+    outcomes = ["budget"] * len(posts)
+
+    async def serve(indexes: list[int]) -> None:
+        async with sem:
+            for i in indexes:
+                target, body = posts[i]
+                outcomes[i] = await _post(session, target, body, d, deadline)
+
     async with aiohttp.ClientSession() as session:
-        outcomes = await asyncio.gather(*(_post(session, sem, t, body, d, deadline) for t, body in posts))
+        await asyncio.gather(*(serve(ix) for ix in queues.values()))
     for (t, _), outcome in zip(posts, outcomes, strict=True):
         POSTS.labels(t.name, outcome).inc()
-    return list(outcomes)
+    return outcomes
 
 
 class _WebhookPartition(StatelessSinkPartition[Alert]):
@@ -246,7 +259,7 @@ class _WebhookPartition(StatelessSinkPartition[Alert]):
 
     def write_batch(self, items: list[Alert]) -> None:
         oldest = self._now_ms() - self._d.max_age_s * 1000
-        fresh = [a for a in items if a.ts_ms >= oldest]
+        fresh = sorted((a for a in items if a.ts_ms >= oldest), key=lambda a: a.ts_ms)
         posts = requests_for(self._targets, fresh, self._d)
         if posts:
             asyncio.run(deliver(posts, self._d))

@@ -244,3 +244,11 @@ def test_bad_webhook_config():
                 ]
             }
         )
+
+
+def test_a_target_gets_its_alerts_in_event_time_order(recorder):
+    recorder.delay_s["/ordered"] = 0.02  # concurrent posts would overtake each other
+    batch = [alert("warn", "ok", NOW - m * 60_000, tenant=f"t{m}") for m in (3, 5, 1, 4, 2, 6)]
+    post([WebhookTarget("ordered", "slack", recorder.url("/ordered"))], batch)
+    tenants = [b["text"].split("burn_rate: ")[1].split(":")[0] for b in recorder.bodies("/ordered")]
+    assert tenants == ["t6", "t5", "t4", "t3", "t2", "t1"]
