@@ -1,13 +1,12 @@
 """The judgeflow dataflow, top to bottom.
 
-    kafka_in ─ decode ─┬─ errs ──────────────────────────────────────► dead letters
-                       └─ events ─ price ─┬─ ledger ─ cost_window ─┬────► cost_windows (llm)
-                                   │      │                        └─ alerts ─► alerts
-                                   │      └─ sample ─┬─ dedup ─ judge ─┬──► evaluations ─ estimates ─►
-                                   │                 │                 │      quality_estimates
-                                   │                 │                 └─ judge_window ─► cost_windows (judge)
-                                   │                 ├─ baseline + spend + hits ─ savings ─► judge_savings
-                                   │                 └────────────────────► llm_events
+    kafka_in ─ decode ─┬─ errs ──────────────────────────────────────────► dead letters
+                       └─ events ─ price ─┬─ cost_window ──────────────────────► cost_windows (llm)
+                                   │      └─ dedup ─ sample ─┬─ chosen ─ judge ─┬─► evaluations ─► estimates
+                                   │       (verdict cache)   ├─ skipped, cached ─ reuse ─┘
+                                   │                         │                  └─ judge_window ─► cost_windows
+                                   │                         ├─ baseline + spend + hits ─ savings ─► judge_savings
+                                   │                         └─ every event ─────────────► llm_events
                                    └─ unknown models ─► pricing_issues
     cost_windows (llm, judge; 1 min) ─ rollup ─► cost_windows (1 h, 1 day)
     cost_windows (1 min) + requests above the cost threshold ─ alerts ─┬─► alerts (ClickHouse, Kafka, hooks)
@@ -32,7 +31,7 @@ from operators.decode import decode
 from operators.dedup import dedup
 from operators.estimates import quality_estimates
 from operators.expensive import expensive_requests
-from operators.judge import judge
+from operators.judge import judge, reused_verdicts
 from operators.price import price
 from operators.sample import sample
 from operators.savings import judge_savings
@@ -63,13 +62,13 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
     events = priced.events
 
     # cost: every event, and every judge call, into windowed spend per key
+    looked_up = dedup("dedup", events, cache=d.cache, keyer=d.keyer, llm_metrics=d.plan.llm_metrics)
     sampled = sample(
-        "sample", events, sampler=d.sampler, rules=d.rules, control=d.control, baseline=d.baseline
+        "sample", looked_up, sampler=d.sampler, rules=d.rules, control=d.control, baseline=d.baseline
     )
-    looked_up = dedup("dedup", sampled.judge, cache=d.cache, keyer=d.keyer, llm_metrics=d.plan.llm_metrics)
     judged = judge(
         "judge",
-        looked_up,
+        sampled.judge,
         plan=d.plan,
         rules=d.rules,
         runtime=d.runtime,
@@ -77,10 +76,13 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
         keyer=d.keyer,
         now_ms=d.now_ms,
     )
+    # verdicts the cache already had for events the sampler skipped: free and certain
+    reused = reused_verdicts("reuse", sampled.skipped_hits)
+    evaluations = op.merge("evaluations", judged.evaluations, reused)
     # quality: unbiased flagged rates from the sampled verdicts; what judging less saved
     estimates = quality_estimates(
         "estimates",
-        judged.evaluations,
+        evaluations,
         size_s=cfg.windows.size_s,
         allowed_lateness_s=cfg.windows.judge_allowed_lateness_s,
     )
@@ -119,7 +121,7 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
 
     # outputs
     to_clickhouse("llm_events_out", op.map("event_of", sampled.events, lambda c: c.event), "llm_events")
-    to_clickhouse("evaluations_out", judged.evaluations, "evaluations")
+    to_clickhouse("evaluations_out", evaluations, "evaluations")
     to_clickhouse("estimates_out", estimates, "quality_estimates")
     to_clickhouse("savings_out", savings, "judge_savings")
     to_clickhouse("cost_windows_out", windows, "cost_windows")

@@ -1,8 +1,12 @@
-"""dedup: look the chosen events' content up in the verdict cache, one batch at a time.
+"""dedup: look every event's content up in the verdict cache, one batch at a time.
 
-It runs after the sampler, on the events it chose: a lookup costs one key
-per LLM metric, and the verdicts judged while a window was being decided are
-already in the cache. The content key is xxh3-128 over the normalized input,
+It runs before the sampler, so identical pairs seen before cost nothing
+whether or not the sampler picks them: their stored verdicts are reported
+for every event (`operators.sample` passes them on as certain observations).
+The judge stage looks the events the sampler chose up once more before
+calling a judge (`lookup`), because a sampled event waits for its window to
+be decided and verdicts stored meanwhile should not be paid for twice. The
+content key is xxh3-128 over the normalized input,
 output and context (whitespace collapsed, optionally lower-cased, volatile
 tokens such as UUIDs and dates replaced), and each metric's cache key adds the
 metric and the judge version (rubrics, rules, judge models), so a rubric or
@@ -69,38 +73,59 @@ class ContentKeyer:
         return xxhash.xxh3_128_hexdigest(f"{content_hash}|{metric}|{self._version}".encode())
 
 
+def lookup(
+    cands: Sequence[Candidate],
+    *,
+    cache: VerdictCache,
+    keyer: ContentKeyer,
+    llm_metrics: Sequence[str],
+    stage: str = "dedup",
+) -> int:
+    """Attach cached verdicts to candidates (one `get_many` for the batch, each distinct
+    key once); sets `content_hash` where missing, `cached` and `todo`. Returns the hits.
+    `stage` other than "dedup" (the judge's second look) counts its hits apart."""
+    metrics_ = tuple(llm_metrics)
+    hashes = [c.content_hash or keyer.content_hash(c.event) for c in cands]
+    keys_of = {h: [keyer.metric_key(h, m) for m in metrics_] for h in dict.fromkeys(hashes)}
+    keys = [k for ks in keys_of.values() for k in ks]
+    found = dict(zip(keys, cache.get_many(keys), strict=True)) if keys else {}
+    hits = 0
+    for c, h in zip(cands, hashes, strict=True):
+        cached: dict[str, Verdict] = dict(c.cached)
+        todo = []
+        for m, key in zip(metrics_, keys_of[h], strict=True):
+            v = found[key]
+            if m in cached:
+                continue
+            if v is None:
+                todo.append(m)
+            else:
+                cached[m] = v.verdict
+                hits += 1
+        c.content_hash, c.cached, c.todo = h, cached, tuple(todo)
+    if stage != "dedup":
+        metrics.CACHE.labels(f"hit_at_{stage}").inc(hits)
+        return hits
+    lookups = len(cands) * len(metrics_)
+    metrics.CACHE.labels("hit").inc(hits)
+    metrics.CACHE.labels("miss").inc(lookups - hits)
+    metrics.CACHE_BATCH_DUPLICATES.inc(lookups - len(keys))
+    return hits
+
+
 def dedup(
     step_id: str,
-    up: Stream[Candidate],
+    up: Stream[Event],
     *,
     cache: VerdictCache,
     keyer: ContentKeyer,
     llm_metrics: Sequence[str],
 ) -> Stream[Candidate]:
-    """Attach cached verdicts to each candidate; one `get_many` per batch."""
-    metrics_ = tuple(llm_metrics)
+    """Every event becomes a candidate carrying the verdicts the cache already has."""
 
-    def lookup_batch(cands: list[Candidate]) -> Iterable[Candidate]:
-        hashes = [keyer.content_hash(c.event) for c in cands]
-        keys_of = {h: [keyer.metric_key(h, m) for m in metrics_] for h in dict.fromkeys(hashes)}
-        keys = [k for ks in keys_of.values() for k in ks]  # each distinct key once
-        found = dict(zip(keys, cache.get_many(keys), strict=True)) if keys else {}
-        hits = 0
-        for c, h in zip(cands, hashes, strict=True):
-            cached: dict[str, Verdict] = {}
-            todo = []
-            for m, key in zip(metrics_, keys_of[h], strict=True):
-                v = found[key]
-                if v is None:
-                    todo.append(m)
-                else:
-                    cached[m] = v.verdict
-                    hits += 1
-            c.content_hash, c.cached, c.todo = h, cached, tuple(todo)
-        lookups = len(cands) * len(metrics_)
-        metrics.CACHE.labels("hit").inc(hits)
-        metrics.CACHE.labels("miss").inc(lookups - hits)
-        metrics.CACHE_BATCH_DUPLICATES.inc(lookups - len(keys))
+    def lookup_batch(events: list[Event]) -> Iterable[Candidate]:
+        cands = [Candidate(e) for e in events]
+        lookup(cands, cache=cache, keyer=keyer, llm_metrics=llm_metrics)
         return cands
 
     return op.flat_map_batch(step_id, up, lookup_batch)

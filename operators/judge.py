@@ -33,10 +33,10 @@ from judges.cascade import JudgePlan
 from judges.runtime import JudgeRuntime, Outcome, Task
 from operators import metrics
 from operators.cache import CachedVerdict, VerdictCache
-from operators.dedup import Candidate, ContentKeyer
+from operators.dedup import Candidate, ContentKeyer, lookup
 from operators.records import Evaluation, Event, LedgerEntry, Verdict
 
-__all__ = ["JudgeOut", "JudgePlan", "judge"]
+__all__ = ["JudgeOut", "JudgePlan", "judge", "reused_verdicts"]
 
 SHARDS = 8
 _POLL = timedelta(milliseconds=20)
@@ -106,9 +106,22 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, Evaluation | LedgerEntry, _Judge
 
     def on_batch(self, values: list[Candidate]) -> tuple[Iterable[Evaluation | LedgerEntry], bool]:
         out = self._take_ready()
+        # verdicts the cache had when the event arrived are certain observations (reported
+        # for every event, chosen or not: probability 1); the sampler chose these events a
+        # window later, so look their open metrics up again before paying for a call
+        certain = {c.event.event_id: frozenset(c.cached) for c in values}
+        open_work = [c for c in values if c.todo and c.inclusion_prob > 0]
+        if open_work:
+            lookup(
+                open_work,
+                cache=self._d.cache,
+                keyer=self._d.keyer,
+                llm_metrics=self._plan.llm_metrics,
+                stage="judge",
+            )
         work: list[_Work] = []
         for c in values:
-            out.extend(self._start(c, work))
+            out.extend(self._start(c, work, certain[c.event.event_id]))
         self._submit(work)
         out.extend(self._harvest())
         return out, StatefulBatchLogic.RETAIN
@@ -153,11 +166,10 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, Evaluation | LedgerEntry, _Judge
         out, self._ready = self._ready, []
         return out
 
-    def _start(self, c: Candidate, work: list[_Work]) -> list[Evaluation | LedgerEntry]:
+    def _start(self, c: Candidate, work: list[_Work], certain: frozenset[str]) -> list[Evaluation | LedgerEntry]:
         """Cached and tier-0 verdicts now; LLM work at the first tier the budget allows."""
         out: list[Evaluation | LedgerEntry] = [
-            _evaluation(c, v, cache_hit=True)
-            for v in c.cached.values()  # with the event's sampling prob
+            _evaluation(c, v, cache_hit=True, prob=1.0 if m in certain else None) for m, v in c.cached.items()
         ]
         e = c.event
         if c.inclusion_prob <= 0 or e.event_id in self._waiting:  # a duplicate of work under way
@@ -282,6 +294,14 @@ def judge(
     values = op.map(f"{step_id}_unkey", results, lambda kv: kv[1])
     split = op.branch(f"{step_id}_split", values, lambda x: type(x) is Evaluation)
     return JudgeOut(evaluations=split.trues, spend=split.falses)
+
+
+def reused_verdicts(step_id: str, up: Stream[Candidate]) -> Stream[Evaluation]:
+    """Evaluations from the cache for events the sampler did not choose: free,
+    and certain (inclusion probability 1), so they count in the estimates."""
+    return op.flat_map(
+        step_id, up, lambda c: [_evaluation(c, v, cache_hit=True, prob=1.0) for v in c.cached.values()]
+    )
 
 
 def _shard(event_id: str) -> str:

@@ -309,6 +309,7 @@ class Choice:
     """The outcome for one window (or one late group) of one tenant."""
 
     chosen: list[Candidate]
+    skipped_hits: list[Candidate]  # not chosen, but the cache knows verdicts for them
     avoided_calls: int  # judge calls not made because the events were not chosen
     avoided_pusd: int
     sampled: dict[str, int]  # reason -> events chosen
@@ -328,7 +329,7 @@ def choose(strata: dict[str, StratumTally], cap: int) -> Choice:
         rest = allocate([wants[i] for i in others], cap - sum(given))
         for i, a in zip(certain + others, given + rest, strict=True):
             alloc[i] = a
-    out = Choice([], 0, 0, {}, {})
+    out = Choice([], [], 0, 0, {}, {})
     for h, want, m in zip(names, wants, alloc, strict=True):
         s = strata[h]
         s.held.sort(key=_order)
@@ -345,6 +346,8 @@ def choose(strata: dict[str, StratumTally], cap: int) -> Choice:
             else:
                 out.avoided_calls += held.calls
                 out.avoided_pusd += held.cost_pusd
+                if held.cand.cached:
+                    out.skipped_hits.append(held.cand)
         skip_reason = PAUSED if s.reason == PAUSED else OVERRIDE if s.reason == OVERRIDE else RATE
         _count(out.skipped, CAP, want - m)
         _count(out.skipped, skip_reason, s.n - want)
@@ -377,12 +380,16 @@ def tally_batch(
     rules: RuleJudge,
     overrides: Mapping[str, Override],
     baseline: Callable[[Event], tuple[int, int]],
+    skipped_hits: list[Candidate] | None = None,
 ) -> list[_Part]:
     """Flag and stratify a batch (sets `flags` and `stratum` on each candidate) and
     tally it per (tenant, window): counts per stratum, and only the candidates
-    any outcome may choose; the savings of the others are counted here."""
+    any outcome may choose; the savings of the others are counted here, and
+    those of them with cached verdicts are appended to `skipped_hits`."""
     size_ms = sampler.window_s * 1000
     parts: dict[tuple[str, int], _Part] = {}
+    if skipped_hits is None:
+        skipped_hits = []
     for c in cands:
         e = c.event
         c.flags = e.flags = tuple(sorted(rules.flags(JudgeItem(e.input_text, e.output_text, e.context))))
@@ -412,11 +419,15 @@ def tally_batch(
         else:
             sv.sampling_calls += calls
             sv.sampling_pusd += pusd
+            if c.cached:
+                skipped_hits.append(c)
     for part in parts.values():
         for tally in part.strata.values():
             for h in tally.trim(sampler.max_per_tenant):  # only what may be chosen crosses workers
                 part.savings.sampling_calls += h.calls
                 part.savings.sampling_pusd += h.cost_pusd
+                if h.cand.cached:
+                    skipped_hits.append(h.cand)
     return list(parts.values())
 
 
@@ -470,6 +481,8 @@ class _SampleLogic(StatefulBatchLogic[_Part, Candidate | SavingsEntry, _SampleSt
                 for h in mine.add(tally, self._cap):
                     w.savings.sampling_calls += h.calls
                     w.savings.sampling_pusd += h.cost_pusd
+                    if h.cand.cached:
+                        out.append(h.cand)  # not chosen (inclusion_prob 0): its cached verdicts only
         out.extend(self._advance(now))
         return out, StatefulBatchLogic.RETAIN
 
@@ -542,7 +555,7 @@ class _SampleLogic(StatefulBatchLogic[_Part, Candidate | SavingsEntry, _SampleSt
             metrics.SAMPLED.labels("sampled", LATE if late else reason).inc(n)
         for reason, n in c.skipped.items():
             metrics.SAMPLED.labels("skipped", reason).inc(n)
-        out: list[Candidate | SavingsEntry] = list(c.chosen)
+        out: list[Candidate | SavingsEntry] = [*c.chosen, *c.skipped_hits]
         out.append(savings)
         return out
 
@@ -554,17 +567,20 @@ def _copy_tally(t: StratumTally) -> StratumTally:
 @dataclass(frozen=True)
 class SampleOut:
     """`events`: every event, with its tier-0 flags; `judge`: the chosen
-    candidates with their inclusion probabilities; `savings`: per tenant and
-    window, the baseline judge cost and what sampling avoided."""
+    candidates with their inclusion probabilities; `skipped_hits`: events not
+    chosen whose verdicts the cache already holds (reported as certain,
+    free observations); `savings`: per tenant and window, the baseline judge
+    cost and what sampling avoided."""
 
     events: Stream[Candidate]
     judge: Stream[Candidate]
+    skipped_hits: Stream[Candidate]
     savings: Stream[SavingsEntry]
 
 
 def sample(
     step_id: str,
-    up: Stream[Event],
+    up: Stream[Candidate],
     *,
     sampler: Sampler,
     rules: RuleJudge,
@@ -579,18 +595,39 @@ def sample(
             with the reference judge — what the savings ledger compares against.
     """
 
-    def assign_batch(events: list[Event]) -> Iterable[Candidate | _Part]:
-        cands = [Candidate(e) for e in events]
+    def assign_batch(cands: list[Candidate]) -> Iterable[Candidate | _Part]:
         overrides = control.active()  # cached by the store: no round trip per batch
-        parts = tally_batch(cands, sampler=sampler, rules=rules, overrides=overrides, baseline=baseline)
-        return [*cands, *parts]
+        skipped_hits: list[Candidate] = []
+        parts = tally_batch(
+            cands,
+            sampler=sampler,
+            rules=rules,
+            overrides=overrides,
+            baseline=baseline,
+            skipped_hits=skipped_hits,
+        )
+        return [*cands, *parts, *(_Skipped(c) for c in skipped_hits)]
 
     assigned = op.flat_map_batch(f"{step_id}_assign", up, assign_batch)
     split = op.branch(f"{step_id}_split", assigned, lambda x: type(x) is Candidate)
-    keyed = op.key_on(f"{step_id}_key", split.falses, lambda p: p.tenant)
+    early = op.branch(f"{step_id}_early_hits", split.falses, lambda x: type(x) is _Skipped)
+    keyed = op.key_on(f"{step_id}_key", early.falses, lambda p: p.tenant)
     decided = op.stateful_batch(
         f"{step_id}_choose", keyed, lambda resume: _SampleLogic(sampler, clock, resume)
     )
     values = op.map(f"{step_id}_unkey", decided, lambda kv: kv[1])
-    chosen = op.branch(f"{step_id}_chosen", values, lambda x: type(x) is Candidate)
-    return SampleOut(events=split.trues, judge=chosen.trues, savings=chosen.falses)
+    outcome = op.branch(f"{step_id}_outcome", values, lambda x: type(x) is Candidate)
+    decided_cands = op.branch(f"{step_id}_chosen", outcome.trues, lambda c: c.inclusion_prob > 0)
+    skipped_hits = op.merge(
+        f"{step_id}_skipped_hits", op.map(f"{step_id}_unwrap", early.trues, lambda s: s.cand), decided_cands.falses
+    )
+    return SampleOut(
+        events=split.trues, judge=decided_cands.trues, skipped_hits=skipped_hits, savings=outcome.falses
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Skipped:
+    """A candidate set aside at assignment (it can never be chosen) that has cached verdicts."""
+
+    cand: Candidate

@@ -201,12 +201,20 @@ def test_redis_killed_and_restarted_mid_run(
 
     # the flow never stopped and lost nothing: every event stored, every chosen one fully judged
     assert rows(client, "SELECT count() FROM llm_events FINAL")[0][0] == n
+    chosen = "SELECT event_id FROM evaluations FINAL WHERE tier = 0"  # only chosen events meet the rules
     ((judged, verdicts, errors),) = rows(
         client,
         "SELECT count(DISTINCT event_id), count(DISTINCT event_id, metric), countIf(error != '')"
-        " FROM evaluations FINAL",
+        f" FROM evaluations FINAL WHERE event_id IN ({chosen})",
     )
     assert judged > 0.3 * n * 0.8 and verdicts == 5 * judged and errors == 0
+    # events the sampler skipped still report the verdicts Redis had for them: free, certain
+    ((reused, certain),) = rows(
+        client,
+        "SELECT count(DISTINCT event_id), min(cache_hit AND inclusion_prob = 1)"
+        f" FROM evaluations FINAL WHERE event_id NOT IN ({chosen})",
+    )
+    assert reused > 0 and certain
     # the outage was noticed once, and the cache came back: verdicts were stored after the restart
     assert counter("judgeflow_verdict_cache_outages_total") == outages + 1
     messages = [r.getMessage() for r in caplog.records if r.name == "operators.cache"]

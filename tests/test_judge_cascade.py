@@ -236,15 +236,19 @@ def test_a_spent_budget_degrades_to_tier1_then_to_the_rules(ep):
         budget=BudgetPolicy(tenants={"acme": 8 * 40 * MILLI}, tier2_share=0.5),  # 8 judge shards
         costs=costs,
     )
-    toxic = "What a moron move that was."  # tier 1 flags it: worth a tier-2 look while affordable
+    # tier 1 flags it: worth a tier-2 look while affordable (each event says it differently,
+    # or the verdict cache would answer the repeats)
+    def toxic(n: str) -> str:
+        return f"What a moron move that was ({n})."
+
     degraded = metrics.JUDGE_DEGRADED.labels("acme", "0")
     before = degraded._value.get()
     with judge_logic(ep, plan) as (logic, deps):
         out: Out = []
         for i in range(4):  # one at a time, as a trickle of traffic would arrive
-            out += judge_events(logic, deps, [event(f"a{i}", toxic)])
-        out += judge_events(logic, deps, [event("g0", toxic, tenant="globex")])  # no budget
-        out += judge_events(logic, deps, [event("a-next-day", toxic, ts_ms=T0 + DAY_MS)])
+            out += judge_events(logic, deps, [event(f"a{i}", toxic(f"a{i}"))])
+        out += judge_events(logic, deps, [event("g0", toxic("g0"), tenant="globex")])  # no budget
+        out += judge_events(logic, deps, [event("a-next-day", toxic("next"), ts_ms=T0 + DAY_MS)])
         state = logic.snapshot()
     assert tiers_by(out) == {
         ("a0", "toxicity"): [1, 2],  # 10 m$ booked at submit, +10 for tier 2 = 20
