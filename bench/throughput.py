@@ -1,11 +1,10 @@
-"""Hot-path throughput with judges off: decode -> price -> sample -> dedup -> windows, one worker.
+"""Hot-path throughput with judges off: decode -> price -> dedup -> sample -> windows, one worker.
 
 Same traffic, same process, measured three ways:
 
 - plain Python: a loop calling the same functions and state logic batch by
-  batch (decode_message, Pricer, tier-0 rules and the sampler's tally and
-  choice, the content keyer and verdict cache for the chosen events, the
-  window and rollup logic) — the baseline: what the work costs without a
+  batch (decode_message, Pricer, the content keyer and verdict cache, tier-0
+  rules and the sampler's tally and choice, the window and rollup logic) — the baseline: what the work costs without a
   dataflow around it;
 - bytewax: the operators wired as in `flows/judgeflow.py` (judge and sinks
   left out), fed by an in-memory source in Kafka-sized batches, `run_main`;
@@ -38,9 +37,8 @@ from flows.config import Settings, load_settings
 from flows.deps import Deps, build_deps
 from operators import metrics
 from operators.decode import decode
-from operators.dedup import Candidate, dedup
+from operators.dedup import Candidate, dedup, lookup
 from operators.price import price
-from operators.records import Verdict
 from operators.sample import _SampleLogic, sample, tally_batch
 from operators.windows import cost_window, rollup
 
@@ -69,17 +67,16 @@ def settings_for(dsn: str = "", database: str = "bench") -> Settings:
 
 
 def hot_path_flow(settings: Settings, d: Deps, msgs: list, batch: int, counts: dict[str, int]) -> Dataflow:
-    """flows/judgeflow.py from kafka_in to the windows, without the judge and the sinks
-    (the cache lookup follows the sampler there: only chosen events are looked up)."""
+    """flows/judgeflow.py from kafka_in to the windows, without the judge and the sinks."""
     cfg = settings.flow
     flow = Dataflow("bench_hot_path")
     raw = op.input("kafka_in", flow, TestingSource(msgs, batch_size=batch))
     decoded = decode("decode", raw, limits=d.decode_limits, now_ms=d.now_ms, otlp=d.otlp)
     priced = price("price", decoded.oks, pricer=d.pricer)
+    looked_up = dedup("dedup", priced.events, cache=d.cache, keyer=d.keyer, llm_metrics=d.plan.llm_metrics)
     sampled = sample(
-        "sample", priced.events, sampler=d.sampler, rules=d.rules, control=d.control, baseline=d.baseline
+        "sample", looked_up, sampler=d.sampler, rules=d.rules, control=d.control, baseline=d.baseline
     )
-    looked_up = dedup("dedup", sampled.judge, cache=d.cache, keyer=d.keyer, llm_metrics=d.plan.llm_metrics)
     windows = cost_window(
         "cost_window",
         priced.events,
@@ -91,7 +88,7 @@ def hot_path_flow(settings: Settings, d: Deps, msgs: list, batch: int, counts: d
     )
     for name, stream in (
         ("events", sampled.events),
-        ("judge", looked_up),
+        ("judge", sampled.judge),
         ("windows", op.merge("all_windows", windows, rollups)),
         ("issues", priced.issues),
         ("dead", decoded.errs),
@@ -110,32 +107,14 @@ def plain_python(settings: Settings, d: Deps, batches: list[list]) -> dict[str, 
         lateness_s=cfg.windows.allowed_lateness_s,
         rollups_s=cfg.windows.rollups_s,
     )
-    llm_metrics = tuple(d.plan.llm_metrics)
     samplers: dict[str, _SampleLogic] = {}
     chosen = 0
 
-    def look_up(cands: list[Candidate]) -> int:
-        """dedup: one cache lookup per batch for each distinct content."""
-        hashes = [d.keyer.content_hash(c.event) for c in cands]
-        keys_of = {h: [d.keyer.metric_key(h, m) for m in llm_metrics] for h in dict.fromkeys(hashes)}
-        keys = [k for ks in keys_of.values() for k in ks]
-        found = dict(zip(keys, d.cache.get_many(keys), strict=True)) if keys else {}
-        for c, h in zip(cands, hashes, strict=True):
-            cached: dict[str, Verdict] = {}
-            todo = []
-            for m, key in zip(llm_metrics, keys_of[h], strict=True):
-                v = found[key]
-                if v is None:
-                    todo.append(m)
-                else:
-                    cached[m] = v.verdict
-            c.content_hash, c.cached, c.todo = h, cached, tuple(todo)
-        return len(cands)
-
     for msgs in batches:
         events = ref.batch(msgs, d.now_ms())  # decode, price, windows and rollups
-        # sample: flag, stratify, tally; choose per tenant; look the chosen up
+        # dedup: one cache lookup per batch; sample: flag, stratify, tally; choose per tenant
         cands = [Candidate(e) for e in events]
+        lookup(cands, cache=d.cache, keyer=d.keyer, llm_metrics=d.plan.llm_metrics)
         parts = tally_batch(
             cands, sampler=d.sampler, rules=d.rules, overrides=d.control.active(), baseline=d.baseline
         )
@@ -147,11 +126,11 @@ def plain_python(settings: Settings, d: Deps, batches: list[list]) -> dict[str, 
             if logic is None:
                 logic = samplers[tenant] = _SampleLogic(d.sampler, time.time, None)
             out, _ = logic.on_batch(ps)
-            chosen += look_up([x for x in out if type(x) is Candidate])
+            chosen += sum(1 for x in out if type(x) is Candidate and x.inclusion_prob > 0)
     ref.finish()
     for logic in samplers.values():
         out, _ = logic.on_eof()
-        chosen += look_up([x for x in out if type(x) is Candidate])
+        chosen += sum(1 for x in out if type(x) is Candidate and x.inclusion_prob > 0)
     return {"windows": ref.rows, "judge": chosen}
 
 
@@ -232,7 +211,7 @@ def main() -> int:
     print()
     print(
         table(
-            f"decode -> price -> sample -> dedup -> windows (+1 h/1 d rollups), judges off: "
+            f"decode -> price -> dedup -> sample -> windows (+1 h/1 d rollups), judges off: "
             f"{args.events:,} events, batches of {args.batch}, {args.repeat} runs, Python "
             f"{sys.version.split()[0]}, {os.cpu_count()} cores",
             ["path", "events/s (median)", "events/s (best)", "vs plain (best)", "spread"],

@@ -85,6 +85,8 @@ def lookup(
     key once); sets `content_hash` where missing, `cached` and `todo`. Returns the hits.
     `stage` other than "dedup" (the judge's second look) counts its hits apart."""
     metrics_ = tuple(llm_metrics)
+    if not metrics_:  # no LLM judge configured: nothing to look up, no key to compute
+        return 0
     hashes = [c.content_hash or keyer.content_hash(c.event) for c in cands]
     keys_of = {h: [keyer.metric_key(h, m) for m in metrics_] for h in dict.fromkeys(hashes)}
     keys = [k for ks in keys_of.values() for k in ks]
