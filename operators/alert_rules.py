@@ -421,7 +421,7 @@ class RuleSet:
     def from_dicts(cls, rules: Mapping[str, Mapping[str, Any]]) -> RuleSet:
         """From `{rule name: {field: value}}` (the flow config's sections); keys a rule
         does not have (such as `enabled`) are ignored; `enabled = false` unsets every level."""
-        built = {}
+        built: dict[str, Any] = {}
         for rule_type in RULE_TYPES:
             given = dict(rules.get(rule_type.name, {}))
             known = {f.name for f in fields(rule_type)}

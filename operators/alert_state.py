@@ -190,11 +190,11 @@ class TenantLedger:
         which may lag the tenant's); keys with no row since `keys` are dropped.
         The other arguments are the horizons of each kind of total.
         """
-        for k in [k for k, newest in self.newest.items() if newest < keys]:
-            del self.newest[k]
+        for key in [key for key, newest in self.newest.items() if newest < keys]:
+            del self.newest[key]
         newest = self.newest
-        for k in [k for k in self.rows if k[:4] not in newest or k[4] < newest[k[:4]] - revisable_ms[k[0]]]:
-            del self.rows[k]
+        for row in [r for r in self.rows if r[:4] not in newest or r[4] < newest[r[:4]] - revisable_ms[r[0]]]:
+            del self.rows[row]
         llm = min(llm, self.cursor)  # what the cursor has not passed is not in the day totals yet
         for s in [s for s in self.llm if s < llm]:
             del self.llm[s]

@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import TypeGuard, cast
 
 import bytewax.operators as op
 import msgspec
@@ -139,7 +140,7 @@ class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, Alert | Overrid
                     _arrived(s.arrivals, now, v.window_start_ms)
                     newest = max(newest, v.window_start_ms + self._slot)
                     earliest = v.window_start_ms if earliest is None else min(earliest, v.window_start_ms)
-        if newest > s.clock_ms:
+        if earliest is not None and newest > s.clock_ms:
             if s.clock_ms < 0:
                 s.evaluated_ms = earliest  # the first evaluation is at the end of the first window
             s.clock_ms, s.seen_at_s = newest, now
@@ -367,5 +368,9 @@ def alerts(
     keyed = op.key_on(f"{step_id}_tenant", merged, lambda x: x.tenant_id)
     out = op.stateful_batch(f"{step_id}_rules", keyed, lambda resume: _AlertLogic(policy, clock, resume))
     values = op.map(f"{step_id}_unkey", out, lambda kv: kv[1])
-    split = op.branch(f"{step_id}_split", values, lambda x: isinstance(x, Alert))
-    return AlertsOut(alerts=split.trues, actions=split.falses)
+    split = op.branch(f"{step_id}_split", values, _is_alert)
+    return AlertsOut(alerts=split.trues, actions=cast(Stream[OverrideAction], split.falses))
+
+
+def _is_alert(x: Alert | OverrideAction) -> TypeGuard[Alert]:
+    return isinstance(x, Alert)
