@@ -44,8 +44,9 @@ class ControlStore(Protocol):
 
     def set(self, override: Override) -> None: ...
 
-    def clear(self, tenant_id: str) -> bool:
-        """Remove a tenant's override; True if there was one."""
+    def clear(self, tenant_id: str, *, if_set_by: str | None = None) -> bool:
+        """Remove a tenant's override (only if `if_set_by` set it, when given),
+        atomically; True if one was removed."""
         ...
 
 
@@ -68,9 +69,13 @@ class MemoryControlStore:
         with self._lock:
             self._data[override.tenant_id] = override
 
-    def clear(self, tenant_id: str) -> bool:
+    def clear(self, tenant_id: str, *, if_set_by: str | None = None) -> bool:
         with self._lock:
-            return self._data.pop(tenant_id, None) is not None
+            current = self._data.get(tenant_id)
+            if current is None or (if_set_by is not None and current.set_by != if_set_by):
+                return False
+            del self._data[tenant_id]
+            return True
 
 
 class RedisControlStore:
@@ -113,10 +118,34 @@ class RedisControlStore:
         self._redis.set(self.PREFIX + override.tenant_id, _encode(override), px=ttl_ms)
         self._fetched_at = float("-inf")
 
-    def clear(self, tenant_id: str) -> bool:
-        removed = bool(self._redis.delete(self.PREFIX + tenant_id))
+    def clear(self, tenant_id: str, *, if_set_by: str | None = None) -> bool:
+        key = self.PREFIX + tenant_id
+        if if_set_by is None:
+            removed = bool(self._redis.delete(key))
+        else:
+            removed = self._clear_if_owner(key, if_set_by)
         self._fetched_at = float("-inf")
         return removed
+
+    def _clear_if_owner(self, key: str, owner: str) -> bool:
+        """Delete `key` only if `owner` set it: an optimistic transaction, so an
+        override set by hand meanwhile is never removed."""
+        import redis
+
+        with self._redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None or _safe_owner(raw) != owner:
+                        pipe.unwatch()
+                        return False
+                    pipe.multi()
+                    pipe.delete(key)
+                    pipe.execute()
+                    return True
+                except redis.WatchError:
+                    continue  # changed between the read and the delete: look again
 
     def close(self) -> None:
         self._redis.close()
@@ -141,3 +170,10 @@ class RedisControlStore:
                 continue
             out[o.tenant_id] = o
         return out
+
+
+def _safe_owner(raw: bytes) -> str | None:
+    try:
+        return _decode(raw).set_by
+    except msgspec.DecodeError:
+        return None

@@ -70,10 +70,8 @@ class _ControlPartition(StatelessSinkPartition[OverrideAction]):
             self._store.set(Override(a.tenant_id, a.rate, a.reason, a.set_by, a.expires_ms))
             log.info("override for tenant %s: %s (until %d)", a.tenant_id, a.reason, a.expires_ms)
             return "set"
-        current = self._store.active().get(a.tenant_id)
-        if current is None or current.set_by != a.set_by:
+        if not self._store.clear(a.tenant_id, if_set_by=a.set_by):
             return "not_ours"
-        self._store.clear(a.tenant_id)
         log.info("override for tenant %s cleared: %s", a.tenant_id, a.reason)
         return "cleared"
 

@@ -126,3 +126,20 @@ def test_alert_actions_ride_out_a_redis_outage(redis_server):
         assert store.active()["ramp"].set_by == "alert:abc"
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("backend", ["redis", "memory"])
+def test_an_alert_only_clears_the_override_it_set(redis_server, backend):
+    from operators.control import MemoryControlStore, Override
+
+    store = RedisControlStore(redis_server.url, refresh_s=0) if backend == "redis" else MemoryControlStore()
+    later = int(time.time() * 1000) + 3_600_000
+    store.set(Override("acme", 0.01, "cost spike", "alert:a1", later))
+    # an operator takes over by hand: the alert's resolution must leave it alone
+    store.set(Override("acme", 0.0, "investigating", "cli:ops", later))
+    assert store.clear("acme", if_set_by="alert:a1") is False
+    assert store.active()["acme"].set_by == "cli:ops"
+    assert store.clear("acme", if_set_by="cli:ops") is True
+    assert "acme" not in store.active()
+    if backend == "redis":
+        store.close()
