@@ -96,7 +96,12 @@ class RedisVerdictCache:
         import redis
 
         self._redis = redis.Redis.from_url(
-            url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+            url,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            # one immediate retry on a fresh connection: enough for a socket left stale by a
+            # restart, and a dead server fails fast (redis-py's default retries 10 times)
+            retry=one_quick_retry(),
         )
         self._errors = (redis.RedisError, OSError)
         self._ttl_ms = max(1, round(ttl_s * 1000))
@@ -150,6 +155,13 @@ class RedisVerdictCache:
         if self._outage:
             log.warning("verdict cache is back")
             self._outage = False
+
+
+def one_quick_retry():  # noqa: ANN201  (redis.retry.Retry)
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return Retry(NoBackoff(), 1)
 
 
 def _safe_decode(raw: bytes) -> CachedVerdict | None:

@@ -19,6 +19,7 @@ from typing import Protocol
 import msgspec
 
 from operators import metrics
+from operators.cache import one_quick_retry
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,9 @@ class RedisControlStore:
     ) -> None:
         import redis
 
-        self._redis = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._redis = redis.Redis.from_url(
+            url, socket_timeout=2.0, socket_connect_timeout=2.0, retry=one_quick_retry()
+        )
         self._errors = (redis.RedisError, OSError)
         self._refresh_s = refresh_s
         self._clock = clock
