@@ -4,8 +4,8 @@ Same traffic, same process, measured three ways:
 
 - plain Python: a loop calling the same functions and state logic batch by
   batch (decode_message, Pricer, the content keyer and verdict cache, tier-0
-  rules and the sampler's tally and choice, the window and rollup logic) — the baseline: what the work costs without a
-  dataflow around it;
+  rules and the sampler's tally and choice, the window and rollup logic) —
+  the baseline: what the work costs without a dataflow around it;
 - bytewax: the operators wired as in `flows/judgeflow.py` (judge and sinks
   left out), fed by an in-memory source in Kafka-sized batches, `run_main`;
 - bytewax + sinks (`--sinks`): `build_flow` itself, judges off, writing

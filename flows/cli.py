@@ -55,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="backfill: start every partition at this RFC 3339 time (overrides kafka.start)",
     )
-    run.add_argument("--bounded", action="store_true", help="stop at the current end of the topics (kafka.tail = false)")
+    run.add_argument(
+        "--bounded", action="store_true", help="stop at the current end of the topics (kafka.tail = false)"
+    )
     run.set_defaults(func=_cmd_run)
 
     demo = sub.add_parser("demo", help="run the whole job embedded on sample production traffic")
@@ -63,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=1)
     demo.add_argument("--limit", type=int, default=None, help="events to replay (default: all, ~28k)")
     demo.add_argument(
-        "--dsn", default=None, help="ClickHouse for the results (default: the config's, chdb in .judgeflow/chdb)"
+        "--dsn",
+        default=None,
+        help="ClickHouse for the results (default: the config's, chdb in .judgeflow/chdb)",
     )
     demo.add_argument("--judge-latency-ms", type=float, default=150.0, help="simulated judge latency")
     demo.set_defaults(func=_cmd_demo)
@@ -137,7 +141,10 @@ def _cmd_init_db(args: argparse.Namespace) -> int:
 
 def _check_runnable(settings: Settings) -> None:
     if not settings.flow.kafka.brokers:
-        msg = "kafka.brokers is empty: set JUDGEFLOW_KAFKA_BROKERS (or use `judgeflow demo` for the embedded setup)"
+        msg = (
+            "kafka.brokers is empty: set JUDGEFLOW_KAFKA_BROKERS "
+            "(or use `judgeflow demo` for the embedded setup)"
+        )
         raise ConfigError(msg)
     j = settings.flow.judges
     if not j.enabled:
@@ -153,7 +160,7 @@ def _check_runnable(settings: Settings) -> None:
             raise ConfigError(msg)
 
 
-def _recovery(path: Path):  # noqa: ANN202  (bytewax's RecoveryConfig)
+def _recovery(path: Path):
     """Recovery snapshots in `path`; a new, empty directory gets one partition."""
     from bytewax.recovery import RecoveryConfig, init_db_dir
 

@@ -14,6 +14,7 @@ Environment (override the file; secrets come only from here):
 
 from __future__ import annotations
 
+import itertools
 import os
 import tomllib
 from collections.abc import Mapping
@@ -244,7 +245,7 @@ class WindowsConfig(_Section):
     @model_validator(mode="after")
     def _rollups_nest(self) -> WindowsConfig:
         sizes = (self.size_s, *self.rollups_s)
-        for smaller, larger in zip(sizes, sizes[1:], strict=False):
+        for smaller, larger in itertools.pairwise(sizes):
             if larger <= smaller or larger % smaller:
                 msg = (
                     f"windows.rollups_s: each size must be a larger multiple of the one before "

@@ -43,9 +43,8 @@ def run_demo(
         kafka.create_topic(TOPIC, PARTITIONS)
         started = time.perf_counter()
         n = produce_all(kafka.bootstrap, TOPIC, generate(limit=limit))
-        print(
-            f"produced {n} events to {TOPIC} ({PARTITIONS} partitions) in {time.perf_counter() - started:.1f} s"
-        )
+        took = time.perf_counter() - started
+        print(f"produced {n} events to {TOPIC} ({PARTITIONS} partitions) in {took:.1f} s")
         _check_retained(kafka.bootstrap, n)
         overrides = {
             "kafka.brokers": kafka.bootstrap,
@@ -111,8 +110,7 @@ def print_summary(settings: Settings, *, simulated: bool) -> None:
     from sinks.clickhouse import connect
 
     ch = settings.flow.clickhouse
-    client = connect(ch.dsn)
-    db = ch.database
+    client = connect(ch.dsn, ch.database)
 
     def table(title: str, sql: str, headers: list[str]) -> None:
         rows = client.query(sql).result_rows
@@ -126,40 +124,41 @@ def print_summary(settings: Settings, *, simulated: bool) -> None:
 
     table(
         "events and LLM cost per tenant",
-        f"SELECT tenant_id, count(), sum(input_tokens + output_tokens), sum(cost_usd), countIf(cost_source = 'unknown')"
-        f" FROM {db}.llm_events FINAL GROUP BY tenant_id ORDER BY tenant_id",
+        "SELECT tenant_id, count(), sum(input_tokens + output_tokens), sum(cost_usd),"
+        " countIf(cost_source = 'unknown') FROM llm_events FINAL GROUP BY tenant_id ORDER BY tenant_id",
         ["tenant", "events", "tokens", "cost $", "unpriced"],
     )
     table(
         "LLM cost per tenant / agent / model / variant (from the 1-minute windows)",
-        f"SELECT tenant_id, agent, model, variant, sum(requests), sum(cost_usd), max(max_request_cost_usd)"
-        f" FROM {db}.cost_windows FINAL WHERE window_s = 60 AND category = 'llm'"
+        "SELECT tenant_id, agent, model, variant, sum(requests), sum(cost_usd), max(max_request_cost_usd)"
+        " FROM cost_windows FINAL WHERE window_s = 60 AND category = 'llm'"
         " GROUP BY ALL ORDER BY tenant_id, agent, model, variant",
         ["tenant", "agent", "model", "variant", "requests", "cost $", "max request $"],
     )
     table(
         "judge spend per tenant / judge / tier (the same ledger, category judge)",
-        f"SELECT tenant_id, model, variant, sum(judge_calls), sum(judge_cost_usd)"
-        f" FROM {db}.cost_windows FINAL WHERE window_s = 60 AND category = 'judge'"
+        "SELECT tenant_id, model, variant, sum(judge_calls), sum(judge_cost_usd)"
+        " FROM cost_windows FINAL WHERE window_s = 60 AND category = 'judge'"
         " GROUP BY ALL ORDER BY tenant_id, model, variant",
         ["tenant", "judge", "tier", "calls", "judge $"],
     )
     label = "judge calls (SIMULATED verdicts)" if simulated else "judge calls"
     table(
         label,
-        f"SELECT metric, tier, count(), countIf(cache_hit), countIf(label = 'flagged'), countIf(error != ''),"
-        f" sum(judge_cost_usd) FROM {db}.evaluations FINAL GROUP BY metric, tier ORDER BY metric, tier",
+        "SELECT metric, tier, count(), countIf(cache_hit), countIf(label = 'flagged'), countIf(error != ''),"
+        " sum(judge_cost_usd) FROM evaluations FINAL GROUP BY metric, tier ORDER BY metric, tier",
         ["metric", "tier", "evaluations", "cache hits", "flagged", "errors", "judge $"],
     )
     table(
         "alerts fired (one per level change)",
-        f"SELECT tenant_id, rule, scope, previous_level, level, round(value, 2), toString(ts)"
-        f" FROM {db}.alerts FINAL ORDER BY tenant_id, ts",
+        "SELECT tenant_id, rule, scope, previous_level, level, round(value, 2), toString(ts)"
+        " FROM alerts FINAL ORDER BY tenant_id, ts",
         ["tenant", "rule", "agent", "from", "to", "value", "at (event time)"],
     )
     table(
         "dead letters",
-        f"SELECT stage, reason, count() FROM {db}.dead_letters FINAL GROUP BY stage, reason ORDER BY count() DESC",
+        "SELECT stage, reason, count() FROM dead_letters FINAL GROUP BY stage, reason"
+        " ORDER BY count() DESC",
         ["stage", "reason", "count"],
     )
 

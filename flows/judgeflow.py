@@ -1,13 +1,13 @@
 """The judgeflow dataflow, top to bottom.
 
-    kafka_in ─ decode ─┬─ errs ──────────────────────────────────────────► dead letters
-                       └─ events ─ price ─┬─ cost_window ──────────────────────► cost_windows (llm)
-                                   │      └─ dedup ─ sample ─┬─ chosen ─ judge ─┬─► evaluations ─► estimates
-                                   │       (verdict cache)   ├─ skipped, cached ─ reuse ─┘
-                                   │                         │                  └─ judge_window ─► cost_windows
-                                   │                         ├─ baseline + spend + hits ─ savings ─► judge_savings
-                                   │                         └─ every event ─────────────► llm_events
-                                   └─ unknown models ─► pricing_issues
+    kafka_in ─ decode ─┬─ errs ─────────────────────────────────────────► dead letters
+                       └─ price ─┬─ cost_window ────────────────────────────► cost_windows (llm)
+                          │      └─ dedup ─ sample ─┬─ chosen ─ judge ─┬─► evaluations ─► estimates
+                          │       (verdict cache)   ├─ skipped, cached ─ reuse ─┘
+                          │                         │                  └─ judge_window ─► cost_windows (judge)
+                          │                         ├─ baseline, spend, hits ─ savings ─► judge_savings
+                          │                         └─ every event ──────────────────────► llm_events
+                          └─ unknown models ─► pricing_issues
     cost_windows (llm, judge; 1 min) ─ rollup ─► cost_windows (1 h, 1 day)
     cost_windows (1 min) + requests above the cost threshold ─ alerts ─┬─► alerts (ClickHouse, Kafka, hooks)
                                                                        └─► sampling overrides (control store)

@@ -169,13 +169,9 @@ def generate(
     pool = content_pool(data)
     rows = [(r.ts_ms, t, i, r) for t in traces for i, r in enumerate(read_trace(t, data))]
     rows.sort(key=lambda x: (x[0], x[1], x[2]))
-    n = 0
-    for ts, trace, i, row in rows:
-        if limit is not None and n >= limit:
-            return
+    for n, (ts, trace, i, row) in enumerate(rows[:limit], start=1):
         d = event_dict(trace, i, row, pool)
         yield d["event_id"].encode(), json.dumps(d).encode(), ts
-        n += 1
         if bad and n % BAD_EVERY == 0:
             payload = _BAD[(n // BAD_EVERY) % len(_BAD)]
             if b"%d" in payload:

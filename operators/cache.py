@@ -157,7 +157,7 @@ class RedisVerdictCache:
             self._outage = False
 
 
-def one_quick_retry():  # noqa: ANN201  (redis.retry.Retry)
+def one_quick_retry():
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 

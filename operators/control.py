@@ -123,10 +123,7 @@ class RedisControlStore:
 
     def clear(self, tenant_id: str, *, if_set_by: str | None = None) -> bool:
         key = self.PREFIX + tenant_id
-        if if_set_by is None:
-            removed = bool(self._redis.delete(key))
-        else:
-            removed = self._clear_if_owner(key, if_set_by)
+        removed = bool(self._redis.delete(key)) if if_set_by is None else self._clear_if_owner(key, if_set_by)
         self._fetched_at = float("-inf")
         return removed
 

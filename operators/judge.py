@@ -166,7 +166,9 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, Evaluation | LedgerEntry, _Judge
         out, self._ready = self._ready, []
         return out
 
-    def _start(self, c: Candidate, work: list[_Work], certain: frozenset[str]) -> list[Evaluation | LedgerEntry]:
+    def _start(
+        self, c: Candidate, work: list[_Work], certain: frozenset[str]
+    ) -> list[Evaluation | LedgerEntry]:
         """Cached and tier-0 verdicts now; LLM work at the first tier the budget allows."""
         out: list[Evaluation | LedgerEntry] = [
             _evaluation(c, v, cache_hit=True, prob=1.0 if m in certain else None) for m, v in c.cached.items()

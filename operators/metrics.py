@@ -120,6 +120,10 @@ WINDOW_ENTRIES = Counter(
     "combine (stage=keyed): only the latter cross workers",
     ["step", "stage"],
 )
-OTLP_SKIPPED = Counter("judgeflow_otlp_skipped_records_total", "OTLP spans/log records that are not LLM calls")
-OTLP_EMPTY = Counter("judgeflow_otlp_messages_without_llm_calls_total", "OTLP messages with no LLM call in them")
+OTLP_SKIPPED = Counter(
+    "judgeflow_otlp_skipped_records_total", "OTLP spans/log records that are not LLM calls"
+)
+OTLP_EMPTY = Counter(
+    "judgeflow_otlp_messages_without_llm_calls_total", "OTLP messages with no LLM call in them"
+)
 OVERRIDES_ACTIVE = Gauge("judgeflow_sampler_overrides_active", "Tenant sampling overrides in force")

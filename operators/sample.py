@@ -618,9 +618,8 @@ def sample(
     values = op.map(f"{step_id}_unkey", decided, lambda kv: kv[1])
     outcome = op.branch(f"{step_id}_outcome", values, lambda x: type(x) is Candidate)
     decided_cands = op.branch(f"{step_id}_chosen", outcome.trues, lambda c: c.inclusion_prob > 0)
-    skipped_hits = op.merge(
-        f"{step_id}_skipped_hits", op.map(f"{step_id}_unwrap", early.trues, lambda s: s.cand), decided_cands.falses
-    )
+    set_aside = op.map(f"{step_id}_unwrap", early.trues, lambda s: s.cand)
+    skipped_hits = op.merge(f"{step_id}_skipped_hits", set_aside, decided_cands.falses)
     return SampleOut(
         events=split.trues, judge=decided_cands.trues, skipped_hits=skipped_hits, savings=outcome.falses
     )

@@ -114,7 +114,8 @@ def _event_time_ms(ts: datetime | int, limits: DecodeLimits, now_ms: int) -> int
     else:
         ts_ms = ts
     if ts_ms < limits.earliest_ts_ms:
-        msg = f"ts {_iso(ts_ms)} is before the earliest accepted time {_iso(limits.earliest_ts_ms)} (epoch seconds sent as milliseconds?)"
+        earliest = _iso(limits.earliest_ts_ms)
+        msg = f"ts {_iso(ts_ms)} is before the earliest accepted time {earliest} (epoch seconds sent as ms?)"
         raise InvalidEvent(msg)
     if ts_ms > now_ms + limits.max_future_ms:
         msg = f"ts {_iso(ts_ms)} is more than {limits.max_future_ms // 1000} s in the future"

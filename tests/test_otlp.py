@@ -18,7 +18,10 @@ from sinks.clickhouse import connect, ensure_schema
 from tests.conftest import flow_settings, run_flow
 
 OTEL = shared_data_dir() / "otel"
-LIMITS = DecodeLimits(earliest_ts_ms=1_577_836_800_000, max_future_ms=10**13, max_tokens=10**7, max_cost_pico=10**15)
+LIMITS = DecodeLimits(
+    earliest_ts_ms=1_577_836_800_000, max_future_ms=10**13, max_tokens=10**7, max_cost_pico=10**15
+)
+DEFAULT_MAPPING = OtlpMapping()
 NOW = 1_795_400_000_000
 SRC = Source("llm-events", 0, 42)
 
@@ -27,7 +30,7 @@ def load(name: str) -> dict:
     return json.loads((OTEL / name).read_text())
 
 
-def decode(doc: dict, mapping: OtlpMapping = OtlpMapping()) -> list:
+def decode(doc: dict, mapping: OtlpMapping = DEFAULT_MAPPING) -> list:
     raw = json.dumps(doc).encode()
     assert looks_like_otlp(raw)
     return decode_otlp(raw, LIMITS, NOW, SRC, mapping)
@@ -39,9 +42,11 @@ def test_chat_span_becomes_an_event_with_agent_from_the_parent_span():
     e = out[0]
     assert isinstance(e, Event)
     assert e.event_id == "8b50010911ecd2f98c6e232e1082f628:8730f412456637c0"
-    assert (e.tenant_id, e.agent, e.model, e.provider) == ("acme-corp", "support-bot", "gpt-4o-mini", "openai")
-    assert (e.input_tokens, e.output_tokens) == (41, 23)
-    assert e.input_text == "system: You are a helpful customer-support assistant.\nuser: How do I reset my password?"
+    assert (e.tenant_id, e.agent, e.model) == ("acme-corp", "support-bot", "gpt-4o-mini")
+    assert (e.provider, e.input_tokens, e.output_tokens) == ("openai", 41, 23)
+    assert e.input_text == (
+        "system: You are a helpful customer-support assistant.\nuser: How do I reset my password?"
+    )
     assert e.output_text.startswith("You can reset your password from Settings")
     assert e.ts_ms == 1_795_379_050_079
     assert abs(e.latency_ms - 18.32) < 0.01

@@ -39,8 +39,8 @@ def test_two_processes_split_the_partitions_and_count_every_event_once(kafka, ju
         addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(2))
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "flows.cli", "run", "--config", str(CONFIG), "--bounded"]
-                + ["-i", str(i), "-a", addresses],
+                [sys.executable, "-m", "flows.cli", "run", "--config", str(CONFIG), "--bounded",
+                 "-i", str(i), "-a", addresses],
                 cwd=ROOT,
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -58,9 +58,10 @@ def test_two_processes_split_the_partitions_and_count_every_event_once(kafka, ju
         assert n == len(messages) - bad
         assert client.query("SELECT count() FROM dead_letters FINAL").result_rows[0][0] == bad
         requests, window_cost = client.query(
-            "SELECT sum(requests), sum(cost_usd) FROM cost_windows FINAL WHERE window_s = 60 AND category = 'llm'"
+            "SELECT sum(requests), sum(cost_usd) FROM cost_windows FINAL"
+            " WHERE window_s = 60 AND category = 'llm'"
         ).result_rows[0]
         assert (requests, window_cost) == (n, cost)
         # every partition was read (bytewax assigns them to the cluster's two workers)
-        partitions = client.query("SELECT uniqExact(source_partition) FROM llm_events FINAL").result_rows[0][0]
-        assert partitions == 4
+        partitions = client.query("SELECT uniqExact(source_partition) FROM llm_events FINAL").result_rows
+        assert partitions[0][0] == 4

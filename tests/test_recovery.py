@@ -34,7 +34,9 @@ def count(client, table: str) -> int:
 
 
 @pytest.mark.slow
-def test_killed_job_resumes_from_its_snapshot_without_losing_or_double_counting(kafka, judge_endpoint, tmp_path):
+def test_killed_job_resumes_from_its_snapshot_without_losing_or_double_counting(
+    kafka, judge_endpoint, tmp_path
+):
     kafka.create_topic("llm-events", 4)
     messages = list(generate(limit=12_000))
     produce_all(kafka.bootstrap, "llm-events", messages)
@@ -77,9 +79,11 @@ def test_killed_job_resumes_from_its_snapshot_without_losing_or_double_counting(
         client = clickhouse_connect.get_client(host=host, port=int(port), database=database)
         assert count(client, "llm_events") == len(messages) - bad
         assert count(client, "dead_letters") == bad
-        events_cost, events_n = client.query("SELECT sum(cost_usd), count() FROM llm_events FINAL").result_rows[0]
+        events_sql = "SELECT sum(cost_usd), count() FROM llm_events FINAL"
+        events_cost, events_n = client.query(events_sql).result_rows[0]
         window_cost, window_n = client.query(
-            "SELECT sum(cost_usd), sum(requests) FROM cost_windows FINAL WHERE window_s = 60 AND category = 'llm'"
+            "SELECT sum(cost_usd), sum(requests) FROM cost_windows FINAL"
+            " WHERE window_s = 60 AND category = 'llm'"
         ).result_rows[0]
         assert (window_cost, window_n) == (events_cost, events_n)
         eval_cost = client.query("SELECT sum(judge_cost_usd) FROM evaluations FINAL").result_rows[0][0]
