@@ -7,6 +7,8 @@
     judgeflow report hourly    cost per hour            [--by tenant]
     judgeflow report budget    month to date vs budget  [--budget USD]
     judgeflow report tokens    tokens per request       [--by agent,model]
+    judgeflow report quality   flagged rates with 95% intervals (Horvitz-Thompson)
+    judgeflow report savings   what sampling, the cache and the cascade saved
     judgeflow report alerts    alert transitions
     judgeflow report pricing   models without a price (requests counted with cost unknown)
     judgeflow report all       all of the above
@@ -43,7 +45,19 @@ from flows import report_queries as rq
 from flows.config import ConfigError, Settings, load_settings
 from flows.report_queries import MINUTE_MS, Column, ReportError, Scope, Table
 
-COMMANDS = ("cost", "variants", "top", "hourly", "budget", "tokens", "alerts", "pricing", "all")
+COMMANDS = (
+    "cost",
+    "variants",
+    "top",
+    "hourly",
+    "budget",
+    "tokens",
+    "quality",
+    "savings",
+    "alerts",
+    "pricing",
+    "all",
+)
 _DEFAULT_BY = {
     "cost": "tenant",
     "variants": "agent",
@@ -96,6 +110,8 @@ def add_report_parser(sub: Any) -> None:
         "hourly": "cost per hour",
         "budget": "month-to-date spend vs the monthly budget, projected",
         "tokens": "tokens per request: mean, p50, p95, max",
+        "quality": "flagged rates per tenant, agent and metric: unbiased estimates with 95% intervals",
+        "savings": "judge calls and dollars avoided by sampling, the cache and the cascade",
         "alerts": "alert transitions",
         "pricing": "models without a price (requests counted with cost unknown)",
         "all": "every report above",
@@ -162,8 +178,8 @@ def _connect(args: argparse.Namespace, settings: Settings) -> Any:
         path = Path(dsn[len("chdb:") :].removeprefix("//")).expanduser()
         if not (path / "metadata").exists() and not (path / "data").exists():
             msg = (
-                f"no ClickHouse data in {path} (run the flow first; `judgeflow demo` writes to "
-                "chdb://.judgeflow/demo/chdb — pass it with --dsn)"
+                f"no ClickHouse data in {path} (run the flow first, e.g. `judgeflow demo`, "
+                "or pass --dsn)"
             )
             raise ReportError(msg)
     from clickhouse_connect.driver.exceptions import ClickHouseError
@@ -318,6 +334,7 @@ def build_report(
         min_cost = _config(alerts_cfg, "expensive_requests", "threshold_usd", Decimal("0.01"))
     limit = getattr(args, "limit", 20)
 
+    database = getattr(args, "database", None) or settings.flow.clickhouse.database
     tables: list[Table] = []
     charts: dict[str, Any] = {}
     wanted = COMMANDS[:-1] if name == "all" else (name,)
@@ -345,6 +362,10 @@ def build_report(
             tables.append(rq.budget(client, scope, by("budget"), grains, budgets))
         elif command == "tokens":
             tables.append(rq.tokens(client, scope, by("tokens")))
+        elif command == "quality":
+            tables.append(rq.quality(client, scope, database))
+        elif command == "savings":
+            tables.append(rq.savings(client, scope, database))
         elif command == "alerts":
             tables.append(rq.alerts(client, scope))
         elif command == "pricing":

@@ -596,3 +596,82 @@ def pricing(client: Any, scope: Scope) -> Table:
 
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def quality(client: Any, scope: Scope, database: str) -> Table:
+    """Flagged rates per (tenant, agent, metric): Horvitz-Thompson estimates from the
+    sampled verdicts, with 95% intervals (`operators.estimates`)."""
+    from operators.estimates import query_estimates
+
+    tenant = scope.tenants[0] if len(scope.tenants) == 1 else ""
+    rows = query_estimates(
+        client, database, since=_dt(scope.since_ms), until=_dt(scope.until_ms), tenant=tenant
+    )
+    keep = [
+        r
+        for r in rows
+        if (not scope.tenants or r.tenant_id in scope.tenants)
+        and (not scope.agents or r.agent in scope.agents)
+    ]
+    return Table(
+        "quality_estimates",
+        [
+            Column("tenant", "text"),
+            Column("agent", "text"),
+            Column("metric", "text"),
+            Column("judged", "int"),
+            Column("flagged", "int"),
+            Column("population_est", "float"),
+            Column("flagged_rate", "pct"),
+            Column("ci95_low", "pct"),
+            Column("ci95_high", "pct"),
+        ],
+        [
+            (r.tenant_id, r.agent, r.metric, r.judged, r.flagged, r.population, r.rate, r.ci_low, r.ci_high)
+            for r in keep
+        ],
+        note="rates estimated from sampled verdicts weighted by 1 / inclusion probability",
+    )
+
+
+def savings(client: Any, scope: Scope, database: str) -> Table:
+    """The judge savings ledger per tenant: against judging every event on every metric
+    with the most expensive configured judge."""
+    from operators.savings import query_savings
+
+    tenant = scope.tenants[0] if len(scope.tenants) == 1 else ""
+    since, until = _dt(scope.since_ms), _dt(scope.until_ms)
+    rows = query_savings(client, database, since=since, until=until, tenant=tenant)
+    keep = [r for r in rows if not scope.tenants or r.tenant_id in scope.tenants]
+    return Table(
+        "savings",
+        [
+            Column("tenant", "text"),
+            Column("events", "int"),
+            Column("judge_everything_calls", "int"),
+            Column("judge_everything_usd", "usd"),
+            Column("judge_calls", "int"),
+            Column("judge_usd", "usd"),
+            Column("avoided_by_sampling_usd", "usd"),
+            Column("avoided_by_cache_usd", "usd"),
+            Column("avoided_by_cascade_usd", "usd"),
+        ],
+        [
+            (
+                r.tenant_id,
+                r.events,
+                r.baseline_calls,
+                r.baseline_usd,
+                r.judge_calls,
+                r.judge_usd,
+                r.avoided_usd.get("sampling", 0),
+                r.avoided_usd.get("cache", 0),
+                r.avoided_usd.get("cascade", 0),
+            )
+            for r in keep
+        ],
+    )
+
+
+def _dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)

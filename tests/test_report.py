@@ -19,6 +19,7 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 
+from operators.estimates import quality_estimates
 from operators.price import pricing_issue
 from operators.records import Alert, Evaluation, Event, LedgerEntry, pico_to_usd
 from operators.windows import cost_window, ledger_entry, rollup
@@ -184,7 +185,9 @@ def loaded(ch_url: str) -> list[Event]:
     windows = op.merge("all", minutes, rollup("ru", minutes, sizes_s=(3600, 86400), allowed_lateness_s=60))
     op.output("windows_out", windows, ClickHouseSink(ch_url, DB, "cost_windows"))
     to("events", events, "llm_events")
-    to("evals", evaluations(events), "evaluations")
+    evals = to("evals", evaluations(events), "evaluations")
+    estimates = quality_estimates("est", evals, size_s=60, allowed_lateness_s=60)
+    op.output("estimates_out", estimates, ClickHouseSink(ch_url, DB, "quality_estimates"))
     to("alerts", ALERTS, "alerts")
     to("issues", [pricing_issue("mystery", "p", T0 + 70 * MIN)], "pricing_issues")
     run_main(flow)
@@ -340,3 +343,24 @@ def test_bad_arguments_say_what_is_wrong(ch_url: str, loaded: list[Event]) -> No
     assert out.returncode == 2 and "cannot read the duration 'yesterday'" in out.stderr
     out = run_cli(ch_url, "cost", "--by", "planet")
     assert out.returncode == 2 and "--by: unknown planet" in out.stderr
+
+
+def test_quality_report_gives_the_horvitz_thompson_rate(ch_url: str, loaded: list[Event]) -> None:
+    # by hand: each event's verdict of record is its highest tier; weight 1 / inclusion probability
+    weights = flagged = 0.0
+    judged = hits = 0
+    for v in evaluations(loaded):
+        if v.tier == 1 or int(v.event_id[1:]) % 10:  # tier 1 overrides tier 0 on every 10th event
+            if v.tier == 0 and int(v.event_id[1:]) % 10 == 0:
+                continue
+            judged += 1
+            hits += v.label == "flagged"
+            weights += 1 / v.inclusion_prob
+            flagged += (v.label == "flagged") / v.inclusion_prob
+    out = report(ch_url, "quality", "--since", "2023-11-16T09:00:00Z", "--until", "2023-11-16T15:00:00Z")
+    (row,) = [r for r in out["tables"]["quality_estimates"]["rows"] if r["metric"] == "refusal"]
+    assert (row["tenant"], row["agent"]) == ("acme", "support-bot")
+    assert (row["judged"], row["flagged"]) == (judged, hits)
+    assert abs(row["population_est"] - weights) < 1e-6
+    assert abs(row["flagged_rate"] - flagged / weights) < 1e-9
+    assert row["ci95_low"] < row["flagged_rate"] < row["ci95_high"]
