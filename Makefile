@@ -11,13 +11,19 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 demo: $(VENV)/.installed-embedded
 	$(VENV)/bin/judgeflow demo $(ARGS)
 
-## install everything the tests need (pip and apt) and run them
+## install everything the tests need (pip and apt), lint, and run them
 test: $(VENV)/.installed-dev system-deps
+	$(VENV)/bin/ruff check flows operators judges sinks tests bench
 	$(PY) -m pytest -q $(ARGS)
 
 ## benchmarks (print tables; numbers go in the README)
-bench: $(VENV)/.installed-dev
-	$(PY) bench/throughput.py
+bench: $(VENV)/.installed-dev system-deps
+	$(PY) bench/throughput.py --events 100000 --sinks
+	$(PY) bench/cost_path.py
+	$(PY) bench/judge_throughput.py
+	$(PY) bench/judge_savings.py
+	$(PY) bench/cache_stage.py
+	$(PY) bench/alerts.py
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check flows operators judges sinks tests bench
