@@ -16,6 +16,7 @@ from typing import Any
 
 from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from flows.traffic import generate
 from operators.decode import DecodeLimits, decode_message
@@ -191,3 +192,21 @@ def chunks(it: Iterator[Any], size: int) -> Iterator[list[Any]]:
             batch = []
     if batch:
         yield batch
+
+
+class _Count(StatelessSinkPartition):
+    def __init__(self, counts: dict[str, int], name: str) -> None:
+        self._counts, self._name = counts, name
+
+    def write_batch(self, items: list) -> None:
+        self._counts[self._name] += len(items)
+
+
+class CountingSink(DynamicSink):
+    """Counts what reaches it, per name (the benches' stand-in for the real sinks)."""
+
+    def __init__(self, counts: dict[str, int], name: str) -> None:
+        self._counts, self._name = counts, name
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Count:
+        return _Count(self._counts, self._name)

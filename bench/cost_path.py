@@ -27,11 +27,10 @@ from pathlib import Path
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _traffic import CostPathReference, PartitionedSource, batched, median_rate, messages, table
+from _traffic import CostPathReference, CountingSink, PartitionedSource, batched, median_rate, messages, table
 
 from flows.config import Settings, load_settings
 from flows.deps import build_deps
@@ -41,22 +40,6 @@ from operators.price import price
 from operators.windows import cost_window, ledger_entry, rollup
 
 PARTITIONS = 2
-
-
-class _Count(StatelessSinkPartition):
-    def __init__(self, counts: dict[str, int], name: str) -> None:
-        self._counts, self._name = counts, name
-
-    def write_batch(self, items: list) -> None:
-        self._counts[self._name] += len(items)
-
-
-class CountingSink(DynamicSink):
-    def __init__(self, counts: dict[str, int], name: str) -> None:
-        self._counts, self._name = counts, name
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Count:
-        return _Count(self._counts, self._name)
 
 
 def settings() -> Settings:

@@ -4,6 +4,7 @@ OpenAI/Anthropic-compatible judge endpoint."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -106,14 +107,62 @@ def flow_settings(**overrides: object) -> Settings:
     return load_settings(CONFIG, env={"OPENAI_API_KEY": "test-key"}, **overrides)
 
 
-def run_flow(settings: Settings, *, workers: int = 1) -> None:
-    """Run the whole judgeflow dataflow to the end of its (bounded) input."""
+def topic_flow_settings(
+    kafka: MockCluster,
+    chdb_dsn: str,
+    database: str,
+    judge_endpoint: LocalEndpoint | None = None,
+    *,
+    topic: str = "llm-events",
+    **overrides: object,
+) -> Settings:
+    """A whole-flow test's settings: read `topic` on the mock cluster to its end, write to
+    this test's database, judge with the local endpoint (judges off without one)."""
+    base: dict[str, object] = {
+        "kafka.brokers": kafka.bootstrap,
+        "kafka.tail": False,
+        "kafka.topics": [topic],
+        "clickhouse.dsn": chdb_dsn,
+        "clickhouse.database": database,
+    }
+    if judge_endpoint is None:
+        base["judges.enabled"] = False
+    else:
+        base["judges.tier1.base_url"] = judge_endpoint.openai_base_url
+    return flow_settings(**{**base, **overrides})
+
+
+def rows(client, sql: str) -> list[tuple]:
+    return client.query(sql).result_rows
+
+
+def job_env(kafka: MockCluster, clickhouse_url: str, judge_endpoint: LocalEndpoint) -> dict[str, str]:
+    """The environment of a `judgeflow run` subprocess against the test's components."""
+    env = {
+        **os.environ,
+        "JUDGEFLOW_KAFKA_BROKERS": kafka.bootstrap,
+        "JUDGEFLOW_CLICKHOUSE_DSN": clickhouse_url,
+        "OPENAI_BASE_URL": judge_endpoint.openai_base_url,
+        "OPENAI_API_KEY": "test-key",
+        "PYTHONPATH": str(CONFIG.parents[1]),
+    }
+    env.pop("JUDGEFLOW_REDIS_URL", None)
+    return env
+
+
+def run_flow(settings: Settings, *, workers: int = 1, control: object | None = None) -> None:
+    """Run the whole judgeflow dataflow to the end of its (bounded) input; `control`
+    replaces the control store (a test shares one with the flow)."""
+    import dataclasses
+
     from bytewax._bytewax import cli_main
 
     from flows.deps import build_deps
     from flows.judgeflow import build_flow
 
     deps = build_deps(settings)
+    if control is not None:
+        deps = dataclasses.replace(deps, control=control)
     try:
         cli_main(
             build_flow(settings, deps=deps), workers_per_process=workers, epoch_interval=timedelta(seconds=1)

@@ -26,7 +26,7 @@ from flows.judgeflow import build_flow
 from flows.kafka_mock import produce_all
 from operators.control import MemoryControlStore, RedisControlStore
 from sinks.clickhouse import connect, ensure_schema
-from tests.conftest import flow_settings, run_flow
+from tests.conftest import run_flow, topic_flow_settings
 
 MIN = 60_000
 HOUR = 60 * MIN
@@ -154,14 +154,13 @@ def consume_all(bootstrap: str, topic: str) -> list[dict]:
 
 
 def settings_for(kafka, chdb_dsn, database, judge_endpoint, topic, **more):
-    return flow_settings(
+    return topic_flow_settings(
+        kafka,
+        chdb_dsn,
+        database,
+        judge_endpoint,
+        topic=topic,
         **{
-            "kafka.brokers": kafka.bootstrap,
-            "kafka.tail": False,
-            "kafka.topics": [topic],
-            "clickhouse.dsn": chdb_dsn,
-            "clickhouse.database": database,
-            "judges.tier1.base_url": judge_endpoint.openai_base_url,
             "alerts.actions.critical": {"sampling_rate": 0.01, "ttl_s": TTL_S},
             "alerts.actions.emergency": {"sampling_rate": 0.0, "ttl_s": TTL_S},
             "alerts.actions.clear_on_resolve": False,

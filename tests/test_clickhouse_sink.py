@@ -13,7 +13,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -35,18 +34,6 @@ PICO = 10**12
 
 
 # --- fixtures and record factories ------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def chdb_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
-    # One chdb directory per process: reuse the one already open, if any.
-    path = ch.chdb_dir_in_use() or tmp_path_factory.mktemp("chdb")
-    return f"chdb://{path}"
-
-
-@pytest.fixture
-def database() -> str:
-    return f"t_{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture

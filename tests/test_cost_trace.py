@@ -23,7 +23,7 @@ from genai_prices import Usage, calc_price
 from flows.kafka_mock import produce_all
 from flows.traffic import read_trace
 from sinks.clickhouse import connect, ensure_schema
-from tests.conftest import flow_settings, run_flow
+from tests.conftest import run_flow, topic_flow_settings
 
 TOPIC = "llm-events"
 FT = ("ft:gpt-4o-mini:acme:support", Decimal("0.30"), Decimal("1.20"))  # the example config's override
@@ -108,16 +108,7 @@ def test_trace_costs_equal_genai_prices_per_tenant(kafka, chdb_dsn, database, wo
     produce_all(
         kafka.bootstrap, TOPIC, [(d["event_id"].encode(), json.dumps(d).encode(), d["ts"]) for d in events]
     )
-    settings = flow_settings(
-        **{
-            "kafka.brokers": kafka.bootstrap,
-            "kafka.tail": False,
-            "kafka.topics": [TOPIC],
-            "clickhouse.dsn": chdb_dsn,
-            "clickhouse.database": database,
-            "judges.enabled": False,
-        }
-    )
+    settings = topic_flow_settings(kafka, chdb_dsn, database, topic=TOPIC)
     client = connect(chdb_dsn, database)
     ensure_schema(client, database)
     run_flow(settings, workers=workers)

@@ -18,7 +18,7 @@ from genai_prices import Usage, calc_price
 from flows.kafka_mock import produce_all
 from flows.traffic import generate
 from sinks.clickhouse import connect, ensure_schema
-from tests.conftest import flow_settings, run_flow
+from tests.conftest import rows, run_flow, topic_flow_settings
 
 TOPIC = "llm-events"
 FT_RATES = (Decimal("0.30"), Decimal("1.20"))  # the example config's override for the fine-tuned model
@@ -66,29 +66,24 @@ def count_topic(bootstrap: str, topic: str) -> int:
         c.close()
 
 
-def query(client, sql: str) -> list[tuple]:
-    return client.query(sql).result_rows
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_whole_flow_reconciles_and_reruns_idempotently(kafka, chdb_dsn, database, judge_endpoint, workers):
     kafka.create_topic(TOPIC, 4)
     messages = list(generate(limit=2500))
     produce_all(kafka.bootstrap, TOPIC, messages)
-    settings = flow_settings(
+    settings = topic_flow_settings(
+        kafka,
+        chdb_dsn,
+        database,
+        judge_endpoint,
+        topic=TOPIC,
+        # five minutes of traffic: scale the $/h levels so alerts fire
         **{
-            "kafka.brokers": kafka.bootstrap,
-            "kafka.tail": False,
-            "kafka.topics": [TOPIC],
-            "clickhouse.dsn": chdb_dsn,
-            "clickhouse.database": database,
-            "judges.tier1.base_url": judge_endpoint.openai_base_url,
-            # five minutes of traffic: scale the $/h levels so alerts fire
             "alerts.burn_rate.warn": "0.5",
             "alerts.burn_rate.critical": "2",
             "alerts.burn_rate.emergency": "10",
-        }
+        },
     )
     client = connect(chdb_dsn, database)
     ensure_schema(client, database)
@@ -97,18 +92,18 @@ def test_whole_flow_reconciles_and_reruns_idempotently(kafka, chdb_dsn, database
     for run in (1, 2):  # the second run replays the same topic into the same tables
         run_flow(settings, workers=workers)
 
-        n_events = query(client, "SELECT count() FROM llm_events FINAL")[0][0]
-        n_dead = query(client, "SELECT count() FROM dead_letters FINAL")[0][0]
+        n_events = rows(client, "SELECT count() FROM llm_events FINAL")[0][0]
+        n_dead = rows(client, "SELECT count() FROM dead_letters FINAL")[0][0]
         assert (n_events, n_dead) == (len(messages) - want_bad, want_bad), f"run {run}"
 
         by_tenant = dict(
-            query(client, "SELECT tenant_id, sum(cost_usd) FROM llm_events FINAL GROUP BY tenant_id")
+            rows(client, "SELECT tenant_id, sum(cost_usd) FROM llm_events FINAL GROUP BY tenant_id")
         )
         assert by_tenant == want_cost
 
         windows = {
             t: (int(r), c, j)
-            for t, r, c, j in query(
+            for t, r, c, j in rows(
                 client,
                 "SELECT tenant_id, sum(requests), sum(cost_usd), sum(judge_cost_usd) FROM cost_windows FINAL"
                 " WHERE window_s = 60 GROUP BY tenant_id",
@@ -118,7 +113,7 @@ def test_whole_flow_reconciles_and_reruns_idempotently(kafka, chdb_dsn, database
         assert {t: w[1] for t, w in windows.items()} == want_cost
         # the 1 h and 1 day rollups hold the same totals
         levels: dict[int, dict] = defaultdict(dict)
-        for window_s, t, r, c, j in query(
+        for window_s, t, r, c, j in rows(
             client,
             "SELECT window_s, tenant_id, sum(requests), sum(cost_usd), sum(judge_cost_usd)"
             " FROM cost_windows FINAL GROUP BY window_s, tenant_id",
@@ -128,24 +123,24 @@ def test_whole_flow_reconciles_and_reruns_idempotently(kafka, chdb_dsn, database
 
         # judge spend: the same dollars in the ledger as on the evaluations
         judge_by_tenant = dict(
-            query(client, "SELECT tenant_id, sum(judge_cost_usd) FROM evaluations FINAL GROUP BY tenant_id")
+            rows(client, "SELECT tenant_id, sum(judge_cost_usd) FROM evaluations FINAL GROUP BY tenant_id")
         )
         assert {t: w[2] for t, w in windows.items() if w[2]} == {
             t: v for t, v in judge_by_tenant.items() if v
         }
 
         evals = dict(
-            query(client, "SELECT tier, count() FROM evaluations FINAL WHERE error = '' GROUP BY tier")
+            rows(client, "SELECT tier, count() FROM evaluations FINAL WHERE error = '' GROUP BY tier")
         )
         assert evals.get(0, 0) > 0 and evals.get(1, 0) > 0
-        assert query(client, "SELECT count() FROM evaluations FINAL WHERE error != ''")[0][0] == 0
+        assert rows(client, "SELECT count() FROM evaluations FINAL WHERE error != ''")[0][0] == 0
 
-        alerts = query(client, "SELECT tenant_id, level FROM alerts FINAL WHERE rule = 'burn_rate'")
+        alerts = rows(client, "SELECT tenant_id, level FROM alerts FINAL WHERE rule = 'burn_rate'")
         # the coding service's burst takes globex from ok straight to critical within a minute
         assert ("globex", "critical") in alerts and ("acme", "warn") in alerts
 
     # judge calls reached the endpoint through the real client; each call is in the ledger once
     seen = judge_endpoint.stats()["total"]
-    ledger_calls = query(client, "SELECT sum(judge_calls) FROM cost_windows FINAL WHERE window_s = 60")[0][0]
+    ledger_calls = rows(client, "SELECT sum(judge_calls) FROM cost_windows FINAL WHERE window_s = 60")[0][0]
     assert 0 < ledger_calls <= seen
     assert count_topic(kafka.bootstrap, settings.flow.kafka.dead_letters_topic) == 2 * want_bad

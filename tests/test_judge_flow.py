@@ -14,15 +14,11 @@ import pytest
 from flows.kafka_mock import produce_all
 from flows.traffic import generate
 from sinks.clickhouse import connect, ensure_schema
-from tests.conftest import flow_settings, run_flow
+from tests.conftest import rows, run_flow, topic_flow_settings
 
 TOPIC = "llm-events"
 TIER1, TIER2 = "gpt-4o-mini", "claude-sonnet-4-6"
 BAND = 0.455  # wide: the simulated sentiment scores (0.05) escalate, toxicity (0.02) does not
-
-
-def rows(client, sql: str) -> list[tuple]:
-    return client.query(sql).result_rows
 
 
 @pytest.mark.slow
@@ -30,14 +26,13 @@ def rows(client, sql: str) -> list[tuple]:
 def test_two_tier_cascade_in_the_whole_flow(kafka, chdb_dsn, database, judge_endpoint, workers):
     kafka.create_topic(TOPIC, 4)
     produce_all(kafka.bootstrap, TOPIC, list(generate(limit=1500)))
-    settings = flow_settings(
+    settings = topic_flow_settings(
+        kafka,
+        chdb_dsn,
+        database,
+        judge_endpoint,
+        topic=TOPIC,
         **{
-            "kafka.brokers": kafka.bootstrap,
-            "kafka.tail": False,
-            "kafka.topics": [TOPIC],
-            "clickhouse.dsn": chdb_dsn,
-            "clickhouse.database": database,
-            "judges.tier1.base_url": judge_endpoint.openai_base_url,
             "judges.tier2": {
                 "provider": "anthropic",
                 "model": TIER2,

@@ -15,7 +15,7 @@ from operators.otlp import OtlpMapping, decode_otlp, looks_like_otlp
 from operators.records import DeadLetter, Event, Source
 from operators.validate import DecodeLimits
 from sinks.clickhouse import connect, ensure_schema
-from tests.conftest import flow_settings, run_flow
+from tests.conftest import run_flow, topic_flow_settings
 
 OTEL = shared_data_dir() / "otel"
 LIMITS = DecodeLimits(
@@ -105,15 +105,7 @@ def test_otlp_and_native_events_through_the_whole_flow(kafka, chdb_dsn, database
     }
     messages.append(json.dumps(native).encode())
     produce_all(kafka.bootstrap, "llm-events", messages)
-    settings = flow_settings(
-        **{
-            "kafka.brokers": kafka.bootstrap,
-            "kafka.tail": False,
-            "clickhouse.dsn": chdb_dsn,
-            "clickhouse.database": database,
-            "judges.tier1.base_url": judge_endpoint.openai_base_url,
-        }
-    )
+    settings = topic_flow_settings(kafka, chdb_dsn, database, judge_endpoint)
     client = connect(chdb_dsn, database)
     ensure_schema(client, database)
     run_flow(settings)

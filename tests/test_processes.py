@@ -4,7 +4,6 @@ front). Every event is counted exactly once and the windows reconcile."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from flows.kafka_mock import produce_all
 from flows.traffic import generate
 from sinks.chdb_http import start_chdb_http
-from tests.conftest import CONFIG, free_port
+from tests.conftest import CONFIG, free_port, job_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,15 +26,7 @@ def test_two_processes_split_the_partitions_and_count_every_event_once(kafka, ju
     produce_all(kafka.bootstrap, "llm-events", messages)
     bad = sum(1 for k, _, _ in messages if k.startswith(b"bad-"))
     with start_chdb_http(tmp_path / "chdb") as url:
-        env = {
-            **os.environ,
-            "JUDGEFLOW_KAFKA_BROKERS": kafka.bootstrap,
-            "JUDGEFLOW_CLICKHOUSE_DSN": url,
-            "OPENAI_BASE_URL": judge_endpoint.openai_base_url,
-            "OPENAI_API_KEY": "test-key",
-            "PYTHONPATH": str(ROOT),
-        }
-        env.pop("JUDGEFLOW_REDIS_URL", None)
+        env = job_env(kafka, url, judge_endpoint)
         addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(2))
         procs = [
             subprocess.Popen(

@@ -5,7 +5,6 @@ the windows and the judge spend reconciling."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 from flows.kafka_mock import produce_all
 from flows.traffic import generate
 from sinks.chdb_http import start_chdb_http
-from tests.conftest import CONFIG
+from tests.conftest import CONFIG, job_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,15 +42,7 @@ def test_killed_job_resumes_from_its_snapshot_without_losing_or_double_counting(
     bad = sum(1 for k, _, _ in messages if k.startswith(b"bad-"))
     database = "judgeflow"  # the example config's; this ClickHouse is private to the test
     with start_chdb_http(tmp_path / "chdb") as url:
-        env = {
-            **os.environ,
-            "JUDGEFLOW_KAFKA_BROKERS": kafka.bootstrap,
-            "JUDGEFLOW_CLICKHOUSE_DSN": url,
-            "OPENAI_BASE_URL": judge_endpoint.openai_base_url,
-            "OPENAI_API_KEY": "test-key",
-            "PYTHONPATH": str(ROOT),
-        }
-        env.pop("JUDGEFLOW_REDIS_URL", None)
+        env = job_env(kafka, url, judge_endpoint)
         host, port = url.removeprefix("http://").split(":")
         client = clickhouse_connect.get_client(host=host, port=int(port), database="default")
         recovery = tmp_path / "recovery"

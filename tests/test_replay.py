@@ -12,7 +12,7 @@ import pytest
 
 from flows.kafka_mock import produce_all
 from sinks.clickhouse import connect, ensure_schema
-from tests.conftest import flow_settings, run_flow
+from tests.conftest import run_flow, topic_flow_settings
 
 DAY1 = int(datetime(2026, 11, 19, tzinfo=UTC).timestamp() * 1000)
 DAY2 = DAY1 + 86_400_000
@@ -42,15 +42,8 @@ def test_replay_from_a_time_rewrites_whole_days_only(kafka, chdb_dsn, database, 
     msgs = messages()
     produce_all(kafka.bootstrap, "llm-events", msgs)  # message timestamp = event time
     noon_day2 = datetime.fromtimestamp((DAY2 + 12 * 3_600_000) / 1000, tz=UTC)
-    settings = flow_settings(
-        **{
-            "kafka.brokers": kafka.bootstrap,
-            "kafka.tail": False,
-            "kafka.start": noon_day2.isoformat(),
-            "clickhouse.dsn": chdb_dsn,
-            "clickhouse.database": database,
-            "judges.tier1.base_url": judge_endpoint.openai_base_url,
-        }
+    settings = topic_flow_settings(
+        kafka, chdb_dsn, database, judge_endpoint, **{"kafka.start": noon_day2.isoformat()}
     )
     client = connect(chdb_dsn, database)
     ensure_schema(client, database)

@@ -9,14 +9,11 @@ import dataclasses
 import json
 import random
 from collections import Counter, defaultdict
-from datetime import timedelta
 from decimal import Decimal
 
 import pytest
 from prometheus_client import REGISTRY
 
-from flows.deps import build_deps
-from flows.judgeflow import build_flow
 from flows.kafka_mock import produce_all
 from flows.traffic import generate
 from judges.rules import Tier0Rules
@@ -41,7 +38,7 @@ from operators.sample import (
 )
 from operators.savings import Baseline, ReferenceJudge
 from sinks.clickhouse import connect, ensure_schema
-from tests.conftest import flow_settings
+from tests.conftest import rows, run_flow, topic_flow_settings
 
 T0 = 1_763_300_000_000 - 1_763_300_000_000 % 60_000  # a minute boundary
 METRICS = ("pii", "refusal", "jailbreak", "toxicity", "hallucination")
@@ -265,34 +262,7 @@ def wire(e: Event) -> tuple[bytes, bytes, int]:
 
 
 def settings_for(kafka, chdb_dsn, database, judge_endpoint, **extra):
-    return flow_settings(
-        **{
-            "kafka.brokers": kafka.bootstrap,
-            "kafka.tail": False,
-            "kafka.topics": [TOPIC],
-            "clickhouse.dsn": chdb_dsn,
-            "clickhouse.database": database,
-            "judges.tier1.base_url": judge_endpoint.openai_base_url,
-            **extra,
-        }
-    )
-
-
-def run(settings, *, workers: int, control=None) -> None:
-    from bytewax._bytewax import cli_main
-
-    deps = build_deps(settings)
-    if control is not None:
-        deps = dataclasses.replace(deps, control=control)
-    try:
-        flow = build_flow(settings, deps=deps)
-        cli_main(flow, workers_per_process=workers, epoch_interval=timedelta(seconds=1))
-    finally:
-        deps.close()
-
-
-def rows(client, sql: str) -> list[tuple]:
-    return client.query(sql).result_rows
+    return topic_flow_settings(kafka, chdb_dsn, database, judge_endpoint, topic=TOPIC, **extra)
 
 
 @pytest.mark.slow
@@ -305,7 +275,7 @@ def test_replays_and_two_workers_sample_the_same_events(kafka, chdb_dsn, judge_e
         settings = settings_for(kafka, chdb_dsn, database, judge_endpoint)
         client = connect(chdb_dsn, database)
         ensure_schema(client, database)
-        run(settings, workers=workers)
+        run_flow(settings, workers=workers)
         sql = "SELECT event_id, any(inclusion_prob) FROM evaluations FINAL GROUP BY event_id ORDER BY 1"
         chosen.append(rows(client, sql))
         judged_share = len(chosen[-1]) / rows(client, "SELECT count() FROM llm_events FINAL")[0][0]
@@ -333,7 +303,7 @@ def test_minimum_cap_and_overrides_in_clickhouse(kafka, chdb_dsn, database, judg
     store.set(Override("paused", 0.0, "cost spike", "cli:test", 2**62))
     client = connect(chdb_dsn, database)
     ensure_schema(client, database)
-    run(settings, workers=workers, control=store)
+    run_flow(settings, workers=workers, control=store)
 
     judged = dict(
         rows(
