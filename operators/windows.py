@@ -59,6 +59,32 @@ def ledger_entry(e: Event) -> LedgerEntry:
     )
 
 
+def window_row(
+    w: LedgerEntry, size_ms: int, category: str, version: int, kind: str = "window", correction_id: str = ""
+) -> CostWindow:
+    """The `cost_windows` row for the sums `w` of one window."""
+    return CostWindow(
+        window_start_ms=w.ts_ms,
+        window_ms=size_ms,
+        tenant_id=w.tenant_id,
+        agent=w.agent,
+        model=w.model,
+        variant=w.variant,
+        requests=w.requests,
+        input_tokens=w.input_tokens,
+        output_tokens=w.output_tokens,
+        cost_pusd=w.cost_pusd,
+        unknown_cost_requests=w.unknown_cost_requests,
+        judge_calls=w.judge_calls,
+        judge_cost_pusd=w.judge_cost_pusd,
+        max_request_cost_pusd=w.max_request_cost_pusd,
+        version=version,
+        category=category,
+        kind=kind,
+        correction_id=correction_id,
+    )
+
+
 def combine_events(events: Iterable[Event], size_ms: int, keep_alone_before_ms: int) -> list[LedgerEntry]:
     """`combine` for priced events (one request each), without a ledger entry per event."""
     acc: dict[tuple[str, str, str, str, int], LedgerEntry] = {}
@@ -233,26 +259,7 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         return out
 
     def _row(self, w: LedgerEntry, kind: str = "window", correction_id: str = "") -> CostWindow:
-        return CostWindow(
-            window_start_ms=w.ts_ms,
-            window_ms=self._size,
-            tenant_id=w.tenant_id,
-            agent=w.agent,
-            model=w.model,
-            variant=w.variant,
-            requests=w.requests,
-            input_tokens=w.input_tokens,
-            output_tokens=w.output_tokens,
-            cost_pusd=w.cost_pusd,
-            unknown_cost_requests=w.unknown_cost_requests,
-            judge_calls=w.judge_calls,
-            judge_cost_pusd=w.judge_cost_pusd,
-            max_request_cost_pusd=w.max_request_cost_pusd,
-            version=time.time_ns() // 1000,
-            category=self._category,
-            kind=kind,
-            correction_id=correction_id,
-        )
+        return window_row(w, self._size, self._category, time.time_ns() // 1000, kind, correction_id)
 
     def _correction(self, x: LedgerEntry, start: int) -> CostWindow:
         metrics.LATE.inc()
@@ -380,26 +387,7 @@ class _RollupLogic(StatefulBatchLogic[CostWindow, CostWindow, _RollupState]):
     def _row(
         self, w: LedgerEntry, size: int, category: str, kind: str = "window", correction_id: str = ""
     ) -> CostWindow:
-        return CostWindow(
-            window_start_ms=w.ts_ms,
-            window_ms=size,
-            tenant_id=w.tenant_id,
-            agent=w.agent,
-            model=w.model,
-            variant=w.variant,
-            requests=w.requests,
-            input_tokens=w.input_tokens,
-            output_tokens=w.output_tokens,
-            cost_pusd=w.cost_pusd,
-            unknown_cost_requests=w.unknown_cost_requests,
-            judge_calls=w.judge_calls,
-            judge_cost_pusd=w.judge_cost_pusd,
-            max_request_cost_pusd=w.max_request_cost_pusd,
-            version=self._next_version(),
-            category=category,
-            kind=kind,
-            correction_id=correction_id,
-        )
+        return window_row(w, size, category, self._next_version(), kind, correction_id)
 
     def _correction(
         self, r: CostWindow, delta: CostWindow | LedgerEntry, level: tuple[int, int]
