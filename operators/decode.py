@@ -25,7 +25,6 @@ __all__ = [
     "InvalidEvent",
     "dead_letter",
     "decode",
-    "decode_bytes",
     "decode_message",
 ]
 
@@ -88,11 +87,6 @@ def decode_message(
         return dead_letter("decode", f"malformed JSON: {exc}", raw, source, now_ms)
     except InvalidEvent as exc:
         return dead_letter("decode", f"invalid event: {exc}", raw, source, now_ms)
-
-
-def decode_bytes(raw: bytes, limits: DecodeLimits, now_ms: int, source: Source | None = None) -> Event:
-    """Decode one payload or raise `msgspec.DecodeError` / `InvalidEvent` (tests, benches)."""
-    return to_event(_decoder.decode(raw), limits, now_ms, source)
 
 
 def _source(m: KafkaSourceMessage) -> Source | None:
