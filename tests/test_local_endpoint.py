@@ -28,10 +28,10 @@ from judges.local_endpoint import (
     LocalEndpoint,
     config_to_args,
     parse_cli,
-    simulate_verdict,
     start_endpoint_process,
 )
 from judges.rubrics import VERDICT_SCHEMA, build_prompt, parse_verdict
+from judges.simulated_verdicts import simulate_verdict
 
 OPENAI_MODEL = "gpt-4o-mini"
 ANTHROPIC_MODEL = "claude-haiku-4-5"
