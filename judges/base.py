@@ -16,6 +16,7 @@ Errors::
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -77,6 +78,10 @@ class RuleJudge(Protocol):
 
     def judge(self, metric: str, item: JudgeItem) -> Verdict | None:
         """A verdict, or None when this rule set does not cover `metric`."""
+        ...
+
+    def verdict(self, metric: str, flags: Iterable[str]) -> Verdict | None:
+        """The verdict for `metric` from names `flags()` returned, without rescanning."""
         ...
 
     def flags(self, item: JudgeItem) -> frozenset[str]:

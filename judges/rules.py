@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from judges.base import FLAGGED, OK, JudgeItem
@@ -609,6 +609,12 @@ class Tier0Rules:
         for r in self.rules:
             by_metric.setdefault(r.metric, []).append(r)
         self._by_metric = {m: tuple(rs) for m, rs in by_metric.items()}
+        # rows that share a name share metric, score and description: the first row
+        # stands for the name, and names are listed in table order
+        self._by_name: dict[str, Rule] = {}
+        for r in self.rules:
+            self._by_name.setdefault(r.name, r)
+        self._rank = {name: i for i, name in enumerate(self._by_name)}
         # the hot loop's view of the table: plain tuples, the whole-text
         # rows (most of them) reduced to a bound `search`
         self._plan = tuple(
@@ -642,15 +648,24 @@ class Tier0Rules:
         if rules is None:
             return None
         texts = _Texts(item)
-        fired: dict[str, Rule] = {}
+        fired: list[str] = []
         for r in rules:
             if r.name not in fired and next(_matches(r, texts), None) is not None:
-                fired[r.name] = r
+                fired.append(r.name)
+        return self.verdict(metric, fired)
+
+    def verdict(self, metric: str, flags: Iterable[str]) -> Verdict | None:
+        """The verdict `judge()` gives, from the rule names `flags()` already found
+        (no second pass over the text); None when no rule covers `metric`."""
+        if metric not in self._by_metric:
+            return None
+        names = sorted((f for f in flags if f in self._by_name), key=self._rank.__getitem__)
+        fired = [r for r in (self._by_name[f] for f in names) if r.metric == metric]
         judge_id = f"rules/{metric}@{self.version}"
         if not fired:
             return Verdict(metric, 0.0, OK, f"no tier-0 {metric} rule fired", judge_id, 0)
-        listed = "; ".join(f"{r.name} ({r.what})" for r in fired.values())
-        score = max(r.score for r in fired.values())
+        listed = "; ".join(f"{r.name} ({r.what})" for r in fired)
+        score = max(r.score for r in fired)
         return Verdict(metric, score, FLAGGED, f"tier-0 rules fired: {listed}", judge_id, 0)
 
     def find_pii(self, output_text: str) -> list[tuple[str, int, int]]:

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from judges.anthropic_judge import AnthropicJudge
-from judges.base import FLAGGED
+from judges.base import FLAGGED, JudgeItem
 from judges.budget import DAY_MS, BudgetPolicy
 from judges.cascade import JudgePlan
 from judges.local_endpoint import EndpointConfig, LocalEndpoint
@@ -128,8 +128,15 @@ def event(
 
 
 def candidate(e: Event, plan: JudgePlan, keyer: ContentKeyer) -> Candidate:
+    """What reaches the judge: the sampler has flagged it with the tier-0 rules."""
+    flags = tuple(sorted(Tier0Rules().flags(JudgeItem(e.input_text, e.output_text, e.context))))
     return Candidate(
-        event=e, content_hash=keyer.content_hash(e), cached={}, todo=plan.llm_metrics, inclusion_prob=1.0
+        event=e,
+        content_hash=keyer.content_hash(e),
+        cached={},
+        todo=plan.llm_metrics,
+        inclusion_prob=1.0,
+        flags=flags,
     )
 
 
