@@ -40,7 +40,6 @@ class Candidate(msgspec.Struct, array_like=True):
     content_hash: str = ""  # set by `dedup`
     cached: dict[str, Verdict] = {}
     todo: tuple[str, ...] = ()  # LLM metrics with no cached verdict
-    flags: tuple[str, ...] = ()
     inclusion_prob: float = 0.0  # 0 = not sampled
     sample_reason: str = ""
     stratum: str = ""  # the sampler's stratum within the tenant

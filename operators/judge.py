@@ -187,7 +187,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, Evaluation | LedgerEntry, _Judge
             tier0 = None
             # with the budget spent, the rules answer every metric they cover
             if 0 in tiers or (ceiling == 0 and metric in llm_todo):
-                tier0 = self._d.rules.verdict(metric, c.flags)  # the sampler's pass found them
+                tier0 = self._d.rules.verdict(metric, e.flags)  # the sampler's pass found them
                 if tier0 is not None:
                     out.append(_evaluation(c, tier0))
             if metric not in llm_todo or plan.settles(tier0):

@@ -392,8 +392,8 @@ def tally_batch(
         skipped_hits = []
     for c in cands:
         e = c.event
-        c.flags = e.flags = tuple(sorted(rules.flags(JudgeItem(e.input_text, e.output_text, e.context))))
-        a = sampler.assign(e, c.flags, overrides.get(e.tenant_id))
+        e.flags = tuple(sorted(rules.flags(JudgeItem(e.input_text, e.output_text, e.context))))
+        a = sampler.assign(e, e.flags, overrides.get(e.tenant_id))
         c.stratum = a.stratum
         window = e.ts_ms - e.ts_ms % size_ms
         part = parts.get((e.tenant_id, window))

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from judges.anthropic_judge import AnthropicJudge
@@ -131,12 +132,11 @@ def candidate(e: Event, plan: JudgePlan, keyer: ContentKeyer) -> Candidate:
     """What reaches the judge: the sampler has flagged it with the tier-0 rules."""
     flags = tuple(sorted(Tier0Rules().flags(JudgeItem(e.input_text, e.output_text, e.context))))
     return Candidate(
-        event=e,
+        event=msgspec.structs.replace(e, flags=flags),
         content_hash=keyer.content_hash(e),
         cached={},
         todo=plan.llm_metrics,
         inclusion_prob=1.0,
-        flags=flags,
     )
 
 
