@@ -849,11 +849,6 @@ def _json_response(obj: Any, status: int = 200) -> web.Response:
     return web.Response(body=_encode(obj), status=status, content_type="application/json")
 
 
-def build_app(config: EndpointConfig | None = None) -> web.Application:
-    """The aiohttp application alone (e.g. for `aiohttp.test_utils.TestServer`)."""
-    return _Server(config or EndpointConfig()).app()
-
-
 async def _serve(server: _Server, stop: asyncio.Event, on_ready: Callable[[int], None]) -> None:
     """Listen on 127.0.0.1 until `stop` is set, then shut down quickly."""
     runner = web.AppRunner(
