@@ -241,6 +241,16 @@ class WindowsConfig(_Section):
     judge_allowed_lateness_s: int = Field(1800, ge=0)
     # coarser windows rolled up from the minutes (same table, told apart by window_s)
     rollups_s: tuple[int, ...] = (3600, 86400)
+    # how long (event time) an event_id is remembered to drop Kafka re-deliveries;
+    # unset: the longest window plus the allowed lateness
+    dedup_horizon_s: int | None = Field(None, ge=0)
+
+    @property
+    def redelivery_horizon_s(self) -> int:
+        if self.dedup_horizon_s is not None:
+            return self.dedup_horizon_s
+        lateness = max(self.allowed_lateness_s, self.judge_allowed_lateness_s)
+        return max((self.size_s, *self.rollups_s)) + lateness
 
     @model_validator(mode="after")
     def _rollups_nest(self) -> WindowsConfig:

@@ -33,6 +33,7 @@ from operators.estimates import quality_estimates
 from operators.expensive import expensive_requests
 from operators.judge import judge, reused_verdicts
 from operators.price import price
+from operators.redeliveries import drop_redeliveries
 from operators.sample import sample
 from operators.savings import judge_savings
 from operators.windows import cost_window, rollup
@@ -58,7 +59,10 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
     raw = op.input("kafka_in", flow, source or kafka_source(cfg.kafka, d.brokers, align_s=longest_window_s))
 
     decoded = decode("decode", raw, limits=d.decode_limits, now_ms=d.now_ms, otlp=d.otlp)
-    priced = price("price", decoded.oks, pricer=d.pricer)
+    # exactly once per event_id: Kafka re-deliveries never reach a count
+    unique = drop_redeliveries("redeliveries", decoded.oks, horizon_s=cfg.windows.redelivery_horizon_s)
+    dead_letters = op.merge("dead_letters", decoded.errs, unique.errs)
+    priced = price("price", unique.oks, pricer=d.pricer)
     events = priced.events
 
     # cost: every event, and every judge call, into windowed spend per key
@@ -129,7 +133,7 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
     op.output("overrides_out", alerting.actions, ControlSink(d.control))
     if d.webhooks is not None:
         op.output("webhooks_out", alerting.alerts, d.webhooks)
-    to_clickhouse("dead_letters_out", decoded.errs, "dead_letters")
+    to_clickhouse("dead_letters_out", dead_letters, "dead_letters")
     to_clickhouse("pricing_issues_out", priced.issues, "pricing_issues")
     if d.brokers:
         kafka_out(
@@ -141,7 +145,7 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
         )
         kafka_out(
             "dead_letters_kafka",
-            decoded.errs,
+            dead_letters,
             brokers=d.brokers,
             topic=cfg.kafka.dead_letters_topic,
             extra=cfg.kafka.extra,

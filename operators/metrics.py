@@ -113,6 +113,11 @@ ALERT_LEVEL = Gauge(
     "Tenant-wide alert level per rule: 0 ok, 1 warn, 2 critical, 3 emergency",
     ["rule", "tenant"],
 )
+REDELIVERIES = Counter(
+    "judgeflow_redeliveries_total",
+    "Records whose event_id was already seen: same payload (dropped) or changed (dead letter)",
+    ["kind"],
+)
 LATE = Counter("judgeflow_late_ledger_entries_total", "Ledger entries after the allowed lateness")
 WINDOW_ENTRIES = Counter(
     "judgeflow_window_entries_total",
