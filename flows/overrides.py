@@ -178,8 +178,9 @@ def _cmd_set(args: argparse.Namespace) -> int:
     rate = 0.0 if args.pause else args.rate
 
     def action(store: RedisControlStore) -> int:
-        expires = _now_ms() + int(args.ttl * 1000)
-        store.set(Override(args.tenant, rate, args.reason, f"cli:{_user()}", expires))
+        now = _now_ms()
+        expires = now + int(args.ttl * 1000)
+        store.set(Override(args.tenant, rate, args.reason, f"cli:{_user()}", expires, starts_ms=now))
         left = _left(expires - _now_ms())
         print(f"{args.tenant}: judge sampling {_shown_rate(rate)} until {_iso(expires)} ({left})")
         return 0

@@ -6,6 +6,13 @@ spike, or pause judging it), operators set and clear them by hand
 shares them across workers, processes and restarts; `MemoryControlStore` is
 the in-process fallback of the embedded default. Reads are cached for
 `refresh_s` so the hot path does not make a round trip per batch.
+
+Lifetime. An override applies to the events whose *event time* lies in
+[`starts_ms`, `expires_ms`) (`Override.covers`): an alert raised at event time E
+throttles the hour of traffic after E, however fast a replay or a lagging
+consumer reads it. The store keeps an override for at least as long in wall
+time as it lasts in event time (its `ttl_ms`) and until its expiry — the wall
+clock only cleans up, it never decides which events an override applies to.
 """
 
 from __future__ import annotations
@@ -25,13 +32,26 @@ log = logging.getLogger(__name__)
 
 
 class Override(msgspec.Struct, frozen=True):
-    """`rate` replaces the sampler's rates for the tenant; 0.0 pauses judging."""
+    """`rate` replaces the sampler's rates for the tenant's events with event
+    times in [starts_ms, expires_ms); 0.0 pauses judging."""
 
     tenant_id: str
     rate: float
     reason: str
     set_by: str  # "alert:<alert_id>" or "cli:<user>"
     expires_ms: int
+    starts_ms: int = 0
+
+    def covers(self, ts_ms: int) -> bool:
+        return self.starts_ms <= ts_ms < self.expires_ms
+
+    def keep_until_ms(self, now_ms: int) -> int:
+        """Wall time until which a store keeps it: its expiry, and at least its lifetime from now."""
+        return (
+            max(self.expires_ms, now_ms + self.expires_ms - self.starts_ms)
+            if self.starts_ms
+            else self.expires_ms
+        )
 
 
 _encode = msgspec.json.Encoder().encode
@@ -55,13 +75,14 @@ class MemoryControlStore:
     def __init__(self, *, clock_ms: Callable[[], int] | None = None) -> None:
         self._clock = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._data: dict[str, Override] = {}
+        self._keep_until: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def active(self) -> dict[str, Override]:
         now = self._clock()
         with self._lock:
-            for t in [t for t, o in self._data.items() if o.expires_ms <= now]:
-                del self._data[t]
+            for t in [t for t, until in self._keep_until.items() if until <= now]:
+                del self._data[t], self._keep_until[t]
             out = dict(self._data)
         metrics.OVERRIDES_ACTIVE.set(len(out))
         return out
@@ -69,13 +90,14 @@ class MemoryControlStore:
     def set(self, override: Override) -> None:
         with self._lock:
             self._data[override.tenant_id] = override
+            self._keep_until[override.tenant_id] = override.keep_until_ms(self._clock())
 
     def clear(self, tenant_id: str, *, if_set_by: str | None = None) -> bool:
         with self._lock:
             current = self._data.get(tenant_id)
             if current is None or (if_set_by is not None and current.set_by != if_set_by):
                 return False
-            del self._data[tenant_id]
+            del self._data[tenant_id], self._keep_until[tenant_id]
             return True
 
 
@@ -111,13 +133,13 @@ class RedisControlStore:
             if self._clock() - self._fetched_at >= self._refresh_s:
                 self._fetched_at = self._clock()
                 self._cached = self._fetch()
-            now = self._clock_ms()
-            out = {t: o for t, o in self._cached.items() if o.expires_ms > now}
+            out = dict(self._cached)  # Redis expires them (`Override.keep_until_ms`)
         metrics.OVERRIDES_ACTIVE.set(len(out))
         return out
 
     def set(self, override: Override) -> None:
-        ttl_ms = max(1, override.expires_ms - self._clock_ms())
+        now = self._clock_ms()
+        ttl_ms = max(1, override.keep_until_ms(now) - now)
         self._redis.set(self.PREFIX + override.tenant_id, _encode(override), px=ttl_ms)
         self._fetched_at = float("-inf")
 

@@ -487,7 +487,7 @@ def test_control_sink_sets_and_clears_only_its_own_override():
     store = MemoryControlStore(clock_ms=lambda: T0)
     part = ControlSink(store).build("overrides", 0, 1)
     part.write_batch([OverrideAction("t", "set", 0.01, T0 + HOUR, "alert:a1", "why", T0)])
-    assert store.active()["t"] == Override("t", 0.01, "why", "alert:a1", T0 + HOUR)
+    assert store.active()["t"] == Override("t", 0.01, "why", "alert:a1", T0 + HOUR, starts_ms=T0)
     part.write_batch([OverrideAction("t", "clear", 1.0, T0, "alert:a1", "done", T0)])
     assert store.active() == {}
     part.write_batch([OverrideAction("t", "set", 0.0, T0 + HOUR, "alert:a2", "why", T0)])
