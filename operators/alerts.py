@@ -114,6 +114,11 @@ class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, Alert | Overrid
         self._revisable = policy.revisable_ms
         self._clock = clock
         self._s = resume if resume is not None else _AlertState(ledger=TenantLedger(slot_ms=self._slot))
+        if resume is not None:
+            # the downtime is not a quiet tenant: evaluate on as the re-read windows arrive
+            now = clock()
+            resume.seen_at_s = now
+            resume.arrivals = deque((now, slot) for _, slot in resume.arrivals)
 
     def on_batch(
         self, values: list[CostWindow | ExpensiveSlot]

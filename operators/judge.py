@@ -34,7 +34,7 @@ from judges.runtime import JudgeRuntime, Outcome, Task
 from operators import metrics
 from operators.cache import CachedVerdict, VerdictCache
 from operators.dedup import Candidate, ContentKeyer, lookup
-from operators.records import Evaluation, Event, LedgerEntry, Verdict
+from operators.records import Evaluation, Event, LedgerEntry, Verdict, entry_hash
 
 __all__ = ["JudgeOut", "JudgePlan", "judge", "reused_verdicts"]
 
@@ -361,5 +361,6 @@ def _spend(e: Event, o: Outcome, cost: int) -> LedgerEntry:
         output_tokens=sum(call.output_tokens for call in o.calls),
         judge_calls=len(o.calls),
         judge_cost_pusd=cost,
-        entry_id=f"{e.event_id}|judge|{o.metric}|{o.tier}",
+        entry_id=(entry_id := f"{e.event_id}|judge|{o.metric}|{o.tier}"),
+        ids=entry_hash(entry_id),
     )

@@ -12,6 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 
 import msgspec
+import xxhash
 
 PICO_PER_USD = 10**12
 
@@ -181,6 +182,11 @@ class Evaluation(msgspec.Struct, frozen=True, array_like=True):
     error: str = ""
 
 
+def entry_hash(entry_id: str) -> int:
+    """The 64-bit hash `LedgerEntry.ids` combines."""
+    return xxhash.xxh3_64_intdigest(entry_id.encode("utf-8", "surrogatepass"))
+
+
 class LedgerEntry(msgspec.Struct, array_like=True):
     """Partial sums for one (tenant, agent, model, variant, minute): what the
     windows add up. `price` makes one per event; judges make one per judged
@@ -201,6 +207,9 @@ class LedgerEntry(msgspec.Struct, array_like=True):
     max_request_cost_pusd: int = 0
     # set only on entries that travel alone (not combined), so a correction has a stable id
     entry_id: str = ""
+    # XOR of the 64-bit hashes of every entry id summed in: a stable, order-independent
+    # id for a combined entry that turns out to be late
+    ids: int = 0
 
     def add(self, other: LedgerEntry) -> None:
         self.requests += other.requests
@@ -211,6 +220,7 @@ class LedgerEntry(msgspec.Struct, array_like=True):
         self.judge_calls += other.judge_calls
         self.judge_cost_pusd += other.judge_cost_pusd
         self.max_request_cost_pusd = max(self.max_request_cost_pusd, other.max_request_cost_pusd)
+        self.ids ^= other.ids
 
 
 class SavingsEntry(msgspec.Struct, array_like=True):

@@ -183,8 +183,9 @@ class Sampler:
         return unit_hash(self.version, event_id)
 
     def assign(self, e: Event, flags: Sequence[str], override: Override | None = None) -> Assignment:
-        """The stratum of one event; `override` is its tenant's, if any."""
-        if override is not None:
+        """The stratum of one event; `override` is its tenant's, if any (it applies
+        when it covers the event's time)."""
+        if override is not None and override.covers(e.ts_ms):
             if override.rate <= 0:
                 return Assignment(f"{e.agent}{_SEP}{PAUSED}", 0.0, PAUSED, 0)
             rate = min(override.rate, 1.0)
@@ -457,6 +458,13 @@ class _SampleLogic(StatefulBatchLogic[_Part, Candidate | SavingsEntry, _SampleSt
         self._grace_ms = int(sampler.allowed_lateness_s * 1000)
         self._cap = sampler.max_per_tenant
         self._s = resume if resume is not None else _SampleState()
+        if resume is not None:
+            # the downtime is not event-time progress, and the re-read events of every
+            # open window are still to come: no window closes before they had their time
+            now = clock()
+            resume.seen_at_s = now
+            for w in resume.open.values():
+                w.last_arrival_s = now
 
     def on_batch(self, values: list[_Part]) -> tuple[Iterable[Candidate | SavingsEntry], bool]:
         s, now = self._s, self._clock()

@@ -73,6 +73,11 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
     def __init__(self, spec: _Spec[X, A, R], resume: _TumblingState[A] | None) -> None:
         self._spec = spec
         self._s: _TumblingState[A] = resume if resume is not None else _TumblingState()
+        if resume is not None:
+            # the downtime is not event-time progress: windows wait for their re-read records
+            now = spec.clock()
+            resume.seen_at_s = now
+            resume.arrived_s = dict.fromkeys(resume.arrived_s, now)
 
     def on_batch(self, values: list[X]) -> tuple[Iterable[R], bool]:
         s, spec = self._s, self._spec

@@ -32,11 +32,12 @@ from datetime import UTC, datetime
 
 import bytewax.operators as op
 import msgspec
+import xxhash
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
 from operators import metrics
-from operators.records import CostWindow, Event, LedgerEntry
+from operators.records import CostWindow, Event, LedgerEntry, entry_hash
 
 _SEP = "\x1f"
 
@@ -56,6 +57,7 @@ def ledger_entry(e: Event) -> LedgerEntry:
         unknown_cost_requests=1 if e.cost_source == "unknown" else 0,
         max_request_cost_pusd=e.cost_pusd,
         entry_id=e.event_id,
+        ids=entry_hash(e.event_id),
     )
 
 
@@ -111,6 +113,7 @@ def combine_events(events: Iterable[Event], size_ms: int, keep_alone_before_ms: 
                 cost_pusd=cost,
                 unknown_cost_requests=unknown,
                 max_request_cost_pusd=cost,
+                ids=entry_hash(e.event_id),
             )
             continue
         cur.requests += 1
@@ -118,6 +121,7 @@ def combine_events(events: Iterable[Event], size_ms: int, keep_alone_before_ms: 
         cur.output_tokens += e.output_tokens
         cur.cost_pusd += cost
         cur.unknown_cost_requests += unknown
+        cur.ids ^= entry_hash(e.event_id)
         if cost > cur.max_request_cost_pusd:
             cur.max_request_cost_pusd = cost
     return [*acc.values(), *alone]
@@ -265,7 +269,7 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         metrics.LATE.inc()
         entry = LedgerEntry(*self._s.key, start)
         entry.add(x)
-        cid = x.entry_id or f"{start}:{time.time_ns()}"
+        cid = x.entry_id or f"{start}:{x.ids:016x}"  # the same late entries: the same row
         return self._row(entry, kind="correction", correction_id=cid)
 
 
@@ -395,8 +399,15 @@ class _RollupLogic(StatefulBatchLogic[CostWindow, CostWindow, _RollupState]):
         entry = LedgerEntry(r.tenant_id, r.agent, r.model, r.variant, level[1])
         _add(entry, delta)
         # a minute correction keeps its id; a (rare) revision of a closed level gets one from its row
-        cid = r.correction_id if r.kind == "correction" else f"{r.window_start_ms}@{r.version}"
+        cid = r.correction_id if r.kind == "correction" else _revision_id(r)
         return self._row(entry, level[0], r.category, kind="correction", correction_id=cid)
+
+
+def _revision_id(r: CostWindow) -> str:
+    """A stable id for a minute revision that reaches a closed level: from what the
+    revision holds (never from its wall-clock version), so a re-run writes the same row."""
+    content = (r.category, r.requests, r.input_tokens, r.output_tokens, r.cost_pusd, r.judge_calls)
+    return f"{r.window_start_ms}@" + xxhash.xxh3_64_hexdigest(repr((*content, r.judge_cost_pusd)).encode())
 
 
 def _minus(new: CostWindow, old: CostWindow) -> LedgerEntry:
