@@ -1,4 +1,5 @@
-"""Cost-path throughput: decode -> price -> ledger -> 1-minute windows -> 1 h / 1 d rollups,
+"""Cost-path throughput: decode -> re-delivery dedup -> price -> ledger -> 1-minute windows
+-> 1 h / 1 d rollups,
 per worker and across two processes, against a plain-Python reference in the same run.
 
 The input is a two-partition in-memory source (as a two-partition Kafka
@@ -37,6 +38,7 @@ from flows.deps import build_deps
 from operators import metrics
 from operators.decode import decode
 from operators.price import price
+from operators.redeliveries import drop_redeliveries
 from operators.windows import cost_window, ledger_entry, rollup
 
 PARTITIONS = 2
@@ -46,14 +48,20 @@ def settings() -> Settings:
     return load_settings(None, env={}, **{"judges.enabled": False})
 
 
-def cost_path_flow(s: Settings, source: PartitionedSource, counts: dict[str, int]) -> Dataflow:
-    """flows/judgeflow.py's cost path, as wired there."""
+def cost_path_flow(
+    s: Settings, source: PartitionedSource, counts: dict[str, int], *, redeliveries: bool = True
+) -> Dataflow:
+    """flows/judgeflow.py's cost path, as wired there (`redeliveries=False`: without the
+    exactly-once step, the baseline it is measured against)."""
     d = build_deps(s)
     cfg = s.flow
     flow = Dataflow("bench_cost_path")
     raw = op.input("kafka_in", flow, source)
     decoded = decode("decode", raw, limits=d.decode_limits, now_ms=d.now_ms, otlp=d.otlp)
-    priced = price("price", decoded.oks, pricer=d.pricer)
+    events = decoded.oks
+    if redeliveries:
+        events = drop_redeliveries("redeliveries", events, horizon_s=cfg.windows.redelivery_horizon_s).oks
+    priced = price("price", events, pricer=d.pricer)
     windows = cost_window(
         "cost_window",
         op.map("ledger", priced.events, ledger_entry),
@@ -76,7 +84,7 @@ def child(args: argparse.Namespace) -> int:
     parts = messages(args.events, partitions=PARTITIONS)
     source = PartitionedSource(lambda p: batched(parts[p], args.batch), PARTITIONS)
     counts: dict[str, int] = defaultdict(int)
-    flow = cost_path_flow(settings(), source, counts)
+    flow = cost_path_flow(settings(), source, counts, redeliveries=not args.no_redeliveries)
     addresses = args.addresses.split(";") if args.addresses else None
     cli_main(
         flow,
@@ -95,7 +103,9 @@ def child(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_processes(events: int, batch: int, processes: int, workers: int) -> tuple[float, dict]:
+def run_processes(
+    events: int, batch: int, processes: int, workers: int, *, redeliveries: bool = True
+) -> tuple[float, dict]:
     """Wall time from the first batch read in any process to the end of the last one."""
     ports = [_free_port() for _ in range(processes)]
     addresses = ";".join(f"127.0.0.1:{p}" for p in ports) if processes > 1 else ""
@@ -112,6 +122,7 @@ def run_processes(events: int, batch: int, processes: int, workers: int) -> tupl
                 f"--process-id={i}",
                 f"--addresses={addresses}",
                 f"--out={tmp}/{i}.json",
+                *([] if redeliveries else ["--no-redeliveries"]),
             ]
             procs.append(subprocess.Popen(cmd))
         for p in procs:
@@ -151,6 +162,7 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-redeliveries", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--process-id", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--addresses", default="", help=argparse.SUPPRESS)
@@ -160,27 +172,31 @@ def main() -> int:
         return child(args)
 
     configs = [
-        ("plain Python loop, 1 process", 0, 0),
-        ("bytewax, 1 process x 1 worker", 1, 1),
-        ("bytewax, 1 process x 2 workers (threads)", 1, 2),
-        ("bytewax, 2 processes x 1 worker", 2, 1),
+        ("plain Python loop, 1 process", 0, 0, True),
+        ("bytewax, 1 process x 1 worker", 1, 1, True),
+        ("bytewax, 1 process x 1 worker, no re-delivery dedup", 1, 1, False),
+        ("bytewax, 1 process x 2 workers (threads)", 1, 2, True),
+        ("bytewax, 2 processes x 1 worker", 2, 1, True),
+        ("bytewax, 2 processes x 1 worker, no re-delivery dedup", 2, 1, False),
     ]
     runs: dict[str, list[float]] = defaultdict(list)
     info: dict[str, dict] = {}
     for i in range(args.repeat):
-        for name, processes, workers in configs:
+        for name, processes, workers, redeliveries in configs:
             if processes == 0:
                 secs, rows = run_plain(args.events, args.batch)
                 info[name] = {"windows": rows}
             else:
-                secs, info[name] = run_processes(args.events, args.batch, processes, workers)
+                secs, info[name] = run_processes(
+                    args.events, args.batch, processes, workers, redeliveries=redeliveries
+                )
             runs[name].append(secs)
         print(f"run {i + 1}/{args.repeat} done", file=sys.stderr)
 
     plain = args.events / min(runs[configs[0][0]])
     one = args.events / min(runs[configs[1][0]])
     rows = []
-    for name, processes, workers in configs:
+    for name, processes, workers, _ in configs:
         rate, _ = median_rate(args.events, runs[name])
         best = args.events / min(runs[name])
         per_worker = best / max(1, processes * workers)

@@ -12,6 +12,9 @@
     cost_windows (1 min) + requests above the cost threshold ─ alerts ─┬─► alerts (ClickHouse, Kafka, hooks)
                                                                        └─► sampling overrides (control store)
 
+Between decode and price, `redeliveries` passes each event_id once (a Kafka
+re-delivery with another payload joins the dead letters).
+
 `build_flow(settings)` wires the stages; `flows.deps` builds what they need
 (clients, caches, judges) from the settings. Nothing here connects anywhere
 until the dataflow runs.
