@@ -63,9 +63,11 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
 
     decoded = decode("decode", raw, limits=d.decode_limits, now_ms=d.now_ms, otlp=d.otlp)
     # exactly once per event_id: Kafka re-deliveries never reach a count
-    unique = drop_redeliveries("redeliveries", decoded.oks, horizon_s=cfg.windows.redelivery_horizon_s)
-    dead_letters = op.merge("dead_letters", decoded.errs, unique.errs)
-    priced = price("price", unique.oks, pricer=d.pricer)
+    events_in, dead_letters = decoded.oks, decoded.errs
+    if cfg.windows.drop_redeliveries:
+        unique = drop_redeliveries("redeliveries", events_in, horizon_s=cfg.windows.redelivery_horizon_s)
+        events_in, dead_letters = unique.oks, op.merge("dead_letters", dead_letters, unique.errs)
+    priced = price("price", events_in, pricer=d.pricer)
     events = priced.events
 
     # cost: every event, and every judge call, into windowed spend per key

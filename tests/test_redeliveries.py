@@ -28,9 +28,9 @@ def _event(event_id: str, ts_ms: int, output: str = "ok", offset: int = 0) -> Ev
 def test_same_payload_is_dropped_changed_payload_is_a_dead_letter() -> None:
     logic = _SeenLogic(horizon_ms=3_600_000, resume=None)
     first = _event("a", 1_000)
-    out, _ = logic.on_batch([first, _event("b", 2_000), _event("a", 1_000, offset=7)])
+    (out,), _ = logic.on_batch([[first, _event("b", 2_000)], [_event("a", 1_000, offset=7)]])
     assert [type(x) for x in out] == [Event, Event]  # the copy from another partition is dropped
-    out, _ = logic.on_batch([_event("a", 1_000, output="changed", offset=9)])
+    (out,), _ = logic.on_batch([[_event("a", 1_000, output="changed", offset=9)]])
     assert len(out) == 1 and isinstance(out[0], DeadLetter)
     assert out[0].stage == "dedup" and "different payload" in out[0].reason
     assert out[0].key == "t:1:9"
@@ -40,13 +40,13 @@ def test_same_payload_is_dropped_changed_payload_is_a_dead_letter() -> None:
 
 def test_seen_set_survives_a_restore_and_forgets_past_the_horizon() -> None:
     logic = _SeenLogic(horizon_ms=3_600_000, resume=None)
-    logic.on_batch([_event("a", 0)])
+    logic.on_batch([[_event("a", 0)]])
     restored = _SeenLogic(horizon_ms=3_600_000, resume=logic.snapshot())
-    assert restored.on_batch([_event("a", 0)])[0] == []
+    assert restored.on_batch([[_event("a", 0)]])[0] == []
     # two hours of event time later the id is forgotten: memory stays bounded
-    restored.on_batch([_event("z", 3 * 3_600_000)])
+    restored.on_batch([[_event("z", 3 * 3_600_000)]])
     assert len(restored.snapshot().seen) == 1
-    assert [e.event_id for e in restored.on_batch([_event("a", 0)])[0]] == ["a"]
+    assert [e.event_id for e in restored.on_batch([[_event("a", 0)]])[0][0]] == ["a"]
 
 
 def test_redelivered_events_count_once_in_every_table(kafka, chdb_dsn, database) -> None:
