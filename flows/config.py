@@ -66,6 +66,7 @@ class DecodeConfig(_Section):
     max_future_s: int = Field(86_400, ge=0)
     max_tokens: int = Field(10_000_000, ge=1)
     max_cost_usd: NonNegMoney = Decimal(1000)
+    max_record_bytes: int = Field(1 << 20, ge=1024)  # larger records go to dead letters
 
 
 class OtlpConfig(_Section):

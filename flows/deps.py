@@ -75,6 +75,7 @@ def build_deps(settings: Settings) -> Deps:
             max_future_ms=cfg.decode.max_future_s * 1000,
             max_tokens=cfg.decode.max_tokens,
             max_cost_pico=int(cfg.decode.max_cost_usd * PICO_PER_USD),
+            max_record_bytes=cfg.decode.max_record_bytes,
         ),
         otlp=OtlpMapping(
             tenant_attribute=cfg.otlp.tenant_attribute,

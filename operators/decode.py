@@ -1,12 +1,17 @@
 """decode: Kafka bytes -> validated `Event`, or a `DeadLetter` saying why not.
 
-Nothing raised here stops the flow: malformed JSON, wrong types, missing
-fields and absurd values (negative tokens, timestamps years away) all become
-dead letters carrying the raw bytes and the Kafka coordinates.
+Nothing raised here stops the flow: records over the size limit, invalid
+UTF-8, malformed JSON, wrong types, missing fields and absurd values
+(negative tokens, timestamps years away) all become dead letters carrying the
+raw bytes and the Kafka coordinates; any other exception a record raises is
+caught per record too and becomes an `internal error` dead letter (logged
+once per exception type with its traceback), so a bug cannot turn one record
+into a poison pill that stops the job on every restart.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -26,9 +31,11 @@ __all__ = [
     "dead_letter",
     "decode",
     "decode_message",
+    "decode_record",
 ]
 
 _decoder = msgspec.json.Decoder(WireEvent)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,11 +64,7 @@ def decode(
             return [decode_message(m, limits, now) for m in msgs]
         out: list[Event | DeadLetter] = []
         for m in msgs:
-            raw = None if isinstance(m, KafkaError) else m.value
-            if raw is not None and looks_like_otlp(raw):
-                out.extend(decode_otlp(raw, limits, now, _source(m), otlp))
-            else:
-                out.append(decode_message(m, limits, now))
+            out.extend(decode_record(m, limits, now, otlp))
         return out
 
     both = op.flat_map_batch(f"{step_id}_batch", up, decode_batch)
@@ -79,6 +82,11 @@ def decode_message(
     raw = msg.value
     if raw is None:
         return dead_letter("decode", "empty message (null value)", b"", source, now_ms)
+    if len(raw) > limits.max_record_bytes:
+        reason = (
+            f"record too large: {len(raw)} bytes > {limits.max_record_bytes} (first {_KEEP_BYTES} bytes kept)"
+        )
+        return dead_letter("decode", reason, raw[:_KEEP_BYTES], source, now_ms)
     try:
         return to_event(_decoder.decode(raw), limits, now_ms, source)
     except msgspec.ValidationError as exc:
@@ -87,6 +95,50 @@ def decode_message(
         return dead_letter("decode", f"malformed JSON: {exc}", raw, source, now_ms)
     except InvalidEvent as exc:
         return dead_letter("decode", f"invalid event: {exc}", raw, source, now_ms)
+    except UnicodeDecodeError as exc:
+        return dead_letter("decode", f"invalid UTF-8 at byte {_utf8_error_at(raw, exc)}", raw, source, now_ms)
+    except Exception as exc:  # a bug must not make this record a poison pill
+        return _internal_error(exc, raw, source, now_ms)
+
+
+_KEEP_BYTES = 65_536  # of an oversized record, in its dead letter
+_logged: set[str] = set()
+
+
+def decode_record(
+    m: KafkaSourceMessage | KafkaError, limits: DecodeLimits, now_ms: int, otlp: OtlpMapping
+) -> list[Event | DeadLetter]:
+    """One message, native or OTLP/JSON: its events, or dead letters saying why not. Never raises."""
+    raw = None if isinstance(m, KafkaError) else m.value
+    if raw is None or len(raw) > limits.max_record_bytes or not looks_like_otlp(raw):
+        return [decode_message(m, limits, now_ms)]
+    assert isinstance(m, KafkaSourceMessage)
+    try:
+        return decode_otlp(raw, limits, now_ms, _source(m), otlp)
+    except UnicodeDecodeError as exc:
+        reason = f"invalid UTF-8 at byte {_utf8_error_at(raw, exc)}"
+        return [dead_letter("decode", reason, raw, _source(m), now_ms)]
+    except Exception as exc:
+        return [_internal_error(exc, raw, _source(m), now_ms)]
+
+
+def _internal_error(exc: Exception, raw: bytes, source: Source | None, now_ms: int) -> DeadLetter:
+    name = type(exc).__name__
+    if name not in _logged:
+        _logged.add(name)
+        log.warning(
+            "decode: %s turned a record into a dead letter (logged once per type)", name, exc_info=exc
+        )
+    return dead_letter("decode", f"internal error: {name}: {exc}", raw, source, now_ms)
+
+
+def _utf8_error_at(raw: bytes, exc: UnicodeDecodeError) -> int:
+    """The offset of the first invalid byte in the whole record (msgspec reports it per string)."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as whole:
+        return whole.start
+    return exc.start
 
 
 def _source(m: KafkaSourceMessage) -> Source | None:

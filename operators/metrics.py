@@ -45,7 +45,11 @@ def model_label(model: str) -> str:
 
 
 EVENTS_IN = Counter("judgeflow_events_total", "Events decoded successfully")
-DEAD_LETTERS = Counter("judgeflow_dead_letters_total", "Records sent to dead letters", ["stage"])
+DEAD_LETTERS = Counter(
+    "judgeflow_dead_letters_total",
+    "Records sent to dead letters, by stage and class of reason",
+    ["stage", "reason"],
+)
 UNKNOWN_MODEL = Counter(
     "judgeflow_unknown_model_events_total", "Events whose model has no known price", ["model"]
 )

@@ -57,7 +57,12 @@ def decode_otlp(
         return [dead_letter("decode", "OTLP export request is not a JSON object", raw, source, now_ms)]
     out: list[Event | DeadLetter] = []
     skipped = 0
-    for record in _records(doc):
+    try:
+        records = list(_records(doc))
+    except (TypeError, AttributeError, ValueError) as exc:  # a wrong shape somewhere in the envelope
+        reason = f"invalid OTLP envelope: {type(exc).__name__}: {exc}"
+        return [dead_letter("decode", reason, raw, source, now_ms)]
+    for record in records:
         if record is None:
             skipped += 1
             continue

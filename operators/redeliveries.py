@@ -41,6 +41,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from operators import metrics
 from operators.records import DeadLetter, Event
+from operators.validate import dead_letter
 
 _BUCKET_MS = 3_600_000
 _encode = msgspec.msgpack.Encoder().encode
@@ -110,13 +111,11 @@ class _SeenLogic(StatefulBatchLogic[list[Event], list[Event] | list[DeadLetter],
 
 
 def _changed(e: Event, first: int, fp: int) -> DeadLetter:
-    src = e.source
-    key = f"{src.topic}:{src.partition}:{src.offset}" if src is not None else f"dedup:{e.event_id}:{fp:016x}"
     reason = (
         f"re-delivered event_id {e.event_id!r} with a different payload "
         f"(fingerprint {fp:016x}, first seen {first:016x}): the first one counts"
     )
-    return DeadLetter(key, "dedup", reason, msgspec.json.encode(e), src, e.ts_ms)
+    return dead_letter("dedup", reason, msgspec.json.encode(e), e.source, e.ts_ms)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from decimal import Decimal
 
 import xxhash
 
+from operators import metrics
 from operators.records import ChatMessage, DeadLetter, Event, Source, WireEvent, usd_to_pico
 
 MAX_ID_LEN = 256
@@ -23,6 +24,7 @@ class DecodeLimits:
     max_future_ms: int
     max_tokens: int
     max_cost_pico: int
+    max_record_bytes: int = 1 << 20
 
 
 class InvalidEvent(ValueError):
@@ -88,7 +90,30 @@ def to_event(w: WireEvent, limits: DecodeLimits, now_ms: int, source: Source | N
     )
 
 
+# `judgeflow_dead_letters_total{reason}`: a small fixed set of classes, never the free text
+REASON_CLASSES = (
+    ("record too large", "too_large"),
+    ("invalid UTF-8", "invalid_utf8"),
+    ("malformed", "malformed_json"),
+    ("empty message", "empty"),
+    ("kafka error", "kafka_error"),
+    ("invalid OTLP", "otlp"),
+    ("OTLP", "otlp"),
+    ("re-delivered", "changed_redelivery"),
+    ("internal error", "internal"),
+    ("invalid event", "invalid_event"),
+)
+
+
+def reason_class(reason: str) -> str:
+    for prefix, label in REASON_CLASSES:
+        if reason.startswith(prefix):
+            return label
+    return "other"
+
+
 def dead_letter(stage: str, reason: str, raw: bytes, source: Source | None, now_ms: int) -> DeadLetter:
+    metrics.DEAD_LETTERS.labels(stage, reason_class(reason)).inc()
     if source is not None:
         key = f"{source.topic}:{source.partition}:{source.offset}"
     else:
