@@ -157,8 +157,7 @@ def print_summary(settings: Settings, *, simulated: bool) -> None:
     )
     table(
         "dead letters",
-        "SELECT stage, reason, count() FROM dead_letters FINAL GROUP BY stage, reason"
-        " ORDER BY count() DESC",
+        "SELECT stage, reason, count() FROM dead_letters FINAL GROUP BY stage, reason ORDER BY count() DESC",
         ["stage", "reason", "count"],
     )
 

@@ -429,8 +429,6 @@ def running_mock_process(
         stop_mock_process(proc)
 
 
-
-
 def _producer_config(
     bootstrap: str, timeout_s: float, log: logging.Logger, config: Mapping[str, Any] | None
 ) -> dict[str, Any]:

@@ -177,10 +177,7 @@ def _connect(args: argparse.Namespace, settings: Settings) -> Any:
     if dsn.startswith("chdb:"):
         path = Path(dsn[len("chdb:") :].removeprefix("//")).expanduser()
         if not (path / "metadata").exists() and not (path / "data").exists():
-            msg = (
-                f"no ClickHouse data in {path} (run the flow first, e.g. `judgeflow demo`, "
-                "or pass --dsn)"
-            )
+            msg = f"no ClickHouse data in {path} (run the flow first, e.g. `judgeflow demo`, or pass --dsn)"
             raise ReportError(msg)
     from clickhouse_connect.driver.exceptions import ClickHouseError
 
