@@ -110,7 +110,7 @@ def add_report_parser(sub: Any) -> None:
         "hourly": "cost per hour",
         "budget": "month-to-date spend vs the monthly budget, projected",
         "tokens": "tokens per request: mean, p50, p95, max",
-        "quality": "flagged rates per tenant, agent and metric: unbiased estimates with 95% intervals",
+        "quality": "flagged rates per tenant, agent and metric: unbiased estimates with 95%% intervals",
         "savings": "judge calls and dollars avoided by sampling, the cache and the cascade",
         "alerts": "alert transitions",
         "pricing": "models without a price (requests counted with cost unknown)",

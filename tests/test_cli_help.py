@@ -1,0 +1,27 @@
+"""Every command's and subcommand's --help runs (a newcomer's first step after the demo)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from flows.cli import _parser as build_parser
+
+
+def walk(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    yield path
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from walk(sub, (*path, name))
+
+
+def test_every_help_runs(capsys) -> None:
+    paths = list(walk(build_parser()))
+    assert ("report", "quality") in paths and len(paths) > 10
+    for path in paths:
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args([*path, "--help"])
+        assert exit_.value.code == 0, path
+        assert "usage:" in capsys.readouterr().out
