@@ -211,6 +211,9 @@ class JudgesConfig(_Section):
     cascade: CascadeConfig = CascadeConfig()
     budget: BudgetConfig = BudgetConfig()
     max_in_flight: int = Field(256, ge=1, le=4096)  # judge calls in flight per process, all tiers
+    # transient judge faults (429, 5xx, timeouts, an open breaker) delay work up to this long;
+    # only then does it become an error (0: fail after max_attempts, fail fast while open)
+    give_up_after_s: float = Field(3600.0, ge=0)
     redact_pii: bool = False  # replace tier-0 PII findings before text goes to an LLM judge
     # without an API key, start the local simulated endpoint (verdicts are simulated)
     simulate_without_key: bool = True

@@ -264,7 +264,9 @@ def build_runtime(settings: Settings) -> JudgeRuntime:
         max_in_flight=settings.flow.judges.max_in_flight,
         policies={
             tier: EndpointPolicy(
-                retry=RetryPolicy(max_attempts=t.max_attempts),
+                retry=RetryPolicy(
+                    max_attempts=t.max_attempts, give_up_after_s=settings.flow.judges.give_up_after_s
+                ),
                 requests_per_minute=t.requests_per_minute,
                 tokens_per_minute=t.tokens_per_minute,
                 max_in_flight=t.max_in_flight,

@@ -7,12 +7,19 @@ reached: backpressure); identical work already in flight is not sent twice.
 Each judge endpoint (one per tier) has its own `EndpointPolicy`:
 
 - client-side rate limits (requests and tokens per minute, token buckets);
-- a circuit breaker: while open, calls fail fast with "circuit open" instead
-  of piling up behind a dead endpoint (the operator degrades to what cheaper
-  tiers said), and one probe per cool-down tests whether it is back;
-- bounded attempts with exponential back-off and jitter on 429/5xx/timeouts,
-  honouring Retry-After; an invalid verdict is asked again once, then recorded
-  as an error; a fatal error (401, unknown model) disables the judge loudly.
+- a circuit breaker: while open, no call reaches the endpoint; one probe per
+  cool-down tests whether it is back (half-open), and its success closes it;
+- exponential back-off with jitter on 429/5xx/timeouts, honouring Retry-After;
+  an invalid verdict is asked again once, then recorded as an error; a fatal
+  error (401, unknown model) disables the judge loudly.
+
+Faults delay, they do not discard (`RetryPolicy.give_up_after_s` > 0, what the
+flow configures): work that meets an open breaker or keeps failing with
+transient errors waits — holding its in-flight slot, so the judge stage
+backs up and the dataflow slows instead of filling memory — and is tried
+again after the cool-down or the back-off, until the deadline; only then is
+it an error ("gave up after N s"). With `give_up_after_s = 0` a call fails
+after `max_attempts` and an open breaker fails it at once.
 
 Results come back through the caller's `on_done` callback, invoked on the loop
 thread, which must only enqueue.
@@ -72,10 +79,11 @@ class Task:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_attempts: int = 3
+    max_attempts: int = 3  # with give_up_after_s = 0: attempts before an error
     base_backoff_s: float = 0.5
     max_backoff_s: float = 30.0
     invalid_retries: int = 1
+    give_up_after_s: float = 0.0  # > 0: transient faults and an open breaker wait up to this long
 
 
 @dataclass(frozen=True)
@@ -138,6 +146,7 @@ class JudgeRuntime:
         self._disabled: dict[str, str] = {}
         self._in_flight: dict[str, list[Task]] = {}
         self._tasks: set[asyncio.Task] = set()
+        self.clock: Callable[[], float] = time.monotonic  # for the give-up deadline
 
     # --- worker side -------------------------------------------------------
 
@@ -262,15 +271,30 @@ class JudgeRuntime:
         policy = ep.policy.retry
         invalid_left = policy.invalid_retries
         attempt = 0
+        waits = policy.give_up_after_s > 0
+        deadline = self.clock() + policy.give_up_after_s
         while True:
             if name in self._disabled:
                 out.error = f"judge {name} disabled: {self._disabled[name]}"
                 metrics.JUDGE_CALLS.labels(name, "disabled").inc()
                 return out
             if not ep.breaker.allow():
-                out.error = f"{CIRCUIT_OPEN}: {name} failed {ep.policy.breaker_failures} times in a row"
                 metrics.JUDGE_CALLS.labels(name, "breaker_open").inc()
-                return out
+                why = f"{CIRCUIT_OPEN}: {name} failed {ep.policy.breaker_failures} times in a row"
+                if not waits:
+                    out.error = why
+                    return out
+                if self.clock() >= deadline:
+                    out.error = f"gave up after {policy.give_up_after_s:g} s: {why}"
+                    return out
+                # wait for the cool-down (or for the probe in flight), then look again
+                pause = max(ep.breaker.retry_in(), min(1.0, ep.policy.breaker_cooldown_s / 4))
+                metrics.JUDGE_WAITING.labels(name).inc()
+                try:
+                    await asyncio.sleep(min(pause, max(deadline - self.clock(), 0.0)) + 0.001)
+                finally:
+                    metrics.JUDGE_WAITING.labels(name).dec()
+                continue
             attempt += 1
             started = time.perf_counter()
             try:
@@ -278,10 +302,13 @@ class JudgeRuntime:
             except RetryableJudgeError as exc:
                 self._breaker_result(ep, ok=exc.throttled)
                 metrics.JUDGE_CALLS.labels(name, "throttled" if exc.throttled else "retryable_error").inc()
-                if attempt >= policy.max_attempts:
+                if not waits and attempt >= policy.max_attempts:
                     out.error = f"gave up after {attempt} attempts: {exc}"
                     return out
-                await asyncio.sleep(self._backoff(policy, attempt, exc.retry_after_s))
+                if waits and self.clock() >= deadline:
+                    out.error = f"gave up after {policy.give_up_after_s:g} s ({attempt} attempts): {exc}"
+                    return out
+                await asyncio.sleep(self._backoff(policy, min(attempt, 16), exc.retry_after_s))
                 continue
             except InvalidVerdictError as exc:
                 self._breaker_result(ep, ok=True)

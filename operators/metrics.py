@@ -98,6 +98,9 @@ JUDGE_TOKENS = Counter("judgeflow_judge_tokens_total", "Judge tokens billed", ["
 JUDGE_BREAKER_OPEN = Gauge(
     "judgeflow_judge_breaker_open", "1 while a judge endpoint's circuit breaker is open or probing", ["judge"]
 )
+JUDGE_WAITING = Gauge(
+    "judgeflow_judge_waiting", "Judge work waiting for an open circuit breaker to let it through", ["judge"]
+)
 JUDGE_RATE_LIMIT_WAIT = Counter(
     "judgeflow_judge_rate_limit_wait_seconds_total",
     "Time judge calls waited for client-side rate limits",
