@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,11 +26,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for chatty in ("httpx", "httpx2", "openai", "anthropic"):  # one line per judge call otherwise
+    # one line per judge call, and per connection retry, otherwise
+    for chatty in ("httpx", "httpx2", "openai", "anthropic", "urllib3", "clickhouse_connect"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
-    except ConfigError as exc:
+    except (ConfigError, StartupError) as exc:
         print(f"judgeflow: {exc}", file=sys.stderr)
         return 2
 
@@ -171,11 +173,33 @@ def _recovery(path: Path):
     return RecoveryConfig(str(path))
 
 
-def _init_db(settings: Settings) -> None:
+class StartupError(RuntimeError):
+    """A dependency stayed unreachable for the whole start-up timeout."""
+
+
+def _init_db(settings: Settings, *, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Create the schema, retrying with back-off while ClickHouse is unreachable (one line per try)."""
     from sinks.clickhouse import connect, ensure_schema
 
     ch = settings.flow.clickhouse
-    ensure_schema(connect(ch.dsn), ch.database)
+    deadline = time.monotonic() + ch.startup_timeout_s
+    delay, attempt = 0.5, 0
+    while True:
+        attempt += 1
+        try:
+            ensure_schema(connect(ch.dsn), ch.database)
+            return
+        except Exception as exc:
+            left = deadline - time.monotonic()
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+            if left <= 0:
+                msg = f"ClickHouse unreachable for {ch.startup_timeout_s:g} s at start ({attempt} tries)"
+                msg += f": {reason}"
+                raise StartupError(msg) from None
+            wait = min(delay, left)
+            log.warning("ClickHouse not ready (try %d, next in %.1f s): %s", attempt, wait, reason)
+            sleep(wait)
+            delay = min(delay * 2, 10.0)
 
 
 def _serve_metrics(settings: Settings) -> None:
