@@ -165,7 +165,7 @@ def settings_for(kafka, chdb_dsn, database, judge_endpoint, topic, **more):
             "alerts.actions.emergency": {"sampling_rate": 0.0, "ttl_s": TTL_S},
             "alerts.actions.clear_on_resolve": False,
             **more,
-        }
+        },
     )
 
 
@@ -221,7 +221,13 @@ def test_a_ramping_tenant_walks_up_once_then_resolves(
     assert (override.tenant_id, override.rate, override.set_by) == ("ramp", 0.0, f"alert:{emergency[2]}")
     assert override.expires_ms == want[2][1] + TTL_S * 1000
     ttl_ms = redis.Redis.from_url(redis_server.url).pttl("jf:ovr:ramp")
-    assert 0 < ttl_ms <= override.expires_ms - (now_minute() - MIN)
+    # Redis keeps it at least its lifetime in wall time (cleanup only: event time decides what it covers)
+    assert (
+        override.starts_ms == want[2][1]
+        and override.covers(want[2][1])
+        and not override.covers(override.expires_ms)
+    )
+    assert 0 < ttl_ms <= max(override.expires_ms - (now_minute() - MIN), TTL_S * 1000)
 
     # the same changes on the alerts topic (details as an object) and at the webhook
     on_topic = [a for a in consume_all(kafka.bootstrap, "judgeflow-alerts") if a["rule"] == "burn_rate"]
@@ -273,12 +279,14 @@ def test_the_override_pauses_later_events_until_its_ttl(kafka, chdb_dsn, databas
     run_with_store(settings_for(kafka, chdb_dsn, database, judge_endpoint, "later"), store)
     assert evaluated(client, "p2-").keys() == {"steady"}
 
-    # once the TTL has passed the override is gone and judging resumes
-    clock[0] = override.expires_ms
-    assert store.active() == {}
-    produce_all(kafka.bootstrap, "after-ttl", events(later, quiet, "p3"))
+    # the override lives in event time: traffic from its expiry on is judged again, whatever the wall clock
+    # says (the store still holds it), and the store forgets it once its lifetime has passed in wall time too
+    produce_all(kafka.bootstrap, "after-ttl", events(override.expires_ms, quiet, "p3"))
     run_with_store(settings_for(kafka, chdb_dsn, database, judge_endpoint, "after-ttl"), store)
+    assert store.active().keys() == {"ramp"}
     assert evaluated(client, "p3-").keys() == {"ramp", "steady"}
+    clock[0] += override.expires_ms - override.starts_ms + 1  # its lifetime, in wall time
+    assert store.active() == {}
 
 
 @pytest.mark.slow
