@@ -78,11 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     _config_arg(init)
     init.set_defaults(func=_cmd_init_db)
 
-    from flows.overrides import add_overrides_parser
+    from flows.overrides import add_judges_parser, add_overrides_parser
     from flows.report import add_report_parser
 
     add_report_parser(sub)
     add_overrides_parser(sub)
+    add_judges_parser(sub)
     return p
 
 

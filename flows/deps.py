@@ -8,6 +8,7 @@ building a flow never connects anywhere.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from judges.rules import Tier0Rules
 from judges.runtime import EndpointPolicy, JudgeRuntime, RetryPolicy
 from operators.alert_rules import Action, AlertPolicy, RuleSet
 from operators.cache import MemoryVerdictCache, RedisVerdictCache, VerdictCache
-from operators.control import ControlStore, MemoryControlStore, RedisControlStore
+from operators.control import ControlStore, DisabledJudge, MemoryControlStore, RedisControlStore
 from operators.decode import DecodeLimits
 from operators.dedup import ContentKeyer
 from operators.judge import JudgePlan
@@ -32,6 +33,8 @@ from operators.records import PICO_PER_USD, usd_to_pico
 from operators.sample import Sampler, StratumRule
 from operators.savings import Baseline, ReferenceJudge, reference_judge
 from sinks.webhooks import Delivery, WebhookSink, WebhookTarget
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,9 +107,9 @@ def build_deps(settings: Settings) -> Deps:
         sampler=build_sampler(settings),
         baseline=build_baseline(settings),
         rules=rules,
-        runtime=build_runtime(settings),
+        runtime=build_runtime(settings, control := build_control(settings)),
         alert_policy=build_alert_policy(settings),
-        control=build_control(settings),
+        control=control,
         webhooks=build_webhooks(settings),
     )
 
@@ -257,10 +260,42 @@ def build_plan(settings: Settings, rules: Tier0Rules) -> JudgePlan:
     )
 
 
-def build_runtime(settings: Settings) -> JudgeRuntime:
-    """The process's judge runtime; its clients are made on its own loop, on first use."""
+def judge_configs(settings: Settings) -> dict[str, str]:
+    """Judge name -> a fingerprint of its configuration (provider, model, endpoint, key)."""
+    out = {}
+    secrets = settings.secrets
+    for tier, t in judge_tiers(settings).items():
+        secret = secrets.anthropic_api_key if t.provider == "anthropic" else secrets.openai_api_key
+        key = hashlib.sha256(secret.get_secret_value().encode()).hexdigest() if secret else ""
+        fingerprint = "|".join((str(tier), t.provider, t.model, t.base_url or "", key))
+        out[f"{t.provider}/{t.model}"] = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+    return out
+
+
+def build_runtime(settings: Settings, control: ControlStore | None = None) -> JudgeRuntime:
+    """The process's judge runtime; its clients are made on its own loop, on first use. A judge the
+    control store remembers as disabled (a fatal error, same configuration) stays disabled."""
+    configs = judge_configs(settings)
+    disabled: dict[str, str] = {}
+    if control is not None:
+        try:
+            remembered = control.disabled_judges()
+        except Exception as exc:
+            log.warning("could not read disabled judges from the control store: %s", type(exc).__name__)
+            remembered = {}
+        for name, r in remembered.items():
+            if configs.get(name) == r.config:
+                disabled[name] = f"{r.reason} (disabled since {r.at_ms}; `judgeflow judges enable {name}`)"
+                log.error("judge %s stays disabled: %s", name, r.reason)
+
+    def remember(name: str, reason: str) -> None:
+        if control is not None and name in configs:
+            control.disable_judge(DisabledJudge(name, configs[name], reason, time.time_ns() // 1_000_000))
+
     return JudgeRuntime(
         lambda: build_llm_judges(settings),
+        disabled=disabled,
+        on_disabled=remember,
         max_in_flight=settings.flow.judges.max_in_flight,
         policies={
             tier: EndpointPolicy(

@@ -8,6 +8,13 @@ where no other command can reach them — these commands then say so.
     judgeflow overrides list  [--json]
     judgeflow overrides set   TENANT (--rate R | --pause) [--ttl 1h] [--reason TEXT]
     judgeflow overrides clear TENANT
+
+The same store remembers judges a fatal error (401, unknown model) disabled, so a
+restart does not call the provider again with a bad key (until the judge's
+configuration changes):
+
+    judgeflow judges list  [--json]
+    judgeflow judges enable NAME
 """
 
 from __future__ import annotations
@@ -204,3 +211,42 @@ def _user() -> str:
         return getpass.getuser()
     except (KeyError, OSError):  # no login name in some containers
         return "unknown"
+
+
+def add_judges_parser(sub: Any) -> None:
+    """Register `judgeflow judges list|enable` (judges disabled by a fatal error)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", "-c", type=Path, default=None, help="flow config TOML (Redis URL)")
+    p = sub.add_parser("judges", help="list judges a fatal error disabled, and enable them again")
+    actions = p.add_subparsers(required=True, metavar="ACTION")
+    ls = actions.add_parser("list", parents=[common], help="disabled judges and why")
+    ls.add_argument("--json", action="store_true", help="machine-readable output")
+    ls.set_defaults(func=_cmd_judges_list)
+    en = actions.add_parser("enable", parents=[common], help="let a disabled judge be called again")
+    en.add_argument("name", help="as listed, e.g. openai/gpt-4o-mini")
+    en.set_defaults(func=_cmd_judges_enable)
+
+
+def _cmd_judges_list(args: argparse.Namespace) -> int:
+    def action(store: RedisControlStore) -> int:
+        judges = sorted(store.disabled_judges().values(), key=lambda r: r.name)
+        if args.json:
+            print(json.dumps([{"name": r.name, "reason": r.reason, "since": _iso(r.at_ms)} for r in judges]))
+        elif not judges:
+            print("no judge is disabled")
+        for r in [] if args.json else judges:
+            print(f"{r.name}  disabled since {_iso(r.at_ms)}: {r.reason}")
+        return 0
+
+    return _run(args, action)
+
+
+def _cmd_judges_enable(args: argparse.Namespace) -> int:
+    def action(store: RedisControlStore) -> int:
+        if store.enable_judge(args.name):
+            print(f"{args.name}: enabled again (running jobs pick it up when they restart)")
+            return 0
+        print(f"{args.name}: not disabled", file=sys.stderr)
+        return 1
+
+    return _run(args, action)

@@ -133,6 +133,8 @@ class JudgeRuntime:
         max_in_flight: int,
         retry: RetryPolicy = RetryPolicy(),
         policies: Mapping[int, EndpointPolicy] | None = None,
+        disabled: Mapping[str, str] | None = None,
+        on_disabled: Callable[[str, str], None] | None = None,
     ) -> None:
         self._make_judges = make_judges
         self._max_in_flight = max_in_flight
@@ -143,7 +145,8 @@ class JudgeRuntime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._endpoints: dict[int, _Endpoint] = {}
-        self._disabled: dict[str, str] = {}
+        self._disabled: dict[str, str] = dict(disabled or {})  # name -> why (remembered across restarts)
+        self._on_disabled = on_disabled
         self._in_flight: dict[str, list[Task]] = {}
         self._tasks: set[asyncio.Task] = set()
         self.clock: Callable[[], float] = time.monotonic  # for the give-up deadline
@@ -325,6 +328,11 @@ class JudgeRuntime:
                 if name not in self._disabled:
                     self._disabled[name] = str(exc)
                     log.error("judge %s disabled, fix its configuration: %s", name, exc)
+                    if self._on_disabled is not None:
+                        try:  # remembered (control store), so a restart does not call it again
+                            await asyncio.to_thread(self._on_disabled, name, str(exc))
+                        except Exception as store_exc:
+                            log.warning("could not record judge %s as disabled: %s", name, store_exc)
                 out.error = f"judge {name} disabled: {exc}"
                 return out
             except JudgeError as exc:

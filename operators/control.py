@@ -54,8 +54,19 @@ class Override(msgspec.Struct, frozen=True):
         )
 
 
+class DisabledJudge(msgspec.Struct, frozen=True):
+    """A judge a fatal error disabled. `config` fingerprints its configuration (provider, model,
+    endpoint, key): a changed configuration is a new judge, enabled again."""
+
+    name: str
+    config: str
+    reason: str
+    at_ms: int
+
+
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Override).decode
+_decode_judge = msgspec.json.Decoder(DisabledJudge).decode
 
 
 class ControlStore(Protocol):
@@ -70,12 +81,23 @@ class ControlStore(Protocol):
         atomically; True if one was removed."""
         ...
 
+    def disabled_judges(self) -> dict[str, DisabledJudge]:
+        """Judges a fatal error disabled (401, unknown model), by name."""
+        ...
+
+    def disable_judge(self, record: DisabledJudge) -> None: ...
+
+    def enable_judge(self, name: str) -> bool:
+        """Forget that a judge was disabled; True if it was."""
+        ...
+
 
 class MemoryControlStore:
     def __init__(self, *, clock_ms: Callable[[], int] | None = None) -> None:
         self._clock = clock_ms or (lambda: time.time_ns() // 1_000_000)
         self._data: dict[str, Override] = {}
         self._keep_until: dict[str, int] = {}
+        self._judges: dict[str, DisabledJudge] = {}
         self._lock = threading.Lock()
 
     def active(self) -> dict[str, Override]:
@@ -99,6 +121,18 @@ class MemoryControlStore:
                 return False
             del self._data[tenant_id], self._keep_until[tenant_id]
             return True
+
+    def disabled_judges(self) -> dict[str, DisabledJudge]:
+        with self._lock:
+            return dict(self._judges)
+
+    def disable_judge(self, record: DisabledJudge) -> None:
+        with self._lock:
+            self._judges[record.name] = record
+
+    def enable_judge(self, name: str) -> bool:
+        with self._lock:
+            return self._judges.pop(name, None) is not None
 
 
 class RedisControlStore:
@@ -168,6 +202,27 @@ class RedisControlStore:
                     return True
                 except redis.WatchError:
                     continue  # changed between the read and the delete: look again
+
+    JUDGE_PREFIX = "jf:judge-disabled:"
+
+    def disabled_judges(self) -> dict[str, DisabledJudge]:
+        """Read at start (a Redis error propagates: the caller decides)."""
+        keys = list(self._redis.scan_iter(match=self.JUDGE_PREFIX + "*", count=100))
+        out = {}
+        for raw in self._redis.mget(keys) if keys else []:
+            if raw is not None:
+                try:
+                    record = _decode_judge(raw)
+                except msgspec.DecodeError:
+                    continue
+                out[record.name] = record
+        return out
+
+    def disable_judge(self, record: DisabledJudge) -> None:
+        self._redis.set(self.JUDGE_PREFIX + record.name, msgspec.json.encode(record))
+
+    def enable_judge(self, name: str) -> bool:
+        return bool(self._redis.delete(self.JUDGE_PREFIX + name))
 
     def close(self) -> None:
         self._redis.close()
