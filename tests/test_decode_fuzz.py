@@ -140,3 +140,27 @@ def test_a_poison_pill_does_not_stop_the_flow(kafka, chdb_dsn, database) -> None
         assert rows(client, "SELECT count() FROM llm_events FINAL")[0][0] == len(good)
         dead = rows(client, "SELECT reason FROM dead_letters FINAL")
         assert len(dead) == 2 and all(r.startswith("invalid") or "malformed" in r for (r,) in dead), dead
+
+
+def test_thousands_of_hostile_records_through_a_whole_flow_reconcile(kafka, chdb_dsn, database) -> None:
+    rng = random.Random(7)
+    good = [m for m in generate(limit=500) if not m[0].startswith(b"bad-")]
+    hostile_msgs = [(f"h-{i}".encode(), hostile(rng), good[0][2]) for i in range(3000)]
+    hostile_msgs = [m for m in hostile_msgs if len(m[1]) < 900_000]  # the mock broker's message size
+    mixed = good + hostile_msgs
+    rng.shuffle(mixed)
+    kafka.create_topic("llm-events", 16)
+    produce_all(kafka.bootstrap, "llm-events", mixed)
+    client = connect(chdb_dsn, database)
+    ensure_schema(client, database)
+    empty_before = metrics.OTLP_EMPTY._value.get()
+    same_before = metrics.REDELIVERIES.labels("same")._value.get()
+    run_flow(topic_flow_settings(kafka, chdb_dsn, database, topic="llm-events"))
+    events = rows(client, "SELECT count() FROM llm_events FINAL")[0][0]
+    dead_sql = "SELECT count(DISTINCT (source_partition, source_offset)) FROM dead_letters FINAL"
+    dead = rows(client, dead_sql)[0][0]
+    skipped = metrics.OTLP_EMPTY._value.get() - empty_before
+    redelivered = metrics.REDELIVERIES.labels("same")._value.get() - same_before
+    # every message is an event, a dead letter, a counted OTLP skip or a counted re-delivery
+    assert events + dead + skipped + redelivered == len(mixed)
+    assert events >= len(good)
