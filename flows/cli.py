@@ -105,6 +105,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, **overrides)
     _check_runnable(settings)
     _init_db(settings)
+    _check_kafka(settings)
     _serve_metrics(settings)
     recovery = _recovery(args.recovery_dir) if args.recovery_dir else None
     addresses = args.addresses.split(";") if args.addresses else None
@@ -178,27 +179,43 @@ class StartupError(RuntimeError):
     """A dependency stayed unreachable for the whole start-up timeout."""
 
 
-def _init_db(settings: Settings, *, sleep: Callable[[float], None] = time.sleep) -> None:
-    """Create the schema, retrying with back-off while ClickHouse is unreachable (one line per try)."""
+def _init_db(settings: Settings) -> None:
+    """Create the schema, retrying while ClickHouse is unreachable."""
     from sinks.clickhouse import connect, ensure_schema
 
     ch = settings.flow.clickhouse
-    deadline = time.monotonic() + ch.startup_timeout_s
+    _retry_at_start("ClickHouse", lambda: ensure_schema(connect(ch.dsn), ch.database), ch.startup_timeout_s)
+
+
+def _check_kafka(settings: Settings) -> None:
+    """The first metadata request, retried while the brokers do not answer or the topics are missing."""
+    from flows.sources import check_topics
+
+    k = settings.flow.kafka
+    brokers = [b.strip() for b in k.brokers.split(",") if b.strip()]
+    _retry_at_start("Kafka", lambda: check_topics(k, brokers), settings.flow.clickhouse.startup_timeout_s)
+
+
+def _retry_at_start(
+    what: str, fn: Callable[[], object], timeout_s: float, *, sleep: Callable[[float], None] = time.sleep
+) -> None:
+    """Run `fn` until it succeeds, with back-off (0.5 s doubling to 10 s) and one log line per try;
+    after `timeout_s`, StartupError with one clear line."""
+    deadline = time.monotonic() + timeout_s
     delay, attempt = 0.5, 0
     while True:
         attempt += 1
         try:
-            ensure_schema(connect(ch.dsn), ch.database)
+            fn()
             return
         except Exception as exc:
             left = deadline - time.monotonic()
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
             if left <= 0:
-                msg = f"ClickHouse unreachable for {ch.startup_timeout_s:g} s at start ({attempt} tries)"
-                msg += f": {reason}"
+                msg = f"{what} unreachable for {timeout_s:g} s at start ({attempt} tries): {reason}"
                 raise StartupError(msg) from None
             wait = min(delay, left)
-            log.warning("ClickHouse not ready (try %d, next in %.1f s): %s", attempt, wait, reason)
+            log.warning("%s not ready (try %d, next in %.1f s): %s", what, attempt, wait, reason)
             sleep(wait)
             delay = min(delay * 2, 10.0)
 

@@ -67,3 +67,16 @@ def replay_start_ms(start: datetime, align_s: int) -> int:
     """`start` moved back to the beginning of its `align_s` window (UTC)."""
     ms = int(start.timestamp() * 1000)
     return ms - ms % (align_s * 1000)
+
+
+def check_topics(cfg: KafkaConfig, brokers: list[str], *, timeout_s: float = 5.0) -> None:
+    """One metadata request: the brokers answer and every input topic exists with partitions.
+    Raises RuntimeError saying what is missing."""
+    from confluent_kafka.admin import AdminClient
+
+    client = AdminClient({"bootstrap.servers": ",".join(brokers), **cfg.extra})
+    meta = client.list_topics(timeout=timeout_s)
+    missing = [t for t in cfg.topics if t not in meta.topics or not meta.topics[t].partitions]
+    if missing:
+        msg = f"Kafka topic(s) {', '.join(missing)} not found on {','.join(brokers)}"
+        raise RuntimeError(msg)

@@ -58,3 +58,15 @@ def test_a_clickhouse_that_never_comes_up_ends_the_job_with_one_clear_line(tmp_p
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("judgeflow: ClickHouse unreachable for 1 s at start")
+
+
+def test_kafka_without_the_input_topic_ends_the_job_with_one_clear_line(kafka, chdb_dsn, database, capsys):
+    from flows.cli import _check_kafka
+
+    settings = flow_settings(
+        **{"kafka.brokers": kafka.bootstrap, "kafka.topics": ["missing"], "clickhouse.startup_timeout_s": 1}
+    )
+    with pytest.raises(StartupError, match=r"Kafka unreachable for 1 s at start .*missing not found"):
+        _check_kafka(settings)
+    kafka.create_topic("llm-events", 2)
+    _check_kafka(flow_settings(**{"kafka.brokers": kafka.bootstrap, "kafka.topics": ["llm-events"]}))
