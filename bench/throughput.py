@@ -42,8 +42,11 @@ from operators.sample import _SampleLogic, sample, tally_batch
 from operators.windows import cost_window, rollup
 
 
+REDELIVERIES = [True]  # --no-redeliveries: build_flow without the exactly-once step (its cost)
+
+
 def settings_for(dsn: str = "", database: str = "bench") -> Settings:
-    overrides = {"judges.enabled": False}
+    overrides = {"judges.enabled": False, "windows.drop_redeliveries": REDELIVERIES[0]}
     if dsn:
         overrides |= {"clickhouse.dsn": dsn, "clickhouse.database": database}
     return load_settings(None, env={}, **overrides)
@@ -160,7 +163,9 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=1000, help="source batch size (kafka.batch_size)")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--sinks", action="store_true", help="also time build_flow with ClickHouse (chdb) sinks")
+    p.add_argument("--no-redeliveries", action="store_true", help="build_flow without the re-delivery step")
     args = p.parse_args()
+    REDELIVERIES[0] = not args.no_redeliveries
 
     print(f"generating {args.events:,} events ...", file=sys.stderr)
     msgs = messages(args.events)[0]
