@@ -41,7 +41,6 @@ from operators.price import price
 from operators.sample import _SampleLogic, sample, tally_batch
 from operators.windows import cost_window, rollup
 
-
 REDELIVERIES = [True]  # --no-redeliveries: build_flow without the exactly-once step (its cost)
 
 
