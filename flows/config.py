@@ -248,6 +248,9 @@ class WindowsConfig(_Section):
     # drop Kafka re-deliveries (each event_id counted once); off only with producers that
     # never re-send (idempotent producers, no mirrors): it costs ~20% on one process, ~50% on two
     drop_redeliveries: bool = True
+    # keys the seen-set is sharded over: more spread the work after it over more workers, fewer keep
+    # batches large downstream (each shard's events travel on as one list per batch)
+    redelivery_shards: int = Field(16, ge=1, le=4096)
     # how long (event time) an event_id is remembered; unset: the longest window plus the lateness
     dedup_horizon_s: int | None = Field(None, ge=0)
 

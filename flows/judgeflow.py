@@ -65,7 +65,12 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
     # exactly once per event_id: Kafka re-deliveries never reach a count
     events_in, dead_letters = decoded.oks, decoded.errs
     if cfg.windows.drop_redeliveries:
-        unique = drop_redeliveries("redeliveries", events_in, horizon_s=cfg.windows.redelivery_horizon_s)
+        unique = drop_redeliveries(
+            "redeliveries",
+            events_in,
+            horizon_s=cfg.windows.redelivery_horizon_s,
+            shards=cfg.windows.redelivery_shards,
+        )
         events_in, dead_letters = unique.oks, op.merge("dead_letters", dead_letters, unique.errs)
     priced = price("price", events_in, pricer=d.pricer)
     events = priced.events

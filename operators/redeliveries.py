@@ -127,7 +127,7 @@ class RedeliveriesOut:
 
 
 def drop_redeliveries(
-    step_id: str, up: Stream[Event], *, horizon_s: int, shards: int = 64
+    step_id: str, up: Stream[Event], *, horizon_s: int, shards: int = 16
 ) -> RedeliveriesOut:
     """Pass each `event_id` once within `horizon_s` of event time (see the module docstring)."""
     horizon_ms = horizon_s * 1000
