@@ -117,7 +117,9 @@ def add_report_parser(sub: Any) -> None:
         "all": "every report above",
     }
     for name in COMMANDS:
-        p = commands.add_parser(name, parents=[common], help=helps[name], description=helps[name])
+        p = commands.add_parser(
+            name, parents=[common], help=helps[name], description=helps[name].replace("%%", "%")
+        )
         if name in ("variants", "all"):
             p.add_argument("--baseline", default=None, help="the variant others are compared with")
         if name in ("top", "all"):
