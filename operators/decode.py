@@ -92,6 +92,10 @@ def decode_message(
     except msgspec.ValidationError as exc:
         return dead_letter("decode", f"invalid event: {exc}", raw, source, now_ms)
     except msgspec.DecodeError as exc:
+        # 0xff at byte 0 is "malformed JSON" to msgspec; name the real fault
+        bad_at = _first_invalid_utf8(raw)
+        if bad_at is not None:
+            return dead_letter("decode", f"invalid UTF-8 at byte {bad_at}", raw, source, now_ms)
         return dead_letter("decode", f"malformed JSON: {exc}", raw, source, now_ms)
     except InvalidEvent as exc:
         return dead_letter("decode", f"invalid event: {exc}", raw, source, now_ms)
@@ -130,6 +134,14 @@ def _internal_error(exc: Exception, raw: bytes, source: Source | None, now_ms: i
             "decode: %s turned a record into a dead letter (logged once per type)", name, exc_info=exc
         )
     return dead_letter("decode", f"internal error: {name}: {exc}", raw, source, now_ms)
+
+
+def _first_invalid_utf8(raw: bytes) -> int | None:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start
+    return None
 
 
 def _utf8_error_at(raw: bytes, exc: UnicodeDecodeError) -> int:
