@@ -269,7 +269,8 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         metrics.LATE.inc()
         entry = LedgerEntry(*self._s.key, start)
         entry.add(x)
-        cid = x.entry_id or f"{start}:{x.ids:016x}"  # the same late entries: the same row
+        # the same late entries: the same row (entries built without ids — never by the flow — stay unique)
+        cid = x.entry_id or (f"{start}:{x.ids:016x}" if x.ids else f"{start}:{time.time_ns()}")
         return self._row(entry, kind="correction", correction_id=cid)
 
 
