@@ -146,11 +146,8 @@ def _first_invalid_utf8(raw: bytes) -> int | None:
 
 def _utf8_error_at(raw: bytes, exc: UnicodeDecodeError) -> int:
     """The offset of the first invalid byte in the whole record (msgspec reports it per string)."""
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as whole:
-        return whole.start
-    return exc.start
+    at = _first_invalid_utf8(raw)
+    return exc.start if at is None else at
 
 
 def _source(m: KafkaSourceMessage) -> Source | None:
