@@ -3,6 +3,8 @@ that meets transient errors or an open circuit breaker waits and is judged later
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from judges.base import METRICS, JudgeItem
@@ -62,3 +64,19 @@ def test_work_gives_up_only_at_its_deadline_with_the_reason():
         ep.script([{"status": 503}] * 10_000)  # never comes back
         outcomes = judge_all(rt, work(20))
     assert all(o.verdict is None and o.error.startswith("gave up after 0.6 s") for o in outcomes)
+
+
+def test_an_hour_long_deadline_is_tested_with_an_injected_clock():
+    now = [1000.0]
+    policy = {**POLICY, "retry": RetryPolicy(base_backoff_s=0.01, max_backoff_s=0.05, give_up_after_s=3600)}
+    with (
+        LocalEndpoint(EndpointConfig(latency=1.0)) as ep,
+        runtime(lambda: {1: make_judge("openai", ep)}, **policy) as rt,
+    ):
+        rt.clock = lambda: now[0]
+        ep.script([{"status": 503}] * 10_000)  # never comes back
+        timer = threading.Timer(0.5, lambda: now.__setitem__(0, now[0] + 3601))  # an hour passes
+        timer.start()
+        outcomes = judge_all(rt, work(20))
+        timer.join()
+    assert all(o.verdict is None and o.error.startswith("gave up after 3600 s") for o in outcomes)
