@@ -74,6 +74,7 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
         events_in, dead_letters = unique.oks, op.merge("dead_letters", dead_letters, unique.errs)
     priced = price("price", events_in, pricer=d.pricer)
     events = priced.events
+    dead_letters = op.merge("dead_letters_all", dead_letters, priced.errs)
 
     # cost: every event, and every judge call, into windowed spend per key
     looked_up = dedup("dedup", events, cache=d.cache, keyer=d.keyer, llm_metrics=d.plan.llm_metrics)

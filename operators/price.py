@@ -32,7 +32,8 @@ from genai_prices import Usage, calc_price
 from genai_prices.types import ModelPrice, PriceCalculation, TieredPrices, TimeOfDateConstraint
 
 from operators import metrics
-from operators.records import PICO_PER_USD, Event, PricingIssue
+from operators.records import PICO_PER_USD, DeadLetter, Event, PricingIssue
+from operators.validate import guarded
 
 MTOK = 1_000_000
 DAY_MS = 86_400_000
@@ -328,18 +329,25 @@ class PriceOut:
 
     events: Stream[Event]
     issues: Stream[PricingIssue]
+    errs: Stream[DeadLetter]  # events whose pricing raised (a bug): dead letters, never a stopped flow
 
 
 def price(step_id: str, up: Stream[Event], *, pricer: Pricer) -> PriceOut:
     """Price whole batches in place, count spend, and report unknown models."""
 
-    def price_batch(events: list[Event]) -> Iterable[Event]:
+    def price_all(events: list[Event]) -> list[Event]:
         for e in events:
             pricer.price(e)
-        _count(events)
         return events
 
-    priced = op.flat_map_batch(step_id, up, price_batch)
+    def price_batch(events: list[Event]) -> Iterable[tuple[list[Event], list[DeadLetter]]]:
+        oks, dead = guarded("price", price_all, events)
+        _count(oks)
+        return [(oks, dead)]
+
+    both = op.flat_map_batch(step_id, up, price_batch)  # one item per batch: no per-event routing
+    priced = op.flat_map_batch(f"{step_id}_oks", both, lambda bs: [e for oks, _ in bs for e in oks])
+    errs = op.flat_map_batch(f"{step_id}_errs", both, lambda bs: [d for _, dead in bs for d in dead])
     reported: set[tuple[str, str, int]] = set()
 
     def report_unknown(events: list[Event]) -> Iterable[PricingIssue]:
@@ -360,7 +368,7 @@ def price(step_id: str, up: Stream[Event], *, pricer: Pricer) -> PriceOut:
         return issues
 
     issues = op.flat_map_batch(f"{step_id}_unknown", priced, report_unknown)
-    return PriceOut(events=priced, issues=issues)
+    return PriceOut(events=priced, issues=issues, errs=errs)
 
 
 def _count(events: list[Event]) -> None:

@@ -6,14 +6,22 @@ accepted; callers turn it into a dead letter.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import TypeVar
 
+import msgspec
 import xxhash
 
 from operators import metrics
 from operators.records import ChatMessage, DeadLetter, Event, Source, WireEvent, usd_to_pico
+
+X = TypeVar("X")
+Y = TypeVar("Y")
+log = logging.getLogger(__name__)
 
 MAX_ID_LEN = 256
 
@@ -170,3 +178,33 @@ def _iso(ts_ms: int) -> str:
         return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat()
     except (OverflowError, OSError, ValueError):
         return f"{ts_ms} ms"
+
+
+def guarded(stage: str, fn: Callable[[list[X]], list[Y]], items: list[X]) -> tuple[list[Y], list[DeadLetter]]:
+    """`fn` over a batch; if it raises, over each item alone, and the items that raise become dead
+    letters (`internal error: <type>: ...`, the event as JSON, its Kafka coordinates): a bug in a stage
+    degrades to dead letters instead of stopping the flow on the same record at every restart."""
+    try:
+        return fn(items), []
+    except Exception as exc:
+        log.debug("%s: the batch raised %s; trying each record alone", stage, type(exc).__name__)
+    oks: list[Y] = []
+    dead: list[DeadLetter] = []
+    for x in items:
+        try:
+            oks.extend(fn([x]))
+        except Exception as exc:
+            name = type(exc).__name__
+            if (stage, name) not in _logged:
+                _logged.add((stage, name))
+                log.warning(
+                    "%s: %s made a record a dead letter (logged once per type)", stage, name, exc_info=exc
+                )
+            source = getattr(x, "source", None)
+            ts = getattr(x, "ts_ms", 0)
+            raw = msgspec.json.encode(x) if isinstance(x, msgspec.Struct) else repr(x).encode()
+            dead.append(dead_letter(stage, f"internal error: {name}: {exc}", raw, source, ts))
+    return oks, dead
+
+
+_logged: set[tuple[str, str]] = set()
