@@ -110,6 +110,7 @@ class RedisVerdictCache:
         self._clock = clock
         self._down_until = 0.0
         self._outage = False
+        self._state_lock = threading.Lock()
 
     def get_many(self, keys: Sequence[str]) -> list[CachedVerdict | None]:
         if not keys or self._skipping():
@@ -143,18 +144,22 @@ class RedisVerdictCache:
 
     def _failed(self, exc: Exception) -> None:
         metrics.CACHE_ERRORS.inc()
-        if not self._outage:
+        with self._state_lock:  # worker threads share the cache: one outage is counted once
+            first = not self._outage
+            self._outage = True
+            self._down_until = self._clock() + self._retry_after
+        if first:
             metrics.CACHE_OUTAGES.inc()
             log.warning("verdict cache unavailable, judging without it: %s", type(exc).__name__)
             # idle pooled sockets to a dead server would each fail once more after it is back
             self._redis.connection_pool.disconnect(inuse_connections=False)
-        self._outage = True
-        self._down_until = self._clock() + self._retry_after
 
     def _recovered(self) -> None:
         if self._outage:
-            log.warning("verdict cache is back")
-            self._outage = False
+            with self._state_lock:
+                back, self._outage = self._outage, False
+            if back:
+                log.warning("verdict cache is back")
 
 
 def one_quick_retry():
