@@ -11,7 +11,6 @@ into a poison pill that stops the job on every restart.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -22,7 +21,7 @@ from bytewax.dataflow import Stream
 
 from operators.otlp import OtlpMapping, decode_otlp, looks_like_otlp
 from operators.records import DeadLetter, Event, Source, WireEvent
-from operators.validate import DecodeLimits, InvalidEvent, dead_letter, to_event
+from operators.validate import DecodeLimits, InvalidEvent, dead_letter, internal_error, to_event
 
 __all__ = [
     "DecodeLimits",
@@ -35,7 +34,6 @@ __all__ = [
 ]
 
 _decoder = msgspec.json.Decoder(WireEvent)
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,11 +100,10 @@ def decode_message(
     except UnicodeDecodeError as exc:
         return dead_letter("decode", f"invalid UTF-8 at byte {_utf8_error_at(raw, exc)}", raw, source, now_ms)
     except Exception as exc:  # a bug must not make this record a poison pill
-        return _internal_error(exc, raw, source, now_ms)
+        return internal_error("decode", exc, raw, source, now_ms)
 
 
 _KEEP_BYTES = 65_536  # of an oversized record, in its dead letter
-_logged: set[str] = set()
 
 
 def decode_record(
@@ -123,17 +120,7 @@ def decode_record(
         reason = f"invalid UTF-8 at byte {_utf8_error_at(raw, exc)}"
         return [dead_letter("decode", reason, raw, _source(m), now_ms)]
     except Exception as exc:
-        return [_internal_error(exc, raw, _source(m), now_ms)]
-
-
-def _internal_error(exc: Exception, raw: bytes, source: Source | None, now_ms: int) -> DeadLetter:
-    name = type(exc).__name__
-    if name not in _logged:
-        _logged.add(name)
-        log.warning(
-            "decode: %s turned a record into a dead letter (logged once per type)", name, exc_info=exc
-        )
-    return dead_letter("decode", f"internal error: {name}: {exc}", raw, source, now_ms)
+        return [internal_error("decode", exc, raw, _source(m), now_ms)]
 
 
 def _first_invalid_utf8(raw: bytes) -> int | None:

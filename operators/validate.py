@@ -194,17 +194,18 @@ def guarded(stage: str, fn: Callable[[list[X]], list[Y]], items: list[X]) -> tup
         try:
             oks.extend(fn([x]))
         except Exception as exc:
-            name = type(exc).__name__
-            if (stage, name) not in _logged:
-                _logged.add((stage, name))
-                log.warning(
-                    "%s: %s made a record a dead letter (logged once per type)", stage, name, exc_info=exc
-                )
-            source = getattr(x, "source", None)
-            ts = getattr(x, "ts_ms", 0)
             raw = msgspec.json.encode(x) if isinstance(x, msgspec.Struct) else repr(x).encode()
-            dead.append(dead_letter(stage, f"internal error: {name}: {exc}", raw, source, ts))
+            dead.append(internal_error(stage, exc, raw, getattr(x, "source", None), getattr(x, "ts_ms", 0)))
     return oks, dead
+
+
+def internal_error(stage: str, exc: Exception, raw: bytes, source: Source | None, ts_ms: int) -> DeadLetter:
+    """The dead letter of a record that made `stage` raise (a bug), logged once per stage and type."""
+    name = type(exc).__name__
+    if (stage, name) not in _logged:
+        _logged.add((stage, name))
+        log.warning("%s: %s made a record a dead letter (logged once per type)", stage, name, exc_info=exc)
+    return dead_letter(stage, f"internal error: {name}: {exc}", raw, source, ts_ms)
 
 
 _logged: set[tuple[str, str]] = set()
