@@ -471,7 +471,7 @@ class ClickHouseConfig(_Section):
     database: str = "judgeflow"
     store_text: bool = False
     max_retry_s: float = Field(60.0, gt=0)
-    # at start: keep trying to reach ClickHouse and create the schema for this long
+    # at start: keep trying to reach ClickHouse (schema) and Kafka (brokers, input topics) for this long
     startup_timeout_s: float = Field(120.0, ge=0)
 
 

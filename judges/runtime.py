@@ -276,13 +276,16 @@ class JudgeRuntime:
         attempt = 0
         waits = policy.give_up_after_s > 0
         deadline = self.clock() + policy.give_up_after_s
+        held_back = False
         while True:
             if name in self._disabled:
                 out.error = f"judge {name} disabled: {self._disabled[name]}"
                 metrics.JUDGE_CALLS.labels(name, "disabled").inc()
                 return out
             if not ep.breaker.allow():
-                metrics.JUDGE_CALLS.labels(name, "breaker_open").inc()
+                if not held_back:  # once per piece of work, not per look while it waits
+                    metrics.JUDGE_CALLS.labels(name, "breaker_open").inc()
+                    held_back = True
                 why = f"{CIRCUIT_OPEN}: {name} failed {ep.policy.breaker_failures} times in a row"
                 if not waits:
                     out.error = why

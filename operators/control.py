@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import msgspec
 
@@ -29,6 +29,7 @@ from operators import metrics
 from operators.cache import one_quick_retry
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Override(msgspec.Struct, frozen=True):
@@ -207,16 +208,7 @@ class RedisControlStore:
 
     def disabled_judges(self) -> dict[str, DisabledJudge]:
         """Read at start (a Redis error propagates: the caller decides)."""
-        keys = list(self._redis.scan_iter(match=self.JUDGE_PREFIX + "*", count=100))
-        out = {}
-        for raw in self._redis.mget(keys) if keys else []:
-            if raw is not None:
-                try:
-                    record = _decode_judge(raw)
-                except msgspec.DecodeError:
-                    continue
-                out[record.name] = record
-        return out
+        return {r.name: r for r in self._scan(self.JUDGE_PREFIX, _decode_judge)}
 
     def disable_judge(self, record: DisabledJudge) -> None:
         self._redis.set(self.JUDGE_PREFIX + record.name, msgspec.json.encode(record))
@@ -229,23 +221,26 @@ class RedisControlStore:
 
     def _fetch(self) -> dict[str, Override]:
         try:
-            keys = list(self._redis.scan_iter(match=self.PREFIX + "*", count=500))
-            values = self._redis.mget(keys) if keys else []
+            overrides = self._scan(self.PREFIX, _decode)
         except self._errors as exc:
             if not self._failing:
                 log.warning("control store unavailable, keeping the last overrides: %s", type(exc).__name__)
             self._failing = True
             return self._cached  # keep what we had: an outage must not lift a pause
         self._failing = False
-        out = {}
-        for raw in values:
+        return {o.tenant_id: o for o in overrides}
+
+    def _scan(self, prefix: str, decode: Callable[[bytes], T]) -> list[T]:
+        """Every value under `prefix` (one SCAN, one MGET); unreadable ones are skipped."""
+        keys = list(self._redis.scan_iter(match=prefix + "*", count=500))
+        out = []
+        for raw in self._redis.mget(keys) if keys else []:
             if raw is None:
                 continue
             try:
-                o = _decode(raw)
+                out.append(decode(raw))
             except msgspec.DecodeError:
-                continue
-            out[o.tenant_id] = o
+                continue  # written by another version
         return out
 
 

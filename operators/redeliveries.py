@@ -40,20 +40,20 @@ from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
 from operators import metrics
-from operators.records import DeadLetter, Event
+from operators.records import DeadLetter, Event, entry_hash
 from operators.validate import dead_letter
 
 _BUCKET_MS = 3_600_000
 _encode = msgspec.msgpack.Encoder().encode
 
 
+# what a producer wrote: every field before the Kafka coordinates (the rest is filled in by the flow)
+_PAYLOAD_FIELDS = Event.__struct_fields__.index("source")
+
+
 def fingerprint(e: Event) -> int:
     """A 64-bit hash of what the event says, without where Kafka put it."""
-    return xxhash.xxh3_64_intdigest(_encode(msgspec.structs.astuple(e)[:20]))
-
-
-def id_hash(event_id: str) -> int:
-    return xxhash.xxh3_64_intdigest(event_id.encode("utf-8", "surrogatepass"))
+    return xxhash.xxh3_64_intdigest(_encode(msgspec.structs.astuple(e)[:_PAYLOAD_FIELDS]))
 
 
 @dataclass
@@ -75,7 +75,7 @@ class _SeenLogic(StatefulBatchLogic[list[Event], list[Event] | list[DeadLetter],
         changed: list[DeadLetter] = []
         same = 0
         for e in itertools.chain.from_iterable(values):
-            h = id_hash(e.event_id)
+            h = entry_hash(e.event_id)
             fp = fingerprint(e)
             first = s.seen.get(h)
             if first is None:
@@ -135,7 +135,7 @@ def drop_redeliveries(
     def group_batch(events: list[Event]) -> Iterable[tuple[str, list[Event]]]:
         groups: dict[int, list[Event]] = {}
         for e in events:
-            groups.setdefault(id_hash(e.event_id) % shards, []).append(e)
+            groups.setdefault(entry_hash(e.event_id) % shards, []).append(e)
         return [(str(shard), group) for shard, group in groups.items()]
 
     keyed = op.flat_map_batch(f"{step_id}_shard", up, group_batch)
