@@ -84,11 +84,11 @@ def events(n: int) -> list[Event]:
 def run_flow(evs: list[Event], batch: int, cache: VerdictCache | None, keyer: ContentKeyer) -> float:
     seen = [0]
     flow = Dataflow("cache_stage")
-    up = op.input("in", flow, TestingSource([Candidate(e) for e in evs], batch_size=batch))
+    up = op.input("in", flow, TestingSource(evs, batch_size=batch))
     if cache is None:
-        out = op.flat_map_batch("identity", up, lambda xs: xs)
+        out = op.flat_map_batch("identity", up, lambda xs: [Candidate(e) for e in xs])
     else:
-        out = dedup("dedup", up, cache=cache, keyer=keyer, llm_metrics=LLM_METRICS)
+        out = dedup("dedup", up, cache=cache, keyer=keyer, llm_metrics=LLM_METRICS).cands
     op.output("count", out, CountingSink(seen))
     started = time.perf_counter()
     run_main(flow)

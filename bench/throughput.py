@@ -60,7 +60,7 @@ def hot_path_flow(settings: Settings, d: Deps, msgs: list, batch: int, counts: d
     priced = price("price", decoded.oks, pricer=d.pricer)
     looked_up = dedup("dedup", priced.events, cache=d.cache, keyer=d.keyer, llm_metrics=d.plan.llm_metrics)
     sampled = sample(
-        "sample", looked_up, sampler=d.sampler, rules=d.rules, control=d.control, baseline=d.baseline
+        "sample", looked_up.cands, sampler=d.sampler, rules=d.rules, control=d.control, baseline=d.baseline
     )
     windows = cost_window(
         "cost_window",

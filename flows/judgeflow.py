@@ -63,7 +63,7 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
 
     decoded = decode("decode", raw, limits=d.decode_limits, now_ms=d.now_ms, otlp=d.otlp)
     # exactly once per event_id: Kafka re-deliveries never reach a count
-    events_in, dead_letters = decoded.oks, decoded.errs
+    events_in, rejected = decoded.oks, [decoded.errs]
     if cfg.windows.drop_redeliveries:
         unique = drop_redeliveries(
             "redeliveries",
@@ -71,15 +71,15 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
             horizon_s=cfg.windows.redelivery_horizon_s,
             shards=cfg.windows.redelivery_shards,
         )
-        events_in, dead_letters = unique.oks, op.merge("dead_letters", dead_letters, unique.errs)
+        events_in = unique.oks
+        rejected.append(unique.errs)
     priced = price("price", events_in, pricer=d.pricer)
     events = priced.events
-    dead_letters = op.merge("dead_letters_all", dead_letters, priced.errs)
 
     # cost: every event, and every judge call, into windowed spend per key
     looked_up = dedup("dedup", events, cache=d.cache, keyer=d.keyer, llm_metrics=d.plan.llm_metrics)
     sampled = sample(
-        "sample", looked_up, sampler=d.sampler, rules=d.rules, control=d.control, baseline=d.baseline
+        "sample", looked_up.cands, sampler=d.sampler, rules=d.rules, control=d.control, baseline=d.baseline
     )
     judged = judge(
         "judge",
@@ -134,7 +134,10 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
     expensive = expensive_requests("expensive", events, policy=d.alert_policy)
     alerting = alerts("alerts", windows, expensive, policy=d.alert_policy)
 
-    # outputs
+    # outputs; dead letters from the cache lookup on are of events stored but not judged (a bug)
+    dead_letters = op.merge(
+        "dead_letters", *rejected, priced.errs, looked_up.errs, sampled.errs, judged.errs
+    )
     to_clickhouse("llm_events_out", op.map("event_of", sampled.events, lambda c: c.event), "llm_events")
     to_clickhouse("evaluations_out", evaluations, "evaluations")
     to_clickhouse("estimates_out", estimates, "quality_estimates")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import bytewax.operators as op
 import msgspec
@@ -30,7 +31,8 @@ from bytewax.dataflow import Stream
 
 from operators import metrics
 from operators.cache import VerdictCache
-from operators.records import Event, Verdict
+from operators.records import DeadLetter, Event, Verdict
+from operators.validate import guarded
 
 
 class Candidate(msgspec.Struct, array_like=True):
@@ -114,6 +116,15 @@ def lookup(
     return hits
 
 
+@dataclass(frozen=True)
+class DedupOut:
+    """`cands`: every event as a candidate; `errs`: the dead letters of events whose
+    lookup raised (a bug) — they stay candidates, with nothing cached and nothing to judge."""
+
+    cands: Stream[Candidate]
+    errs: Stream[DeadLetter]
+
+
 def dedup(
     step_id: str,
     up: Stream[Event],
@@ -121,12 +132,21 @@ def dedup(
     cache: VerdictCache,
     keyer: ContentKeyer,
     llm_metrics: Sequence[str],
-) -> Stream[Candidate]:
+) -> DedupOut:
     """Every event becomes a candidate carrying the verdicts the cache already has."""
 
-    def lookup_batch(events: list[Event]) -> Iterable[Candidate]:
-        cands = [Candidate(e) for e in events]
+    def look_up(cands: list[Candidate]) -> list[Candidate]:
         lookup(cands, cache=cache, keyer=keyer, llm_metrics=llm_metrics)
         return cands
 
-    return op.flat_map_batch(step_id, up, lookup_batch)
+    def lookup_batch(events: list[Event]) -> Iterable[Candidate | DeadLetter]:
+        cands = [Candidate(e) for e in events]
+        failed: list[Candidate] = []
+        _, dead = guarded(step_id, look_up, cands, failed=failed)
+        for c in failed:  # priced and stored like any event, but never judged
+            c.content_hash, c.cached, c.todo = "", {}, ()
+        return [*cands, *dead]
+
+    out = op.flat_map_batch(step_id, up, lookup_batch)
+    split = op.branch(f"{step_id}_split", out, lambda x: type(x) is Candidate)
+    return DedupOut(cands=split.trues, errs=split.falses)

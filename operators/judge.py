@@ -34,11 +34,13 @@ from judges.runtime import JudgeRuntime, Outcome, Task
 from operators import metrics
 from operators.cache import CachedVerdict, VerdictCache
 from operators.dedup import Candidate, ContentKeyer, lookup
-from operators.records import Evaluation, Event, LedgerEntry, Verdict, entry_hash
+from operators.records import DeadLetter, Evaluation, Event, LedgerEntry, Verdict, entry_hash
+from operators.validate import as_bytes, guarded, internal_error
 
 __all__ = ["JudgeOut", "JudgePlan", "judge", "reused_verdicts"]
 
 SHARDS = 8
+STAGE = "judge"  # the stage named in dead letters and cache-hit metrics
 _POLL = timedelta(milliseconds=20)
 
 ERROR = "error"
@@ -50,6 +52,7 @@ BUDGET_SPENT = "judge budget spent: no tier-0 rule covers this metric"
 class JudgeOut:
     evaluations: Stream[Evaluation]
     spend: Stream[LedgerEntry]
+    errs: Stream[DeadLetter]  # events whose judging raised (a bug): stored, not judged
 
 
 @dataclass
@@ -85,9 +88,10 @@ class _Deps:
 
 
 _Work = tuple[Candidate, str, int]  # (candidate, metric, tier)
+_Out = Evaluation | LedgerEntry | DeadLetter
 
 
-class _JudgeLogic(StatefulBatchLogic[Candidate, Evaluation | LedgerEntry, _JudgeState]):
+class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
     def __init__(self, deps: _Deps, resume: _JudgeState | None) -> None:
         self._d = deps
         self._plan = deps.plan
@@ -104,24 +108,30 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, Evaluation | LedgerEntry, _Judge
                 work.extend((w.cand, m, p.tier) for m, p in w.pending.items())
             self._submit(work)
 
-    def on_batch(self, values: list[Candidate]) -> tuple[Iterable[Evaluation | LedgerEntry], bool]:
-        out = self._take_ready()
+    def on_batch(self, values: list[Candidate]) -> tuple[Iterable[_Out], bool]:
+        out: list[_Out] = list(self._take_ready())
         # verdicts the cache had when the event arrived are certain observations (reported
         # for every event, chosen or not: probability 1); the sampler chose these events a
         # window later, so look their open metrics up again before paying for a call
         certain = {c.event.event_id: frozenset(c.cached) for c in values}
         open_work = [c for c in values if c.todo and c.inclusion_prob > 0]
         if open_work:
-            lookup(
-                open_work,
-                cache=self._d.cache,
-                keyer=self._d.keyer,
-                llm_metrics=self._plan.llm_metrics,
-                stage="judge",
-            )
+            failed: list[Candidate] = []
+            _, dead = guarded(STAGE, self._look_again, open_work, failed=failed)
+            out.extend(dead)
+            for c in failed:  # a bug in the lookup: the event is not judged
+                c.todo, c.inclusion_prob = (), 0.0
         work: list[_Work] = []
         for c in values:
-            out.extend(self._start(c, work, certain[c.event.event_id]))
+            started: list[_Work] = []
+            try:
+                out.extend(self._start(c, started, certain[c.event.event_id]))
+            except Exception as exc:  # a bug: this event's judging becomes a dead letter
+                self._waiting.pop(c.event.event_id, None)
+                e = c.event
+                out.append(internal_error(STAGE, exc, as_bytes(e), e.source, e.ts_ms))
+                continue
+            work.extend(started)
         self._submit(work)
         out.extend(self._harvest())
         return out, StatefulBatchLogic.RETAIN
@@ -161,6 +171,11 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, Evaluation | LedgerEntry, _Judge
         return _JudgeState(waiting=waiting, ready=list(self._ready), budget=dict(self._budget.spent))
 
     # --- internals ---------------------------------------------------------
+
+    def _look_again(self, cands: list[Candidate]) -> list[Candidate]:
+        keyer, metrics_ = self._d.keyer, self._plan.llm_metrics
+        lookup(cands, cache=self._d.cache, keyer=keyer, llm_metrics=metrics_, stage=STAGE)
+        return cands
 
     def _take_ready(self) -> list[Evaluation | LedgerEntry]:
         out, self._ready = self._ready, []
@@ -295,7 +310,8 @@ def judge(
     results = op.stateful_batch(f"{step_id}_calls", keyed, lambda resume: _JudgeLogic(deps, resume))
     values = op.map(f"{step_id}_unkey", results, lambda kv: kv[1])
     split = op.branch(f"{step_id}_split", values, lambda x: type(x) is Evaluation)
-    return JudgeOut(evaluations=split.trues, spend=split.falses)
+    rest = op.branch(f"{step_id}_errs", split.falses, lambda x: type(x) is DeadLetter)
+    return JudgeOut(evaluations=split.trues, spend=rest.falses, errs=rest.trues)
 
 
 def reused_verdicts(step_id: str, up: Stream[Candidate]) -> Stream[Evaluation]:

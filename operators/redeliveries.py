@@ -115,7 +115,7 @@ def _changed(e: Event, first: int, fp: int) -> DeadLetter:
         f"re-delivered event_id {e.event_id!r} with a different payload "
         f"(fingerprint {fp:016x}, first seen {first:016x}): the first one counts"
     )
-    return dead_letter("dedup", reason, msgspec.json.encode(e), e.source, e.ts_ms)
+    return dead_letter("redelivery", reason, msgspec.json.encode(e), e.source, e.ts_ms)
 
 
 @dataclass(frozen=True)

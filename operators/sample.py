@@ -75,7 +75,8 @@ from judges.base import JudgeItem, RuleJudge
 from operators import metrics
 from operators.control import ControlStore, Override
 from operators.dedup import Candidate
-from operators.records import Event, SavingsEntry
+from operators.records import DeadLetter, Event, SavingsEntry
+from operators.validate import guarded
 
 _TWO_64 = float(2**64)
 _SEP = "\x1f"
@@ -578,12 +579,13 @@ class SampleOut:
     candidates with their inclusion probabilities; `skipped_hits`: events not
     chosen whose verdicts the cache already holds (reported as certain,
     free observations); `savings`: per tenant and window, the baseline judge
-    cost and what sampling avoided."""
+    cost and what sampling avoided; `errs`: dead letters."""
 
     events: Stream[Candidate]
     judge: Stream[Candidate]
     skipped_hits: Stream[Candidate]
     savings: Stream[SavingsEntry]
+    errs: Stream[DeadLetter]  # events whose tally raised (a bug): stored, never judged
 
 
 def sample(
@@ -603,22 +605,29 @@ def sample(
             with the reference judge — what the savings ledger compares against.
     """
 
-    def assign_batch(cands: list[Candidate]) -> Iterable[Candidate | _Part]:
+    def assign_batch(cands: list[Candidate]) -> Iterable[Candidate | _Part | _Skipped | DeadLetter]:
         overrides = control.active()  # cached by the store: no round trip per batch
-        skipped_hits: list[Candidate] = []
-        parts = tally_batch(
-            cands,
-            sampler=sampler,
-            rules=rules,
-            overrides=overrides,
-            baseline=baseline,
-            skipped_hits=skipped_hits,
-        )
-        return [*cands, *parts, *(_Skipped(c) for c in skipped_hits)]
+
+        def tally(cs: list[Candidate]) -> list[_Part | _Skipped]:
+            skipped_hits: list[Candidate] = []
+            parts = tally_batch(
+                cs,
+                sampler=sampler,
+                rules=rules,
+                overrides=overrides,
+                baseline=baseline,
+                skipped_hits=skipped_hits,
+            )
+            return [*parts, *(_Skipped(c) for c in skipped_hits)]
+
+        # an event that makes the tally raise (a bug) is stored, never judged, and a dead letter
+        tallied, dead = guarded(step_id, tally, cands)
+        return [*cands, *tallied, *dead]
 
     assigned = op.flat_map_batch(f"{step_id}_assign", up, assign_batch)
     split = op.branch(f"{step_id}_split", assigned, lambda x: type(x) is Candidate)
-    early = op.branch(f"{step_id}_early_hits", split.falses, lambda x: type(x) is _Skipped)
+    errs = op.branch(f"{step_id}_errs", split.falses, lambda x: type(x) is DeadLetter)
+    early = op.branch(f"{step_id}_early_hits", errs.falses, lambda x: type(x) is _Skipped)
     keyed = op.key_on(f"{step_id}_key", early.falses, lambda p: p.tenant)
     decided = op.stateful_batch(
         f"{step_id}_choose", keyed, lambda resume: _SampleLogic(sampler, clock, resume)
@@ -629,7 +638,11 @@ def sample(
     set_aside = op.map(f"{step_id}_unwrap", early.trues, lambda s: s.cand)
     skipped_hits = op.merge(f"{step_id}_skipped_hits", set_aside, decided_cands.falses)
     return SampleOut(
-        events=split.trues, judge=decided_cands.trues, skipped_hits=skipped_hits, savings=outcome.falses
+        events=split.trues,
+        judge=decided_cands.trues,
+        skipped_hits=skipped_hits,
+        savings=outcome.falses,
+        errs=errs.trues,
     )
 
 

@@ -180,10 +180,13 @@ def _iso(ts_ms: int) -> str:
         return f"{ts_ms} ms"
 
 
-def guarded(stage: str, fn: Callable[[list[X]], list[Y]], items: list[X]) -> tuple[list[Y], list[DeadLetter]]:
+def guarded(
+    stage: str, fn: Callable[[list[X]], list[Y]], items: list[X], *, failed: list[X] | None = None
+) -> tuple[list[Y], list[DeadLetter]]:
     """`fn` over a batch; if it raises, over each item alone, and the items that raise become dead
     letters (`internal error: <type>: ...`, the event as JSON, its Kafka coordinates): a bug in a stage
-    degrades to dead letters instead of stopping the flow on the same record at every restart."""
+    degrades to dead letters instead of stopping the flow on the same record at every restart.
+    The items that raised are appended to `failed` when given."""
     try:
         return fn(items), []
     except Exception as exc:
@@ -194,9 +197,22 @@ def guarded(stage: str, fn: Callable[[list[X]], list[Y]], items: list[X]) -> tup
         try:
             oks.extend(fn([x]))
         except Exception as exc:
-            raw = msgspec.json.encode(x) if isinstance(x, msgspec.Struct) else repr(x).encode()
-            dead.append(internal_error(stage, exc, raw, getattr(x, "source", None), getattr(x, "ts_ms", 0)))
+            if failed is not None:
+                failed.append(x)
+            record = getattr(x, "event", x)  # a stage's wrapper (a candidate) stands for its event
+            source, ts_ms = getattr(record, "source", None), getattr(record, "ts_ms", 0)
+            dead.append(internal_error(stage, exc, as_bytes(record), source, ts_ms))
     return oks, dead
+
+
+def as_bytes(record: object) -> bytes:
+    """A record as it goes into a dead letter: JSON when it is a struct, its repr otherwise."""
+    try:
+        if isinstance(record, msgspec.Struct):
+            return msgspec.json.encode(record)
+    except Exception:  # the record may be what is broken
+        log.debug("dead letter of an unencodable %s", type(record).__name__)
+    return repr(record).encode("utf-8", "backslashreplace")
 
 
 def internal_error(stage: str, exc: Exception, raw: bytes, source: Source | None, ts_ms: int) -> DeadLetter:

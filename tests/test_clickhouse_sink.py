@@ -297,10 +297,14 @@ def test_cost_windows_land_with_exact_values(chdb_dsn: str, client: ch.LockedCli
     ]
 
 
-def test_window_seconds_must_be_whole(chdb_dsn: str, database: str) -> None:
+def test_a_window_of_fractional_seconds_is_a_dead_letter(
+    chdb_dsn: str, client: ch.LockedClient, database: str
+) -> None:
     part = ch.ClickHouseSink(chdb_dsn, database, "cost_windows").build("out", 0, 1)
-    with pytest.raises(ValueError, match="window_ms=1500 is not a positive whole number"):
-        part.write_batch([make_window(0, window_ms=1500)])
+    part.write_batch([make_window(0, window_ms=1500), make_window(1)])
+    assert client.query("SELECT count() FROM cost_windows FINAL").result_rows == [(1,)]
+    ((stage, reason),) = client.query("SELECT stage, reason FROM dead_letters FINAL").result_rows
+    assert stage == "sink_cost_windows" and "window_ms=1500 is not a positive whole number" in reason
 
 
 def test_alerts_land_with_exact_values(chdb_dsn: str, client: ch.LockedClient, database: str) -> None:

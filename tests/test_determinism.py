@@ -52,7 +52,7 @@ def test_batch_size_and_a_second_run_do_not_change_any_table(kafka, chdb_dsn, ju
         run_flow(settings)
         results[name] = tables(connect(chdb_dsn, db))
     want = results["clean"]
-    assert len(want["llm_events"]) > 2500 and any(r[1] == "dedup" for r in want["dead_letters"])
+    assert len(want["llm_events"]) > 2500 and any(r[1] == "redelivery" for r in want["dead_letters"])
     differ = {
         name: {t: (len(results[name][t] - want[t]), len(want[t] - results[name][t])) for t in TABLES}
         for name in ("batch 1", "again")

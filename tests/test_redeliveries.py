@@ -32,7 +32,7 @@ def test_same_payload_is_dropped_changed_payload_is_a_dead_letter() -> None:
     assert [type(x) for x in out] == [Event, Event]  # the copy from another partition is dropped
     (out,), _ = logic.on_batch([[_event("a", 1_000, output="changed", offset=9)]])
     assert len(out) == 1 and isinstance(out[0], DeadLetter)
-    assert out[0].stage == "dedup" and "different payload" in out[0].reason
+    assert out[0].stage == "redelivery" and "different payload" in out[0].reason
     assert out[0].key == "t:1:9"
     # the Kafka coordinates are not part of what an event says
     assert fingerprint(first) == fingerprint(_event("a", 1_000, offset=123))
@@ -88,5 +88,5 @@ def test_redelivered_events_count_once_in_every_table(kafka, chdb_dsn, database)
     )
     assert by_tenant == dict(want)
     dead = rows(client, "SELECT stage, count() FROM dead_letters FINAL GROUP BY stage")
-    assert dead == [("dedup", len(changed))]
+    assert dead == [("redelivery", len(changed))]
     assert metrics.REDELIVERIES.labels("same")._value.get() - before == len(again)
