@@ -2,7 +2,7 @@
 
 judgeflow run     [--config F] [-w N] [-i I -a ADDRS] [--recovery-dir D]   the streaming job
 judgeflow demo    [--workers N] [--limit N]                                 everything embedded
-judgeflow init-db [--config F]                                              create the ClickHouse tables
+judgeflow init-db [--config F]                                              create the tables and their TTLs
 judgeflow report  cost|variants|top|hourly|budget|tokens|alerts|pricing|all  the cost runbook from ClickHouse
 judgeflow overrides list|set|clear [TENANT]                                per-tenant judge sampling (Redis)
 """
@@ -74,7 +74,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--judge-latency-ms", type=float, default=150.0, help="simulated judge latency")
     demo.set_defaults(func=_cmd_demo)
 
-    init = sub.add_parser("init-db", help="create the ClickHouse database and tables")
+    init = sub.add_parser(
+        "init-db", help="create the ClickHouse database and tables and set their retention ([retention])"
+    )
     _config_arg(init)
     init.set_defaults(func=_cmd_init_db)
 
@@ -180,11 +182,19 @@ class StartupError(RuntimeError):
 
 
 def _init_db(settings: Settings) -> None:
-    """Create the schema, retrying while ClickHouse is unreachable."""
+    """Create the schema and set the retention TTLs, retrying while ClickHouse is unreachable."""
     from sinks.clickhouse import connect, ensure_schema
+    from sinks.clickhouse_tables import apply_ttls, ttl_clauses
 
-    ch = settings.flow.clickhouse
-    _retry_at_start("ClickHouse", lambda: ensure_schema(connect(ch.dsn), ch.database), ch.startup_timeout_s)
+    ch, retention = settings.flow.clickhouse, settings.flow.retention
+    ttls = ttl_clauses(retention.table_days(), window_days=retention.window_days(settings.flow.windows))
+
+    def init() -> None:
+        client = connect(ch.dsn)
+        ensure_schema(client, ch.database)
+        apply_ttls(client, ch.database, ttls)
+
+    _retry_at_start("ClickHouse", init, ch.startup_timeout_s)
 
 
 def _check_kafka(settings: Settings) -> None:

@@ -475,6 +475,33 @@ class ClickHouseConfig(_Section):
     startup_timeout_s: float = Field(120.0, ge=0)
 
 
+class RetentionConfig(_Section):
+    """Days each ClickHouse table keeps a row after it was written (`inserted_at`, so a backfill of
+    old traffic is kept too); 0 keeps rows for good. Set as table TTLs by `judgeflow init-db` and at
+    every start (altered only when changed)."""
+
+    llm_events_days: int = Field(90, ge=0)
+    evaluations_days: int = Field(90, ge=0)
+    # cost_windows holds every window size: the windows.size_s rows (1 min) and the rollups (1 h, 1 day)
+    cost_windows_days: int = Field(35, ge=0)
+    cost_rollups_days: int = Field(0, ge=0)
+    quality_estimates_days: int = Field(90, ge=0)
+    judge_savings_days: int = Field(90, ge=0)
+    alerts_days: int = Field(0, ge=0)
+    dead_letters_days: int = Field(30, ge=0)
+    pricing_issues_days: int = Field(0, ge=0)
+
+    def table_days(self) -> dict[str, int]:
+        """Table -> days, for the tables with one retention (all but cost_windows)."""
+        windowed = ("cost_windows_days", "cost_rollups_days")
+        return {key.removesuffix("_days"): days for key, days in self if key not in windowed}
+
+    def window_days(self, windows: WindowsConfig) -> dict[int, int]:
+        """cost_windows window size (s) -> days."""
+        rollups = dict.fromkeys(windows.rollups_s, self.cost_rollups_days)
+        return {windows.size_s: self.cost_windows_days, **rollups}
+
+
 class MetricsConfig(_Section):
     port: int | None = Field(None, ge=0, le=65535)
     host: str = "127.0.0.1"  # 0.0.0.0 only inside a container network
@@ -493,6 +520,7 @@ class FlowConfig(_Section):
     windows: WindowsConfig = WindowsConfig()
     alerts: AlertsConfig = AlertsConfig()
     clickhouse: ClickHouseConfig = ClickHouseConfig()
+    retention: RetentionConfig = RetentionConfig()
     metrics: MetricsConfig = MetricsConfig()
 
 

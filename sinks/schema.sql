@@ -8,6 +8,10 @@
 -- dollars, converted exactly from the flow's integer picodollars; times are
 -- UTC milliseconds. `inserted_at` is filled by the server and is the replacing
 -- version where the record has none, so the latest write of a key wins.
+--
+-- Retention is not set here: `judgeflow init-db` and every start give each
+-- table a TTL on `inserted_at` from the flow config's [retention] section
+-- (sinks.clickhouse_tables.apply_ttls); cost_windows gets one per window size.
 
 CREATE DATABASE IF NOT EXISTS {database};
 
