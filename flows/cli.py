@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flows.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from flows.health import HealthServer
 
 log = logging.getLogger("judgeflow")
 
@@ -106,23 +111,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides["kafka.tail"] = False
     settings = load_settings(args.config, **overrides)
     _check_runnable(settings)
-    _init_db(settings)
-    _check_kafka(settings)
-    _serve_metrics(settings)
-    recovery = _recovery(args.recovery_dir) if args.recovery_dir else None
     addresses = args.addresses.split(";") if args.addresses else None
-    deps = build_deps(settings)
+    health = _serve_metrics(settings, args.process_id or 0, len(addresses or [""]), args.workers)
     try:
-        cli_main(
-            build_flow(settings, deps=deps),
-            workers_per_process=args.workers,
-            process_id=args.process_id,
-            addresses=addresses,
-            epoch_interval=timedelta(seconds=args.snapshot_s),
-            recovery_config=recovery,
-        )
+        _init_db(settings)
+        _check_kafka(settings)
+        recovery = _recovery(args.recovery_dir) if args.recovery_dir else None
+        deps = build_deps(settings)
+        try:
+            cli_main(
+                build_flow(settings, deps=deps),
+                workers_per_process=args.workers,
+                process_id=args.process_id,
+                addresses=addresses,
+                epoch_interval=timedelta(seconds=args.snapshot_s),
+                recovery_config=recovery,
+            )
+        finally:
+            deps.close()
     finally:
-        deps.close()
+        if health is not None:
+            health.close()
     return 0
 
 
@@ -230,15 +239,17 @@ def _retry_at_start(
             delay = min(delay * 2, 10.0)
 
 
-def _serve_metrics(settings: Settings) -> None:
-    port = settings.flow.metrics.port
-    if port is None:
-        return
-    from prometheus_client import start_http_server
+def _serve_metrics(settings: Settings, process_id: int, processes: int, workers: int) -> HealthServer | None:
+    """`/metrics`, `/healthz` and `/readyz` on `metrics.port` (see flows.health), before the start-up
+    checks: while the job waits for Kafka and ClickHouse it is alive but not ready."""
+    if settings.flow.metrics.port is None:
+        return None
+    from flows.health import ClusterShape, serve
 
+    server = serve(settings, shape=ClusterShape(process_id, processes, workers), env=os.environ)
     host = settings.flow.metrics.host
-    start_http_server(port, addr=host)
-    log.info("Prometheus metrics on http://%s:%d/metrics", host, port)
+    log.info("Prometheus metrics on http://%s:%d/metrics, health on /healthz and /readyz", host, server.port)
+    return server
 
 
 if __name__ == "__main__":

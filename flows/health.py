@@ -1,0 +1,519 @@
+"""Health endpoints on the metrics port: `/metrics`, `/healthz` and `/readyz`.
+
+- `/healthz` (liveness: would a restart help?) answers 200 while the process
+  is up and its dataflow takes in messages. It answers 503 only when nothing
+  was taken in for `stall_s` while input waits for this process and no open
+  judge breaker explains the wait (the judge stage holds work while an
+  endpoint is down, by design; a restart would not bring the endpoint back).
+  A dependency being down is not a liveness failure.
+- `/readyz` (readiness: is this process doing its job?) answers 200 when Kafka
+  answers and gives this process partitions to read, ClickHouse answers its
+  `/ping`, and no judge breaker is open.
+
+The dataflow is not changed for this. Progress is read from the counters it
+already moves when it takes in a message (events, dead letters,
+re-deliveries, OTLP messages without calls), waiting input from bytewax's
+Kafka lag gauge, the breakers from the judge gauge. A monitor thread samples
+them every second; another checks Kafka and ClickHouse every few seconds, so
+a probe never waits on a dependency.
+
+Waiting input is a consumer lag above zero. The gauge is set while the
+source polls, so it freezes when the worker is stuck — often at 0, since a
+consumer that keeps up has no lag. So, where every message this process reads
+is counted in this process (one process, or no re-delivery step before
+pricing), messages added to the end of its partitions after its last progress
+count as waiting too. On a cluster of several processes the re-delivery step
+may count an event read here in another process, so there only the lag
+counts: a sparse topic must not restart a healthy process.
+
+Which partitions a process reads follows from the cluster's shape: bytewax
+hands the partitions out one at a time to the worker with the fewest so far
+(the lowest index on a tie), i.e. round robin over the cluster's workers.
+
+`python -m flows.health URL` exits 0 when URL answers 200 (container
+healthchecks: the image has no curl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
+
+from flows.config import ConfigError, KafkaConfig, Settings
+
+log = logging.getLogger(__name__)
+
+STALL_ENV = "JUDGEFLOW_HEALTH_STALL_S"
+DEFAULT_STALL_S = 300.0  # longer than clickhouse.max_retry_s: a sink riding out an outage is not stuck
+
+Partition = tuple[str, int]  # (topic, partition)
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One line of a health answer."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterShape:
+    """Where this process sits in its bytewax cluster (`judgeflow run -w/-i/-a`)."""
+
+    process_id: int = 0
+    processes: int = 1
+    workers_per_process: int = 1
+
+    @property
+    def workers(self) -> int:
+        return self.processes * self.workers_per_process
+
+
+@dataclass(frozen=True, slots=True)
+class Vitals:
+    """What the process's metrics say right now."""
+
+    taken_in: float  # messages taken in so far (only ever grows)
+    lags: Mapping[Partition, float]  # consumer lag of the partitions this process has read
+    open_breakers: tuple[str, ...]  # judges whose circuit breaker is open or probing
+
+
+# --- pure functions -------------------------------------------------------------------------------
+
+
+def assigned_partitions(partitions: int, shape: ClusterShape) -> int:
+    """How many of `partitions` the workers of this process read: round robin over the
+    cluster's workers, worker k of W gets ceil((P - k) / W), none when k >= P."""
+    w = shape.workers
+    first = shape.process_id * shape.workers_per_process
+    return sum(max(0, (partitions - k + w - 1) // w) for k in range(first, first + shape.workers_per_process))
+
+
+def counter_total(families: Iterable[Metric]) -> float:
+    """The sum of every `*_total` sample of counter families (their `*_created` ones left out)."""
+    return sum(s.value for f in families for s in f.samples if s.name.endswith("_total"))
+
+
+def partition_lags(families: Iterable[Metric]) -> dict[Partition, float]:
+    """Consumer lag per (topic, partition) from bytewax's `bytewax_kafka_consumer_lag` gauge."""
+    lags: dict[Partition, float] = {}
+    for f in families:
+        for s in f.samples:
+            key = (s.labels["topic"], int(s.labels["partition"]))
+            lags[key] = lags.get(key, 0.0) + s.value
+    return lags
+
+
+def open_breakers(families: Iterable[Metric]) -> tuple[str, ...]:
+    """Judges whose `judgeflow_judge_breaker_open` gauge is 1."""
+    return tuple(sorted(s.labels["judge"] for f in families for s in f.samples if s.value >= 1))
+
+
+def new_input(ends: Mapping[Partition, int], baseline: Mapping[Partition, int]) -> bool:
+    """Whether a partition's end offset moved past where it was after the last progress."""
+    return any(end > baseline.get(p, end) for p, end in ends.items())
+
+
+def liveness(
+    *,
+    stalled_s: float,
+    stall_s: float,
+    lags: Mapping[Partition, float],
+    arrived: bool,
+    breakers: Sequence[str],
+) -> Check:
+    """The progress check of `/healthz`: failing only when input waits and nothing moved for `stall_s`."""
+    waiting = sum(v for v in lags.values() if v > 0)
+    if breakers:
+        return Check("progress", True, f"waiting for judge breaker(s) {', '.join(breakers)} to close")
+    if not waiting and not arrived:
+        return Check("progress", True, f"idle: no input waiting (last progress {stalled_s:.0f} s ago)")
+    if stalled_s <= stall_s:
+        return Check("progress", True, f"last progress {stalled_s:.0f} s ago")
+    what = f"{waiting:.0f} messages" if waiting else "new messages"
+    return Check(
+        "progress", False, f"no message taken in for {stalled_s:.0f} s (> {stall_s:g} s) while {what} wait"
+    )
+
+
+def breaker_check(breakers: Sequence[str]) -> Check:
+    if breakers:
+        return Check("judges", False, f"circuit breaker open: {', '.join(breakers)}")
+    return Check("judges", True, "no circuit breaker open")
+
+
+def stall_s_from(env: Mapping[str, str]) -> float:
+    """`JUDGEFLOW_HEALTH_STALL_S` (seconds without progress while input waits), default 300."""
+    raw = env.get(STALL_ENV, "")
+    if not raw:
+        return DEFAULT_STALL_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        msg = f"{STALL_ENV} must be a number of seconds above 0 (got {raw!r})"
+        raise ConfigError(msg)
+    return value
+
+
+def answer(checks: Sequence[Check]) -> tuple[int, bytes]:
+    """HTTP status and JSON body for a list of checks: 200 when all pass, else 503."""
+    ok = all(c.ok for c in checks)
+    body = {
+        "status": "ok" if ok else "unavailable",
+        "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in checks],
+    }
+    return (200 if ok else 503), json.dumps(body).encode() + b"\n"
+
+
+# --- dependencies ---------------------------------------------------------------------------------
+
+
+class Probe(Protocol):
+    def check(self) -> Check: ...
+
+    def close(self) -> None: ...
+
+
+class ClickHouseProbe:
+    """`GET /ping` on the ClickHouse of an http(s) DSN; an embedded chdb lives in this process."""
+
+    def __init__(self, dsn: str, *, timeout_s: float = 2.0) -> None:
+        parts = urlsplit(dsn)
+        self._url: str | None = None
+        if parts.scheme in ("http", "https"):
+            host = parts.hostname or "localhost"
+            host = f"[{host}]" if ":" in host else host
+            port = parts.port or (8443 if parts.scheme == "https" else 8123)
+            self._url = f"{parts.scheme}://{host}:{port}/ping"
+        self._timeout_s = timeout_s
+
+    def check(self) -> Check:
+        if self._url is None:
+            return Check("clickhouse", True, "embedded (chdb, in this process)")
+        try:
+            with urllib.request.urlopen(self._url, timeout=self._timeout_s) as resp:  # noqa: S310 (http(s) only)
+                body = resp.read(64)
+        except (OSError, urllib.error.URLError) as exc:
+            return Check("clickhouse", False, f"{self._url} does not answer: {_reason(exc)}")
+        if not body.startswith(b"Ok."):
+            return Check("clickhouse", False, f"{self._url} answered {body[:32]!r}")
+        return Check("clickhouse", True, f"{self._url} answers")
+
+    def close(self) -> None:
+        pass
+
+
+class KafkaProbe:
+    """Metadata of the input topics (brokers answer, partitions for this process) and the end
+    offsets of the partitions this process reads. One client, used by the monitor's thread only."""
+
+    def __init__(
+        self, cfg: KafkaConfig, brokers: Sequence[str], shape: ClusterShape, *, timeout_s: float = 2.0
+    ):
+        self._cfg = cfg
+        self._brokers = ",".join(brokers)
+        self._shape = shape
+        self._timeout_s = timeout_s
+        self._consumer: Any = None
+
+    def _client(self) -> Any:
+        if self._consumer is None:
+            from confluent_kafka import Consumer
+
+            # never subscribes: no consumer group is joined, offsets are only looked at
+            conf = {"bootstrap.servers": self._brokers, "group.id": "judgeflow-health", **self._cfg.extra}
+            self._consumer = Consumer(conf)
+        return self._consumer
+
+    def check(self) -> Check:
+        try:
+            meta = self._client().list_topics(timeout=self._timeout_s)
+        except Exception as exc:  # KafkaException, or a bad `kafka.extra`
+            return Check("kafka", False, f"brokers {self._brokers} do not answer: {_reason(exc)}")
+        missing = [t for t in self._cfg.topics if t not in meta.topics or not meta.topics[t].partitions]
+        if missing:
+            return Check("kafka", False, f"topic(s) {', '.join(missing)} not found on {self._brokers}")
+        total = sum(len(meta.topics[t].partitions) for t in self._cfg.topics)
+        mine = assigned_partitions(total, self._shape)
+        s = self._shape
+        where = f"process {s.process_id} of {s.processes}, {s.workers} worker(s) in the cluster"
+        if mine == 0:
+            return Check(
+                "kafka",
+                False,
+                f"no partition for this process ({where}; {total} partitions): "
+                "have at least as many partitions as workers",
+            )
+        return Check("kafka", True, f"{mine} of {total} partitions assigned ({where})")
+
+    def end_offsets(self, partitions: Iterable[Partition]) -> dict[Partition, int]:
+        """High watermarks; a partition that does not answer in time is left out."""
+        from confluent_kafka import TopicPartition
+
+        ends: dict[Partition, int] = {}
+        for topic, part in partitions:
+            try:
+                _, high = self._client().get_watermark_offsets(
+                    TopicPartition(topic, part), timeout=self._timeout_s, cached=False
+                )
+            except Exception:  # the readiness check reports Kafka problems
+                break
+            ends[(topic, part)] = high
+        return ends
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(getattr(exc, "reason", None) or exc).splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
+
+
+# --- the monitor ----------------------------------------------------------------------------------
+
+
+def read_vitals() -> Vitals:
+    """The process's own metrics: progress counters, bytewax's Kafka lag gauge, judge breakers."""
+    from bytewax.connectors.kafka import BYTEWAX_CONSUMER_LAG_GAUGE
+
+    from operators import metrics
+
+    counters = (metrics.EVENTS_IN, metrics.DEAD_LETTERS, metrics.REDELIVERIES, metrics.OTLP_EMPTY)
+    return Vitals(
+        taken_in=counter_total(f for c in counters for f in c.collect()),
+        lags=partition_lags(BYTEWAX_CONSUMER_LAG_GAUGE.collect()),
+        open_breakers=open_breakers(metrics.JUDGE_BREAKER_OPEN.collect()),
+    )
+
+
+@dataclass
+class _State:
+    taken_in: float = -1.0
+    progress_at: float = 0.0
+    progress_seen: int = 0  # times progress was seen: a refresh that overlaps one takes no baseline
+    baseline: dict[Partition, int] | None = None  # end offsets first seen after the last progress
+    ends: dict[Partition, int] = field(default_factory=dict)
+    checks: tuple[Check, ...] = ()
+
+
+class HealthMonitor:
+    """Turns samples of the process's metrics and checks of its dependencies into the answers of
+    `/healthz` and `/readyz`. `sample()` and `refresh()` run on the monitor's threads (or a
+    test's), the answers on the server's."""
+
+    def __init__(
+        self,
+        *,
+        stall_s: float,
+        probes: Sequence[Probe] = (),
+        kafka: KafkaProbe | None = None,
+        local_count: bool = True,
+        read: Callable[[], Vitals] = read_vitals,
+        clock: Callable[[], float] = time.monotonic,
+        sample_every_s: float = 1.0,
+        refresh_every_s: float = 5.0,
+    ) -> None:
+        self.stall_s = stall_s
+        self._probes = [*probes] + ([kafka] if kafka is not None else [])
+        self._kafka = kafka
+        self._local_count = local_count
+        self._read = read
+        self._clock = clock
+        self._every = (sample_every_s, refresh_every_s)
+        self._lock = threading.Lock()
+        self._state = _State(progress_at=clock())
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def sample(self) -> Vitals:
+        vitals = self._read()
+        with self._lock:
+            s = self._state
+            if vitals.taken_in != s.taken_in:
+                s.taken_in, s.progress_at, s.baseline = vitals.taken_in, self._clock(), None
+                s.progress_seen += 1
+        return vitals
+
+    def refresh(self) -> None:
+        with self._lock:
+            seen = self._state.progress_seen
+        checks = tuple(p.check() for p in self._probes)
+        ends: dict[Partition, int] = {}
+        if self._kafka is not None and self._local_count:
+            ends = self._kafka.end_offsets(sorted(self._read().lags))
+        with self._lock:
+            s = self._state
+            s.checks, s.ends = checks, ends
+            if s.progress_seen != seen:
+                s.baseline = None  # these ends may hold messages that progress consumed
+            elif s.baseline is None:
+                s.baseline = dict(ends)
+            else:
+                s.baseline = {**ends, **s.baseline}  # a partition seen for the first time starts here
+
+    def healthz(self) -> list[Check]:
+        vitals = self.sample()
+        with self._lock:
+            s = self._state
+            stalled_s = self._clock() - s.progress_at
+            arrived = s.baseline is not None and new_input(s.ends, s.baseline)
+        progress = liveness(
+            stalled_s=stalled_s,
+            stall_s=self.stall_s,
+            lags=vitals.lags,
+            arrived=arrived,
+            breakers=vitals.open_breakers,
+        )
+        return [progress]
+
+    def readyz(self) -> list[Check]:
+        vitals = self._read()
+        with self._lock:
+            checks = list(self._state.checks)
+        if len(checks) < len(self._probes):
+            checks = [Check("dependencies", False, "not checked yet")]
+        return [*checks, breaker_check(vitals.open_breakers)]
+
+    def start(self) -> None:
+        for fn, every in ((self.sample, self._every[0]), (self.refresh, self._every[1])):
+            t = threading.Thread(
+                target=self._loop, args=(fn, every), name=f"health-{fn.__name__}", daemon=True
+            )
+            t.start()
+            self._threads.append(t)
+
+    def _loop(self, fn: Callable[[], object], every_s: float) -> None:
+        while True:
+            try:
+                fn()
+            except Exception:
+                log.exception("health monitor: %s failed", getattr(fn, "__name__", fn))
+            if self._stop.wait(every_s):
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)
+        for p in self._probes:
+            p.close()
+
+
+# --- the HTTP server ------------------------------------------------------------------------------
+
+
+class HealthServer(ThreadingHTTPServer):
+    """`/metrics` (the Prometheus registry), `/healthz` and `/readyz`, on a thread of its own."""
+
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int, monitor: HealthMonitor, registry: CollectorRegistry = REGISTRY):
+        super().__init__((host, port), _Handler)
+        self.monitor = monitor
+        self.registry = registry
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def start(self) -> HealthServer:
+        self.monitor.start()
+        self._thread = threading.Thread(target=self.serve_forever, name="health-http", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self.monitor.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: HealthServer
+
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path == "/metrics":
+            encoder, content_type = choose_encoder(self.headers.get("Accept"))
+            self._send(200, encoder(self.server.registry), content_type)
+        elif path in ("/healthz", "/readyz"):
+            monitor = self.server.monitor
+            status, body = answer(monitor.healthz() if path == "/healthz" else monitor.readyz())
+            self._send(status, body, "application/json")
+        else:
+            self._send(404, b"not found: /metrics, /healthz, /readyz\n", "text/plain")
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # a probe every few seconds: no access log
+
+
+def serve(settings: Settings, *, shape: ClusterShape, env: Mapping[str, str]) -> HealthServer:
+    """Start the metrics and health server on `metrics.host:metrics.port` (port set) for this
+    process of the cluster; `env` may set `JUDGEFLOW_HEALTH_STALL_S`."""
+    cfg = settings.flow
+    if cfg.metrics.port is None:
+        msg = "metrics.port is not set: there is no port to serve health on"
+        raise ConfigError(msg)
+    brokers = [b.strip() for b in cfg.kafka.brokers.split(",") if b.strip()]
+    monitor = HealthMonitor(
+        stall_s=stall_s_from(env),
+        probes=[ClickHouseProbe(cfg.clickhouse.dsn)],
+        kafka=KafkaProbe(cfg.kafka, brokers, shape),
+        # the re-delivery step routes events by id: with several processes, one read here may count elsewhere
+        local_count=shape.processes == 1 or not cfg.windows.drop_redeliveries,
+    )
+    return HealthServer(cfg.metrics.host, cfg.metrics.port, monitor).start()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m flows.health", description="Exit 0 when a health URL answers 200 (for healthchecks)."
+    )
+    p.add_argument("url", help="e.g. http://127.0.0.1:9464/readyz")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds (default: %(default)s)")
+    args = p.parse_args(argv)
+    if urlsplit(args.url).scheme not in ("http", "https"):
+        p.error(f"not an http(s) URL: {args.url}")
+    try:
+        with urllib.request.urlopen(args.url, timeout=args.timeout) as resp:  # noqa: S310 (checked above)
+            print(resp.read().decode(errors="replace").strip())
+            return 0
+    except urllib.error.HTTPError as exc:
+        print(exc.read().decode(errors="replace").strip())
+        return 1
+    except OSError as exc:
+        print(f"{args.url}: {_reason(exc)}")
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
