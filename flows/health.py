@@ -30,7 +30,7 @@ Which partitions a process reads follows from the cluster's shape: bytewax
 hands the partitions out one at a time to the worker with the fewest so far
 (the lowest index on a tie), i.e. round robin over the cluster's workers.
 
-`python -m flows.health URL` exits 0 when URL answers 200 (container
+`python -m flows.health URL...` exits 0 when every URL answers 200 (container
 healthchecks: the image has no curl).
 """
 
@@ -496,22 +496,28 @@ def serve(settings: Settings, *, shape: ClusterShape, env: Mapping[str, str]) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m flows.health", description="Exit 0 when a health URL answers 200 (for healthchecks)."
+        prog="python -m flows.health",
+        description="Exit 0 when every health URL answers 200, else 1 (container healthchecks).",
     )
-    p.add_argument("url", help="e.g. http://127.0.0.1:9464/readyz")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds (default: %(default)s)")
+    p.add_argument("urls", nargs="+", metavar="URL", help="e.g. http://127.0.0.1:9464/readyz")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per URL (default: %(default)s)")
     args = p.parse_args(argv)
-    if urlsplit(args.url).scheme not in ("http", "https"):
-        p.error(f"not an http(s) URL: {args.url}")
+    for url in args.urls:
+        if urlsplit(url).scheme not in ("http", "https"):
+            p.error(f"not an http(s) URL: {url}")
+    return max(_get(url, args.timeout) for url in args.urls)
+
+
+def _get(url: str, timeout_s: float) -> int:
     try:
-        with urllib.request.urlopen(args.url, timeout=args.timeout) as resp:  # noqa: S310 (checked above)
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 (http(s), checked)
             print(resp.read().decode(errors="replace").strip())
             return 0
     except urllib.error.HTTPError as exc:
         print(exc.read().decode(errors="replace").strip())
         return 1
     except OSError as exc:
-        print(f"{args.url}: {_reason(exc)}")
+        print(f"{url}: {_reason(exc)}")
         return 1
 
 

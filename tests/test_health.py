@@ -9,6 +9,7 @@ import threading
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -296,6 +297,9 @@ def test_the_server_serves_metrics_and_both_probes_on_one_port(capsys):
         assert main([f"{base}/readyz"]) == 0
         assert '"status": "ok"' in capsys.readouterr().out
         assert get(f"{base}/other")[0] == 404
+        assert main([f"{base}/healthz", f"{base}/readyz"]) == 0
+        v["breakers"] = ("openai/x",)
+        assert main([f"{base}/healthz", f"{base}/readyz"]) == 1  # ready no more: one failing URL is enough
     finally:
         server.shutdown()
         server.server_close()
@@ -363,3 +367,22 @@ def test_kafka_probe_reads_partitions_and_end_offsets_from_the_brokers(kafka):
         assert not result.ok and "do not answer" in result.detail
     finally:
         nobody.close()
+
+
+def test_the_compose_healthcheck_asks_both_endpoints_on_the_jobs_metrics_port():
+    import yaml
+
+    from flows.config import load_settings
+
+    docker = Path(__file__).resolve().parents[1] / "docker"
+    compose = yaml.safe_load((docker / "compose.yaml").read_text())
+    metrics = load_settings(docker / "judgeflow.toml", env={}).flow.metrics
+    jobs = [s for name, s in compose["services"].items() if name.startswith("judgeflow-")]
+    assert jobs
+    for service in jobs:
+        test = service["healthcheck"]["test"]
+        assert test[:4] == ["CMD", "python", "-m", "flows.health"]
+        assert test[4:] == [
+            f"http://127.0.0.1:{metrics.port}/healthz",
+            f"http://127.0.0.1:{metrics.port}/readyz",
+        ]
