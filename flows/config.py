@@ -211,6 +211,9 @@ class JudgesConfig(_Section):
     cascade: CascadeConfig = CascadeConfig()
     budget: BudgetConfig = BudgetConfig()
     max_in_flight: int = Field(256, ge=1, le=4096)  # judge calls in flight per process, all tiers
+    # judge work a worker keeps queued while every slot is taken (a judge down); past it the worker
+    # waits for slots and stops taking input (backpressure)
+    max_queued: int = Field(10_000, ge=0)
     # transient judge faults (429, 5xx, timeouts, an open breaker) delay work up to this long;
     # only then does it become an error (0: fail after max_attempts, fail fast while open)
     give_up_after_s: float = Field(3600.0, ge=0)

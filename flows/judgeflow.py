@@ -90,6 +90,7 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
         cache=d.cache,
         keyer=d.keyer,
         now_ms=d.now_ms,
+        max_queued=cfg.judges.max_queued,
     )
     # verdicts the cache already had for events the sampler skipped: free and certain
     reused = reused_verdicts("reuse", sampled.skipped_hits)

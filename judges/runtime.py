@@ -28,6 +28,7 @@ thread, which must only enqueue.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import threading
@@ -153,6 +154,17 @@ class JudgeRuntime:
 
     # --- worker side -------------------------------------------------------
 
+    def offer(self, queue: collections.deque[Task]) -> int:
+        """Start tasks from the front of `queue` while a slot is free (never blocks);
+        returns how many started. The rest stay in `queue` for a later offer."""
+        loop = self._ensure_started()
+        batch: list[Task] = []
+        while queue and self._slots.acquire(blocking=False):
+            batch.append(queue.popleft())
+        if batch:
+            loop.call_soon_threadsafe(self._spawn_all, batch)
+        return len(batch)
+
     def submit_many(self, tasks: Sequence[Task]) -> None:
         """Queue tasks on the loop; blocks while `max_in_flight` calls are running."""
         loop = self._ensure_started()
@@ -219,6 +231,7 @@ class JudgeRuntime:
             policy = self._policies.get(tier, self._default_policy)
             self._endpoints[tier] = _Endpoint(judge, policy)
             metrics.JUDGE_BREAKER_OPEN.labels(judge.name).set(0)
+            metrics.JUDGE_DISABLED.labels(judge.name).set(1 if judge.name in self._disabled else 0)
 
     async def _aclose(self) -> None:
         tasks = list(self._tasks)
@@ -330,6 +343,7 @@ class JudgeRuntime:
                 metrics.JUDGE_CALLS.labels(name, "fatal").inc()
                 if name not in self._disabled:
                     self._disabled[name] = str(exc)
+                    metrics.JUDGE_DISABLED.labels(name).set(1)
                     log.error("judge %s disabled, fix its configuration: %s", name, exc)
                     if self._on_disabled is not None:
                         try:  # remembered (control store), so a restart does not call it again

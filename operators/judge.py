@@ -85,6 +85,7 @@ class _Deps:
     keyer: ContentKeyer
     now_ms: Callable[[], int]
     eof_timeout_s: float
+    max_queued: int
 
 
 _Work = tuple[Candidate, str, int]  # (candidate, metric, tier)
@@ -97,6 +98,8 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         self._plan = deps.plan
         self._waiting: dict[str, _Waiting] = {}
         self._done: collections.deque[tuple[str, Outcome]] = collections.deque()
+        # started, not yet admitted by the runtime (no free slot); their work is in `_waiting`
+        self._queued: collections.deque[Task] = collections.deque()
         self._ready: list[Evaluation | LedgerEntry] = []
         policy = dataclasses.replace(deps.plan.budget, shards=SHARDS)
         self._budget = BudgetBook(policy, resume.budget if resume is not None else None)
@@ -138,6 +141,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
 
     def on_notify(self) -> tuple[Iterable[Evaluation | LedgerEntry], bool]:
         out = self._take_ready()
+        self._admit()
         out.extend(self._harvest())
         return out, StatefulBatchLogic.RETAIN
 
@@ -145,6 +149,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         out = self._take_ready()
         deadline = time.monotonic() + self._d.eof_timeout_s
         while self._waiting and time.monotonic() < deadline:
+            self._admit()
             out.extend(self._harvest())
             if self._waiting:
                 time.sleep(0.005)
@@ -157,7 +162,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        if self._waiting or self._done:
+        if self._waiting or self._done or self._queued:
             return datetime.now(tz=UTC) + _POLL
         return None
 
@@ -245,7 +250,20 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
 
             key = f"{self._d.keyer.metric_key(c.content_hash, metric)}|{tier}"
             tasks.append(Task(metric=metric, tier=tier, item=item, key=key, on_done=on_done))
-        self._d.runtime.submit_many(tasks)
+        self._queued.extend(tasks)
+        self._admit()
+
+    def _admit(self) -> None:
+        """Hand queued work to the runtime as slots free up. While a judge is down its work
+        holds the slots, so new work queues here and the stream goes on (cost windows, the
+        sampler); past `max_queued` the worker waits for slots: backpressure, bounded memory."""
+        runtime, queue = self._d.runtime, self._queued
+        if queue:
+            runtime.offer(queue)
+        excess = len(queue) - self._d.max_queued
+        if excess > 0:
+            metrics.JUDGE_BACKPRESSURE.inc()
+            runtime.submit_many([queue.popleft() for _ in range(excess)])
 
     def _harvest(self) -> list[Evaluation | LedgerEntry]:
         """Emit what finished; escalate what tier 1 was unsure about; cache final verdicts."""
@@ -302,9 +320,10 @@ def judge(
     keyer: ContentKeyer,
     now_ms: Callable[[], int],
     eof_timeout_s: float = 120.0,
+    max_queued: int = 10_000,
 ) -> JudgeOut:
     """Judge candidates; emits evaluations and judge-spend ledger entries."""
-    deps = _Deps(plan, rules, runtime, cache, keyer, now_ms, eof_timeout_s)
+    deps = _Deps(plan, rules, runtime, cache, keyer, now_ms, eof_timeout_s, max_queued)
     # by content: identical pairs meet on one worker, where one call judges them all
     keyed = op.key_on(f"{step_id}_shard", up, lambda c: _shard(c.content_hash))
     results = op.stateful_batch(f"{step_id}_calls", keyed, lambda resume: _JudgeLogic(deps, resume))

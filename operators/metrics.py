@@ -98,8 +98,17 @@ JUDGE_TOKENS = Counter("judgeflow_judge_tokens_total", "Judge tokens billed", ["
 JUDGE_BREAKER_OPEN = Gauge(
     "judgeflow_judge_breaker_open", "1 while a judge endpoint's circuit breaker is open or probing", ["judge"]
 )
+JUDGE_DISABLED = Gauge(
+    "judgeflow_judge_disabled",
+    "1 while a judge is disabled by a fatal error (bad key, unknown model) until fixed and restarted",
+    ["judge"],
+)
 JUDGE_WAITING = Gauge(
     "judgeflow_judge_waiting", "Judge work waiting for an open circuit breaker to let it through", ["judge"]
+)
+JUDGE_BACKPRESSURE = Counter(
+    "judgeflow_judge_backpressure_total",
+    "Times the judge stage's queue (judges.max_queued) was full and the worker waited for judge slots",
 )
 JUDGE_RATE_LIMIT_WAIT = Counter(
     "judgeflow_judge_rate_limit_wait_seconds_total",
@@ -139,3 +148,10 @@ OTLP_EMPTY = Counter(
     "judgeflow_otlp_messages_without_llm_calls_total", "OTLP messages with no LLM call in them"
 )
 OVERRIDES_ACTIVE = Gauge("judgeflow_sampler_overrides_active", "Tenant sampling overrides in force")
+EVALUATION_LATENCY = Histogram(
+    "judgeflow_evaluation_latency_seconds",
+    "From an event's time (when its producer sent it to Kafka) to its evaluation row written to"
+    " ClickHouse, by judge tier; includes consumer lag and the sampler's window",
+    ["tier"],
+    buckets=(5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1800, 3600),
+)

@@ -93,6 +93,7 @@ def judge_logic(
         keyer=ContentKeyer(lowercase=False, volatile_patterns=(), judge_version="test"),
         now_ms=lambda: T0,
         eof_timeout_s=30,
+        max_queued=10_000,
     )
     try:
         yield _JudgeLogic(deps, resume), deps
