@@ -431,6 +431,8 @@ class _ClickHouseSinkPartition(StatelessSinkPartition[Any]):
                 return [_rejected(self._stage, rows[0][0], exc)]
             mid = len(rows) // 2
             return self._write(rows[:mid]) + self._write(rows[mid:])
+        if self._spec.on_written is not None:
+            self._spec.on_written([record for record, _ in rows])
         return []
 
     def _insert_with_retry(self, rows: list[tuple[Any, ...]]) -> None:
@@ -550,6 +552,9 @@ class ClickHouseSink(DynamicSink[Any]):
         client, context = retry(
             self._open, table=self.spec.name, action="connect", max_retry_s=self.max_retry_s
         )
+        # the series exist at 0 from the start: Prometheus's increase() misses a series' first value
+        RETRIES.labels(self.spec.name)
+        FAILURES.labels(self.spec.name)
         return _ClickHouseSinkPartition(client, context, self.spec, self._row_builder(), self.max_retry_s)
 
 

@@ -15,13 +15,16 @@ TTL information of every existing part).
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from operators import metrics
 from operators.records import (
     Alert,
     CostWindow,
@@ -212,15 +215,30 @@ def dead_letter_row(d: DeadLetter) -> tuple[Any, ...]:
     )
 
 
+def observe_evaluation_latency(evaluations: list[Evaluation], *, now_ms: int | None = None) -> None:
+    """judgeflow_evaluation_latency_seconds: each verdict's time from its event's time (when the
+    producer sent it) to its row written, which is when reports and estimates can see it."""
+    now_ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    for v in evaluations:
+        _latency(v.tier).observe(max(0, now_ms - v.ts_ms) / 1000)
+
+
+@functools.cache
+def _latency(tier: int) -> Any:
+    return metrics.EVALUATION_LATENCY.labels(str(tier))
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """How one record type maps onto one table: columns in row order, types for
-    the insert (so no DESCRIBE round trip per batch), and the row builder."""
+    the insert (so no DESCRIBE round trip per batch), the row builder, and what
+    to do with the records of each insert once it succeeded (metrics)."""
 
     name: str
     record_type: type
     columns: tuple[tuple[str, str], ...]
     build_row: Callable[[Any], tuple[Any, ...]]
+    on_written: Callable[[list[Any]], None] | None = None
 
     @property
     def column_names(self) -> list[str]:
@@ -298,6 +316,7 @@ TABLES: dict[str, TableSpec] = {
                 ("error", "String"),
             ),
             evaluation_row,
+            observe_evaluation_latency,
         ),
         TableSpec(
             "cost_windows",

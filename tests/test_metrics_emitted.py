@@ -17,6 +17,8 @@ from tests.conftest import run_flow, topic_flow_settings
 
 DOCKER = Path(__file__).resolve().parents[1] / "docker"
 NAME = re.compile(r"(?<![:\w])(judgeflow_[a-z0-9_]+)")
+# what the rules query from bytewax (the Kafka consumer lag) and from the Prometheus client (process start)
+OTHER_NAME = re.compile(r"(?<![:\w])((?:bytewax|process)_[a-z0-9_]+)")
 
 
 def queried_metrics() -> set[str]:
@@ -57,3 +59,7 @@ def test_every_queried_metric_is_emitted(kafka, chdb_dsn, database):
     samples = {line.split("{")[0].split(" ")[0] for line in exposed.splitlines() if not line.startswith("#")}
     missing = {m for m in wanted if not ({m, f"{m}_total", f"{m}_bucket"} & samples)}
     assert not missing, f"queried by docker/ but never emitted: {sorted(missing)}"
+    rules = "\n".join(p.read_text() for p in (DOCKER / "prometheus" / "rules").glob("*.yml"))
+    others = set(OTHER_NAME.findall(rules))
+    assert {"bytewax_kafka_consumer_lag", "process_start_time_seconds"} <= others
+    assert not others - samples, f"queried by the rules but never emitted: {sorted(others - samples)}"

@@ -1,7 +1,8 @@
 """The Prometheus rules in docker/prometheus/: valid (`promtool check rules`),
 behaving as specified (`promtool test rules`: levels, pending, hysteresis,
-daily spend, counter resets), and in step with the flow config's defaults
-and the metrics the job exports."""
+daily spend, counter resets; for the operations rules each symptom and its
+look-alikes), and in step with the flow config's defaults and the metrics the
+job exports."""
 
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from bytewax.connectors.kafka import BYTEWAX_CONSUMER_LAG_GAUGE
 
 from operators import metrics
+from sinks import clickhouse
 from tests.conftest import flow_settings
 
 PROM = Path(__file__).resolve().parents[1] / "docker" / "prometheus"
 RULES = PROM / "rules" / "judgeflow.yml"
 TESTS = PROM / "tests" / "judgeflow_test.yml"
+OPS_RULES = PROM / "rules" / "operations.yml"
+OPS_TESTS = PROM / "tests" / "operations_test.yml"
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -71,3 +76,38 @@ def test_rules_read_metrics_the_job_exports():
     sample = metrics.COST.labels(tenant="t", category="llm")
     assert sample is not None  # the labels the rules sum by and filter on exist
     assert {"tenant", "category"} == set(metrics.COST._labelnames)
+
+
+def test_operations_rules_are_valid_and_their_unit_tests_pass():
+    done = promtool("check", "rules", str(OPS_RULES))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 12 rules found" in done.stdout
+    done = promtool("test", "rules", str(OPS_TESTS))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout
+
+
+def ops_threshold(alert: str, pattern: str) -> Decimal:
+    text = OPS_RULES.read_text()
+    block = text[text.index(f"- alert: {alert}\n") :].split("- alert:", 2)[1]
+    [found] = re.findall(pattern, block)
+    return Decimal(found)
+
+
+def test_operations_thresholds_follow_the_flow_config_defaults():
+    flow = flow_settings().flow
+    # 30 s above the sampler's own delay: half a sampling window on average, plus its lateness
+    sampler_wait = Decimal(flow.sampling.window_s) / 2 + Decimal(str(flow.sampling.allowed_lateness_s))
+    assert ops_threshold("JudgeflowEvaluationsSlow", r"avg5m > ([\d.]+)") == sampler_wait + 30
+    # lag below one Kafka batch is noise
+    assert ops_threshold("JudgeflowConsumerLagGrowing", r"lag:sum > ([\d.]+)") == flow.kafka.batch_size
+
+
+def test_operations_rules_read_labels_the_job_exports():
+    assert metrics.EVALUATION_LATENCY._labelnames == ("tier",)
+    assert metrics.JUDGE_DISABLED._labelnames == ("judge",)
+    assert metrics.JUDGE_BREAKER_OPEN._labelnames == ("judge",)
+    assert metrics.DEAD_LETTERS._labelnames == ("stage", "reason")
+    assert clickhouse.FAILURES._labelnames == clickhouse.RETRIES._labelnames == ("table",)
+    # bytewax's Kafka source exports the lag per step, topic and partition
+    assert BYTEWAX_CONSUMER_LAG_GAUGE._labelnames == ("step_id", "topic", "partition")
