@@ -416,6 +416,8 @@ class HealthMonitor:
         self._stop.set()
         for t in self._threads:
             t.join(timeout=10)
+        if any(t.is_alive() for t in self._threads):
+            return  # a check still waits on a dependency: leave its client to the process's exit
         for p in self._probes:
             p.close()
 
@@ -456,7 +458,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
         if path == "/metrics":
-            encoder, content_type = choose_encoder(self.headers.get("Accept"))
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
             self._send(200, encoder(self.server.registry), content_type)
         elif path in ("/healthz", "/readyz"):
             monitor = self.server.monitor
