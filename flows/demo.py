@@ -29,6 +29,7 @@ def run_demo(
     workers: int = 1,
     limit: int | None = None,
     dsn: str | None = None,
+    database: str | None = None,
     judge_latency_ms: float = 150.0,
 ) -> int:
     from bytewax._bytewax import cli_main
@@ -52,6 +53,7 @@ def run_demo(
             "kafka.topics": [TOPIC],
             # the config's own ClickHouse by default, so `judgeflow report` finds the results
             "clickhouse.dsn": dsn or base.flow.clickhouse.dsn,
+            "clickhouse.database": database or base.flow.clickhouse.database,
         }
         if judge_urls:
             for tier in ("tier1", "tier2"):
@@ -156,22 +158,10 @@ def print_summary(settings: Settings, *, simulated: bool) -> None:
         ["tenant", "rule", "agent", "from", "to", "value", "at (event time)"],
     )
     table(
-        "the closed loop: share of each throttled tenant's events judged by an LLM, the hour before and after"
-        " its override (event time; in this fast replay the hour is sampled before the alert is evaluated)",
-        "WITH acts AS (SELECT tenant_id, min(ts) AS at FROM alerts FINAL"
-        "   WHERE position(message, 'judge sampling set to') > 0 OR position(message, 'judging paused') > 0"
-        "   GROUP BY tenant_id),"
-        " judged AS (SELECT DISTINCT event_id FROM evaluations FINAL WHERE tier > 0 AND inclusion_prob > 0)"
-        " SELECT e.tenant_id, toString(a.at),"
-        "  countIf(e.ts >= a.at - INTERVAL 1 HOUR AND e.ts < a.at),"
-        "  round(100 * countIf(e.ts >= a.at - INTERVAL 1 HOUR AND e.ts < a.at AND j.event_id != '')"
-        "   / greatest(countIf(e.ts >= a.at - INTERVAL 1 HOUR AND e.ts < a.at), 1), 1),"
-        "  countIf(e.ts >= a.at AND e.ts < a.at + INTERVAL 1 HOUR),"
-        "  round(100 * countIf(e.ts >= a.at AND e.ts < a.at + INTERVAL 1 HOUR AND j.event_id != '')"
-        "   / greatest(countIf(e.ts >= a.at AND e.ts < a.at + INTERVAL 1 HOUR), 1), 1)"
-        " FROM llm_events AS e FINAL INNER JOIN acts AS a ON e.tenant_id = a.tenant_id"
-        " LEFT JOIN judged AS j ON e.event_id = j.event_id"
-        " GROUP BY e.tenant_id, a.at ORDER BY e.tenant_id",
+        "the closed loop: share of each throttled tenant's events judged by an LLM, the hour before and"
+        " the hour from its override (event time: the sampler decides each window under the override"
+        " the alerts set for it, however fast the replay)",
+        CLOSED_LOOP_SQL,
         ["tenant", "override from", "events before", "judged %", "events after", "judged %"],
     )
     table(
@@ -179,6 +169,25 @@ def print_summary(settings: Settings, *, simulated: bool) -> None:
         "SELECT stage, reason, count() FROM dead_letters FINAL GROUP BY stage, reason ORDER BY count() DESC",
         ["stage", "reason", "count"],
     )
+
+
+# per throttled tenant: (tenant, override start, events and % judged the hour before, the hour from it)
+CLOSED_LOOP_SQL = (
+    "WITH acts AS (SELECT tenant_id, min(ts) AS at FROM alerts FINAL"
+    "   WHERE position(message, 'judge sampling set to') > 0 OR position(message, 'judging paused') > 0"
+    "   GROUP BY tenant_id),"
+    " judged AS (SELECT DISTINCT event_id FROM evaluations FINAL WHERE tier > 0 AND inclusion_prob > 0)"
+    " SELECT e.tenant_id, toString(a.at),"
+    "  countIf(e.ts >= a.at - INTERVAL 1 HOUR AND e.ts < a.at),"
+    "  round(100 * countIf(e.ts >= a.at - INTERVAL 1 HOUR AND e.ts < a.at AND j.event_id != '')"
+    "   / greatest(countIf(e.ts >= a.at - INTERVAL 1 HOUR AND e.ts < a.at), 1), 1),"
+    "  countIf(e.ts >= a.at AND e.ts < a.at + INTERVAL 1 HOUR),"
+    "  round(100 * countIf(e.ts >= a.at AND e.ts < a.at + INTERVAL 1 HOUR AND j.event_id != '')"
+    "   / greatest(countIf(e.ts >= a.at AND e.ts < a.at + INTERVAL 1 HOUR), 1), 1)"
+    " FROM llm_events AS e FINAL INNER JOIN acts AS a ON e.tenant_id = a.tenant_id"
+    " LEFT JOIN judged AS j ON e.event_id = j.event_id"
+    " GROUP BY e.tenant_id, a.at ORDER BY e.tenant_id"
+)
 
 
 def _fmt(v: object) -> str:

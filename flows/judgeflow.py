@@ -1,16 +1,24 @@
 """The judgeflow dataflow, top to bottom.
 
-    kafka_in ─ decode ─┬─ errs ─────────────────────────────────────────► dead letters
-                       └─ price ─┬─ cost_window ────────────────────────────► cost_windows (llm)
-                          │      └─ dedup ─ sample ─┬─ chosen ─ judge ─┬─► evaluations ─► estimates
-                          │       (verdict cache)   ├─ skipped, cached ─ reuse ─┘
-                          │                         │                  └─ judge_window ─► cost_windows (judge)
-                          │                         ├─ baseline, spend, hits ─ savings ─► judge_savings
-                          │                         └─ every event ──────────────────────► llm_events
+    kafka_in ─ decode ─┬─ errs ─────────────────────────────────────────────► dead letters
+                       └─ price ─┬─ cost_window ─┬─────────────────────────────────► cost_windows (llm)
+                          │      │  + expensive  └─ alerts ─┬─► alerts (ClickHouse, Kafka, hooks)
+                          │      │                          ├─► sampling overrides (control store)
+                          │      │                          └─ progress, overrides ─┐ (in-band)
+                          │      └─ dedup ─ sample ◄────────────────────────────────┘
+                          │       (verdict cache) ├─ chosen ─ judge ─┬─► evaluations ─► estimates
+                          │                       ├─ skipped, cached ─ reuse ─┘
+                          │                       │                  └─ judge_window ─► cost_windows (judge)
+                          │                       │                        └─ judge_alerts ─► alerts
+                          │                       ├─ baseline, spend, hits ─ savings ─► judge_savings
+                          │                       └─ every event ────────────────────► llm_events
                           └─ unknown models ─► pricing_issues
     cost_windows (llm, judge; 1 min) ─ rollup ─► cost_windows (1 h, 1 day)
-    cost_windows (1 min) + requests above the cost threshold ─ alerts ─┬─► alerts (ClickHouse, Kafka, hooks)
-                                                                       └─► sampling overrides (control store)
+
+The spend alerts feed the sampler in-band: a tenant's window is decided once its
+alerts are evaluated through the window's start, under the override they set,
+so the closed loop acts the same in a live run, a replay and after a restart.
+Alerts on judge spend come after the judges (no cycle) and do not act.
 
 Between decode and price, `redeliveries` passes each event_id once (a Kafka
 re-delivery with another payload joins the dead letters).
@@ -76,10 +84,26 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
     priced = price("price", events_in, pricer=d.pricer)
     events = priced.events
 
-    # cost: every event, and every judge call, into windowed spend per key
+    # cost: every event into windowed spend per key; alerts over it, in event time
+    request_windows = cost_window(
+        "cost_window",
+        events,
+        size_s=cfg.windows.size_s,
+        allowed_lateness_s=cfg.windows.allowed_lateness_s,
+    )
+    expensive = expensive_requests("expensive", events, policy=d.alert_policy)
+    spend_alerts = alerts("alerts", request_windows, expensive, policy=d.alert_policy.spend())
+
+    # quality: look verdicts up, choose what to judge (under the overrides the alerts set), judge
     looked_up = dedup("dedup", events, cache=d.cache, keyer=d.keyer, llm_metrics=d.plan.llm_metrics)
     sampled = sample(
-        "sample", looked_up.cands, sampler=d.sampler, rules=d.rules, control=d.control, baseline=d.baseline
+        "sample",
+        looked_up.cands,
+        sampler=d.sampler,
+        rules=d.rules,
+        control=d.control,
+        baseline=d.baseline,
+        alerts=spend_alerts.progress if d.alert_policy.actions else None,
     )
     judged = judge(
         "judge",
@@ -95,7 +119,7 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
     # verdicts the cache already had for events the sampler skipped: free and certain
     reused = reused_verdicts("reuse", sampled.skipped_hits)
     evaluations = op.merge("evaluations", judged.evaluations, reused)
-    # quality: unbiased flagged rates from the sampled verdicts; what judging less saved
+    # unbiased flagged rates from the sampled verdicts; what judging less saved
     estimates = quality_estimates(
         "estimates",
         evaluations,
@@ -113,12 +137,6 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
     )
     # judge verdicts come back after the requests they judge: judge spend gets
     # its own windows (same ledger, category "judge") that follow their own event-time progress
-    request_windows = cost_window(
-        "cost_window",
-        events,
-        size_s=cfg.windows.size_s,
-        allowed_lateness_s=cfg.windows.allowed_lateness_s,
-    )
     judge_windows = cost_window(
         "judge_window",
         judged.spend,
@@ -127,13 +145,12 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
         category="judge",
     )
     windows = op.merge("windows", request_windows, judge_windows)
+    judge_alerts = alerts("judge_alerts", windows, policy=d.alert_policy.judge_spend())
     if cfg.windows.rollups_s:  # 1 h and 1 day rows, derived from the minute rows
         lateness_s = max(cfg.windows.allowed_lateness_s, cfg.windows.judge_allowed_lateness_s)
         rollups = rollup("rollup", windows, sizes_s=cfg.windows.rollups_s, allowed_lateness_s=lateness_s)
         windows = op.merge("windows_and_rollups", windows, rollups)
-    # alerts: rules over each tenant's windows and expensive requests, in event time
-    expensive = expensive_requests("expensive", events, policy=d.alert_policy)
-    alerting = alerts("alerts", windows, expensive, policy=d.alert_policy)
+    all_alerts = op.merge("all_alerts", spend_alerts.alerts, judge_alerts.alerts)
 
     # outputs; dead letters from the cache lookup on are of events stored but not judged (a bug)
     dead_letters = op.merge(
@@ -144,16 +161,16 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
     to_clickhouse("estimates_out", estimates, "quality_estimates")
     to_clickhouse("savings_out", savings, "judge_savings")
     to_clickhouse("cost_windows_out", windows, "cost_windows")
-    to_clickhouse("alerts_out", alerting.alerts, "alerts")
-    op.output("overrides_out", alerting.actions, ControlSink(d.control))
+    to_clickhouse("alerts_out", all_alerts, "alerts")
+    op.output("overrides_out", spend_alerts.actions, ControlSink(d.control))
     if d.webhooks is not None:
-        op.output("webhooks_out", alerting.alerts, d.webhooks)
+        op.output("webhooks_out", all_alerts, d.webhooks)
     to_clickhouse("dead_letters_out", dead_letters, "dead_letters")
     to_clickhouse("pricing_issues_out", priced.issues, "pricing_issues")
     if d.brokers:
         kafka_out(
             "alerts_kafka",
-            alerting.alerts,
+            all_alerts,
             brokers=d.brokers,
             topic=cfg.kafka.alerts_topic,
             extra=cfg.kafka.extra,

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import cached_property, partial
@@ -403,6 +403,7 @@ RULE_TYPES: tuple[type[Rule], ...] = (
     JudgeBudget,
 )
 RULE_NAMES = tuple(r.name for r in RULE_TYPES)
+SPEND_RULES = frozenset(RULE_NAMES) - {"judge_budget"}  # the rules that read requests, not judge calls
 
 
 @dataclass(frozen=True)
@@ -440,6 +441,12 @@ class RuleSet:
 
     def lookback_ms(self) -> int:
         return max((r.lookback_ms() for r in self), default=0)
+
+    def only(self, names: frozenset[str]) -> RuleSet:
+        """These rules with every rule not in `names` unset at every level."""
+        off = {"warn": None, "critical": None, "emergency": None}
+        unset = {t.name: replace(getattr(self, t.name), **off) for t in RULE_TYPES if t.name not in names}
+        return replace(self, **unset)
 
     def llm_windows_ms(self) -> set[int]:
         """The trailing windows the rules sum LLM requests and spend over, every
@@ -493,7 +500,25 @@ class AlertPolicy:
         return self.tenants.get(tenant, self.default)
 
     def acts_on(self, rule: str) -> bool:
-        return not self.action_rules or rule in self.action_rules
+        return rule in SPEND_RULES and (not self.action_rules or rule in self.action_rules)
+
+    def spend(self) -> AlertPolicy:
+        """The rules over requests and their spend, with the actions: they read only the LLM
+        windows, so their overrides can feed the sampler in-band (no cycle through the judges)."""
+        return self._only(SPEND_RULES, actions=self.actions)
+
+    def judge_spend(self) -> AlertPolicy:
+        """The rules over judge spend, without actions (the judge stage's own budget book already
+        degrades judging when a tenant's judge budget is spent)."""
+        return self._only(frozenset(RULE_NAMES) - SPEND_RULES, actions={})
+
+    def _only(self, names: frozenset[str], *, actions: Mapping[str, Action]) -> AlertPolicy:
+        return replace(
+            self,
+            default=self.default.only(names),
+            tenants={t: r.only(names) for t, r in self.tenants.items()},
+            actions=actions,
+        )
 
 
 def _variant_details(baseline: str, base: tuple[int, int], variant: str, n: int, pico: int) -> dict[str, Any]:

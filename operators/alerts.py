@@ -75,12 +75,26 @@ class OverrideAction(msgspec.Struct, frozen=True, array_like=True):
     ts_ms: int
 
 
+class AlertProgress(msgspec.Struct, frozen=True, array_like=True):
+    """A tenant's alerts are evaluated through `through_ms` (event time), and these are the
+    actions of that evaluation: the sampler decides a window only once the alerts have been
+    evaluated through its start, so an override applies in-band, in event time, the same way
+    in a live run, a replay and a restart."""
+
+    tenant_id: str
+    through_ms: int
+    actions: tuple[OverrideAction, ...] = ()
+
+
 @dataclass(frozen=True)
 class AlertsOut:
-    """`alerts`: level changes; `actions`: control-store writes they call for."""
+    """`alerts`: level changes; `actions`: control-store writes they call for; `progress`:
+    per tenant, how far the alerts are evaluated and the actions so far (for the sampler;
+    only when the policy has actions)."""
 
     alerts: Stream[Alert]
     actions: Stream[OverrideAction]
+    progress: Stream[AlertProgress]
 
 
 @dataclass
@@ -97,6 +111,7 @@ class _AlertState:
     levels: dict[tuple[str, str], str] = field(default_factory=dict)  # only levels other than ok
     acting: str = "ok"
     acted_by: str = ""
+    reported_ms: int = -1  # the `evaluated_ms` the last `AlertProgress` carried
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +122,10 @@ class _Change:
     level: str
 
 
-class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, Alert | OverrideAction, _AlertState]):
+_Out = Alert | OverrideAction | AlertProgress
+
+
+class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, _Out, _AlertState]):
     def __init__(self, policy: AlertPolicy, clock: Callable[[], float], resume: _AlertState | None) -> None:
         self._policy = policy
         self._slot = policy.slot_ms
@@ -120,9 +138,7 @@ class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, Alert | Overrid
             resume.seen_at_s = now
             resume.arrivals = deque((now, slot) for _, slot in resume.arrivals)
 
-    def on_batch(
-        self, values: list[CostWindow | ExpensiveSlot]
-    ) -> tuple[Iterable[Alert | OverrideAction], bool]:
+    def on_batch(self, values: list[CostWindow | ExpensiveSlot]) -> tuple[Iterable[_Out], bool]:
         s = self._s
         now = self._clock()
         earliest, newest = None, -1
@@ -149,18 +165,28 @@ class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, Alert | Overrid
             if s.clock_ms < 0:
                 s.evaluated_ms = earliest  # the first evaluation is at the end of the first window
             s.clock_ms, s.seen_at_s = newest, now
-        return self._evaluate_until(s.clock_ms - self._policy.eval_delay_ms, now), StatefulBatchLogic.RETAIN
+        out = self._evaluate_until(s.clock_ms - self._policy.eval_delay_ms, now)
+        return self._report(out), StatefulBatchLogic.RETAIN
 
-    def on_notify(self) -> tuple[Iterable[Alert | OverrideAction], bool]:
+    def on_notify(self) -> tuple[Iterable[_Out], bool]:
         s = self._s
         now = self._clock()
         quiet_ms = int((now - s.seen_at_s) * 1000)
         horizon = s.clock_ms + quiet_ms - self._policy.eval_delay_ms
-        return self._evaluate_until(horizon, now), StatefulBatchLogic.RETAIN
+        return self._report(self._evaluate_until(horizon, now)), StatefulBatchLogic.RETAIN
 
-    def on_eof(self) -> tuple[Iterable[Alert | OverrideAction], bool]:
+    def on_eof(self) -> tuple[Iterable[_Out], bool]:
         # the end of a bounded input: nothing else is coming, evaluate what is pending
-        return self._evaluate_until(self._s.clock_ms, None), StatefulBatchLogic.RETAIN
+        return self._report(self._evaluate_until(self._s.clock_ms, None)), StatefulBatchLogic.RETAIN
+
+    def _report(self, out: list[Alert | OverrideAction]) -> list[_Out]:
+        """`out` and, when the evaluation moved on, the progress the sampler waits for."""
+        s = self._s
+        if not self._policy.actions or s.evaluated_ms == s.reported_ms:
+            return list(out)
+        s.reported_ms = s.evaluated_ms
+        actions = tuple(x for x in out if isinstance(x, OverrideAction))
+        return [*out, AlertProgress(s.tenant, s.evaluated_ms, actions)]
 
     def notify_at(self) -> datetime | None:
         s = self._s
@@ -356,7 +382,7 @@ def _duration(seconds: int) -> str:
 def alerts(
     step_id: str,
     windows: Stream[CostWindow],
-    expensive: Stream[ExpensiveSlot],
+    expensive: Stream[ExpensiveSlot] | None = None,
     *,
     policy: AlertPolicy,
     clock: Callable[[], float] = time.time,
@@ -364,18 +390,25 @@ def alerts(
     """Alert level changes per tenant, and the sampling overrides they call for.
 
     Args:
-        windows: cost windows of both categories (rollups are ignored).
+        windows: cost windows (rollups are ignored); the LLM ones move the tenant's clock.
         expensive: requests above the single-request threshold (`operators.expensive`).
         policy: rules, thresholds, actions, and the base window size.
         clock: wall time, for tenants that go quiet.
     """
-    merged = op.merge(f"{step_id}_in", windows, expensive)
+    merged = op.merge(f"{step_id}_in", windows, expensive) if expensive is not None else windows
     keyed = op.key_on(f"{step_id}_tenant", merged, lambda x: x.tenant_id)
     out = op.stateful_batch(f"{step_id}_rules", keyed, lambda resume: _AlertLogic(policy, clock, resume))
     values = op.map(f"{step_id}_unkey", out, lambda kv: kv[1])
     split = op.branch(f"{step_id}_split", values, _is_alert)
-    return AlertsOut(alerts=split.trues, actions=cast(Stream[OverrideAction], split.falses))
+    rest = op.branch(f"{step_id}_progress", split.falses, _is_progress)
+    return AlertsOut(
+        alerts=split.trues, actions=cast(Stream[OverrideAction], rest.falses), progress=rest.trues
+    )
 
 
-def _is_alert(x: Alert | OverrideAction) -> TypeGuard[Alert]:
+def _is_alert(x: _Out) -> TypeGuard[Alert]:
     return isinstance(x, Alert)
+
+
+def _is_progress(x: OverrideAction | AlertProgress) -> TypeGuard[AlertProgress]:
+    return isinstance(x, AlertProgress)

@@ -6,9 +6,7 @@ and the first configured rule that matches it, which sets the stratum's rate
 (`base_rate` when none does). Two kinds of strata are special: a *certainty*
 stratum per agent holds the events that must be judged (a tier-0 rule with a
 configured prefix fired — e.g. `pii.`, `jailbreak.` — or the conversation is
-longer than `always_over_tokens`), and a tenant under a control-store override
-has one stratum per agent at the override's rate (0 = paused: nothing is
-judged). Overrides take precedence over everything else.
+longer than `always_over_tokens`).
 
 Within a stratum h of one event-time window (N_h events) every event has
 u = xxh3_64(version|event_id) / 2^64, uniform in [0, 1) and unrelated to the
@@ -46,9 +44,16 @@ pi = m / n of that late group — still exact for Horvitz-Thompson, but outside
 the per-window guarantees; `judgeflow_sampler_decisions_total{reason="late"}`
 counts them.
 
-Honest approximations: overrides are read when the event is processed, so a
-replay under different overrides chooses differently; decisions are
-identical across runs only for windows that were complete when they closed.
+Overrides. A window is decided under the override that covers its start, in
+event time: the one the alert stage set (carried in-band by `AlertProgress`,
+so with alert actions configured a window waits until the tenant's alerts
+are evaluated through its start), else the control store's (set by hand with
+`judgeflow overrides set`, or by an earlier run). An override caps every
+stratum's rate at its own (0 = paused: nothing is judged), certainty strata
+included, and drops K: m_h = #{i : u_i < min(r_h, r_override)}. Every event
+it can choose is held already (it is below the stratum's rate). A replay or a
+restart therefore sees the same alert-driven overrides at the same windows;
+a hand-set override applies from when it was set.
 
 Memory per open (tenant, window): for each stratum the events below its rate
 (at most M when capped) plus the K smallest others — each worker pre-selects
@@ -73,6 +78,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from judges.base import JudgeItem, RuleJudge
 from operators import metrics
+from operators.alerts import AlertProgress
 from operators.control import ControlStore, Override
 from operators.dedup import Candidate
 from operators.records import DeadLetter, Event, SavingsEntry
@@ -183,14 +189,8 @@ class Sampler:
     def unit(self, event_id: str) -> float:
         return unit_hash(self.version, event_id)
 
-    def assign(self, e: Event, flags: Sequence[str], override: Override | None = None) -> Assignment:
-        """The stratum of one event; `override` is its tenant's, if any (it applies
-        when it covers the event's time)."""
-        if override is not None and override.covers(e.ts_ms):
-            if override.rate <= 0:
-                return Assignment(f"{e.agent}{_SEP}{PAUSED}", 0.0, PAUSED, 0)
-            rate = min(override.rate, 1.0)
-            return Assignment(f"{e.agent}{_SEP}{OVERRIDE}@{rate:g}", rate, OVERRIDE, 0)
+    def assign(self, e: Event, flags: Sequence[str]) -> Assignment:
+        """The stratum of one event (within its tenant)."""
         forcing = self.always_on_flags
         if forcing and any(f.startswith(forcing) for f in flags):
             return Assignment(f"{e.agent}{_SEP}certain", 1.0, FLAGGED, 0)
@@ -338,7 +338,9 @@ def choose(strata: dict[str, StratumTally], cap: int) -> Choice:
         prob = m / s.n if s.n else 0.0
         for i, held in enumerate(s.held):
             if i < m:
-                reason = held.reason if s.reason in (FLAGGED, LONG, OVERRIDE) else RATE
+                reason = held.reason if s.reason in (FLAGGED, LONG) else s.reason
+                if reason not in (FLAGGED, LONG, OVERRIDE):
+                    reason = RATE
                 if reason == RATE and held.u >= s.rate:
                     reason = MINIMUM
                 out.chosen.append(
@@ -353,6 +355,16 @@ def choose(strata: dict[str, StratumTally], cap: int) -> Choice:
         skip_reason = PAUSED if s.reason == PAUSED else OVERRIDE if s.reason == OVERRIDE else RATE
         _count(out.skipped, CAP, want - m)
         _count(out.skipped, skip_reason, s.n - want)
+    return out
+
+
+def throttle(strata: dict[str, StratumTally], override: Override) -> dict[str, StratumTally]:
+    """The window's strata under `override`: each rate capped at the override's, no K."""
+    out = {}
+    for name, t in strata.items():
+        rate = min(t.rate, max(override.rate, 0.0))
+        below = sum(1 for h in t.held if h.u < rate)
+        out[name] = StratumTally(rate, OVERRIDE if rate > 0 else PAUSED, 0, t.n, below, t.held)
     return out
 
 
@@ -380,7 +392,6 @@ def tally_batch(
     *,
     sampler: Sampler,
     rules: RuleJudge,
-    overrides: Mapping[str, Override],
     baseline: Callable[[Event], tuple[int, int]],
     skipped_hits: list[Candidate] | None = None,
 ) -> list[_Part]:
@@ -395,7 +406,7 @@ def tally_batch(
     for c in cands:
         e = c.event
         e.flags = tuple(sorted(rules.flags(JudgeItem(e.input_text, e.output_text, e.context))))
-        a = sampler.assign(e, e.flags, overrides.get(e.tenant_id))
+        a = sampler.assign(e, e.flags)
         c.stratum = a.stratum
         window = e.ts_ms - e.ts_ms % size_ms
         part = parts.get((e.tenant_id, window))
@@ -446,15 +457,33 @@ class _SampleState:
     seen_at_s: float = 0.0
     open: dict[int, _Window] = field(default_factory=dict)
     closed: set[int] = field(default_factory=set)
+    alerts_ms: int = -1  # the tenant's alerts are evaluated through here (event time)
+    overrides: list[Override] = field(default_factory=list)  # set by the alerts, in event-time order
 
 
 _CLOSED_HORIZON_MS = 86_400_000  # how long a decided window is remembered
 
 
-class _SampleLogic(StatefulBatchLogic[_Part, Candidate | SavingsEntry, _SampleState]):
-    def __init__(self, sampler: Sampler, clock: Callable[[], float], resume: _SampleState | None) -> None:
+_In = _Part | AlertProgress
+
+
+class _SampleLogic(StatefulBatchLogic[_In, Candidate | SavingsEntry, _SampleState]):
+    """One tenant's windows. `gated`: alert actions are configured, so a window waits for the
+    tenant's alerts to be evaluated through its start; `stored`: the control store's overrides."""
+
+    def __init__(
+        self,
+        sampler: Sampler,
+        clock: Callable[[], float],
+        resume: _SampleState | None,
+        *,
+        gated: bool = False,
+        stored: Callable[[], Mapping[str, Override]] = dict,
+    ) -> None:
         self._sampler = sampler
         self._clock = clock
+        self._gated = gated
+        self._stored = stored
         self._size_ms = sampler.window_s * 1000
         self._grace_ms = int(sampler.allowed_lateness_s * 1000)
         self._cap = sampler.max_per_tenant
@@ -467,14 +496,20 @@ class _SampleLogic(StatefulBatchLogic[_Part, Candidate | SavingsEntry, _SampleSt
             for w in resume.open.values():
                 w.last_arrival_s = now
 
-    def on_batch(self, values: list[_Part]) -> tuple[Iterable[Candidate | SavingsEntry], bool]:
+    def on_batch(self, values: list[_In]) -> tuple[Iterable[Candidate | SavingsEntry], bool]:
         s, now = self._s, self._clock()
         out: list[Candidate | SavingsEntry] = []
-        for part in values:
+        parts: list[_Part] = []
+        for v in values:
+            if isinstance(v, AlertProgress):
+                self._follow(v)
+            else:
+                parts.append(v)
+        for part in parts:
             if part.savings.ts_ms > s.max_ts_ms:
                 s.max_ts_ms, s.seen_at_s = part.savings.ts_ms, now
             if part.window in s.closed:
-                out.extend(self._decide(part.tenant, part.strata, part.savings, late=True))
+                out.extend(self._decide(part.tenant, part.window, part.strata, part.savings, late=True))
                 continue
             w = s.open.get(part.window)
             if w is None:
@@ -508,14 +543,15 @@ class _SampleLogic(StatefulBatchLogic[_Part, Candidate | SavingsEntry, _SampleSt
         s = self._s
         if not s.open:
             return None
-        due = min(
+        due = [
             max(
                 s.seen_at_s + (start + self._size_ms + self._grace_ms - s.max_ts_ms) / 1000,
                 w.last_arrival_s + self._sampler.idle_s,
             )
             for start, w in s.open.items()
-        )
-        return datetime.fromtimestamp(due, tz=UTC)
+            if not self._waits_for_alerts(start)  # those wake up with the alerts' progress
+        ]
+        return datetime.fromtimestamp(min(due), tz=UTC) if due else None
 
     def snapshot(self) -> _SampleState:
         s = self._s
@@ -531,6 +567,8 @@ class _SampleLogic(StatefulBatchLogic[_Part, Candidate | SavingsEntry, _SampleSt
                 for start, w in s.open.items()
             },
             closed=set(s.closed),
+            alerts_ms=s.alerts_ms,
+            overrides=list(s.overrides),
         )
 
     def _advance(self, now: float) -> list[Candidate | SavingsEntry]:
@@ -539,24 +577,60 @@ class _SampleLogic(StatefulBatchLogic[_Part, Candidate | SavingsEntry, _SampleSt
         out: list[Candidate | SavingsEntry] = []
         idle_s = self._sampler.idle_s
         for start in sorted(s.open):
+            if self._waits_for_alerts(start):
+                break  # later windows wait too
             if start + self._size_ms + self._grace_ms <= wm and now - s.open[start].last_arrival_s >= idle_s:
                 out.extend(self._close(start))
         if len(s.closed) > 2 * 1440:
             s.closed = {c for c in s.closed if c >= wm - _CLOSED_HORIZON_MS}
+        edge = s.max_ts_ms - _CLOSED_HORIZON_MS
+        if s.overrides and s.overrides[0].expires_ms < edge:
+            s.overrides = [o for o in s.overrides if o.expires_ms >= edge]
         return out
+
+    def _waits_for_alerts(self, start: int) -> bool:
+        return self._gated and self._s.alerts_ms < start
+
+    def _follow(self, p: AlertProgress) -> None:
+        """The alerts' progress and actions, in event-time order."""
+        s = self._s
+        for a in p.actions:
+            if a.op == "set":
+                s.overrides.append(Override(a.tenant_id, a.rate, a.reason, a.set_by, a.expires_ms, a.ts_ms))
+            else:  # clear: the override that alert set ends here
+                ended = [o for o in s.overrides if o.set_by == a.set_by]
+                for o in ended:
+                    ends = msgspec.structs.replace(o, expires_ms=min(o.expires_ms, a.ts_ms))
+                    s.overrides[s.overrides.index(o)] = ends
+        s.alerts_ms = max(s.alerts_ms, p.through_ms)
+
+    def _override(self, tenant: str, start: int) -> Override | None:
+        """The override covering a window's start: the alerts' latest, else the control store's
+        (one the alerts of this run set is already known, with its end)."""
+        s = self._s
+        covering = [o for o in s.overrides if o.covers(start)]
+        if covering:
+            return covering[-1]
+        stored = self._stored().get(tenant)
+        if stored is None or not stored.covers(start) or any(o.set_by == stored.set_by for o in s.overrides):
+            return None
+        return stored
 
     def _close(self, start: int) -> list[Candidate | SavingsEntry]:
         w = self._s.open.pop(start)
         self._s.closed.add(start)
         tenant = w.savings.tenant_id
-        return self._decide(tenant, w.strata, w.savings, late=False)
+        return self._decide(tenant, start, w.strata, w.savings, late=False)
 
     def _decide(
-        self, tenant: str, strata: dict[str, StratumTally], savings: SavingsEntry, *, late: bool
+        self, tenant: str, start: int, strata: dict[str, StratumTally], savings: SavingsEntry, *, late: bool
     ) -> list[Candidate | SavingsEntry]:
         if late:
             for t in strata.values():
                 t.min_k = 0
+        override = self._override(tenant, start)
+        if override is not None:
+            strata = throttle(strata, override)
         c = choose(strata, self._cap)
         savings.sampling_calls += c.avoided_calls
         savings.sampling_pusd += c.avoided_pusd
@@ -596,25 +670,27 @@ def sample(
     rules: RuleJudge,
     control: ControlStore,
     baseline: Callable[[Event], tuple[int, int]],
+    alerts: Stream[AlertProgress] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> SampleOut:
     """Flag, stratify and choose events to judge (see the module docstring).
 
     Args:
+        control: the control store, for overrides set by hand (or by an earlier run).
         baseline: (judge calls, picodollars) to judge one event on every metric
             with the reference judge — what the savings ledger compares against.
+        alerts: the alert stage's progress and actions (`AlertsOut.progress`): a window is
+            decided once the tenant's alerts are evaluated through its start, under the
+            override they set for it.
     """
 
     def assign_batch(cands: list[Candidate]) -> Iterable[Candidate | _Part | _Skipped | DeadLetter]:
-        overrides = control.active()  # cached by the store: no round trip per batch
-
         def tally(cs: list[Candidate]) -> list[_Part | _Skipped]:
             skipped_hits: list[Candidate] = []
             parts = tally_batch(
                 cs,
                 sampler=sampler,
                 rules=rules,
-                overrides=overrides,
                 baseline=baseline,
                 skipped_hits=skipped_hits,
             )
@@ -629,9 +705,15 @@ def sample(
     errs = op.branch(f"{step_id}_errs", split.falses, lambda x: type(x) is DeadLetter)
     early = op.branch(f"{step_id}_early_hits", errs.falses, lambda x: type(x) is _Skipped)
     keyed = op.key_on(f"{step_id}_key", early.falses, lambda p: p.tenant)
-    decided = op.stateful_batch(
-        f"{step_id}_choose", keyed, lambda resume: _SampleLogic(sampler, clock, resume)
-    )
+    if alerts is not None:  # each tenant's windows wait for its alerts, and follow their overrides
+        keyed = op.merge(
+            f"{step_id}_with_alerts", keyed, op.key_on(f"{step_id}_alerts", alerts, lambda p: p.tenant_id)
+        )
+
+    def logic(resume: _SampleState | None) -> _SampleLogic:
+        return _SampleLogic(sampler, clock, resume, gated=alerts is not None, stored=control.active)
+
+    decided = op.stateful_batch(f"{step_id}_choose", keyed, logic)
     values = op.map(f"{step_id}_unkey", decided, lambda kv: kv[1])
     outcome = op.branch(f"{step_id}_outcome", values, lambda x: type(x) is Candidate)
     decided_cands = op.branch(f"{step_id}_chosen", outcome.trues, lambda c: c.inclusion_prob > 0)

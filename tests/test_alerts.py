@@ -24,7 +24,7 @@ from flows.config import ConfigError
 from flows.deps import build_alert_policy
 from operators.alert_rules import RULE_TYPES, BurnRate, VolumeSpike
 from operators.alert_state import TenantLedger
-from operators.alerts import OverrideAction, _AlertLogic, alerts
+from operators.alerts import AlertProgress, OverrideAction, _AlertLogic, alerts
 from operators.control import MemoryControlStore, Override
 from operators.expensive import ExpensiveSlot, expensive_requests
 from operators.records import Alert, CostWindow, Event, usd_to_pico
@@ -91,8 +91,9 @@ def win(
     )
 
 
-def run(batches, pol) -> list[Alert | OverrideAction]:
-    """Feed batches 10 s of wall time apart (each batch has settled by the next), then end."""
+def run(batches, pol, progress: list[AlertProgress] | None = None) -> list[Alert | OverrideAction]:
+    """Feed batches 10 s of wall time apart (each batch has settled by the next), then end;
+    the progress reports for the sampler go to `progress`."""
     wall = [0.0]
     logic = _AlertLogic(pol, lambda: wall[0], None)
     out: list = []
@@ -100,7 +101,14 @@ def run(batches, pol) -> list[Alert | OverrideAction]:
         wall[0] += 10
         out.extend(logic.on_batch(list(b))[0])
     out.extend(logic.on_eof()[0])
-    return out
+    if progress is not None:
+        progress.extend(x for x in out if isinstance(x, AlertProgress))
+    return [x for x in out if not isinstance(x, AlertProgress)]
+
+
+def alerts_in(result) -> list:
+    """What a logic call emitted, without the progress reports for the sampler."""
+    return [x for x in result[0] if not isinstance(x, AlertProgress)]
 
 
 def levels(out) -> list[tuple[str, str, str]]:
@@ -219,12 +227,12 @@ def test_a_minute_waits_while_earlier_windows_are_still_arriving():
     pol = policy(only="burn_rate", **{"alerts.eval_delay_s": 0})
     wall = [100.0]
     logic = _AlertLogic(pol, lambda: wall[0], None)
-    assert logic.on_batch([win(m, "0.5", agent="fast") for m in range(10)])[0] == []
+    assert alerts_in(logic.on_batch([win(m, "0.5", agent="fast") for m in range(10)])) == []
     wall[0] += 1  # a lagging partition delivers the same minutes for another agent a second later
-    assert logic.on_batch([win(m, "0.5", agent="slow") for m in range(10)])[0] == []
+    assert alerts_in(logic.on_batch([win(m, "0.5", agent="slow") for m in range(10)])) == []
     assert logic.notify_at().timestamp() == wall[0] + 5  # settle_s after the last of them
     wall[0] += 5
-    (a,) = logic.on_notify()[0]
+    (a,) = alerts_in(logic.on_notify())
     assert (a.level, a.ts_ms) == ("warn", T0 + 5 * MIN)  # $1/min from both agents: $5 after 5 minutes
 
 
@@ -249,12 +257,12 @@ def test_a_tenant_that_goes_quiet_still_resolves():
     logic = _AlertLogic(policy(only="burn_rate"), lambda: wall[0], None)
     out = []
     for m in range(30):  # $12/h for 30 min, then silence
-        out.extend(logic.on_batch([win(m, "0.2")])[0])
+        out.extend(alerts_in(logic.on_batch([win(m, "0.2")])))
         wall[0] += 1
     for _ in range(200):  # bytewax wakes the logic at notify_at
         due = logic.notify_at()
         wall[0] = due.timestamp()
-        out.extend(logic.on_notify()[0])
+        out.extend(alerts_in(logic.on_notify()))
         if any(isinstance(a, Alert) and a.level == "ok" for a in out):
             break
     assert [lv for _, _, lv in levels(out)] == ["warn", "ok"]
@@ -268,11 +276,11 @@ def test_state_survives_a_snapshot():
     first = _AlertLogic(pol, lambda: 0.0, None)
     out = []
     for w in rows[:70]:
-        out.extend(first.on_batch([w])[0])
+        out.extend(alerts_in(first.on_batch([w])))
     resumed = _AlertLogic(pol, lambda: 0.0, pickle.loads(pickle.dumps(first.snapshot())))
     for w in rows[70:]:
-        out.extend(resumed.on_batch([w])[0])
-    out.extend(resumed.on_eof()[0])
+        out.extend(alerts_in(resumed.on_batch([w])))
+    out.extend(alerts_in(resumed.on_eof()))
     assert out == whole
 
 
@@ -420,7 +428,7 @@ def test_judge_budget_from_judge_windows(budget):
         ("warn", T0 + 8 * MIN),
         ("critical", T0 + 10 * MIN),
     ]
-    assert json.loads(out[-2].details)["judge_usd_today"] == "1"
+    assert json.loads([a for a in out if isinstance(a, Alert)][-1].details)["judge_usd_today"] == "1"
     assert run([[win(m, "0.01", category="judge"), win(m, "0.01")] for m in range(12)], pol) == []
 
 

@@ -133,7 +133,7 @@ def sample_once(sampler: Sampler, population: list[tuple[Event, bool]]) -> list[
     logic = _SampleLogic(sampler, lambda: 0.0, None)
     for i in range(0, len(population), 500):
         cands = [Candidate(e, e.event_id, {}, ()) for e, _ in population[i : i + 500]]
-        logic.on_batch(tally_batch(cands, sampler=sampler, rules=RULES, overrides={}, baseline=BASELINE))
+        logic.on_batch(tally_batch(cands, sampler=sampler, rules=RULES, baseline=BASELINE))
     out, _ = logic.on_eof()
     return [(c.inclusion_prob, label[c.event.event_id]) for c in out if isinstance(c, Candidate)]
 
@@ -167,7 +167,7 @@ def test_without_stratum_minimums_and_caps_it_is_post_stratified_bernoulli():
     sampler = Sampler(base_rate=0.1, version="plain", min_per_stratum=0, always_on_flags=())
     logic = _SampleLogic(sampler, lambda: 0.0, None)
     cands = [Candidate(e, e.event_id, {}, ()) for e, _ in pop]
-    logic.on_batch(tally_batch(cands, sampler=sampler, rules=RULES, overrides={}, baseline=BASELINE))
+    logic.on_batch(tally_batch(cands, sampler=sampler, rules=RULES, baseline=BASELINE))
     out, _ = logic.on_eof()
     for c in out:
         if isinstance(c, Candidate):

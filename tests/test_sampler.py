@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import random
 from collections import Counter, defaultdict
 from decimal import Decimal
@@ -17,6 +18,7 @@ from prometheus_client import REGISTRY
 from flows.kafka_mock import produce_all
 from flows.traffic import generate
 from judges.rules import Tier0Rules
+from operators.alerts import AlertProgress, OverrideAction
 from operators.control import MemoryControlStore, Override
 from operators.dedup import Candidate
 from operators.price import override_rates
@@ -85,12 +87,13 @@ def decide(
     logics: dict[str, _SampleLogic] = {}
     for batch in batches:
         cands = [cand(e) for e in batch]
-        parts = tally_batch(cands, sampler=sampler, rules=RULES, overrides=overrides or {}, baseline=BASELINE)
+        parts = tally_batch(cands, sampler=sampler, rules=RULES, baseline=BASELINE)
         by_tenant = defaultdict(list)
         for p in parts:
             by_tenant[p.tenant].append(p)
         for tenant, ps in by_tenant.items():
-            logic = logics.setdefault(tenant, _SampleLogic(sampler, lambda: 0.0, None))
+            stored = lambda: overrides or {}  # noqa: E731
+            logic = logics.setdefault(tenant, _SampleLogic(sampler, lambda: 0.0, None, stored=stored))
             logic.on_batch(ps)
     chosen: dict[str, tuple[float, str]] = {}
     for logic in logics.values():
@@ -136,12 +139,6 @@ def test_strata_rules_forcing_and_overrides():
     # strata: agent, model, variant and input length; different rates never share one
     assert s.assign(e, []).stratum != s.assign(event("e5", T0, "acme", variant="finetuned"), []).stratum
     assert s.assign(e, []).stratum != s.assign(e, ["refusal.inline"]).stratum
-    # an override beats everything, even a forcing flag
-    paused = Override("acme", 0.0, "cost spike", "cli:ops", T0 + 60_000)
-    assert s.assign(e, ["pii.email"], paused).reason == PAUSED
-    aggressive = Override("acme", 0.01, "cost spike", "alert:x", T0 + 60_000)
-    assert s.assign(e, ["pii.email"], aggressive).reason == OVERRIDE
-    assert s.assign(e, [], aggressive).rate == 0.01
     with pytest.raises(ValueError, match="unknown strata"):
         Sampler(strata=("colour",))
 
@@ -229,6 +226,51 @@ def test_overrides_pause_and_thin_a_tenant():
     assert after[("sampled", OVERRIDE)] - before[("sampled", OVERRIDE)] == expected
     assert after[("skipped", OVERRIDE)] - before[("skipped", OVERRIDE)] == 2000 - expected
     assert after[("skipped", CAP)] == before[("skipped", CAP)]
+
+
+def test_windows_wait_for_the_alerts_and_follow_their_overrides_in_event_time():
+    """With alert actions configured, a window is decided once the tenant's alerts are evaluated
+    through its start, under the override they set for it — however fast the events came."""
+    sampler = Sampler(max_per_tenant=0)
+    minute = 60_000
+    events = [event(f"e-{m}-{i}", T0 + m * minute + i, "acme") for m in range(3) for i in range(1000)]
+    stored = {"acme": Override("acme", 0.0, "an earlier run's", "alert:a1", T0 + 10 * minute, T0)}
+    wall = [1000.0]
+    logic = _SampleLogic(sampler, lambda: wall[0], None, gated=True, stored=lambda: stored)
+    parts = tally_batch([cand(e) for e in events], sampler=sampler, rules=RULES, baseline=BASELINE)
+    out, _ = logic.on_batch(parts)
+    wall[0] += 600
+    out.extend(logic.on_notify()[0])
+    assert [x for x in out if isinstance(x, Candidate)] == []  # minutes 0 and 1 are due, but wait
+    assert logic.notify_at() is None  # and wake with the alerts' progress, not the clock
+    # the alerts: evaluated through minute 1, where a critical level set judging to 1% for an hour
+    # (alert a1 of this run: the store's copy of it is not read again)
+    action = OverrideAction("acme", "set", 0.01, T0 + 61 * minute, "alert:a1", "spike", T0 + minute)
+    out, _ = logic.on_batch([AlertProgress("acme", T0 + minute, (action,))])
+    chosen = [x for x in out if isinstance(x, Candidate)]
+    assert {c.event.event_id.split("-")[1] for c in chosen} == {"0", "1"}  # minute 2 waits
+    by_minute = Counter((c.event.event_id.split("-")[1], c.sample_reason) for c in chosen)
+    below = sum(unit_hash("v1", f"e-1-{i}") < 0.01 for i in range(1000))
+    assert by_minute[("1", OVERRIDE)] == below and by_minute[("1", RATE)] == 0
+    assert by_minute[("0", RATE)] > 50  # before the alert: the normal 10%
+    # the alert resolves at minute 2: the override ends there
+    clear = OverrideAction("acme", "clear", 1.0, T0 + 2 * minute, "alert:a1", "back", T0 + 2 * minute)
+    out, _ = logic.on_batch([AlertProgress("acme", T0 + 2 * minute, (clear,))])
+    assert {x.sample_reason for x in out if isinstance(x, Candidate)} == {RATE}
+    # restored from a snapshot, the state (progress and overrides) is the same
+    restored = _SampleLogic(sampler, lambda: 1e9, pickle.loads(pickle.dumps(logic.snapshot())), gated=True)
+    a, b = restored.snapshot(), logic.snapshot()
+    assert (a.alerts_ms, a.overrides, a.open.keys()) == (b.alerts_ms, b.overrides, b.open.keys())
+
+
+def test_a_hand_set_override_in_the_store_throttles_without_alerts():
+    sampler = Sampler(max_per_tenant=0)
+    events = [event(f"h-{i}", T0 + i, "acme") for i in range(2000)]
+    paused = {"acme": Override("acme", 0.0, "ops", "cli:ops", T0 + 60_000, T0)}
+    logic = _SampleLogic(sampler, lambda: 1e9, None, stored=lambda: paused)
+    logic.on_batch(tally_batch([cand(e) for e in events], sampler=sampler, rules=RULES, baseline=BASELINE))
+    out, _ = logic.on_eof()
+    assert [x for x in out if isinstance(x, Candidate) and x.inclusion_prob > 0] == []
 
 
 def _samples() -> Counter:
