@@ -96,8 +96,11 @@ def ops_threshold(alert: str, pattern: str) -> Decimal:
 
 def test_operations_thresholds_follow_the_flow_config_defaults():
     flow = flow_settings().flow
-    # 30 s above the sampler's own delay: half a sampling window on average, plus its lateness
-    sampler_wait = Decimal(flow.sampling.window_s) / 2 + Decimal(str(flow.sampling.allowed_lateness_s))
+    # 30 s above the sampler's own delay: half a sampling window on average, then its lateness or
+    # (with alert actions) until the tenant's alerts are evaluated through the window's start
+    window = Decimal(flow.sampling.window_s)
+    after_end = max(Decimal(str(flow.sampling.allowed_lateness_s)), flow.alerts.eval_delay_s - window)
+    sampler_wait = window / 2 + after_end
     assert ops_threshold("JudgeflowEvaluationsSlow", r"avg5m > ([\d.]+)") == sampler_wait + 30
     # lag below one Kafka batch is noise
     assert ops_threshold("JudgeflowConsumerLagGrowing", r"lag:sum > ([\d.]+)") == flow.kafka.batch_size
