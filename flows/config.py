@@ -56,6 +56,9 @@ class KafkaConfig(_Section):
     # beginning | end | an RFC 3339 time with offset (replay from that time)
     start: Literal["beginning", "end"] | AwareDatetime = "beginning"
     tail: bool = True
+    # release a partition's messages at most this far ahead of the slowest partition (of this process)
+    # that still has input, so a replay keeps event time in step (operators/event_time.py); -1: off
+    align_partitions_s: float = Field(5.0, ge=-1)
     alerts_topic: str = "judgeflow-alerts"
     dead_letters_topic: str = "judgeflow-dead-letters"
     extra: dict[str, str] = {}

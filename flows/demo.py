@@ -171,12 +171,13 @@ def print_summary(settings: Settings, *, simulated: bool) -> None:
     )
 
 
-# per throttled tenant: (tenant, override start, events and % judged the hour before, the hour from it)
+# per throttled tenant: (tenant, override start, events and % judged — an LLM judge called for them,
+# not a verdict the cache already had — the hour before, and the hour from it)
 CLOSED_LOOP_SQL = (
     "WITH acts AS (SELECT tenant_id, min(ts) AS at FROM alerts FINAL"
     "   WHERE position(message, 'judge sampling set to') > 0 OR position(message, 'judging paused') > 0"
     "   GROUP BY tenant_id),"
-    " judged AS (SELECT DISTINCT event_id FROM evaluations FINAL WHERE tier > 0 AND inclusion_prob > 0)"
+    " judged AS (SELECT DISTINCT event_id FROM evaluations FINAL WHERE tier > 0 AND NOT cache_hit)"
     " SELECT e.tenant_id, toString(a.at),"
     "  countIf(e.ts >= a.at - INTERVAL 1 HOUR AND e.ts < a.at),"
     "  round(100 * countIf(e.ts >= a.at - INTERVAL 1 HOUR AND e.ts < a.at AND j.event_id != '')"

@@ -7,7 +7,6 @@
                           │      │                          └─ progress, overrides ─┐ (in-band)
                           │      └─ dedup ─ sample ◄────────────────────────────────┘
                           │       (verdict cache) ├─ chosen ─ judge ─┬─► evaluations ─► estimates
-                          │                       ├─ skipped, cached ─ reuse ─┘
                           │                       │                  └─ judge_window ─► cost_windows (judge)
                           │                       │                        └─ judge_alerts ─► alerts
                           │                       ├─ baseline, spend, hits ─ savings ─► judge_savings
@@ -42,7 +41,7 @@ from operators.decode import decode
 from operators.dedup import dedup
 from operators.estimates import quality_estimates
 from operators.expensive import expensive_requests
-from operators.judge import judge, reused_verdicts
+from operators.judge import judge
 from operators.price import price
 from operators.redeliveries import drop_redeliveries
 from operators.sample import sample
@@ -116,9 +115,7 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
         now_ms=d.now_ms,
         max_queued=cfg.judges.max_queued,
     )
-    # verdicts the cache already had for events the sampler skipped: free and certain
-    reused = reused_verdicts("reuse", sampled.skipped_hits)
-    evaluations = op.merge("evaluations", judged.evaluations, reused)
+    evaluations = judged.evaluations
     # unbiased flagged rates from the sampled verdicts; what judging less saved
     estimates = quality_estimates(
         "estimates",

@@ -13,39 +13,133 @@ the snapshot instead, whatever `start` says.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+import time
+from collections import deque
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bytewax.connectors.kafka import KafkaSource
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+from bytewax.inputs import StatefulSourcePartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TIMESTAMP_NOT_AVAILABLE, TopicPartition
 
 from flows.config import KafkaConfig
 from flows.kafka_offsets import offsets_for_time
+from operators import event_time
 
 log = logging.getLogger(__name__)
 
 
-class _FromTimeKafkaSource(KafkaSource):
-    """A `KafkaSource` whose partitions start at per-partition offsets for a time."""
+class _AlignedPartition(StatefulSourcePartition[Any, int | None]):
+    """One Kafka partition, released in step with the process's other partitions (see
+    `operators.event_time`): messages more than `align_ms` ahead of the slowest partition that still
+    has input are held back — not consumed: the snapshot resumes at the first one held."""
 
-    def __init__(self, *args: Any, start_ms: int, **kwargs: Any) -> None:
+    def __init__(self, inner: StatefulSourcePartition[Any, int | None], name: str, align_ms: int) -> None:
+        self._inner = inner
+        self._name = name
+        self._align_ms = align_ms
+        self._held: deque[Any] = deque()
+        self._released_ms: int | None = None
+        self._waiting = False
+        self._opened_at = time.monotonic()
+        event_time.INPUT.opened(name)
+
+    def next_batch(self) -> list[Any]:
+        now = time.time()
+        fetched = 0
+        if not self._held:
+            try:
+                got = self._inner.next_batch()
+            except StopIteration:
+                event_time.INPUT.closed(self._name)
+                raise
+            fetched = len(got)
+            self._held.extend(got)
+        out: list[Any] = []
+        if self._held:
+            limit = event_time.INPUT.limit_ms(self._name, self._align_ms) if self._align_ms >= 0 else None
+            held = self._held
+            while held and (limit is None or (ts := _time_ms(held[0])) is None or ts <= limit):
+                m = held.popleft()
+                out.append(m)
+                ts = _time_ms(m)
+                if ts is not None and (self._released_ms is None or ts > self._released_ms):
+                    self._released_ms = ts
+        head = _time_ms(self._held[0]) if self._held else None
+        frontier = head if head is not None else self._released_ms
+        caught_up = fetched == 0 and not self._held and not out and self._at_end()
+        event_time.INPUT.polled(self._name, frontier_ms=frontier, caught_up=caught_up, now=now)
+        self._waiting = bool(self._held) and not out
+        return out
+
+    def _at_end(self) -> bool:
+        """Whether the partition has nothing left to read now: its position is at the broker's high
+        watermark as the consumer last heard it (an empty poll alone can be a fetch in flight)."""
+        inner = self._inner
+        consumer = getattr(inner, "_consumer", None)  # bytewax's partition keeps its consumer here
+        if consumer is None:
+            return True
+        low, high = consumer.get_watermark_offsets(TopicPartition(inner._topic, inner._part_idx), cached=True)
+        if high < 0:  # not heard yet; a partition silent that long holds nobody back
+            return time.monotonic() - self._opened_at > _SILENT_S
+        position = inner.snapshot()
+        if position is None or position < 0:  # not started: only an empty partition is at its end
+            return low == high
+        return position >= high
+
+    def next_awake(self) -> datetime | None:
+        if self._waiting:  # held back: look again soon instead of spinning
+            return datetime.now(tz=UTC) + _ALIGN_POLL
+        return self._inner.next_awake()
+
+    def snapshot(self) -> int | None:
+        if self._held:  # not handed to the flow yet: read again after a restore
+            return self._held[0].offset
+        return self._inner.snapshot()
+
+    def close(self) -> None:
+        event_time.INPUT.closed(self._name)
+        self._inner.close()
+
+
+_ALIGN_POLL = timedelta(milliseconds=5)
+_SILENT_S = 10.0
+
+
+def _time_ms(m: Any) -> int | None:
+    """A Kafka message's timestamp (the producer's time), None when the broker has none."""
+    msg = getattr(m, "msg", m)  # a KafkaError wraps its message
+    ts = getattr(msg, "timestamp", None)
+    if not ts or ts[0] == TIMESTAMP_NOT_AVAILABLE:
+        return None
+    return ts[1]
+
+
+class _AlignedKafkaSource(KafkaSource):
+    """A `KafkaSource` whose partitions are released in step (`align_ms` < 0: not aligned) and,
+    with `start_ms`, start at per-partition offsets for that time."""
+
+    def __init__(self, *args: Any, align_ms: int, start_ms: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._align_ms = align_ms
         self._start_ms = start_ms
         self._offsets: dict[str, dict[int, int]] = {}
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None):
-        if resume_state is None:
+        if resume_state is None and self._start_ms is not None:
             idx, topic = for_part.split("-", 1)
             if topic not in self._offsets:
                 self._offsets[topic] = offsets_for_time(
                     ",".join(self._brokers), topic, self._start_ms, config=self._add_config
                 )
             resume_state = self._offsets[topic][int(idx)]
-        return super().build_part(step_id, for_part, resume_state)
+        inner = super().build_part(step_id, for_part, resume_state)
+        return _AlignedPartition(inner, f"{step_id}:{for_part}", self._align_ms)
 
 
 def kafka_source(cfg: KafkaConfig, brokers: list[str], *, align_s: int = 86_400) -> KafkaSource:
     common: dict[str, Any] = {
+        "align_ms": int(cfg.align_partitions_s * 1000) if cfg.align_partitions_s >= 0 else -1,
         "brokers": brokers,
         "topics": list(cfg.topics),
         "tail": cfg.tail,
@@ -58,9 +152,9 @@ def kafka_source(cfg: KafkaConfig, brokers: list[str], *, align_s: int = 86_400)
         if start_ms != int(cfg.start.timestamp() * 1000):
             shown = datetime.fromtimestamp(start_ms / 1000, tz=UTC).isoformat()
             log.info("replaying from %s: the start of the window that holds %s", shown, cfg.start.isoformat())
-        return _FromTimeKafkaSource(**common, start_ms=start_ms)
+        return _AlignedKafkaSource(**common, start_ms=start_ms)
     offset = OFFSET_BEGINNING if cfg.start == "beginning" else OFFSET_END
-    return KafkaSource(**common, starting_offset=offset)
+    return _AlignedKafkaSource(**common, starting_offset=offset)
 
 
 def replay_start_ms(start: datetime, align_s: int) -> int:

@@ -9,12 +9,13 @@ is evaluated once
 
 - the clock is `eval_delay` past it (by then the windows of all the
   tenant's agents and models have closed) — or, when the tenant has gone
-  quiet, that much wall time has passed (so a tenant that stops resolves);
+  quiet, that much wall time has passed while the input was caught up (so a
+  tenant that stops resolves; `operators.event_time`);
 - and no LLM window (or expensive request) for a time before `E` has arrived
-  in the last `settle_s` of wall time: a replay reading partitions at
-  different speeds is still delivering that past, so `E` waits until it is
-  complete (judge spend trails its requests by design: it counts as it
-  arrives and holds nothing back);
+  in the last `settle_s` of wall time — live, where a late window may still be
+  on its way (judge spend trails its requests by design: it counts as it
+  arrives and holds nothing back). While a backlog is read with its partitions
+  aligned in event time (`operators.event_time`), event time alone decides;
 - or the input has ended (a bounded run): everything pending is evaluated.
 
 Rows that arrive after `E` was evaluated update the ledger (revisions
@@ -53,7 +54,7 @@ import xxhash
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
-from operators import metrics
+from operators import event_time, metrics
 from operators.alert_rules import LEVELS, RANK, AlertPolicy, Reading, Rule, dec
 from operators.alert_state import DAY_MS, TenantLedger, month_bounds
 from operators.expensive import ExpensiveSlot
@@ -171,7 +172,7 @@ class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, _Out, _AlertSta
     def on_notify(self) -> tuple[Iterable[_Out], bool]:
         s = self._s
         now = self._clock()
-        quiet_ms = int((now - s.seen_at_s) * 1000)
+        quiet_ms = int(event_time.elapsed_s(s.seen_at_s, now) * 1000)
         horizon = s.clock_ms + quiet_ms - self._policy.eval_delay_ms
         return self._report(self._evaluate_until(horizon, now)), StatefulBatchLogic.RETAIN
 
@@ -201,7 +202,7 @@ class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, _Out, _AlertSta
             latest = t
         if latest is not None:
             at = max(at, latest + self._policy.settle_s)
-        return datetime.fromtimestamp(at, tz=UTC)
+        return datetime.fromtimestamp(event_time.wake_at(at, self._clock()), tz=UTC)
 
     def snapshot(self) -> _AlertState:
         # an independent copy (bytewax pickles it later); a pickle round trip is ~4x copy.deepcopy
@@ -217,7 +218,7 @@ class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, _Out, _AlertSta
             s.arrivals.clear()
         else:
             settle = self._policy.settle_s
-            while s.arrivals and now - s.arrivals[0][0] >= settle:
+            while s.arrivals and event_time.idle(s.arrivals[0][0], now, settle):
                 s.arrivals.popleft()
             if s.arrivals:  # data from this slot on is still coming in: evaluate only up to it
                 horizon_ms = min(horizon_ms, s.arrivals[0][1])

@@ -37,7 +37,7 @@ from operators.dedup import Candidate, ContentKeyer, lookup
 from operators.records import DeadLetter, Evaluation, Event, LedgerEntry, Verdict, entry_hash
 from operators.validate import as_bytes, guarded, internal_error
 
-__all__ = ["JudgeOut", "JudgePlan", "judge", "reused_verdicts"]
+__all__ = ["JudgeOut", "JudgePlan", "judge"]
 
 SHARDS = 8
 STAGE = "judge"  # the stage named in dead letters and cache-hit metrics
@@ -113,10 +113,8 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
 
     def on_batch(self, values: list[Candidate]) -> tuple[Iterable[_Out], bool]:
         out: list[_Out] = list(self._take_ready())
-        # verdicts the cache had when the event arrived are certain observations (reported
-        # for every event, chosen or not: probability 1); the sampler chose these events a
-        # window later, so look their open metrics up again before paying for a call
-        certain = {c.event.event_id: frozenset(c.cached) for c in values}
+        # the sampler chose these events a window after they arrived: look their open
+        # metrics up again before paying for a call
         open_work = [c for c in values if c.todo and c.inclusion_prob > 0]
         if open_work:
             failed: list[Candidate] = []
@@ -128,7 +126,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         for c in values:
             started: list[_Work] = []
             try:
-                out.extend(self._start(c, started, certain[c.event.event_id]))
+                out.extend(self._start(c, started))
             except Exception as exc:  # a bug: this event's judging becomes a dead letter
                 self._waiting.pop(c.event.event_id, None)
                 e = c.event
@@ -186,31 +184,32 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         out, self._ready = self._ready, []
         return out
 
-    def _start(
-        self, c: Candidate, work: list[_Work], certain: frozenset[str]
-    ) -> list[Evaluation | LedgerEntry]:
-        """Cached and tier-0 verdicts now; LLM work at the first tier the budget allows."""
-        out: list[Evaluation | LedgerEntry] = [
-            _evaluation(c, v, cache_hit=True, prob=1.0 if m in certain else None) for m, v in c.cached.items()
-        ]
+    def _start(self, c: Candidate, work: list[_Work]) -> list[Evaluation | LedgerEntry]:
+        """Tier-0 verdicts now; LLM work at the first tier the budget allows. A verdict the cache
+        holds saves that call and nothing else: the rows are those a call would give (the chosen
+        event's, with the sampler's inclusion probability), so what the cache held when does not
+        change the evaluations."""
         e = c.event
-        if c.inclusion_prob <= 0 or e.event_id in self._waiting:  # a duplicate of work under way
-            return out
+        if c.inclusion_prob <= 0 or e.event_id in self._waiting:  # not chosen, or a duplicate under way
+            return []
+        out: list[Evaluation | LedgerEntry] = []
         plan = self._plan
         item = JudgeItem(e.input_text, e.output_text, e.context)
         ceiling = self._budget.ceiling(e.tenant_id, e.ts_ms)
-        llm_todo = set(c.todo)
+        llm = {*c.todo, *c.cached}
         pending: dict[str, _Pending] = {}
         for metric, tiers in plan.metrics.items():
-            if metric in c.cached:
-                continue
             tier0 = None
             # with the budget spent, the rules answer every metric they cover
-            if 0 in tiers or (ceiling == 0 and metric in llm_todo):
+            if 0 in tiers or (ceiling == 0 and metric in llm):
                 tier0 = self._d.rules.verdict(metric, e.flags)  # the sampler's pass found them
                 if tier0 is not None:
                     out.append(_evaluation(c, tier0))
-            if metric not in llm_todo or plan.settles(tier0):
+            if metric not in llm or plan.settles(tier0):
+                continue
+            cached = c.cached.get(metric)
+            if cached is not None:
+                out.append(_evaluation(c, cached, cache_hit=True))
                 continue
             tier = plan.first_tier(metric, ceiling)
             if plan.degraded(metric, ceiling):
@@ -331,14 +330,6 @@ def judge(
     split = op.branch(f"{step_id}_split", values, lambda x: type(x) is Evaluation)
     rest = op.branch(f"{step_id}_errs", split.falses, lambda x: type(x) is DeadLetter)
     return JudgeOut(evaluations=split.trues, spend=rest.falses, errs=rest.trues)
-
-
-def reused_verdicts(step_id: str, up: Stream[Candidate]) -> Stream[Evaluation]:
-    """Evaluations from the cache for events the sampler did not choose: free,
-    and certain (inclusion probability 1), so they count in the estimates."""
-    return op.flat_map(
-        step_id, up, lambda c: [_evaluation(c, v, cache_hit=True, prob=1.0) for v in c.cached.values()]
-    )
 
 
 def _shard(event_id: str) -> str:

@@ -33,11 +33,12 @@ With neither K nor M binding this is Bernoulli(r_h) sampling, post-stratified
 chosen event carries its pi (`Candidate.inclusion_prob`) into its
 evaluations; `operators.estimates` turns them into rates with intervals.
 
-Lateness. A window closes once the tenant's watermark (newest event time +
-wall time since) passes its end by `allowed_lateness_s` AND no event arrived
-for it in the last `idle_s` seconds of wall time — the second condition keeps
-windows open while a replay still delivers them from lagging partitions. At
-the end of a bounded input every window closes. An event for a window already
+Lateness. A window closes once the tenant's watermark (newest event time,
+plus wall time since while the input is caught up: `operators.event_time`)
+passes its end by `allowed_lateness_s` AND, live, no event arrived for it in
+the last `idle_s` seconds of wall time (while a backlog is read, partitions
+are aligned in event time and event time alone decides). At the end of a
+bounded input every window closes. An event for a window already
 closed is decided alone with its batch-mates of the same stratum: the u <
 r_h ones are taken (K does not apply; the cap applies per late batch), with
 pi = m / n of that late group — still exact for Horvitz-Thompson, but outside
@@ -77,7 +78,7 @@ from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
 from judges.base import JudgeItem, RuleJudge
-from operators import metrics
+from operators import event_time, metrics
 from operators.alerts import AlertProgress
 from operators.control import ControlStore, Override
 from operators.dedup import Candidate
@@ -311,7 +312,6 @@ class Choice:
     """The outcome for one window (or one late group) of one tenant."""
 
     chosen: list[Candidate]
-    skipped_hits: list[Candidate]  # not chosen, but the cache knows verdicts for them
     avoided_calls: int  # judge calls not made because the events were not chosen
     avoided_pusd: int
     sampled: dict[str, int]  # reason -> events chosen
@@ -331,7 +331,7 @@ def choose(strata: dict[str, StratumTally], cap: int) -> Choice:
         rest = allocate([wants[i] for i in others], cap - sum(given))
         for i, a in zip(certain + others, given + rest, strict=True):
             alloc[i] = a
-    out = Choice([], [], 0, 0, {}, {})
+    out = Choice([], 0, 0, {}, {})
     for h, want, m in zip(names, wants, alloc, strict=True):
         s = strata[h]
         s.held.sort(key=_order)
@@ -350,8 +350,6 @@ def choose(strata: dict[str, StratumTally], cap: int) -> Choice:
             else:
                 out.avoided_calls += held.calls
                 out.avoided_pusd += held.cost_pusd
-                if held.cand.cached:
-                    out.skipped_hits.append(held.cand)
         skip_reason = PAUSED if s.reason == PAUSED else OVERRIDE if s.reason == OVERRIDE else RATE
         _count(out.skipped, CAP, want - m)
         _count(out.skipped, skip_reason, s.n - want)
@@ -393,16 +391,12 @@ def tally_batch(
     sampler: Sampler,
     rules: RuleJudge,
     baseline: Callable[[Event], tuple[int, int]],
-    skipped_hits: list[Candidate] | None = None,
 ) -> list[_Part]:
     """Flag and stratify a batch (sets `flags` and `stratum` on each candidate) and
     tally it per (tenant, window): counts per stratum, and only the candidates
-    any outcome may choose; the savings of the others are counted here, and
-    those of them with cached verdicts are appended to `skipped_hits`."""
+    any outcome may choose; the savings of the others are counted here."""
     size_ms = sampler.window_s * 1000
     parts: dict[tuple[str, int], _Part] = {}
-    if skipped_hits is None:
-        skipped_hits = []
     for c in cands:
         e = c.event
         e.flags = tuple(sorted(rules.flags(JudgeItem(e.input_text, e.output_text, e.context))))
@@ -432,15 +426,11 @@ def tally_batch(
         else:
             sv.sampling_calls += calls
             sv.sampling_pusd += pusd
-            if c.cached:
-                skipped_hits.append(c)
     for part in parts.values():
         for tally in part.strata.values():
             for h in tally.trim(sampler.max_per_tenant):  # only what may be chosen crosses workers
                 part.savings.sampling_calls += h.calls
                 part.savings.sampling_pusd += h.cost_pusd
-                if h.cand.cached:
-                    skipped_hits.append(h.cand)
     return list(parts.values())
 
 
@@ -525,8 +515,6 @@ class _SampleLogic(StatefulBatchLogic[_In, Candidate | SavingsEntry, _SampleStat
                 for h in mine.add(tally, self._cap):
                     w.savings.sampling_calls += h.calls
                     w.savings.sampling_pusd += h.cost_pusd
-                    if h.cand.cached:
-                        out.append(h.cand)  # not chosen (inclusion_prob 0): its cached verdicts only
         out.extend(self._advance(now))
         return out, StatefulBatchLogic.RETAIN
 
@@ -551,7 +539,9 @@ class _SampleLogic(StatefulBatchLogic[_In, Candidate | SavingsEntry, _SampleStat
             for start, w in s.open.items()
             if not self._waits_for_alerts(start)  # those wake up with the alerts' progress
         ]
-        return datetime.fromtimestamp(min(due), tz=UTC) if due else None
+        if not due:
+            return None
+        return datetime.fromtimestamp(event_time.wake_at(min(due), self._clock()), tz=UTC)
 
     def snapshot(self) -> _SampleState:
         s = self._s
@@ -573,13 +563,14 @@ class _SampleLogic(StatefulBatchLogic[_In, Candidate | SavingsEntry, _SampleStat
 
     def _advance(self, now: float) -> list[Candidate | SavingsEntry]:
         s = self._s
-        wm = s.max_ts_ms + int((now - s.seen_at_s) * 1000)
+        wm = s.max_ts_ms + int(event_time.elapsed_s(s.seen_at_s, now) * 1000)
         out: list[Candidate | SavingsEntry] = []
         idle_s = self._sampler.idle_s
         for start in sorted(s.open):
             if self._waits_for_alerts(start):
                 break  # later windows wait too
-            if start + self._size_ms + self._grace_ms <= wm and now - s.open[start].last_arrival_s >= idle_s:
+            due = start + self._size_ms + self._grace_ms <= wm
+            if due and event_time.idle(s.open[start].last_arrival_s, now, idle_s):
                 out.extend(self._close(start))
         if len(s.closed) > 2 * 1440:
             s.closed = {c for c in s.closed if c >= wm - _CLOSED_HORIZON_MS}
@@ -638,7 +629,7 @@ class _SampleLogic(StatefulBatchLogic[_In, Candidate | SavingsEntry, _SampleStat
             metrics.SAMPLED.labels("sampled", LATE if late else reason).inc(n)
         for reason, n in c.skipped.items():
             metrics.SAMPLED.labels("skipped", reason).inc(n)
-        out: list[Candidate | SavingsEntry] = [*c.chosen, *c.skipped_hits]
+        out: list[Candidate | SavingsEntry] = [*c.chosen]
         out.append(savings)
         return out
 
@@ -650,14 +641,11 @@ def _copy_tally(t: StratumTally) -> StratumTally:
 @dataclass(frozen=True)
 class SampleOut:
     """`events`: every event, with its tier-0 flags; `judge`: the chosen
-    candidates with their inclusion probabilities; `skipped_hits`: events not
-    chosen whose verdicts the cache already holds (reported as certain,
-    free observations); `savings`: per tenant and window, the baseline judge
-    cost and what sampling avoided; `errs`: dead letters."""
+    candidates with their inclusion probabilities; `savings`: per tenant and
+    window, the baseline judge cost and what sampling avoided; `errs`: dead letters."""
 
     events: Stream[Candidate]
     judge: Stream[Candidate]
-    skipped_hits: Stream[Candidate]
     savings: Stream[SavingsEntry]
     errs: Stream[DeadLetter]  # events whose tally raised (a bug): stored, never judged
 
@@ -684,17 +672,9 @@ def sample(
             override they set for it.
     """
 
-    def assign_batch(cands: list[Candidate]) -> Iterable[Candidate | _Part | _Skipped | DeadLetter]:
-        def tally(cs: list[Candidate]) -> list[_Part | _Skipped]:
-            skipped_hits: list[Candidate] = []
-            parts = tally_batch(
-                cs,
-                sampler=sampler,
-                rules=rules,
-                baseline=baseline,
-                skipped_hits=skipped_hits,
-            )
-            return [*parts, *(_Skipped(c) for c in skipped_hits)]
+    def assign_batch(cands: list[Candidate]) -> Iterable[Candidate | _Part | DeadLetter]:
+        def tally(cs: list[Candidate]) -> list[_Part]:
+            return tally_batch(cs, sampler=sampler, rules=rules, baseline=baseline)
 
         # an event that makes the tally raise (a bug) is stored, never judged, and a dead letter
         tallied, dead = guarded(step_id, tally, cands)
@@ -703,8 +683,7 @@ def sample(
     assigned = op.flat_map_batch(f"{step_id}_assign", up, assign_batch)
     split = op.branch(f"{step_id}_split", assigned, lambda x: type(x) is Candidate)
     errs = op.branch(f"{step_id}_errs", split.falses, lambda x: type(x) is DeadLetter)
-    early = op.branch(f"{step_id}_early_hits", errs.falses, lambda x: type(x) is _Skipped)
-    keyed = op.key_on(f"{step_id}_key", early.falses, lambda p: p.tenant)
+    keyed = op.key_on(f"{step_id}_key", errs.falses, lambda p: p.tenant)
     if alerts is not None:  # each tenant's windows wait for its alerts, and follow their overrides
         keyed = op.merge(
             f"{step_id}_with_alerts", keyed, op.key_on(f"{step_id}_alerts", alerts, lambda p: p.tenant_id)
@@ -717,19 +696,9 @@ def sample(
     values = op.map(f"{step_id}_unkey", decided, lambda kv: kv[1])
     outcome = op.branch(f"{step_id}_outcome", values, lambda x: type(x) is Candidate)
     decided_cands = op.branch(f"{step_id}_chosen", outcome.trues, lambda c: c.inclusion_prob > 0)
-    set_aside = op.map(f"{step_id}_unwrap", early.trues, lambda s: s.cand)
-    skipped_hits = op.merge(f"{step_id}_skipped_hits", set_aside, decided_cands.falses)
     return SampleOut(
         events=split.trues,
         judge=decided_cands.trues,
-        skipped_hits=skipped_hits,
         savings=outcome.falses,
         errs=errs.trues,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class _Skipped:
-    """A candidate set aside at assignment (it can never be chosen) that has cached verdicts."""
-
-    cand: Candidate

@@ -34,7 +34,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
-from operators import metrics
+from operators import event_time, metrics
 
 X = TypeVar("X")
 A = TypeVar("A")
@@ -129,7 +129,7 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
                 due.append(self._wall_when(end))
             else:
                 due.append(max(self._wall_when(end + spec.lateness_ms), s.arrived_s[start] + spec.idle_s))
-        return datetime.fromtimestamp(min(due), tz=UTC)
+        return datetime.fromtimestamp(event_time.wake_at(min(due), self._spec.clock()), tz=UTC)
 
     def snapshot(self) -> _TumblingState[A]:
         return copy.deepcopy(self._s)
@@ -141,7 +141,7 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
 
     def _advance(self, now: float) -> list[R]:
         s, spec = self._s, self._spec
-        wm = s.max_ts_ms + int((now - s.seen_at_s) * 1000)
+        wm = s.max_ts_ms + int(event_time.elapsed_s(s.seen_at_s, now) * 1000)
         out: list[R] = []
         for start in sorted(s.open):
             end = start + spec.size_ms
@@ -151,7 +151,7 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
                 out.extend(self._rows(start))
                 s.emitted.add(start)
                 s.dirty.discard(start)
-            if end + spec.lateness_ms <= wm and now - s.arrived_s[start] >= spec.idle_s:
+            if end + spec.lateness_ms <= wm and event_time.idle(s.arrived_s[start], now, spec.idle_s):
                 del s.open[start], s.arrived_s[start]
                 s.emitted.discard(start)
                 s.final.add(start)

@@ -6,8 +6,9 @@ combines a batch's events (or ledger entries) per key and window, so only
 small partial sums cross workers.
 
 Time: a key's watermark is the newest event time it has seen plus the system
-time elapsed since (so a quiet key still closes its windows; a restore does
-not count the downtime). After a restore every window still held is
+time elapsed since while the input was caught up (`operators.event_time`: so
+a quiet key still closes its windows, and a backlog, an outage or a restore
+never counts as event time). After a restore every window still held is
 re-emitted, so rows the crashed run wrote after its last snapshot are
 replaced by what the resumed run computes. A window is
 emitted when the watermark passes its end, re-emitted (a newer `version`,
@@ -36,7 +37,7 @@ import xxhash
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
-from operators import metrics
+from operators import event_time, metrics
 from operators.records import CostWindow, Event, LedgerEntry, entry_hash
 
 _SEP = "\x1f"
@@ -181,7 +182,7 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         s = self._s
         if s.max_ts_ms < 0:
             return -1
-        return s.max_ts_ms + int((self._clock() - s.seen_at_s) * 1000)
+        return s.max_ts_ms + int(event_time.elapsed_s(s.seen_at_s, self._clock()) * 1000)
 
     def on_batch(self, values: list[LedgerEntry]) -> tuple[Iterable[CostWindow], bool]:
         s = self._s
@@ -233,7 +234,8 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
             )
             due.append(edge)
         wait_s = (min(due) - s.max_ts_ms) / 1000
-        return datetime.fromtimestamp(s.seen_at_s + max(wait_s, 0.0), tz=UTC)
+        at = event_time.wake_at(s.seen_at_s + max(wait_s, 0.0), self._clock())
+        return datetime.fromtimestamp(at, tz=UTC)
 
     def snapshot(self) -> _WindowState:
         s = self._s

@@ -19,7 +19,14 @@ import pytest
 from flows.config import Settings, load_settings
 from flows.kafka_mock import MockCluster
 from judges.local_endpoint import EndpointConfig, LocalEndpoint
+from operators import event_time
 from sinks import clickhouse as ch
+
+
+@pytest.fixture(autouse=True)
+def _fresh_input_progress() -> None:
+    """Each test starts with no Kafka partitions known to the process (operators.event_time)."""
+    event_time.INPUT.reset()
 
 
 @pytest.fixture(scope="session")

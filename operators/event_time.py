@@ -1,0 +1,131 @@
+"""Event time: one home for how far the input has got, and for when wall time may stand in for it.
+
+Every stateful stage keeps, per key, the newest event time it has seen. Two things decide whether
+that is a trustworthy clock for closing windows, and both live here:
+
+1. **Aligned partitions.** The Kafka partitions a process reads are released in step: a partition
+   hands a message to the flow only when its time (the Kafka message timestamp, the producer's time)
+   is at most `align_s` ahead of the *frontier* of every other partition that still has input — the
+   time of the next message it holds back, or of the last one it released. So in a replay, a
+   backfill or a restart that re-reads a backlog, no partition runs minutes ahead of another and a
+   key's newest event time never passes a window's end while another partition still holds that
+   window's events (as long as `align_s` is below the stages' allowed lateness). A partition that
+   has nothing more to read (caught up, or at the end of a bounded input) holds nobody back.
+2. **Wall time only while the input is verifiably caught up.** A key that goes quiet must still close
+   its windows, so wall time elapsed since its newest event counts as event-time progress — but only
+   the wall time during which every partition this process reads answered its polls with nothing new
+   (`elapsed_s`). While a partition still has a backlog, or while the worker is blocked (a ClickHouse
+   outage holding a sink, a full judge queue), wall time is not event time, and nothing closes early.
+   The same goes for the "nothing arrived for a while" conditions some stages add (`idle`): while a
+   backlog is read in step, event time alone decides.
+
+The registry is per process (partitions on other processes are not seen: with several processes,
+skew between processes is bounded only by their reading speeds). With no Kafka input in the process
+(tests and benchmarks on an in-memory source) wall time counts as before.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+RECHECK_S = 1.0  # how soon a stage looks again when its deadline passed but event time did not
+
+
+@dataclass(slots=True)
+class _Partition:
+    frontier_ms: int | None = None  # the earliest time it may still release (None: not polled yet)
+    caught_up: bool = False  # its last poll found nothing and it holds nothing back
+
+
+class InputProgress:
+    """The partitions one process reads: their frontiers (alignment) and whether they are caught up."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parts: dict[str, _Partition] = {}
+        self._quiet_from: float | None = None  # when every partition became caught up
+        self._checked_at = 0.0  # the last poll that found them all caught up
+
+    # --- the source side (flows.sources) -------------------------------------------
+
+    def opened(self, part: str) -> None:
+        with self._lock:
+            self._parts[part] = _Partition()
+            self._quiet_from = None
+
+    def closed(self, part: str) -> None:
+        with self._lock:
+            self._parts.pop(part, None)
+            if not self._parts:
+                self._quiet_from = None
+
+    def polled(self, part: str, *, frontier_ms: int | None, caught_up: bool, now: float) -> None:
+        """A partition's state after a poll: the time of the next message it holds (or of the last
+        it released), and whether it had nothing to read and holds nothing."""
+        with self._lock:
+            p = self._parts.setdefault(part, _Partition())
+            if frontier_ms is not None:
+                p.frontier_ms = frontier_ms
+            p.caught_up = caught_up
+            if not caught_up:
+                self._quiet_from = None
+            elif all(q.caught_up for q in self._parts.values()):
+                if self._quiet_from is None:
+                    self._quiet_from = now
+                self._checked_at = now
+
+    def limit_ms(self, part: str, align_ms: int) -> int | None:
+        """The newest time `part` may release now: `align_ms` past the slowest other partition that
+        still has input (None: no limit; a partition not polled yet holds everyone at its start)."""
+        with self._lock:
+            others = [q for name, q in self._parts.items() if name != part and not q.caught_up]
+            if not others:
+                return None
+            if any(q.frontier_ms is None for q in others):
+                return -1  # wait for their first poll
+            return min(q.frontier_ms for q in others if q.frontier_ms is not None) + align_ms
+
+    # --- the stages' side ------------------------------------------------------------
+
+    def elapsed_s(self, since: float, now: float) -> float:
+        """Wall seconds since `since` that count as event-time progress: all of them with no Kafka
+        input in this process; otherwise only those during which the input was verifiably caught up."""
+        with self._lock:
+            if not self._parts:
+                return max(0.0, now - since)
+            if self._quiet_from is None:
+                return 0.0
+            return max(0.0, self._checked_at - max(since, self._quiet_from))
+
+    def backlogged(self) -> bool:
+        """Kafka input is read here and some partition has more to read (a replay, a lagging consumer)."""
+        with self._lock:
+            return bool(self._parts) and not all(q.caught_up for q in self._parts.values())
+
+    def reset(self) -> None:
+        """Forget every partition (a test running flows one after another in one process)."""
+        with self._lock:
+            self._parts.clear()
+            self._quiet_from = None
+
+
+INPUT = InputProgress()
+
+
+def elapsed_s(since: float, now: float) -> float:
+    """Wall seconds since `since` that count as event-time progress (see the module docstring)."""
+    return INPUT.elapsed_s(since, now)
+
+
+def idle(since: float, now: float, idle_s: float) -> bool:
+    """Whether a window that last received input at `since` may count as complete on that score:
+    after `idle_s` of wall time — or at once while the input is a backlog read in step (aligned
+    partitions), where event time alone decides (an outage blocking the worker is not idleness)."""
+    return INPUT.backlogged() or now - since >= idle_s
+
+
+def wake_at(due_s: float, now: float) -> float:
+    """When a stage should look again: at `due_s`, or — when that has passed without event time
+    moving enough — a little later (never a wake-up storm)."""
+    return due_s if due_s > now else now + RECHECK_S

@@ -1,0 +1,96 @@
+"""Event time in one place (operators/event_time.py): wall time counts as event-time progress only while
+the input is verifiably caught up, and the Kafka partitions a process reads are released in step."""
+
+from __future__ import annotations
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSink, run_main
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flows.config import KafkaConfig
+from flows.kafka_mock import produce_all
+from flows.sources import kafka_source
+from operators.event_time import RECHECK_S, InputProgress, wake_at
+
+MIN = 60_000
+
+
+def test_wall_time_counts_only_while_every_partition_is_caught_up():
+    p = InputProgress()
+    assert p.elapsed_s(100.0, 130.0) == 30.0  # no Kafka input here (tests, benches): wall time
+    p.opened("a")
+    p.opened("b")
+    p.polled("a", frontier_ms=1_000, caught_up=True, now=110.0)
+    p.polled("b", frontier_ms=2_000, caught_up=False, now=110.0)  # b still has a backlog
+    assert p.backlogged() and p.elapsed_s(100.0, 130.0) == 0.0
+    p.polled("b", frontier_ms=2_000, caught_up=True, now=120.0)  # both caught up from 120 s
+    p.polled("a", frontier_ms=1_000, caught_up=True, now=125.0)  # ...verified at 125 s
+    assert not p.backlogged()
+    assert p.elapsed_s(100.0, 200.0) == 5.0  # not 100: only what the polls saw as quiet
+    p.polled("a", frontier_ms=3_000, caught_up=False, now=126.0)  # new input
+    assert p.elapsed_s(100.0, 200.0) == 0.0
+
+
+def test_a_partition_may_run_at_most_align_ahead_of_the_slowest_one_with_input():
+    p = InputProgress()
+    for name in ("a", "b", "c"):
+        p.opened(name)
+    assert p.limit_ms("a", 5_000) == -1  # the others have not polled yet: wait for them
+    p.polled("b", frontier_ms=10 * MIN, caught_up=False, now=1.0)
+    p.polled("c", frontier_ms=3 * MIN, caught_up=False, now=1.0)
+    assert p.limit_ms("a", 5_000) == 3 * MIN + 5_000
+    p.polled("c", frontier_ms=None, caught_up=True, now=2.0)  # nothing left to read: holds nobody back
+    assert p.limit_ms("a", 5_000) == 10 * MIN + 5_000
+    p.closed("b")
+    assert p.limit_ms("a", 5_000) is None
+
+
+def test_a_stage_never_spins_on_a_deadline_event_time_has_not_reached():
+    assert wake_at(105.0, 100.0) == 105.0
+    assert wake_at(99.0, 100.0) == 100.0 + RECHECK_S
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abc"), st.integers(0, 60 * MIN)), min_size=1, max_size=40))
+def test_the_slowest_partition_can_always_release_its_next_message(heads):
+    """No deadlock: whatever the partitions' frontiers, the one furthest behind is never held back."""
+    p = InputProgress()
+    latest: dict[str, int] = {}
+    for name, ts in heads:
+        if name not in latest:
+            p.opened(name)
+        latest[name] = ts
+        p.polled(name, frontier_ms=ts, caught_up=False, now=0.0)
+    slowest = min(latest, key=lambda n: latest[n])
+    limit = p.limit_ms(slowest, 0)
+    assert limit is None or limit >= latest[slowest]
+
+
+def test_a_skewed_topic_is_read_in_step(kafka):
+    """Four partitions hold the same five hours of traffic. Unaligned, bytewax hands the flow whole
+    batches of one partition (here 100 minutes of event time ahead of the others); aligned, no
+    message is more than the alignment (plus one message's step) ahead of the slowest partition."""
+    kafka.create_topic("skewed", 4)
+    t0 = 1_700_000_000_000
+    hours = [(b"k", b"x", t0 + i * 6_000) for i in range(3000)]
+    for p in range(4):
+        produce_all(kafka.bootstrap, "skewed", hours, partition=p)
+    skew = {}
+    for align_s in (-1, 30):
+        got: list = []
+        flow = Dataflow("aligned")
+        cfg = KafkaConfig(topics=("skewed",), tail=False, batch_size=1000, align_partitions_s=align_s)
+        stream = op.input("in", flow, kafka_source(cfg, [kafka.bootstrap]))
+        op.output("out", op.map("ts", stream, lambda m: (m.partition, m.timestamp[1])), TestingSink(got))
+        run_main(flow)
+        assert len(got) == 12_000  # every message, once
+        newest: dict[int, int] = {}
+        skew[align_s] = 0
+        for partition, ts in got:
+            newest[partition] = max(newest.get(partition, 0), ts)
+            if len(newest) == 4:
+                skew[align_s] = max(skew[align_s], max(newest.values()) - min(newest.values()))
+    assert skew[-1] > 3_600_000  # an hour and more apart without alignment
+    assert skew[30] <= 30_000 + 6_000
