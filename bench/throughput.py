@@ -100,9 +100,7 @@ def plain_python(settings: Settings, d: Deps, batches: list[list]) -> dict[str, 
         # dedup: one cache lookup per batch; sample: flag, stratify, tally; choose per tenant
         cands = [Candidate(e) for e in events]
         lookup(cands, cache=d.cache, keyer=d.keyer, llm_metrics=d.plan.llm_metrics)
-        parts = tally_batch(
-            cands, sampler=d.sampler, rules=d.rules, overrides=d.control.active(), baseline=d.baseline
-        )
+        parts = tally_batch(cands, sampler=d.sampler, rules=d.rules, baseline=d.baseline)
         per_tenant: dict[str, list] = defaultdict(list)
         for p in parts:
             per_tenant[p.tenant].append(p)
