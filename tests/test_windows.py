@@ -4,9 +4,11 @@ replayed (old) timestamps, and on 1 and 2 workers."""
 
 from __future__ import annotations
 
+import pickle
 from collections import defaultdict
 
 import bytewax.operators as op
+import msgspec
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from hypothesis import HealthCheck, given, settings
@@ -296,3 +298,65 @@ def test_restore_reemits_held_windows_and_does_not_count_the_downtime():
     # an entry replayed after the restore still lands in its window, not in a correction
     out, _ = restored.on_batch([entry("t", BASE + 2_000, 1)])
     assert [(r.window_start_ms, r.cost_pusd, r.kind) for r in out] == [(BASE, 6, "window")]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    entries=st.lists(
+        st.tuples(st.integers(0, 2), st.integers(0, 15 * MIN), st.integers(1, 10**9)), min_size=1, max_size=60
+    ),
+    pick=st.lists(st.integers(0, 2), max_size=200),
+    batch=st.integers(1, 7),
+    crash=st.one_of(st.none(), st.tuples(st.integers(0, 12), st.integers(0, 6))),
+    lateness=st.sampled_from([0, 2 * MIN]),
+)
+def test_the_ledger_does_not_depend_on_interleaving_batching_or_a_crash(
+    entries, pick, batch, crash, lateness
+):
+    """Three partitions (each in time order) interleaved any way, in batches of any size, with a crash
+    anywhere (rows written after the snapshot stay in the table, the input after it is read again):
+    per minute, the newest `window` row plus the corrections always hold exactly the entries' sums."""
+    parts: list[list[LedgerEntry]] = [[], [], []]
+    for i, (p, ts, cost) in enumerate(sorted(entries, key=lambda e: e[1])):
+        parts[p].append(entry("t", BASE + ts, cost, eid=f"e{i}"))
+    order: list[LedgerEntry] = []
+    cursors = [0, 0, 0]
+    choices = iter(pick)
+    while any(c < len(p) for c, p in zip(cursors, parts, strict=True)):
+        live = [i for i in range(3) if cursors[i] < len(parts[i])]
+        i = live[next(choices, 0) % len(live)]
+        order.append(parts[i][cursors[i]])
+        cursors[i] += 1
+    batches = [order[i : i + batch] for i in range(0, len(order), batch)]
+    clock = iter(range(10**9))  # each emission newer than the last, as ClickHouse versions are
+
+    def now() -> float:
+        return 1000.0 + next(clock) / 1000
+
+    table: dict[tuple[int, str, str], CostWindow] = {}
+
+    def write(rows) -> None:
+        for r in rows:
+            table[(r.window_start_ms, r.kind, r.correction_id)] = r  # ReplacingMergeTree: the newest wins
+
+    logic = _WindowLogic(MIN, lateness, now, None)
+    i = 0
+    snapshot_at, crash_after = crash if crash is not None else (len(batches), 0)
+    saved = None
+    while i < len(batches):
+        if i == snapshot_at and saved is None:
+            saved = (i, pickle.dumps(logic.snapshot()))
+        write(logic.on_batch([msgspec.structs.replace(x) for x in batches[i]])[0])
+        i += 1
+        if saved is not None and i == saved[0] + crash_after + 1 and crash is not None:
+            i, state = saved[0], pickle.loads(saved[1])  # killed: resume from the snapshot, re-read
+            logic = _WindowLogic(MIN, lateness, now, state)
+            crash = None
+    write(logic.on_eof()[0])
+    got: dict[int, int] = defaultdict(int)
+    for (start, _, _), r in table.items():
+        got[start] += r.cost_pusd
+    want: dict[int, int] = defaultdict(int)
+    for x in order:
+        want[x.ts_ms - x.ts_ms % MIN] += x.cost_pusd
+    assert dict(got) == dict(want)
