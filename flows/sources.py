@@ -74,16 +74,22 @@ class _AlignedPartition(StatefulSourcePartition[Any, int | None]):
 
     def _at_end(self) -> bool:
         """Whether the partition has nothing left to read now: its position is at the broker's high
-        watermark as the consumer last heard it (an empty poll alone can be a fetch in flight)."""
+        watermark as the consumer last heard it (an empty poll alone can be a fetch in flight). A
+        partition that has handed over nothing for `_SILENT_S` (a broker that does not answer for it)
+        stops holding the others back."""
+        if self._released_ms is None and time.monotonic() - self._opened_at > _SILENT_S:
+            return True
         inner = self._inner
         consumer = getattr(inner, "_consumer", None)  # bytewax's partition keeps its consumer here
         if consumer is None:
             return True
         low, high = consumer.get_watermark_offsets(TopicPartition(inner._topic, inner._part_idx), cached=True)
-        if high < 0:  # not heard yet; a partition silent that long holds nobody back
-            return time.monotonic() - self._opened_at > _SILENT_S
+        if high < 0:
+            return False  # not heard yet
         position = inner.snapshot()
-        if position is None or position < 0:  # not started: only an empty partition is at its end
+        if position == OFFSET_END:  # started at the end: nothing to read until something new arrives
+            return True
+        if position is None or position < 0:  # from the beginning, not started: only an empty one is
             return low == high
         return position >= high
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, run_main
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -94,3 +95,51 @@ def test_a_skewed_topic_is_read_in_step(kafka):
                 skew[align_s] = max(skew[align_s], max(newest.values()) - min(newest.values()))
     assert skew[-1] > 3_600_000  # an hour and more apart without alignment
     assert skew[30] <= 30_000 + 6_000
+
+
+class _Consumer:
+    def __init__(self, low: int, high: int) -> None:
+        self.marks = (low, high)
+
+    def get_watermark_offsets(self, tp, cached: bool):
+        return self.marks
+
+
+class _Idle:
+    """bytewax's Kafka partition as the aligned source sees it: nothing new to read."""
+
+    def __init__(self, position: int, low: int, high: int) -> None:
+        self._consumer = _Consumer(low, high)
+        self._topic, self._part_idx = "t", 0
+        self._position = position
+
+    def next_batch(self) -> list:
+        return []
+
+    def snapshot(self) -> int:
+        return self._position
+
+    def next_awake(self):
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_partition_with_nothing_new_never_holds_the_others(monkeypatch):
+    """Started at the end of a partition that already holds messages (`kafka.start = "end"`), or at the
+    beginning of an empty one, a partition that gets nothing new must not stall the process."""
+    from flows.sources import _AlignedPartition
+    from operators import event_time
+
+    progress = InputProgress()
+    monkeypatch.setattr(event_time, "INPUT", progress)
+    at_end = _AlignedPartition(_Idle(OFFSET_END, 0, 500), "at-end", 5_000)
+    empty = _AlignedPartition(_Idle(OFFSET_BEGINNING, 0, 0), "empty", 5_000)
+    behind = _AlignedPartition(_Idle(OFFSET_BEGINNING, 0, 500), "behind", 5_000)  # a fetch in flight
+    progress.opened("busy")
+    for p in (at_end, empty, behind):
+        assert p.next_batch() == []
+    assert progress.limit_ms("busy", 5_000) == -1  # only "behind" holds it: it has data to come
+    behind.close()
+    assert progress.limit_ms("busy", 5_000) is None
