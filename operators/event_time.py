@@ -11,13 +11,14 @@ that is a trustworthy clock for closing windows, and both live here:
    key's newest event time never passes a window's end while another partition still holds that
    window's events (as long as `align_s` is below the stages' allowed lateness). A partition that
    has nothing more to read (caught up, or at the end of a bounded input) holds nobody back.
-2. **Wall time only while the input is verifiably caught up.** A key that goes quiet must still close
-   its windows, so wall time elapsed since its newest event counts as event-time progress — but only
-   the wall time during which every partition this process reads answered its polls with nothing new
-   (`elapsed_s`). While a partition still has a backlog, or while the worker is blocked (a ClickHouse
-   outage holding a sink, a full judge queue), wall time is not event time, and nothing closes early.
-   The same goes for the "nothing arrived for a while" conditions some stages add (`idle`): while a
-   backlog is read in step, event time alone decides.
+2. **Wall time only while the input is live.** A key that goes quiet must still close its windows, so
+   wall time elapsed since its newest event counts as event-time progress — but only the wall time
+   during which the input was *live*, as seen by the polls: every partition this process reads at its
+   high watermark, or the newest message handed over less than `LIVE_LAG_S` behind the wall clock
+   (`elapsed_s`). Replaying a backlog (a backfill, a restart, a consumer far behind) is not live, and
+   a blocked worker (a ClickHouse outage holding a sink, a full judge queue) polls nothing, so neither
+   counts as event time and nothing closes early. The "nothing arrived for a while" conditions some
+   stages add for live traffic (`idle`) do not apply to a replay: there event time alone decides.
 
 The registry is per process (partitions on other processes are not seen: with several processes,
 skew between processes is bounded only by their reading speeds). With no Kafka input in the process
@@ -30,6 +31,7 @@ import threading
 from dataclasses import dataclass
 
 RECHECK_S = 1.0  # how soon a stage looks again when its deadline passed but event time did not
+LIVE_LAG_S = 30.0  # input whose newest message is this close to the wall clock is live traffic
 
 
 @dataclass(slots=True)
@@ -44,21 +46,21 @@ class InputProgress:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._parts: dict[str, _Partition] = {}
-        self._quiet_from: float | None = None  # when every partition became caught up
-        self._checked_at = 0.0  # the last poll that found them all caught up
+        self._live_from: float | None = None  # since when the polls have found the input live
+        self._live_at = 0.0  # the last poll that found it live
 
     # --- the source side (flows.sources) -------------------------------------------
 
     def opened(self, part: str) -> None:
         with self._lock:
             self._parts[part] = _Partition()
-            self._quiet_from = None
+            self._live_from = None
 
     def closed(self, part: str) -> None:
         with self._lock:
             self._parts.pop(part, None)
             if not self._parts:
-                self._quiet_from = None
+                self._live_from = None
 
     def polled(self, part: str, *, frontier_ms: int | None, caught_up: bool, now: float) -> None:
         """A partition's state after a poll: the time of the next message it holds (or of the last
@@ -68,12 +70,17 @@ class InputProgress:
             if frontier_ms is not None:
                 p.frontier_ms = frontier_ms
             p.caught_up = caught_up
-            if not caught_up:
-                self._quiet_from = None
-            elif all(q.caught_up for q in self._parts.values()):
-                if self._quiet_from is None:
-                    self._quiet_from = now
-                self._checked_at = now
+            parts = self._parts.values()
+            newest = max((q.frontier_ms for q in parts if q.frontier_ms is not None), default=None)
+            live = all(q.caught_up for q in parts) or (
+                newest is not None and now * 1000 - newest <= LIVE_LAG_S * 1000
+            )
+            if not live:
+                self._live_from = None
+            else:
+                if self._live_from is None:
+                    self._live_from = now
+                self._live_at = now
 
     def limit_ms(self, part: str, align_ms: int) -> int | None:
         """The newest time `part` may release now: `align_ms` past the slowest other partition that
@@ -90,18 +97,18 @@ class InputProgress:
 
     def elapsed_s(self, since: float, now: float) -> float:
         """Wall seconds since `since` that count as event-time progress: all of them with no Kafka
-        input in this process; otherwise only those during which the input was verifiably caught up."""
+        input in this process; otherwise only those the polls found the input live."""
         with self._lock:
             if not self._parts:
                 return max(0.0, now - since)
-            if self._quiet_from is None:
+            if self._live_from is None:
                 return 0.0
-            return max(0.0, self._checked_at - max(since, self._quiet_from))
+            return max(0.0, self._live_at - max(since, self._live_from))
 
-    def backlogged(self) -> bool:
-        """Kafka input is read here and some partition has more to read (a replay, a lagging consumer)."""
+    def replaying(self) -> bool:
+        """Kafka input is read here and it is not live: a backlog is being read."""
         with self._lock:
-            return bool(self._parts) and not all(q.caught_up for q in self._parts.values())
+            return bool(self._parts) and self._live_from is None
 
     def reset(self) -> None:
         """Forget every partition (a test running flows one after another in one process)."""
@@ -120,9 +127,9 @@ def elapsed_s(since: float, now: float) -> float:
 
 def idle(since: float, now: float, idle_s: float) -> bool:
     """Whether a window that last received input at `since` may count as complete on that score:
-    after `idle_s` of wall time — or at once while the input is a backlog read in step (aligned
-    partitions), where event time alone decides (an outage blocking the worker is not idleness)."""
-    return INPUT.backlogged() or now - since >= idle_s
+    live, after `idle_s` of wall time; while a backlog is read in step (aligned partitions), at once —
+    event time alone decides there (and an outage blocking the worker is not idleness)."""
+    return INPUT.replaying() or now - since >= idle_s
 
 
 def wake_at(due_s: float, now: float) -> float:

@@ -18,20 +18,26 @@ from operators.event_time import RECHECK_S, InputProgress, wake_at
 MIN = 60_000
 
 
-def test_wall_time_counts_only_while_every_partition_is_caught_up():
+def test_wall_time_counts_only_while_the_input_is_live():
     p = InputProgress()
     assert p.elapsed_s(100.0, 130.0) == 30.0  # no Kafka input here (tests, benches): wall time
+    now = 1_800_000_000.0  # the wall clock (2027); the replayed traffic is from 2023
+    old = 1_700_000_000_000
     p.opened("a")
     p.opened("b")
-    p.polled("a", frontier_ms=1_000, caught_up=True, now=110.0)
-    p.polled("b", frontier_ms=2_000, caught_up=False, now=110.0)  # b still has a backlog
-    assert p.backlogged() and p.elapsed_s(100.0, 130.0) == 0.0
-    p.polled("b", frontier_ms=2_000, caught_up=True, now=120.0)  # both caught up from 120 s
-    p.polled("a", frontier_ms=1_000, caught_up=True, now=125.0)  # ...verified at 125 s
-    assert not p.backlogged()
-    assert p.elapsed_s(100.0, 200.0) == 5.0  # not 100: only what the polls saw as quiet
-    p.polled("a", frontier_ms=3_000, caught_up=False, now=126.0)  # new input
-    assert p.elapsed_s(100.0, 200.0) == 0.0
+    p.polled("a", frontier_ms=old, caught_up=True, now=now + 10)
+    p.polled("b", frontier_ms=old, caught_up=False, now=now + 10)  # b still has a backlog of old events
+    assert p.replaying() and p.elapsed_s(now, now + 30) == 0.0
+    p.polled("b", frontier_ms=old, caught_up=True, now=now + 20)  # caught up from +20 s
+    p.polled("a", frontier_ms=old, caught_up=True, now=now + 25)  # ...seen by a poll at +25 s
+    assert not p.replaying()
+    assert p.elapsed_s(now, now + 100) == 5.0  # not 100: what the polls saw (a blocked worker polls nothing)
+    p.polled("a", frontier_ms=old + 60_000, caught_up=False, now=now + 26)  # more old events: a replay
+    assert p.elapsed_s(now, now + 100) == 0.0
+    # live traffic: fresh timestamps, never caught up for long, and wall time counts
+    p.polled("a", frontier_ms=int((now + 200) * 1000), caught_up=False, now=now + 201)
+    p.polled("b", frontier_ms=int((now + 205) * 1000), caught_up=False, now=now + 210)
+    assert not p.replaying() and p.elapsed_s(now + 190, now + 400) == 9.0
 
 
 def test_a_partition_may_run_at_most_align_ahead_of_the_slowest_one_with_input():
