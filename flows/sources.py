@@ -99,8 +99,10 @@ class _AlignedPartition(StatefulSourcePartition[Any, int | None]):
         return self._inner.next_awake()
 
     def snapshot(self) -> int | None:
-        if self._held:  # not handed to the flow yet: read again after a restore
-            return self._held[0].offset
+        for m in self._held:  # not handed to the flow yet: read again after a restore
+            offset = getattr(getattr(m, "msg", m), "offset", None)  # a KafkaError wraps its message
+            if offset is not None and offset >= 0:
+                return offset
         return self._inner.snapshot()
 
     def close(self) -> None:

@@ -149,3 +149,38 @@ def test_a_partition_with_nothing_new_never_holds_the_others(monkeypatch):
     assert progress.limit_ms("busy", 5_000) == -1  # only "behind" holds it: it has data to come
     behind.close()
     assert progress.limit_ms("busy", 5_000) is None
+
+
+class _Msg:
+    def __init__(self, offset: int, ts_ms: int) -> None:
+        self.offset, self.timestamp = offset, (1, ts_ms)
+
+
+class _Err:
+    """bytewax's KafkaError: the broker's error and the message it came with."""
+
+    def __init__(self, msg: _Msg) -> None:
+        self.msg = msg
+
+
+class _Backlog(_Idle):
+    def __init__(self, batch: list) -> None:
+        super().__init__(0, 0, 1000)
+        self._batch = batch
+
+    def next_batch(self) -> list:
+        out, self._batch = self._batch, []
+        return out
+
+
+def test_messages_held_back_are_read_again_after_a_restore(monkeypatch):
+    from flows.sources import _AlignedPartition
+    from operators import event_time
+
+    progress = InputProgress()
+    monkeypatch.setattr(event_time, "INPUT", progress)
+    progress.opened("slow")
+    progress.polled("slow", frontier_ms=1_000, caught_up=False, now=1.0)
+    ahead = _AlignedPartition(_Backlog([_Err(_Msg(7, 60_000)), _Msg(8, 61_000)]), "ahead", 5_000)
+    assert ahead.next_batch() == []  # a minute ahead of "slow": held, an error included
+    assert ahead.snapshot() == 7  # the snapshot resumes at the first held message
