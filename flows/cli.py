@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -246,7 +245,7 @@ def _serve_metrics(settings: Settings, process_id: int, processes: int, workers:
         return None
     from flows.health import ClusterShape, serve
 
-    server = serve(settings, shape=ClusterShape(process_id, processes, workers), env=os.environ)
+    server = serve(settings, shape=ClusterShape(process_id, processes, workers))
     host = settings.flow.metrics.host
     log.info("Prometheus metrics on http://%s:%d/metrics, health on /healthz and /readyz", host, server.port)
     return server

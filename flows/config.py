@@ -511,6 +511,9 @@ class RetentionConfig(_Section):
 class MetricsConfig(_Section):
     port: int | None = Field(None, ge=0, le=65535)
     host: str = "127.0.0.1"  # 0.0.0.0 only inside a container network
+    # /healthz fails after this long without progress while input waits (env JUDGEFLOW_HEALTH_STALL_S);
+    # longer than clickhouse.max_retry_s: a sink riding out an outage is not stuck
+    stall_s: float = Field(300.0, gt=0, allow_inf_nan=False)
 
 
 class FlowConfig(_Section):
@@ -548,6 +551,7 @@ _ENV_OVERRIDES: dict[str, tuple[str, ...]] = {
     "JUDGEFLOW_KAFKA_BROKERS": ("kafka", "brokers"),
     "JUDGEFLOW_REDIS_URL": ("cache", "redis_url"),
     "JUDGEFLOW_CLICKHOUSE_DSN": ("clickhouse", "dsn"),
+    "JUDGEFLOW_HEALTH_STALL_S": ("metrics", "stall_s"),
 }
 
 

@@ -57,8 +57,6 @@ from flows.config import ConfigError, KafkaConfig, Settings
 
 log = logging.getLogger(__name__)
 
-STALL_ENV = "JUDGEFLOW_HEALTH_STALL_S"
-DEFAULT_STALL_S = 300.0  # longer than clickhouse.max_retry_s: a sink riding out an outage is not stuck
 
 Partition = tuple[str, int]  # (topic, partition)
 
@@ -156,21 +154,6 @@ def breaker_check(breakers: Sequence[str]) -> Check:
     if breakers:
         return Check("judges", False, f"circuit breaker open: {', '.join(breakers)}")
     return Check("judges", True, "no circuit breaker open")
-
-
-def stall_s_from(env: Mapping[str, str]) -> float:
-    """`JUDGEFLOW_HEALTH_STALL_S` (seconds without progress while input waits), default 300."""
-    raw = env.get(STALL_ENV, "")
-    if not raw:
-        return DEFAULT_STALL_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        msg = f"{STALL_ENV} must be a number of seconds above 0 (got {raw!r})"
-        raise ConfigError(msg)
-    return value
 
 
 def answer(checks: Sequence[Check]) -> tuple[int, bytes]:
@@ -478,16 +461,16 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # a probe every few seconds: no access log
 
 
-def serve(settings: Settings, *, shape: ClusterShape, env: Mapping[str, str]) -> HealthServer:
+def serve(settings: Settings, *, shape: ClusterShape) -> HealthServer:
     """Start the metrics and health server on `metrics.host:metrics.port` (port set) for this
-    process of the cluster; `env` may set `JUDGEFLOW_HEALTH_STALL_S`."""
+    process of the cluster; `/healthz` allows `metrics.stall_s` without progress."""
     cfg = settings.flow
     if cfg.metrics.port is None:
         msg = "metrics.port is not set: there is no port to serve health on"
         raise ConfigError(msg)
     brokers = [b.strip() for b in cfg.kafka.brokers.split(",") if b.strip()]
     monitor = HealthMonitor(
-        stall_s=stall_s_from(env),
+        stall_s=cfg.metrics.stall_s,
         probes=[ClickHouseProbe(cfg.clickhouse.dsn)],
         kafka=KafkaProbe(cfg.kafka, brokers, shape),
         # the re-delivery step routes events by id: with several processes, one read here may count elsewhere

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from flows.config import ConfigError, KafkaConfig
+from flows.config import ConfigError, KafkaConfig, load_settings
 from flows.health import (
-    DEFAULT_STALL_S,
     Check,
     ClickHouseProbe,
     ClusterShape,
@@ -32,7 +31,6 @@ from flows.health import (
     new_input,
     open_breakers,
     partition_lags,
-    stall_s_from,
 )
 from flows.kafka_mock import produce_all
 from tests.conftest import free_port
@@ -104,12 +102,12 @@ def test_new_input_is_an_end_offset_past_its_baseline():
     assert not new_input({("t", 1): 50}, {("t", 0): 10})  # no baseline yet for partition 1
 
 
-def test_stall_time_comes_from_the_environment():
-    assert stall_s_from({}) == DEFAULT_STALL_S
-    assert stall_s_from({"JUDGEFLOW_HEALTH_STALL_S": "90"}) == 90
+def test_stall_time_comes_from_the_config_or_the_environment():
+    assert load_settings(env={}).flow.metrics.stall_s == 300
+    assert load_settings(env={"JUDGEFLOW_HEALTH_STALL_S": "90"}).flow.metrics.stall_s == 90
     for bad in ("0", "-5", "soon", "nan"):
-        with pytest.raises(ConfigError, match="JUDGEFLOW_HEALTH_STALL_S must be a number of seconds"):
-            stall_s_from({"JUDGEFLOW_HEALTH_STALL_S": bad})
+        with pytest.raises(ConfigError, match=r"metrics\.stall_s"):
+            load_settings(env={"JUDGEFLOW_HEALTH_STALL_S": bad})
 
 
 def test_answer_is_200_only_when_every_check_passes():

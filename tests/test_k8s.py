@@ -17,7 +17,7 @@ import yaml
 from flows.cli import StartupError, _parser, _recovery
 from flows.cluster import Pod, main, pod_from_env, pod_ordinal, run_args, wait_resolvable
 from flows.config import ConfigError, load_settings
-from flows.health import ClusterShape, assigned_partitions, stall_s_from
+from flows.health import ClusterShape, assigned_partitions
 from tests.conftest import free_port
 
 K8S = Path(__file__).resolve().parents[1] / "docker" / "k8s"
@@ -148,7 +148,8 @@ def test_the_pods_config_probes_volumes_and_secret_fit_together(tmp_path):
     assert settings.flow.cache.redis_url == env["JUDGEFLOW_REDIS_URL"]  # shared by the processes
     assert settings.flow.clickhouse.dsn == secret["JUDGEFLOW_CLICKHOUSE_DSN"]
     assert set(secret) <= {"OPENAI_API_KEY", "ANTHROPIC_API_KEY", "JUDGEFLOW_CLICKHOUSE_DSN"}
-    assert stall_s_from(env) > settings.flow.clickhouse.max_retry_s  # a sink riding out an outage is alive
+    assert settings.flow.metrics.stall_s > settings.flow.clickhouse.max_retry_s  # a sink riding out an outage
+    assert settings.flow.metrics.stall_s == float(env["JUDGEFLOW_HEALTH_STALL_S"])
 
     # probes and Prometheus reach the health server on the config's metrics port
     metrics_port = {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"]
