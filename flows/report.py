@@ -98,7 +98,8 @@ def add_report_parser(sub: Any) -> None:
 
     report = sub.add_parser(
         "report",
-        help="cost, variants, top requests, hourly series, budget, tokens, alerts from ClickHouse",
+        help="cost, variants, top requests, hourly series, budget, tokens, quality, savings, alerts, pricing"
+        " from ClickHouse",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -27,3 +27,15 @@ def test_every_help_runs(capsys) -> None:
         out = capsys.readouterr().out
         assert "usage:" in out
         assert "%%" not in out, path  # an escaped % shown verbatim (description is not %-formatted)
+
+
+def test_the_top_level_help_lists_every_command_and_report(capsys) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    paths = list(walk(build_parser()))
+    commands = {p[0] for p in paths if len(p) == 1}
+    reports = {p[1] for p in paths if len(p) == 2 and p[0] == "report"}
+    summary = out.split("positional arguments")[0]
+    assert all(f"judgeflow {c}" in summary for c in commands), (commands, summary)
+    assert all(r in summary for r in reports), (reports, summary)
