@@ -114,7 +114,7 @@ class InputProgress:
         """Forget every partition (a test running flows one after another in one process)."""
         with self._lock:
             self._parts.clear()
-            self._quiet_from = None
+            self._live_from = None
 
 
 INPUT = InputProgress()
