@@ -20,16 +20,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource, run_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _traffic import median_rate, payloads, table
+from _traffic import CountingSink, median_rate, payloads, table
 
 from flows.config import CacheConfig
 from operators.cache import CachedVerdict, MemoryVerdictCache, RedisVerdictCache, VerdictCache
@@ -52,22 +52,6 @@ class KeysOnly:
         pass
 
 
-class _Count(StatelessSinkPartition):
-    def __init__(self, seen: list[int]) -> None:
-        self._seen = seen
-
-    def write_batch(self, items: list) -> None:
-        self._seen[0] += len(items)
-
-
-class CountingSink(DynamicSink):
-    def __init__(self, seen: list[int]) -> None:
-        self._seen = seen
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Count:
-        return _Count(self._seen)
-
-
 def events(n: int) -> list[Event]:
     from bytewax.connectors.kafka import KafkaSourceMessage
 
@@ -82,18 +66,18 @@ def events(n: int) -> list[Event]:
 
 
 def run_flow(evs: list[Event], batch: int, cache: VerdictCache | None, keyer: ContentKeyer) -> float:
-    seen = [0]
+    seen: Counter[str] = Counter()
     flow = Dataflow("cache_stage")
     up = op.input("in", flow, TestingSource(evs, batch_size=batch))
     if cache is None:
         out = op.flat_map_batch("identity", up, lambda xs: [Candidate(e) for e in xs])
     else:
         out = dedup("dedup", up, cache=cache, keyer=keyer, llm_metrics=LLM_METRICS).cands
-    op.output("count", out, CountingSink(seen))
+    op.output("count", out, CountingSink(seen, "candidates"))
     started = time.perf_counter()
     run_main(flow)
     elapsed = time.perf_counter() - started
-    assert seen[0] == len(evs)
+    assert seen["candidates"] == len(evs)
     return elapsed
 
 

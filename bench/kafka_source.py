@@ -13,13 +13,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from collections import Counter
+from pathlib import Path
 
 import bytewax.operators as op
 from bytewax.connectors.kafka import KafkaSource
 from bytewax.dataflow import Dataflow
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import run_main
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _traffic import CountingSink, table
 
 from flows.config import KafkaConfig
 from flows.kafka_mock import MockCluster, produce_all
@@ -28,30 +34,14 @@ from flows.sources import kafka_source
 TOPIC = "bench-source"
 
 
-class _Count(StatelessSinkPartition):
-    def __init__(self, seen: list[int]) -> None:
-        self._seen = seen
-
-    def write_batch(self, items: list) -> None:
-        self._seen[0] += len(items)
-
-
-class CountingSink(DynamicSink):
-    def __init__(self, seen: list[int]) -> None:
-        self._seen = seen
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Count:
-        return _Count(self._seen)
-
-
 def read_all(source, n: int) -> float:
-    seen = [0]
+    seen: Counter[str] = Counter()
     flow = Dataflow("bench_source")
-    op.output("count", op.input("in", flow, source), CountingSink(seen))
+    op.output("count", op.input("in", flow, source), CountingSink(seen, "messages"))
     started = time.perf_counter()
     run_main(flow)
     elapsed = time.perf_counter() - started
-    assert seen[0] == n, (seen[0], n)
+    assert seen["messages"] == n, (seen["messages"], n)
     return n / elapsed
 
 
@@ -82,10 +72,9 @@ def main() -> int:
             for name, make in variants.items()
         }
     base = rates["bytewax KafkaSource"]
-    print(f"{n:,} messages, {args.partitions} partitions, median of {args.repeat}")
-    print(f"{'source':<28}{'messages/s':>14}{'vs bytewax':>12}")
-    for name, rate in rates.items():
-        print(f"{name:<28}{rate:>14,.0f}{rate / base:>11.2f}x")
+    title = f"{n:,} messages, {args.partitions} partitions, median of {args.repeat}"
+    rows = [[name, f"{rate:,.0f}", f"{rate / base:.2f}x"] for name, rate in rates.items()]
+    print(table(title, ["source", "messages/s", "vs bytewax"], rows))
     return 0
 
 
