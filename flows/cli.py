@@ -211,9 +211,8 @@ def _check_kafka(settings: Settings) -> None:
     """The first metadata request, retried while the brokers do not answer or the topics are missing."""
     from flows.sources import check_topics
 
-    k = settings.flow.kafka
-    brokers = [b.strip() for b in k.brokers.split(",") if b.strip()]
-    _retry_at_start("Kafka", lambda: check_topics(k, brokers), settings.flow.clickhouse.startup_timeout_s)
+    kafka = settings.flow.kafka
+    _retry_at_start("Kafka", lambda: check_topics(kafka), settings.flow.clickhouse.startup_timeout_s)
 
 
 def _retry_at_start(

@@ -63,6 +63,11 @@ class KafkaConfig(_Section):
     dead_letters_topic: str = "judgeflow-dead-letters"
     extra: dict[str, str] = {}
 
+    @property
+    def broker_list(self) -> list[str]:
+        """`brokers` ("host:port,host:port") as a list; empty when unset."""
+        return [b.strip() for b in self.brokers.split(",") if b.strip()]
+
 
 class DecodeConfig(_Section):
     earliest_ts: datetime = datetime(2020, 1, 1, tzinfo=UTC)

@@ -72,7 +72,7 @@ def build_deps(settings: Settings) -> Deps:
     cfg = settings.flow
     rules = Tier0Rules()
     return Deps(
-        brokers=[b.strip() for b in cfg.kafka.brokers.split(",") if b.strip()],
+        brokers=cfg.kafka.broker_list,
         decode_limits=DecodeLimits(
             earliest_ts_ms=int(cfg.decode.earliest_ts.timestamp() * 1000),
             max_future_ms=cfg.decode.max_future_s * 1000,

@@ -468,11 +468,10 @@ def serve(settings: Settings, *, shape: ClusterShape) -> HealthServer:
     if cfg.metrics.port is None:
         msg = "metrics.port is not set: there is no port to serve health on"
         raise ConfigError(msg)
-    brokers = [b.strip() for b in cfg.kafka.brokers.split(",") if b.strip()]
     monitor = HealthMonitor(
         stall_s=cfg.metrics.stall_s,
         probes=[ClickHouseProbe(cfg.clickhouse.dsn)],
-        kafka=KafkaProbe(cfg.kafka, brokers, shape),
+        kafka=KafkaProbe(cfg.kafka, cfg.kafka.broker_list, shape),
         # the re-delivery step routes events by id: with several processes, one read here may count elsewhere
         local_count=shape.processes == 1 or not cfg.windows.drop_redeliveries,
     )

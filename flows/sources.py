@@ -59,12 +59,14 @@ class _AlignedPartition(StatefulSourcePartition[Any, int | None]):
         if self._held:
             limit = event_time.INPUT.limit_ms(self._name, self._align_ms) if self._align_ms >= 0 else None
             held = self._held
-            while held and (limit is None or (ts := _time_ms(held[0])) is None or ts <= limit):
-                m = held.popleft()
-                out.append(m)
-                ts = _time_ms(m)
-                if ts is not None and (self._released_ms is None or ts > self._released_ms):
-                    self._released_ms = ts
+            while held:
+                ts = _time_ms(held[0])
+                if ts is not None:
+                    if limit is not None and ts > limit:
+                        break
+                    if self._released_ms is None or ts > self._released_ms:
+                        self._released_ms = ts
+                out.append(held.popleft())
         head = _time_ms(self._held[0]) if self._held else None
         frontier = head if head is not None else self._released_ms
         caught_up = fetched == 0 and not self._held and not out and self._at_end()
@@ -171,11 +173,12 @@ def replay_start_ms(start: datetime, align_s: int) -> int:
     return ms - ms % (align_s * 1000)
 
 
-def check_topics(cfg: KafkaConfig, brokers: list[str], *, timeout_s: float = 5.0) -> None:
+def check_topics(cfg: KafkaConfig, *, timeout_s: float = 5.0) -> None:
     """One metadata request: the brokers answer and every input topic exists with partitions.
     Raises RuntimeError saying what is missing."""
     from confluent_kafka.admin import AdminClient
 
+    brokers = cfg.broker_list
     client = AdminClient({"bootstrap.servers": ",".join(brokers), **cfg.extra})
     meta = client.list_topics(timeout=timeout_s)
     missing = [t for t in cfg.topics if t not in meta.topics or not meta.topics[t].partitions]

@@ -15,10 +15,10 @@ Each judge endpoint (one per tier) has its own `EndpointPolicy`:
 
 Faults delay, they do not discard (`RetryPolicy.give_up_after_s` > 0, what the
 flow configures): work that meets an open breaker or keeps failing with
-transient errors waits — holding its in-flight slot, so the judge stage
-backs up and the dataflow slows instead of filling memory — and is tried
-again after the cool-down or the back-off, until the deadline; only then is
-it an error ("gave up after N s"). With `give_up_after_s = 0` a call fails
+transient errors waits — holding its in-flight slot, so newer work queues in
+the judge stage (bounded, then backpressure: `operators.judge`) — and is
+tried again after the cool-down or the back-off, until the deadline; only
+then is it an error ("gave up after N s"). With `give_up_after_s = 0` a call fails
 after `max_attempts` and an open breaker fails it at once.
 
 Results come back through the caller's `on_done` callback, invoked on the loop

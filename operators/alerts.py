@@ -9,7 +9,7 @@ is evaluated once
 
 - the clock is `eval_delay` past it (by then the windows of all the
   tenant's agents and models have closed) — or, when the tenant has gone
-  quiet, that much wall time has passed while the input was caught up (so a
+  quiet, that much wall time has passed while the input was live (so a
   tenant that stops resolves; `operators.event_time`);
 - and no LLM window (or expensive request) for a time before `E` has arrived
   in the last `settle_s` of wall time — live, where a late window may still be
@@ -57,6 +57,7 @@ from bytewax.operators import StatefulBatchLogic
 from operators import event_time, metrics
 from operators.alert_rules import LEVELS, RANK, AlertPolicy, Reading, Rule, dec
 from operators.alert_state import DAY_MS, TenantLedger, month_bounds
+from operators.control import Override
 from operators.expensive import ExpensiveSlot
 from operators.records import Alert, CostWindow
 
@@ -74,6 +75,10 @@ class OverrideAction(msgspec.Struct, frozen=True, array_like=True):
     set_by: str  # "alert:<alert id>"
     reason: str
     ts_ms: int
+
+    def override(self) -> Override:
+        """The override a `set` writes: from the alert's evaluation time to `expires_ms` (event time)."""
+        return Override(self.tenant_id, self.rate, self.reason, self.set_by, self.expires_ms, self.ts_ms)
 
 
 class AlertProgress(msgspec.Struct, frozen=True, array_like=True):

@@ -35,7 +35,7 @@ from operators import metrics
 from operators.cache import CachedVerdict, VerdictCache
 from operators.dedup import Candidate, ContentKeyer, lookup
 from operators.records import DeadLetter, Evaluation, Event, LedgerEntry, Verdict, entry_hash
-from operators.validate import as_bytes, guarded, internal_error
+from operators.validate import guarded, item_error
 
 __all__ = ["JudgeOut", "JudgePlan", "judge"]
 
@@ -112,7 +112,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
             self._submit(work)
 
     def on_batch(self, values: list[Candidate]) -> tuple[Iterable[_Out], bool]:
-        out: list[_Out] = list(self._take_ready())
+        out: list[_Out] = [*self._take_ready()]
         # the sampler chose these events a window after they arrived: look their open
         # metrics up again before paying for a call
         open_work = [c for c in values if c.todo and c.inclusion_prob > 0]
@@ -129,8 +129,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
                 out.extend(self._start(c, started))
             except Exception as exc:  # a bug: this event's judging becomes a dead letter
                 self._waiting.pop(c.event.event_id, None)
-                e = c.event
-                out.append(internal_error(STAGE, exc, as_bytes(e), e.source, e.ts_ms))
+                out.append(item_error(STAGE, exc, c))
                 continue
             work.extend(started)
         self._submit(work)

@@ -341,7 +341,7 @@ def price(step_id: str, up: Stream[Event], *, pricer: Pricer) -> PriceOut:
         return events
 
     def price_batch(events: list[Event]) -> Iterable[tuple[list[Event], list[DeadLetter]]]:
-        oks, dead = guarded("price", price_all, events)
+        oks, dead = guarded(step_id, price_all, events)
         _count(oks)
         return [(oks, dead)]
 

@@ -16,7 +16,7 @@ A later record with a seen id is
 - the same payload: dropped and counted
   (`judgeflow_redeliveries_total{kind="same"}`);
 - a different payload: the first one wins; the later one becomes a dead letter
-  (stage `dedup`, with both fingerprints in the reason) and is counted
+  (stage `redelivery`, with both fingerprints in the reason) and is counted
   (`kind="changed"`), so the change is visible and nothing is silently lost.
 
 Horizon. An id is remembered until the shard's newest event time has moved

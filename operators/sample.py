@@ -34,7 +34,7 @@ chosen event carries its pi (`Candidate.inclusion_prob`) into its
 evaluations; `operators.estimates` turns them into rates with intervals.
 
 Lateness. A window closes once the tenant's watermark (newest event time,
-plus wall time since while the input is caught up: `operators.event_time`)
+plus wall time since while the input is live: `operators.event_time`)
 passes its end by `allowed_lateness_s` AND, live, no event arrived for it in
 the last `idle_s` seconds of wall time (while a backlog is read, partitions
 are aligned in event time and event time alone decides). At the end of a
@@ -338,11 +338,12 @@ def choose(strata: dict[str, StratumTally], cap: int) -> Choice:
         prob = m / s.n if s.n else 0.0
         for i, held in enumerate(s.held):
             if i < m:
-                reason = held.reason if s.reason in (FLAGGED, LONG) else s.reason
-                if reason not in (FLAGGED, LONG, OVERRIDE):
-                    reason = RATE
-                if reason == RATE and held.u >= s.rate:
-                    reason = MINIMUM
+                if s.reason == OVERRIDE:
+                    reason = OVERRIDE
+                elif s.reason in (FLAGGED, LONG):
+                    reason = held.reason
+                else:
+                    reason = MINIMUM if held.u >= s.rate else RATE
                 out.chosen.append(
                     msgspec.structs.replace(held.cand, inclusion_prob=prob, sample_reason=reason)
                 )
@@ -587,7 +588,7 @@ class _SampleLogic(StatefulBatchLogic[_In, Candidate | SavingsEntry, _SampleStat
         s = self._s
         for a in p.actions:
             if a.op == "set":
-                s.overrides.append(Override(a.tenant_id, a.rate, a.reason, a.set_by, a.expires_ms, a.ts_ms))
+                s.overrides.append(a.override())
             else:  # clear: the override that alert set ends here
                 ended = [o for o in s.overrides if o.set_by == a.set_by]
                 for o in ended:

@@ -199,10 +199,16 @@ def guarded(
         except Exception as exc:
             if failed is not None:
                 failed.append(x)
-            record = getattr(x, "event", x)  # a stage's wrapper (a candidate) stands for its event
-            source, ts_ms = getattr(record, "source", None), getattr(record, "ts_ms", 0)
-            dead.append(internal_error(stage, exc, as_bytes(record), source, ts_ms))
+            dead.append(item_error(stage, exc, x))
     return oks, dead
+
+
+def item_error(stage: str, exc: Exception, item: object) -> DeadLetter:
+    """`internal_error` for a record in hand — or a stage's wrapper of one (a candidate stands for
+    its event): the record as JSON, its Kafka coordinates and time when it has them."""
+    record = getattr(item, "event", item)
+    source, ts_ms = getattr(record, "source", None), getattr(record, "ts_ms", 0)
+    return internal_error(stage, exc, as_bytes(record), source, ts_ms)
 
 
 def as_bytes(record: object) -> bytes:

@@ -6,8 +6,8 @@ combines a batch's events (or ledger entries) per key and window, so only
 small partial sums cross workers.
 
 Time: a key's watermark is the newest event time it has seen plus the system
-time elapsed since while the input was caught up (`operators.event_time`: so
-a quiet key still closes its windows, and a backlog, an outage or a restore
+time elapsed since while the input was live (`operators.event_time`: so a
+quiet key still closes its windows, and a backlog, an outage or a restore
 never counts as event time). After a restore every window still held is
 re-emitted, so rows the crashed run wrote after its last snapshot are
 replaced by what the resumed run computes. A window is

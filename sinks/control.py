@@ -25,7 +25,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter
 
 from operators.alerts import OverrideAction
-from operators.control import ControlStore, Override
+from operators.control import ControlStore
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,7 @@ class _ControlPartition(StatelessSinkPartition[OverrideAction]):
 
     def _apply(self, a: OverrideAction) -> str:
         if a.op == "set":
-            self._store.set(
-                Override(a.tenant_id, a.rate, a.reason, a.set_by, a.expires_ms, starts_ms=a.ts_ms)
-            )
+            self._store.set(a.override())
             log.info("override for tenant %s: %s (until %d)", a.tenant_id, a.reason, a.expires_ms)
             return "set"
         if not self._store.clear(a.tenant_id, if_set_by=a.set_by):
