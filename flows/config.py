@@ -78,12 +78,14 @@ class DecodeConfig(_Section):
 
 
 class OtlpConfig(_Section):
-    """OTLP/JSON export requests on the input topics (the Collector's Kafka exporter)."""
+    """OTLP export requests (protobuf or JSON) on the input topics (the Collector's Kafka exporter)."""
 
     enabled: bool = True  # detected per message; native JSON events keep working beside them
     tenant_attribute: str = "tenant.id"
     variant_attribute: str = "judgeflow.variant"
     default_tenant: str = ""  # empty: a call without a tenant attribute is dead-lettered
+    # event time a span without content waits for the log records of its span (operators/otlp_join.py)
+    join_wait_s: float = Field(5.0, ge=0, le=3600)
 
 
 class PriceOverride(_Section):

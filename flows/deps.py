@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 class Deps:
     brokers: list[str]
     decode_limits: DecodeLimits
-    otlp: OtlpMapping | None
+    otlp: OtlpMapping | None  # None: OTLP input off
+    otlp_join_wait_s: float
     now_ms: Callable[[], int]
     pricer: Pricer
     cache: VerdictCache
@@ -87,6 +88,7 @@ def build_deps(settings: Settings) -> Deps:
         )
         if cfg.otlp.enabled
         else None,
+        otlp_join_wait_s=cfg.otlp.join_wait_s,
         now_ms=now_ms,
         pricer=Pricer(
             {

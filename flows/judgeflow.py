@@ -19,8 +19,10 @@ alerts are evaluated through the window's start, under the override they set,
 so the closed loop acts the same in a live run, a replay and after a restart.
 Alerts on judge spend come after the judges (no cycle) and do not act.
 
-Between decode and price, `redeliveries` passes each event_id once (a Kafka
-re-delivery with another payload joins the dead letters).
+Between decode and price, `otlp_join` (with OTLP input on) fills in the prompt
+and completion of OTLP spans from the log records of their span, and
+`redeliveries` passes each event_id once (a Kafka re-delivery with another
+payload joins the dead letters).
 
 `build_flow(settings)` wires the stages; `flows.deps` builds what they need
 (clients, caches, judges) from the settings. Nothing here connects anywhere
@@ -42,6 +44,7 @@ from operators.dedup import dedup
 from operators.estimates import quality_estimates
 from operators.expensive import expensive_requests
 from operators.judge import judge
+from operators.otlp_join import join_otlp_content
 from operators.price import price
 from operators.redeliveries import drop_redeliveries
 from operators.sample import sample
@@ -69,8 +72,12 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
     raw = op.input("kafka_in", flow, source or kafka_source(cfg.kafka, d.brokers, align_s=longest_window_s))
 
     decoded = decode("decode", raw, limits=d.decode_limits, now_ms=d.now_ms, otlp=d.otlp)
-    # exactly once per event_id: Kafka re-deliveries never reach a count
     events_in, rejected = decoded.oks, [decoded.errs]
+    if d.otlp is not None:
+        # OTLP spans get the prompt / completion their span's log records carry
+        joined = join_otlp_content("otlp_join", decoded.otel, wait_s=d.otlp_join_wait_s)
+        events_in = op.merge("otlp_events", events_in, joined)
+    # exactly once per event_id: Kafka re-deliveries never reach a count
     if cfg.windows.drop_redeliveries:
         unique = drop_redeliveries(
             "redeliveries",

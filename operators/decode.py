@@ -1,5 +1,14 @@
 """decode: Kafka bytes -> validated `Event`, or a `DeadLetter` saying why not.
 
+Each message is read by its own encoding, so one topic may mix them: a
+protobuf OTLP export request (first byte 0x0a and a valid export envelope on
+the wire), OTLP/JSON (an object starting with `resourceSpans` /
+`resourceLogs`), or a native JSON event (everything else). A native event that
+happens to start with a newline is not taken for protobuf: its bytes do not
+form an export envelope, and a byte string that starts like one but breaks it
+further on is a dead letter "malformed OTLP protobuf: ..." unless it reads as
+JSON.
+
 Nothing raised here stops the flow: records over the size limit, invalid
 UTF-8, malformed JSON, wrong types, missing fields and absurd values
 (negative tokens, timestamps years away) all become dead letters carrying the
@@ -19,7 +28,18 @@ import msgspec
 from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
 from bytewax.dataflow import Stream
 
-from operators.otlp import OtlpMapping, decode_otlp, looks_like_otlp
+from operators.otlp import (
+    Decoded,
+    OtlpCall,
+    OtlpContent,
+    OtlpMapping,
+    OtlpWireError,
+    decode_otlp,
+    decode_otlp_proto,
+    looks_like_otlp,
+    looks_like_otlp_proto,
+    proto_signal,
+)
 from operators.records import DeadLetter, Event, Source, WireEvent
 from operators.validate import DecodeLimits, InvalidEvent, dead_letter, internal_error, to_event
 
@@ -38,8 +58,12 @@ _decoder = msgspec.json.Decoder(WireEvent)
 
 @dataclass(frozen=True)
 class DecodeOut:
+    """`oks`: events; `errs`: dead letters; `otel`: OTLP spans and log records that
+    `operators.otlp_join` pairs up (empty without OTLP input)."""
+
     oks: Stream[Event]
     errs: Stream[DeadLetter]
+    otel: Stream[OtlpCall | OtlpContent]
 
 
 def decode(
@@ -52,22 +76,23 @@ def decode(
 ) -> DecodeOut:
     """Decode whole source batches; split into events and dead letters.
 
-    With `otlp`, messages that are OTLP/JSON export requests are read as
-    GenAI spans / events (see `operators.otlp`); others as native events.
+    With `otlp`, messages that are OTLP export requests (protobuf or JSON) are
+    read as GenAI spans / log records (see `operators.otlp`); others as native events.
     """
 
-    def decode_batch(msgs: list[KafkaSourceMessage | KafkaError]) -> Iterable[Event | DeadLetter]:
+    def decode_batch(msgs: list[KafkaSourceMessage | KafkaError]) -> Iterable[Decoded]:
         now = now_ms()
         if otlp is None:
             return [decode_message(m, limits, now) for m in msgs]
-        out: list[Event | DeadLetter] = []
+        out: list[Decoded] = []
         for m in msgs:
             out.extend(decode_record(m, limits, now, otlp))
         return out
 
     both = op.flat_map_batch(f"{step_id}_batch", up, decode_batch)
     split = op.branch(f"{step_id}_split", both, lambda x: type(x) is Event)
-    return DecodeOut(oks=split.trues, errs=split.falses)
+    rest = op.branch(f"{step_id}_otel", split.falses, lambda x: type(x) is DeadLetter)
+    return DecodeOut(oks=split.trues, errs=rest.trues, otel=rest.falses)
 
 
 def decode_message(
@@ -108,19 +133,37 @@ _KEEP_BYTES = 65_536  # of an oversized record, in its dead letter
 
 def decode_record(
     m: KafkaSourceMessage | KafkaError, limits: DecodeLimits, now_ms: int, otlp: OtlpMapping
-) -> list[Event | DeadLetter]:
-    """One message, native or OTLP/JSON: its events, or dead letters saying why not. Never raises."""
+) -> list[Decoded]:
+    """One message, native, OTLP protobuf or OTLP/JSON: its events and OTLP records, or dead
+    letters saying why not. Never raises."""
     raw = None if isinstance(m, KafkaError) else m.value
-    if raw is None or len(raw) > limits.max_record_bytes or not looks_like_otlp(raw):
+    if raw is None or len(raw) > limits.max_record_bytes:
         return [decode_message(m, limits, now_ms)]
     assert isinstance(m, KafkaSourceMessage)
+    encoding = _otlp_encoding(raw)
+    if encoding is None:
+        return [decode_message(m, limits, now_ms)]
     try:
+        if encoding == "proto":
+            return decode_otlp_proto(raw, limits, now_ms, _source(m), otlp)
         return decode_otlp(raw, limits, now_ms, _source(m), otlp)
     except UnicodeDecodeError as exc:
         reason = f"invalid UTF-8 at byte {_utf8_error_at(raw, exc)}"
         return [dead_letter("decode", reason, raw, _source(m), now_ms)]
     except Exception as exc:
         return [internal_error("decode", exc, raw, _source(m), now_ms)]
+
+
+def _otlp_encoding(raw: bytes) -> str | None:
+    """"proto", "json" or None (a native event) for one message."""
+    if looks_like_otlp_proto(raw):
+        try:
+            proto_signal(raw)
+        except OtlpWireError:
+            if raw.lstrip()[:1] in (b"{", b"["):
+                return "json" if looks_like_otlp(raw) else None  # JSON after a newline
+        return "proto"  # a broken envelope is a dead letter saying so
+    return "json" if looks_like_otlp(raw) else None
 
 
 def _first_invalid_utf8(raw: bytes) -> int | None:

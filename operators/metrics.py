@@ -147,6 +147,14 @@ OTLP_SKIPPED = Counter(
 OTLP_EMPTY = Counter(
     "judgeflow_otlp_messages_without_llm_calls_total", "OTLP messages with no LLM call in them"
 )
+OTLP_JOIN = Counter(
+    "judgeflow_otlp_join_total",
+    "OTLP spans and log records through the content join, by outcome: joined (a span got its content"
+    " from log records), no_content (a span sent on without it after the bound), details_alone (a"
+    " details event without its span, its own event), unmatched_logs (message log records whose span"
+    " never came: dropped), late_logs (log records after their span was sent on: dropped)",
+    ["outcome"],
+)
 OVERRIDES_ACTIVE = Gauge("judgeflow_sampler_overrides_active", "Tenant sampling overrides in force")
 EVALUATION_LATENCY = Histogram(
     "judgeflow_evaluation_latency_seconds",

@@ -11,7 +11,7 @@ from decimal import Decimal
 
 from flows.kafka_mock import produce_all
 from flows.traffic import shared_data_dir
-from operators.otlp import OtlpMapping, decode_otlp, looks_like_otlp
+from operators.otlp import OtlpCall, OtlpContent, OtlpMapping, decode_otlp, looks_like_otlp
 from operators.records import DeadLetter, Event, Source
 from operators.validate import DecodeLimits
 from sinks.clickhouse import connect, ensure_schema
@@ -31,9 +31,20 @@ def load(name: str) -> dict:
 
 
 def decode(doc: dict, mapping: OtlpMapping = DEFAULT_MAPPING) -> list:
+    """The events and dead letters of one export request (spans and details events unwrapped
+    from what the content join gets)."""
     raw = json.dumps(doc).encode()
     assert looks_like_otlp(raw)
-    return decode_otlp(raw, LIMITS, NOW, SRC, mapping)
+    return [unwrap(x) for x in decode_otlp(raw, LIMITS, NOW, SRC, mapping)]
+
+
+def unwrap(x):
+    if isinstance(x, OtlpCall):
+        return x.event
+    if isinstance(x, OtlpContent):
+        assert x.call is not None
+        return x.call
+    return x
 
 
 def test_chat_span_becomes_an_event_with_agent_from_the_parent_span():

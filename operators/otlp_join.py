@@ -1,0 +1,222 @@
+"""otlp_join: the prompt and completion of an OTLP span from the log records of the same span.
+
+The OpenAI instrumentation on its default (older) semantic conventions puts
+no content on the chat span: each message is a log record of its own
+(`gen_ai.{system,user,assistant,tool}.message`, `gen_ai.choice`), and newer
+versions may send a `gen_ai.client.inference.operation.details` event beside
+a content-less span. Both carry the span's trace and span id. Without this
+stage such calls are priced but can never be judged (no text).
+
+Spans and log records are sharded by a hash of their span id (`shards` keys
+over every worker, one item per batch and shard crossing workers). Per span:
+
+- a span with content goes on at once;
+- a span without content waits until a details event of its span arrives
+  (its content is filled in at once) or until the shard's event time passes
+  the span's end by `wait_s`; then it goes on with the messages collected so
+  far (input messages in the order they were written, the choices by index),
+  or without content when none came (`outcome="no_content"`);
+- a details event whose span never comes within the bound goes on as its own
+  event (`details_alone`), as it did before this stage existed; message log
+  records whose span never comes are dropped and counted
+  (`unmatched_logs`) — they carry no usage, so nothing is lost from the
+  ledger; records of a span already sent on are dropped and counted
+  (`late_logs`), so a details event never counts a call twice.
+
+Event time here is the newest span end / log time the shard has seen plus the
+wall time elapsed since while the input was live (`operators.event_time`), so
+a replay or a restart joins exactly as the live run did; the end of a bounded
+input sends every waiting span on. The waiting spans and records are in the
+recovery snapshot. Keep `wait_s` below the sampler's allowed lateness: a
+held call reaches the windows that much later.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import bytewax.operators as op
+import msgspec
+import xxhash
+from bytewax.dataflow import Stream
+from bytewax.operators import StatefulBatchLogic
+
+from operators import event_time, metrics
+from operators.otlp import OtlpCall, OtlpContent
+from operators.records import Event
+
+Item = OtlpCall | OtlpContent
+
+
+@dataclass
+class _JoinState:
+    newest_ms: int = -1  # the newest span end / log time this shard has seen
+    seen_at_s: float = 0.0  # wall time when it moved (live progress counts from there)
+    calls: dict[str, OtlpCall] = field(default_factory=dict)  # spans waiting for content
+    parts: dict[str, list[OtlpContent]] = field(default_factory=dict)  # log records waiting
+    due: dict[str, int] = field(default_factory=dict)  # span key -> event time it is settled at
+    done: dict[str, int] = field(default_factory=dict)  # span keys sent on -> event time to forget them
+
+
+class _JoinLogic(StatefulBatchLogic[list[Item], list[Event], _JoinState]):
+    def __init__(self, wait_ms: int, clock: Callable[[], float], resume: _JoinState | None) -> None:
+        self._wait = wait_ms
+        self._clock = clock
+        self._s = resume if resume is not None else _JoinState()
+        if resume is not None:
+            resume.seen_at_s = clock()  # the downtime is not event-time progress
+
+    def on_batch(self, values: list[list[Item]]) -> tuple[Iterable[list[Event]], bool]:
+        s = self._s
+        out: list[Event] = []
+        newest = s.newest_ms
+        for x in itertools.chain.from_iterable(values):
+            if type(x) is OtlpCall:
+                newest = max(newest, x.end_ms)
+                self._call(x, out)
+            else:
+                newest = max(newest, x.ts_ms)
+                self._content(x, out)
+        if newest > s.newest_ms:
+            s.newest_ms, s.seen_at_s = newest, self._clock()
+        self._settle(self._now_ms(), out)
+        return [out] if out else [], StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[list[Event]], bool]:
+        out: list[Event] = []
+        self._settle(self._now_ms(), out)
+        return [out] if out else [], StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[list[Event]], bool]:
+        # the end of a bounded input: nothing more can come for the waiting spans
+        out: list[Event] = []
+        self._settle(None, out)
+        return [out] if out else [], StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        s = self._s
+        if not s.due:
+            return None
+        wait_s = (min(s.due.values()) - s.newest_ms) / 1000
+        at = event_time.wake_at(s.seen_at_s + max(wait_s, 0.0), self._clock())
+        return datetime.fromtimestamp(at, tz=UTC)
+
+    def snapshot(self) -> _JoinState:
+        s = self._s
+        return _JoinState(
+            newest_ms=s.newest_ms,
+            seen_at_s=s.seen_at_s,
+            calls=dict(s.calls),
+            parts={k: list(v) for k, v in s.parts.items()},
+            due=dict(s.due),
+            done=dict(s.done),
+        )
+
+    def _now_ms(self) -> int:
+        s = self._s
+        return s.newest_ms + int(event_time.elapsed_s(s.seen_at_s, self._clock()) * 1000)
+
+    def _call(self, c: OtlpCall, out: list[Event]) -> None:
+        s = self._s
+        key = c.span_key
+        if key in s.done:  # the same span again (a re-delivery): the redelivery stage decides
+            out.append(c.event)
+            return
+        details = next((p.call for p in s.parts.get(key, ()) if p.call is not None), None)
+        if c.has_content or details is not None:
+            if details is not None and not c.has_content:
+                metrics.OTLP_JOIN.labels("joined").inc()
+                out.append(_filled(c.event, details.input_text, details.output_text))
+            else:
+                out.append(c.event)
+            self._finish(key, c.end_ms)
+            return
+        s.calls[key] = c
+        s.due[key] = max(s.due.get(key, -1), c.end_ms + self._wait)
+
+    def _content(self, p: OtlpContent, out: list[Event]) -> None:
+        s = self._s
+        key = p.span_key
+        if key in s.done:
+            metrics.OTLP_JOIN.labels("late_logs").inc()
+            return
+        call = s.calls.get(key)
+        if call is not None and p.call is not None:
+            metrics.OTLP_JOIN.labels("joined").inc()
+            out.append(_filled(call.event, p.call.input_text, p.call.output_text))
+            self._finish(key, call.end_ms)
+            return
+        s.parts.setdefault(key, []).append(p)
+        if key not in s.due:
+            s.due[key] = p.ts_ms + self._wait
+
+    def _finish(self, key: str, at_ms: int) -> None:
+        s = self._s
+        s.calls.pop(key, None)
+        s.due.pop(key, None)
+        s.parts.pop(key, None)  # records of a span that had its content add nothing
+        s.done[key] = max(at_ms, s.newest_ms) + self._wait
+
+    def _settle(self, now_ms: int | None, out: list[Event]) -> None:
+        """Send on every span (and give up on every log record) whose bound passed; None: all."""
+        s = self._s
+        ready = sorted(k for k, due in s.due.items() if now_ms is None or due <= now_ms)
+        for key in ready:
+            call = s.calls.get(key)
+            parts = s.parts.get(key, [])
+            if call is not None:
+                messages = [p for p in parts if p.call is None]
+                metrics.OTLP_JOIN.labels("joined" if messages else "no_content").inc()
+                out.append(_assembled(call.event, messages) if messages else call.event)
+                self._finish(key, call.end_ms)
+                continue
+            details = [p.call for p in parts if p.call is not None]
+            if details:
+                metrics.OTLP_JOIN.labels("details_alone").inc()
+                out.append(min(details, key=lambda e: e.event_id))
+            if len(parts) > len(details):
+                metrics.OTLP_JOIN.labels("unmatched_logs").inc(len(parts) - len(details))
+            self._finish(key, s.due[key])
+        if now_ms is not None:
+            for key in [k for k, until in s.done.items() if until <= now_ms]:
+                del s.done[key]
+
+
+def _assembled(e: Event, messages: list[OtlpContent]) -> Event:
+    """The span's event with the text of its message log records."""
+    ordered = sorted(messages, key=lambda p: p.order)
+    inputs = "\n".join(f"{p.role}: {p.text}" for p in ordered if p.choice < 0)
+    choices = sorted((p for p in ordered if p.choice >= 0), key=lambda p: p.choice)
+    return _filled(e, inputs, "\n".join(p.text for p in choices))
+
+
+def _filled(e: Event, input_text: str, output_text: str) -> Event:
+    return msgspec.structs.replace(e, input_text=input_text, output_text=output_text)
+
+
+def join_otlp_content(
+    step_id: str,
+    up: Stream[Item],
+    *,
+    wait_s: float,
+    shards: int = 16,
+    clock: Callable[[], float] = time.time,
+) -> Stream[Event]:
+    """Spans from `up` as events, with the content of their log records filled in (module docstring)."""
+    wait_ms = int(wait_s * 1000)
+
+    def group_batch(items: list[Item]) -> Iterable[tuple[str, list[Item]]]:
+        groups: dict[int, list[Item]] = {}
+        for x in items:
+            groups.setdefault(xxhash.xxh3_64_intdigest(x.span_key.encode()) % shards, []).append(x)
+        return [(str(shard), group) for shard, group in groups.items()]
+
+    keyed = op.flat_map_batch(f"{step_id}_shard", up, group_batch)
+    joined = op.stateful_batch(f"{step_id}_join", keyed, lambda resume: _JoinLogic(wait_ms, clock, resume))
+    return op.flat_map_batch(
+        f"{step_id}_events", joined, lambda kvs: list(itertools.chain.from_iterable(v for _, v in kvs))
+    )
