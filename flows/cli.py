@@ -3,7 +3,7 @@
 judgeflow run     [--config F] [-w N] [-i I -a ADDRS] [--recovery-dir D]   the streaming job
 judgeflow demo    [--workers N] [--limit N]                                 everything embedded
 judgeflow init-db [--config F]                                              create the tables and their TTLs
-judgeflow report  cost|variants|top|hourly|budget|tokens|quality|savings|alerts|pricing|all
+judgeflow report  cost|variants|top|hourly|budget|tokens|quality|savings|abuse|alerts|pricing|all
                   the runbooks' questions, answered from ClickHouse
 judgeflow overrides list|set|clear [TENANT]                                per-tenant judge sampling (Redis)
 judgeflow judges  list|enable NAME                                          judges a fatal error disabled

@@ -370,6 +370,27 @@ class JudgeBudgetRule(_AlertRule):
     critical: PositiveAmount | None = Decimal(1)
 
 
+Share = Annotated[Decimal, Field(gt=0, le=1, max_digits=24, decimal_places=12)]
+
+
+class RepeatedPromptsRule(_AlertRule):
+    """Share of a window's requests repeating a prompt already sent in it (informational)."""
+
+    min_requests: int = Field(30, ge=1)  # fewer requests in the window read as 0
+    warn: Share | None = Decimal("0.7")
+    critical: Share | None = Decimal("0.9")
+    emergency: Share | None = None
+
+
+class SingleUserShareRule(_AlertRule):
+    """Share of a window's requests sent by its top user id (informational)."""
+
+    min_requests: int = Field(30, ge=1)  # fewer requests in the window read as 0
+    warn: Share | None = Decimal("0.5")
+    critical: Share | None = Decimal("0.8")
+    emergency: Share | None = None
+
+
 class AlertAction(_Section):
     """Set the tenant's judge sampling rate (0 pauses judging) for `ttl_s`."""
 
@@ -379,7 +400,9 @@ class AlertAction(_Section):
 
 class AlertActionsConfig(_Section):
     enabled: bool = True
-    rules: tuple[str, ...] = ()  # rules whose levels act (empty: all)
+    # rules whose levels act (empty: all but repeated_prompts and single_user_share, which act only
+    # when named)
+    rules: tuple[str, ...] = ()
     clear_on_resolve: bool = True  # else the override runs until its TTL
     warn: AlertAction | None = None
     critical: AlertAction | None = AlertAction(sampling_rate=0.01)
@@ -428,6 +451,8 @@ class AlertsConfig(_Section):
     expensive_requests: ExpensiveRequestsRule = ExpensiveRequestsRule()
     volume_spike: VolumeSpikeRule = VolumeSpikeRule()
     judge_budget: JudgeBudgetRule = JudgeBudgetRule()
+    repeated_prompts: RepeatedPromptsRule = RepeatedPromptsRule()
+    single_user_share: SingleUserShareRule = SingleUserShareRule()
     # per-tenant overrides of any rule key: tenant -> rule -> {key: value}
     tenants: dict[str, dict[str, dict[str, Any]]] = {}
     actions: AlertActionsConfig = AlertActionsConfig()
@@ -503,6 +528,7 @@ class RetentionConfig(_Section):
     alerts_days: int = Field(0, ge=0)
     dead_letters_days: int = Field(30, ge=0)
     pricing_issues_days: int = Field(0, ge=0)
+    abuse_windows_days: int = Field(90, ge=0)
 
     def table_days(self) -> dict[str, int]:
         """Table -> days, for the tables with one retention (all but cost_windows)."""

@@ -2,7 +2,9 @@
 
     kafka_in ─ decode ─┬─ errs ─────────────────────────────────────────────► dead letters
                        └─ price ─┬─ cost_window ─┬─────────────────────────────────► cost_windows (llm)
-                          │      │  + expensive  └─ alerts ─┬─► alerts (ClickHouse, Kafka, hooks)
+                          │      ├─ expensive ───┤
+                          │      ├─ abuse ───────┼─────────────────────────────────► abuse_windows
+                          │      │               └─ alerts ─┬─► alerts (ClickHouse, Kafka, hooks)
                           │      │                          ├─► sampling overrides (control store)
                           │      │                          └─ progress, overrides ─┐ (in-band)
                           │      └─ dedup ─ sample ◄────────────────────────────────┘
@@ -17,7 +19,9 @@
 The spend alerts feed the sampler in-band: a tenant's window is decided once its
 alerts are evaluated through the window's start, under the override they set,
 so the closed loop acts the same in a live run, a replay and after a restart.
-Alerts on judge spend come after the judges (no cycle) and do not act.
+Alerts on judge spend come after the judges (no cycle) and do not act. `abuse`
+counts, per tenant and window, the requests repeating a prompt and the top user's
+share; the alerts read them too (informational unless an action names them).
 
 Between decode and price, `otlp_join` (with OTLP input on) fills in the prompt
 and completion of OTLP spans from the log records of their span, and
@@ -38,6 +42,7 @@ from bytewax.inputs import Source
 from flows.config import Settings
 from flows.deps import Deps, build_deps
 from flows.sources import kafka_source
+from operators.abuse import abuse_window
 from operators.alerts import alerts
 from operators.decode import decode
 from operators.dedup import dedup
@@ -98,7 +103,15 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
         allowed_lateness_s=cfg.windows.allowed_lateness_s,
     )
     expensive = expensive_requests("expensive", events, policy=d.alert_policy)
-    spend_alerts = alerts("alerts", request_windows, expensive, policy=d.alert_policy.spend())
+    # the same prompt again and again, one user driving a tenant: per tenant and window
+    abuse = abuse_window(
+        "abuse",
+        events,
+        size_s=cfg.windows.size_s,
+        allowed_lateness_s=cfg.windows.allowed_lateness_s,
+        normalize=d.keyer.normalize,
+    )
+    spend_alerts = alerts("alerts", request_windows, expensive, abuse, policy=d.alert_policy.spend())
 
     # quality: look verdicts up, choose what to judge (under the overrides the alerts set), judge
     looked_up = dedup("dedup", events, cache=d.cache, keyer=d.keyer, llm_metrics=d.plan.llm_metrics)
@@ -165,6 +178,7 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
     to_clickhouse("estimates_out", estimates, "quality_estimates")
     to_clickhouse("savings_out", savings, "judge_savings")
     to_clickhouse("cost_windows_out", windows, "cost_windows")
+    to_clickhouse("abuse_out", abuse, "abuse_windows")
     to_clickhouse("alerts_out", all_alerts, "alerts")
     op.output("overrides_out", spend_alerts.actions, ControlSink(d.control))
     if d.webhooks is not None:

@@ -9,6 +9,7 @@
     judgeflow report tokens    tokens per request       [--by agent,model]
     judgeflow report quality   flagged rates with 95% intervals (Horvitz-Thompson)
     judgeflow report savings   what sampling, the cache and the cascade saved
+    judgeflow report abuse     repeated prompts and single users per tenant  [--limit 20]
     judgeflow report alerts    alert transitions
     judgeflow report pricing   models without a price (requests counted with cost unknown)
     judgeflow report all       all of the above
@@ -54,6 +55,7 @@ COMMANDS = (
     "tokens",
     "quality",
     "savings",
+    "abuse",
     "alerts",
     "pricing",
     "all",
@@ -98,8 +100,8 @@ def add_report_parser(sub: Any) -> None:
 
     report = sub.add_parser(
         "report",
-        help="cost, variants, top requests, hourly series, budget, tokens, quality, savings, alerts, pricing"
-        " from ClickHouse",
+        help="cost, variants, top requests, hourly series, budget, tokens, quality, savings, abuse, alerts,"
+        " pricing from ClickHouse",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -113,6 +115,7 @@ def add_report_parser(sub: Any) -> None:
         "tokens": "tokens per request: mean, p50, p95, max",
         "quality": "flagged rates per tenant, agent and metric: unbiased estimates with 95%% intervals",
         "savings": "judge calls and dollars avoided by sampling, the cache and the cascade",
+        "abuse": "bots and abuse: the share of repeated prompts and of the top user per tenant and window",
         "alerts": "alert transitions",
         "pricing": "models without a price (requests counted with cost unknown)",
         "all": "every report above",
@@ -130,6 +133,15 @@ def add_report_parser(sub: Any) -> None:
             )
         if name in ("budget", "all"):
             p.add_argument("--budget", type=Decimal, default=None, help="monthly budget in USD per group")
+        if name == "abuse":
+            p.add_argument("--limit", type=int, default=20, help="how many windows (default 20)")
+        if name in ("abuse", "all"):
+            p.add_argument(
+                "--min-requests",
+                type=int,
+                default=None,
+                help="windows with fewer requests have no peak share (default: the abuse rules')",
+            )
         p.set_defaults(func=run_report)
 
 
@@ -366,6 +378,8 @@ def build_report(
             tables.append(rq.quality(client, scope, database))
         elif command == "savings":
             tables.append(rq.savings(client, scope, database))
+        elif command == "abuse":
+            tables.extend(rq.abuse(client, scope, limit, _abuse_min_requests(args, alerts_cfg)))
         elif command == "alerts":
             tables.append(rq.alerts(client, scope))
         elif command == "pricing":
@@ -389,6 +403,14 @@ def _config(alerts: Any, rule: str, key: str, default: Any) -> Any:
     """A value from the flow config's alert rules, if that rule exists there."""
     section = getattr(alerts, rule, None)
     return getattr(section, key, default) if section is not None else default
+
+
+def _abuse_min_requests(args: argparse.Namespace, alerts: Any) -> int:
+    """--min-requests, else the smaller minimum of the two abuse rules."""
+    given = getattr(args, "min_requests", None)
+    if given is not None:
+        return given
+    return min(_config(alerts, r, "min_requests", 30) for r in ("repeated_prompts", "single_user_share"))
 
 
 def _budget_lookup(

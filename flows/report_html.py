@@ -106,6 +106,8 @@ def render_html(report: Report) -> str:
         "tokens": "Tokens per request",
         "hourly": "Hourly cost",
         "pricing": "Models without a price",
+        "abuse": "Abuse signals: repeated prompts and single users, per tenant",
+        "abuse_windows": "Abuse signals: the windows with the highest shares",
     }
     for title, heading in titles.items():
         if title in tables:

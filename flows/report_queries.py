@@ -675,3 +675,87 @@ def savings(client: Any, scope: Scope, database: str) -> Table:
 
 def _dt(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+# --- abuse signals ---------------------------------------------------------------
+
+
+def abuse(client: Any, scope: Scope, limit: int, min_requests: int) -> tuple[Table, Table]:
+    """Repeated prompts and single users (`abuse_windows`): per tenant over the range, and the
+    windows with the highest repeated or top-user share. Peaks count only windows with at least
+    `min_requests` requests (a window of three identical requests is not a bot)."""
+    q = _Sql()
+    q.time_range("window_start", scope.since_ms, scope.until_ms)
+    if scope.tenants:
+        q.conditions.append(f"tenant_id IN {q.param(list(scope.tenants), 'Array(String)')}")
+    n = q.param(min_requests, "UInt64")
+    where = q.where()
+    tenants = _query(
+        client,
+        "SELECT tenant_id, count(), sum(requests), sum(repeated_requests),"  # noqa: S608
+        f" maxIf(repeated_share, requests >= {n}), maxIf(top_user_share, requests >= {n}),"
+        f" countIf(requests >= {n}) FROM abuse_windows FINAL WHERE {where} GROUP BY tenant_id",
+        q.params,
+    )
+    # per tenant: the user who was a window's top user for the most requests
+    users = _query(
+        client,
+        "SELECT tenant_id, top_user, sum(top_user_requests) AS r FROM abuse_windows FINAL"  # noqa: S608
+        f" WHERE {where} AND top_user != '' GROUP BY tenant_id, top_user"
+        " ORDER BY tenant_id, r DESC, top_user",
+        q.params,
+    )
+    top_user: dict[str, tuple[str, int]] = {}
+    for tenant, user, r in users:
+        top_user.setdefault(tenant, (user, r))
+    per_tenant = []
+    for tenant, windows, req, rep, peak_rep, peak_user, busy in tenants:
+        user, user_req = top_user.get(tenant, ("", 0))
+        peaks = (peak_rep, peak_user) if busy else (None, None)
+        per_tenant.append((tenant, windows, req, rep, _ratio(rep, req), peaks[0], user, user_req, peaks[1]))
+    per_tenant.sort(key=lambda r: (-max(r[5] or 0, r[8] or 0), r[0]))
+    tenant_table = Table(
+        "abuse",
+        [
+            Column("tenant", "text"),
+            Column("windows", "int"),
+            Column("requests", "int"),
+            Column("repeated_requests", "int"),
+            Column("repeated_share", "pct"),
+            Column("peak_repeated_share", "pct"),
+            Column("top_user", "text"),
+            Column("top_user_requests", "int"),
+            Column("peak_user_share", "pct"),
+        ],
+        per_tenant,
+        note=(
+            f"repeated: the prompt was already sent in the same window; peaks over windows of"
+            f" >= {min_requests} requests; top_user: the user with the most requests as a window's top user"
+        ),
+    )
+    windows_rows = _query(
+        client,
+        "SELECT window_start, tenant_id, requests, repeated_share, distinct_prompts,"  # noqa: S608
+        " top_prompt_requests, top_user, top_user_requests, top_user_share FROM abuse_windows FINAL"
+        f" WHERE {where} AND requests >= {n}"
+        " ORDER BY greatest(repeated_share, top_user_share) DESC, window_start, tenant_id"
+        f" LIMIT {q.param(limit, 'UInt64')}",
+        q.params,
+    )
+    window_table = Table(
+        "abuse_windows",
+        [
+            Column("window_start", "time"),
+            Column("tenant", "text"),
+            Column("requests", "int"),
+            Column("repeated_share", "pct"),
+            Column("distinct_prompts", "int"),
+            Column("top_prompt_requests", "int"),
+            Column("top_user", "text"),
+            Column("top_user_requests", "int"),
+            Column("top_user_share", "pct"),
+        ],
+        [(_ms(r[0]), *r[1:]) for r in windows_rows],
+        note=f"the {limit} windows of >= {min_requests} requests with the highest repeated or top-user share",
+    )
+    return tenant_table, window_table

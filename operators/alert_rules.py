@@ -19,6 +19,12 @@ per-agent rules). A reading's value is compared with the rule's levels
                          of the mean over the `baseline_s` before that
     judge_budget         judge spend (category "judge") since 00:00 UTC, as
                          a share of the daily judge budget
+    repeated_prompts     share of the requests of the window [end - slot, end)
+                         that repeat a prompt already sent in it (`operators.abuse`)
+    single_user_share    share of the requests of that window sent by its top user
+
+The last two are informational: their levels act only when `[alerts.actions] rules`
+names them, and a window below `min_requests` reads as 0 (tiny windows never fire).
 
 A reading without enough data (too few requests, too little history) holds
 the current level instead of guessing.
@@ -68,6 +74,7 @@ class Reading:
     value: Decimal | None
     start_ms: int
     details: Callable[[], dict[str, Any]] = dict  # built only when the level changes
+    note: str = ""  # added to the message of a level other than ok (e.g. who drives it)
 
 
 @dataclass(frozen=True)
@@ -393,6 +400,70 @@ class JudgeBudget(Rule):
         return f"{value * 100:.0f}% of the daily judge budget"
 
 
+@dataclass(frozen=True)
+class RepeatedPrompts(Rule):
+    name: ClassVar[str] = "repeated_prompts"
+    what: ClassVar[str] = "share of requests repeating a prompt already sent in the window"
+    runbook: ClassVar[str] = "judgeflow report abuse --tenant {tenant} --last 1h"
+
+    min_requests: int = 30
+    warn: Decimal | None = Decimal("0.7")
+    critical: Decimal | None = Decimal("0.9")
+
+    def evaluate(self, led: TenantLedger, end_ms: int) -> list[Reading]:
+        start = end_ms - led.slot_ms
+        w = led.abuse.get(start)
+        if w is None or w.requests < self.min_requests:
+            return [Reading("", Decimal(0), start)]
+        share = Decimal(w.repeated_requests) / w.requests
+
+        def details() -> dict[str, Any]:
+            return {
+                "requests": w.requests,
+                "repeated_requests": w.repeated_requests,
+                "distinct_prompts": w.distinct_prompts,
+                "top_prompt_requests": w.top_prompt_requests,
+            }
+
+        note = f"the most repeated prompt was sent {w.top_prompt_requests} times of {w.requests}"
+        return [Reading("", share, start, details, note)]
+
+    def show(self, value: Decimal) -> str:
+        return f"{value * 100:.0f}%"
+
+
+@dataclass(frozen=True)
+class SingleUserShare(Rule):
+    name: ClassVar[str] = "single_user_share"
+    what: ClassVar[str] = "share of the window's requests from one user"
+    runbook: ClassVar[str] = "judgeflow report abuse --tenant {tenant} --last 1h"
+
+    min_requests: int = 30
+    warn: Decimal | None = Decimal("0.5")
+    critical: Decimal | None = Decimal("0.8")
+
+    def evaluate(self, led: TenantLedger, end_ms: int) -> list[Reading]:
+        start = end_ms - led.slot_ms
+        w = led.abuse.get(start)
+        if w is None or w.requests < self.min_requests:
+            return [Reading("", Decimal(0), start)]
+        share = Decimal(w.top_user_requests) / w.requests
+
+        def details() -> dict[str, Any]:
+            return {
+                "requests": w.requests,
+                "top_user": w.top_user,
+                "top_user_requests": w.top_user_requests,
+                "distinct_users": w.distinct_users,
+            }
+
+        note = f"user {w.top_user!r} sent {w.top_user_requests} of {w.requests}"
+        return [Reading("", share, start, details, note)]
+
+    def show(self, value: Decimal) -> str:
+        return f"{value * 100:.0f}%"
+
+
 RULE_TYPES: tuple[type[Rule], ...] = (
     BurnRate,
     DailySpend,
@@ -401,9 +472,13 @@ RULE_TYPES: tuple[type[Rule], ...] = (
     ExpensiveRequests,
     VolumeSpike,
     JudgeBudget,
+    RepeatedPrompts,
+    SingleUserShare,
 )
 RULE_NAMES = tuple(r.name for r in RULE_TYPES)
 SPEND_RULES = frozenset(RULE_NAMES) - {"judge_budget"}  # the rules that read requests, not judge calls
+# rules that only inform: they act only when `AlertPolicy.action_rules` names them
+INFORMATIONAL_RULES = frozenset({"repeated_prompts", "single_user_share"})
 
 
 @dataclass(frozen=True)
@@ -417,6 +492,8 @@ class RuleSet:
     expensive_requests: ExpensiveRequests = ExpensiveRequests()
     volume_spike: VolumeSpike = VolumeSpike()
     judge_budget: JudgeBudget = JudgeBudget()
+    repeated_prompts: RepeatedPrompts = RepeatedPrompts()
+    single_user_share: SingleUserShare = SingleUserShare()
 
     @classmethod
     def from_dicts(cls, rules: Mapping[str, Mapping[str, Any]]) -> RuleSet:
@@ -480,7 +557,8 @@ class AlertPolicy:
         revisable_ms: category -> how long after its key's newest window a window can
             still be revised (that category's allowed lateness plus one window).
         actions: level -> override to write to the control store.
-        action_rules: the rules whose levels trigger actions (empty: all).
+        action_rules: the rules whose levels trigger actions (empty: all but the informational
+            ones, which act only when named here).
         clear_on_resolve: clear the override when no acting level is left (else it expires).
     """
 
@@ -500,6 +578,8 @@ class AlertPolicy:
         return self.tenants.get(tenant, self.default)
 
     def acts_on(self, rule: str) -> bool:
+        if rule in INFORMATIONAL_RULES:
+            return rule in self.action_rules
         return rule in SPEND_RULES and (not self.action_rules or rule in self.action_rules)
 
     def spend(self) -> AlertPolicy:

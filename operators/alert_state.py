@@ -1,5 +1,6 @@
 """A tenant's ledger as the alert rules read it: spend and requests per base
-window (slot), per agent and variant, per UTC day, and the expensive requests.
+window (slot), per agent and variant, per UTC day, the expensive requests, and the repeated
+prompts and top user of each slot (`operators.abuse`).
 
 Window rows arrive as revisions (a newer row for the same window replaces
 the older one) or corrections (which add). The ledger keeps the newest row
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from operators.records import CostWindow
+from operators.records import AbuseWindow, CostWindow
 
 DAY_MS = 86_400_000
 
@@ -56,6 +57,8 @@ class TenantLedger:
     judge: dict[int, int] = field(default_factory=dict)
     # slot start -> (count above the threshold, top requests of the slot)
     expensive: dict[int, tuple[int, list[Expensive]]] = field(default_factory=dict)
+    # slot start -> the newest abuse row of the slot (repeated prompts, top user)
+    abuse: dict[int, AbuseWindow] = field(default_factory=dict)
     # the evaluation has reached `cursor`: `days` holds, per UTC day, the
     # [LLM cost, judge cost] of every slot before it (whatever was forgotten since)
     cursor: int = -1
@@ -102,6 +105,12 @@ class TenantLedger:
             self.expensive[slot] = (count, top_expensive(top, keep))
         else:
             self.expensive[slot] = (have[0] + count, top_expensive(have[1] + top, keep))
+
+    def add_abuse(self, w: AbuseWindow) -> None:
+        """A revision only ever adds requests: the row with the most is the newest, in any order."""
+        have = self.abuse.get(w.window_start_ms)
+        if have is None or w.requests >= have.requests:
+            self.abuse[w.window_start_ms] = w
 
     def advance(self, end: int) -> None:
         """Move the evaluation to `end`: the slots before it count in the day totals."""
@@ -181,7 +190,15 @@ class TenantLedger:
         return top_expensive(top, n)
 
     def forget(
-        self, *, revisable_ms: Mapping[str, int], keys: int, llm: int, agents: int, expensive: int, days: int
+        self,
+        *,
+        revisable_ms: Mapping[str, int],
+        keys: int,
+        llm: int,
+        agents: int,
+        expensive: int,
+        days: int,
+        abuse: int = -1,
     ) -> None:
         """Drop what no rule and no revision can need any more.
 
@@ -204,5 +221,7 @@ class TenantLedger:
             del self.agents[s]
         for s in [s for s in self.expensive if s < expensive]:
             del self.expensive[s]
+        for s in [s for s in self.abuse if s < abuse]:
+            del self.abuse[s]
         for d in [d for d in self.days if d < days]:
             del self.days[d]

@@ -59,7 +59,7 @@ from operators.alert_rules import LEVELS, RANK, AlertPolicy, Reading, Rule, dec
 from operators.alert_state import DAY_MS, TenantLedger, month_bounds
 from operators.control import Override
 from operators.expensive import ExpensiveSlot
-from operators.records import Alert, CostWindow
+from operators.records import AbuseWindow, Alert, CostWindow
 
 
 class OverrideAction(msgspec.Struct, frozen=True, array_like=True):
@@ -131,7 +131,10 @@ class _Change:
 _Out = Alert | OverrideAction | AlertProgress
 
 
-class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, _Out, _AlertState]):
+_In = CostWindow | ExpensiveSlot | AbuseWindow
+
+
+class _AlertLogic(StatefulBatchLogic[_In, _Out, _AlertState]):
     def __init__(self, policy: AlertPolicy, clock: Callable[[], float], resume: _AlertState | None) -> None:
         self._policy = policy
         self._slot = policy.slot_ms
@@ -143,8 +146,10 @@ class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, _Out, _AlertSta
             now = clock()
             resume.seen_at_s = now
             resume.arrivals = deque((now, slot) for _, slot in resume.arrivals)
+            if not hasattr(resume.ledger, "abuse"):  # a snapshot from before the abuse rules
+                resume.ledger.abuse = {}
 
-    def on_batch(self, values: list[CostWindow | ExpensiveSlot]) -> tuple[Iterable[_Out], bool]:
+    def on_batch(self, values: list[_In]) -> tuple[Iterable[_Out], bool]:
         s = self._s
         now = self._clock()
         earliest, newest = None, -1
@@ -159,6 +164,9 @@ class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, _Out, _AlertSta
                 rule = self._policy.for_tenant(v.tenant_id).expensive_requests
                 s.ledger.add_expensive(v.slot_ms, v.count, v.top, rule.top_n)
                 _arrived(s.arrivals, now, v.slot_ms)
+            elif isinstance(v, AbuseWindow):
+                s.ledger.add_abuse(v)
+                _arrived(s.arrivals, now, v.window_start_ms)
             elif v.window_ms == self._slot:  # rollups (1 h, 1 day) repeat what the base windows hold
                 s.ledger.add_window(v)
                 # judge spend trails its requests by design (judge latency, backlogs):
@@ -339,6 +347,8 @@ class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, _Out, _AlertSta
         else:
             threshold = rule.threshold(c.level) or Decimal(0)
             message = f"{where}: {rule.what} is {rule.show(value)}: {c.level} (from {rule.show(threshold)})"
+            if r.note:
+                message = f"{message}; {r.note}"
         metrics.ALERTS.labels(rule.name, c.level).inc()
         details = {"value": dec(value), "threshold": dec(threshold), **r.details()}
         return Alert(
@@ -368,6 +378,7 @@ class _AlertLogic(StatefulBatchLogic[CostWindow | ExpensiveSlot, _Out, _AlertSta
             llm=at - lookback - self._slot,
             agents=at - rules.variant_cost.window_s * 1000 - self._slot,
             expensive=at - rules.expensive_requests.window_s * 1000 - self._slot,
+            abuse=at - self._slot,
             days=month_bounds(at - 1)[0] - DAY_MS,
         )
 
@@ -389,6 +400,7 @@ def alerts(
     step_id: str,
     windows: Stream[CostWindow],
     expensive: Stream[ExpensiveSlot] | None = None,
+    abuse: Stream[AbuseWindow] | None = None,
     *,
     policy: AlertPolicy,
     clock: Callable[[], float] = time.time,
@@ -398,10 +410,12 @@ def alerts(
     Args:
         windows: cost windows (rollups are ignored); the LLM ones move the tenant's clock.
         expensive: requests above the single-request threshold (`operators.expensive`).
+        abuse: repeated prompts and top users per tenant and window (`operators.abuse`).
         policy: rules, thresholds, actions, and the base window size.
         clock: wall time, for tenants that go quiet.
     """
-    merged = op.merge(f"{step_id}_in", windows, expensive) if expensive is not None else windows
+    extra = [s for s in (expensive, abuse) if s is not None]
+    merged = op.merge(f"{step_id}_in", windows, *extra) if extra else windows
     keyed = op.key_on(f"{step_id}_tenant", merged, lambda x: x.tenant_id)
     out = op.stateful_batch(f"{step_id}_rules", keyed, lambda resume: _AlertLogic(policy, clock, resume))
     values = op.map(f"{step_id}_unkey", out, lambda kv: kv[1])

@@ -320,6 +320,31 @@ class CostWindow(msgspec.Struct, frozen=True, array_like=True):
     correction_id: str = ""  # the late entry's id, for correction rows
 
 
+class AbuseWindow(msgspec.Struct, frozen=True, array_like=True):
+    """One (tenant, window) of the usual abuse shapes (`operators.abuse`): requests that repeat
+    a prompt already sent in the window, and the share of the user who sent the most."""
+
+    window_start_ms: int
+    window_ms: int
+    tenant_id: str
+    requests: int
+    repeated_requests: int  # requests whose normalized prompt was already seen in the window
+    distinct_prompts: int
+    top_prompt_requests: int  # requests of the most repeated prompt
+    distinct_users: int
+    top_user: str  # the user id with the most requests ("" when no request carries one)
+    top_user_requests: int
+    version: int  # emission time: the newest row of a window wins
+
+    @property
+    def repeated_share(self) -> float:
+        return self.repeated_requests / self.requests if self.requests else 0.0
+
+    @property
+    def top_user_share(self) -> float:
+        return self.top_user_requests / self.requests if self.requests else 0.0
+
+
 class Alert(msgspec.Struct, frozen=True, array_like=True):
     """A state transition of one alert rule for one tenant."""
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from operators import metrics
 from operators.records import (
+    AbuseWindow,
     Alert,
     CostWindow,
     DeadLetter,
@@ -197,6 +198,26 @@ def judge_savings_row(s: JudgeSavings) -> tuple[Any, ...]:
         pico_to_usd(s.judge_pusd),
         s.reference_judge,
         s.version,
+    )
+
+
+def abuse_window_row(w: AbuseWindow) -> tuple[Any, ...]:
+    """An `abuse_windows` row."""
+    return (
+        w.tenant_id,
+        _ms_to_s(w.window_ms),
+        w.window_start_ms,
+        w.window_start_ms + w.window_ms,
+        w.requests,
+        w.repeated_requests,
+        w.repeated_share,
+        w.distinct_prompts,
+        w.top_prompt_requests,
+        w.distinct_users,
+        w.top_user,
+        w.top_user_requests,
+        w.top_user_share,
+        w.version,
     )
 
 
@@ -422,6 +443,27 @@ TABLES: dict[str, TableSpec] = {
                 ("version", "UInt64"),
             ),
             judge_savings_row,
+        ),
+        TableSpec(
+            "abuse_windows",
+            AbuseWindow,
+            (
+                ("tenant_id", _LC),
+                ("window_s", "UInt32"),
+                ("window_start", _TS),
+                ("window_end", _TS),
+                ("requests", "UInt64"),
+                ("repeated_requests", "UInt64"),
+                ("repeated_share", "Float64"),
+                ("distinct_prompts", "UInt64"),
+                ("top_prompt_requests", "UInt64"),
+                ("distinct_users", "UInt64"),
+                ("top_user", "String"),
+                ("top_user_requests", "UInt64"),
+                ("top_user_share", "Float64"),
+                ("version", "UInt64"),
+            ),
+            abuse_window_row,
         ),
         TableSpec(
             "pricing_issues",

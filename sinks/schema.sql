@@ -237,3 +237,30 @@ CREATE TABLE IF NOT EXISTS {database}.judge_savings
 ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (tenant_id, window_s, window_start);
+
+-- Per (tenant, window): the usual abuse shapes (operators.records.AbuseWindow,
+-- operators/abuse.py) — requests repeating a prompt already sent in the window
+-- (normalized as the verdict cache does, hashed) and the requests of the top
+-- user id. Shares are of all the window's requests. Re-emitted while events
+-- arrive within the allowed lateness: the newest version wins.
+CREATE TABLE IF NOT EXISTS {database}.abuse_windows
+(
+    tenant_id           LowCardinality(String),
+    window_s            UInt32,
+    window_start        DateTime64(3, 'UTC'),
+    window_end          DateTime64(3, 'UTC'),
+    requests            UInt64,
+    repeated_requests   UInt64 COMMENT 'requests whose normalized prompt was already sent in the window',
+    repeated_share      Float64 COMMENT 'repeated_requests / requests',
+    distinct_prompts    UInt64,
+    top_prompt_requests UInt64 COMMENT 'requests of the most repeated prompt',
+    distinct_users      UInt64,
+    top_user            String COMMENT 'the user_id with the most requests (smallest on a tie); empty without user ids',
+    top_user_requests   UInt64,
+    top_user_share      Float64 COMMENT 'top_user_requests / requests',
+    version             UInt64 COMMENT 'emission time: the newest row of a key wins',
+    inserted_at         DateTime64(3, 'UTC') DEFAULT now64(3)
+)
+ENGINE = ReplacingMergeTree(version)
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (tenant_id, window_s, window_start);

@@ -44,6 +44,8 @@ ONLY = {  # switch every rule off; a test turns on the one it checks
         "expensive_requests",
         "volume_spike",
         "judge_budget",
+        "repeated_prompts",
+        "single_user_share",
     )
 }
 

@@ -21,7 +21,7 @@ from bytewax.testing import TestingSource, run_main
 
 from operators.estimates import quality_estimates
 from operators.price import pricing_issue
-from operators.records import Alert, Evaluation, Event, LedgerEntry, pico_to_usd
+from operators.records import AbuseWindow, Alert, Evaluation, Event, LedgerEntry, pico_to_usd
 from operators.windows import cost_window, ledger_entry, rollup
 from sinks.chdb_http import start_chdb_http
 from sinks.clickhouse import ClickHouseSink
@@ -158,6 +158,23 @@ ALERTS = [
 ]
 
 
+def abuse_row(minute: int, tenant: str, requests: int, repeated: int, user: str, top: int) -> AbuseWindow:
+    distinct = requests - repeated
+    return AbuseWindow(
+        T0 + minute * MIN, MIN, tenant, requests, repeated, distinct, repeated + 1, 3, user, top, 1
+    )
+
+
+ABUSE = [
+    abuse_row(5, "acme", 100, 90, "bot-1", 20),
+    abuse_row(6, "acme", 100, 95, "bot-1", 25),
+    abuse_row(5, "globex", 50, 0, "whale", 45),
+    abuse_row(6, "globex", 50, 1, "whale", 40),
+    abuse_row(7, "globex", 10, 9, "x", 10),  # too few requests for a peak
+    abuse_row(5, "initech", 40, 2, "u1", 5),
+]
+
+
 @pytest.fixture(scope="module")
 def ch_url(tmp_path_factory: pytest.TempPathFactory):
     with start_chdb_http(tmp_path_factory.mktemp("report_chdb")) as url:
@@ -190,6 +207,7 @@ def loaded(ch_url: str) -> list[Event]:
     op.output("estimates_out", estimates, ClickHouseSink(ch_url, DB, "quality_estimates"))
     to("alerts", ALERTS, "alerts")
     to("issues", [pricing_issue("mystery", "p", T0 + 70 * MIN)], "pricing_issues")
+    to("abuse", ABUSE, "abuse_windows")
     run_main(flow)
     return events
 
@@ -364,3 +382,30 @@ def test_quality_report_gives_the_horvitz_thompson_rate(ch_url: str, loaded: lis
     assert abs(row["population_est"] - weights) < 1e-6
     assert abs(row["flagged_rate"] - flagged / weights) < 1e-9
     assert row["ci95_low"] < row["flagged_rate"] < row["ci95_high"]
+
+
+def test_abuse_report_ranks_tenants_and_windows_by_their_peak_share(ch_url: str, loaded: list[Event]) -> None:
+    r = report(
+        ch_url, "abuse", "--since", "2023-11-16T10:00Z", "--until", "2023-11-16T11:00Z", "--limit", "3"
+    )
+    t = r["tables"]
+    tenants = [
+        (x["tenant"], x["requests"], x["repeated_requests"], x["peak_repeated_share"], x["top_user"])
+        for x in t["abuse"]["rows"]
+    ]
+    assert tenants == [
+        ("acme", 200, 185, pytest.approx(0.95), "bot-1"),
+        ("globex", 110, 10, pytest.approx(0.02), "whale"),  # its peak: the whale's 90%
+        ("initech", 40, 2, pytest.approx(0.05), "u1"),
+    ]
+    globex = t["abuse"]["rows"][1]
+    assert (globex["top_user_requests"], globex["peak_user_share"]) == (85, pytest.approx(0.9))
+    windows = [(x["window_start"], x["tenant"], x["top_user"]) for x in t["abuse_windows"]["rows"]]
+    assert windows == [
+        ("2023-11-16T10:06:00.000Z", "acme", "bot-1"),
+        ("2023-11-16T10:05:00.000Z", "acme", "bot-1"),
+        ("2023-11-16T10:05:00.000Z", "globex", "whale"),
+    ]
+    # a lower minimum lets the tiny window count: 100% from one user
+    low = report(ch_url, "abuse", "--since", "2023-11-16T10:00Z", "--min-requests", "5", "--tenant", "globex")
+    assert low["tables"]["abuse"]["rows"][0]["peak_user_share"] == pytest.approx(1.0)

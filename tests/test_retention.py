@@ -25,6 +25,7 @@ DEFAULT_TTLS = {
     "alerts": "",
     "dead_letters": "inserted_at + toIntervalDay(30)",
     "pricing_issues": "",
+    "abuse_windows": "inserted_at + toIntervalDay(90)",
 }
 
 
