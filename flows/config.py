@@ -547,6 +547,11 @@ class MetricsConfig(_Section):
     # /healthz fails after this long without progress while input waits (env JUDGEFLOW_HEALTH_STALL_S);
     # longer than clickhouse.max_retry_s: a sink riding out an outage is not stuck
     stall_s: float = Field(300.0, gt=0, allow_inf_nan=False)
+    # label cardinality per process: the first N tenants, agents and models seen keep their names,
+    # later ones are counted as __other__; the LLM spend metrics keep the first N (tenant, agent, model)
+    # combinations, later ones count as (tenant, __other__, __other__)
+    max_label_values: int = Field(500, ge=1)
+    max_label_sets: int = Field(5000, ge=1)
 
 
 class FlowConfig(_Section):

@@ -21,6 +21,7 @@ from judges.redact import Redactor
 from judges.rubrics import RUBRIC_VERSION
 from judges.rules import Tier0Rules
 from judges.runtime import EndpointPolicy, JudgeRuntime, RetryPolicy
+from operators import metrics
 from operators.alert_rules import Action, AlertPolicy, RuleSet
 from operators.cache import MemoryVerdictCache, RedisVerdictCache, VerdictCache
 from operators.control import ControlStore, DisabledJudge, MemoryControlStore, RedisControlStore
@@ -71,6 +72,7 @@ def now_ms() -> int:
 
 def build_deps(settings: Settings) -> Deps:
     cfg = settings.flow
+    metrics.configure_labels(cfg.metrics.max_label_values, cfg.metrics.max_label_sets)
     rules = Tier0Rules()
     return Deps(
         brokers=cfg.kafka.broker_list,
@@ -238,6 +240,25 @@ def judge_version(settings: Settings, rules: RuleJudge) -> str:
 
 
 def judge_tiers(settings: Settings) -> dict[int, JudgeTierConfig]:
+    """The LLM tiers that judge: configured, and with an API key or a base URL to call."""
+    off = keyless_tiers(settings)
+    return {tier: t for tier, t in _configured_tiers(settings).items() if tier not in off}
+
+
+def keyless_tiers(settings: Settings) -> dict[int, str]:
+    """Configured LLM tiers with neither an API key nor a base URL (a self-hosted endpoint may
+    need no key), each with the variable to set. They are left out: their metrics keep what the
+    tier-0 rules find, and the rest of the job (prices, windows, alerts) runs as usual."""
+    secrets = settings.secrets
+    keys = {"openai": secrets.openai_api_key, "anthropic": secrets.anthropic_api_key}
+    return {
+        tier: f"{t.provider.upper()}_API_KEY"
+        for tier, t in _configured_tiers(settings).items()
+        if keys[t.provider] is None and not t.base_url
+    }
+
+
+def _configured_tiers(settings: Settings) -> dict[int, JudgeTierConfig]:
     j = settings.flow.judges
     return {1: j.tier1} if j.tier2 is None else {1: j.tier1, 2: j.tier2}
 

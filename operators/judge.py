@@ -34,7 +34,7 @@ from judges.runtime import JudgeRuntime, Outcome, Task
 from operators import metrics
 from operators.cache import CachedVerdict, VerdictCache
 from operators.dedup import Candidate, ContentKeyer, lookup
-from operators.records import DeadLetter, Evaluation, Event, LedgerEntry, Verdict, entry_hash
+from operators.records import PICO_PER_USD, DeadLetter, Evaluation, Event, LedgerEntry, Verdict, entry_hash
 from operators.validate import guarded, item_error
 
 __all__ = ["JudgeOut", "JudgePlan", "judge"]
@@ -270,6 +270,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         escalate: list[_Work] = []
         plan = self._plan
         now = self._d.now_ms()
+        spent: dict[str, int] = {}
         while self._done:
             event_id, o = self._done.popleft()
             w = self._waiting.get(event_id)
@@ -283,6 +284,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
             self._budget.charge(e.tenant_id, e.ts_ms, cost - p.reserved_pusd)
             if o.calls:
                 out.append(_spend(e, o, cost))
+                spent[e.tenant_id] = spent.get(e.tenant_id, 0) + cost
             if o.verdict is None:
                 verdict = _no_verdict(o.metric, o.tier, ERROR, judge=o.judge)
                 out.append(_evaluation(c, verdict, cost=cost, latency=latency, error=o.error))
@@ -303,6 +305,8 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
                 del self._waiting[event_id]
         if to_cache:
             self._d.cache.put_many(to_cache)
+        for tenant, pusd in spent.items():
+            metrics.COST.labels(metrics.tenant_label(tenant), "judge").inc(pusd / PICO_PER_USD)
         self._submit(escalate)
         return out
 

@@ -1,47 +1,127 @@
 """The job's Prometheus metrics, defined once per process.
 
-Label cardinality is bounded: tenant labels go through `tenant_label`, which
-keeps the first `MAX_TENANT_LABELS` tenants seen and folds the rest into
-`__other__`, so a tenant explosion cannot take Prometheus down.
+Label cardinality is bounded per process: a tenant, agent or model label keeps
+the first `metrics.max_label_values` values seen and folds later ones into
+`__other__`, and the (tenant, agent, model) series of the LLM spend metrics
+keep the first `metrics.max_label_sets` combinations, later ones counting as
+(tenant, `__other__`, `__other__`) — so a tenant or model explosion cannot
+take Prometheus down, and the per-tenant sums stay whole.
+`configure_labels` sets both caps at the composition root.
 """
 
 from __future__ import annotations
 
 import threading
+from bisect import bisect_right
 
 from prometheus_client import Counter, Gauge, Histogram
 
-MAX_TENANT_LABELS = 500
+MAX_LABEL_VALUES = 500
+MAX_LABEL_SETS = 5000
 OTHER = "__other__"
+_MAX_LABEL_LEN = 64
 
-_tenants: set[str] = set()
-_tenants_lock = threading.Lock()
+
+class LabelCap:
+    """The first `limit` distinct values of one label keep their name; later ones are `__other__`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str) -> str:
+        value = value[:_MAX_LABEL_LEN]
+        if value in self._seen:
+            return value
+        with self._lock:
+            if len(self._seen) < self.limit:
+                self._seen.add(value)
+                return value
+        return OTHER
+
+    def clear(self) -> None:
+        with self._lock:
+            self._seen.clear()
+
+
+class LabelSetCap:
+    """Caps (tenant, agent, model) label sets: each value through its `LabelCap`, then the first
+    `limit` combinations; a later combination keeps its tenant and folds agent and model."""
+
+    def __init__(self, limit: int, tenant: LabelCap, agent: LabelCap, model: LabelCap) -> None:
+        self.limit = limit
+        self._caps = (tenant, agent, model)
+        self._seen: dict[tuple[str, str, str], tuple[str, str, str]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, tenant: str, agent: str, model: str) -> tuple[str, str, str]:
+        key = (tenant, agent, model)
+        found = self._seen.get(key)
+        if found is not None:
+            return found
+        t, a, m = (cap(v) for cap, v in zip(self._caps, key, strict=True))
+        with self._lock:
+            if len(self._seen) < self.limit:
+                found = self._seen[key] = (t, a, m)
+                return found
+        return (t, OTHER, OTHER)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._seen.clear()
+
+
+_TENANTS = LabelCap(MAX_LABEL_VALUES)
+_AGENTS = LabelCap(MAX_LABEL_VALUES)
+_MODELS = LabelCap(MAX_LABEL_VALUES)
+_LABEL_SETS = LabelSetCap(MAX_LABEL_SETS, _TENANTS, _AGENTS, _MODELS)
+
+
+def configure_labels(max_label_values: int, max_label_sets: int) -> None:
+    """Set the caps (the flow config's `metrics.max_label_values` / `max_label_sets`); values
+    already seen keep their labels."""
+    for cap in (_TENANTS, _AGENTS, _MODELS):
+        cap.limit = max_label_values
+    _LABEL_SETS.limit = max_label_sets
+
+
+def reset_labels() -> None:
+    """Forget the values seen (tests)."""
+    for cap in (_TENANTS, _AGENTS, _MODELS, _LABEL_SETS):
+        cap.clear()
 
 
 def tenant_label(tenant: str) -> str:
-    if tenant in _tenants:
-        return tenant
-    with _tenants_lock:
-        if len(_tenants) < MAX_TENANT_LABELS:
-            _tenants.add(tenant)
-            return tenant
-    return OTHER
-
-
-MAX_MODEL_LABELS = 200
-_models: set[str] = set()
+    return _TENANTS(tenant)
 
 
 def model_label(model: str) -> str:
     """Like `tenant_label`, for model names (producers can send anything)."""
-    model = model[:64]
-    if model in _models:
-        return model
-    with _tenants_lock:
-        if len(_models) < MAX_MODEL_LABELS:
-            _models.add(model)
-            return model
-    return OTHER
+    return _MODELS(model)
+
+
+def llm_labels(tenant: str, agent: str, model: str) -> tuple[str, str, str]:
+    """The capped (tenant, agent, model) labels of the LLM spend metrics."""
+    return _LABEL_SETS(tenant, agent, model)
+
+
+def observe_many(child: Histogram, values: list[float]) -> None:
+    """Add many observations to one histogram series at once: the same result as one `observe`
+    per value, with one update per bucket (the values are sorted, then cut at each bound)."""
+    if not values:
+        return
+    values = sorted(values)
+    buckets = child._buckets  # prometheus_client keeps per-bucket (not cumulative) counts
+    below = 0
+    for i, bound in enumerate(child._upper_bounds):
+        upto = bisect_right(values, bound)  # observe puts a value in the first bucket with value <= bound
+        if upto > below:
+            buckets[i].inc(upto - below)
+            below = upto
+        if below == len(values):
+            break
+    child._sum.inc(sum(values))
 
 
 EVENTS_IN = Counter("judgeflow_events_total", "Events decoded successfully")
@@ -53,8 +133,36 @@ DEAD_LETTERS = Counter(
 UNKNOWN_MODEL = Counter(
     "judgeflow_unknown_model_events_total", "Events whose model has no known price", ["model"]
 )
-COST = Counter("judgeflow_cost_usd_total", "Priced LLM spend in USD", ["tenant", "category"])
+COST = Counter(
+    "judgeflow_cost_usd_total",
+    "Priced spend in USD by tenant: category llm (the product's requests) or judge (judgeflow's judge calls)",
+    ["tenant", "category"],
+)
 REQUESTS = Counter("judgeflow_requests_total", "LLM requests seen", ["tenant"])
+LLM_COST = Counter(
+    "judgeflow_llm_cost_usd_total",
+    "Priced spend of the product's LLM requests in USD, by tenant, agent and model (labels capped)",
+    ["tenant", "agent", "model"],
+)
+LLM_REQUESTS = Counter(
+    "judgeflow_llm_requests_total",
+    "The product's LLM requests, by tenant, agent and model (labels capped)",
+    ["tenant", "agent", "model"],
+)
+LLM_TOKENS = Counter(
+    "judgeflow_llm_tokens_total",
+    "Tokens of the product's LLM requests by tenant and model: kind input (all input, cached included),"
+    " output (reasoning included), cached (input read from the provider's prompt cache)",
+    ["tenant", "model", "kind"],
+)
+LLM_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, float("inf"))
+LLM_LATENCY = Histogram(
+    "judgeflow_llm_request_latency_seconds",
+    "Latency of the product's LLM requests as their events report it (latency_ms), by model;"
+    " events without one are not counted",
+    ["model"],
+    buckets=LLM_LATENCY_BUCKETS,
+)
 CACHE = Counter("judgeflow_verdict_cache_total", "Verdict cache lookups", ["result"])
 CACHE_ERRORS = Counter("judgeflow_verdict_cache_errors_total", "Verdict cache backend failures")
 CACHE_OUTAGES = Counter(

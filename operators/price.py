@@ -372,16 +372,43 @@ def price(step_id: str, up: Stream[Event], *, pricer: Pricer) -> PriceOut:
 
 
 def _count(events: list[Event]) -> None:
-    per_tenant: dict[str, list[int]] = {}
+    """Spend, requests, tokens and latency of one batch: the events grouped per label set first,
+    then one update per series (a batch of 1,000 events touches tens of series, not thousands)."""
+    groups: dict[tuple[str, str, str], list[Event]] = {}
     for e in events:
-        acc = per_tenant.get(e.tenant_id)
-        if acc is None:
-            acc = per_tenant[e.tenant_id] = [0, 0]
-        acc[0] += 1
-        acc[1] += e.cost_pusd
+        key = (e.tenant_id, e.agent, e.model)
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [e]
+        else:
+            group.append(e)
+    per_tenant: dict[str, list[int]] = {}
+    per_model: dict[tuple[str, str], list[int]] = {}
+    latency: dict[str, list[float]] = {}
+    for (tenant, agent, model), group in groups.items():
+        n = len(group)
+        pico = sum([e.cost_pusd for e in group])
+        t, a, m = metrics.llm_labels(tenant, agent, model)
+        metrics.LLM_REQUESTS.labels(t, a, m).inc(n)
+        metrics.LLM_COST.labels(t, a, m).inc(pico / PICO_PER_USD)
+        acc = per_tenant.setdefault(t, [0, 0])
+        acc[0] += n
+        acc[1] += pico
+        model_label = metrics.model_label(model)
+        tokens = per_model.setdefault((t, model_label), [0, 0, 0])
+        tokens[0] += sum([e.input_tokens for e in group])
+        tokens[1] += sum([e.output_tokens for e in group])
+        tokens[2] += sum([e.cache_read_tokens for e in group])
+        latency.setdefault(model_label, []).extend([e.latency_ms for e in group if e.latency_ms is not None])
     for tenant, (n, pico) in per_tenant.items():
-        label = metrics.tenant_label(tenant)
-        metrics.REQUESTS.labels(label).inc(n)
+        metrics.REQUESTS.labels(tenant).inc(n)
         # Prometheus counters are floats: the exact ledger is in ClickHouse
-        metrics.COST.labels(label, "llm").inc(pico / PICO_PER_USD)
+        metrics.COST.labels(tenant, "llm").inc(pico / PICO_PER_USD)
+    for (tenant, model), counts in per_model.items():
+        for kind, n in zip(("input", "output", "cached"), counts, strict=True):
+            if n:
+                metrics.LLM_TOKENS.labels(tenant, model, kind).inc(n)
+    for model, ms in latency.items():
+        if ms:
+            metrics.observe_many(metrics.LLM_LATENCY.labels(model), [x / 1000 for x in ms if x >= 0])
     metrics.EVENTS_IN.inc(len(events))
