@@ -155,7 +155,7 @@ def decode_record(
 
 
 def _otlp_encoding(raw: bytes) -> str | None:
-    """"proto", "json" or None (a native event) for one message."""
+    """How one message is encoded: "proto", "json" (OTLP) or None (a native event)."""
     if looks_like_otlp_proto(raw):
         try:
             proto_signal(raw)

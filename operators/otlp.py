@@ -452,7 +452,7 @@ _LOG_ONLY = {(1, _I64), (2, _VARINT), (6, _LEN), (7, _VARINT), (8, _I32), (10, _
 
 
 def proto_signal(raw: bytes) -> str:
-    """ "traces", "logs" or "" (no records) for a protobuf export request; raises `OtlpWireError`
+    """The signal of a protobuf export request: "traces", "logs" or "" (no records); raises `OtlpWireError`
     when the bytes are not such an envelope."""
     signal = ""
     for field, wt, start, end in _fields(raw, 0, len(raw)):

@@ -1,5 +1,5 @@
-"""No record stops the flow: hostile bytes through the real decode (native JSON and
-OTLP), and a poison pill (invalid UTF-8) through a whole flow on the mock cluster."""
+"""No record stops the flow: hostile bytes through the real decode (native JSON,
+OTLP/JSON and OTLP protobuf), and a poison pill (invalid UTF-8) through a whole flow on the mock cluster."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flows.kafka_mock import produce_all
-from flows.traffic import generate
+from flows.otlp_encode import json_to_proto
+from flows.traffic import generate, shared_data_dir
 from operators import metrics
 from operators.decode import decode_record
-from operators.otlp import OtlpMapping
+from operators.otlp import OtlpCall, OtlpContent, OtlpMapping
 from operators.records import DeadLetter, Event
 from operators.validate import DecodeLimits
 from sinks.clickhouse import connect, ensure_schema
@@ -34,17 +35,18 @@ VALID = {
     "usage": {"input_tokens": 10, "output_tokens": 5},
 }
 OTLP = {"resourceSpans": [{"scopeSpans": [{"spans": [{"name": "chat gpt-4o-mini", "attributes": []}]}]}]}
+OTLP_PROTO = json_to_proto((shared_data_dir() / "otel" / "otlp_json_llm_chat_span.json").read_bytes())
 WRONG = [None, 1, -1, 1.5, "x", [], {}, True, 10**400, "\x00", [1, [2]], {"a": {"b": 1}}]
 
 
-def decode_any(raw: bytes, offset: int = 0) -> list[Event | DeadLetter]:
-    """What the flow's decode step does with one message (native JSON or OTLP/JSON)."""
+def decode_any(raw: bytes, offset: int = 0) -> list[Event | DeadLetter | OtlpCall | OtlpContent]:
+    """What the flow's decode step does with one message (native JSON, OTLP/JSON or protobuf)."""
     msg = KafkaSourceMessage(key=None, value=raw, topic="t", partition=0, offset=offset)
     return decode_record(msg, LIMITS, NOW, OtlpMapping())
 
 
 def hostile(rng: random.Random) -> bytes:
-    kind = rng.randrange(9)
+    kind = rng.randrange(10)
     base = json.dumps(VALID).encode()
     if kind == 0:
         return rng.randbytes(rng.randrange(0, 200))
@@ -82,6 +84,11 @@ def hostile(rng: random.Random) -> bytes:
                 {"key": "gen_ai.request.model", "value": rng.choice(WRONG)}
             ]
         return json.dumps(d).encode()
+    if kind == 8:  # a real OTLP protobuf export request, bytes flipped or cut short
+        b = bytearray(OTLP_PROTO)
+        for _ in range(rng.randrange(1, 4)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        return bytes(b[: rng.randrange(len(b) // 2, len(b) + 1)])
     return base[: rng.randrange(len(base))]  # truncated
 
 
@@ -93,7 +100,7 @@ def test_ten_thousand_hostile_records_decode_to_events_or_dead_letters() -> None
         out = decode_any(hostile(rng), i)
         answered += bool(out)
         for x in out:
-            if isinstance(x, Event):
+            if isinstance(x, Event | OtlpCall | OtlpContent):
                 ok += 1
             else:
                 assert isinstance(x, DeadLetter) and x.reason and x.stage == "decode"
@@ -107,7 +114,7 @@ def test_ten_thousand_hostile_records_decode_to_events_or_dead_letters() -> None
 @given(st.binary(max_size=512))
 def test_any_bytes_decode_without_raising(raw: bytes) -> None:
     for x in decode_any(raw):
-        assert isinstance(x, Event | DeadLetter)
+        assert isinstance(x, Event | DeadLetter | OtlpCall | OtlpContent)
 
 
 def test_invalid_utf8_and_oversized_records_get_named_reasons() -> None:

@@ -1,0 +1,268 @@
+"""The OTLP content join: spans without content get the prompt and completion of their span's log
+records (the official OpenAI instrumentation's default, semantic conventions 1.30), within a bound
+of event time; calls whose log records never come go on without them; log records whose span
+never comes are counted and dropped (a details event stands on its own). Then the whole flow with
+spans and log records made by opentelemetry-instrumentation-openai-v2 around a real OpenAI client
+call to the local endpoint, encoded by the SDK's OTLP protobuf encoder: the stored and judged event
+has the prompt and the completion."""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from flows.kafka_mock import produce_all
+from operators import metrics
+from operators.otlp import OtlpCall, OtlpContent
+from operators.otlp_join import _JoinLogic
+from operators.records import Event
+from sinks.clickhouse import connect, ensure_schema
+from tests.conftest import rows, run_flow, topic_flow_settings
+
+WAIT_MS = 5_000
+T0 = 1_795_379_050_000
+
+
+def event(event_id: str, ts_ms: int = T0, input_text: str = "", output_text: str = "") -> Event:
+    return Event(
+        event_id=event_id,
+        ts_ms=ts_ms,
+        tenant_id="acme",
+        agent="bot",
+        model="gpt-4o-mini",
+        provider="openai",
+        variant="baseline",
+        input_text=input_text,
+        output_text=output_text,
+        context=None,
+        input_tokens=10,
+        output_tokens=5,
+        cache_read_tokens=0,
+        cache_write_tokens=0,
+        reasoning_tokens=0,
+        provided_cost_pusd=None,
+        latency_ms=20.0,
+        conversation_id=None,
+        user_id=None,
+        metadata={},
+        source=None,
+    )
+
+
+def span(key: str, end_ms: int = T0 + 20, *, content: bool = False) -> OtlpCall:
+    text = ("user: hi", "hello") if content else ("", "")
+    return OtlpCall(key, end_ms, event(key, end_ms - 20, *text), content)
+
+
+def msg(key: str, role: str, text: str, at_ms: int, *, choice: int = -1) -> OtlpContent:
+    return OtlpContent(key, at_ms, (at_ms * 1_000_000, 0, 0, 0), role, text, choice)
+
+
+def details(key: str, at_ms: int) -> OtlpContent:
+    call = event("log:resp-" + key, at_ms, "user: from details", "details answer")
+    return OtlpContent(key, at_ms, (at_ms * 1_000_000, 0, 0, 0), call=call)
+
+
+def tick(at_ms: int) -> OtlpCall:
+    """Another call on the shard, with content: moves the shard's event time."""
+    return span(f"tick-{at_ms}", at_ms, content=True)
+
+
+def logic(resume=None) -> _JoinLogic:
+    return _JoinLogic(WAIT_MS, lambda: 0.0, resume)  # no wall time passes
+
+
+def run(batches: list[list], resume=None) -> list[Event]:
+    j = logic(resume)
+    out: list[Event] = []
+    for b in batches:
+        got, _ = j.on_batch([b])
+        out += [e for lst in got for e in lst]
+    return [e for e in out if not e.event_id.startswith("tick-")]
+
+
+def outcome(name: str) -> float:
+    return metrics.OTLP_JOIN.labels(name)._value.get()
+
+
+def test_a_span_without_content_gets_its_message_log_records_once_the_bound_passed() -> None:
+    before = outcome("joined")
+    batches = [
+        [msg("a", "system", "Be brief.", T0), msg("a", "user", "Where is my order?", T0 + 1)],
+        [span("a")],
+        [msg("a", "assistant", "It ships today.", T0 + 20, choice=0)],
+        [tick(T0 + 20 + WAIT_MS - 1)],
+    ]
+    assert run(batches) == []  # still inside the bound: waiting
+    (e,) = run([*batches, [tick(T0 + 20 + WAIT_MS)]])
+    assert e.event_id == "a"
+    assert (e.input_text, e.output_text) == ("system: Be brief.\nuser: Where is my order?", "It ships today.")
+    assert (e.input_tokens, e.output_tokens) == (10, 5)  # usage is the span's
+    assert outcome("joined") - before == 1
+
+
+def test_messages_sort_by_their_time_and_choices_by_index_whatever_the_arrival() -> None:
+    parts = [
+        msg("a", "assistant", "second", T0 + 30, choice=1),
+        msg("a", "user", "question", T0 + 2),
+        msg("a", "assistant", "first", T0 + 31, choice=0),
+        msg("a", "system", "rules", T0 + 1),
+    ]
+    results = set()
+    for order in (parts, parts[::-1], parts[1:] + parts[:1]):
+        (e,) = run([[span("a")], order, [tick(T0 + 10 * WAIT_MS)]])
+        results.add((e.input_text, e.output_text))
+    assert results == {("system: rules\nuser: question", "first\nsecond")}
+
+
+def test_a_span_whose_logs_never_come_goes_on_without_content_after_the_bound() -> None:
+    before = outcome("no_content")
+    (e,) = run([[span("a")], [tick(T0 + 20 + WAIT_MS)]])
+    assert (e.event_id, e.input_text, e.output_text) == ("a", "", "")
+    assert outcome("no_content") - before == 1
+
+
+def test_a_details_event_fills_a_span_at_once_and_a_span_with_content_does_not_wait() -> None:
+    assert [e.input_text for e in run([[span("a")], [details("a", T0 + 20)]])] == ["user: from details"]
+    assert [e.output_text for e in run([[details("b", T0)], [span("b")]])] == ["details answer"]
+    (e,) = run([[span("c", content=True)]])
+    assert (e.event_id, e.output_text) == ("c", "hello")
+
+
+def test_logs_whose_span_never_comes_are_counted_and_dropped_but_a_details_event_stands_alone() -> None:
+    unmatched, alone = outcome("unmatched_logs"), outcome("details_alone")
+    out = run([[msg("x", "user", "hi", T0), details("y", T0)], [tick(T0 + WAIT_MS)]])
+    assert [e.event_id for e in out] == ["log:resp-y"]
+    assert outcome("unmatched_logs") - unmatched == 1 and outcome("details_alone") - alone == 1
+
+
+def test_log_records_after_their_span_went_on_are_dropped_never_a_second_event() -> None:
+    before = outcome("late_logs")
+    out = run([[span("a", content=True)], [details("a", T0 + 25), msg("a", "user", "late", T0 + 26)]])
+    assert [e.event_id for e in out] == ["a"]
+    assert outcome("late_logs") - before == 2
+
+
+def test_the_end_of_a_bounded_input_sends_waiting_spans_on() -> None:
+    j = logic()
+    j.on_batch([[msg("a", "user", "hi", T0), span("a")]])
+    got, _ = j.on_eof()
+    ((e,),) = got
+    assert (e.event_id, e.input_text) == ("a", "user: hi")
+    assert j.notify_at() is None
+
+
+def test_a_snapshot_and_resume_anywhere_give_the_same_events_as_one_run() -> None:
+    batches = [
+        [msg("a", "user", "q-a", T0), span("b")],
+        [span("a"), msg("b", "user", "q-b", T0 + 5)],
+        [msg("a", "assistant", "r-a", T0 + 20, choice=0), details("c", T0 + 30)],
+        [tick(T0 + 3 * WAIT_MS)],
+    ]
+    whole = run(batches)
+    assert sorted(e.event_id for e in whole) == ["a", "b", "log:resp-c"]
+    for cut in range(1, len(batches)):
+        j = logic()
+        first: list[Event] = []
+        for b in batches[:cut]:
+            got, _ = j.on_batch([b])
+            first += [e for lst in got for e in lst]
+        resumed = run(batches[cut:], resume=j.snapshot())
+        assert [e for e in first + resumed if not e.event_id.startswith("tick-")] == whole
+
+
+# --- the official OpenAI instrumentation, end to end ------------------------------------
+
+
+PROMPTS = ["How do I reset my password?", "Where is my order 1234?", "Cancel my subscription, please."]
+
+
+@pytest.fixture
+def instrumented(monkeypatch):
+    """The official OpenAI instrumentation on its default conventions (1.30) with content capture,
+    its spans and log records kept in memory."""
+    from opentelemetry.instrumentation.openai_v2 import OpenAIInstrumentor
+
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    monkeypatch.delenv("OTEL_SEMCONV_STABILITY_OPT_IN", raising=False)
+    resource = Resource.create({"service.name": "support-bot", "tenant.id": "initech"})
+    spans, logs = InMemorySpanExporter(), InMemoryLogRecordExporter()
+    tracer_provider = TracerProvider(resource=resource)
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    logger_provider = LoggerProvider(resource=resource)
+    logger_provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
+    instrumentor = OpenAIInstrumentor()
+    instrumentor.instrument(tracer_provider=tracer_provider, logger_provider=logger_provider)
+    try:
+        yield spans, logs
+    finally:
+        instrumentor.uninstrument()
+
+
+def test_instrumented_openai_calls_are_stored_and_judged_with_their_text(
+    instrumented, kafka, chdb_dsn, database, judge_endpoint
+) -> None:
+    import openai
+
+    spans, logs = instrumented
+    client = openai.OpenAI(api_key="test-key", base_url=judge_endpoint.openai_base_url)
+    answers = {}
+    for prompt in PROMPTS:
+        r = client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[
+                {"role": "system", "content": "You are a support agent."},
+                {"role": "user", "content": prompt},
+            ],
+        )
+        answers[r.id] = (prompt, r.choices[0].message.content)
+    finished = spans.get_finished_spans()
+    assert len(finished) == len(PROMPTS)
+    assert all("gen_ai.input.messages" not in s.attributes for s in finished)  # content only in logs
+    names = sorted({r.log_record.event_name for r in logs.get_finished_logs()})
+    assert names == ["gen_ai.choice", "gen_ai.system.message", "gen_ai.user.message"]
+
+    # the Collector's Kafka exporter (otlp_proto): logs and spans in messages of their own, each
+    # call's log records in its own message; logs produced first, over three partitions
+    kafka.create_topic("llm-events", 3)
+    by_span: dict[int, list] = {}
+    for r in logs.get_finished_logs():
+        by_span.setdefault(r.log_record.span_id, []).append(r)
+    messages = [encode_logs(records).SerializeToString() for records in by_span.values()]
+    messages.append(encode_spans(finished).SerializeToString())
+    produce_all(kafka.bootstrap, "llm-events", messages)
+    client_ch = connect(chdb_dsn, database)
+    ensure_schema(client_ch, database)
+    joined_before = outcome("joined")
+    settings = topic_flow_settings(
+        kafka,
+        chdb_dsn,
+        database,
+        judge_endpoint,
+        **{"clickhouse.store_text": True, "sampling.base_rate": 1.0},
+    )
+    run_flow(settings)
+
+    got = rows(
+        client_ch,
+        "SELECT event_id, tenant_id, agent, model, input_text, output_text, input_tokens > 0, cost_usd > 0 "
+        "FROM llm_events FINAL ORDER BY event_id",
+    )
+    assert len(got) == len(PROMPTS)
+    stored = {}
+    for event_id, tenant, agent, model, input_text, output_text, has_tokens, priced in got:
+        assert (tenant, agent, model, has_tokens, priced) == ("initech", "support-bot", "gpt-4o-mini", 1, 1)
+        stored[input_text] = (event_id, output_text)
+    for prompt, completion in answers.values():
+        event_id, output_text = stored[f"system: You are a support agent.\nuser: {prompt}"]
+        assert output_text == completion and completion
+    assert outcome("joined") - joined_before == len(PROMPTS)
+    judged = rows(client_ch, "SELECT DISTINCT event_id FROM evaluations FINAL ORDER BY event_id")
+    assert [e for (e,) in judged] == sorted(e for e, _ in stored.values())
