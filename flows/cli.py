@@ -165,15 +165,30 @@ def _check_runnable(settings: Settings) -> None:
     j = settings.flow.judges
     if not j.enabled:
         return
-    keys = {"openai": settings.secrets.openai_api_key, "anthropic": settings.secrets.anthropic_api_key}
-    for name, tier in (("tier1", j.tier1), ("tier2", j.tier2)):
-        if tier is not None and keys[tier.provider] is None and not tier.base_url:
-            var = "OPENAI" if tier.provider == "openai" else "ANTHROPIC"
-            msg = (
-                f"judges.{name} uses {tier.provider} but {var}_API_KEY is not set "
-                f"(or point {var}_BASE_URL at a compatible endpoint)"
-            )
-            raise ConfigError(msg)
+    # a missing key is not a reason to stop: the cost path needs none, and an orchestrator would
+    # restart a job that exits forever. The LLM tiers without one stay off, and the log says so.
+    from flows.deps import judge_tiers, keyless_tiers
+
+    off = keyless_tiers(settings)
+    for tier, var in off.items():
+        t = j.tier1 if tier == 1 else j.tier2
+        assert t is not None
+        log.warning(
+            "judges.tier%d (%s/%s) is off: %s is not set (nor %s_BASE_URL)",
+            tier,
+            t.provider,
+            t.model,
+            var,
+            t.provider.upper(),
+        )
+    if off:
+        usable = set(judge_tiers(settings))
+        unjudged = [m for m, tiers in j.metrics.items() if 0 not in tiers and not usable & set(tiers)]
+        log.warning(
+            "prices, windows and alerts run as usual and the tier-0 rules judge; %s, until a key is set "
+            "and the job restarted",
+            f"no judge for {', '.join(unjudged)}" if unjudged else "every metric keeps a judge",
+        )
 
 
 def _recovery(path: Path):
