@@ -49,6 +49,9 @@ TABLES = {
     "quality_estimates": "SELECT tenant_id, agent, metric, window_start, judged, flagged,"
     " round(sum_w, 6) FROM quality_estimates FINAL",
     "alerts": "SELECT alert_id, rule, tenant_id, level FROM alerts FINAL",
+    "abuse_windows": "SELECT tenant_id, window_s, window_start, requests, repeated_requests,"
+    " distinct_prompts, top_prompt_requests, distinct_users, top_user, top_user_requests"
+    " FROM abuse_windows FINAL",
     "dead_letters": "SELECT key, stage, reason FROM dead_letters FINAL",
 }
 
