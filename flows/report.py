@@ -60,9 +60,10 @@ COMMANDS = (
     "pricing",
     "all",
 )
+TEXT_CUT = 60  # characters of a text cell in text tables (`--full`: none)
 _DEFAULT_BY = {
     "cost": "tenant",
-    "variants": "agent",
+    "variants": "tenant,agent",
     "hourly": "tenant",
     "budget": "tenant",
     "tokens": "agent,model",
@@ -97,6 +98,11 @@ def add_report_parser(sub: Any) -> None:
         "--json", action="store_true", help="machine-readable output (money as decimal strings)"
     )
     what.add_argument("--html", type=Path, default=None, help="also write the full report as one HTML file")
+    what.add_argument(
+        "--full",
+        action="store_true",
+        help="print long texts (alert messages, model lists) whole instead of cut at 60 characters",
+    )
 
     report = sub.add_parser(
         "report",
@@ -164,7 +170,7 @@ def run_report(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
-        print(report.to_text())
+        print(report.to_text(cut=None if args.full else TEXT_CUT))
     if args.html is not None:
         from flows.report_html import render_html
 
@@ -204,9 +210,13 @@ def _connect(args: argparse.Namespace, settings: Settings) -> Any:
         if not dsn.startswith("chdb:"):
             raise
         msg = (
-            f"cannot open {dsn}: {exc}\nOne process at a time can use a chdb directory; while a flow"
-            " runs on it, serve it with `python -m sinks.chdb_http --path DIR --port 8123` and pass"
-            " --dsn http://127.0.0.1:8123"
+            f"cannot open {dsn}: {exc}\nAnother process is using {path} (one process at a time can open a"
+            " chdb directory: a running `judgeflow run` or `judgeflow demo`?). Read it once that process"
+            " has stopped. To read while a job runs, serve the directory before starting the job and point"
+            " both at the server:\n"
+            f"  python -m sinks.chdb_http --path {path} --port 8123 &\n"
+            "  JUDGEFLOW_CLICKHOUSE_DSN=http://127.0.0.1:8123 judgeflow run ...\n"
+            f"  judgeflow report {getattr(args, 'report', 'cost')} --dsn http://127.0.0.1:8123"
         )
         raise ReportError(msg) from None
     if "cost_windows" not in _tables(client, database):
@@ -308,7 +318,7 @@ class Report:
             },
         }
 
-    def to_text(self) -> str:
+    def to_text(self, cut: int | None = TEXT_CUT) -> str:
         s = self.scope
         since, until = _iso(s.since_ms, text=True), _iso(s.until_ms, text=True)
         origin = {
@@ -323,7 +333,7 @@ class Report:
         parts = ["\n".join(head)]
         for t in self.tables:
             shown = _pivot_series(t) if t.title == "hourly" else t
-            parts.append(format_table(shown))
+            parts.append(format_table(shown, cut))
         return "\n\n".join(parts)
 
 
@@ -435,7 +445,7 @@ def _budget_lookup(
 # --- text and JSON ----------------------------------------------------------------
 
 
-def format_value(kind: str, v: Any) -> str:
+def format_value(kind: str, v: Any, cut: int | None = TEXT_CUT) -> str:
     if v is None or v == "":
         return "-" if v is None else ""
     if kind == "usd":
@@ -453,14 +463,14 @@ def format_value(kind: str, v: Any) -> str:
     if kind == "time":
         return _iso(v, text=True)
     text = str(v)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if cut is None or len(text) <= cut else text[: cut - 3] + "..."
 
 
-def format_table(t: Table) -> str:
+def format_table(t: Table, cut: int | None = TEXT_CUT) -> str:
     header = [c.name for c in t.columns]
-    body = [[format_value(c.kind, v) for c, v in zip(t.columns, r, strict=True)] for r in t.rows]
+    body = [[format_value(c.kind, v, cut) for c, v in zip(t.columns, r, strict=True)] for r in t.rows]
     if t.total is not None and t.rows:
-        body.append([format_value(c.kind, v) for c, v in zip(t.columns, t.total, strict=True)])
+        body.append([format_value(c.kind, v, cut) for c, v in zip(t.columns, t.total, strict=True)])
     widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(header)]
     right = [c.kind != "text" for c in t.columns]
 

@@ -132,7 +132,7 @@ def html_table(t: Table) -> str:
         *([(t.total, "total")] if t.total is not None and t.rows else []),
     ]:
         cells = "".join(
-            f"<td{' class=n' if c.kind != 'text' else ''}>{escape(format_value(c.kind, v))}</td>"
+            f"<td{' class=n' if c.kind != 'text' else ''}>{escape(format_value(c.kind, v, cut=None))}</td>"
             for c, v in zip(t.columns, r, strict=True)
         )
         rows.append(f"<tr class='{cls}'>{cells}</tr>" if cls else f"<tr>{cells}</tr>")

@@ -266,22 +266,40 @@ def cost(client: Any, scope: Scope, by: Sequence[str], grains: Sequence[int]) ->
 def variants(
     client: Any, scope: Scope, by: Sequence[str], grains: Sequence[int], baseline: str
 ) -> tuple[Table, Table]:
-    """Variants side by side per group (default: per agent), and their judged quality.
+    """Variants side by side per group (always within a tenant: default per tenant and
+    agent), with the judges' spend on each variant's events, and their judged quality.
 
-    Quality: per metric, the share of judged requests flagged, weighted by
-    1 / inclusion probability (a Hajek estimate, so stratified sampling does
-    not bias it); one verdict per (event, metric), from the highest tier."""
-    groups = [b for b in dict.fromkeys(by) if b != "variant"]
+    Judge spend comes from the evaluations (each judged event keeps its tenant,
+    agent, model and variant there; the `judge` rows of `cost_windows` are per
+    judge tier instead). Quality: per metric, the share of judged requests
+    flagged, weighted by 1 / inclusion probability (a Hajek estimate, so
+    stratified sampling does not bias it); one verdict per (event, metric),
+    from the highest tier."""
+    groups = ["tenant", *(b for b in dict.fromkeys(by) if b not in ("tenant", "variant"))]
     keys = [*by_columns(groups), "variant"]
+    cols = ", ".join(keys)
     q = _Sql()
     q.windows(scope, grains)
     q.filters(scope)
+    q.conditions.append("category = 'llm'")
     rows = _query(
         client,
-        f"SELECT {', '.join(keys)}, {_SPEND} FROM cost_windows FINAL WHERE {q.where()}"  # noqa: S608
-        f" GROUP BY {', '.join(keys)} HAVING s_requests > 0 ORDER BY {', '.join(keys)}",
+        f"SELECT {cols}, {_SPEND} FROM cost_windows FINAL WHERE {q.where()}"  # noqa: S608
+        f" GROUP BY {cols} HAVING s_requests > 0 ORDER BY {cols}",
         q.params,
     )
+    e = _Sql()
+    e.time_range("ts", scope.since_ms, scope.until_ms)
+    e.filters(scope)
+    judge_usd = {
+        tuple(r[:-1]): r[-1]
+        for r in _query(
+            client,
+            f"SELECT {cols}, sum(judge_cost_usd) FROM evaluations FINAL"  # noqa: S608
+            f" WHERE {e.where()} GROUP BY {cols}",
+            e.params,
+        )
+    }
     n = len(groups)
     base_cpr: dict[tuple, Decimal | None] = {}
     for r in rows:
@@ -290,7 +308,7 @@ def variants(
     out = []
     for r in rows:
         g, variant = tuple(r[:n]), r[n]
-        req, inp, outp, usd, _unknown, _judge_calls, jusd = r[n + 1 :]
+        req, inp, outp, usd, _unknown, _judge_calls, _judge_windows_usd = r[n + 1 :]
         cpr = per_request(usd, req)
         base = base_cpr.get(g)
         out.append(
@@ -304,7 +322,7 @@ def variants(
                 inp / req,
                 outp / req,
                 (inp + outp) / req,
-                jusd,
+                judge_usd.get((*g, variant), Decimal(0)),
             )
         )
     spend = Table(
@@ -325,11 +343,7 @@ def variants(
         note=f"cost per request compared with the {baseline!r} variant of the same group",
     )
 
-    e = _Sql()
-    e.time_range("ts", scope.since_ms, scope.until_ms)
-    e.filters(scope)
     e.conditions.append("error = ''")
-    cols = ", ".join(keys)
     qrows = _query(
         client,
         f"SELECT {cols}, metric, count() AS judged,"  # noqa: S608
@@ -539,8 +553,11 @@ def alerts(client: Any, scope: Scope) -> Table:
         q.conditions.append(f"tenant_id IN {q.param(list(scope.tenants), 'Array(String)')}")
     rows = _query(
         client,
-        "SELECT ts, tenant_id, rule, scope, previous_level, level, value, threshold, message"  # noqa: S608
-        f" FROM alerts FINAL WHERE {q.where()} ORDER BY ts, tenant_id, rule",
+        # the exact decimals the alert was decided on (its details), where the row has them
+        "SELECT ts, tenant_id, rule, scope, previous_level, level,"  # noqa: S608
+        " if(JSONHas(details, 'value'), JSONExtractString(details, 'value'), toString(value)),"
+        " if(JSONHas(details, 'threshold'), JSONExtractString(details, 'threshold'), toString(threshold)),"
+        f" message FROM alerts FINAL WHERE {q.where()} ORDER BY ts, tenant_id, rule",
         q.params,
     )
     return Table(
@@ -556,7 +573,7 @@ def alerts(client: Any, scope: Scope) -> Table:
             Column("threshold", "float"),
             Column("message", "text"),
         ],
-        [(_ms(r[0]), *r[1:]) for r in rows],
+        [(_ms(r[0]), *r[1:6], Decimal(r[6]), Decimal(r[7]), r[8]) for r in rows],
     )
 
 
@@ -664,9 +681,9 @@ def savings(client: Any, scope: Scope, database: str) -> Table:
                 r.baseline_usd,
                 r.judge_calls,
                 r.judge_usd,
-                r.avoided_usd.get("sampling", 0),
-                r.avoided_usd.get("cache", 0),
-                r.avoided_usd.get("cascade", 0),
+                r.avoided_usd.get("sampling", Decimal(0)),
+                r.avoided_usd.get("cache", Decimal(0)),
+                r.avoided_usd.get("cascade", Decimal(0)),
             )
             for r in keep
         ],

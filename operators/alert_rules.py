@@ -135,7 +135,12 @@ class Rule:
         raise NotImplementedError
 
     def show(self, value: Decimal) -> str:
+        """A value or threshold with its unit, short (the message says what it measures)."""
         return f"{value:.2f}"
+
+    def describe(self) -> str:
+        """What the rule measures, as the alert message says it."""
+        return self.what
 
     def runbook_for(self, tenant: str, scope: str) -> str:
         return self.runbook.format(tenant=shlex.quote(tenant), agent=shlex.quote(scope or "ALL"))
@@ -191,7 +196,7 @@ class DailySpend(Rule):
 @dataclass(frozen=True)
 class MonthlyProjection(Rule):
     name: ClassVar[str] = "monthly_projection"
-    what: ClassVar[str] = "month-to-date spend projected to the month's end"
+    what: ClassVar[str] = "month-to-date spend projected to the month's end, of the monthly budget"
     runbook: ClassVar[str] = "judgeflow report budget --tenant {tenant}"
 
     budget_usd: Decimal = Decimal(15_000)
@@ -220,13 +225,13 @@ class MonthlyProjection(Rule):
         return [Reading("", projected / self.budget_usd, start, details)]
 
     def show(self, value: Decimal) -> str:
-        return f"{value * 100:.0f}% of the monthly budget"
+        return f"{value * 100:.0f}%"
 
 
 @dataclass(frozen=True)
 class VariantCost(Rule):
     name: ClassVar[str] = "variant_cost"
-    what: ClassVar[str] = "cost per request of a variant vs the baseline"
+    what: ClassVar[str] = "cost per request vs the baseline variant's"
     runbook: ClassVar[str] = "judgeflow report variants --tenant {tenant} --agent {agent}"
 
     baseline: str = "baseline"
@@ -267,7 +272,7 @@ class VariantCost(Rule):
         return out
 
     def show(self, value: Decimal) -> str:
-        return f"{value:.2f}x the baseline's cost per request"
+        return f"{value:.2f}x"
 
 
 @dataclass(frozen=True)
@@ -312,7 +317,10 @@ class ExpensiveRequests(Rule):
         return [Reading("", Decimal(count), start, details)]
 
     def show(self, value: Decimal) -> str:
-        return f"{value:.0f} request(s) above {_money(self.threshold_usd)} in {self.window_s // 60} min"
+        return f"{value:.0f}"
+
+    def describe(self) -> str:
+        return f"requests above {_money(self.threshold_usd)} in the last {self.window_s // 60} min"
 
     def runbook_for(self, tenant: str, scope: str) -> str:
         window = f"{self.window_s // 3600}h" if self.window_s % 3600 == 0 else f"{self.window_s // 60}m"
@@ -365,13 +373,13 @@ class VolumeSpike(Rule):
         return [Reading("", rpm / base_rpm, short_start, details)]
 
     def show(self, value: Decimal) -> str:
-        return f"{value:.1f}x the usual requests/min"
+        return f"{value:.1f}x"
 
 
 @dataclass(frozen=True)
 class JudgeBudget(Rule):
     name: ClassVar[str] = "judge_budget"
-    what: ClassVar[str] = "judge spend today (UTC)"
+    what: ClassVar[str] = "judge spend today (UTC), of the daily judge budget"
     runbook: ClassVar[str] = (
         "judgeflow overrides list; judgeflow report cost --tenant {tenant} --last 1d --by agent,model,variant"
     )
@@ -397,7 +405,7 @@ class JudgeBudget(Rule):
         return [Reading("", spend / self.budget_usd, day, details)]
 
     def show(self, value: Decimal) -> str:
-        return f"{value * 100:.0f}% of the daily judge budget"
+        return f"{value * 100:.0f}%"
 
 
 @dataclass(frozen=True)

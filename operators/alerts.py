@@ -59,7 +59,7 @@ from operators.alert_rules import LEVELS, RANK, AlertPolicy, Reading, Rule, dec
 from operators.alert_state import DAY_MS, TenantLedger, month_bounds
 from operators.control import Override
 from operators.expensive import ExpensiveSlot
-from operators.records import AbuseWindow, Alert, CostWindow
+from operators.records import AbuseWindow, Alert, CostWindow, alert_subject
 
 
 class OverrideAction(msgspec.Struct, frozen=True, array_like=True):
@@ -340,13 +340,13 @@ class _AlertLogic(StatefulBatchLogic[_In, _Out, _AlertState]):
         tenant = self._s.tenant
         rule, r = c.rule, c.reading
         value = r.value if r.value is not None else Decimal(0)
-        where = f"{tenant}" + (f" / {r.scope}" if r.scope else "")
+        where = alert_subject(tenant, r.scope)
         if c.level == "ok":
             threshold = rule.threshold(c.previous) or Decimal(0)
-            message = f"resolved: {where}: {rule.what} is {rule.show(value)}, {c.previous} ended"
+            message = f"resolved: {where}: {rule.describe()}: {rule.show(value)}, {c.previous} ended"
         else:
             threshold = rule.threshold(c.level) or Decimal(0)
-            message = f"{where}: {rule.what} is {rule.show(value)}: {c.level} (from {rule.show(threshold)})"
+            message = f"{where}: {rule.describe()}: {rule.show(value)}, {c.level} at {rule.show(threshold)}"
             if r.note:
                 message = f"{message}; {r.note}"
         metrics.ALERTS.labels(rule.name, c.level).inc()

@@ -362,3 +362,17 @@ class Alert(msgspec.Struct, frozen=True, array_like=True):
     message: str
     runbook: str
     details: str = ""  # JSON: the numbers that triggered it (per rule: see operators.alert_rules)
+
+
+def alert_subject(tenant: str, scope: str) -> str:
+    """Whom an alert is about, as its message begins: `tenant` or `tenant / scope`."""
+    return f"{tenant} / {scope}" if scope else tenant
+
+
+def alert_summary(a: Alert) -> str:
+    """The message without its subject (for channels that show the subject apart)."""
+    subject = alert_subject(a.tenant_id, a.scope)
+    for prefix in (f"{subject}: ", f"resolved: {subject}: "):
+        if a.message.startswith(prefix):
+            return a.message[len(prefix) :]
+    return a.message

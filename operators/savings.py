@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import bytewax.operators as op
@@ -243,11 +244,11 @@ class SavingsRow:
     tenant_id: str
     events: int
     baseline_calls: int
-    baseline_usd: float
+    baseline_usd: Decimal
     judge_calls: int
-    judge_usd: float
+    judge_usd: Decimal
     avoided_calls: dict[str, int]  # sampling | cache | cascade
-    avoided_usd: dict[str, float]
+    avoided_usd: dict[str, Decimal]  # exact, as stored
 
 
 SAVINGS_SQL = """
@@ -277,11 +278,11 @@ def query_savings(
                 t,
                 int(ev),
                 int(bc),
-                float(bu),
+                Decimal(bu),
                 int(jc),
-                float(ju),
+                Decimal(ju),
                 {"sampling": int(sc), "cache": int(cc), "cascade": int(kc)},
-                {"sampling": float(su), "cache": float(cu), "cascade": float(ku)},
+                {"sampling": Decimal(su), "cache": Decimal(cu), "cascade": Decimal(ku)},
             )
         )
     return out

@@ -489,8 +489,18 @@ def serve(
     fail_inserts: int = 0,
     verbose: bool = False,
 ) -> int:
-    """Serve chdb at `path` on 127.0.0.1:`port` until SIGTERM or SIGINT; return 0."""
-    engine = ChdbEngine(path, fail_inserts=fail_inserts)
+    """Serve chdb at `path` on 127.0.0.1:`port` until SIGTERM or SIGINT; return 0
+    (2 when another process holds the directory)."""
+    try:
+        engine = ChdbEngine(path, fail_inserts=fail_inserts)
+    except RuntimeError as exc:  # chdb's "Cannot lock file DIR/status": one process per directory
+        print(
+            f"chdb_http: cannot open {path}: {exc}\nAnother process is using this directory (a running"
+            " `judgeflow run` or `judgeflow demo`?): stop it first, then start this server before the job"
+            " and give the job JUDGEFLOW_CLICKHOUSE_DSN=<the URL this prints>.",
+            file=sys.stderr,
+        )
+        return 2
     server = ChdbHttpServer(port, engine, verbose=verbose)
 
     def stop(signum: int, _frame: Any) -> None:

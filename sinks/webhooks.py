@@ -39,7 +39,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter
 
 from operators.alert_rules import RANK
-from operators.records import Alert
+from operators.records import Alert, alert_subject, alert_summary
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +110,10 @@ _SLACK_ICON = {
 def slack_payload(a: Alert) -> dict[str, Any]:
     """A Slack incoming-webhook message for one alert change."""
     state = "RESOLVED" if a.level == "ok" else a.level.upper()
-    scope = f" / {a.scope}" if a.scope else ""
-    title = _slack_escape(f"[{state}] judgeflow {a.rule}: {a.tenant_id}{scope}")
-    message = _slack_escape(a.message)
+    # the subject once, in the title; the message's numbers already carry their units
+    title = _slack_escape(f"[{state}] {alert_subject(a.tenant_id, a.scope)}: judgeflow {a.rule}")
+    message = _slack_escape(alert_summary(a))
     fields = [
-        ("Value", f"{a.value:g}"),
-        ("Threshold", f"{a.threshold:g}"),
         ("Window (UTC)", f"{_iso(a.window_start_ms)} to {_iso(a.window_end_ms)}"),
         ("Alert id", f"`{a.alert_id}`"),
     ]

@@ -233,10 +233,10 @@ def test_a_ramping_tenant_walks_up_once_then_resolves(
     on_topic = [a for a in consume_all(kafka.bootstrap, "judgeflow-alerts") if a["rule"] == "burn_rate"]
     assert {a["alert_id"] for a in on_topic} == {r[2] for r in rows}
     assert all(isinstance(a["details"], dict) for a in on_topic)
-    states = [b["text"].split(" ")[1] for b in hook.bodies]  # e.g. ":fire: [EMERGENCY] judgeflow ..."
+    states = [b["text"].split(" ")[1] for b in hook.bodies]  # e.g. ":fire: [EMERGENCY] ramp: judgeflow ..."
     runs = 2 if workers == 2 else 1  # the replay posts again: delivery is at least once
     assert states == ["[WARN]", "[CRITICAL]", "[EMERGENCY]", "[RESOLVED]"] * runs
-    assert all(": ramp: " in b["text"] for b in hook.bodies)
+    assert all("] ramp: judgeflow burn_rate: " in b["text"] for b in hook.bodies)
 
 
 def evaluated(client, prefix: str) -> dict[str, int]:

@@ -24,7 +24,7 @@ from operators.price import pricing_issue
 from operators.records import AbuseWindow, Alert, Evaluation, Event, LedgerEntry, pico_to_usd
 from operators.windows import cost_window, ledger_entry, rollup
 from sinks.chdb_http import start_chdb_http
-from sinks.clickhouse import ClickHouseSink
+from sinks.clickhouse import ClickHouseSink, connect
 
 REPO = Path(__file__).resolve().parents[1]
 MIN = 60_000
@@ -75,6 +75,10 @@ def known_events() -> list[Event]:
     out.append(event(900, "acme", "support-bot", "baseline", T0 + 5 * MIN, 25 * 10**9))  # $0.025
     out.append(event(901, "globex", "coder", "baseline", T0 + 65 * MIN, 12 * 10**9))  # $0.012
     out.append(event(902, "acme", "helpdesk", "baseline", T0 + 70 * MIN, 0, model="mystery"))
+    # another tenant's agent of the same name: never merged with acme's
+    out.extend(
+        event(2000 + j, "globex", "support-bot", "baseline", T0 + j * 9 * MIN, 4 * 10**9) for j in range(20)
+    )
     late = [
         event(1000 + j, "acme", "support-bot", "baseline", T0 + j * 4 * MIN + 7, 10**9) for j in range(40)
     ]
@@ -86,7 +90,7 @@ def evaluations(events: list[Event]) -> list[Evaluation]:
     every 4th flagged; a tier-1 verdict overrides tier 0 on every 10th event."""
     out = []
     for e in events:
-        if e.agent != "support-bot" or e.event_id >= "e1000":
+        if e.tenant_id != "acme" or e.agent != "support-bot" or e.event_id >= "e1000":
             continue
         n = int(e.event_id[1:])
         prob = 0.5 if e.variant == "baseline" else 1.0
@@ -112,7 +116,7 @@ def evaluations(events: list[Event]) -> list[Evaluation]:
                     cache_hit=False,
                     inclusion_prob=prob,
                     content_hash="h",
-                    judge_cost_pusd=0,
+                    judge_cost_pusd=90_000 + n if tier else 0,  # a tier-1 call costs; tier 0 is free
                     judge_latency_ms=1.0,
                 )
             )
@@ -254,6 +258,14 @@ def test_all_reports_match_the_known_data(ch_url: str, loaded: list[Event]) -> N
     assert r["range"]["now_from"] == "data"
     t = r["tables"]
     scoped = in_range(loaded, since, until)
+    money = [
+        (name, k, v)
+        for name, table in t.items()
+        for row in [*table["rows"], table["total"] or {}]
+        for k, v in row.items()
+        if k.endswith("_usd") or (name == "alerts" and k in ("value", "threshold"))
+    ]
+    assert money and all(isinstance(v, str | None) for _, _, v in money)  # exact decimals, never floats
 
     cost = rows_by(t["cost"], "tenant")
     assert {k: (v["requests"], Decimal(v["cost_usd"])) for k, v in cost.items()} == per_tenant(scoped)
@@ -267,25 +279,33 @@ def test_all_reports_match_the_known_data(ch_url: str, loaded: list[Event]) -> N
     assert Decimal(total["cost_usd"]) == sum(usd(e.cost_pusd) for e in scoped)
     assert total["unpriced_requests"] == 1  # the mystery model
 
-    # variants: cost per request and its ratio to the baseline, per agent
-    v = rows_by(t["variants"], "agent", "variant")
-    sb = [e for e in scoped if e.agent == "support-bot"]
+    # variants: per tenant and agent, cost per request and its ratio to the baseline, and the
+    # judges' spend on each variant's events
+    v = rows_by(t["variants"], "tenant", "agent", "variant")
+    sb = [e for e in scoped if e.tenant_id == "acme" and e.agent == "support-bot"]
+    judge_cost = {e.event_id: sum(j.judge_cost_pusd for j in evaluations([e])) for e in sb}
     cpr = {}
     for variant in ("baseline", "finetuned"):
         mine = [e for e in sb if e.variant == variant]
+        row = v[("acme", "support-bot", variant)]
         cpr[variant] = (usd(sum(e.cost_pusd for e in mine)) / len(mine)).quantize(Decimal("1e-12"))
-        assert v[("support-bot", variant)]["requests"] == len(mine)
-        assert Decimal(v[("support-bot", variant)]["cost_per_request_usd"]) == cpr[variant]
-    assert v[("support-bot", "finetuned")]["vs_baseline"] == pytest.approx(
+        assert row["requests"] == len(mine)
+        assert Decimal(row["cost_per_request_usd"]) == cpr[variant]
+        assert Decimal(row["judge_cost_usd"]) == usd(sum(judge_cost[e.event_id] for e in mine))
+    assert Decimal(v[("acme", "support-bot", "baseline")]["judge_cost_usd"]) > 0  # tier-1 calls
+    assert v[("acme", "support-bot", "finetuned")]["vs_baseline"] == pytest.approx(
         float(cpr["finetuned"]) / float(cpr["baseline"])
     )
+    other = [e for e in scoped if e.tenant_id == "globex" and e.agent == "support-bot"]
+    assert v[("globex", "support-bot", "baseline")]["requests"] == len(other) > 0
+    assert Decimal(v[("globex", "support-bot", "baseline")]["judge_cost_usd"]) == 0
     # quality: one verdict per event (the highest tier), weighted by 1 / inclusion probability
-    q = rows_by(t["quality"], "agent", "variant", "metric")
-    judged = {e.event_id: e for e in scoped if e.agent == "support-bot" and e.event_id < "e1000"}
+    q = rows_by(t["quality"], "tenant", "agent", "variant", "metric")
+    judged = {e.event_id: e for e in sb if e.event_id < "e1000"}
     for variant in ("baseline", "finetuned"):
         ids = [int(i[1:]) for i, e in judged.items() if e.variant == variant]
         flagged = [n for n in ids if n % 4 == 0 and n % 10 != 0]
-        row = q[("support-bot", variant, "refusal")]
+        row = q[("acme", "support-bot", variant, "refusal")]
         assert (row["judged"], row["flagged"]) == (len(ids), len(flagged))
         assert row["flagged_rate"] == pytest.approx(len(flagged) / len(ids))
 
@@ -409,3 +429,55 @@ def test_abuse_report_ranks_tenants_and_windows_by_their_peak_share(ch_url: str,
     # a lower minimum lets the tiny window count: 100% from one user
     low = report(ch_url, "abuse", "--since", "2023-11-16T10:00Z", "--min-requests", "5", "--tenant", "globex")
     assert low["tables"]["abuse"]["rows"][0]["peak_user_share"] == pytest.approx(1.0)
+
+
+def test_a_locked_chdb_directory_gets_a_way_out_that_works(tmp_path: Path) -> None:
+    """While another process holds a chdb directory, the report says so and prints commands that
+    work: the server refuses the held directory just as clearly, and once the holder is gone it
+    serves the directory and the report reads it through it."""
+    data = tmp_path / "chdb"
+    hold = (
+        "import sys, time; from sinks.clickhouse import connect, ensure_schema;"
+        f"c = connect('chdb:{data}'); ensure_schema(c, 'judgeflow'); print('held', flush=True);"
+        "sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", hold], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        cmd = [sys.executable, "-m", "flows.cli", "report", "alerts", "--dsn", f"chdb:{data}"]
+        out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+        assert out.returncode == 2 and "Traceback" not in out.stderr
+        assert f"python -m sinks.chdb_http --path {data} --port 8123 &" in out.stderr
+        assert "judgeflow report alerts --dsn http://127.0.0.1:8123" in out.stderr
+        serve = [sys.executable, "-m", "sinks.chdb_http", "--path", str(data)]
+        refused = subprocess.run(serve, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert "Another process is using this directory" in refused.stderr
+    finally:
+        holder.communicate("", timeout=60)
+    with start_chdb_http(data) as url:  # the way out, once the directory is free
+        out = subprocess.run(
+            [*cmd[:5], "--dsn", url], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+        )
+    assert out.returncode == 0, out.stderr
+    assert "(no rows)" in out.stdout
+
+
+def test_full_prints_long_texts_whole(ch_url: str, loaded: list[Event]) -> None:
+    long = "globex: " + "x" * 100
+    at = datetime.fromtimestamp((T0 + 10 * MIN) / 1000, tz=UTC)
+    connect(ch_url, DB).insert(
+        "alerts",
+        [["a9", "burn_rate", "globex", "", "warn", "ok", 1.0, 1.0, at, at, at, long, "", ""]],
+        column_names=[
+            "alert_id", "rule", "tenant_id", "scope", "level", "previous_level", "value", "threshold",
+            "window_start", "window_end", "ts", "message", "runbook", "details",
+        ],
+    )  # fmt: skip
+    args = ("alerts", "--since", "2023-11-16T10:00Z", "--until", "2023-11-16T14:00Z")
+    cut, full = run_cli(ch_url, *args), run_cli(ch_url, *args, "--full")
+    assert cut.returncode == full.returncode == 0, cut.stderr + full.stderr
+    assert long not in cut.stdout and long[:57] + "..." in cut.stdout
+    assert long in full.stdout

@@ -5,6 +5,7 @@ and fails on demand: Slack and Alertmanager JSON shapes, bounded retries on
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import defaultdict
@@ -90,7 +91,7 @@ def alert(level: str, previous: str, ts_ms: int, *, tenant: str = "acme", rule: 
         window_start_ms=ts_ms - HOUR,
         window_end_ms=ts_ms,
         ts_ms=ts_ms,
-        message=f"{tenant}: LLM spend over the last hour is $25.50/h: {level} <&>",
+        message=f"{tenant}: LLM spend over the last hour: $25.50/h, {level} at $20.00/h <&>",
         runbook=f"judgeflow report cost --tenant {tenant} --last 1h --by agent,model,variant",
         details='{"usd_last_hour":"25.5"}',
     )
@@ -116,19 +117,21 @@ def test_slack_messages(recorder):
     post([WebhookTarget("slack", "slack", recorder.url("/slack"))], STORY)
     (ctype, warn), (_, crit), (_, ok) = recorder.requests["/slack"]
     assert ctype == "application/json"
-    assert warn["text"].startswith(":warning: [WARN] judgeflow burn_rate: acme: ")
+    # the subject once (in the title), the message's numbers with their units, never a raw float
+    assert warn["text"] == (
+        ":warning: [WARN] acme: judgeflow burn_rate: LLM spend over the last hour: $25.50/h, warn at $20.00/h"
+        " &lt;&amp;&gt;"
+    )
     assert crit["text"].startswith(":rotating_light: [CRITICAL]") and ok["text"].startswith(
         ":white_check_mark: [RESOLVED]"
     )
     section, fields, context = crit["blocks"]
-    assert section["text"]["text"].endswith("critical &lt;&amp;&gt;")  # Slack's escaping
-    assert [f["text"].split("\n")[0] for f in fields["fields"]] == [
-        "*Value*",
-        "*Threshold*",
-        "*Window (UTC)*",
-        "*Alert id*",
-    ]
-    assert fields["fields"][0]["text"] == "*Value*\n25.5"
+    assert section["text"]["text"] == (
+        "*[CRITICAL] acme: judgeflow burn_rate*\nLLM spend over the last hour: $25.50/h, critical at $20.00/h"
+        " &lt;&amp;&gt;"  # Slack's escaping
+    )
+    assert [f["text"].split("\n")[0] for f in fields["fields"]] == ["*Window (UTC)*", "*Alert id*"]
+    assert not re.search(r"25\.5(?!0)|\b20\.0\b", json.dumps(crit))  # Alert.value, .threshold
     assert context["elements"][0]["text"] == (
         "Runbook: `judgeflow report cost --tenant acme --last 1h --by agent,model,variant`"
     )
@@ -250,5 +253,5 @@ def test_a_target_gets_its_alerts_in_event_time_order(recorder):
     recorder.delay_s["/ordered"] = 0.02  # concurrent posts would overtake each other
     batch = [alert("warn", "ok", NOW - m * 60_000, tenant=f"t{m}") for m in (3, 5, 1, 4, 2, 6)]
     post([WebhookTarget("ordered", "slack", recorder.url("/ordered"))], batch)
-    tenants = [b["text"].split("burn_rate: ")[1].split(":")[0] for b in recorder.bodies("/ordered")]
+    tenants = [b["text"].split("[WARN] ")[1].split(":")[0] for b in recorder.bodies("/ordered")]
     assert tenants == ["t6", "t5", "t4", "t3", "t2", "t1"]
