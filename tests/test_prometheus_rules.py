@@ -39,7 +39,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_rules_are_valid():
     done = promtool("check", "rules", str(RULES))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 6 rules found" in done.stdout
+    assert "SUCCESS: 8 rules found" in done.stdout
 
 
 def test_rule_unit_tests_pass():
@@ -72,10 +72,11 @@ def test_thresholds_follow_the_flow_config_defaults():
 
 def test_rules_read_metrics_the_job_exports():
     text = RULES.read_text()
-    assert "judgeflow_cost_usd_total" in text
+    assert "judgeflow_cost_usd_total" in text and "judgeflow_llm_cost_usd_total" in text
     sample = metrics.COST.labels(tenant="t", category="llm")
     assert sample is not None  # the labels the rules sum by and filter on exist
     assert {"tenant", "category"} == set(metrics.COST._labelnames)
+    assert {"tenant", "agent", "model"} == set(metrics.LLM_COST._labelnames)
 
 
 def test_operations_rules_are_valid_and_their_unit_tests_pass():
