@@ -157,12 +157,13 @@ def decode_record(
 def _otlp_encoding(raw: bytes) -> str | None:
     """How one message is encoded: "proto", "json" (OTLP) or None (a native event)."""
     if looks_like_otlp_proto(raw):
-        try:
-            proto_signal(raw)
+        if raw.lstrip()[:1] not in (b"{", b"["):
+            return "proto"  # a broken one is a dead letter saying so
+        try:  # JSON after a newline, unless the whole envelope reads as protobuf
+            proto_signal(raw, strict=True)
         except OtlpWireError:
-            if raw.lstrip()[:1] in (b"{", b"["):
-                return "json" if looks_like_otlp(raw) else None  # JSON after a newline
-        return "proto"  # a broken envelope is a dead letter saying so
+            return "json" if looks_like_otlp(raw) else None
+        return "proto"
     return "json" if looks_like_otlp(raw) else None
 
 

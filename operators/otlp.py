@@ -131,12 +131,14 @@ def decode_otlp_proto(
     try:
         signal = proto_signal(raw)
         request: ExportTraceServiceRequest | ExportLogsServiceRequest
+        # the attributes the mapping reads (converting every value costs ~2 µs each)
+        wanted = frozenset({mapping.tenant_attribute, mapping.variant_attribute, *_WANTED})
         if signal == "logs":
             request = ExportLogsServiceRequest.FromString(raw)
-            records = list(_proto_log_records(request))
+            records = list(_proto_log_records(request, wanted))
         else:
             request = ExportTraceServiceRequest.FromString(raw)
-            records = list(_proto_span_records(request))
+            records = list(_proto_span_records(request, wanted))
     except (OtlpWireError, DecodeError) as exc:
         return [dead_letter("decode", f"malformed OTLP protobuf: {exc}", raw, source, now_ms)]
     return map_records(records, raw, limits, now_ms, source, mapping)
@@ -390,13 +392,16 @@ def _any_value(v: dict) -> Any:
 # --- OTLP protobuf ---------------------------------------------------------------------
 
 
-def _proto_span_records(request: ExportTraceServiceRequest) -> Iterator[_Record]:
+_WANTED = ("service.name", "event.name")  # and every gen_ai.* attribute
+
+
+def _proto_span_records(request: ExportTraceServiceRequest, wanted: frozenset[str]) -> Iterator[_Record]:
     for rs in request.resource_spans:
-        resource = _proto_attributes(rs.resource.attributes)
+        resource = _proto_attributes(rs.resource.attributes, wanted)
         for ss in rs.scope_spans:
             for s in ss.spans:
                 yield _Record(
-                    attrs=_proto_attributes(s.attributes),
+                    attrs=_proto_attributes(s.attributes, wanted),
                     resource=resource,
                     trace_id=s.trace_id.hex(),
                     span_id=s.span_id.hex(),
@@ -407,12 +412,12 @@ def _proto_span_records(request: ExportTraceServiceRequest) -> Iterator[_Record]
                 )
 
 
-def _proto_log_records(request: ExportLogsServiceRequest) -> Iterator[_Record]:
+def _proto_log_records(request: ExportLogsServiceRequest, wanted: frozenset[str]) -> Iterator[_Record]:
     for rl in request.resource_logs:
-        resource = _proto_attributes(rl.resource.attributes)
+        resource = _proto_attributes(rl.resource.attributes, wanted)
         for sl in rl.scope_logs:
             for r in sl.log_records:
-                attrs = _proto_attributes(r.attributes)
+                attrs = _proto_attributes(r.attributes, wanted)
                 yield _Record(
                     attrs=attrs,
                     resource=resource,
@@ -426,8 +431,10 @@ def _proto_log_records(request: ExportLogsServiceRequest) -> Iterator[_Record]:
                 )
 
 
-def _proto_attributes(kvs: Iterable[Any]) -> dict[str, Any]:
-    return {kv.key: _proto_value(kv.value) for kv in kvs}
+def _proto_attributes(kvs: Iterable[Any], wanted: frozenset[str]) -> dict[str, Any]:
+    return {
+        key: _proto_value(kv.value) for kv in kvs if (key := kv.key).startswith("gen_ai.") or key in wanted
+    }
 
 
 def _proto_value(v: Any) -> Any:
@@ -451,9 +458,10 @@ _SPAN_ONLY |= {(11, _LEN), (12, _VARINT), (13, _LEN), (14, _VARINT), (15, _LEN),
 _LOG_ONLY = {(1, _I64), (2, _VARINT), (6, _LEN), (7, _VARINT), (8, _I32), (10, _LEN), (11, _I64), (12, _LEN)}
 
 
-def proto_signal(raw: bytes) -> str:
-    """The signal of a protobuf export request: "traces", "logs" or "" (no records); raises `OtlpWireError`
-    when the bytes are not such an envelope."""
+def proto_signal(raw: bytes, *, strict: bool = False) -> str:
+    """The signal of a protobuf export request: "traces", "logs" or "" (no records), from its first
+    record; raises `OtlpWireError` when the bytes read so far are not such an envelope. `strict`
+    reads the whole envelope (every resource and scope), not only up to the first record."""
     signal = ""
     for field, wt, start, end in _fields(raw, 0, len(raw)):
         if (field, wt) != (1, _LEN):
@@ -467,6 +475,8 @@ def proto_signal(raw: bytes) -> str:
                 _expect_len(f3, wt3, "scope spans/logs")
                 if f3 == 2 and not signal:
                     signal = _record_signal(raw, s3, e3)
+                    if signal and not strict:
+                        return signal
     return signal
 
 

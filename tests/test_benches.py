@@ -19,6 +19,7 @@ SMALL = {
     "judge_savings.py": ["--events", "500"],
     "judge_throughput.py": ["--calls", "40", "--latencies", "20", "--variants", "raw", "flow"],
     "kafka_source.py": ["--events", "4000", "--repeat", "1"],
+    "otlp_decode.py": ["--events", "200", "--spans", "1", "5", "--repeat", "1"],
     "retention_disk.py": ["--events", "500"],
     "throughput.py": ["--events", "2000", "--repeat", "1", "--sinks"],
 }

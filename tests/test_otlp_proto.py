@@ -152,7 +152,7 @@ def test_broken_protobuf_is_a_dead_letter_that_says_so() -> None:
     cases = {
         "truncated": good[: len(good) // 2],
         "length past the end": b"\n\xff\x01abc",
-        "unknown top-level field": good + b"\x12\x00",
+        "a field number 0": b"\n\x02\x00\x00",
         "bad wire type": b"\n\x03\x0b\x00\x00",
         "invalid UTF-8 in a string": json_to_proto(
             json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [{"name": "caf"}]}]}]})
