@@ -1,6 +1,7 @@
 """The `judgeflow` command.
 
 judgeflow run     [--config F] [-w N] [-i I -a ADDRS] [--recovery-dir D]   the streaming job
+judgeflow backfill --from T [--to T] --into DB [-w N]                      a slice, into another database
 judgeflow demo    [--workers N] [--limit N]                                 everything embedded
 judgeflow init-db [--config F]                                              create the tables and their TTLs
 judgeflow report  cost|variants|top|hourly|budget|tokens|quality|savings|abuse|alerts|pricing|all
@@ -68,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=_cmd_run)
 
+    _add_backfill_parser(sub)
+
     demo = sub.add_parser("demo", help="run the whole job embedded on sample production traffic")
     _config_arg(demo)
     demo.add_argument("--workers", type=int, default=1)
@@ -134,6 +137,102 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if health is not None:
             health.close()
     return 0
+
+
+def _add_backfill_parser(sub) -> None:
+    from flows.backfill import SYNTAX
+
+    bf = sub.add_parser(
+        "backfill",
+        help="re-run the flow over a slice of the topics into another database, with progress",
+        description="Re-run the whole flow over the Kafka messages from --from up to (not including) "
+        "--to into the database --into (created with the schema; never the live one), then stop. "
+        f"--from and --to take {SYNTAX}. Ctrl-C stops it; the same command resumes it.",
+    )
+    bf.add_argument(
+        "--config",
+        "-c",
+        type=Path,
+        default=None,
+        help="flow config TOML (default: flows/judgeflow.example.toml)",
+    )
+    bf.add_argument("--from", dest="start", metavar="T", required=True, help="first message read (inclusive)")
+    bf.add_argument(
+        "--to",
+        dest="stop",
+        metavar="T",
+        default=None,
+        help="end, exclusive (default: each partition's end when the backfill first starts)",
+    )
+    bf.add_argument(
+        "--into", metavar="DB", required=True, help="target database, not the config's clickhouse.database"
+    )
+    bf.add_argument(
+        "-w", "--workers", metavar="N", type=int, default=1, help="worker threads (default: %(default)s)"
+    )
+    bf.add_argument(
+        "--recovery-dir",
+        metavar="DIR",
+        type=Path,
+        default=None,
+        help="snapshots and resolved offsets, to resume (default: .judgeflow/backfill/DB/FROM--TO)",
+    )
+    bf.add_argument(
+        "--snapshot-s",
+        metavar="S",
+        type=float,
+        default=10.0,
+        help="epoch / snapshot interval in seconds (default: %(default)s)",
+    )
+    bf.add_argument(
+        "--progress-s",
+        metavar="S",
+        type=float,
+        default=10.0,
+        help="seconds between progress lines when stderr is not a terminal (default: %(default)s)",
+    )
+    bf.set_defaults(func=_cmd_backfill)
+
+
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    from flows import backfill
+    from judges.rubrics import RUBRIC_VERSION
+
+    live = load_settings(args.config).flow.clickhouse.database
+    into = backfill.check_database(args.into, live=live)
+    settings = load_settings(args.config, **{"clickhouse.database": into, "kafka.tail": False})
+    _check_runnable(settings)
+    _check_kafka(settings)
+    _init_db(settings)
+    recovery = args.recovery_dir or backfill.default_recovery_dir(into, args.start, args.stop)
+    plan = backfill.load_or_plan(
+        settings.flow.kafka,
+        database=into,
+        start=args.start,
+        stop=args.stop,
+        recovery_dir=recovery,
+        rubric_version=RUBRIC_VERSION,
+    )
+    backfill.check_fresh(settings, plan)
+    log.info(
+        "backfill %s: %d messages in %d partitions into %s (rubrics %s), recovery in %s",
+        "resumed" if plan.resumed else "started",
+        plan.total,
+        len(plan.ranges),
+        into,
+        RUBRIC_VERSION,
+        recovery,
+    )
+    summary = backfill.run_backfill(
+        settings,
+        plan,
+        workers=args.workers,
+        snapshot_s=args.snapshot_s,
+        progress_s=args.progress_s,
+        stream=sys.stderr,
+    )
+    print(summary.text(plan))
+    return 0 if summary.completed else 130
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -168,4 +168,22 @@ def offsets_for_time(
     return dict(sorted(offsets.items()))
 
 
+def watermarks(
+    bootstrap: str, topic: str, *, timeout_s: float = 10.0, config: Mapping[str, Any] | None = None
+) -> dict[int, tuple[int, int]]:
+    """For each partition of `topic`, its (low, high) watermark offsets now: the first offset still
+    stored and the offset the next message will get."""
+    deadline = _Deadline(timeout_s, f"watermarks({topic!r})")
+    consumer = _lookup_consumer(bootstrap, config)
+    try:
+        return {
+            p: consumer.get_watermark_offsets(
+                TopicPartition(topic, p), timeout=deadline.remaining(), cached=False
+            )
+            for p in _partitions(consumer, topic, deadline)
+        }
+    finally:
+        consumer.close()
+
+
 # --- producing --------------------------------------------------------------------------

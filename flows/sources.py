@@ -8,13 +8,21 @@ start of the longest window (the UTC day with the default rollups): a replay
 rewrites whole windows, and a window rebuilt from half its events would
 replace the complete row. A restart with a recovery directory resumes from
 the snapshot instead, whatever `start` says.
+
+A backfill (`flows.backfill`) gives explicit per-partition start and stop
+offsets instead (`bounded_kafka_source`): each partition reads [start, stop)
+and ends there. `POSITIONS` tells, per partition, how far the source has
+handed messages to the flow — what a progress display reads; it only
+observes.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,16 +36,54 @@ from operators import event_time
 
 log = logging.getLogger(__name__)
 
+TopicPartitionKey = tuple[str, int]  # (topic, partition)
+
+
+class ReadPositions:
+    """Per Kafka partition read in this process, the next offset its source hands to the flow (every
+    message before it has been released to the flow or cut off by a stop offset)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._next: dict[TopicPartitionKey, int] = {}
+
+    def set(self, tp: TopicPartitionKey, offset: int) -> None:
+        with self._lock:
+            self._next[tp] = offset
+
+    def snapshot(self) -> dict[TopicPartitionKey, int]:
+        with self._lock:
+            return dict(self._next)
+
+    def reset(self) -> None:
+        """Forget every partition (a run after another in one process)."""
+        with self._lock:
+            self._next.clear()
+
+
+POSITIONS = ReadPositions()
+
 
 class _AlignedPartition(StatefulSourcePartition[Any, int | None]):
     """One Kafka partition, released in step with the process's other partitions (see
     `operators.event_time`): messages more than `align_ms` ahead of the slowest partition that still
-    has input are held back — not consumed: the snapshot resumes at the first one held."""
+    has input are held back — not consumed: the snapshot resumes at the first one held. With
+    `stop_at`, the partition ends before that offset (nothing at or after it reaches the flow)."""
 
-    def __init__(self, inner: StatefulSourcePartition[Any, int | None], name: str, align_ms: int) -> None:
+    def __init__(
+        self,
+        inner: StatefulSourcePartition[Any, int | None],
+        name: str,
+        align_ms: int,
+        *,
+        tp: TopicPartitionKey | None = None,
+        stop_at: int | None = None,
+    ) -> None:
         self._inner = inner
         self._name = name
         self._align_ms = align_ms
+        self._tp = tp
+        self._stop_at = stop_at
         self._held: deque[Any] = deque()
         self._released_ms: int | None = None
         self._waiting = False
@@ -49,10 +95,16 @@ class _AlignedPartition(StatefulSourcePartition[Any, int | None]):
         fetched = 0
         if not self._held:
             try:
+                if self._stopped():
+                    raise StopIteration
                 got = self._inner.next_batch()
             except StopIteration:
                 event_time.INPUT.closed(self._name)
+                if self._tp is not None and self._stop_at is not None:  # read to its stop (or its end)
+                    POSITIONS.set(self._tp, self._stop_at)
                 raise
+            if self._stop_at is not None:
+                got = [m for m in got if not _at_or_after(m, self._stop_at)]
             fetched = len(got)
             self._held.extend(got)
         out: list[Any] = []
@@ -72,7 +124,15 @@ class _AlignedPartition(StatefulSourcePartition[Any, int | None]):
         caught_up = fetched == 0 and not self._held and not out and self._at_end()
         event_time.INPUT.polled(self._name, frontier_ms=frontier, caught_up=caught_up, now=now)
         self._waiting = bool(self._held) and not out
+        if self._tp is not None:
+            position = self.snapshot()
+            if position is not None and position >= 0:
+                POSITIONS.set(self._tp, position)
         return out
+
+    def _stopped(self) -> bool:
+        position = self._inner.snapshot()
+        return self._stop_at is not None and position is not None and position >= self._stop_at
 
     def _at_end(self) -> bool:
         """Whether the partition has nothing left to read now: its position is at the broker's high
@@ -80,6 +140,8 @@ class _AlignedPartition(StatefulSourcePartition[Any, int | None]):
         partition that has handed over nothing for `_SILENT_S` (a broker that does not answer for it)
         stops holding the others back."""
         if self._released_ms is None and time.monotonic() - self._opened_at > _SILENT_S:
+            return True
+        if self._stopped():
             return True
         inner = self._inner
         consumer = getattr(inner, "_consumer", None)  # bytewax's partition keeps its consumer here
@@ -105,7 +167,10 @@ class _AlignedPartition(StatefulSourcePartition[Any, int | None]):
             offset = getattr(getattr(m, "msg", m), "offset", None)  # a KafkaError wraps its message
             if offset is not None and offset >= 0:
                 return offset
-        return self._inner.snapshot()
+        position = self._inner.snapshot()
+        if self._stop_at is not None and position is not None and position > self._stop_at:
+            return self._stop_at  # fetched past the stop: those were cut, never handed over
+        return position
 
     def close(self) -> None:
         event_time.INPUT.closed(self._name)
@@ -114,6 +179,11 @@ class _AlignedPartition(StatefulSourcePartition[Any, int | None]):
 
 _ALIGN_POLL = timedelta(milliseconds=5)
 _SILENT_S = 10.0
+
+
+def _at_or_after(m: Any, offset: int) -> bool:
+    found = getattr(getattr(m, "msg", m), "offset", None)  # a KafkaError wraps its message
+    return found is not None and found >= offset
 
 
 def _time_ms(m: Any) -> int | None:
@@ -127,28 +197,43 @@ def _time_ms(m: Any) -> int | None:
 
 class _AlignedKafkaSource(KafkaSource):
     """A `KafkaSource` whose partitions are released in step (`align_ms` < 0: not aligned) and,
-    with `start_ms`, start at per-partition offsets for that time."""
+    with `start_ms`, start at per-partition offsets for that time; with `ranges`, each partition
+    reads [start, stop) of its (topic, partition) entry (a partition without one reads nothing)."""
 
-    def __init__(self, *args: Any, align_ms: int, start_ms: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        align_ms: int,
+        start_ms: int | None = None,
+        ranges: Mapping[TopicPartitionKey, tuple[int, int]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._align_ms = align_ms
         self._start_ms = start_ms
+        self._ranges = ranges
         self._offsets: dict[str, dict[int, int]] = {}
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None):
+        idx, topic = for_part.split("-", 1)
+        tp = (topic, int(idx))
+        if self._ranges is not None:
+            start, stop = self._ranges.get(tp, (0, 0))
+            inner = super().build_part(step_id, for_part, start if resume_state is None else resume_state)
+            name = f"{step_id}:{for_part}"
+            return _AlignedPartition(inner, name, self._align_ms, tp=tp, stop_at=stop)
         if resume_state is None and self._start_ms is not None:
-            idx, topic = for_part.split("-", 1)
             if topic not in self._offsets:
                 self._offsets[topic] = offsets_for_time(
                     ",".join(self._brokers), topic, self._start_ms, config=self._add_config
                 )
             resume_state = self._offsets[topic][int(idx)]
         inner = super().build_part(step_id, for_part, resume_state)
-        return _AlignedPartition(inner, f"{step_id}:{for_part}", self._align_ms)
+        return _AlignedPartition(inner, f"{step_id}:{for_part}", self._align_ms, tp=tp)
 
 
-def kafka_source(cfg: KafkaConfig, brokers: list[str], *, align_s: int = 86_400) -> KafkaSource:
-    common: dict[str, Any] = {
+def _common(cfg: KafkaConfig, brokers: list[str]) -> dict[str, Any]:
+    return {
         "align_ms": int(cfg.align_partitions_s * 1000) if cfg.align_partitions_s >= 0 else -1,
         "brokers": brokers,
         "topics": list(cfg.topics),
@@ -157,6 +242,10 @@ def kafka_source(cfg: KafkaConfig, brokers: list[str], *, align_s: int = 86_400)
         "add_config": dict(cfg.extra),
         "raise_on_errors": False,  # broker errors become dead letters, not a crash loop
     }
+
+
+def kafka_source(cfg: KafkaConfig, brokers: list[str], *, align_s: int = 86_400) -> KafkaSource:
+    common = _common(cfg, brokers)
     if isinstance(cfg.start, datetime):
         start_ms = replay_start_ms(cfg.start, align_s)
         if start_ms != int(cfg.start.timestamp() * 1000):
@@ -165,6 +254,16 @@ def kafka_source(cfg: KafkaConfig, brokers: list[str], *, align_s: int = 86_400)
         return _AlignedKafkaSource(**common, start_ms=start_ms)
     offset = OFFSET_BEGINNING if cfg.start == "beginning" else OFFSET_END
     return _AlignedKafkaSource(**common, starting_offset=offset)
+
+
+def bounded_kafka_source(
+    cfg: KafkaConfig, brokers: list[str], ranges: Mapping[TopicPartitionKey, tuple[int, int]]
+) -> KafkaSource:
+    """The Kafka input of a backfill: each (topic, partition) reads [start, stop) and then ends
+    (a restart resumes from the snapshot and still ends at stop). `kafka.start` is not used."""
+    common = _common(cfg, brokers)
+    common["tail"] = False  # end at the partition's end even when only control records follow
+    return _AlignedKafkaSource(**common, ranges=dict(ranges))
 
 
 def replay_start_ms(start: datetime, align_s: int) -> int:
