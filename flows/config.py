@@ -614,10 +614,13 @@ def load_settings(
     for var, keys in _ENV_OVERRIDES.items():
         if env.get(var):
             _set(data, keys, env[var])
-    # a provider's base URL goes to each judge tier that uses that provider
+    for dotted, value in overrides.items():
+        _set(data, tuple(dotted.split(".")), value)
+    # a provider's base URL goes to each judge tier that uses that provider (after the overrides,
+    # which may add a tier or change its provider; an override of the URL itself wins)
     for tier in ("tier1", "tier2"):
         section = data.get("judges", {}).get(tier)
-        if section is None and tier == "tier2":
+        if (section is None and tier == "tier2") or f"judges.{tier}.base_url" in overrides:
             continue
         provider = (section or {}).get("provider", "openai")
         url = env.get("ANTHROPIC_BASE_URL" if provider == "anthropic" else "OPENAI_BASE_URL")
