@@ -626,8 +626,6 @@ def load_settings(
         url = env.get("ANTHROPIC_BASE_URL" if provider == "anthropic" else "OPENAI_BASE_URL")
         if url:
             _set(data, ("judges", tier, "base_url"), url)
-    for dotted, value in overrides.items():
-        _set(data, tuple(dotted.split(".")), value)
     try:
         flow = FlowConfig.model_validate(data)
     except ValidationError as exc:
