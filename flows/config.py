@@ -258,6 +258,9 @@ class WindowsConfig(_Section):
     judge_allowed_lateness_s: int = Field(1800, ge=0)
     # coarser windows rolled up from the minutes (same table, told apart by window_s)
     rollups_s: tuple[int, ...] = (3600, 86400)
+    # open windows that changed are written this often (wall time) as provisional rows, which the
+    # final row replaces, so reports see the current minute; 0: only closed windows are written
+    provisional_s: float = Field(5.0, ge=0)
     # drop Kafka re-deliveries (each event_id counted once); off only with producers that
     # never re-send (idempotent producers, no mirrors): it costs ~20% on one process, ~50% on two
     drop_redeliveries: bool = True

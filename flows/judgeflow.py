@@ -101,6 +101,7 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
         events,
         size_s=cfg.windows.size_s,
         allowed_lateness_s=cfg.windows.allowed_lateness_s,
+        provisional_s=cfg.windows.provisional_s,
     )
     expensive = expensive_requests("expensive", events, policy=d.alert_policy)
     # the same prompt again and again, one user driving a tenant: per tenant and window
@@ -160,6 +161,7 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
         size_s=cfg.windows.size_s,
         allowed_lateness_s=cfg.windows.judge_allowed_lateness_s,
         category="judge",
+        provisional_s=cfg.windows.provisional_s,
     )
     windows = op.merge("windows", request_windows, judge_windows)
     judge_alerts = alerts("judge_alerts", windows, policy=d.alert_policy.judge_spend())

@@ -408,14 +408,18 @@ def alerts(
     """Alert level changes per tenant, and the sampling overrides they call for.
 
     Args:
-        windows: cost windows (rollups are ignored); the LLM ones move the tenant's clock.
+        windows: cost windows (rollups and provisional rows are ignored); the LLM ones move the
+            tenant's clock.
         expensive: requests above the single-request threshold (`operators.expensive`).
         abuse: repeated prompts and top users per tenant and window (`operators.abuse`).
         policy: rules, thresholds, actions, and the base window size.
         clock: wall time, for tenants that go quiet.
     """
+    # alerts read closed windows only: a provisional row would move a tenant's clock ahead of
+    # what is final, and an alert must be the same in a replay as live
+    closed = op.filter(f"{step_id}_closed", windows, lambda w: not w.provisional)
     extra = [s for s in (expensive, abuse) if s is not None]
-    merged = op.merge(f"{step_id}_in", windows, *extra) if extra else windows
+    merged = op.merge(f"{step_id}_in", closed, *extra) if extra else closed
     keyed = op.key_on(f"{step_id}_tenant", merged, lambda x: x.tenant_id)
     out = op.stateful_batch(f"{step_id}_rules", keyed, lambda resume: _AlertLogic(policy, clock, resume))
     values = op.map(f"{step_id}_unkey", out, lambda kv: kv[1])

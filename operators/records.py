@@ -298,7 +298,8 @@ class QualityEstimate(msgspec.Struct, frozen=True, array_like=True):
 
 
 class CostWindow(msgspec.Struct, frozen=True, array_like=True):
-    """A closed (or revised) tumbling window for one (tenant, agent, model, variant)."""
+    """A closed (or revised, or still open: `provisional`) tumbling window for one
+    (tenant, agent, model, variant)."""
 
     window_start_ms: int
     window_ms: int
@@ -318,6 +319,8 @@ class CostWindow(msgspec.Struct, frozen=True, array_like=True):
     category: str = "llm"  # llm (the product's requests) | judge (judgeflow's own judge calls)
     kind: str = "window"  # window | correction (entries after the allowed lateness)
     correction_id: str = ""  # the late entry's id, for correction rows
+    # an open window's sums so far: the final row (same key, higher version) supersedes it
+    provisional: bool = False
 
 
 class AbuseWindow(msgspec.Struct, frozen=True, array_like=True):

@@ -63,7 +63,13 @@ def ledger_entry(e: Event) -> LedgerEntry:
 
 
 def window_row(
-    w: LedgerEntry, size_ms: int, category: str, version: int, kind: str = "window", correction_id: str = ""
+    w: LedgerEntry,
+    size_ms: int,
+    category: str,
+    version: int,
+    kind: str = "window",
+    correction_id: str = "",
+    provisional: bool = False,
 ) -> CostWindow:
     """The `cost_windows` row for the sums `w` of one window."""
     return CostWindow(
@@ -85,6 +91,7 @@ def window_row(
         category=category,
         kind=kind,
         correction_id=correction_id,
+        provisional=provisional,
     )
 
 
@@ -155,6 +162,7 @@ class _WindowState:
     open: dict[int, LedgerEntry] = field(default_factory=dict)
     emitted: set[int] = field(default_factory=set)
     dirty: set[int] = field(default_factory=set)
+    fresh: set[int] = field(default_factory=set)  # open windows changed since their last provisional row
 
 
 class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
@@ -165,11 +173,14 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         clock: Callable[[], float],
         resume: _WindowState | None,
         category: str = "llm",
+        provisional_s: float = 0.0,
     ) -> None:
         self._category = category
         self._size = size_ms
         self._lateness = lateness_ms
         self._clock = clock
+        self._provisional_s = provisional_s
+        self._provisional_at = clock() + provisional_s  # wall time of the next provisional rows
         self._s = resume if resume is not None else _WindowState()
         if resume is not None:
             # rows written after this snapshot by the run that crashed must be
@@ -205,11 +216,16 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
             window.add(x)
             if start in s.emitted:
                 s.dirty.add(start)
+            elif self._provisional_s:
+                s.fresh.add(start)
         out.extend(self._advance(wm))
+        out.extend(self._provisional())
         return out, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[Iterable[CostWindow], bool]:
-        return self._advance(self.watermark_ms()), StatefulBatchLogic.RETAIN
+        out = self._advance(self.watermark_ms())
+        out.extend(self._provisional())
+        return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[CostWindow], bool]:
         # end of a bounded run: report every window as it stands, keep the state
@@ -219,6 +235,7 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         ]
         s.emitted.update(s.open)
         s.dirty.clear()
+        s.fresh.clear()
         return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -235,6 +252,8 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
             due.append(edge)
         wait_s = (min(due) - s.max_ts_ms) / 1000
         at = event_time.wake_at(s.seen_at_s + max(wait_s, 0.0), self._clock())
+        if s.fresh:  # provisional rows are due on the wall clock, whatever event time does
+            at = min(at, self._provisional_at)
         return datetime.fromtimestamp(at, tz=UTC)
 
     def snapshot(self) -> _WindowState:
@@ -246,6 +265,7 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
             open={k: msgspec.structs.replace(v) for k, v in s.open.items()},
             emitted=set(s.emitted),
             dirty=set(s.dirty),
+            fresh=set(s.fresh),
         )
 
     def _advance(self, wm: int) -> list[CostWindow]:
@@ -259,13 +279,31 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
                 out.append(self._row(s.open[start]))
                 s.emitted.add(start)
                 s.dirty.discard(start)
+                s.fresh.discard(start)
             if end + self._lateness <= wm:
                 del s.open[start]
                 s.emitted.discard(start)
         return out
 
-    def _row(self, w: LedgerEntry, kind: str = "window", correction_id: str = "") -> CostWindow:
-        return window_row(w, self._size, self._category, time.time_ns() // 1000, kind, correction_id)
+    def _provisional(self) -> list[CostWindow]:
+        """Every `provisional_s` of wall time: the open windows that changed, as they stand
+        (never a closed window: its final row, with a higher version, is already out)."""
+        s = self._s
+        if not s.fresh:
+            return []
+        now = self._clock()
+        if now < self._provisional_at:
+            return []
+        self._provisional_at = now + self._provisional_s
+        out = [self._row(s.open[start], provisional=True) for start in sorted(s.fresh)]
+        s.fresh.clear()
+        return out
+
+    def _row(
+        self, w: LedgerEntry, kind: str = "window", correction_id: str = "", provisional: bool = False
+    ) -> CostWindow:
+        version = time.time_ns() // 1000
+        return window_row(w, self._size, self._category, version, kind, correction_id, provisional)
 
     def _correction(self, x: LedgerEntry, start: int) -> CostWindow:
         metrics.LATE.inc()
@@ -283,11 +321,14 @@ def cost_window(
     size_s: int,
     allowed_lateness_s: int,
     category: str = "llm",
+    provisional_s: float = 0.0,
     clock: Callable[[], float] = time.time,
 ) -> Stream[CostWindow]:
     """Windowed spend per (tenant, agent, model, variant); see the module docstring.
 
-    `up` carries priced events (each one request) or ledger entries (e.g. judge spend)."""
+    `up` carries priced events (each one request) or ledger entries (e.g. judge spend).
+    With `provisional_s`, open windows that changed are also written every that many
+    seconds of wall time as `provisional` rows, which their final row supersedes."""
     size_ms, lateness_ms = size_s * 1000, allowed_lateness_s * 1000
     newest = [0]  # this worker's newest event time, to spot possible corrections early
 
@@ -307,7 +348,7 @@ def cost_window(
     rows = op.stateful_batch(
         f"{step_id}_windows",
         keyed,
-        lambda resume: _WindowLogic(size_ms, lateness_ms, clock, resume, category),
+        lambda resume: _WindowLogic(size_ms, lateness_ms, clock, resume, category, provisional_s),
     )
     return op.map(f"{step_id}_unkey", rows, lambda kv: kv[1])
 
@@ -356,16 +397,23 @@ class _RollupLogic(StatefulBatchLogic[CostWindow, CostWindow, _RollupState]):
                 level = (size, start - start % size)
                 acc = s.levels.get(level)
                 if acc is None:
-                    if level[1] + size + self._lateness <= s.newest_end_ms:
+                    if level[1] + size + self._lateness > s.newest_end_ms:
+                        pass  # open: start its sums below
+                    elif r.provisional:  # (not seen: an open minute's level is open) its final row will do
+                        continue
+                    else:
                         # the level is closed for good: add to it with a correction row
                         out.append(self._correction(r, delta, level))
                         continue
                     acc = s.levels[level] = LedgerEntry(r.tenant_id, r.agent, r.model, r.variant, level[1])
                 _add(acc, delta)
                 changed[level] = r
-            s.newest_end_ms = max(s.newest_end_ms, start + r.window_ms)
+            if not r.provisional:  # progress is what is final: a provisional row closes nothing
+                s.newest_end_ms = max(s.newest_end_ms, start + r.window_ms)
         for level in sorted(changed):
-            out.append(self._row(s.levels[level], level[0], changed[level].category))
+            out.append(
+                self._row(s.levels[level], level[0], changed[level].category, self._open_minutes(level))
+            )
         self._forget(values[0].window_ms)
         return out, StatefulBatchLogic.RETAIN
 
@@ -386,15 +434,26 @@ class _RollupLogic(StatefulBatchLogic[CostWindow, CostWindow, _RollupState]):
         for level in [lv for lv in s.levels if lv[1] + lv[0] <= horizon]:
             del s.levels[level]
 
+    def _open_minutes(self, level: tuple[int, int]) -> bool:
+        """Whether a minute of the level is still provisional (so the level's row is too)."""
+        size, start = level
+        return any(m.provisional for at, m in self._s.minutes.items() if start <= at < start + size)
+
     def _next_version(self) -> int:
         s = self._s
         s.version = max(self._clock_us(), s.version + 1)
         return s.version
 
     def _row(
-        self, w: LedgerEntry, size: int, category: str, kind: str = "window", correction_id: str = ""
+        self,
+        w: LedgerEntry,
+        size: int,
+        category: str,
+        provisional: bool = False,
+        kind: str = "window",
+        correction_id: str = "",
     ) -> CostWindow:
-        return window_row(w, size, category, self._next_version(), kind, correction_id)
+        return window_row(w, size, category, self._next_version(), kind, correction_id, provisional)
 
     def _correction(
         self, r: CostWindow, delta: CostWindow | LedgerEntry, level: tuple[int, int]

@@ -128,6 +128,7 @@ def cost_window_row(w: CostWindow) -> tuple[Any, ...]:
         pico_to_usd(w.judge_cost_pusd),
         pico_to_usd(w.max_request_cost_pusd),
         w.version,
+        w.provisional,
     )
 
 
@@ -361,6 +362,7 @@ TABLES: dict[str, TableSpec] = {
                 ("judge_cost_usd", _USD),
                 ("max_request_cost_usd", _USD),
                 ("version", "UInt64"),
+                ("provisional", "Bool"),
             ),
             cost_window_row,
         ),

@@ -112,11 +112,15 @@ CREATE TABLE IF NOT EXISTS {database}.cost_windows
     judge_cost_usd        Decimal(38, 12),
     max_request_cost_usd  Decimal(38, 12),
     version               UInt64 COMMENT 'emission time: the newest row of a key wins',
+    provisional           Bool DEFAULT false COMMENT 'an open window so far: its final row (higher version) replaces it',
     inserted_at           DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (tenant_id, agent, model, variant, window_s, window_start, category, kind, correction_id);
+
+-- tables created before open windows were written as they fill
+ALTER TABLE {database}.cost_windows ADD COLUMN IF NOT EXISTS provisional Bool DEFAULT false AFTER version;
 
 -- Alert state transitions (operators.records.Alert).
 CREATE TABLE IF NOT EXISTS {database}.alerts

@@ -63,6 +63,7 @@ def final(rows: list[CostWindow], size: int = MIN) -> dict[tuple, tuple[int, int
         assert k not in latest or r.version != latest[k].version, "revisions carry a new version"
         if k not in latest or r.version > latest[k].version:
             latest[k] = r
+    assert not any(r.provisional for r in latest.values()), "a final row replaces every provisional one"
     out: dict[tuple, list[int]] = defaultdict(lambda: [0, 0, 0])
     for r in [*latest.values(), *corrections.values()]:
         acc = out[(r.tenant_id, r.agent, r.window_start_ms)]
@@ -83,13 +84,13 @@ def expected(entries: list[LedgerEntry], size: int = MIN) -> dict[tuple, tuple[i
 
 
 def run_windows(
-    batches: list[list[LedgerEntry]], workers: int = 1, lateness_s: int = 120
+    batches: list[list[LedgerEntry]], workers: int = 1, lateness_s: int = 120, provisional_s: float = 0.0
 ) -> list[CostWindow]:
     """Minute windows and their 1 h / 1 day rollups, as the flow wires them."""
     flow = Dataflow("windows_test")
     items = [e for b in batches for e in b]
     src = op.input("in", flow, TestingSource(items, batch_size=max(1, max(len(b) for b in batches))))
-    minutes = cost_window("cw", src, size_s=60, allowed_lateness_s=lateness_s)
+    minutes = cost_window("cw", src, size_s=60, allowed_lateness_s=lateness_s, provisional_s=provisional_s)
     rollups = rollup("ru", minutes, sizes_s=(3600, 86400), allowed_lateness_s=lateness_s)
     out: list[CostWindow] = []
     op.output("out", op.merge("all", minutes, rollups), TestingSink(out))
@@ -160,17 +161,23 @@ ENTRIES = st.lists(
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    ENTRIES, st.integers(min_value=1, max_value=40), st.sampled_from([0, 60, 600]), st.sampled_from([1, 2])
+    ENTRIES,
+    st.integers(min_value=1, max_value=40),
+    st.sampled_from([0, 60, 600]),
+    st.sampled_from([1, 2]),
+    st.sampled_from([0.0, 1e-6]),  # 1e-6: provisional rows after (almost) every batch
 )
-def test_property_window_totals_equal_event_sums(raw, batch, lateness_s, workers):
+def test_property_window_totals_equal_event_sums(raw, batch, lateness_s, workers, provisional_s):
     items = [entry(t, BASE + off, c, eid=f"e{i}") for i, (t, off, c) in enumerate(raw)]
     batches = [items[i : i + batch] for i in range(0, len(items), batch)]
-    rows = run_windows(batches, workers=workers, lateness_s=lateness_s)
+    rows = run_windows(batches, workers=workers, lateness_s=lateness_s, provisional_s=provisional_s)
     for size in LEVELS:
         assert final(rows, size) == expected(items, size), size
 
 
-def row(start: int, cost: int, *, version: int, kind: str = "window", cid: str = "") -> CostWindow:
+def row(
+    start: int, cost: int, *, version: int, kind: str = "window", cid: str = "", provisional: bool = False
+) -> CostWindow:
     return CostWindow(
         window_start_ms=start,
         window_ms=MIN,
@@ -189,6 +196,7 @@ def row(start: int, cost: int, *, version: int, kind: str = "window", cid: str =
         version=version,
         kind=kind,
         correction_id=cid,
+        provisional=provisional,
     )
 
 
@@ -360,3 +368,51 @@ def test_the_ledger_does_not_depend_on_interleaving_batching_or_a_crash(
     for x in order:
         want[x.ts_ms - x.ts_ms % MIN] += x.cost_pusd
     assert dict(got) == dict(want)
+
+
+def test_open_windows_are_written_provisionally_and_replaced_by_the_final_row():
+    now = [1000.0]
+    logic = _WindowLogic(MIN, 2 * MIN, lambda: now[0], None, provisional_s=5)
+    out, _ = logic.on_batch([entry("t", BASE + 1_000, 5)])
+    assert list(out) == []
+    due = logic.notify_at()
+    assert due is not None and due.timestamp() == 1005.0  # provisional rows are due on the wall clock
+    now[0] = 1005.0
+    out, _ = logic.on_notify()
+    first = list(out)
+    assert [(r.window_start_ms, r.cost_pusd, r.provisional) for r in first] == [(BASE, 5, True)]
+    now[0] = 1006.0
+    out, _ = logic.on_batch([entry("t", BASE + 2_000, 7)])
+    assert list(out) == []  # at most one provisional row per window every 5 s
+    now[0] = 1010.0
+    out, _ = logic.on_notify()
+    assert [(r.cost_pusd, r.provisional) for r in out] == [(12, True)]
+    now[0] = 1015.0
+    out, _ = logic.on_notify()
+    assert list(out) == []  # nothing changed: nothing written
+    # the watermark passes the window's end: the final row, newer than the provisional ones
+    out, _ = logic.on_batch([entry("t", BASE + MIN + 10, 1)])
+    rows = list(out)
+    assert [(r.window_start_ms, r.cost_pusd, r.provisional) for r in rows] == [
+        (BASE, 12, False),
+        (BASE + MIN, 1, True),  # the next window, open, as it stands (5 s since the last ones)
+    ]
+    assert rows[0].version > first[0].version
+    # a closed window is never written provisionally again (revisions are final rows)
+    now[0] = 1030.0
+    out, _ = logic.on_batch([entry("t", BASE + 3_000, 2)])
+    assert [(r.window_start_ms, r.cost_pusd, r.provisional) for r in out] == [(BASE, 14, False)]
+
+
+def test_rollup_levels_follow_provisional_minutes_and_end_final():
+    now = [1_000]
+    t0 = BASE - BASE % DAY + 10 * HOUR
+    logic = _RollupLogic((HOUR,), 5 * MIN, lambda: now[0], None)
+    out, _ = logic.on_batch([row(t0, 5, version=1, provisional=True)])
+    assert [(r.cost_pusd, r.provisional) for r in out] == [(5, True)]
+    # a provisional minute three hours on closes nothing: only final rows move the key's time
+    out, _ = logic.on_batch([row(t0 + 3 * HOUR, 1, version=2, provisional=True)])
+    out, _ = logic.on_batch([row(t0, 8, version=3)])
+    assert [(r.window_start_ms, r.cost_pusd, r.kind, r.provisional) for r in out] == [
+        (t0, 8, "window", False)
+    ]
