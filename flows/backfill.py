@@ -210,7 +210,7 @@ def load_or_plan(
     rubric_version: str,
 ) -> Plan:
     """The plan kept in `recovery_dir` when there is one (the same backfill, resumed), else a new
-    one with its offsets resolved now and written there before anything is read."""
+    one with its offsets resolved now (`run_backfill` keeps it there before reading anything)."""
     state = recovery_dir / STATE_FILE
     if state.exists():
         plan = _read_plan(state, recovery_dir)
@@ -235,19 +235,21 @@ def load_or_plan(
         parse_bound(start, topics=topics),
         parse_bound(stop, topics=topics, flag="--to") if stop else None,
     )
-    plan = Plan(database, start, stop, rubric_version, ranges, recovery_dir)
-    recovery_dir.mkdir(parents=True, exist_ok=True)
+    return Plan(database, start, stop, rubric_version, ranges, recovery_dir)
+
+
+def _save_plan(plan: Plan) -> None:
     body = {
-        "database": database,
-        "from": start,
-        "to": stop,
-        "rubric_version": rubric_version,
-        "partitions": [[t, p, a, b] for (t, p), (a, b) in sorted(ranges.items())],
+        "database": plan.database,
+        "from": plan.start,
+        "to": plan.stop,
+        "rubric_version": plan.rubric_version,
+        "partitions": [[t, p, a, b] for (t, p), (a, b) in sorted(plan.ranges.items())],
     }
+    state = plan.recovery_dir / STATE_FILE
     tmp = state.with_suffix(".tmp")
     tmp.write_text(json.dumps(body, indent=1) + "\n")
     tmp.replace(state)
-    return plan
 
 
 def _read_plan(state: Path, recovery_dir: Path) -> Plan:
@@ -497,6 +499,8 @@ def run_backfill(
         msg = f"settings write to {settings.flow.clickhouse.database!r}, the plan to {plan.database!r}"
         raise BackfillError(msg)
     plan.recovery_dir.mkdir(parents=True, exist_ok=True)
+    if not (plan.recovery_dir / STATE_FILE).exists():
+        _save_plan(plan)  # before anything is read: a resumed run ends at the same offsets
     if not any(plan.recovery_dir.glob("part-*.sqlite3")):
         init_db_dir(plan.recovery_dir, 1)
     kafka = settings.flow.kafka

@@ -203,7 +203,6 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
     settings = load_settings(args.config, **{"clickhouse.database": into, "kafka.tail": False})
     _check_runnable(settings)
     _check_kafka(settings)
-    _init_db(settings)
     recovery = args.recovery_dir or backfill.default_recovery_dir(into, args.start, args.stop)
     plan = backfill.load_or_plan(
         settings.flow.kafka,
@@ -213,6 +212,7 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
         recovery_dir=recovery,
         rubric_version=RUBRIC_VERSION,
     )
+    _init_db(settings)
     backfill.check_fresh(settings, plan)
     log.info(
         "backfill %s: %d messages in %d partitions into %s (rubrics %s), recovery in %s",

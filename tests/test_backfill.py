@@ -186,14 +186,21 @@ def test_a_backfill_writes_only_its_range_and_only_into_its_database(
     assert "dead letters   2" in out and "llm_events 120" in out
 
     # the same range again into the filled database, without its recovery directory: refused
-    code = backfill_cli(
-        monkeypatch,
-        kafka,
-        chdb_dsn,
-        judge_endpoint,
-        *("--config", str(cfg), "--from", frm, "--to", to, "--into", into),
-        *("--recovery-dir", str(tmp_path / "other")),
+    refused = (
+        "--config",
+        str(cfg),
+        "--from",
+        frm,
+        "--to",
+        to,
+        "--into",
+        into,
+        "--recovery-dir",
+        str(tmp_path / "x"),
     )
+    code = backfill_cli(monkeypatch, kafka, chdb_dsn, judge_endpoint, *refused)
+    assert code == 2 and "already holds rows" in capsys.readouterr().err
+    code = backfill_cli(monkeypatch, kafka, chdb_dsn, judge_endpoint, *refused)  # not taken for a resume
     assert code == 2 and "already holds rows" in capsys.readouterr().err
     # into the live database: refused before anything runs
     code = backfill_cli(
