@@ -169,7 +169,8 @@ class _JoinLogic(StatefulBatchLogic[list[Item], list[Event], _JoinState]):
             call = s.calls.get(key)
             parts = s.parts.get(key, [])
             if call is not None:
-                messages = [p for p in parts if p.call is None]
+                # without content capture the instrumentation still writes the records, empty
+                messages = [p for p in parts if p.call is None and p.text]
                 metrics.OTLP_JOIN.labels("joined" if messages else "no_content").inc()
                 out.append(_assembled(call.event, messages) if messages else call.event)
                 self._finish(key, call.end_ms)

@@ -102,6 +102,7 @@ def to_event(w: WireEvent, limits: DecodeLimits, now_ms: int, source: Source | N
 REASON_CLASSES = (
     ("record too large", "too_large"),
     ("invalid UTF-8", "invalid_utf8"),
+    ("malformed OTLP protobuf", "otlp"),
     ("malformed", "malformed_json"),
     ("empty message", "empty"),
     ("kafka error", "kafka_error"),

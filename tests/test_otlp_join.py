@@ -79,11 +79,14 @@ def logic(resume=None) -> _JoinLogic:
     return _JoinLogic(WAIT_MS, lambda: 0.0, resume)  # no wall time passes
 
 
-def run(batches: list[list], resume=None) -> list[Event]:
+def run(batches: list[list], resume=None, *, eof: bool = False) -> list[Event]:
     j = logic(resume)
     out: list[Event] = []
     for b in batches:
         got, _ = j.on_batch([b])
+        out += [e for lst in got for e in lst]
+    if eof:
+        got, _ = j.on_eof()
         out += [e for lst in got for e in lst]
     return [e for e in out if not e.event_id.startswith("tick-")]
 
@@ -126,6 +129,15 @@ def test_a_span_whose_logs_never_come_goes_on_without_content_after_the_bound() 
     before = outcome("no_content")
     (e,) = run([[span("a")], [tick(T0 + 20 + WAIT_MS)]])
     assert (e.event_id, e.input_text, e.output_text) == ("a", "", "")
+    assert outcome("no_content") - before == 1
+
+
+def test_message_records_without_content_leave_the_span_without_content() -> None:
+    before = outcome("no_content")  # what the instrumentation writes with content capture off
+    (e,) = run(
+        [[msg("a", "user", "", T0), span("a"), msg("a", "assistant", "", T0 + 20, choice=0)]], eof=True
+    )
+    assert (e.input_text, e.output_text) == ("", "")
     assert outcome("no_content") - before == 1
 
 
@@ -206,8 +218,9 @@ def instrumented(monkeypatch):
         instrumentor.uninstrument()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_instrumented_openai_calls_are_stored_and_judged_with_their_text(
-    instrumented, kafka, chdb_dsn, database, judge_endpoint
+    instrumented, kafka, chdb_dsn, database, judge_endpoint, workers
 ) -> None:
     import openai
 
@@ -248,7 +261,7 @@ def test_instrumented_openai_calls_are_stored_and_judged_with_their_text(
         judge_endpoint,
         **{"clickhouse.store_text": True, "sampling.base_rate": 1.0},
     )
-    run_flow(settings)
+    run_flow(settings, workers=workers)
 
     got = rows(
         client_ch,

@@ -240,3 +240,11 @@ def test_protobuf_otlp_json_and_native_events_on_one_topic(kafka, chdb_dsn, data
     assert len(dead) == 1 and dead[0][0].startswith("malformed OTLP protobuf: ")
     # the spans carried their content: none waited for log records
     assert metrics.OTLP_JOIN.labels("no_content")._value.get() == no_content_before
+
+
+def test_broken_protobuf_counts_under_the_otlp_reason_class() -> None:
+    counter = metrics.DEAD_LETTERS.labels("decode", "otlp")
+    before = counter._value.get()
+    (d,) = decode_record(message(b"\n\x05abc"), LIMITS, NOW, OtlpMapping())
+    assert isinstance(d, DeadLetter) and d.reason.startswith("malformed OTLP protobuf")
+    assert counter._value.get() - before == 1
