@@ -75,7 +75,7 @@ class _JoinLogic(StatefulBatchLogic[list[Item], list[Event], _JoinState]):
         out: list[Event] = []
         newest = s.newest_ms
         for x in itertools.chain.from_iterable(values):
-            if type(x) is OtlpCall:
+            if isinstance(x, OtlpCall):
                 newest = max(newest, x.end_ms)
                 self._call(x, out)
             else:
