@@ -707,6 +707,7 @@ def abuse(client: Any, scope: Scope, limit: int, min_requests: int) -> tuple[Tab
         q.conditions.append(f"tenant_id IN {q.param(list(scope.tenants), 'Array(String)')}")
     n = q.param(min_requests, "UInt64")
     where = q.where()
+    ignored_filters = bool(scope.agents or scope.models or scope.variants)
     tenants = _query(
         client,
         "SELECT tenant_id, count(), sum(requests), sum(repeated_requests),"  # noqa: S608
@@ -748,6 +749,7 @@ def abuse(client: Any, scope: Scope, limit: int, min_requests: int) -> tuple[Tab
         note=(
             f"repeated: the prompt was already sent in the same window; peaks over windows of"
             f" >= {min_requests} requests; top_user: the user with the most requests as a window's top user"
+            + ("; per tenant: --agent, --model and --variant do not apply" if ignored_filters else "")
         ),
     )
     windows_rows = _query(

@@ -29,6 +29,9 @@ Memory: exact counts, bounded by the window. An open window holds one entry per 
 one per distinct user id (~90 bytes with a 13-character id), and a tenant has
 (size + lateness) / size + 1 windows open — 7 at the defaults. A tenant sending 10,000 distinct
 prompts a minute from 1,000 users holds ~5 MB (measured with tracemalloc), copied at each snapshot.
+
+CPU: ~7 us per event on the sample traffic (94-character prompts), 6 of them the normalization,
+which grows with the prompt (~25 us per 1,000 characters, as in the verdict cache's keyer).
 """
 
 from __future__ import annotations
