@@ -13,7 +13,7 @@ demo: $(VENV)/.installed-embedded
 
 ## install everything the tests need (pip and apt), lint, and run them
 test: $(VENV)/.installed-dev system-deps
-	$(VENV)/bin/ruff check flows operators judges sinks tests bench
+	$(VENV)/bin/ruff check flows operators judges sinks tests bench scripts
 	$(PY) -m pytest -q $(ARGS)
 
 ## benchmarks (print tables; numbers go in the README)
@@ -26,7 +26,7 @@ bench: $(VENV)/.installed-dev system-deps
 	$(PY) bench/alerts.py
 
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check flows operators judges sinks tests bench
+	$(VENV)/bin/ruff check flows operators judges sinks tests bench scripts
 
 $(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

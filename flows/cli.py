@@ -2,7 +2,7 @@
 
 judgeflow run     [--config F] [-w N] [-i I -a ADDRS] [--recovery-dir D]   the streaming job
 judgeflow backfill --from T [--to T] --into DB [-w N]                      a slice, into another database
-judgeflow demo    [--workers N] [--limit N]                                 everything embedded
+judgeflow demo    [--workers N] [--limit N] [--data DIR]                    everything embedded
 judgeflow init-db [--config F]                                              create the tables and their TTLs
 judgeflow report  cost|variants|top|hourly|budget|tokens|quality|savings|abuse|alerts|pricing|all
                   the runbooks' questions, answered from ClickHouse
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flows.config import ConfigError, Settings, load_settings
+from flows.traffic import TrafficDataError
 
 if TYPE_CHECKING:
     from flows.health import HealthServer
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, StartupError) as exc:
+    except (ConfigError, StartupError, TrafficDataError) as exc:
         print(f"judgeflow: {exc}", file=sys.stderr)
         return 2
 
@@ -81,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
         help="ClickHouse for the results (default: the config's, chdb in .judgeflow/chdb)",
     )
     demo.add_argument("--judge-latency-ms", type=float, default=150.0, help="simulated judge latency")
+    demo.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="the full third-party sets, laid out like ../shared/data (default: the sample in the package)",
+    )
     demo.set_defaults(func=_cmd_demo)
 
     init = sub.add_parser(
@@ -244,6 +251,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         limit=args.limit,
         dsn=args.dsn,
         judge_latency_ms=args.judge_latency_ms,
+        data=args.data,
     )
 
 

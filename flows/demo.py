@@ -1,7 +1,8 @@
 """`judgeflow demo`: the whole job on one machine with nothing installed.
 
-An in-process Kafka (librdkafka's mock cluster) is filled with two hours of
-real production arrivals; the flow runs to the end of the topic on the
+An in-process Kafka (librdkafka's mock cluster) is filled with an hour of
+real production arrivals from two services (the sample traffic shipped in the
+package, `flows/sample_data/`); the flow runs to the end of the topic on the
 embedded ClickHouse engine (chdb) in a local folder, the in-process verdict
 cache, and — without an OPENAI_API_KEY — a local judge endpoint whose
 verdicts are simulated; then it prints what a platform team would ask first.
@@ -16,7 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from flows.config import Settings, load_settings
-from flows.traffic import generate
+from flows.traffic import generate, shared_data
 
 TOPIC = "llm-events"
 # the mock cluster keeps ~5 MB per partition: 16 partitions hold the whole sample
@@ -31,7 +32,9 @@ def run_demo(
     dsn: str | None = None,
     database: str | None = None,
     judge_latency_ms: float = 150.0,
+    data: Path | None = None,
 ) -> int:
+    """Run the demo; `data` is a folder with the full third-party sets instead of the packaged sample."""
     from bytewax._bytewax import cli_main
 
     from flows.deps import build_deps
@@ -40,10 +43,12 @@ def run_demo(
     from sinks.clickhouse import connect, ensure_schema
 
     base = load_settings(config)
+    # read before anything starts: a missing data file stops here, with its name
+    traffic = list(generate(limit=limit, data=shared_data(data) if data else None))
     with MockCluster() as kafka, _judge_endpoint(base, judge_latency_ms) as judge_urls:
         kafka.create_topic(TOPIC, PARTITIONS)
         started = time.perf_counter()
-        n = produce_all(kafka.bootstrap, TOPIC, generate(limit=limit))
+        n = produce_all(kafka.bootstrap, TOPIC, traffic)
         took = time.perf_counter() - started
         print(f"produced {n} events to {TOPIC} ({PARTITIONS} partitions) in {took:.1f} s")
         _check_retained(kafka.bootstrap, n)

