@@ -124,6 +124,7 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
         control=d.control,
         baseline=d.baseline,
         alerts=spend_alerts.progress if d.alert_policy.actions else None,
+        metrics_=tuple(d.plan.metrics),  # those with tier-0 rules: flags counted on every event
     )
     judged = judge(
         "judge",
@@ -137,10 +138,13 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
         max_queued=cfg.judges.max_queued,
     )
     evaluations = judged.evaluations
-    # unbiased flagged rates from the sampled verdicts; what judging less saved
+    # unbiased flagged rates from the sampled verdicts and the sampler's strata (stratified, and
+    # prediction-powered from the tier-0 flags on every event); what judging less saved
     estimates = quality_estimates(
         "estimates",
         evaluations,
+        design=sampled.design,
+        sample_window_s=cfg.sampling.window_s,
         size_s=cfg.windows.size_s,
         allowed_lateness_s=cfg.windows.judge_allowed_lateness_s,
     )

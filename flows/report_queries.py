@@ -15,6 +15,7 @@ starts inside the range.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -616,8 +617,9 @@ def _iso(ms: int) -> str:
 
 
 def quality(client: Any, scope: Scope, database: str) -> Table:
-    """Flagged rates per (tenant, agent, metric): Horvitz-Thompson estimates from the
-    sampled verdicts, with 95% intervals (`operators.estimates`)."""
+    """Flagged rates per (tenant, agent, metric): stratified Horvitz-Thompson estimates from
+    the sampled verdicts, with 95% intervals, and beside them the prediction-powered ones
+    (the tier-0 rules on every event corrected by the judged residuals; `operators.estimates`)."""
     from operators.estimates import query_estimates
 
     tenant = scope.tenants[0] if len(scope.tenants) == 1 else ""
@@ -642,12 +644,28 @@ def quality(client: Any, scope: Scope, database: str) -> Table:
             Column("flagged_rate", "pct"),
             Column("ci95_low", "pct"),
             Column("ci95_high", "pct"),
+            Column("ppi_rate", "pct"),
+            Column("ppi_ci95_low", "pct"),
+            Column("ppi_ci95_high", "pct"),
         ],
         [
-            (r.tenant_id, r.agent, r.metric, r.judged, r.flagged, r.population, r.rate, r.ci_low, r.ci_high)
+            (
+                r.tenant_id,
+                r.agent,
+                r.metric,
+                r.judged,
+                r.flagged,
+                r.population,
+                r.rate,
+                r.ci_low,
+                r.ci_high,
+                *(None if math.isnan(x) else x for x in (r.ppi_rate, r.ppi_low, r.ppi_high)),
+            )
             for r in keep
         ],
-        note="rates estimated from sampled verdicts weighted by 1 / inclusion probability",
+        note="rates estimated from sampled verdicts, stratum by stratum (weights 1 / inclusion"
+        " probability); ppi: the tier-0 rules' flags on every event plus the judged events'"
+        " residuals (judge - rules), '-' where no tier-0 rule covers the metric",
     )
 
 

@@ -35,15 +35,17 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import bytewax.operators as op
 from bytewax.dataflow import Stream
 
 from judges.base import FLAGGED
 from operators.records import Evaluation, QualityEstimate
+from operators.sample import StratumCount
 from operators.tumbling import tumbling
 
 Z95 = 1.959963984540054
@@ -104,36 +106,238 @@ def wilson(p: float, n: float, z: float = Z95) -> tuple[float, float]:
     return max(0.0, center - half), min(1.0, center + half)
 
 
+# --- the stratified design ----------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StratumJudged:
+    """The verdicts of one stratum for one metric: judged, flagged, and against the
+    cheap signal (the tier-0 verdict): judged with it flagged, judged where they differ."""
+
+    judged: int = 0
+    flagged: int = 0
+    cheap: int = 0
+    disagree: int = 0
+
+    def add(self, flagged: bool, cheap: bool) -> None:
+        self.judged += 1
+        self.flagged += flagged
+        self.cheap += cheap
+        self.disagree += flagged != cheap
+
+
+@dataclass(slots=True)
+class DesignSums:
+    """Additive sums of the stratified estimators over strata, windows and periods.
+
+    Strata judged in full (inclusion probability 1) are exact; for the others,
+    with N_h events, m_h judged and f_h = m_h / N_h, the flagged total is
+    sum N_h ybar_h with variance sum N_h^2 (1 - f_h) s_h^2 / m_h (`sampled_var`),
+    s_h^2 the within-stratum variance with a small-sample correction
+    (`stratum_variance`). The prediction-powered total of a stratum is the
+    tier-0 flags on all its events plus N_h times the mean residual (judge -
+    tier-0) of the judged ones; its variance is the same formula on residuals.
+    A stratum without the cheap signal's count gets residual = verdict (plain HT).
+    """
+
+    exact_events: float = 0.0
+    exact_flagged: float = 0.0
+    sampled_events: float = 0.0
+    sampled_flagged: float = 0.0
+    sampled_var: float = 0.0
+    sampled_var_unit: float = 0.0
+    cheap_events: float = 0.0
+    cheap_flagged: float = 0.0
+    ppi_sampled_flagged: float = 0.0
+    ppi_sampled_var: float = 0.0
+
+    def add_stratum(self, events: float, j: StratumJudged, cheap_all: int | None) -> None:
+        """One stratum of `events` events, its verdicts `j`, and how many of all its
+        events the tier-0 rules flagged (None: not counted)."""
+        m = j.judged
+        if m == 0 or events <= 0:
+            return  # no verdict: the stratum is left out of the domain (as Hajek's ratio does)
+        if cheap_all is not None:
+            self.cheap_events += events
+            self.cheap_flagged += cheap_all
+        if m >= events:
+            self.exact_events += events
+            self.exact_flagged += j.flagged
+            return
+        fpc = 1.0 - m / events
+        scale = events * events * fpc / m
+        self.sampled_events += events
+        self.sampled_flagged += events * j.flagged / m
+        self.sampled_var += scale * stratum_variance(m, j.flagged, j.flagged)
+        self.sampled_var_unit += scale
+        if cheap_all is None:
+            self.ppi_sampled_flagged += events * j.flagged / m
+            self.ppi_sampled_var += scale * stratum_variance(m, j.flagged, j.flagged)
+        else:
+            resid = j.flagged - j.cheap
+            self.ppi_sampled_flagged += cheap_all + events * resid / m
+            self.ppi_sampled_var += scale * stratum_variance(m, resid, j.disagree)
+
+    def merge(self, other: DesignSums) -> None:
+        for name in DesignSums.__slots__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def stratum_variance(m: int, total: float, squares: float) -> float:
+    """The within-stratum variance of a {-1, 0, 1} variable from m judged values
+    (their sum and sum of squares), with a small-sample correction: at least the
+    Bernoulli variance of the share of nonzero values smoothed by one half-success
+    and one failure ((squares + 1/2) / (m + 1)), so a stratum whose few judged
+    values are all alike still says how unsure it is."""
+    mean = total / m
+    s2 = (squares - m * mean * mean) / (m - 1) if m > 1 else 0.0
+    q = (squares + 0.5) / (m + 1)
+    return max(s2, q * (1.0 - q))
+
+
+def design_interval(
+    exact_events: float,
+    exact_flagged: float,
+    events: float,
+    flagged: float,
+    var: float,
+    var_unit: float,
+    z: float = Z95,
+    *,
+    shape: str = "wilson",
+) -> tuple[float, float, float]:
+    """(rate, low, high) over exact + sampled events: the exact part is known, the sampled
+    part's rate p gets an interval. `wilson`: Wilson's score interval at the effective sample
+    size p(1-p) N^2 / V (at p in {0, 1}, or V = 0, the design's own N^2 / var_unit), which
+    stays honest near 0 and 1 where a sampled proportion has a skewed distribution;
+    `normal`: p +- z sqrt(V) / N, for a difference estimate (prediction-powered) whose
+    error is a mean of residuals, not a proportion."""
+    total = exact_events + events
+    if total <= 0:
+        return math.nan, math.nan, math.nan
+    p = min(1.0, max(0.0, flagged / events)) if events > 0 else 0.0
+    rate = (exact_flagged + events * p) / total
+    if events <= 0:
+        return rate, rate, rate
+    if shape == "normal":
+        half = z * math.sqrt(max(var, 0.0)) / events
+        low, high = max(0.0, p - half), min(1.0, p + half)
+    else:
+        n_design = events * events / var_unit if var_unit > 0 else math.inf
+        n_eff = p * (1.0 - p) * events * events / var if var > 0 and 0.0 < p < 1.0 else n_design
+        if not math.isfinite(n_eff):
+            return rate, rate, rate
+        low, high = wilson(p, n_eff, z)
+    return rate, (exact_flagged + events * low) / total, (exact_flagged + events * high) / total
+
+
+def stratified_estimate(d: DesignSums, z: float = Z95, shape: str = "wilson") -> tuple[float, float, float]:
+    """(rate, low, high): the stratified estimate with its 95% interval."""
+    return design_interval(
+        d.exact_events,
+        d.exact_flagged,
+        d.sampled_events,
+        d.sampled_flagged,
+        d.sampled_var,
+        d.sampled_var_unit,
+        z,
+        shape=shape,
+    )
+
+
+def ppi_estimate(d: DesignSums, z: float = Z95) -> tuple[float, float, float]:
+    """(rate, low, high): prediction-powered (NaNs without a cheap signal)."""
+    if d.cheap_events <= 0:
+        return math.nan, math.nan, math.nan
+    return design_interval(
+        d.exact_events,
+        d.exact_flagged,
+        d.sampled_events,
+        d.ppi_sampled_flagged,
+        d.ppi_sampled_var,
+        d.sampled_var_unit,
+        z,
+        shape="normal",
+    )
+
+
 # --- the operator ---------------------------------------------------------------
 
 _VerdictKey = tuple[str, str]  # (event_id, metric)
-_Verdict = tuple[int, float, bool]  # (tier, inclusion probability, flagged)
-_Verdicts = dict[_VerdictKey, _Verdict]
+_StratumKey = tuple[int, str, float]  # (the sampler's window start, stratum, inclusion probability)
 
 
-def _fold(acc: _Verdicts, v: Evaluation) -> None:
+@dataclass(slots=True)
+class _Verdict:
+    tier: int
+    stratum: _StratumKey
+    flagged: bool
+    cheap: bool
+
+
+@dataclass
+class _Acc:
+    """One (tenant, agent) window: each (event, metric)'s verdict, and the sampler's strata."""
+
+    verdicts: dict[_VerdictKey, _Verdict] = field(default_factory=dict)
+    strata: dict[_StratumKey, tuple[int, dict[str, int]]] = field(default_factory=dict)
+
+
+def _fold(acc: _Acc, v: Evaluation | StratumCount, sample_window_ms: int) -> None:
+    if isinstance(v, StratumCount):
+        k = (v.window_start_ms, v.stratum, v.inclusion_prob)
+        events, cheap = acc.strata.get(k, (0, {}))
+        merged = dict(cheap)
+        for metric, n in v.cheap:
+            merged[metric] = merged.get(metric, 0) + n
+        acc.strata[k] = (events + v.events, merged)  # a late group with the same probability adds
+        return
     if v.error or v.inclusion_prob <= 0:
         return
     k = (v.event_id, v.metric)
-    have = acc.get(k)
-    if have is None or have[0] <= v.tier:
-        acc[k] = (v.tier, v.inclusion_prob, v.label == FLAGGED)
+    have = acc.verdicts.get(k)
+    if have is None or have.tier <= v.tier:
+        stratum = (v.ts_ms - v.ts_ms % sample_window_ms, v.stratum, v.inclusion_prob)
+        acc.verdicts[k] = _Verdict(v.tier, stratum, v.label == FLAGGED, v.cheap)
 
 
-def sums_by_metric(verdicts: Iterable[tuple[_VerdictKey, _Verdict]]) -> dict[str, EstimateSums]:
-    out: dict[str, EstimateSums] = {}
-    for (_, metric), (_, prob, flagged) in verdicts:
-        s = out.get(metric)
-        if s is None:
-            s = out[metric] = EstimateSums()
-        s.add(prob, flagged)
+def sums_by_metric(acc: _Acc) -> dict[str, tuple[EstimateSums, DesignSums]]:
+    """Per metric: the Horvitz-Thompson sums and the stratified design's."""
+    judged: dict[str, dict[_StratumKey, StratumJudged]] = {}
+    plain: dict[str, EstimateSums] = {}
+    for (_, metric), v in acc.verdicts.items():
+        plain.setdefault(metric, EstimateSums()).add(v.stratum[2], v.flagged)
+        by_stratum = judged.setdefault(metric, {})
+        j = by_stratum.get(v.stratum)
+        if j is None:
+            j = by_stratum[v.stratum] = StratumJudged()
+        j.add(v.flagged, v.cheap)
+    out = {}
+    for metric, by_stratum in judged.items():
+        d = DesignSums()
+        for k, j in sorted(by_stratum.items()):
+            counted = acc.strata.get(k)
+            if counted is None:  # the sampler's count did not come (or another window size)
+                d.add_stratum(j.judged / k[2], j, None)
+            else:
+                d.add_stratum(counted[0], j, counted[1].get(metric))
+        out[metric] = (plain[metric], d)
     return out
 
 
 def estimate_row(
-    window_start_ms: int, window_ms: int, tenant: str, agent: str, metric: str, s: EstimateSums, version: int
+    window_start_ms: int,
+    window_ms: int,
+    tenant: str,
+    agent: str,
+    metric: str,
+    s: EstimateSums,
+    version: int,
+    d: DesignSums | None = None,
 ) -> QualityEstimate:
-    rate, low, high = estimate(s)
+    d = d if d is not None else design_of(s)
+    rate, low, high = stratified_estimate(d)
+    ppi, ppi_low, ppi_high = ppi_estimate(d)
     return QualityEstimate(
         window_start_ms=window_start_ms,
         window_ms=window_ms,
@@ -151,7 +355,29 @@ def estimate_row(
         sum_ww1=s.sum_ww1,
         sum_ww1y=s.sum_ww1y,
         version=version,
+        exact_events=d.exact_events,
+        exact_flagged=d.exact_flagged,
+        sampled_events=d.sampled_events,
+        sampled_flagged=d.sampled_flagged,
+        sampled_var=d.sampled_var,
+        sampled_var_unit=d.sampled_var_unit,
+        cheap_events=d.cheap_events,
+        cheap_flagged=d.cheap_flagged,
+        ppi_sampled_flagged=d.ppi_sampled_flagged,
+        ppi_sampled_var=d.ppi_sampled_var,
+        ppi_rate=ppi,
+        ppi_low=ppi_low,
+        ppi_high=ppi_high,
     )
+
+
+def design_of(s: EstimateSums) -> DesignSums:
+    """The design of sums that know no strata (rows written before the design was kept): one
+    stratum of the judged events with their mean weight; a census when every weight is 1."""
+    d = DesignSums()
+    if s.judged:
+        d.add_stratum(s.sum_w, StratumJudged(s.judged, s.flagged), None)
+    return d
 
 
 def quality_estimates(
@@ -160,27 +386,41 @@ def quality_estimates(
     *,
     size_s: int,
     allowed_lateness_s: int,
+    design: Stream[StratumCount] | None = None,
+    sample_window_s: int | None = None,
     clock: Callable[[], float] | None = None,
 ) -> Stream[QualityEstimate]:
-    """Per (tenant, agent, metric) and window: the flagged rate with its 95% interval."""
-    window_ms = size_s * 1000
+    """Per (tenant, agent, metric) and window: the flagged rate with its 95% interval, and the
+    prediction-powered rate beside it.
 
-    def rows(key: str, start: int, acc: _Verdicts, version: int) -> list[QualityEstimate]:
+    Args:
+        design: the sampler's strata (`SampleOut.design`): events per stratum and the tier-0
+            flags on all of them; without it each stratum's size is estimated from its
+            inclusion probability and there is no prediction-powered estimate.
+        sample_window_s: the sampler's window (`sampling.window_s`), which its strata are per.
+    """
+    window_ms = size_s * 1000
+    sample_window_ms = (sample_window_s or size_s) * 1000
+
+    def rows(key: str, start: int, acc: _Acc, version: int) -> list[QualityEstimate]:
         tenant, agent = key.split(_SEP, 1)
         return [
-            estimate_row(start, window_ms, tenant, agent, metric, s, version)
-            for metric, s in sorted(sums_by_metric(acc.items()).items())
+            estimate_row(start, window_ms, tenant, agent, metric, s, version, d)
+            for metric, (s, d) in sorted(sums_by_metric(acc).items())
         ]
 
+    records: Stream[Evaluation | StratumCount] = up
+    if design is not None:
+        records = op.merge(f"{step_id}_with_design", up, design)
     return tumbling(
         step_id,
-        up,
+        records,
         key_of=lambda v: f"{v.tenant_id}{_SEP}{v.agent}",
         size_s=size_s,
         allowed_lateness_s=allowed_lateness_s,
-        ts_of=lambda v: v.ts_ms,
-        new=dict,
-        fold=_fold,
+        ts_of=lambda v: v.window_start_ms if isinstance(v, StratumCount) else v.ts_ms,
+        new=_Acc,
+        fold=lambda acc, v: _fold(acc, v, sample_window_ms),
         rows=rows,
         clock=clock or time.time,
     )
@@ -191,7 +431,8 @@ def quality_estimates(
 
 @dataclass(frozen=True)
 class EstimateRow:
-    """One rolled-up estimate; `window_start` is None when rolled over the whole period."""
+    """One rolled-up estimate; `window_start` is None when rolled over the whole period.
+    `ppi_*` is the prediction-powered estimate (NaN where no tier-0 rule covers the metric)."""
 
     tenant_id: str
     agent: str
@@ -203,11 +444,18 @@ class EstimateRow:
     rate: float
     ci_low: float
     ci_high: float
+    ppi_rate: float = math.nan
+    ppi_low: float = math.nan
+    ppi_high: float = math.nan
+    cheap_flagged: float = 0.0  # events the tier-0 rules flagged (all events, not only the judged)
 
+
+_DESIGN_COLUMNS = tuple(DesignSums.__slots__)
 
 ESTIMATES_SQL = """
 SELECT tenant_id, agent, metric, {bucket} AS bucket,
-       sum(judged), sum(flagged), sum(sum_w), sum(sum_wy), sum(sum_ww1), sum(sum_ww1y)
+       sum(judged), sum(flagged), sum(sum_w), sum(sum_wy), sum(sum_ww1), sum(sum_ww1y),
+       {design}
 FROM {database}.quality_estimates FINAL
 WHERE window_start >= {{since:DateTime64(3)}} AND window_start < {{until:DateTime64(3)}}
   AND ({{tenant:String}} = '' OR tenant_id = {{tenant:String}})
@@ -237,14 +485,21 @@ def query_estimates(
         if bucket_s is None
         else (f"toStartOfInterval(window_start, INTERVAL {int(bucket_s)} SECOND)")
     )
-    sql = ESTIMATES_SQL.format(bucket=bucket, database=check_identifier(database))
+    sql = ESTIMATES_SQL.format(
+        bucket=bucket,
+        database=check_identifier(database),
+        design=", ".join(f"sum({c})" for c in _DESIGN_COLUMNS),
+    )
     params = {"since": _utc(since), "until": _utc(until), "tenant": tenant}
     out = []
-    for tenant_id, agent, metric, start, judged, flagged, sw, swy, sww1, sww1y in client.query(
-        sql, parameters=params
-    ).result_rows:
+    for row in client.query(sql, parameters=params).result_rows:
+        tenant_id, agent, metric, start, judged, flagged, sw, swy, sww1, sww1y = row[:10]
         s = EstimateSums(int(judged), int(flagged), sw, swy, sww1, sww1y)
-        rate, low, high = estimate(s)
+        d = DesignSums(*(float(x) for x in row[10:]))
+        if d.exact_events + d.sampled_events <= 0:
+            d = design_of(s)  # rows written before the design was kept
+        rate, low, high = stratified_estimate(d)
+        ppi, ppi_low, ppi_high = ppi_estimate(d)
         out.append(
             EstimateRow(
                 tenant_id,
@@ -257,6 +512,10 @@ def query_estimates(
                 rate,
                 low,
                 high,
+                ppi,
+                ppi_low,
+                ppi_high,
+                d.cheap_flagged,
             )
         )
     return out

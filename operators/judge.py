@@ -375,6 +375,8 @@ def _evaluation(
         judge_cost_pusd=cost,
         judge_latency_ms=latency,
         error=error,
+        stratum=c.stratum,
+        cheap=v.metric in c.cheap,
     )
 
 

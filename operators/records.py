@@ -8,6 +8,7 @@ into ClickHouse `Decimal(38, 12)` dollars.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from decimal import Decimal
 
@@ -180,6 +181,8 @@ class Evaluation(msgspec.Struct, frozen=True, array_like=True):
     judge_cost_pusd: int
     judge_latency_ms: float
     error: str = ""
+    stratum: str = ""  # the sampler's stratum of the event (within its tenant and window)
+    cheap: bool = False  # the tier-0 rules flagged the event for this metric (the cheap signal)
 
 
 def entry_hash(entry_id: str) -> int:
@@ -295,6 +298,21 @@ class QualityEstimate(msgspec.Struct, frozen=True, array_like=True):
     sum_ww1: float  # sum of w(w-1), w = 1/pi
     sum_ww1y: float
     version: int
+    # the stratified design (see operators.estimates): exact part, sampled part, variances
+    exact_events: float = 0.0  # events of strata judged in full (inclusion probability 1)
+    exact_flagged: float = 0.0
+    sampled_events: float = 0.0  # events of the other strata with a verdict
+    sampled_flagged: float = 0.0  # their stratified (HT) estimate of the flagged
+    sampled_var: float = 0.0  # its variance: sum N_h^2 (1 - f_h) s_h^2 / m_h
+    sampled_var_unit: float = 0.0  # sum N_h^2 (1 - f_h) / m_h
+    # prediction-powered: the tier-0 verdict on every event plus the judged residuals
+    cheap_events: float = 0.0  # events the cheap signal was counted on
+    cheap_flagged: float = 0.0  # of which the tier-0 rules flagged
+    ppi_sampled_flagged: float = 0.0
+    ppi_sampled_var: float = 0.0
+    ppi_rate: float = math.nan
+    ppi_low: float = math.nan
+    ppi_high: float = math.nan
 
 
 class CostWindow(msgspec.Struct, frozen=True, array_like=True):

@@ -77,12 +77,13 @@ import xxhash
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
+from judges.base import FLAGGED as FLAGGED_LABEL
 from judges.base import JudgeItem, RuleJudge
 from operators import event_time, metrics
 from operators.alerts import AlertProgress
 from operators.control import ControlStore, Override
 from operators.dedup import Candidate
-from operators.records import DeadLetter, Event, SavingsEntry
+from operators.records import DeadLetter, Event, SavingsEntry, Verdict
 from operators.validate import guarded
 
 _TWO_64 = float(2**64)
@@ -240,7 +241,9 @@ class Held:
 @dataclass(slots=True)
 class StratumTally:
     """One stratum of one window: how many events, how many below the rate,
-    and the events that can still be chosen (sorted by hash on demand)."""
+    the events that can still be chosen (sorted by hash on demand), and per
+    metric with a tier-0 rule how many of all its events the rules flagged
+    (the cheap signal prediction-powered estimates use)."""
 
     rate: float
     reason: str
@@ -248,12 +251,16 @@ class StratumTally:
     n: int = 0
     below: int = 0
     held: list[Held] = field(default_factory=list)
+    agent: str = ""
+    cheap: dict[str, int] = field(default_factory=dict)
 
     def add(self, other: StratumTally, cap: int) -> list[Held]:
         """Merge `other` in; returns the held events that can no longer be chosen."""
         self.n += other.n
         self.below += other.below
         self.held.extend(other.held)
+        for metric, k in other.cheap.items():
+            self.cheap[metric] = self.cheap.get(metric, 0) + k
         return self.trim(cap)
 
     def trim(self, cap: int) -> list[Held]:
@@ -316,6 +323,23 @@ class Choice:
     avoided_pusd: int
     sampled: dict[str, int]  # reason -> events chosen
     skipped: dict[str, int]  # reason -> events not chosen
+    taken: dict[str, int] = field(default_factory=dict)  # stratum -> m_h
+
+
+class StratumCount(msgspec.Struct, frozen=True, array_like=True):
+    """One decided stratum of one (tenant, window): its events N_h, how many were chosen
+    (m_h, each with inclusion probability m_h / N_h) and, per metric with a tier-0 rule, how
+    many of the N_h events the rules flagged. `operators.estimates` reads the design from
+    these: the stratified variance, and the cheap signal's count on every event."""
+
+    tenant_id: str
+    agent: str
+    window_start_ms: int  # the sampler's window
+    stratum: str
+    events: int
+    chosen: int
+    inclusion_prob: float
+    cheap: tuple[tuple[str, int], ...]  # (metric, events the tier-0 rules flagged), by metric
 
 
 def choose(strata: dict[str, StratumTally], cap: int) -> Choice:
@@ -336,6 +360,7 @@ def choose(strata: dict[str, StratumTally], cap: int) -> Choice:
         s = strata[h]
         s.held.sort(key=_order)
         prob = m / s.n if s.n else 0.0
+        out.taken[h] = m
         for i, held in enumerate(s.held):
             if i < m:
                 if s.reason == OVERRIDE:
@@ -363,7 +388,9 @@ def throttle(strata: dict[str, StratumTally], override: Override) -> dict[str, S
     for name, t in strata.items():
         rate = min(t.rate, max(override.rate, 0.0))
         below = sum(1 for h in t.held if h.u < rate)
-        out[name] = StratumTally(rate, OVERRIDE if rate > 0 else PAUSED, 0, t.n, below, t.held)
+        out[name] = StratumTally(
+            rate, OVERRIDE if rate > 0 else PAUSED, 0, t.n, below, t.held, t.agent, t.cheap
+        )
     return out
 
 
@@ -386,16 +413,24 @@ class _Part:
     savings: SavingsEntry
 
 
+def cheap_metrics(rules: RuleJudge, metrics_: Iterable[str]) -> tuple[str, ...]:
+    """The metrics (of `metrics_`) a tier-0 rule covers: their rule verdict is a cheap
+    signal on every event."""
+    return tuple(sorted(m for m in set(metrics_) if rules.verdict(m, ()) is not None))
+
+
 def tally_batch(
     cands: Sequence[Candidate],
     *,
     sampler: Sampler,
     rules: RuleJudge,
     baseline: Callable[[Event], tuple[int, int]],
+    cheap: Sequence[str] = (),
 ) -> list[_Part]:
-    """Flag and stratify a batch (sets `flags` and `stratum` on each candidate) and
-    tally it per (tenant, window): counts per stratum, and only the candidates
-    any outcome may choose; the savings of the others are counted here."""
+    """Flag and stratify a batch (sets `flags`, `stratum` and `cheap` on each candidate) and
+    tally it per (tenant, window): counts per stratum (with the tier-0 verdicts of the
+    `cheap` metrics), and only the candidates any outcome may choose; the savings of the
+    others are counted here."""
     size_ms = sampler.window_s * 1000
     parts: dict[tuple[str, int], _Part] = {}
     for c in cands:
@@ -403,6 +438,8 @@ def tally_batch(
         e.flags = tuple(sorted(rules.flags(JudgeItem(e.input_text, e.output_text, e.context))))
         a = sampler.assign(e, e.flags)
         c.stratum = a.stratum
+        if cheap:
+            c.cheap = tuple(m for m in cheap if _flagged(rules.verdict(m, e.flags)))
         window = e.ts_ms - e.ts_ms % size_ms
         part = parts.get((e.tenant_id, window))
         if part is None:
@@ -417,8 +454,12 @@ def tally_batch(
         sv.baseline_pusd += pusd
         tally = part.strata.get(a.stratum)
         if tally is None:
-            tally = part.strata[a.stratum] = StratumTally(a.rate, a.reason, a.min_k)
+            tally = part.strata[a.stratum] = StratumTally(
+                a.rate, a.reason, a.min_k, agent=e.agent, cheap=dict.fromkeys(cheap, 0)
+            )
         tally.n += 1
+        for m in c.cheap:
+            tally.cheap[m] += 1
         u = sampler.unit(e.event_id)
         if u < a.rate:
             tally.below += 1
@@ -433,6 +474,10 @@ def tally_batch(
                 part.savings.sampling_calls += h.calls
                 part.savings.sampling_pusd += h.cost_pusd
     return list(parts.values())
+
+
+def _flagged(v: Verdict | None) -> bool:
+    return v is not None and v.label == FLAGGED_LABEL
 
 
 @dataclass
@@ -456,9 +501,10 @@ _CLOSED_HORIZON_MS = 86_400_000  # how long a decided window is remembered
 
 
 _In = _Part | AlertProgress
+_Decided = Candidate | SavingsEntry | StratumCount
 
 
-class _SampleLogic(StatefulBatchLogic[_In, Candidate | SavingsEntry, _SampleState]):
+class _SampleLogic(StatefulBatchLogic[_In, _Decided, _SampleState]):
     """One tenant's windows. `gated`: alert actions are configured, so a window waits for the
     tenant's alerts to be evaluated through its start; `stored`: the control store's overrides."""
 
@@ -487,9 +533,9 @@ class _SampleLogic(StatefulBatchLogic[_In, Candidate | SavingsEntry, _SampleStat
             for w in resume.open.values():
                 w.last_arrival_s = now
 
-    def on_batch(self, values: list[_In]) -> tuple[Iterable[Candidate | SavingsEntry], bool]:
+    def on_batch(self, values: list[_In]) -> tuple[Iterable[_Decided], bool]:
         s, now = self._s, self._clock()
-        out: list[Candidate | SavingsEntry] = []
+        out: list[_Decided] = []
         parts: list[_Part] = []
         for v in values:
             if isinstance(v, AlertProgress):
@@ -519,11 +565,11 @@ class _SampleLogic(StatefulBatchLogic[_In, Candidate | SavingsEntry, _SampleStat
         out.extend(self._advance(now))
         return out, StatefulBatchLogic.RETAIN
 
-    def on_notify(self) -> tuple[Iterable[Candidate | SavingsEntry], bool]:
+    def on_notify(self) -> tuple[Iterable[_Decided], bool]:
         return self._advance(self._clock()), StatefulBatchLogic.RETAIN
 
-    def on_eof(self) -> tuple[Iterable[Candidate | SavingsEntry], bool]:
-        out: list[Candidate | SavingsEntry] = []
+    def on_eof(self) -> tuple[Iterable[_Decided], bool]:
+        out: list[_Decided] = []
         for start in sorted(self._s.open):
             out.extend(self._close(start))
         return out, StatefulBatchLogic.RETAIN
@@ -562,10 +608,10 @@ class _SampleLogic(StatefulBatchLogic[_In, Candidate | SavingsEntry, _SampleStat
             overrides=list(s.overrides),
         )
 
-    def _advance(self, now: float) -> list[Candidate | SavingsEntry]:
+    def _advance(self, now: float) -> list[_Decided]:
         s = self._s
         wm = s.max_ts_ms + int(event_time.elapsed_s(s.seen_at_s, now) * 1000)
-        out: list[Candidate | SavingsEntry] = []
+        out: list[_Decided] = []
         idle_s = self._sampler.idle_s
         for start in sorted(s.open):
             if self._waits_for_alerts(start):
@@ -608,7 +654,7 @@ class _SampleLogic(StatefulBatchLogic[_In, Candidate | SavingsEntry, _SampleStat
             return None
         return stored
 
-    def _close(self, start: int) -> list[Candidate | SavingsEntry]:
+    def _close(self, start: int) -> list[_Decided]:
         w = self._s.open.pop(start)
         self._s.closed.add(start)
         tenant = w.savings.tenant_id
@@ -616,7 +662,7 @@ class _SampleLogic(StatefulBatchLogic[_In, Candidate | SavingsEntry, _SampleStat
 
     def _decide(
         self, tenant: str, start: int, strata: dict[str, StratumTally], savings: SavingsEntry, *, late: bool
-    ) -> list[Candidate | SavingsEntry]:
+    ) -> list[_Decided]:
         if late:
             for t in strata.values():
                 t.min_k = 0
@@ -630,24 +676,32 @@ class _SampleLogic(StatefulBatchLogic[_In, Candidate | SavingsEntry, _SampleStat
             metrics.SAMPLED.labels("sampled", LATE if late else reason).inc(n)
         for reason, n in c.skipped.items():
             metrics.SAMPLED.labels("skipped", reason).inc(n)
-        out: list[Candidate | SavingsEntry] = [*c.chosen]
+        out: list[_Decided] = [*c.chosen]
         out.append(savings)
+        for name in sorted(strata):
+            t = strata[name]
+            m = c.taken.get(name, 0)
+            cheap = tuple(sorted(t.cheap.items()))
+            out.append(StratumCount(tenant, t.agent, start, name, t.n, m, m / t.n if t.n else 0.0, cheap))
         return out
 
 
 def _copy_tally(t: StratumTally) -> StratumTally:
-    return StratumTally(t.rate, t.reason, t.min_k, t.n, t.below, list(t.held))
+    return StratumTally(t.rate, t.reason, t.min_k, t.n, t.below, list(t.held), t.agent, dict(t.cheap))
 
 
 @dataclass(frozen=True)
 class SampleOut:
     """`events`: every event, with its tier-0 flags; `judge`: the chosen
     candidates with their inclusion probabilities; `savings`: per tenant and
-    window, the baseline judge cost and what sampling avoided; `errs`: dead letters."""
+    window, the baseline judge cost and what sampling avoided; `design`: per tenant,
+    window and stratum, the events, the chosen and the tier-0 flags per metric
+    (for `operators.estimates`); `errs`: dead letters."""
 
     events: Stream[Candidate]
     judge: Stream[Candidate]
     savings: Stream[SavingsEntry]
+    design: Stream[StratumCount]
     errs: Stream[DeadLetter]  # events whose tally raised (a bug): stored, never judged
 
 
@@ -660,6 +714,7 @@ def sample(
     control: ControlStore,
     baseline: Callable[[Event], tuple[int, int]],
     alerts: Stream[AlertProgress] | None = None,
+    metrics_: Sequence[str] = (),
     clock: Callable[[], float] = time.time,
 ) -> SampleOut:
     """Flag, stratify and choose events to judge (see the module docstring).
@@ -671,11 +726,14 @@ def sample(
         alerts: the alert stage's progress and actions (`AlertsOut.progress`): a window is
             decided once the tenant's alerts are evaluated through its start, under the
             override they set for it.
+        metrics_: the judged metrics; those a tier-0 rule covers get their rule verdict
+            counted on every event (`StratumCount.cheap`) and marked on each candidate.
     """
+    cheap = cheap_metrics(rules, metrics_)
 
     def assign_batch(cands: list[Candidate]) -> Iterable[Candidate | _Part | DeadLetter]:
         def tally(cs: list[Candidate]) -> list[_Part]:
-            return tally_batch(cs, sampler=sampler, rules=rules, baseline=baseline)
+            return tally_batch(cs, sampler=sampler, rules=rules, baseline=baseline, cheap=cheap)
 
         # an event that makes the tally raise (a bug) is stored, never judged, and a dead letter
         tallied, dead = guarded(step_id, tally, cands)
@@ -697,9 +755,11 @@ def sample(
     values = op.map(f"{step_id}_unkey", decided, lambda kv: kv[1])
     outcome = op.branch(f"{step_id}_outcome", values, lambda x: type(x) is Candidate)
     decided_cands = op.branch(f"{step_id}_chosen", outcome.trues, lambda c: c.inclusion_prob > 0)
+    rest = op.branch(f"{step_id}_design", outcome.falses, lambda x: type(x) is StratumCount)
     return SampleOut(
         events=split.trues,
         judge=decided_cands.trues,
-        savings=outcome.falses,
+        savings=rest.falses,
+        design=rest.trues,
         errs=errs.trues,
     )

@@ -199,7 +199,7 @@ CREATE TABLE IF NOT EXISTS {database}.quality_estimates
     judged       UInt64 COMMENT 'events with a verdict for the metric',
     flagged      UInt64 COMMENT 'of which flagged',
     rate         Float64 COMMENT 'estimated share of flagged responses among all events',
-    ci_low       Float64 COMMENT '95% interval (Wilson at the effective sample size)',
+    ci_low       Float64 COMMENT '95% interval: exact strata + Wilson at the stratified effective sample size',
     ci_high      Float64,
     population   Float64 COMMENT 'estimated events: sum of 1/inclusion_prob',
     sum_w        Float64,
@@ -207,11 +207,39 @@ CREATE TABLE IF NOT EXISTS {database}.quality_estimates
     sum_ww1      Float64 COMMENT 'sum of w(w-1), w = 1/inclusion_prob',
     sum_ww1y     Float64,
     version      UInt64 COMMENT 'emission time: the newest row of a key wins',
+    exact_events Float64 DEFAULT 0 COMMENT 'events of strata judged in full (inclusion probability 1)',
+    exact_flagged Float64 DEFAULT 0 COMMENT 'of which flagged',
+    sampled_events Float64 DEFAULT 0 COMMENT 'events of the sampled strata with a verdict',
+    sampled_flagged Float64 DEFAULT 0 COMMENT 'their stratified estimate of the flagged: sum N_h * judged mean',
+    sampled_var Float64 DEFAULT 0 COMMENT 'its variance: sum N_h^2 (1 - f_h) s_h^2 / m_h, small-sample corrected',
+    sampled_var_unit Float64 DEFAULT 0 COMMENT 'sum N_h^2 (1 - f_h) / m_h: the design at unit variance',
+    cheap_events Float64 DEFAULT 0 COMMENT 'events the cheap signal (tier-0 rules) was counted on',
+    cheap_flagged Float64 DEFAULT 0 COMMENT 'of which the tier-0 rules flagged',
+    ppi_sampled_flagged Float64 DEFAULT 0 COMMENT 'prediction-powered: tier-0 flags of the sampled strata + N_h * mean residual',
+    ppi_sampled_var Float64 DEFAULT 0 COMMENT 'its variance (residuals judge - tier-0)',
+    ppi_rate Float64 DEFAULT nan COMMENT 'prediction-powered rate (NaN: no tier-0 rule covers the metric)',
+    ppi_low Float64 DEFAULT nan COMMENT 'its 95% interval',
+    ppi_high Float64 DEFAULT nan,
     inserted_at  DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (tenant_id, agent, metric, window_s, window_start);
+
+-- tables created before the stratified design and the prediction-powered estimates were kept
+ALTER TABLE {database}.quality_estimates ADD COLUMN IF NOT EXISTS exact_events Float64 DEFAULT 0 AFTER version;
+ALTER TABLE {database}.quality_estimates ADD COLUMN IF NOT EXISTS exact_flagged Float64 DEFAULT 0 AFTER exact_events;
+ALTER TABLE {database}.quality_estimates ADD COLUMN IF NOT EXISTS sampled_events Float64 DEFAULT 0 AFTER exact_flagged;
+ALTER TABLE {database}.quality_estimates ADD COLUMN IF NOT EXISTS sampled_flagged Float64 DEFAULT 0 AFTER sampled_events;
+ALTER TABLE {database}.quality_estimates ADD COLUMN IF NOT EXISTS sampled_var Float64 DEFAULT 0 AFTER sampled_flagged;
+ALTER TABLE {database}.quality_estimates ADD COLUMN IF NOT EXISTS sampled_var_unit Float64 DEFAULT 0 AFTER sampled_var;
+ALTER TABLE {database}.quality_estimates ADD COLUMN IF NOT EXISTS cheap_events Float64 DEFAULT 0 AFTER sampled_var_unit;
+ALTER TABLE {database}.quality_estimates ADD COLUMN IF NOT EXISTS cheap_flagged Float64 DEFAULT 0 AFTER cheap_events;
+ALTER TABLE {database}.quality_estimates ADD COLUMN IF NOT EXISTS ppi_sampled_flagged Float64 DEFAULT 0 AFTER cheap_flagged;
+ALTER TABLE {database}.quality_estimates ADD COLUMN IF NOT EXISTS ppi_sampled_var Float64 DEFAULT 0 AFTER ppi_sampled_flagged;
+ALTER TABLE {database}.quality_estimates ADD COLUMN IF NOT EXISTS ppi_rate Float64 DEFAULT nan AFTER ppi_sampled_var;
+ALTER TABLE {database}.quality_estimates ADD COLUMN IF NOT EXISTS ppi_low Float64 DEFAULT nan AFTER ppi_rate;
+ALTER TABLE {database}.quality_estimates ADD COLUMN IF NOT EXISTS ppi_high Float64 DEFAULT nan AFTER ppi_low;
 
 -- The judge savings ledger per (tenant, window) (operators.records.JudgeSavings):
 -- judge calls and dollars of judging every event on every metric with the

@@ -1,33 +1,45 @@
-"""Horvitz-Thompson estimates from the sampler's inclusion probabilities: the
-formulas on hand-checkable cases, and the statistics on labelled data — over
-100 sampler versions at 10%, the 95% interval covers the true flagged rate at
-least 90 times, and the estimates are unbiased.
+"""Estimates from the sampler's design: the formulas on hand-checkable cases
+(exact certainty strata, within-stratum variances with a small-sample
+correction, prediction-powered estimates from the tier-0 flags), and the
+statistics on labelled data — over many sampler versions at 10%, every
+estimator's 95% interval covers the true rate at least 93% of the time per
+window and per period, and the estimates are unbiased.
 
-Populations (see /work/shared/data/PROVENANCE.tsv): XSTest v2 completions
-(paul-rottger/exaggerated-safety, CC-BY-4.0 prompts), judged for refusal by
-the real tier-0 rules; HaluEval QA (RUCAIBox/HaluEval, MIT), judged by its
-labels — every other answer is the hallucinated one, as in flows/traffic.py.
+Populations: see bench/_coverage.py (XSTest refusals with human labels, Presidio
+PII with forced tier-0 flags, HaluEval with long contexts always judged, XSTest
+split into many small strata).
 """
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
+import pickle
+import random
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
-from functools import cache
 
 import pytest
 
-from flows.traffic import shared_data_dir
+from bench._coverage import BASELINE, ESTIMATORS, RULES, SHAPES, Shape, halueval, sample_domains, xstest
 from judges.base import JudgeItem
-from judges.rules import Tier0Rules
 from operators.dedup import Candidate
-from operators.estimates import EstimateSums, estimate, query_estimates, wilson
+from operators.estimates import (
+    DesignSums,
+    EstimateSums,
+    StratumJudged,
+    estimate,
+    ppi_estimate,
+    query_estimates,
+    stratified_estimate,
+    stratum_variance,
+    wilson,
+)
 from operators.records import Event
-from operators.sample import Sampler, _SampleLogic, tally_batch
-from tests.test_sampler import BASELINE, T0, event
+from operators.sample import Sampler, StratumCount, _SampleLogic, cheap_metrics, tally_batch
+from tests.test_sampler import T0
+
+CHEAP = cheap_metrics(RULES, ["refusal", "pii", "hallucination"])
+
 
 # --- the formulas -------------------------------------------------------------------
 
@@ -75,94 +87,151 @@ def test_windows_roll_up_exactly():
     assert estimate(a) == pytest.approx(estimate(whole))
 
 
-# --- the statistics, on labelled data ------------------------------------------------------
+# --- the stratified design -----------------------------------------------------------
 
 
-class _MemoRules(Tier0Rules):
-    """The real tier-0 rules, remembering each item's flags (the same texts, 100 times)."""
+def judged(n: int, flagged: int, cheap: int = 0, agree: bool = True) -> StratumJudged:
+    """n verdicts, `flagged` of them flagged; the tier-0 rules flagged `cheap` (the same ones
+    first, when `agree`)."""
+    j = StratumJudged()
+    for i in range(n):
+        y = i < flagged
+        j.add(y, (i < cheap) if agree else (n - 1 - i < cheap))
+    return j
 
-    @cache  # noqa: B019 - one instance per test module
-    def flags(self, item: JudgeItem) -> frozenset[str]:
-        return super().flags(item)
+
+def test_certainty_strata_are_exact_and_the_others_have_within_stratum_variance():
+    d = DesignSums()
+    d.add_stratum(10, judged(10, 4), None)  # judged in full: exact
+    d.add_stratum(100, judged(20, 5), None)  # 20 of 100
+    assert (d.exact_events, d.exact_flagged) == (10, 4)
+    assert (d.sampled_events, d.sampled_flagged) == (100, pytest.approx(25.0))
+    s2 = 5 * (1 - 0.25) ** 2 / 19 + 15 * 0.25**2 / 19  # the sample variance of the 20 judged
+    assert d.sampled_var == pytest.approx(100**2 * (1 - 0.2) * s2 / 20)
+    rate, low, high = stratified_estimate(d)
+    assert rate == pytest.approx(29 / 110)
+    lo, hi = wilson(0.25, 0.25 * 0.75 * 100**2 / d.sampled_var)  # the sampled part's rate
+    assert (low, high) == pytest.approx(((4 + 100 * lo) / 110, (4 + 100 * hi) / 110))
+    census = DesignSums()
+    census.add_stratum(7, judged(7, 2), None)
+    assert stratified_estimate(census) == (2 / 7, 2 / 7, 2 / 7)
 
 
-RULES = _MemoRules()
+def test_a_window_with_no_sampled_positive_keeps_an_honest_upper_bound():
+    """The collapse the Poisson variance had: tier-0 flags force the obvious positives into the
+    certainty stratum, the 30 sampled events of the rest hold none, and the interval sat below
+    a truth with a few unflagged positives."""
+    d, old = DesignSums(), EstimateSums()
+    d.add_stratum(20, judged(20, 20), None)
+    d.add_stratum(300, judged(30, 0), None)
+    for _ in range(20):
+        old.add(1.0, True)
+    for _ in range(30):
+        old.add(0.1, False)
+    truth = (20 + 9) / 320  # 9 unflagged positives (3%) among the 300: none in a sample of 30 is likely
+    assert estimate(old)[2] < truth  # before: the interval missed it
+    rate, low, high = stratified_estimate(d)
+    assert rate == low == 20 / 320 and high > truth
+    # and one positive among the sampled is not taken as a near-certain 1/30
+    d1 = DesignSums()
+    d1.add_stratum(20, judged(20, 20), None)
+    d1.add_stratum(300, judged(30, 1), None)
+    assert stratified_estimate(d1)[2] > (20 + 300 * 0.1) / 320
 
 
-def xstest() -> list[tuple[Event, bool]]:
-    path = shared_data_dir() / "labeled" / "xstest_completions_human_labeled.jsonl.gz"
-    out = []
-    with gzip.open(path, "rt") as f:
-        for i, line in enumerate(f):
-            r = json.loads(line)
-            e = event(
-                f"x{i}", T0 + 150 * i, "xs", r["model"], input_text=r["prompt"], output_text=r["completion"]
-            )
-            verdict = RULES.judge("refusal", JudgeItem(e.input_text, e.output_text))
-            assert verdict is not None
-            out.append((e, verdict.label == "flagged"))
+def test_small_strata_are_not_certain_of_what_two_verdicts_say():
+    assert stratum_variance(2, 0, 0) > 0.1  # 0 of 2 flagged: still unsure
+    assert stratum_variance(2, 2, 2) > 0.1
+    assert stratum_variance(30, 15, 15) == pytest.approx(0.25 * 30 / 29)  # enough verdicts: as measured
+
+
+def test_prediction_powered_estimate_by_hand():
+    d = DesignSums()
+    # 200 events, the rules flagged 50 of them; 20 judged: 6 flagged by the judge, 5 by the rules,
+    # differing on one (judged flagged, rules not)
+    d.add_stratum(200, judged(20, 6, cheap=5), 50)
+    ppi, low, high = ppi_estimate(d)
+    assert ppi == pytest.approx((50 + 200 * 1 / 20) / 200)
+    assert d.cheap_flagged == 50 and d.cheap_events == 200
+    rate = stratified_estimate(d)[0]
+    assert rate == pytest.approx(0.3)
+    assert high - low < stratified_estimate(d)[2] - stratified_estimate(d)[1]  # the rules help
+    # a cheap signal that disagrees everywhere it speaks: valid, only wider
+    bad = DesignSums()
+    bad.add_stratum(200, judged(20, 6, cheap=6, agree=False), 60)
+    assert ppi_estimate(bad)[2] - ppi_estimate(bad)[1] > high - low
+    no_rules = DesignSums()
+    no_rules.add_stratum(200, judged(20, 6), None)
+    assert all(math.isnan(x) for x in ppi_estimate(no_rules))
+
+
+def test_design_sums_roll_up_exactly():
+    a, b, whole = DesignSums(), DesignSums(), DesignSums()
+    for k, (n, j, c) in enumerate([(100, judged(10, 2, 1), 12), (5, judged(5, 1), 0), (80, judged(8, 0), 3)]):
+        (a if k == 0 else b).add_stratum(n, j, c)
+        whole.add_stratum(n, j, c)
+    a.merge(b)
+    assert stratified_estimate(a) == pytest.approx(stratified_estimate(whole))
+    assert ppi_estimate(a) == pytest.approx(ppi_estimate(whole))
+
+
+# --- the statistics, on labelled data: coverage over sampler versions ----------------------
+
+
+def coverage(shape: Shape, seeds: range) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """Per estimator and per window / per period: (coverage, mean width, mean error / spread)."""
+    hits: dict[str, dict[str, list[tuple[bool, float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for seed in seeds:
+        sampler = Sampler(base_rate=0.1, version=f"seed-{seed}", **shape.sampler)
+        windows, periods = sample_domains(shape, sampler)
+        for kind, domains in (("window", windows), ("period", periods)):
+            for d in domains:
+                for name, est in ESTIMATORS.items():
+                    rate, low, high = est(d)
+                    if not math.isnan(rate):
+                        hits[name][kind].append(
+                            (low - 1e-9 <= d.truth <= high + 1e-9, high - low, rate - d.truth)
+                        )
+    out: dict[str, dict[str, tuple[float, float, float]]] = {}
+    for name, kinds in hits.items():
+        out[name] = {}
+        for kind, xs in kinds.items():
+            errs = [e for _, _, e in xs]
+            mean = sum(errs) / len(errs)
+            spread = math.sqrt(sum((e - mean) ** 2 for e in errs) / max(1, len(errs) - 1))
+            bias_z = mean / (spread / math.sqrt(len(errs))) if spread > 0 else 0.0
+            out[name][kind] = (sum(h for h, _, _ in xs) / len(xs), sum(w for _, w, _ in xs) / len(xs), bias_z)
     return out
 
 
-def halueval() -> list[tuple[Event, bool]]:
-    out = []
-    with (shared_data_dir() / "labeled" / "halueval_qa_sample2000.jsonl").open() as f:
-        for i, line in enumerate(f):
-            r = json.loads(line)
-            hallucinated = i % 2 == 1
-            answer = r["hallucinated_answer"] if hallucinated else r["right_answer"]
-            agent = ("qa-short", "qa-long")[len(r["knowledge"]) > 400]
-            tokens = len(r["question"] + r["knowledge"]) // 4
-            e = event(
-                f"h{i}",
-                T0 + 200 * i,
-                "hq",
-                agent,
-                input_text=r["question"],
-                output_text=answer,
-                context=r["knowledge"],
-                input_tokens=tokens,
-            )
-            out.append((e, hallucinated))
-    return out
+def check_coverage(shape: Shape, seeds: range) -> None:
+    got = coverage(shape, seeds)
+    assert {"stratified", "PPI"} <= set(got) or shape.metric == "hallucination"
+    for name, kinds in got.items():
+        if name.startswith("HT-Wilson"):
+            continue  # the interval before, for the bench's comparison
+        for kind, (cov, _, bias_z) in kinds.items():
+            assert cov >= 0.93, f"{shape.name}: {name} covered {cov:.1%} per {kind}"
+            if kind == "period":
+                assert abs(bias_z) < 4, f"{shape.name}: {name} biased ({bias_z:.1f} standard errors)"
 
 
-def sample_once(sampler: Sampler, population: list[tuple[Event, bool]]) -> list[tuple[float, bool]]:
-    """The sampler's two stages on the whole population, in batches of 500."""
-    label = {e.event_id: y for e, y in population}
-    logic = _SampleLogic(sampler, lambda: 0.0, None)
-    for i in range(0, len(population), 500):
-        cands = [Candidate(e, e.event_id, {}, ()) for e, _ in population[i : i + 500]]
-        logic.on_batch(tally_batch(cands, sampler=sampler, rules=RULES, baseline=BASELINE))
-    out, _ = logic.on_eof()
-    return [(c.inclusion_prob, label[c.event.event_id]) for c in out if isinstance(c, Candidate)]
+@pytest.mark.parametrize("make", ["xstest", "presidio", "halueval", "many_strata"])
+def test_every_estimator_covers_per_window_and_per_period(make):
+    """60 sampler versions: forced judging by tier-0 flags (presidio), long contexts always
+    judged (halueval), many strata with few events (xstest by prompt type), and a cheap
+    signal that is good but not perfect (xstest refusals)."""
+    check_coverage(SHAPES[make](), range(60))
 
 
-@pytest.mark.parametrize("population", [xstest, halueval])
-def test_intervals_cover_the_true_rate_over_100_sampler_versions(population):
-    pop = population()
-    true_rate = sum(y for _, y in pop) / len(pop)
-    covered, estimates, judged = 0, [], []
-    for seed in range(100):
-        sampler = Sampler(base_rate=0.1, version=f"seed-{seed}", min_per_stratum=2, always_over_tokens=8000)
-        s = EstimateSums()
-        chosen = sample_once(sampler, pop)
-        for prob, y in chosen:
-            s.add(prob, y)
-        rate, low, high = estimate(s)
-        assert s.sum_w == pytest.approx(len(pop))  # every event counted once
-        covered += low <= true_rate <= high
-        estimates.append(rate)
-        judged.append(len(chosen))
-    assert covered >= 90, f"{covered}/100 intervals covered {true_rate:.3f}"
-    mean = sum(estimates) / len(estimates)
-    spread = math.sqrt(sum((r - mean) ** 2 for r in estimates) / 99)
-    assert abs(mean - true_rate) < 3 * spread / 10  # unbiased: within 3 standard errors
-    assert 0.1 <= sum(judged) / 100 / len(pop) < 0.2  # about 10%, plus the minimums and forced ones
+@pytest.mark.slow
+@pytest.mark.parametrize("make", ["xstest", "presidio", "halueval", "many_strata"])
+def test_every_estimator_covers_over_300_sampler_versions(make):
+    check_coverage(SHAPES[make](), range(100, 400))
 
 
 def test_without_stratum_minimums_and_caps_it_is_post_stratified_bernoulli():
-    pop = halueval()
+    pop = halueval().events
     per_stratum: dict[tuple[str, int], list[float]] = defaultdict(list)
     sampler = Sampler(base_rate=0.1, version="plain", min_per_stratum=0, always_on_flags=())
     logic = _SampleLogic(sampler, lambda: 0.0, None)
@@ -176,6 +245,41 @@ def test_without_stratum_minimums_and_caps_it_is_post_stratified_bernoulli():
         assert len(set(probs)) == 1 and abs(probs[0] - 0.1) < 0.1  # m_h / N_h, close to the rate
 
 
+def test_the_design_does_not_depend_on_batching_order_or_restarts():
+    """The strata counts (events, chosen, tier-0 flags per metric) the estimates read are
+    the same whatever the batching and order, and across a snapshot and resume."""
+    pop = [e for e, _ in xstest().events[:1200]]
+    sampler = Sampler(base_rate=0.1, version="v1", max_per_tenant=40)
+
+    def design(batches: list[list[Event]], restart_at: int = -1) -> list[StratumCount]:
+        logic = _SampleLogic(sampler, lambda: 0.0, None)
+        out = []
+        for i, batch in enumerate(batches):
+            if i == restart_at:
+                logic = _SampleLogic(sampler, lambda: 0.0, pickle.loads(pickle.dumps(logic.snapshot())))
+            cands = [Candidate(e, e.event_id, {}, ()) for e in batch]
+            parts = tally_batch(cands, sampler=sampler, rules=RULES, baseline=BASELINE, cheap=CHEAP)
+            out.extend(logic.on_batch(parts)[0])
+        out.extend(logic.on_eof()[0])
+        return sorted(
+            (x for x in out if isinstance(x, StratumCount)), key=lambda x: (x.window_start_ms, x.stratum)
+        )
+
+    whole = design([pop])
+    assert sum(x.events for x in whole) == len(pop)
+    assert sum(dict(x.cheap)["refusal"] for x in whole) == sum(
+        RULES.verdict("refusal", RULES.flags(JudgeItem(e.input_text, e.output_text))).label == "flagged"
+        for e in pop
+    )
+    rng = random.Random(3)
+    shuffled = pop[:]
+    rng.shuffle(shuffled)
+    cuts = sorted(rng.sample(range(1, len(shuffled)), 30))
+    batches = [shuffled[a:b] for a, b in zip([0, *cuts], [*cuts, len(shuffled)], strict=True)]
+    assert design(batches) == whole
+    assert design(batches, restart_at=17) == whole
+
+
 @pytest.mark.slow
 def test_report_query_rolls_up_what_the_flow_wrote(chdb_dsn, database):
     from operators.estimates import estimate_row
@@ -184,21 +288,25 @@ def test_report_query_rolls_up_what_the_flow_wrote(chdb_dsn, database):
     client = connect(chdb_dsn, database)
     ensure_schema(client, database)
     rows = []
-    both = EstimateSums()
+    both = DesignSums()
     for minute in range(3):
-        s = EstimateSums()
+        s, d = EstimateSums(), DesignSums()
         for i in range(40):
             prob, y = (0.25, i % 4 == 0) if i < 30 else (1.0, False)
             s.add(prob, y)
-            if minute < 2:
-                both.add(prob, y)
-        rows.append(estimate_row(T0 + 60_000 * minute, 60_000, "acme", "bot", "toxicity", s, version=1))
+        d.add_stratum(120, judged(30, 8, cheap=6), 20)  # 30 of 120 judged, 8 flagged
+        d.add_stratum(10, judged(10, 0), 0)  # judged in full
+        if minute < 2:
+            both.merge(d)
+        rows.append(estimate_row(T0 + 60_000 * minute, 60_000, "acme", "bot", "toxicity", s, 1, d))
     sink = ClickHouseSink(chdb_dsn, database, "quality_estimates").build("t", 0, 1)
     sink.write_batch(rows)
     since = datetime.fromtimestamp(T0 / 1000, tz=UTC)
     (got,) = query_estimates(client, database, since=since, until=since + timedelta(minutes=2))
     assert (got.judged, got.flagged) == (80, 16)
-    assert (got.rate, got.ci_low, got.ci_high) == pytest.approx(estimate(both))
+    assert (got.rate, got.ci_low, got.ci_high) == pytest.approx(stratified_estimate(both))
+    assert (got.ppi_rate, got.ppi_low, got.ppi_high) == pytest.approx(ppi_estimate(both))
+    assert got.cheap_flagged == 40
     hour = since + timedelta(hours=1)
     per_minute = query_estimates(client, database, since=since, until=hour, bucket_s=60)
     assert [r.window_start for r in per_minute] == [since + timedelta(minutes=m) for m in range(3)]
