@@ -16,6 +16,7 @@ SMALL = {
     "alerts.py": ["--tenants", "5", "--hours", "1", "--repeat", "1"],
     "cache_stage.py": ["--events", "2000", "--repeat", "1"],
     "cost_path.py": ["--events", "4000", "--repeat", "1"],
+    "estimates.py": ["--seeds", "3", "--shapes", "xstest", "presidio"],
     "judge_savings.py": ["--events", "500"],
     "judge_throughput.py": ["--calls", "40", "--latencies", "20", "--variants", "raw", "flow"],
     "kafka_source.py": ["--events", "4000", "--repeat", "1"],
