@@ -26,6 +26,7 @@ from flows.traffic import TrafficDataError
 
 if TYPE_CHECKING:
     from flows.health import HealthServer
+    from flows.progress_board import ProgressBoard
 
 log = logging.getLogger("judgeflow")
 
@@ -129,6 +130,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _check_kafka(settings)
         recovery = _recovery(args.recovery_dir) if args.recovery_dir else None
         deps = build_deps(settings)
+        board = _progress_board(settings, deps.brokers, addresses)
         try:
             cli_main(
                 build_flow(settings, deps=deps),
@@ -139,11 +141,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 recovery_config=recovery,
             )
         finally:
+            if board is not None:
+                board.close()
             deps.close()
     finally:
         if health is not None:
             health.close()
     return 0
+
+
+def _progress_board(
+    settings: Settings, brokers: list[str], addresses: list[str] | None
+) -> ProgressBoard | None:
+    """With several processes, the board that shares each one's Kafka progress with the others
+    (`flows.progress_board`), started; None for one process."""
+    if not addresses or len(addresses) < 2 or not brokers:
+        return None
+    from flows.progress_board import ProgressBoard, board_group
+
+    kafka = settings.flow.kafka
+    group = board_group(kafka.topics, addresses, settings.flow.clickhouse.database)
+    board = ProgressBoard(",".join(brokers), kafka.topics, group=group, extra=kafka.extra)
+    board.start()
+    return board
 
 
 def _add_backfill_parser(sub) -> None:

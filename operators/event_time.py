@@ -20,9 +20,12 @@ that is a trustworthy clock for closing windows, and both live here:
    counts as event time and nothing closes early. The "nothing arrived for a while" conditions some
    stages add for live traffic (`idle`) do not apply to a replay: there event time alone decides.
 
-The registry is per process (partitions on other processes are not seen: with several processes,
-skew between processes is bounded only by their reading speeds). With no Kafka input in the process
-(tests and benchmarks on an in-memory source) wall time counts as before.
+With several processes, each one's partitions are known to the others through a progress board
+(`flows.progress_board`): the partitions another process reads take part here as *remote* entries, so
+alignment and liveness are the cluster's, not the process's — a process never runs ahead of another's
+partitions, and one whose own partitions are done or caught up does not count wall time while another
+still reads a backlog. A remote partition not heard of yet (or not lately) holds everyone at its start.
+With no Kafka input anywhere (tests and benchmarks on an in-memory source) wall time counts as before.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ LIVE_LAG_S = 30.0  # input whose newest message is this close to the wall clock 
 class _Partition:
     frontier_ms: int | None = None  # the earliest time it may still release (None: not polled yet)
     caught_up: bool = False  # its last poll found nothing and it holds nothing back
+    remote: bool = False  # read by another process (as its progress board entry says)
+
+
+PartitionState = tuple[int | None, bool]  # (frontier_ms, caught_up)
 
 
 class InputProgress:
@@ -62,6 +69,26 @@ class InputProgress:
             if not self._parts:
                 self._live_from = None
 
+    def local(self) -> dict[str, PartitionState]:
+        """The partitions this process reads, as their last polls left them (for the progress board)."""
+        with self._lock:
+            return {n: (q.frontier_ms, q.caught_up) for n, q in self._parts.items() if not q.remote}
+
+    def set_remote(self, states: dict[str, PartitionState | None], now: float) -> None:
+        """The partitions other processes read, as the progress board last heard them (None: not heard
+        — it holds everyone at its start). Remote partitions left out are done."""
+        with self._lock:
+            for name in [n for n, q in self._parts.items() if q.remote and n not in states]:
+                del self._parts[name]
+            for name, state in states.items():
+                mine = self._parts.get(name)
+                if mine is not None and not mine.remote:
+                    continue
+                frontier, caught_up = state if state is not None else (None, False)
+                self._parts[name] = _Partition(frontier, caught_up, remote=True)
+            if self._parts:
+                self._update_live(now)
+
     def polled(self, part: str, *, frontier_ms: int | None, caught_up: bool, now: float) -> None:
         """A partition's state after a poll: the time of the next message it holds (or of the last
         it released), and whether it had nothing to read and holds nothing."""
@@ -70,17 +97,20 @@ class InputProgress:
             if frontier_ms is not None:
                 p.frontier_ms = frontier_ms
             p.caught_up = caught_up
-            parts = self._parts.values()
-            newest = max((q.frontier_ms for q in parts if q.frontier_ms is not None), default=None)
-            live = all(q.caught_up for q in parts) or (
-                newest is not None and now * 1000 - newest <= LIVE_LAG_S * 1000
-            )
-            if not live:
-                self._live_from = None
-            else:
-                if self._live_from is None:
-                    self._live_from = now
-                self._live_at = now
+            self._update_live(now)
+
+    def _update_live(self, now: float) -> None:
+        parts = self._parts.values()
+        newest = max((q.frontier_ms for q in parts if q.frontier_ms is not None), default=None)
+        live = all(q.caught_up for q in parts) or (
+            newest is not None and now * 1000 - newest <= LIVE_LAG_S * 1000
+        )
+        if not live:
+            self._live_from = None
+        else:
+            if self._live_from is None:
+                self._live_from = now
+            self._live_at = now
 
     def limit_ms(self, part: str, align_ms: int) -> int | None:
         """The newest time `part` may release now: `align_ms` past the slowest other partition that

@@ -1,0 +1,151 @@
+"""The progress board: how far every process of a cluster has read its Kafka partitions.
+
+With several processes (`judgeflow run -i I -a ADDRS`) each reads its own partitions, and
+`operators.event_time` must know the others' to align partitions and to tell live input from a
+backlog for the whole cluster. Every `interval_s` each process publishes the state of the partitions
+it reads — the time of the next message it may release, whether it is caught up, or that it is done —
+as the metadata of a committed offset in a consumer group of its own on the input brokers (a side
+channel: nothing in it is data; judgeflow's source never commits offsets), and reads everyone's back
+into `event_time.INPUT` as remote partitions.
+
+An entry written before this process started (an earlier run's) or not refreshed for `stale_s` counts
+as not heard: it holds every partition at its start until its owner writes again. So a slow or stopped
+peer delays the others; it never lets them run ahead. Clocks of the processes' hosts are assumed within
+a second or two of each other (NTP); a larger skew only delays.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import xxhash
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from operators import event_time
+
+log = logging.getLogger(__name__)
+
+
+def board_group(topics: Sequence[str], addresses: Sequence[str], database: str) -> str:
+    """The consumer group of one cluster's board: its processes share the addresses, topics and
+    database; another cluster (a backfill beside the live job) gets another group."""
+    ident = "|".join([",".join(sorted(topics)), ";".join(addresses), database])
+    return f"judgeflow-progress.{xxhash.xxh3_64_hexdigest(ident.encode())}"
+
+
+class ProgressBoard:
+    """Publishes this process's partitions and reads the others' (see the module docstring)."""
+
+    def __init__(
+        self,
+        brokers: str,
+        topics: Sequence[str],
+        *,
+        group: str,
+        extra: Mapping[str, Any] | None = None,
+        interval_s: float = 0.2,
+        stale_s: float = 10.0,
+        progress: event_time.InputProgress = event_time.INPUT,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._topics = list(topics)
+        self._interval_s = interval_s
+        self._stale_ms = int(stale_s * 1000)
+        self._progress = progress
+        self._clock = clock
+        self._started_ms = int(clock() * 1000)
+        self._consumer = Consumer(
+            {**(extra or {}), "bootstrap.servers": brokers, "group.id": group, "enable.auto.commit": False}
+        )
+        self._parts: list[TopicPartition] = []
+        self._mine: set[str] = set()  # every partition this process has read (done once it stops)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._unheard_since: dict[str, float] = {}
+
+    def open(self) -> None:
+        """List the partitions and mark every one unheard, so nothing runs ahead before its owner speaks."""
+        meta = self._consumer.list_topics(timeout=10)
+        for topic in self._topics:
+            for idx in sorted(meta.topics[topic].partitions):
+                self._parts.append(TopicPartition(topic, idx))
+        self._progress.set_remote({self._name(tp): None for tp in self._parts}, self._clock())
+
+    def start(self) -> None:
+        """`open`, then publish and read every `interval_s` in a background thread."""
+        self.open()
+        self._thread = threading.Thread(target=self._run, name="judgeflow-progress-board", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._consumer.close()
+
+    def step(self) -> None:
+        """One round: publish this process's partitions, then read the others'."""
+        now = self._clock()
+        now_ms = int(now * 1000)
+        local = self._progress.local()
+        self._mine.update(local)
+        offsets = []
+        for tp in self._parts:
+            name = self._name(tp)
+            if name not in self._mine:
+                continue
+            state = local.get(name)
+            entry = {"t": now_ms, "d": 1} if state is None else {"t": now_ms, "f": state[0], "c": state[1]}
+            offsets.append(TopicPartition(tp.topic, tp.partition, 0, metadata=json.dumps(entry)))
+        if offsets:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        theirs = [tp for tp in self._parts if self._name(tp) not in self._mine]
+        states: dict[str, event_time.PartitionState | None] = {}
+        for tp in self._consumer.committed(theirs, timeout=10) if theirs else []:
+            name = self._name(tp)
+            entry = _entry(tp.metadata)
+            if entry is None or not self._started_ms <= entry["t"] or entry["t"] < now_ms - self._stale_ms:
+                states[name] = None
+                self._warn_unheard(name, now)
+                continue
+            self._unheard_since.pop(name, None)
+            if not entry.get("d"):
+                states[name] = (entry.get("f"), bool(entry.get("c")))
+        self._progress.set_remote(states, now)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except KafkaException as exc:  # the brokers are away: keep the last states, try again
+                log.warning("progress board: %s", exc)
+            self._stop.wait(self._interval_s)
+
+    @staticmethod
+    def _name(tp: TopicPartition) -> str:
+        return (
+            f"{tp.partition}-{tp.topic}"  # bytewax's name of a Kafka partition, as flows.sources registers it
+        )
+
+    def _warn_unheard(self, name: str, now: float) -> None:
+        since = self._unheard_since.setdefault(name, now)
+        if now - since >= 30:
+            log.warning(
+                "progress board: nothing heard of %s for %.0f s; waiting for its process", name, now - since
+            )
+            self._unheard_since[name] = now
+
+
+def _entry(metadata: str | None) -> dict[str, Any] | None:
+    if not metadata:
+        return None
+    try:
+        entry = json.loads(metadata)
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) and isinstance(entry.get("t"), int) else None

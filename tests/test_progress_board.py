@@ -1,0 +1,102 @@
+"""The progress board on the Kafka mock cluster: two processes' views of the cluster's partitions
+(each its own `InputProgress`), as `operators.event_time` uses them to align partitions and to tell
+live input from a backlog across processes."""
+
+from __future__ import annotations
+
+import json
+
+from confluent_kafka import Consumer, TopicPartition
+
+from flows.progress_board import ProgressBoard, board_group
+from operators.event_time import InputProgress
+
+TOPIC = "t"
+
+
+def boards(
+    bootstrap: str, group: str, clock
+) -> tuple[ProgressBoard, InputProgress, ProgressBoard, InputProgress]:
+    one, two = InputProgress(), InputProgress()
+    b1 = ProgressBoard(bootstrap, [TOPIC], group=group, progress=one, clock=clock)
+    b2 = ProgressBoard(bootstrap, [TOPIC], group=group, progress=two, clock=clock)
+    return b1, one, b2, two
+
+
+def test_a_process_is_held_by_the_other_processes_partitions_and_freed_when_they_are_done(kafka):
+    kafka.create_topic(TOPIC, 4)
+    now = [1_000.0]
+    b1, one, b2, two = boards(kafka.bootstrap, "g1", lambda: now[0])
+    try:
+        for b in (b1, b2):
+            b.open()  # rounds by hand below, no background thread
+        one.opened("0-t")
+        one.opened("1-t")
+        two.opened("2-t")
+        two.opened("3-t")
+        one.polled("0-t", frontier_ms=100, caught_up=False, now=now[0])
+        one.polled("1-t", frontier_ms=200, caught_up=False, now=now[0])
+        b1.step()
+        # process 2 has not said anything yet: its partitions hold process 1 at their start
+        assert one.limit_ms("0-t", 5) == -1
+        two.polled("2-t", frontier_ms=150, caught_up=False, now=now[0])
+        two.polled("3-t", frontier_ms=None, caught_up=True, now=now[0])
+        now[0] += 0.2
+        b2.step()
+        b1.step()
+        # aligned on the slowest partition of the cluster that still has input
+        assert one.limit_ms("0-t", 5) == 155  # 2-t at 150 (3-t is caught up)
+        assert one.limit_ms("1-t", 5) == 105  # 0-t at 100
+        assert two.limit_ms("2-t", 5) == 105
+        # process 1 caught up, process 2 still reading a backlog: the cluster is not live
+        one.polled("0-t", frontier_ms=None, caught_up=True, now=now[0])
+        one.polled("1-t", frontier_ms=None, caught_up=True, now=now[0])
+        assert one.replaying()
+        assert one.elapsed_s(now[0] - 10, now[0]) == 0.0
+        # process 2 finishes its partitions: they are done and hold nobody back
+        two.closed("2-t")
+        two.closed("3-t")
+        now[0] += 0.2
+        b2.step()
+        b1.step()
+        assert one.limit_ms("0-t", 5) is None
+        assert not one.replaying()
+    finally:
+        b1.close()
+        b2.close()
+
+
+def test_entries_of_an_earlier_run_or_a_silent_process_are_not_trusted(kafka):
+    kafka.create_topic(TOPIC, 2)
+    group = board_group([TOPIC], ["a:1", "b:2"], "db")
+    assert group != board_group([TOPIC], ["a:1", "b:3"], "db")  # another cluster, another board
+    # an earlier run said partition 1 was done
+    old = Consumer({"bootstrap.servers": kafka.bootstrap, "group.id": group, "enable.auto.commit": False})
+    old.commit(
+        offsets=[TopicPartition(TOPIC, 1, 0, metadata=json.dumps({"t": 500_000, "d": 1}))], asynchronous=False
+    )
+    old.close()
+    now = [1_000.0]
+    mine = InputProgress()
+    board = ProgressBoard(
+        kafka.bootstrap, [TOPIC], group=group, progress=mine, clock=lambda: now[0], stale_s=10
+    )
+    try:
+        board.open()  # rounds by hand below, no background thread
+        mine.opened("0-t")
+        mine.polled("0-t", frontier_ms=100, caught_up=False, now=now[0])
+        board.step()
+        assert mine.limit_ms("0-t", 5) == -1  # 1-t unheard: the old "done" does not count
+        peer = Consumer(
+            {"bootstrap.servers": kafka.bootstrap, "group.id": group, "enable.auto.commit": False}
+        )
+        entry = {"t": 1_000_100, "f": 90, "c": False}
+        peer.commit(offsets=[TopicPartition(TOPIC, 1, 0, metadata=json.dumps(entry))], asynchronous=False)
+        board.step()
+        assert mine.limit_ms("0-t", 5) == 95
+        now[0] += 11  # the peer goes silent for longer than stale_s: held again
+        board.step()
+        assert mine.limit_ms("0-t", 5) == -1
+        peer.close()
+    finally:
+        board.close()
