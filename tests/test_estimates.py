@@ -313,6 +313,43 @@ def test_report_query_rolls_up_what_the_flow_wrote(chdb_dsn, database):
     assert query_estimates(client, database, since=since, until=hour, tenant="nobody") == []
 
 
+@pytest.mark.slow
+def test_a_table_from_before_the_design_columns_is_migrated(chdb_dsn, database):
+    """ensure_schema adds the new columns to a quality_estimates table created before them; its
+    old rows roll up as one stratum each, next to new rows with their design."""
+    from operators.estimates import estimate_row
+    from sinks.clickhouse import ClickHouseSink, connect, ensure_schema
+
+    client = connect(chdb_dsn, database)
+    client.command(f"CREATE DATABASE IF NOT EXISTS {database}", use_database=False)
+    client.command(
+        f"""CREATE TABLE {database}.quality_estimates (tenant_id LowCardinality(String),
+        agent LowCardinality(String), metric LowCardinality(String), window_s UInt32,
+        window_start DateTime64(3, 'UTC'), judged UInt64, flagged UInt64, rate Float64, ci_low Float64,
+        ci_high Float64, population Float64, sum_w Float64, sum_wy Float64, sum_ww1 Float64,
+        sum_ww1y Float64, version UInt64, inserted_at DateTime64(3, 'UTC') DEFAULT now64(3))
+        ENGINE = ReplacingMergeTree(version) ORDER BY (tenant_id, agent, metric, window_s, window_start)"""
+    )
+    client.command(
+        f"INSERT INTO {database}.quality_estimates (tenant_id, agent, metric, window_s, window_start, judged,"
+        " flagged, rate, ci_low, ci_high, population, sum_w, sum_wy, sum_ww1, sum_ww1y, version)"
+        f" VALUES ('acme', 'bot', 'pii', 60, fromUnixTimestamp64Milli({T0}), 10, 5, 0.5, 0.2, 0.8,"
+        " 10, 10, 5, 0, 0, 1)"
+    )
+    ensure_schema(client, database)
+    s, d = EstimateSums(), DesignSums()
+    for i in range(30):
+        s.add(0.25, i < 3)
+    d.add_stratum(120, judged(30, 3, cheap=3), 12)
+    row = estimate_row(T0 + 60_000, 60_000, "acme", "bot", "pii", s, 1, d)
+    ClickHouseSink(chdb_dsn, database, "quality_estimates").build("t", 0, 1).write_batch([row])
+    since = datetime.fromtimestamp(T0 / 1000, tz=UTC)
+    per_minute = query_estimates(client, database, since=since, until=since + timedelta(hours=1), bucket_s=60)
+    assert [(r.judged, r.rate) for r in per_minute] == [(10, 0.5), (30, pytest.approx(0.1))]
+    assert per_minute[0].ci_low == per_minute[0].ci_high == 0.5  # the old row: a census of 10
+    assert math.isnan(per_minute[0].ppi_rate) and per_minute[1].ppi_rate == pytest.approx(0.1)
+
+
 def test_windows_stay_open_while_a_replay_still_delivers_them():
     from prometheus_client import REGISTRY
 
