@@ -32,8 +32,10 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import re
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -284,12 +286,23 @@ class ProgressTracker:
         self._samples: deque[tuple[float, int]] = deque([(now, 0)])
         self._window_s = window_s
 
-    def observe(self, positions: Mapping[TopicPartitionKey, int], now: float) -> ProgressState:
+    def observe(
+        self,
+        positions: Mapping[TopicPartitionKey, int],
+        now: float,
+        opened: Mapping[TopicPartitionKey, int] | None = None,
+    ) -> ProgressState:
+        """`positions`: the next offset per partition; `opened`: where each was when this run opened
+        it (else: where it was first seen)."""
         done = this_run = 0
         lags: dict[TopicPartitionKey, int] = {}
         for tp, (start, stop) in self._ranges.items():
             at = min(max(positions.get(tp, start), start), stop)
-            first = self._first.setdefault(tp, at) if tp in positions else at
+            if tp in positions:
+                seen = (opened or {}).get(tp, at)
+                first = self._first.setdefault(tp, min(max(seen, start), stop))
+            else:
+                first = at
             done += at - start
             this_run += at - first
             lags[tp] = stop - at
@@ -337,11 +350,12 @@ class ProgressDisplay:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._live: Any = None
+        self._moved: list[logging.StreamHandler] = []
         self._lock = threading.Lock()  # the rich refresh thread and stop() both observe
 
     def _observe(self) -> ProgressState:
         with self._lock:
-            return self._tracker.observe(POSITIONS.snapshot(), time.monotonic())
+            return self._tracker.observe(POSITIONS.snapshot(), time.monotonic(), POSITIONS.opened_at())
 
     def start(self) -> None:
         if self._tty:
@@ -353,6 +367,14 @@ class ProgressDisplay:
                 get_renderable=lambda: _rich_view(self._observe()), console=console, refresh_per_second=4
             )
             self._live.start()
+            # log lines written to the terminal go through rich's redirect, above the display
+            self._moved = [
+                h
+                for h in logging.getLogger().handlers
+                if isinstance(h, logging.StreamHandler) and h.stream is self._stream
+            ]
+            for h in self._moved:
+                h.setStream(sys.stderr)
             return
         self._thread = threading.Thread(target=self._log_loop, name="backfill-progress", daemon=True)
         self._thread.start()
@@ -374,6 +396,8 @@ class ProgressDisplay:
         if self._live is not None:
             self._live.update(_rich_view(final), refresh=True)
             self._live.stop()
+            for h in self._moved:
+                h.setStream(self._stream)
         else:
             self._write(progress_line(final))
         return final

@@ -41,11 +41,18 @@ TopicPartitionKey = tuple[str, int]  # (topic, partition)
 
 class ReadPositions:
     """Per Kafka partition read in this process, the next offset its source hands to the flow (every
-    message before it has been released to the flow or cut off by a stop offset)."""
+    message before it has been released to the flow or cut off by a stop offset), and where it was
+    when the partition was opened (a restore: its snapshot)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._next: dict[TopicPartitionKey, int] = {}
+        self._opened: dict[TopicPartitionKey, int] = {}
+
+    def opened(self, tp: TopicPartitionKey, offset: int) -> None:
+        with self._lock:
+            self._opened.setdefault(tp, offset)
+            self._next[tp] = offset
 
     def set(self, tp: TopicPartitionKey, offset: int) -> None:
         with self._lock:
@@ -55,10 +62,15 @@ class ReadPositions:
         with self._lock:
             return dict(self._next)
 
+    def opened_at(self) -> dict[TopicPartitionKey, int]:
+        with self._lock:
+            return dict(self._opened)
+
     def reset(self) -> None:
         """Forget every partition (a run after another in one process)."""
         with self._lock:
             self._next.clear()
+            self._opened.clear()
 
 
 POSITIONS = ReadPositions()
@@ -89,6 +101,9 @@ class _AlignedPartition(StatefulSourcePartition[Any, int | None]):
         self._waiting = False
         self._opened_at = time.monotonic()
         event_time.INPUT.opened(name)
+        position = inner.snapshot()
+        if tp is not None and position is not None and position >= 0:
+            POSITIONS.opened(tp, position)
 
     def next_batch(self) -> list[Any]:
         now = time.time()
@@ -220,7 +235,7 @@ class _AlignedKafkaSource(KafkaSource):
         if self._ranges is not None:
             start, stop = self._ranges.get(tp, (0, 0))
             inner = super().build_part(step_id, for_part, start if resume_state is None else resume_state)
-            name = for_part  # "IDX-TOPIC": the name the progress board uses too
+            name = f"{step_id}:{for_part}"
             return _AlignedPartition(inner, name, self._align_ms, tp=tp, stop_at=stop)
         if resume_state is None and self._start_ms is not None:
             if topic not in self._offsets:
@@ -229,7 +244,7 @@ class _AlignedKafkaSource(KafkaSource):
                 )
             resume_state = self._offsets[topic][int(idx)]
         inner = super().build_part(step_id, for_part, resume_state)
-        return _AlignedPartition(inner, for_part, self._align_ms, tp=tp)
+        return _AlignedPartition(inner, f"{step_id}:{for_part}", self._align_ms, tp=tp)
 
 
 def _common(cfg: KafkaConfig, brokers: list[str]) -> dict[str, Any]:

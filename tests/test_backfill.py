@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -60,9 +61,10 @@ def test_progress_counts_offsets_handed_to_the_flow_and_this_runs_rate() -> None
     tracker = ProgressTracker(ranges, now=0.0)
     start = tracker.observe({}, now=0.0)
     assert (start.done, start.total, start.eta_s) == (0, 150, None)
-    # resumed: partition 0 was at 160 when this run started, then read 20 more in 10 s
-    tracker.observe({("t", 0): 160}, now=1.0)
-    s = tracker.observe({("t", 0): 180, ("t", 1): 0}, now=11.0)
+    # resumed: partition 0 was at 160 when this run opened it; first seen at 165, 180 ten seconds on
+    opened = {("t", 0): 160, ("t", 1): 0}
+    tracker.observe({("t", 0): 165}, now=1.0, opened=opened)
+    s = tracker.observe({("t", 0): 180, ("t", 1): 0}, now=11.0, opened=opened)
     assert (s.done, s.this_run, s.lags) == (80, 20, {("t", 0): 20, ("t", 1): 50})
     assert s.rate == pytest.approx(20 / 11)
     assert s.eta_s == pytest.approx(70 / (20 / 11))
@@ -80,11 +82,19 @@ def test_on_a_terminal_the_progress_is_a_live_display() -> None:
     ranges = {("llm-events", 0): (0, 40), ("llm-events", 1): (0, 60)}
     backfill.POSITIONS.reset()
     screen = Terminal()
-    display = backfill.ProgressDisplay(ranges, screen)
-    display.start()
-    backfill.POSITIONS.set(("llm-events", 0), 40)
-    backfill.POSITIONS.set(("llm-events", 1), 15)
-    final = display.stop()
+    handler = logging.StreamHandler(screen)
+    logging.getLogger().addHandler(handler)
+    try:
+        display = backfill.ProgressDisplay(ranges, screen)
+        display.start()
+        backfill.POSITIONS.set(("llm-events", 0), 40)
+        backfill.POSITIONS.set(("llm-events", 1), 15)
+        logging.getLogger("judgeflow").warning("a log line while the display runs")
+        final = display.stop()
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert handler.stream is screen
+    assert "a log line while the display runs" in screen.getvalue()
     assert (final.done, final.total, final.lags[("llm-events", 1)]) == (55, 100, 45)
     shown = screen.getvalue()
     assert "55/100 events" in shown and "events/s" in shown and "ETA" in shown
@@ -182,7 +192,7 @@ def test_a_backfill_writes_only_its_range_and_only_into_its_database(
 
     # progress lines (stderr is not a terminal) end at the whole range; the summary on stdout
     assert "backfill: 122/122 events (100.0%)" in err
-    assert "backfill complete" in out and "events read    122 of 122" in out
+    assert "backfill complete" in out and "events read    122 of 122 (this run 122)" in out
     assert "dead letters   2" in out and "llm_events 120" in out
 
     # the same range again into the filled database, without its recovery directory: refused
