@@ -130,8 +130,8 @@ class TrafficData:
                 " (pip install --force-reinstall judgeflow) or, in a clone, restore flows/sample_data/"
             )
         return (
-            f"{f} not found: the full data sets are read from ${SHARED_ENV}, else ../shared/data beside the"
-            " repository, laid out as its PROVENANCE.tsv lists (the sample in the package needs neither)"
+            f"{f} not found: the full third-party sets are a folder laid out like ../shared/data (see its"
+            f" PROVENANCE.tsv; ${SHARED_ENV} names it); the sample shipped in the package needs none"
         )
 
 
