@@ -39,6 +39,8 @@ import threading
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from re import _constants as _sre
+from re import _parser as _sre_parse
 from typing import Any
 
 from judges.base import FLAGGED, OK, JudgeItem
@@ -421,7 +423,7 @@ RULES: tuple[Rule, ...] = (
         """, ascii_only=True), what="Slack token", needs=LONG_RUN),
     Rule("pii.secret.private_key", "pii", _rx(r"""
         -----BEGIN\ (?:[A-Z0-9]+\ )*PRIVATE\ KEY(?:\ BLOCK)?-----
-        """, ascii_only=True), what="PEM private key"),
+        """, ascii_only=True), what="PEM private key", needs="-----BEGIN"),
     # "api_key = <value>", "access_token: <value>", "client_secret=<value>":
     # matched from the key word on; the value must look random (entropy)
     *(
@@ -837,11 +839,16 @@ def _occurrences(text: str, literal: str, end: int) -> Iterator[int]:
 # --- the engines ----------------------------------------------------------------------
 #
 # An engine answers one question per item: which rows can match? `re` says
-# "all of them" (each row then runs its own pattern, as before); `hyperscan`
-# scans each view once with every row's pattern compiled into one database in
-# prefilter mode (lookarounds dropped, so it finds a superset) and names the
-# rows that can match. Either way the candidates are confirmed by their exact
+# "all of them" (each row then runs its own pattern, as before). `hyperscan`
+# knows, for every row, literals one of which each of its matches contains
+# (read off the row's own parse tree: "you" for `you(?<=\byou)...`, "忽略",
+# "忽视", ... for the Chinese ignore-instructions row); one Hyperscan database
+# per view holds them all, and one scan of the view names the rows whose
+# literal occurs. Rows with their own prefilter (`needs`: digit runs, token
+# runs, a literal) skip the scan. The candidates are confirmed by their exact
 # `re` pattern and checks, so both engines give the same flags and spans.
+# (Hyperscan's prefilter mode on the whole patterns was measured too: slower
+# to compile and to scan, see bench/rules_engines.py.)
 
 ENGINES = ("hyperscan", "re")
 
@@ -856,13 +863,108 @@ class _ReEngine:
         return self._all
 
 
-def _on_match(row: int, start: int, end: int, flags: int, hits: list[int]) -> None:
-    hits.append(row)
+def _required(items: Any) -> set[str] | None:
+    """Strings one of which every match of the parsed pattern `items` contains
+    (the longest such set found), or None."""
+    best: set[str] | None = None
+    run = ""
+
+    def better(found: set[str] | None) -> None:
+        nonlocal best
+        if found and (best is None or min(map(len, found)) > min(map(len, best))):
+            best = found
+
+    for op, av in items:
+        if op is _sre.LITERAL:
+            run += chr(av)
+            continue
+        if op in (_sre.AT, _sre.ASSERT, _sre.ASSERT_NOT):
+            continue  # zero-width: the literal run goes on around it
+        better({run} if run else None)
+        run = ""
+        if op is _sre.SUBPATTERN:
+            better(_required(av[3]))
+        elif op is _sre.ATOMIC_GROUP:
+            better(_required(av))
+        elif op is _sre.BRANCH:
+            branches = [_required(b) for b in av[1]]
+            if all(branches):
+                better(set().union(*branches))  # type: ignore[arg-type]
+        elif op in (_sre.MAX_REPEAT, _sre.MIN_REPEAT, _sre.POSSESSIVE_REPEAT) and av[0] >= 1:
+            better(_required(av[2]))
+    better({run} if run else None)
+    return best
+
+
+def required_literals(pattern: re.Pattern[str]) -> frozenset[str] | None:
+    """Literals one of which every match of `pattern` contains, or None when
+    there is no such set (or the pattern ignores case)."""
+    if pattern.flags & re.IGNORECASE:
+        return None
+    try:
+        found = _required(_sre_parse.parse(pattern.pattern, pattern.flags))
+    except (re.error, TypeError, ValueError):
+        return None
+    return frozenset(found) if found else None
+
+
+def _openings(items: Any) -> set[str] | None:
+    for op, av in items:
+        if op in (_sre.AT, _sre.ASSERT, _sre.ASSERT_NOT):
+            continue  # zero-width: checked by the match at the literal
+        if op is _sre.LITERAL:
+            return None  # found below, where the whole run is read
+        if op is _sre.SUBPATTERN:
+            return _openings(av[3]) or _literal_run(av[3])
+        if op is _sre.BRANCH:
+            branches = [_openings(b) or _literal_run(b) for b in av[1]]
+            return set().union(*branches) if all(branches) else None  # type: ignore[arg-type]
+        return None
+    return None
+
+
+def _literal_run(items: Any) -> set[str] | None:
+    run = ""
+    for op, av in items:
+        if op is _sre.LITERAL:
+            run += chr(av)
+        elif op not in (_sre.AT, _sre.ASSERT, _sre.ASSERT_NOT) or run:
+            break
+    return {run} if run else None
+
+
+def _opening_literals(pattern: re.Pattern[str]) -> tuple[str, ...] | None:
+    """For a pattern that does not start with a literal (`re` then tries every
+    position) but every match of which starts with one of a few literals
+    ("\\b(?:ignore|ignorez|oublie|oubliez)\\ ..."): those literals, else None."""
+    if pattern.flags & re.IGNORECASE:
+        return None
+    try:
+        found = _openings(_sre_parse.parse(pattern.pattern, pattern.flags))
+    except (re.error, TypeError, ValueError):
+        return None
+    return tuple(sorted(found)) if found else None
+
+
+def _match_at(pattern: re.Pattern[str], text: str, openings: tuple[str, ...], end: int) -> bool:
+    """Whether `pattern` matches in `text[:end]`, trying only where an opening literal occurs
+    (the same answer as `pattern.search`, which would try every position)."""
+    match = pattern.match
+    for literal in openings:
+        i = text.find(literal, 0, end)
+        while i >= 0:
+            if match(text, i, end) is not None:
+                return True
+            i = text.find(literal, i + 1, end)
+    return False
+
+
+def _on_match(literal: int, start: int, end: int, flags: int, hits: list[int]) -> None:
+    hits.append(literal)
 
 
 class _HyperscanEngine:
-    """One Hyperscan database per view (UTF-8, Unicode classes where the row's
-    pattern has them, prefilter mode, one report per row), one scan per view."""
+    """One Hyperscan literal database per view, one scan per view and item."""
 
     name = "hyperscan"
 
@@ -870,76 +972,58 @@ class _HyperscanEngine:
         import hyperscan
 
         self._hs = hyperscan
-        by_view: dict[int, list[int]] = {}
+        self.always: list[int] = []  # rows that run on every item (own prefilter or no literal)
+        by_view: dict[int, dict[str, list[int]]] = {}
         for i, r in enumerate(rules):
-            by_view.setdefault(r.reads, []).append(i)
-        self.unscanned: list[int] = []  # rows Hyperscan could not compile: always candidates
-        self._dbs: list[tuple[int, Any, bool]] = []
-        for view, rows in sorted(by_view.items()):
-            try:
-                db = self._compile(rules, rows)
-            except hyperscan.error:
-                rows = self._compilable(rules, rows)
-                db = self._compile(rules, rows) if rows else None
-            if db is not None:
-                # a view read only by long-token rows is scanned only when the output has one
-                long_only = all(rules[i].needs == LONG_RUN for i in rows)
-                self._dbs.append((view, db, long_only))
-        self._scratch = threading.local()
-
-    def _expression(self, rule: Rule) -> tuple[bytes, int]:
-        hs, p = self._hs, rule.pattern
-        flags = hs.HS_FLAG_PREFILTER | hs.HS_FLAG_SINGLEMATCH | hs.HS_FLAG_UTF8
-        if not p.flags & re.ASCII:
-            flags |= hs.HS_FLAG_UCP
-        if p.flags & re.IGNORECASE:
-            flags |= hs.HS_FLAG_CASELESS
-        if p.flags & re.DOTALL:
-            flags |= hs.HS_FLAG_DOTALL
-        if p.flags & re.MULTILINE:
-            flags |= hs.HS_FLAG_MULTILINE
-        prefix = "(?x)" if p.flags & re.VERBOSE else ""
-        return (prefix + p.pattern).encode(), flags
-
-    def _compile(self, rules: Sequence[Rule], rows: list[int]) -> Any:
-        expressions, flags = zip(*(self._expression(rules[i]) for i in rows), strict=True)
-        db = self._hs.Database(mode=self._hs.HS_MODE_BLOCK)
-        db.compile(expressions=list(expressions), ids=rows, elements=len(rows), flags=list(flags))
-        return db
-
-    def _compilable(self, rules: Sequence[Rule], rows: list[int]) -> list[int]:
-        ok = []
-        for i in rows:
-            try:
-                self._compile(rules, [i])
-            except self._hs.error:
-                self.unscanned.append(i)
-            else:
-                ok.append(i)
-        return ok
+            literals = None if r.needs else required_literals(r.pattern)
+            if not literals:
+                self.always.append(i)
+                continue
+            for lit in literals:
+                by_view.setdefault(r.reads, {}).setdefault(lit, []).append(i)
+        self._rows: list[tuple[int, ...]] = []  # literal id -> rows
+        self._dbs: list[tuple[int, Any]] = []
+        for view, literals_of in sorted(by_view.items()):
+            ids = []
+            for _lit, rows in sorted(literals_of.items()):
+                ids.append(len(self._rows))
+                self._rows.append(tuple(rows))
+            expressions = [re.escape(lit).encode() for lit in sorted(literals_of)]
+            db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+            db.compile(
+                expressions=expressions,
+                ids=ids,
+                elements=len(ids),
+                flags=[hyperscan.HS_FLAG_SINGLEMATCH] * len(ids),
+            )
+            self._dbs.append((view, db))
+        self._local = threading.local()
 
     def _scratches(self) -> list[Any]:
         # scratch space per thread and database: bytewax workers may share a process
-        scratches = getattr(self._scratch, "s", None)
+        scratches = getattr(self._local, "scratches", None)
         if scratches is None:
-            scratches = self._scratch.s = [self._hs.Scratch(db) for _, db, _ in self._dbs]
+            scratches = self._local.scratches = [self._hs.Scratch(db) for _, db in self._dbs]
         return scratches
 
     def candidates(self, texts: _Texts, views: Sequence[int] = ()) -> Sequence[int]:
-        hits: list[int] = list(self.unscanned)
-        for (view, db, long_only), scratch in zip(self._dbs, self._scratches(), strict=True):
+        hits: list[int] = []
+        for (view, db), scratch in zip(self._dbs, self._scratches(), strict=True):
             if views and view not in views:
                 continue
             text = texts.get(view)
-            if not text or (long_only and not texts.has_long_run()):
-                continue
-            db.scan(text.encode(), match_event_handler=_on_match, context=hits, scratch=scratch)
-        hits.sort()  # table order: the same flags and explanations whatever the scan order
-        return hits
+            if text:
+                db.scan(text.encode(), match_event_handler=_on_match, context=hits, scratch=scratch)
+        if not hits:
+            return self.always
+        rows = set(self.always)
+        for literal in hits:
+            rows.update(self._rows[literal])
+        return sorted(rows)  # table order: the same explanations whatever the scan order
 
 
-# compiled databases per rule table (by fingerprint): compiling takes ~0.5 s, and a
-# process builds its rules more than once (deps, tests)
+# compiled databases per rule table (by fingerprint): a process builds its rules
+# more than once (deps, tests), the table is the same
 _COMPILED: dict[str, _HyperscanEngine] = {}
 
 
@@ -1018,6 +1102,8 @@ class Tier0Rules:
                 r.reads,
                 r.pattern.search if r.check is None and not r.needs else None,
                 r.head or 1 << 62,
+                _opening_literals(r.pattern) if r.check is None and not r.needs else None,
+                r.needs,
             )
             for r in self.rules
         )
@@ -1026,10 +1112,22 @@ class Tier0Rules:
         fired: list[str] = []
         plan = self._plan
         for i in rows:
-            rule, name, reads, search, end = plan[i]
+            rule, name, reads, search, end, openings, needs = plan[i]
             if name in fired:
                 continue
-            if search is not None:
+            if needs:  # the row's own prefilter, before any generator is made
+                if needs == DIGIT_RUNS:
+                    if not texts.runs():
+                        continue
+                elif needs == LONG_RUN:
+                    if not texts.has_long_run():
+                        continue
+                elif needs not in texts.get(reads):
+                    continue
+            if openings is not None:
+                if _match_at(rule.pattern, texts.get(reads), openings, end):
+                    fired.append(name)
+            elif search is not None:
                 if search(texts.get(reads), 0, end) is not None:
                     fired.append(name)
             elif next(_matches(rule, texts), None) is not None:

@@ -22,6 +22,7 @@ SMALL = {
     "kafka_source.py": ["--events", "4000", "--repeat", "1"],
     "otlp_decode.py": ["--events", "200", "--spans", "1", "5", "--repeat", "1"],
     "retention_disk.py": ["--events", "500"],
+    "rules_engines.py": ["--events", "50", "--repeat", "1"],
     "throughput.py": ["--events", "2000", "--repeat", "1", "--sinks"],
 }
 
