@@ -20,6 +20,7 @@ test: $(VENV)/.installed-dev system-deps
 bench: $(VENV)/.installed-dev system-deps
 	$(PY) bench/throughput.py --events 100000 --sinks
 	$(PY) bench/cost_path.py
+	$(PY) bench/spend_metrics.py
 	$(PY) bench/judge_throughput.py
 	$(PY) bench/judge_savings.py
 	$(PY) bench/cache_stage.py

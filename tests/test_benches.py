@@ -23,6 +23,7 @@ SMALL = {
     "otlp_decode.py": ["--events", "200", "--spans", "1", "5", "--repeat", "1"],
     "retention_disk.py": ["--events", "500"],
     "rules_engines.py": ["--events", "50", "--repeat", "1"],
+    "spend_metrics.py": ["--events", "2000", "--repeat", "1"],
     "throughput.py": ["--events", "2000", "--repeat", "1", "--sinks"],
 }
 
