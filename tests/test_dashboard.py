@@ -228,3 +228,16 @@ def test_the_budget_panels_colour_at_the_flow_configs_alert_levels():
     burn = alerts.burn_rate
     assert steps("Burn rate per tenant") == [burn.warn, burn.critical, burn.emergency]
     assert steps("Spend per tenant, last 24 h") == [alerts.daily_spend.critical]
+
+
+def test_panels_have_unique_ids_and_do_not_overlap():
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    cells: dict[tuple[int, int], str] = {}
+    for p in panels:
+        g = p["gridPos"]
+        assert g["x"] + g["w"] <= 24, p["title"]
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{p['title']!r} overlaps {cells[(x, y)]!r}"
+                cells[(x, y)] = p["title"]
