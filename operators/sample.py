@@ -39,11 +39,10 @@ passes its end by `allowed_lateness_s` AND, live, no event arrived for it in
 the last `idle_s` seconds of wall time (while a backlog is read, partitions
 are aligned in event time and event time alone decides). At the end of a
 bounded input every window closes. An event for a window already
-closed is decided alone with its batch-mates of the same stratum: the u <
-r_h ones are taken (K does not apply; the cap applies per late batch), with
-pi = m / n of that late group — still exact for Horvitz-Thompson, but outside
-the per-window guarantees; `judgeflow_sampler_decisions_total{reason="late"}`
-counts them.
+closed is decided alone: taken when u < r_h (K and the cap do not apply), with
+pi = r_h — Bernoulli sampling, exact for Horvitz-Thompson and the same whatever
+batch or process brought it, but outside the per-window guarantees;
+`judgeflow_sampler_decisions_total{reason="late"}` counts them.
 
 Overrides. A window is decided under the override that covers its start, in
 event time: the one the alert stage set (carried in-band by `AlertProgress`,
@@ -382,6 +381,37 @@ def choose(strata: dict[str, StratumTally], cap: int) -> Choice:
     return out
 
 
+def choose_late(strata: dict[str, StratumTally]) -> Choice:
+    """Events whose window was already decided, each decided alone: chosen when u < r_h (1 in
+    certainty strata), with inclusion probability r_h — Bernoulli sampling, exact for
+    Horvitz-Thompson, and the same whatever batch or process the event arrived with."""
+    out = Choice([], 0, 0, {}, {})
+    for h in sorted(strata):
+        s = strata[h]
+        rate = _late_rate(s)
+        m = 0
+        for held in sorted(s.held, key=_order):
+            if held.u >= rate:
+                out.avoided_calls += held.calls
+                out.avoided_pusd += held.cost_pusd
+                continue
+            reason = (
+                s.reason if s.reason == OVERRIDE else held.reason if s.reason in (FLAGGED, LONG) else RATE
+            )
+            out.chosen.append(msgspec.structs.replace(held.cand, inclusion_prob=rate, sample_reason=reason))
+            _count(out.sampled, reason, 1)
+            m += 1
+        out.taken[h] = m
+        _count(
+            out.skipped, PAUSED if s.reason == PAUSED else OVERRIDE if s.reason == OVERRIDE else RATE, s.n - m
+        )
+    return out
+
+
+def _late_rate(s: StratumTally) -> float:
+    return 1.0 if s.reason in (FLAGGED, LONG) else s.rate
+
+
 def throttle(strata: dict[str, StratumTally], override: Override) -> dict[str, StratumTally]:
     """The window's strata under `override`: each rate capped at the override's, no K."""
     out = {}
@@ -663,13 +693,10 @@ class _SampleLogic(StatefulBatchLogic[_In, _Decided, _SampleState]):
     def _decide(
         self, tenant: str, start: int, strata: dict[str, StratumTally], savings: SavingsEntry, *, late: bool
     ) -> list[_Decided]:
-        if late:
-            for t in strata.values():
-                t.min_k = 0
         override = self._override(tenant, start)
         if override is not None:
             strata = throttle(strata, override)
-        c = choose(strata, self._cap)
+        c = choose_late(strata) if late else choose(strata, self._cap)
         savings.sampling_calls += c.avoided_calls
         savings.sampling_pusd += c.avoided_pusd
         for reason, n in c.sampled.items():
@@ -682,7 +709,8 @@ class _SampleLogic(StatefulBatchLogic[_In, _Decided, _SampleState]):
             t = strata[name]
             m = c.taken.get(name, 0)
             cheap = tuple(sorted(t.cheap.items()))
-            out.append(StratumCount(tenant, t.agent, start, name, t.n, m, m / t.n if t.n else 0.0, cheap))
+            prob = _late_rate(t) if late else (m / t.n if t.n else 0.0)  # late: each event alone
+            out.append(StratumCount(tenant, t.agent, start, name, t.n, m, prob, cheap))
         return out
 
 

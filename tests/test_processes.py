@@ -30,8 +30,19 @@ def test_two_processes_split_the_partitions_and_count_every_event_once(kafka, ju
         addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(2))
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "flows.cli", "run", "--config", str(CONFIG), "--bounded",
-                 "-i", str(i), "-a", addresses],
+                [
+                    sys.executable,
+                    "-m",
+                    "flows.cli",
+                    "run",
+                    "--config",
+                    str(CONFIG),
+                    "--bounded",
+                    "-i",
+                    str(i),
+                    "-a",
+                    addresses,
+                ],
                 cwd=ROOT,
                 env=env,
                 stdout=subprocess.DEVNULL,
@@ -56,3 +67,35 @@ def test_two_processes_split_the_partitions_and_count_every_event_once(kafka, ju
         # every partition was read (bytewax assigns them to the cluster's two workers)
         partitions = client.query("SELECT uniqExact(source_partition) FROM llm_events FINAL").result_rows
         assert partitions[0][0] == 4
+
+
+@pytest.mark.slow
+def test_two_processes_write_what_one_process_writes(kafka, judge_endpoint, tmp_path):
+    """The determinism matrix's hardest input (re-deliveries, late events, half the traffic on one
+    partition) on one process and on a cluster of two: the same events, dead letters, cost windows at
+    every size, alerts and abuse windows (the progress board aligns the two processes' partitions).
+    Not yet the judged set: a sampler window can still be decided before an event from the other
+    process arrives (README, "Not yet"), so evaluations and estimates are left out here."""
+    from tests.test_fault_matrix import compare, result, run_job, skewed_topic
+
+    kafka.create_topic("llm-events", 4)
+    produce_all(kafka.bootstrap, "llm-events", skewed_topic(6000))
+    with start_chdb_http(tmp_path / "one") as url:
+        one = run_job(job_env(kafka, url, judge_endpoint))
+        _, err = one.communicate(timeout=600)
+        assert one.returncode == 0, err.decode()[-3000:]
+        want = result(url)
+    assert len(want["evaluations"]) > 1000 and len(want["alerts"]) > 0
+    with start_chdb_http(tmp_path / "two") as url:
+        addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(2))
+        procs = [
+            run_job(job_env(kafka, url, judge_endpoint), "-i", str(i), "-a", addresses) for i in range(2)
+        ]
+        for p in procs:
+            _, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err.decode()[-3000:]
+        differ = compare(result(url), want)
+    differ.pop("judge_windows", None)  # calls one process's verdict cache saved and the other's did not
+    differ.pop("evaluations", None)
+    differ.pop("quality_estimates", None)
+    assert differ == {}, differ

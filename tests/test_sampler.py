@@ -6,6 +6,7 @@ control-store overrides (paused, aggressive) with their effect in the metrics.""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import pickle
 import random
@@ -386,3 +387,53 @@ def test_minimum_cap_and_overrides_in_clickhouse(kafka, chdb_dsn, database, judg
     sql = "SELECT tenant_id, sum(judge_calls) FROM cost_windows FINAL WHERE window_s = 60 GROUP BY 1"
     spend = dict(rows(client, sql))
     assert {t: v[4] for t, v in ledger.items() if v[4]} == {t: int(v) for t, v in spend.items() if v}
+
+
+def test_late_events_are_decided_alone_whatever_batch_brought_them():
+    """Events whose window was already decided: each alone, at its stratum's rate (Bernoulli), so the
+    same late events give the same choices and probabilities in any batches."""
+    events = sorted(traffic_events(1500), key=lambda e: e.ts_ms)
+    second = events[0].ts_ms // 60_000 + 1  # a full minute, decided once the next ones come in
+    rng = random.Random(3)
+    late = rng.sample([e for e in events if e.ts_ms // 60_000 == second], 60)
+    on_time = [e for e in events if e not in late]
+    sampler = Sampler(max_per_tenant=30, min_per_stratum=2, always_over_tokens=8000)
+    whole = decide_stepwise(sampler, [on_time, late])
+    split = decide_stepwise(sampler, [on_time, *(late[i : i + 7] for i in range(0, len(late), 7))])
+    one_by_one = decide_stepwise(sampler, [on_time, *([e] for e in late)])
+    assert whole == split == one_by_one
+    chosen_late = [whole[e.event_id] for e in late if e.event_id in whole]
+    assert chosen_late and len(chosen_late) < len(late)
+    # each at its stratum's rate: the base rate, or 1 where the rules force judging
+    assert {p for p, _ in chosen_late} <= {sampler.base_rate, 1.0}
+
+
+def decide_stepwise(sampler: Sampler, batches: list[list[Event]]) -> dict[str, tuple[float, str]]:
+    """`decide`, with each tenant's windows closed as event time passes them (after every batch),
+    so events of a window decided before they came are late."""
+    logics: dict[str, _SampleLogic] = {}
+    chosen: dict[str, tuple[float, str]] = {}
+    ticks = itertools.count()
+
+    def clock() -> float:  # a minute of wall time between looks: windows may go idle, none is open long
+        return 60.0 * next(ticks)
+
+    def keep(out) -> None:
+        for x in out:
+            if isinstance(x, Candidate):
+                assert x.event.event_id not in chosen, "each event decided once"
+                chosen[x.event.event_id] = (x.inclusion_prob, x.sample_reason)
+
+    for batch in batches:
+        parts = tally_batch([cand(e) for e in batch], sampler=sampler, rules=RULES, baseline=BASELINE)
+        by_tenant = defaultdict(list)
+        for p in parts:
+            by_tenant[p.tenant].append(p)
+        for tenant, ps in by_tenant.items():
+            logic = logics.setdefault(tenant, _SampleLogic(sampler, clock, None, stored=dict))
+            keep(logic.on_batch(ps)[0])
+        for logic in logics.values():
+            keep(logic.on_notify()[0])
+    for logic in logics.values():
+        keep(logic.on_eof()[0])
+    return chosen
