@@ -235,7 +235,7 @@ class _AlignedKafkaSource(KafkaSource):
         if self._ranges is not None:
             start, stop = self._ranges.get(tp, (0, 0))
             inner = super().build_part(step_id, for_part, start if resume_state is None else resume_state)
-            name = f"{step_id}:{for_part}"
+            name = for_part  # "IDX-TOPIC": the name the progress board uses too
             return _AlignedPartition(inner, name, self._align_ms, tp=tp, stop_at=stop)
         if resume_state is None and self._start_ms is not None:
             if topic not in self._offsets:
@@ -244,7 +244,7 @@ class _AlignedKafkaSource(KafkaSource):
                 )
             resume_state = self._offsets[topic][int(idx)]
         inner = super().build_part(step_id, for_part, resume_state)
-        return _AlignedPartition(inner, f"{step_id}:{for_part}", self._align_ms, tp=tp)
+        return _AlignedPartition(inner, for_part, self._align_ms, tp=tp)
 
 
 def _common(cfg: KafkaConfig, brokers: list[str]) -> dict[str, Any]:
