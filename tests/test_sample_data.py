@@ -55,10 +55,11 @@ def test_every_shipped_file_is_listed_with_its_checksums_and_a_permissive_licenc
 
 
 def test_a_pip_install_carries_the_sample():
-    """setuptools' package-data globs, matched the way it matches them, take every file of the folder."""
+    """setuptools ships the folder as a package, and its package-data globs take every file in it."""
     config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    taken = {p for pattern in config["package-data"]["flows"] for p in (REPO / "flows").glob(pattern)}
-    assert set(SAMPLE.iterdir()) <= taken
+    assert "flows.sample_data" in config["packages"]
+    taken = {p for pattern in config["package-data"]["flows.sample_data"] for p in SAMPLE.glob(pattern)}
+    assert set(SAMPLE.iterdir()) == taken
 
 
 @pytest.mark.skipif(
