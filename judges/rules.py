@@ -725,13 +725,28 @@ def _lower(text: str) -> str:
     return text.lower()
 
 
+# characters NFKC maps that are common in ordinary text: full-width punctuation (Chinese,
+# Japanese), no-break spaces (French), the ellipsis
+_NFKC_COMMON = tuple(
+    (c, unicodedata.normalize("NFKC", c))
+    for c in "\uff0c\uff1a\uff1f\uff01\uff1b\uff08\uff09\u3000\u00a0\u202f\u2026"
+)
+
+
 def fold(text: str) -> str:
     """Case-folded and NFKC-normalized, as the lexicon and phrase rules read text:
     "Straße" -> "strasse", "ＩＧＮＯＲＥ" -> "ignore", "Игнорируй" -> "игнорируй"."""
     text = _clean(text)
     if text.isascii():
         return text.lower()  # casefold and NFKC change nothing else in ASCII
-    text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    text = text.casefold()
+    # NFKC costs ~20 ns a character once anything needs it, and Chinese text nearly always has
+    # full-width punctuation: map the common ones as NFKC does, normalize only if more is left
+    for char, nfkc in _NFKC_COMMON:
+        if char in text:
+            text = text.replace(char, nfkc)
+    if not unicodedata.is_normalized("NFKC", text):
+        text = unicodedata.normalize("NFKC", text)
     return text.replace("\u2019", "'") if "\u2019" in text else text
 
 
@@ -840,15 +855,14 @@ def _occurrences(text: str, literal: str, end: int) -> Iterator[int]:
 #
 # An engine answers one question per item: which rows can match? `re` says
 # "all of them" (each row then runs its own pattern, as before). `hyperscan`
-# knows, for every row, literals one of which each of its matches contains
-# (read off the row's own parse tree: "you" for `you(?<=\byou)...`, "忽略",
-# "忽视", ... for the Chinese ignore-instructions row); one Hyperscan database
-# per view holds them all, and one scan of the view names the rows whose
-# literal occurs. Rows with their own prefilter (`needs`: digit runs, token
-# runs, a literal) skip the scan. The candidates are confirmed by their exact
-# `re` pattern and checks, so both engines give the same flags and spans.
-# (Hyperscan's prefilter mode on the whole patterns was measured too: slower
-# to compile and to scan, see bench/rules_engines.py.)
+# compiles every row's pattern into one database per view in prefilter mode
+# (Hyperscan drops what it cannot run, such as lookarounds, and matches a
+# superset) and scans each view once (UTF-8, Unicode classes where the row has
+# them); it names the few rows that can match. Rows with their own prefilter
+# (`needs`: digit runs, token runs, a literal) skip the scan. The candidates
+# are confirmed by their exact `re` pattern and checks, so both engines give
+# the same flags and spans. bench/rules_engines.py measured the alternatives
+# (Hyperscan on required literals, an RE2 set, Aho-Corasick).
 
 ENGINES = ("hyperscan", "re")
 
@@ -861,51 +875,6 @@ class _ReEngine:
 
     def candidates(self, texts: _Texts, views: Sequence[int] = ()) -> Sequence[int]:
         return self._all
-
-
-def _required(items: Any) -> set[str] | None:
-    """Strings one of which every match of the parsed pattern `items` contains
-    (the longest such set found), or None."""
-    best: set[str] | None = None
-    run = ""
-
-    def better(found: set[str] | None) -> None:
-        nonlocal best
-        if found and (best is None or min(map(len, found)) > min(map(len, best))):
-            best = found
-
-    for op, av in items:
-        if op is _sre.LITERAL:
-            run += chr(av)
-            continue
-        if op in (_sre.AT, _sre.ASSERT, _sre.ASSERT_NOT):
-            continue  # zero-width: the literal run goes on around it
-        better({run} if run else None)
-        run = ""
-        if op is _sre.SUBPATTERN:
-            better(_required(av[3]))
-        elif op is _sre.ATOMIC_GROUP:
-            better(_required(av))
-        elif op is _sre.BRANCH:
-            branches = [_required(b) for b in av[1]]
-            if all(branches):
-                better(set().union(*branches))  # type: ignore[arg-type]
-        elif op in (_sre.MAX_REPEAT, _sre.MIN_REPEAT, _sre.POSSESSIVE_REPEAT) and av[0] >= 1:
-            better(_required(av[2]))
-    better({run} if run else None)
-    return best
-
-
-def required_literals(pattern: re.Pattern[str]) -> frozenset[str] | None:
-    """Literals one of which every match of `pattern` contains, or None when
-    there is no such set (or the pattern ignores case)."""
-    if pattern.flags & re.IGNORECASE:
-        return None
-    try:
-        found = _required(_sre_parse.parse(pattern.pattern, pattern.flags))
-    except (re.error, TypeError, ValueError):
-        return None
-    return frozenset(found) if found else None
 
 
 def _openings(items: Any) -> set[str] | None:
@@ -959,12 +928,12 @@ def _match_at(pattern: re.Pattern[str], text: str, openings: tuple[str, ...], en
     return False
 
 
-def _on_match(literal: int, start: int, end: int, flags: int, hits: list[int]) -> None:
-    hits.append(literal)
+def _on_match(row: int, start: int, end: int, flags: int, hits: list[int]) -> None:
+    hits.append(row)
 
 
 class _HyperscanEngine:
-    """One Hyperscan literal database per view, one scan per view and item."""
+    """One Hyperscan database per view, one scan per view and item."""
 
     name = "hyperscan"
 
@@ -972,32 +941,51 @@ class _HyperscanEngine:
         import hyperscan
 
         self._hs = hyperscan
-        self.always: list[int] = []  # rows that run on every item (own prefilter or no literal)
-        by_view: dict[int, dict[str, list[int]]] = {}
+        # rows with their own prefilter (digit runs, token runs, a literal) skip the scan
+        self.always = [i for i, r in enumerate(rules) if r.needs]
+        by_view: dict[int, list[int]] = {}
         for i, r in enumerate(rules):
-            literals = None if r.needs else required_literals(r.pattern)
-            if not literals:
-                self.always.append(i)
-                continue
-            for lit in literals:
-                by_view.setdefault(r.reads, {}).setdefault(lit, []).append(i)
-        self._rows: list[tuple[int, ...]] = []  # literal id -> rows
+            if not r.needs:
+                by_view.setdefault(r.reads, []).append(i)
         self._dbs: list[tuple[int, Any]] = []
-        for view, literals_of in sorted(by_view.items()):
-            ids = []
-            for _lit, rows in sorted(literals_of.items()):
-                ids.append(len(self._rows))
-                self._rows.append(tuple(rows))
-            expressions = [re.escape(lit).encode() for lit in sorted(literals_of)]
-            db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-            db.compile(
-                expressions=expressions,
-                ids=ids,
-                elements=len(ids),
-                flags=[hyperscan.HS_FLAG_SINGLEMATCH] * len(ids),
-            )
-            self._dbs.append((view, db))
+        for view, rows in sorted(by_view.items()):
+            try:
+                db = self._compile(rules, rows)
+            except hyperscan.error:
+                # a row Hyperscan cannot take even as a prefilter runs on every item
+                ok = [i for i in rows if self._compiles(rules, i)]
+                self.always += [i for i in rows if i not in ok]
+                db = self._compile(rules, ok) if ok else None
+            if db is not None:
+                self._dbs.append((view, db))
+        self.always.sort()
         self._local = threading.local()
+
+    def _compile(self, rules: Sequence[Rule], rows: list[int]) -> Any:
+        hs = self._hs
+        expressions, flags = [], []
+        for i in rows:
+            p = rules[i].pattern
+            expressions.append((("(?x)" if p.flags & re.VERBOSE else "") + p.pattern).encode())
+            flags.append(
+                hs.HS_FLAG_PREFILTER
+                | hs.HS_FLAG_SINGLEMATCH
+                | hs.HS_FLAG_UTF8
+                | (0 if p.flags & re.ASCII else hs.HS_FLAG_UCP)
+                | (hs.HS_FLAG_CASELESS if p.flags & re.IGNORECASE else 0)
+                | (hs.HS_FLAG_DOTALL if p.flags & re.DOTALL else 0)
+                | (hs.HS_FLAG_MULTILINE if p.flags & re.MULTILINE else 0)
+            )
+        db = hs.Database(mode=hs.HS_MODE_BLOCK)
+        db.compile(expressions=expressions, ids=rows, elements=len(rows), flags=flags)
+        return db
+
+    def _compiles(self, rules: Sequence[Rule], i: int) -> bool:
+        try:
+            self._compile(rules, [i])
+        except self._hs.error:
+            return False
+        return True
 
     def _scratches(self) -> list[Any]:
         # scratch space per thread and database: bytewax workers may share a process
@@ -1016,14 +1004,11 @@ class _HyperscanEngine:
                 db.scan(text.encode(), match_event_handler=_on_match, context=hits, scratch=scratch)
         if not hits:
             return self.always
-        rows = set(self.always)
-        for literal in hits:
-            rows.update(self._rows[literal])
-        return sorted(rows)  # table order: the same explanations whatever the scan order
+        return sorted(hits + self.always)  # table order: the same explanations whatever the scan order
 
 
-# compiled databases per rule table (by fingerprint): a process builds its rules
-# more than once (deps, tests), the table is the same
+# compiled databases per rule table (by fingerprint): compiling takes ~0.5 s and a
+# process builds its rules more than once (deps, tests)
 _COMPILED: dict[str, _HyperscanEngine] = {}
 
 

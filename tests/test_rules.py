@@ -27,6 +27,7 @@ import json
 import os
 import random
 import time
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -576,6 +577,20 @@ def plain_scan(item: JudgeItem, rules=RULES) -> frozenset[str]:
         if any(r.check is None or r.check(text, m) for m in r.pattern.finditer(text, 0, end)):
             fired.add(r.name)
     return frozenset(fired)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(
+        alphabet=st.sampled_from("aZß ，：？！；（）\u3000\u00a0\u202f…ＡｚŉǅΣςИё\u0301e\u2019'İ"),
+        max_size=60,
+    )
+    | st.text()
+)
+def test_fold_is_nfkc_of_the_case_folded_text(text):
+    """fold() maps the common NFKC characters itself and normalizes only what is left: the same text."""
+    expected = unicodedata.normalize("NFKC", _clean(text).casefold()).replace("\u2019", "'")
+    assert fold(text) == expected
 
 
 @pytest.mark.parametrize("engine", ENGINES)
