@@ -21,6 +21,7 @@ SMALL = {
     "judge_throughput.py": ["--calls", "40", "--latencies", "20", "--variants", "raw", "flow"],
     "kafka_source.py": ["--events", "4000", "--repeat", "1"],
     "otlp_decode.py": ["--events", "200", "--spans", "1", "5", "--repeat", "1"],
+    "profile_stages.py": ["--events", "1000"],
     "retention_disk.py": ["--events", "500"],
     "rules_engines.py": ["--events", "50", "--repeat", "1"],
     "spend_metrics.py": ["--events", "2000", "--repeat", "1"],
