@@ -150,9 +150,17 @@ class SamplingConfig(_Section):
     always_on_flags: tuple[str, ...] = ("pii.", "jailbreak.", "toxicity.")  # tier-0 flag prefixes
     min_per_stratum: int = Field(2, ge=0)  # K per window
     max_per_tenant_per_window: int = Field(600, ge=0)  # M; 0: no cap
+    # s: at most this share of a tenant's events judged per window, forced judging and K included
+    # (operators/sample.py: "Judged-share ceiling"); 0: none
+    max_judged_share: float = Field(0.2, ge=0.0, le=1.0)
+    judged_share_by_tenant: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = {}  # tenant -> s
     window_s: int = Field(60, ge=1)
     allowed_lateness_s: float = Field(10.0, ge=0)
     idle_s: float = Field(5.0, ge=0)  # and no arrival for this long (wall clock) before a window closes
+
+    def judged_share(self, tenant: str) -> float:
+        """The tenant's judged-share ceiling (0: none)."""
+        return self.judged_share_by_tenant.get(tenant, self.max_judged_share)
 
     @model_validator(mode="after")
     def _valid_buckets(self) -> SamplingConfig:

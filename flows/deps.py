@@ -207,6 +207,8 @@ def build_sampler(settings: Settings) -> Sampler:
         always_on_flags=s.always_on_flags,
         min_per_stratum=s.min_per_stratum,
         max_per_tenant=s.max_per_tenant_per_window,
+        max_judged_share=s.max_judged_share,
+        judged_share_by_tenant=tuple(sorted(s.judged_share_by_tenant.items())),
         window_s=s.window_s,
         allowed_lateness_s=s.allowed_lateness_s,
         idle_s=s.idle_s,

@@ -387,7 +387,7 @@ def build_report(
         elif command == "quality":
             tables.append(rq.quality(client, scope, database))
         elif command == "savings":
-            tables.append(rq.savings(client, scope, database))
+            tables.append(rq.savings(client, scope, database, settings.flow.sampling.judged_share))
         elif command == "abuse":
             tables.extend(rq.abuse(client, scope, limit, _abuse_min_requests(args, alerts_cfg)))
         elif command == "alerts":

@@ -16,7 +16,7 @@ starts inside the range.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -669,9 +669,10 @@ def quality(client: Any, scope: Scope, database: str) -> Table:
     )
 
 
-def savings(client: Any, scope: Scope, database: str) -> Table:
+def savings(client: Any, scope: Scope, database: str, ceiling: Callable[[str], float] | None = None) -> Table:
     """The judge savings ledger per tenant: against judging every event on every metric
-    with the most expensive configured judge."""
+    with the most expensive configured judge; and the share of events judged against the
+    tenant's judged-share `ceiling` (from `[sampling]`; 0: none)."""
     from operators.savings import query_savings
 
     tenant = scope.tenants[0] if len(scope.tenants) == 1 else ""
@@ -690,6 +691,11 @@ def savings(client: Any, scope: Scope, database: str) -> Table:
             Column("avoided_by_sampling_usd", "usd"),
             Column("avoided_by_cache_usd", "usd"),
             Column("avoided_by_cascade_usd", "usd"),
+            Column("judged_events", "int"),
+            Column("judged_share", "pct"),
+            Column("share_ceiling", "pct"),
+            Column("allowed_share", "pct"),
+            Column("forced_share", "pct"),
         ],
         [
             (
@@ -702,10 +708,22 @@ def savings(client: Any, scope: Scope, database: str) -> Table:
                 r.avoided_usd.get("sampling", Decimal(0)),
                 r.avoided_usd.get("cache", Decimal(0)),
                 r.avoided_usd.get("cascade", Decimal(0)),
+                r.judged_events,
+                *_judged_shares(r, ceiling),
             )
             for r in keep
         ],
+        note="judged_share: events the sampler chose; share_ceiling: sampling.max_judged_share (or the"
+        " tenant's); allowed_share: what its windows allowed (that ceiling, at least min_per_stratum per"
+        " window, and max_per_tenant_per_window; 100% where nothing binds); forced_share: events tier-0"
+        " flags or length would have judged in full",
     )
+
+
+def _judged_shares(r: Any, ceiling: Callable[[str], float] | None) -> tuple[float | None, ...]:
+    judged, allowed, forced = r.shares()
+    configured = ceiling(r.tenant_id) if ceiling is not None else 0.0
+    return judged, configured if 0 < configured < 1 else None, allowed, forced
 
 
 def _dt(ms: int) -> datetime:

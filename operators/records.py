@@ -241,6 +241,9 @@ class SavingsEntry(msgspec.Struct, array_like=True):
     cache_calls: int = 0  # answered by the verdict cache (stored or in flight)
     judge_calls: int = 0  # made
     judge_pusd: int = 0
+    chosen: int = 0  # events the sampler chose to judge
+    allowed: int = 0  # the most it could choose: the tenant's cap or judged-share ceiling, else every event
+    forced: int = 0  # events the rules would have judged all of (tier-0 flags, long conversations)
 
     def add(self, other: SavingsEntry) -> None:
         self.ts_ms = max(self.ts_ms, other.ts_ms)
@@ -252,6 +255,9 @@ class SavingsEntry(msgspec.Struct, array_like=True):
         self.cache_calls += other.cache_calls
         self.judge_calls += other.judge_calls
         self.judge_pusd += other.judge_pusd
+        self.chosen += other.chosen
+        self.allowed += other.allowed
+        self.forced += other.forced
 
 
 class JudgeSavings(msgspec.Struct, frozen=True, array_like=True):
@@ -275,6 +281,9 @@ class JudgeSavings(msgspec.Struct, frozen=True, array_like=True):
     judge_pusd: int
     reference_judge: str
     version: int  # emission time: the newest row of a window wins
+    judged_events: int = 0  # events the sampler chose
+    allowed_events: int = 0  # its cap or judged-share ceiling per window, summed (every event without)
+    forced_events: int = 0  # events in certainty strata (tier-0 flags, long conversations)
 
 
 class QualityEstimate(msgspec.Struct, frozen=True, array_like=True):

@@ -16,10 +16,35 @@ smallest u, where
     m_h = N_h                                  certainty strata
     m_h = max(min(K, N_h), #{i : u_i < r_h})   other strata ("at least K")
 
-and, when a tenant's total exceeds its cap M, reduces the m_h by max-min fair
-water-filling (certainty strata first, then the others; ties by stratum
-name). Replays and any number of workers therefore choose exactly the same
-events, provided each window is complete when it closes (see "lateness").
+and, when a tenant's total exceeds its cap — M, or its judged-share ceiling
+(below) if that is lower — reduces the m_h by max-min fair water-filling over
+all its strata: the strata that want little keep it all, the largest wants
+(certainty strata included) are cut to a common level, and the units left
+over go to strata in an order drawn per window from the hash. Replays and any
+number of workers therefore choose exactly the same events, provided each
+window is complete when it closes (see "lateness").
+
+Judged-share ceiling. With `max_judged_share` = s set (per tenant, or for
+all), a tenant's window of N events has at most
+
+    C = max(min(K, N), floor(s * N + v)),   v = xxh3_64(version|tenant|window) / 2^64
+
+events chosen — forced judging (tier-0 flags, long conversations) and the
+per-stratum minimum K included. E[floor(s * N + v)] = s * N, and a window
+never goes more than one event over s * N, so over any period the judged
+share is at most s (up to that rounding, which averages out), whatever the
+traffic; unlike flooring, a window too small for one event at s still has a
+chance to be judged, so every event keeps a positive inclusion probability.
+The floor of K events per window keeps a tiny tenant visible: a tenant with
+fewer than K / s events per window (10 at the defaults) can go above s, by
+at most K events per window (K = 0 makes the ceiling strict). A certainty stratum cut by C is then
+sampled at m_h / N_h like any other (`StratumCount` says so, and
+`operators.estimates` treats it as a sampled stratum). C is decided on the
+window's event count alone, which the window knows exactly when it closes; a
+judge-dollar ceiling is not, because what a chosen event costs (cascade,
+cache hits, retries) is only known after it is judged — `[judges.budget]`
+bounds that — and a per-day ceiling would make a window's choice depend on
+the order in which earlier windows closed, which wall time decides live.
 
 Inclusion probabilities. m_h depends on the hashes only through their sorted
 values (how many fall below r_h, how many events there are), never on which
@@ -39,7 +64,8 @@ passes its end by `allowed_lateness_s` AND, live, no event arrived for it in
 the last `idle_s` seconds of wall time (while a backlog is read, partitions
 are aligned in event time and event time alone decides). At the end of a
 bounded input every window closes. An event for a window already
-closed is decided alone: taken when u < r_h (K and the cap do not apply), with
+closed is decided alone: taken when u < r_h (K and the cap do not apply; the
+judged-share ceiling s caps r_h, certainty strata included), with
 pi = r_h — Bernoulli sampling, exact for Horvitz-Thompson and the same whatever
 batch or process brought it, but outside the per-window guarantees;
 `judgeflow_sampler_decisions_total{reason="late"}` counts them.
@@ -64,6 +90,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -96,6 +123,7 @@ MINIMUM = "minimum"  # topped up to K in a small stratum
 OVERRIDE = "override"  # the tenant's override rate
 PAUSED = "paused"  # override rate 0
 CAP = "cap"  # cut by the tenant's cap
+SHARE = "share"  # cut by the tenant's judged-share ceiling
 LATE = "late"  # its window had already been decided
 
 DIMENSIONS = ("model", "variant", "input_length", "output_length", "flags")
@@ -177,6 +205,8 @@ class Sampler:
     always_on_flags: tuple[str, ...] = ("pii.", "jailbreak.", "toxicity.")
     min_per_stratum: int = 2  # K
     max_per_tenant: int = 600  # M per window; 0: no cap
+    max_judged_share: float = 0.0  # s: the judged-share ceiling per tenant and window; 0: none
+    judged_share_by_tenant: tuple[tuple[str, float], ...] = ()  # (tenant, s) overriding it
     window_s: int = 60
     allowed_lateness_s: float = 10.0
     idle_s: float = 5.0
@@ -189,6 +219,21 @@ class Sampler:
 
     def unit(self, event_id: str) -> float:
         return unit_hash(self.version, event_id)
+
+    def judged_share(self, tenant: str) -> float:
+        """The tenant's judged-share ceiling s (0: none)."""
+        for t, share in self.judged_share_by_tenant:
+            if t == tenant:
+                return share
+        return self.max_judged_share
+
+    def ceiling(self, tenant: str, start: int, events: int) -> int | None:
+        """C = max(min(K, N), floor(s * N + v)) for a window of N `events` (None without a ceiling)."""
+        share = self.judged_share(tenant)
+        if share <= 0 or share >= 1:
+            return None
+        v = unit_hash(self.version, f"{tenant}{_SEP}{start}")
+        return max(min(self.min_per_stratum, events), int(share * events + v))
 
     def assign(self, e: Event, flags: Sequence[str]) -> Assignment:
         """The stratum of one event (within its tenant)."""
@@ -341,18 +386,21 @@ class StratumCount(msgspec.Struct, frozen=True, array_like=True):
     cheap: tuple[tuple[str, int], ...]  # (metric, events the tier-0 rules flagged), by metric
 
 
-def choose(strata: dict[str, StratumTally], cap: int) -> Choice:
+def choose(strata: dict[str, StratumTally], cap: int | None, *, salt: str = "", cut: str = CAP) -> Choice:
     """Pick each stratum's bottom-m_h by hash (see the module docstring) and
-    set every chosen candidate's inclusion probability m_h / N_h."""
+    set every chosen candidate's inclusion probability m_h / N_h.
+
+    Args:
+        cap: the most chosen in all (None: no cap), shared out by max-min water-filling;
+            the units left over go to strata in the order of their hash with `salt`.
+        cut: the reason counted for the events the cap cut (CAP or SHARE).
+    """
     names = sorted(strata)
     wants = [strata[h].want() for h in names]
     alloc = list(wants)
-    if cap:
-        certain = [i for i, h in enumerate(names) if strata[h].reason in (FLAGGED, LONG)]
-        others = [i for i in range(len(names)) if i not in set(certain)]
-        given = allocate([wants[i] for i in certain], cap)
-        rest = allocate([wants[i] for i in others], cap - sum(given))
-        for i, a in zip(certain + others, given + rest, strict=True):
+    if cap is not None:
+        order = sorted(range(len(names)), key=lambda i: (unit_hash(salt, names[i]), names[i]))
+        for i, a in zip(order, allocate([wants[i] for i in order], cap), strict=True):
             alloc[i] = a
     out = Choice([], 0, 0, {}, {})
     for h, want, m in zip(names, wants, alloc, strict=True):
@@ -376,19 +424,20 @@ def choose(strata: dict[str, StratumTally], cap: int) -> Choice:
                 out.avoided_calls += held.calls
                 out.avoided_pusd += held.cost_pusd
         skip_reason = PAUSED if s.reason == PAUSED else OVERRIDE if s.reason == OVERRIDE else RATE
-        _count(out.skipped, CAP, want - m)
+        _count(out.skipped, cut, want - m)
         _count(out.skipped, skip_reason, s.n - want)
     return out
 
 
-def choose_late(strata: dict[str, StratumTally]) -> Choice:
+def choose_late(strata: dict[str, StratumTally], share: float = 0.0) -> Choice:
     """Events whose window was already decided, each decided alone: chosen when u < r_h (1 in
-    certainty strata), with inclusion probability r_h — Bernoulli sampling, exact for
-    Horvitz-Thompson, and the same whatever batch or process the event arrived with."""
+    certainty strata; at most the judged-share ceiling `share` when one is set), with inclusion
+    probability r_h — Bernoulli sampling, exact for Horvitz-Thompson, and the same whatever
+    batch or process the event arrived with."""
     out = Choice([], 0, 0, {}, {})
     for h in sorted(strata):
         s = strata[h]
-        rate = _late_rate(s)
+        rate = _late_rate(s, share)
         m = 0
         for held in sorted(s.held, key=_order):
             if held.u >= rate:
@@ -408,8 +457,9 @@ def choose_late(strata: dict[str, StratumTally]) -> Choice:
     return out
 
 
-def _late_rate(s: StratumTally) -> float:
-    return 1.0 if s.reason in (FLAGGED, LONG) else s.rate
+def _late_rate(s: StratumTally, share: float = 0.0) -> float:
+    rate = 1.0 if s.reason in (FLAGGED, LONG) else s.rate
+    return min(rate, share) if 0 < share < 1 else rate
 
 
 def throttle(strata: dict[str, StratumTally], override: Override) -> dict[str, StratumTally]:
@@ -693,10 +743,24 @@ class _SampleLogic(StatefulBatchLogic[_In, _Decided, _SampleState]):
     def _decide(
         self, tenant: str, start: int, strata: dict[str, StratumTally], savings: SavingsEntry, *, late: bool
     ) -> list[_Decided]:
+        events = sum(t.n for t in strata.values())
+        savings.forced += sum(t.n for t in strata.values() if t.reason in (FLAGGED, LONG))
         override = self._override(tenant, start)
         if override is not None:
             strata = throttle(strata, override)
-        c = choose_late(strata) if late else choose(strata, self._cap)
+        share = self._sampler.judged_share(tenant)
+        if late:
+            c = choose_late(strata, share)
+            allowed = min(events, math.ceil(share * events)) if 0 < share < 1 else events
+        else:
+            cap, cut = self._cap or None, CAP
+            ceiling = self._sampler.ceiling(tenant, start, events)
+            if ceiling is not None and (cap is None or ceiling < cap):
+                cap, cut = ceiling, SHARE
+            c = choose(strata, cap, salt=f"{self._sampler.version}{_SEP}{tenant}{_SEP}{start}", cut=cut)
+            allowed = events if cap is None else min(events, cap)
+        savings.chosen += len(c.chosen)
+        savings.allowed += allowed
         savings.sampling_calls += c.avoided_calls
         savings.sampling_pusd += c.avoided_pusd
         for reason, n in c.sampled.items():
@@ -709,7 +773,7 @@ class _SampleLogic(StatefulBatchLogic[_In, _Decided, _SampleState]):
             t = strata[name]
             m = c.taken.get(name, 0)
             cheap = tuple(sorted(t.cheap.items()))
-            prob = _late_rate(t) if late else (m / t.n if t.n else 0.0)  # late: each event alone
+            prob = _late_rate(t, share) if late else (m / t.n if t.n else 0.0)  # late: each event alone
             out.append(StratumCount(tenant, t.agent, start, name, t.n, m, prob, cheap))
         return out
 

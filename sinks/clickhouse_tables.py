@@ -212,6 +212,9 @@ def judge_savings_row(s: JudgeSavings) -> tuple[Any, ...]:
         pico_to_usd(s.judge_pusd),
         s.reference_judge,
         s.version,
+        s.judged_events,
+        s.allowed_events,
+        s.forced_events,
     )
 
 
@@ -469,6 +472,9 @@ TABLES: dict[str, TableSpec] = {
                 ("judge_usd", _USD),
                 ("reference_judge", _LC),
                 ("version", "UInt64"),
+                ("judged_events", "UInt64"),
+                ("allowed_events", "UInt64"),
+                ("forced_events", "UInt64"),
             ),
             judge_savings_row,
         ),

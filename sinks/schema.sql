@@ -264,11 +264,19 @@ CREATE TABLE IF NOT EXISTS {database}.judge_savings
     judge_usd       Decimal(38, 12),
     reference_judge LowCardinality(String),
     version         UInt64 COMMENT 'emission time: the newest row of a key wins',
+    judged_events   UInt64 COMMENT 'events the sampler chose',
+    allowed_events  UInt64 COMMENT 'its cap or judged-share ceiling per sampler window, summed',
+    forced_events   UInt64 COMMENT 'events in certainty strata (tier-0 flags, long conversations)',
     inserted_at     DateTime64(3, 'UTC') DEFAULT now64(3)
 )
 ENGINE = ReplacingMergeTree(version)
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (tenant_id, window_s, window_start);
+
+-- tables created before the judged share was kept
+ALTER TABLE {database}.judge_savings ADD COLUMN IF NOT EXISTS judged_events UInt64 DEFAULT 0 AFTER version;
+ALTER TABLE {database}.judge_savings ADD COLUMN IF NOT EXISTS allowed_events UInt64 DEFAULT 0 AFTER judged_events;
+ALTER TABLE {database}.judge_savings ADD COLUMN IF NOT EXISTS forced_events UInt64 DEFAULT 0 AFTER allowed_events;
 
 -- Per (tenant, window): the usual abuse shapes (operators.records.AbuseWindow,
 -- operators/abuse.py) — requests repeating a prompt already sent in the window
