@@ -33,6 +33,7 @@ held call reaches the windows that much later.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import time
 from collections.abc import Callable, Iterable
@@ -60,6 +61,9 @@ class _JoinState:
     parts: dict[str, list[OtlpContent]] = field(default_factory=dict)  # log records waiting
     due: dict[str, int] = field(default_factory=dict)  # span key -> event time it is settled at
     done: dict[str, int] = field(default_factory=dict)  # span keys sent on -> event time to forget them
+    # (time, key) heaps over `due` and `done`; an entry whose time no longer matches is stale
+    due_heap: list[tuple[int, str]] = field(default_factory=list)
+    done_heap: list[tuple[int, str]] = field(default_factory=list)
 
 
 class _JoinLogic(StatefulBatchLogic[list[Item], list[Event], _JoinState]):
@@ -73,17 +77,20 @@ class _JoinLogic(StatefulBatchLogic[list[Item], list[Event], _JoinState]):
     def on_batch(self, values: list[list[Item]]) -> tuple[Iterable[list[Event]], bool]:
         s = self._s
         out: list[Event] = []
-        newest = s.newest_ms
+        live_ms = self._now_ms()  # live wall time counts once per batch
+        moved = False
+        # item by item, settling after each: the same messages give the same events however batched
         for x in itertools.chain.from_iterable(values):
+            at = x.end_ms if isinstance(x, OtlpCall) else x.ts_ms
+            if at > s.newest_ms:
+                s.newest_ms, moved = at, True
             if isinstance(x, OtlpCall):
-                newest = max(newest, x.end_ms)
                 self._call(x, out)
             else:
-                newest = max(newest, x.ts_ms)
                 self._content(x, out)
-        if newest > s.newest_ms:
-            s.newest_ms, s.seen_at_s = newest, self._clock()
-        self._settle(self._now_ms(), out)
+            self._settle(max(s.newest_ms, live_ms), out)
+        if moved:
+            s.seen_at_s = self._clock()
         return [out] if out else [], StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[Iterable[list[Event]], bool]:
@@ -99,9 +106,10 @@ class _JoinLogic(StatefulBatchLogic[list[Item], list[Event], _JoinState]):
 
     def notify_at(self) -> datetime | None:
         s = self._s
-        if not s.due:
+        first = self._next_due()
+        if first is None:
             return None
-        wait_s = (min(s.due.values()) - s.newest_ms) / 1000
+        wait_s = (first - s.newest_ms) / 1000
         at = event_time.wake_at(s.seen_at_s + max(wait_s, 0.0), self._clock())
         return datetime.fromtimestamp(at, tz=UTC)
 
@@ -114,6 +122,8 @@ class _JoinLogic(StatefulBatchLogic[list[Item], list[Event], _JoinState]):
             parts={k: list(v) for k, v in s.parts.items()},
             due=dict(s.due),
             done=dict(s.done),
+            due_heap=list(s.due_heap),
+            done_heap=list(s.done_heap),
         )
 
     def _now_ms(self) -> int:
@@ -136,7 +146,7 @@ class _JoinLogic(StatefulBatchLogic[list[Item], list[Event], _JoinState]):
             self._finish(key, c.end_ms)
             return
         s.calls[key] = c
-        s.due[key] = max(s.due.get(key, -1), c.end_ms + self._wait)
+        self._wait_until(key, max(s.due.get(key, -1), c.end_ms + self._wait))
 
     def _content(self, p: OtlpContent, out: list[Event]) -> None:
         s = self._s
@@ -152,20 +162,34 @@ class _JoinLogic(StatefulBatchLogic[list[Item], list[Event], _JoinState]):
             return
         s.parts.setdefault(key, []).append(p)
         if key not in s.due:
-            s.due[key] = p.ts_ms + self._wait
+            self._wait_until(key, p.ts_ms + self._wait)
+
+    def _wait_until(self, key: str, due_ms: int) -> None:
+        s = self._s
+        if s.due.get(key) != due_ms:
+            s.due[key] = due_ms
+            heapq.heappush(s.due_heap, (due_ms, key))
+
+    def _next_due(self) -> int | None:
+        s = self._s
+        while s.due_heap and s.due.get(s.due_heap[0][1]) != s.due_heap[0][0]:
+            heapq.heappop(s.due_heap)  # settled or moved since
+        return s.due_heap[0][0] if s.due_heap else None
 
     def _finish(self, key: str, at_ms: int) -> None:
         s = self._s
         s.calls.pop(key, None)
         s.due.pop(key, None)
         s.parts.pop(key, None)  # records of a span that had its content add nothing
-        s.done[key] = max(at_ms, s.newest_ms) + self._wait
+        until = max(at_ms, s.newest_ms) + self._wait
+        s.done[key] = until
+        heapq.heappush(s.done_heap, (until, key))
 
     def _settle(self, now_ms: int | None, out: list[Event]) -> None:
         """Send on every span (and give up on every log record) whose bound passed; None: all."""
         s = self._s
-        ready = sorted(k for k, due in s.due.items() if now_ms is None or due <= now_ms)
-        for key in ready:
+        while (first := self._next_due()) is not None and (now_ms is None or first <= now_ms):
+            _, key = heapq.heappop(s.due_heap)
             call = s.calls.get(key)
             parts = s.parts.get(key, [])
             if call is not None:
@@ -181,9 +205,10 @@ class _JoinLogic(StatefulBatchLogic[list[Item], list[Event], _JoinState]):
                 out.append(min(details, key=lambda e: e.event_id))
             if len(parts) > len(details):
                 metrics.OTLP_JOIN.labels("unmatched_logs").inc(len(parts) - len(details))
-            self._finish(key, s.due[key])
-        if now_ms is not None:
-            for key in [k for k, until in s.done.items() if until <= now_ms]:
+            self._finish(key, first)
+        while now_ms is not None and s.done_heap and s.done_heap[0][0] <= now_ms:
+            until, key = heapq.heappop(s.done_heap)
+            if s.done.get(key) == until:
                 del s.done[key]
 
 

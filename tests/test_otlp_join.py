@@ -162,6 +162,28 @@ def test_log_records_after_their_span_went_on_are_dropped_never_a_second_event()
     assert outcome("late_logs") - before == 2
 
 
+def test_the_same_records_give_the_same_events_however_they_are_batched() -> None:
+    items = [
+        msg("a", "user", "q-a", T0),
+        span("a"),
+        span("b", T0 + 1_000),
+        tick(T0 + 20 + WAIT_MS),  # a's bound passes here: the answer after it comes too late
+        msg("a", "assistant", "r-a", T0 + 20, choice=0),
+        msg("b", "user", "q-b", T0 + 900),
+        details("c", T0 + 2_000),
+        msg("b", "assistant", "r-b", T0 + 1_000, choice=0),
+        tick(T0 + 4 * WAIT_MS),
+    ]
+    one_batch = run([items])
+    assert [(e.event_id, e.input_text, e.output_text) for e in one_batch] == [
+        ("a", "user: q-a", ""),
+        ("b", "user: q-b", "r-b"),
+        ("log:resp-c", "user: from details", "details answer"),
+    ]
+    for size in (1, 2, 3, 4):
+        assert run([items[i : i + size] for i in range(0, len(items), size)]) == one_batch
+
+
 def test_the_end_of_a_bounded_input_sends_waiting_spans_on() -> None:
     j = logic()
     j.on_batch([[msg("a", "user", "hi", T0), span("a")]])
@@ -259,7 +281,7 @@ def test_instrumented_openai_calls_are_stored_and_judged_with_their_text(
         chdb_dsn,
         database,
         judge_endpoint,
-        **{"clickhouse.store_text": True, "sampling.base_rate": 1.0},
+        **{"clickhouse.store_text": True, "sampling.base_rate": 1.0, "sampling.max_judged_share": 0.0},
     )
     run_flow(settings, workers=workers)
 
