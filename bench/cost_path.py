@@ -79,7 +79,7 @@ def cost_path_flow(
 
 def child(args: argparse.Namespace) -> int:
     """One bytewax process: build the data, run the flow, write what it measured."""
-    from bytewax._bytewax import cli_main
+    from bytewax.run import cli_main
 
     parts = messages(args.events, partitions=PARTITIONS)
     source = PartitionedSource(lambda p: batched(parts[p], args.batch), PARTITIONS)

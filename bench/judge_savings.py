@@ -69,7 +69,7 @@ def tier2(endpoint: LocalEndpoint) -> dict:
 
 
 def run(bootstrap: str, endpoint: LocalEndpoint, dsn: str, database: str, workers: int, **overrides) -> dict:
-    from bytewax._bytewax import cli_main
+    from bytewax.run import cli_main
 
     settings = load_settings(
         DEFAULT_CONFIG,

@@ -511,8 +511,8 @@ def run_backfill(
     """Run the flow over the plan's offsets into the plan's database (`settings` already name it),
     with progress on `stream`. Ctrl-C stops it at the last snapshot: a Summary with
     completed=False (the same plan resumes)."""
-    from bytewax._bytewax import cli_main
     from bytewax.recovery import RecoveryConfig, init_db_dir
+    from bytewax.run import cli_main
 
     from flows.deps import build_deps
     from flows.judgeflow import build_flow

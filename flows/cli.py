@@ -111,7 +111,7 @@ def _config_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from bytewax._bytewax import cli_main
+    from bytewax.run import cli_main
 
     from flows.deps import build_deps
     from flows.judgeflow import build_flow

@@ -35,7 +35,7 @@ def run_demo(
     data: Path | None = None,
 ) -> int:
     """Run the demo; `data` is a folder with the full third-party sets instead of the packaged sample."""
-    from bytewax._bytewax import cli_main
+    from bytewax.run import cli_main
 
     from flows.deps import build_deps
     from flows.judgeflow import build_flow

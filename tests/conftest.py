@@ -162,7 +162,7 @@ def run_flow(settings: Settings, *, workers: int = 1, control: object | None = N
     replaces the control store (a test shares one with the flow)."""
     import dataclasses
 
-    from bytewax._bytewax import cli_main
+    from bytewax.run import cli_main
 
     from flows.deps import build_deps
     from flows.judgeflow import build_flow

@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import redis
-from bytewax._bytewax import cli_main
 from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.run import cli_main
 from confluent_kafka import Consumer, TopicPartition
 
 from flows.deps import build_deps

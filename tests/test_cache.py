@@ -118,7 +118,7 @@ def message(i: int, content: int, ts_ms: int, tenant: str | None = None) -> Kafk
 
 
 def run(settings, source, *, workers: int):
-    from bytewax._bytewax import cli_main
+    from bytewax.run import cli_main
 
     deps = build_deps(settings)
     try:

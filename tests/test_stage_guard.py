@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import msgspec
 import pytest
-from bytewax._bytewax import cli_main
+from bytewax.run import cli_main
 
 from flows.deps import build_deps
 from flows.judgeflow import build_flow
