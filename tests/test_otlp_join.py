@@ -240,14 +240,14 @@ def instrumented(monkeypatch):
         instrumentor.uninstrument()
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_instrumented_openai_calls_are_stored_and_judged_with_their_text(
-    instrumented, kafka, chdb_dsn, database, judge_endpoint, workers
-) -> None:
+def instrumented_calls(instrumented, endpoint) -> tuple[list[bytes], dict[str, tuple[str, str]]]:
+    """PROMPTS sent through the instrumented OpenAI client to the local endpoint: the Kafka messages
+    the Collector's exporter would write (otlp_proto: logs and spans in messages of their own, each
+    call's log records in one message, logs first) and response id -> (prompt, completion)."""
     import openai
 
     spans, logs = instrumented
-    client = openai.OpenAI(api_key="test-key", base_url=judge_endpoint.openai_base_url)
+    client = openai.OpenAI(api_key="test-key", base_url=endpoint.openai_base_url)
     answers = {}
     for prompt in PROMPTS:
         r = client.chat.completions.create(
@@ -263,15 +263,20 @@ def test_instrumented_openai_calls_are_stored_and_judged_with_their_text(
     assert all("gen_ai.input.messages" not in s.attributes for s in finished)  # content only in logs
     names = sorted({r.log_record.event_name for r in logs.get_finished_logs()})
     assert names == ["gen_ai.choice", "gen_ai.system.message", "gen_ai.user.message"]
-
-    # the Collector's Kafka exporter (otlp_proto): logs and spans in messages of their own, each
-    # call's log records in its own message; logs produced first, over three partitions
-    kafka.create_topic("llm-events", 3)
     by_span: dict[int, list] = {}
     for r in logs.get_finished_logs():
         by_span.setdefault(r.log_record.span_id, []).append(r)
     messages = [encode_logs(records).SerializeToString() for records in by_span.values()]
     messages.append(encode_spans(finished).SerializeToString())
+    return messages, answers
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_instrumented_openai_calls_are_stored_and_judged_with_their_text(
+    instrumented, kafka, chdb_dsn, database, judge_endpoint, workers
+) -> None:
+    messages, answers = instrumented_calls(instrumented, judge_endpoint)
+    kafka.create_topic("llm-events", 3)
     produce_all(kafka.bootstrap, "llm-events", messages)
     client_ch = connect(chdb_dsn, database)
     ensure_schema(client_ch, database)
@@ -301,3 +306,24 @@ def test_instrumented_openai_calls_are_stored_and_judged_with_their_text(
     assert outcome("joined") - joined_before == len(PROMPTS)
     judged = rows(client_ch, "SELECT DISTINCT event_id FROM evaluations FINAL ORDER BY event_id")
     assert [e for (e,) in judged] == sorted(e for e, _ in stored.values())
+
+
+def test_batches_of_one_give_the_same_events_as_batches_of_a_thousand(
+    instrumented, kafka, chdb_dsn, database, judge_endpoint
+) -> None:
+    messages, _ = instrumented_calls(instrumented, judge_endpoint)
+    kafka.create_topic("llm-events", 3)
+    produce_all(kafka.bootstrap, "llm-events", messages)
+    stored = []
+    for db, batch in ((database, 1000), (f"{database}_b1", 1)):
+        client = connect(chdb_dsn, db)
+        ensure_schema(client, db)
+        overrides = {"clickhouse.store_text": True, "kafka.batch_size": batch}
+        run_flow(topic_flow_settings(kafka, chdb_dsn, db, **overrides))
+        stored.append(
+            rows(
+                client, "SELECT event_id, input_text, output_text, cost_usd FROM llm_events FINAL ORDER BY 1"
+            )
+        )
+    assert len(stored[0]) == len(PROMPTS) and all(r[1] and r[2] for r in stored[0])
+    assert stored[1] == stored[0]
