@@ -8,22 +8,32 @@ rule fired"). `Tier0Rules.judge()` turns the same rules into a `Verdict`.
 
 The rules aim at precision: a flag buys an LLM judgement, a miss only falls
 back to the base sampling rate. Agreement, recall and false-positive rates on
-the labelled data in /work/shared/data are measured in tests/test_rules.py.
+the labelled data in /work/shared/data and on the hand-written multilingual
+set in tests/fixtures are measured in tests/test_rules.py.
 
-Why the patterns look the way they do (speed). CPython's `re` is fast only
-when a pattern starts with a literal: then it jumps between occurrences in C
-(~1 us per 2 KB); an alternation of phrases or a leading `\\b` makes it try
-every position (~30 us per 2 KB). So:
+Text is UTF-8 (a str). Each rule reads one view of the input or the output:
+as it is (`OUT`, `IN`: the PII formats, so spans are the text's offsets),
+lower-cased with its offsets kept (`OUT_LOW`), or case-folded and NFKC-
+normalized (`OUT_FOLD`, `IN_FOLD`: the phrases and lexicons, in English,
+German, French, Spanish, Russian and Chinese).
 
-- every row starts with a literal and checks the word boundary with a
-  lookbehind after it (`you(?<=\\byou)`); phrases that share no literal are
-  separate rows of the same rule;
-- texts are matched as ASCII bytes with one byte per character (non-ASCII
-  characters become `?`), so offsets equal the str's and lower-casing is
-  ASCII-only and cheap;
+How an item is matched (speed):
+
+- an engine names the rows that can match: `hyperscan` compiles every row
+  into one database per view in prefilter mode and scans each view once;
+  `re` names all rows;
+- each candidate row confirms with its exact `re` pattern. CPython's `re` is
+  fast only when a pattern starts with a literal (it jumps between
+  occurrences in C, ~1 us per 2 KB); an alternation or a leading `\\b` makes
+  it try every position (~30 us per 2 KB). So rows start with a literal and
+  check the word boundary in a lookbehind after it (`you(?<=\\byou)`), and a
+  row that opens with an alternation of literals is tried only where one of
+  them occurs;
 - the number-shaped PII rules (phone, card, IBAN, SSN) share one scan for
-  runs of 7+ digits, done on a copy where every digit is `0` (a one-literal
-  pattern again) and are matched only in a small window around each run;
+  runs of 7+ digits, done on a one-byte-per-character ASCII copy where every
+  digit is `0` (a one-literal pattern again), and are matched only in a
+  small window around each run; key-shaped rules need a run of 20 token
+  characters;
 - checksums (Luhn, IBAN mod-97), ranges and context checks run only on the
   few candidates.
 """
@@ -76,12 +86,13 @@ class Rule:
     Args:
         name: the flag name, `<metric>.<kind>`; the sampler keys strata on it.
         metric: the metric the rule is evidence for.
-        pattern: an ASCII bytes regex (build it with `_rx`); it must start
-            with a literal or `\\A` unless `needs` is set.
+        pattern: a regex over the view's str (build it with `_rx`); it should
+            start with a literal (or `\\A`, or an alternation of literals) unless
+            `needs` is set, for `re`'s sake.
         check: confirms one match (checksums, ranges, context); None accepts all.
         what: how explanations name a finding, never the matched text, so no
             PII value is copied into verdict storage.
-        reads: OUT, OUT_LOW, IN or IN_LOW.
+        reads: OUT, OUT_LOW, IN, IN_LOW, OUT_FOLD or IN_FOLD.
         needs: a literal that must occur first (a cheap prefilter),
             `LONG_RUN` (keys and tokens are long runs), or `DIGIT_RUNS` to match
             only in windows around runs of 7+ digits.
@@ -750,14 +761,6 @@ def fold(text: str) -> str:
     return text.replace("\u2019", "'") if "\u2019" in text else text
 
 
-def _ascii(text: str) -> bytes:
-    """One byte per character: ASCII as is, the rest as `?` (offsets are kept).
-
-    The digit-run and token-run prefilters look at this copy: the PII formats
-    they guard are ASCII."""
-    return _clean(text).encode("ascii", "replace")
-
-
 def _digit_runs(text: bytes) -> list[tuple[int, int]]:
     """Spans of runs of 7+ digits (with separators): where number-shaped PII can be."""
     zeros = text.translate(_DIGITS_TO_ZERO)
@@ -790,7 +793,8 @@ class _Texts:
         return view
 
     def shadow(self) -> bytes:
-        """The output, one byte per character (see `_ascii`)."""
+        """The output, one byte per character: ASCII as is, the rest as `?` (offsets are kept);
+        the digit-run and token-run prefilters read it, the formats they guard being ASCII."""
         if self._shadow is None:
             self._shadow = self.get(OUT).encode("ascii", "replace")
         return self._shadow

@@ -29,6 +29,7 @@ import random
 import time
 import unicodedata
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -607,6 +608,17 @@ def test_each_engine_matches_a_plain_scan_of_every_pattern(engine):
     diffs = [(it, judge.flags(it), plain_scan(it)) for it in items]
     diffs = [d for d in diffs if d[1] != d[2]]
     assert not diffs, diffs[:3]
+
+
+def test_worker_threads_sharing_the_rules_get_the_same_flags():
+    """Bytewax worker threads of one process share the rules (and the compiled
+    database): each thread scans with its own scratch space."""
+    rows = multilingual_set()
+    items = [JudgeItem(r["text"], r["text"]) for r in rows] * 5
+    serial = [RULES_HS.flags(it) for it in items]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        parallel = list(pool.map(RULES_HS.flags, items, chunksize=7))
+    assert parallel == serial
 
 
 @settings(max_examples=300, deadline=None)
