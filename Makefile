@@ -23,6 +23,7 @@ bench: $(VENV)/.installed-dev system-deps
 	$(PY) bench/spend_metrics.py
 	$(PY) bench/judge_throughput.py
 	$(PY) bench/judge_savings.py
+	$(PY) bench/judged_share.py
 	$(PY) bench/cache_stage.py
 	$(PY) bench/alerts.py
 

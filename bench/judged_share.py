@@ -122,7 +122,7 @@ def main() -> None:
         for share in CEILINGS:
             judged, forced, peak = shares(events, Sampler(max_judged_share=share, **kw))
             cells = [label, f"{len(events):,}", f"{forced:.1%}", f"{share:.0%}" if share else "none"]
-            cells += [f"{judged:.1%}", f"{peak:.1%}"]
+            cells += [f"{judged:.1%}", "-" if math.isnan(peak) else f"{peak:.1%}"]
             cells += width(name, share, args.seeds) if name and args.seeds else ["-"] * 4
             rows.append(cells)
     header = ["traffic", "events", "forced", "ceiling", "judged", f"peak window (>= {BUSY} events)"]

@@ -18,6 +18,7 @@ SMALL = {
     "cost_path.py": ["--events", "4000", "--repeat", "1"],
     "estimates.py": ["--seeds", "3", "--shapes", "xstest", "presidio"],
     "judge_savings.py": ["--events", "500"],
+    "judged_share.py": ["--seeds", "2", "--demo-events", "3000", "--shapes", "presidio", "halueval"],
     "judge_throughput.py": ["--calls", "40", "--latencies", "20", "--variants", "raw", "flow"],
     "kafka_source.py": ["--events", "4000", "--repeat", "1"],
     "otlp_decode.py": ["--events", "200", "--spans", "1", "5", "--repeat", "1"],

@@ -204,7 +204,7 @@ def test_tiny_tenant_gets_its_minimum_and_flood_tenant_its_cap():
     assert len(tiny_chosen) == max(2, below)
     assert {p for p, _ in tiny_chosen.values()} == {len(tiny_chosen) / 3}
     flood_chosen = {k: v for k, v in chosen.items() if not k.startswith("tiny")}
-    assert len(flood_chosen) == 40  # the cap, certainty strata first
+    assert len(flood_chosen) == 40  # the cap: max-min, the 15 leaks in full, the other stratum the rest
     assert all(chosen[e.event_id] == (1.0, FLAGGED) for e in leaks)
     assert {p for k, (p, _) in flood_chosen.items() if k.startswith("flood")} == {25 / 3000}
 
