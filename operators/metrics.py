@@ -176,7 +176,7 @@ CACHE_BATCH_DUPLICATES = Counter(
 SAMPLED = Counter(
     "judgeflow_sampler_decisions_total",
     "Sampler decisions per event: decision sampled|skipped; reason flagged|long|rate|minimum|override"
-    "|late (sampled), rate|cap|override|paused (skipped)",
+    "|late (sampled), rate|cap|share|override|paused (skipped)",
     ["decision", "reason"],
 )
 SAVINGS_CALLS = Counter(
