@@ -205,6 +205,31 @@ class CascadeConfig(_Section):
     tier0_settles: tuple[str, ...] = METRICS
 
 
+class LocalModelsConfig(_Section):
+    """The local model tier (judges/local.py): trained classifiers in the process, no API key."""
+
+    enabled: bool = False
+    # metric -> model; a metric is judged locally only where judges.metrics lists tier 1 for it
+    models: dict[str, Literal["profanity-check"]] = {"toxicity": "profanity-check"}
+    flag_at: float = Field(0.5, ge=0.0, le=1.0)  # a local score from here is `flagged`
+    # a local score in [unsure_low, unsure_high) goes on to the tier-1 LLM; elsewhere it is final
+    unsure_low: float = Field(0.2, ge=0.0, le=1.0)
+    unsure_high: float = Field(0.8, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _valid(self) -> LocalModelsConfig:
+        from judges.local import MODEL_METRICS
+
+        for metric, model in self.models.items():
+            if MODEL_METRICS[model] != metric:
+                msg = f"judges.local.models.{metric} = {model!r}: that model judges {MODEL_METRICS[model]}"
+                raise ValueError(msg)
+        if self.unsure_low > self.unsure_high:
+            msg = f"judges.local: unsure_low {self.unsure_low} is above unsure_high {self.unsure_high}"
+            raise ValueError(msg)
+        return self
+
+
 class BudgetConfig(_Section):
     """Judge spend per tenant per UTC day (event time); 0 = no limit."""
 
@@ -227,6 +252,7 @@ class JudgesConfig(_Section):
     tier1: JudgeTierConfig = JudgeTierConfig()
     tier2: JudgeTierConfig | None = None
     cascade: CascadeConfig = CascadeConfig()
+    local: LocalModelsConfig = LocalModelsConfig()
     budget: BudgetConfig = BudgetConfig()
     max_in_flight: int = Field(256, ge=1, le=4096)  # judge calls in flight per process, all tiers
     # judge work a worker keeps queued while every slot is taken (a judge down); past it the worker

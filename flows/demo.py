@@ -59,6 +59,8 @@ def run_demo(
             # the config's own ClickHouse by default, so `judgeflow report` finds the results
             "clickhouse.dsn": dsn or base.flow.clickhouse.dsn,
             "clickhouse.database": database or base.flow.clickhouse.database,
+            # real verdicts with no API key: the local model answers toxicity where it is sure
+            "judges.local.enabled": True,
         }
         if judge_urls:
             for tier in ("tier1", "tier2"):
@@ -66,6 +68,7 @@ def run_demo(
                 if section is not None:  # each tier speaks its provider's API to the local endpoint
                     overrides[f"judges.{tier}.base_url"] = judge_urls[section.provider]
         settings = load_settings(config, **overrides)
+        _say_what_is_real(settings, simulated=bool(judge_urls))
         ch = settings.flow.clickhouse
         ensure_schema(connect(ch.dsn), ch.database)
         started = time.perf_counter()
@@ -113,6 +116,19 @@ def _judge_endpoint(settings: Settings, latency_ms: float) -> Iterator[dict[str,
         yield {"openai": ep.openai_base_url, "anthropic": ep.anthropic_base_url}
 
 
+def _say_what_is_real(settings: Settings, *, simulated: bool) -> None:
+    from flows.deps import build_local
+
+    local = build_local(settings)
+    if local is None:
+        print("local model tier off (pip install 'judgeflow[local]' for real toxicity verdicts)")
+        return
+    names = ", ".join(f"{m} by {model.name}" for m, model in sorted(local.models.items()))
+    band = f"[{settings.flow.judges.local.unsure_low}, {settings.flow.judges.local.unsure_high})"
+    llm = "the SIMULATED tier-1 judge" if simulated else "the tier-1 LLM"
+    print(f"local model tier: REAL verdicts for {names}; scores in {band} go on to {llm}")
+
+
 def print_summary(settings: Settings, *, simulated: bool) -> None:
     from sinks.clickhouse import connect
 
@@ -149,12 +165,17 @@ def print_summary(settings: Settings, *, simulated: bool) -> None:
         " GROUP BY ALL ORDER BY tenant_id, model, variant",
         ["tenant", "judge", "tier", "calls", "judge $"],
     )
-    label = "judge calls (SIMULATED verdicts)" if simulated else "judge calls"
+    label = (
+        "evaluations (judges rules/* and local/* are real; the LLM tiers' verdicts are SIMULATED)"
+        if simulated
+        else "evaluations"
+    )
     table(
         label,
-        "SELECT metric, tier, count(), countIf(cache_hit), countIf(label = 'flagged'), countIf(error != ''),"
-        " sum(judge_cost_usd) FROM evaluations FINAL GROUP BY metric, tier ORDER BY metric, tier",
-        ["metric", "tier", "evaluations", "cache hits", "flagged", "errors", "judge $"],
+        "SELECT metric, tier, judge, count(), countIf(cache_hit), countIf(label = 'flagged'),"
+        " countIf(error != ''), sum(judge_cost_usd) FROM evaluations FINAL"
+        " GROUP BY metric, tier, judge ORDER BY metric, tier, judge",
+        ["metric", "tier", "judge", "evaluations", "cache hits", "flagged", "errors", "judge $"],
     )
     table(
         "alerts fired (one per level change)",
@@ -182,7 +203,8 @@ CLOSED_LOOP_SQL = (
     "WITH acts AS (SELECT tenant_id, min(ts) AS at FROM alerts FINAL"
     "   WHERE position(message, 'judge sampling set to') > 0 OR position(message, 'judging paused') > 0"
     "   GROUP BY tenant_id),"
-    " judged AS (SELECT DISTINCT event_id FROM evaluations FINAL WHERE tier > 0 AND NOT cache_hit)"
+    " judged AS (SELECT DISTINCT event_id FROM evaluations FINAL WHERE tier > 0 AND NOT cache_hit"
+    "   AND NOT startsWith(judge, 'local/'))"
     " SELECT e.tenant_id, toString(a.at),"
     "  countIf(e.ts >= a.at - INTERVAL 1 HOUR AND e.ts < a.at),"
     "  round(100 * countIf(e.ts >= a.at - INTERVAL 1 HOUR AND e.ts < a.at AND j.event_id != '')"

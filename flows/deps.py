@@ -17,6 +17,7 @@ from decimal import Decimal
 from flows.config import ConfigError, JudgeTierConfig, Settings
 from judges.base import LLMJudge, RuleJudge
 from judges.budget import BudgetPolicy
+from judges.local import LocalJudge, load_local_models
 from judges.redact import Redactor
 from judges.rubrics import RUBRIC_VERSION
 from judges.rules import Tier0Rules
@@ -52,6 +53,7 @@ class Deps:
     sampler: Sampler
     baseline: Baseline  # reference cost of judging an event on every metric (savings ledger)
     rules: RuleJudge
+    local: LocalJudge | None  # the local model tier (None: off, or its package is not installed)
     runtime: JudgeRuntime
     alert_policy: AlertPolicy
     control: ControlStore
@@ -74,6 +76,7 @@ def build_deps(settings: Settings) -> Deps:
     cfg = settings.flow
     metrics.configure_labels(cfg.metrics.max_label_values, cfg.metrics.max_label_sets)
     rules = Tier0Rules()
+    local = build_local(settings)
     return Deps(
         brokers=cfg.kafka.broker_list,
         decode_limits=DecodeLimits(
@@ -105,12 +108,13 @@ def build_deps(settings: Settings) -> Deps:
         keyer=ContentKeyer(
             lowercase=cfg.cache.lowercase,
             volatile_patterns=cfg.cache.volatile_patterns,
-            judge_version=judge_version(settings, rules),
+            judge_version=judge_version(settings, rules, local),
         ),
-        plan=build_plan(settings, rules),
+        plan=build_plan(settings, rules, local),
         sampler=build_sampler(settings),
         baseline=build_baseline(settings),
         rules=rules,
+        local=local,
         runtime=build_runtime(settings, control := build_control(settings)),
         alert_policy=build_alert_policy(settings),
         control=control,
@@ -232,11 +236,28 @@ def build_control(settings: Settings) -> ControlStore:
     return RedisControlStore(url) if url else MemoryControlStore()
 
 
-def judge_version(settings: Settings, rules: RuleJudge) -> str:
-    """What a cached verdict depends on: rubrics, rules, judge models and the cascade."""
+def build_local(settings: Settings) -> LocalJudge | None:
+    """The local model tier of `[judges.local]`: None when it is off, when no metric it covers
+    lists tier 1, or when its package is missing (logged with the `pip install` that fixes it)."""
+    j = settings.flow.judges
+    cfg = j.local
+    models = {m: name for m, name in cfg.models.items() if 1 in j.metrics.get(m, ())}
+    if not (j.enabled and cfg.enabled and models):
+        return None
+    local = load_local_models(models, flag_at=cfg.flag_at)
+    if local is None:
+        log.warning("local model tier is off: none of its models could be loaded")
+    return local
+
+
+def judge_version(settings: Settings, rules: RuleJudge, local: LocalJudge | None = None) -> str:
+    """What a cached verdict depends on: rubrics, rules, judge models, the local models (their
+    package versions) and the cascade, the local tier's unsure band included."""
     j = settings.flow.judges
     tiers = "|".join(f"{t.provider}/{t.model}" for t in judge_tiers(settings).values())
     cascade = f"{j.cascade.unsure_band}|{j.cascade.escalate_flagged}"
+    if local is not None:
+        cascade += f"|{local.version}|{j.local.unsure_low}|{j.local.unsure_high}"
     text = f"{RUBRIC_VERSION}|{rules.version}|{tiers}|{cascade}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -265,8 +286,8 @@ def _configured_tiers(settings: Settings) -> dict[int, JudgeTierConfig]:
     return {1: j.tier1} if j.tier2 is None else {1: j.tier1, 2: j.tier2}
 
 
-def build_plan(settings: Settings, rules: Tier0Rules) -> JudgePlan:
-    """Tiers per metric, the cascade's thresholds, budgets, redaction and prices."""
+def build_plan(settings: Settings, rules: Tier0Rules, local: LocalJudge | None = None) -> JudgePlan:
+    """Tiers per metric, the cascade's thresholds (the local tier's too), budgets, redaction and prices."""
     j = settings.flow.judges
     tiers = judge_tiers(settings)
     return JudgePlan(
@@ -282,6 +303,8 @@ def build_plan(settings: Settings, rules: Tier0Rules) -> JudgePlan:
         ),
         redactor=Redactor(rules.find_pii) if j.redact_pii else None,
         costs={tier: judge_cost_fn(t) for tier, t in tiers.items()},
+        local_metrics=local.metrics if local is not None else frozenset(),
+        local_unsure=(j.local.unsure_low, j.local.unsure_high),
     )
 
 

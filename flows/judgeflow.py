@@ -136,6 +136,7 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
         keyer=d.keyer,
         now_ms=d.now_ms,
         max_queued=cfg.judges.max_queued,
+        local=d.local,
     )
     evaluations = judged.evaluations
     # unbiased flagged rates from the sampled verdicts and the sampler's strata (stratified, and

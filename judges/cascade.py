@@ -14,6 +14,13 @@ allows (`judges.budget`):
 3. A tier-1 verdict goes on to tier 2 when the metric lists tier 2, the
    ceiling allows it, and tier 1 is unsure (score within `unsure_band` of 0.5)
    or, with `escalate_flagged`, flagged the item.
+
+A local model (`judges.local`) answers the metrics it covers at tier 1 when
+the metric lists tier 1, after tier 0 and before the tier-1 LLM: its verdict
+is final unless its score falls in `local_unsure` (low <= score < high), where
+the tier-1 LLM is asked instead (`asks_llm`), so confident local verdicts save
+LLM calls. With no LLM to ask (no tier configured, or the budget spent) the
+local verdict stands, unsure or not.
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ class JudgePlan:
         budget: per-tenant daily judge budgets.
         redactor: replaces PII before text goes to an LLM judge (None: send as is).
         costs: tier -> call cost function, for budget estimates.
+        local_metrics: metrics a local model answers at tier 1 (before the tier-1 LLM).
+        local_unsure: [low, high) local scores the tier-1 LLM is asked about.
     """
 
     metrics: Mapping[str, tuple[int, ...]]
@@ -56,6 +65,8 @@ class JudgePlan:
     budget: BudgetPolicy = field(default_factory=BudgetPolicy)
     redactor: Redactor | None = None
     costs: Mapping[int, CostFn] = field(default_factory=dict)
+    local_metrics: frozenset[str] = frozenset()
+    local_unsure: tuple[float, float] = (0.2, 0.8)
 
     @property
     def llm_metrics(self) -> tuple[str, ...]:
@@ -86,6 +97,15 @@ class JudgePlan:
         """Does `ceiling` keep this metric below a tier it lists?"""
         tiers = self._llm_tiers(metric)
         return bool(tiers) and ceiling < tiers[-1]
+
+    def uses_local(self, metric: str) -> bool:
+        """Does a local model answer this metric (it has one, and the metric lists tier 1)?"""
+        return metric in self.local_metrics and 1 in self.metrics.get(metric, ())
+
+    def asks_llm(self, local: Verdict) -> bool:
+        """Is this local verdict unsure, so that the tier-1 LLM is asked instead?"""
+        low, high = self.local_unsure
+        return low <= local.score < high
 
     def settles(self, tier0: Verdict | None) -> bool:
         """Does this tier-0 verdict make the LLM tiers unnecessary?"""

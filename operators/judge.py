@@ -1,6 +1,8 @@
 """judge: turn candidates into evaluations and judge spend, without stalling the stream.
 
-Cached verdicts and tier-0 rules answer inline. LLM work goes to the
+Cached verdicts, tier-0 rules and local models (`judges.local`: scored in one
+batch per metric for the batch's chosen events) answer inline; a local verdict
+in the plan's unsure band goes on to the tier-1 LLM instead. LLM work goes to the
 process's `JudgeRuntime` at the tier the plan and the tenant's budget allow
 (`judges.cascade`, `judges.budget`); finished verdicts are emitted on the
 next batch or notification, unsure or flagged tier-1 verdicts go on to tier
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,6 +33,7 @@ from bytewax.operators import StatefulBatchLogic
 from judges.base import JudgeItem, RuleJudge
 from judges.budget import BudgetBook
 from judges.cascade import JudgePlan
+from judges.local import LocalJudge
 from judges.runtime import JudgeRuntime, Outcome, Task
 from operators import metrics
 from operators.cache import CachedVerdict, VerdictCache
@@ -38,6 +42,8 @@ from operators.records import PICO_PER_USD, DeadLetter, Evaluation, Event, Ledge
 from operators.validate import guarded, item_error
 
 __all__ = ["JudgeOut", "JudgePlan", "judge"]
+
+log = logging.getLogger(__name__)
 
 SHARDS = 8
 STAGE = "judge"  # the stage named in dead letters and cache-hit metrics
@@ -86,6 +92,7 @@ class _Deps:
     now_ms: Callable[[], int]
     eof_timeout_s: float
     max_queued: int
+    local: LocalJudge | None = None
 
 
 _Work = tuple[Candidate, str, int]  # (candidate, metric, tier)
@@ -123,10 +130,11 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
             for c in failed:  # a bug in the lookup: the event is not judged
                 c.todo, c.inclusion_prob = (), 0.0
         work: list[_Work] = []
+        local = self._score_local(values)
         for c in values:
             started: list[_Work] = []
             try:
-                out.extend(self._start(c, started))
+                out.extend(self._start(c, started, local.get(c.event.event_id, {})))
             except Exception as exc:  # a bug: this event's judging becomes a dead letter
                 self._waiting.pop(c.event.event_id, None)
                 out.append(item_error(STAGE, exc, c))
@@ -183,8 +191,33 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         out, self._ready = self._ready, []
         return out
 
-    def _start(self, c: Candidate, work: list[_Work]) -> list[Evaluation | LedgerEntry]:
-        """Tier-0 verdicts now; LLM work at the first tier the budget allows. A verdict the cache
+    def _score_local(self, values: list[Candidate]) -> dict[str, dict[str, Verdict]]:
+        """event_id -> metric -> the local model's verdict, for the chosen events of the batch: one
+        model call per metric. A model that raises (a bug) leaves the batch to the LLM tiers."""
+        local, plan = self._d.local, self._plan
+        if local is None:
+            return {}
+        chosen = [c for c in values if c.inclusion_prob > 0 and c.event.event_id not in self._waiting]
+        out: dict[str, dict[str, Verdict]] = {}
+        for metric in sorted(local.metrics):
+            if not chosen or not plan.uses_local(metric):
+                continue
+            items = [JudgeItem(c.event.input_text, c.event.output_text, c.event.context) for c in chosen]
+            try:
+                verdicts = local.judge_many(metric, items)
+            except Exception:
+                log.exception(
+                    "local model for %s failed on a batch of %d; the LLM tiers judge it", metric, len(items)
+                )
+                continue
+            for c, v in zip(chosen, verdicts, strict=True):
+                out.setdefault(c.event.event_id, {})[metric] = v
+        return out
+
+    def _start(
+        self, c: Candidate, work: list[_Work], local: dict[str, Verdict]
+    ) -> list[Evaluation | LedgerEntry]:
+        """Tier-0 and local verdicts now; LLM work at the first tier the budget allows. A verdict the cache
         holds saves that call and nothing else: the rows are those a call would give (the chosen
         event's, with the sampler's inclusion probability), so what the cache held when does not
         change the evaluations."""
@@ -204,7 +237,17 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
                 tier0 = self._d.rules.verdict(metric, e.flags)  # the sampler's pass found them
                 if tier0 is not None:
                     out.append(_evaluation(c, tier0))
-            if metric not in llm or plan.settles(tier0):
+            if plan.settles(tier0):
+                continue
+            lv = local.get(metric)
+            if lv is not None:  # a local model answers first; unsure, it hands over to the tier-1 LLM
+                if metric in llm and plan.asks_llm(lv) and plan.first_tier(metric, ceiling) is not None:
+                    metrics.JUDGE_LOCAL.labels(metric, "asked_llm").inc()
+                else:
+                    metrics.JUDGE_LOCAL.labels(metric, "final").inc()
+                    out.append(_evaluation(c, lv))
+                    continue
+            if metric not in llm:
                 continue
             cached = c.cached.get(metric)
             if cached is not None:
@@ -323,9 +366,11 @@ def judge(
     now_ms: Callable[[], int],
     eof_timeout_s: float = 120.0,
     max_queued: int = 10_000,
+    local: LocalJudge | None = None,
 ) -> JudgeOut:
-    """Judge candidates; emits evaluations and judge-spend ledger entries."""
-    deps = _Deps(plan, rules, runtime, cache, keyer, now_ms, eof_timeout_s, max_queued)
+    """Judge candidates; emits evaluations and judge-spend ledger entries. `local`: the local
+    models that answer the plan's `local_metrics` before the tier-1 LLM (None: no local tier)."""
+    deps = _Deps(plan, rules, runtime, cache, keyer, now_ms, eof_timeout_s, max_queued, local)
     # by content: identical pairs meet on one worker, where one call judges them all
     keyed = op.key_on(f"{step_id}_shard", up, lambda c: _shard(c.content_hash))
     results = op.stateful_batch(f"{step_id}_calls", keyed, lambda resume: _JudgeLogic(deps, resume))

@@ -226,6 +226,11 @@ JUDGE_RATE_LIMIT_WAIT = Counter(
 JUDGE_ESCALATIONS = Counter(
     "judgeflow_judge_escalations_total", "Tier-1 verdicts sent on to tier 2", ["metric", "reason"]
 )
+JUDGE_LOCAL = Counter(
+    "judgeflow_judge_local_total",
+    "Local-model verdicts: final, or unsure and handed to the tier-1 LLM (asked_llm)",
+    ["metric", "outcome"],
+)
 JUDGE_DEGRADED = Counter(
     "judgeflow_judge_budget_degraded_total",
     "Judgements held below their configured tier because the tenant's daily judge budget is spent",

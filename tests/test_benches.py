@@ -21,6 +21,7 @@ SMALL = {
     "judged_share.py": ["--seeds", "2", "--demo-events", "3000", "--shapes", "presidio", "halueval"],
     "judge_throughput.py": ["--calls", "40", "--latencies", "20", "--variants", "raw", "flow"],
     "kafka_source.py": ["--events", "4000", "--repeat", "1"],
+    "local_model.py": ["--benign", "50", "--timed", "40", "--repeat", "1"],
     "otlp_decode.py": ["--events", "200", "--spans", "1", "5", "--repeat", "1"],
     "profile_stages.py": ["--events", "1000"],
     "retention_disk.py": ["--events", "500"],
