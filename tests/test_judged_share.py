@@ -8,12 +8,20 @@ share against the ceiling."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import random
+import subprocess
+import sys
 from collections import Counter, defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
 
+import bytewax.operators as op
 import msgspec
 import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.testing import TestingSource, run_main
 
 from bench._coverage import BASELINE, RULES, SHAPES
 from flows.deps import build_sampler
@@ -21,7 +29,7 @@ from flows.kafka_mock import produce_all
 from flows.report import format_table
 from flows.report_queries import Scope, savings
 from operators.dedup import Candidate
-from operators.records import Event
+from operators.records import Event, SavingsEntry
 from operators.sample import (
     FLAGGED,
     LONG,
@@ -32,7 +40,9 @@ from operators.sample import (
     tally_batch,
     unit_hash,
 )
-from sinks.clickhouse import connect, ensure_schema
+from operators.savings import savings_row
+from sinks.chdb_http import start_chdb_http
+from sinks.clickhouse import ClickHouseSink, connect, ensure_schema
 from tests.conftest import flow_settings, rows, run_flow
 from tests.test_estimates import check_coverage
 from tests.test_sampler import (
@@ -223,3 +233,42 @@ def test_report_savings_shows_the_judged_share_against_the_ceiling(kafka, chdb_d
     for t, n in rows(client, "SELECT tenant_id, sum(judged_events) FROM judge_savings FINAL GROUP BY 1"):
         by_window[t] += int(n)
     assert dict(by_window) == evaluated
+
+
+def test_judgeflow_report_savings_prints_the_share_against_the_ceiling(tmp_path):
+    """The CLI, as a user runs it: the sampler's savings rows for long-context traffic (half of
+    it forced) in ClickHouse, `judgeflow report savings` with the config's ceiling."""
+    shape = SHAPES["halueval"]()
+    sampler = Sampler(max_judged_share=CEILING, **shape.sampler)
+    logic = _SampleLogic(sampler, lambda: 0.0, None)
+    cands = [Candidate(e, e.event_id, {}, ()) for e, _ in shape.events]
+    out = [*logic.on_batch(tally_batch(cands, sampler=sampler, rules=RULES, baseline=BASELINE))[0]]
+    out += logic.on_eof()[0]
+    entries = [x for x in out if isinstance(x, SavingsEntry)]  # the sampler's per-window savings
+    judged = sum(isinstance(c, Candidate) for c in out)
+    assert sum(x.chosen for x in entries) == judged
+    rows_ = [savings_row(x.ts_ms - x.ts_ms % 60_000, 60_000, x, "ref", 1) for x in entries]
+    config = tmp_path / "judgeflow.toml"
+    config.write_text(f"[sampling]\nmax_judged_share = {CEILING}\n")
+    with start_chdb_http(tmp_path / "chdb") as url:
+        flow = Dataflow("savings_rows")
+        op.output(
+            "out", op.input("in", flow, TestingSource(rows_)), ClickHouseSink(url, "share_t", "judge_savings")
+        )
+        run_main(flow)
+        start = min(r.window_start_ms for r in rows_) // 1000
+        since = datetime.fromtimestamp(start - 60, tz=UTC).isoformat()
+        until = datetime.fromtimestamp(start + 3600, tz=UTC).isoformat()
+        cmd = [sys.executable, "-m", "flows.cli", "report", "savings", "--dsn", url, "--database", "share_t"]
+        cmd += ["--config", str(config), "--since", since, "--until", until]
+        repo = Path(__file__).resolve().parents[1]
+        text = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120, check=True).stdout
+        got = subprocess.run(
+            [*cmd, "--json"], cwd=repo, capture_output=True, text=True, timeout=120, check=True
+        )
+    assert "judged_share" in text and "share_ceiling" in text and "15.0%" in text
+    (row,) = json.loads(got.stdout)["tables"]["savings"]["rows"]
+    assert row["events"] == len(shape.events) and row["judged_events"] == judged
+    assert row["share_ceiling"] == CEILING
+    assert row["judged_share"] == pytest.approx(judged / len(shape.events))
+    assert row["judged_share"] <= CEILING + 0.005 < row["forced_share"]
