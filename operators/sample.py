@@ -37,8 +37,8 @@ traffic; unlike flooring, a window too small for one event at s still has a
 chance to be judged, so every event keeps a positive inclusion probability.
 The floor of K events per window keeps a tiny tenant visible: a tenant with
 fewer than K / s events per window (10 at the defaults) can go above s, by
-at most K events per window (K = 0 makes the ceiling strict). A certainty stratum cut by C is then
-sampled at m_h / N_h like any other (`StratumCount` says so, and
+at most K events per window (K = 0 makes the ceiling strict). A certainty
+stratum cut by C is then sampled at m_h / N_h like any other (`StratumCount` says so, and
 `operators.estimates` treats it as a sampled stratum). C is decided on the
 window's event count alone, which the window knows exactly when it closes; a
 judge-dollar ceiling is not, because what a chosen event costs (cascade,
@@ -47,12 +47,17 @@ bounds that — and a per-day ceiling would make a window's choice depend on
 the order in which earlier windows closed, which wall time decides live.
 
 Inclusion probabilities. m_h depends on the hashes only through their sorted
-values (how many fall below r_h, how many events there are), never on which
-event holds which value; the hashes being exchangeable, the m_h chosen events
-are — given m_h — a simple random sample without replacement of the N_h.
+values (how many fall below r_h, how many events there are) and on C and the
+order of the leftover units (the window's event count and hashes of the
+tenant, window and stratum names), never on which event holds which value;
+the hashes being exchangeable, the m_h chosen events are — given m_h — a
+simple random sample without replacement of the N_h.
 So pi_i = m_h / N_h is each chosen event's inclusion probability given the
 realised sample sizes, and the Horvitz-Thompson estimator with these pi is
 the textbook stratified estimator: unbiased given the sizes, hence unbiased.
+(A cap smaller than the number of strata leaves some strata of that window
+unjudged; which ones is drawn per window, and the estimates leave them out
+of that window's domain, as a Hajek ratio does.)
 With neither K nor M binding this is Bernoulli(r_h) sampling, post-stratified
 (m_h / N_h instead of r_h removes the noise of a random sample size). Every
 chosen event carries its pi (`Candidate.inclusion_prob`) into its
