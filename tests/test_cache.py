@@ -143,6 +143,7 @@ def test_identical_pairs_in_a_batch_are_judged_once(chdb_dsn, database, judge_en
             "judges.tier1.base_url": judge_endpoint.openai_base_url,
             "cache.backend": "memory",
             "sampling.base_rate": 1.0,
+            "sampling.max_judged_share": 0.0,  # every event, however many
         }
     )
     client = connect(chdb_dsn, database)

@@ -124,7 +124,12 @@ def test_a_bug_in_dedup_sample_or_judge_stores_the_event_unjudged_and_dead_lette
     ensure_schema(client, database)
     # judge everything, so the judge stage sees the event its plan cannot price
     settings = topic_flow_settings(
-        kafka, chdb_dsn, database, judge_endpoint, topic="llm-events", **{"sampling.base_rate": 1.0}
+        kafka,
+        chdb_dsn,
+        database,
+        judge_endpoint,
+        topic="llm-events",
+        **{"sampling.base_rate": 1.0, "sampling.max_judged_share": 0.0},
     )
     deps = build_deps(settings)
     k = deps.keyer
