@@ -110,7 +110,7 @@ def _judge_endpoint(settings: Settings, latency_ms: float) -> Iterator[dict[str,
         return
     from judges.local_endpoint import EndpointConfig, Latency, LocalEndpoint
 
-    print("no OPENAI_API_KEY: judging with the local endpoint — verdicts are SIMULATED, not from a model")
+    print("no OPENAI_API_KEY: the LLM tiers judge with the local endpoint — their verdicts are SIMULATED")
     cfg = EndpointConfig(latency=Latency.lognormal(median_ms=latency_ms, sigma=0.5), seed=7)
     with LocalEndpoint(cfg) as ep:
         yield {"openai": ep.openai_base_url, "anthropic": ep.anthropic_base_url}

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Protocol
+from typing import Any, Protocol
 
 from judges.base import FLAGGED, OK, JudgeItem
 from operators.records import Verdict
@@ -57,13 +57,40 @@ class ProfanityCheck:
 
         self._vectorizer = pc.vectorizer
         self._model = pc.model
+        self._linear = _linear_parts(pc.model)
         self.name = f"local/profanity-check-{metadata.version(self.package)}"
 
     def scores(self, texts: Sequence[str]) -> list[float]:
         if not texts:
             return []
-        proba = self._model.predict_proba(self._vectorizer.transform(list(texts)))[:, 1]
+        x = self._vectorizer.transform(list(texts))
+        if self._linear is None:
+            proba = self._model.predict_proba(x)[:, 1]
+        else:  # the same arithmetic as predict_proba, without its per-call checks (~2.6 ms a call)
+            from scipy.special import expit
+
+            w, b, a, c = self._linear
+            proba = expit(-(a * (x @ w + b) + c)).mean(axis=1)
         return [round(float(p), _DIGITS) for p in proba]
+
+
+def _linear_parts(model: Any) -> tuple[Any, Any, Any, Any] | None:
+    """A calibrated ensemble of binary linear models as arrays: (weights, intercepts, sigmoid a, b),
+    one column per fold, so that P(class 1) = mean(expit(-(a * (x @ w + b) + c))), which is
+    what scikit-learn's `CalibratedClassifierCV.predict_proba` computes for sigmoid calibration.
+    None for any other shape (then `predict_proba` itself is called)."""
+    import numpy as np
+
+    folds = getattr(model, "calibrated_classifiers_", None)
+    if not folds or getattr(model, "method", None) != "sigmoid" or len(model.classes_) != 2:
+        return None
+    if any(not hasattr(f.estimator, "coef_") or len(f.calibrators) != 1 for f in folds):
+        return None
+    w = np.column_stack([f.estimator.coef_.ravel() for f in folds])
+    b = np.array([f.estimator.intercept_[0] for f in folds])
+    a = np.array([f.calibrators[0].a_ for f in folds])
+    c = np.array([f.calibrators[0].b_ for f in folds])
+    return w, b, a, c
 
 
 # model name (as in `[judges.local] models`) -> (class, the pip extra that installs it)

@@ -98,6 +98,14 @@ def test_the_packaged_model_scores_the_same_text_the_same_alone_or_in_any_batch(
     assert all(0.0 <= s <= 1.0 for s in together)
 
 
+def test_the_fast_path_gives_scikit_learns_own_probabilities(model):
+    from profanity_check import profanity_check as pc
+
+    texts = [t for t, _ in rtp_texts()]
+    expected = [round(float(p), 6) for p in pc.model.predict_proba(pc.vectorizer.transform(texts))[:, 1]]
+    assert model.scores(texts) == expected
+
+
 def test_verdicts_name_the_model_and_its_version(model):
     local = LocalJudge({"toxicity": model})
     toxic, calm = local.judge_many(
