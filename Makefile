@@ -24,6 +24,7 @@ bench: $(VENV)/.installed-dev system-deps
 	$(PY) bench/judge_throughput.py
 	$(PY) bench/judge_savings.py
 	$(PY) bench/judged_share.py
+	$(PY) bench/local_model.py
 	$(PY) bench/cache_stage.py
 	$(PY) bench/alerts.py
 

@@ -260,8 +260,9 @@ def test_a_tier0_flag_settles_toxicity_before_the_local_model(llm, model):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
 def test_local_toxicity_verdicts_land_in_clickhouse_and_the_llm_judges_only_the_unsure(
-    kafka, chdb_dsn, database, judge_endpoint, model
+    kafka, chdb_dsn, database, judge_endpoint, model, workers
 ):
     # the sample traffic, every 7th response replaced by a hand-labelled RealToxicityPrompts text
     texts = [t for t, _ in rtp_texts()]
@@ -286,7 +287,7 @@ def test_local_toxicity_verdicts_land_in_clickhouse_and_the_llm_judges_only_the_
     )
     client = connect(chdb_dsn, database)
     ensure_schema(client, database)
-    run_flow(settings)
+    run_flow(settings, workers=workers)
 
     got = rows(
         client,
