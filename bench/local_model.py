@@ -206,10 +206,10 @@ def main() -> int:
     for c, score in candidates.items():
         # a candidate slower than 1 ms a text (better-profanity: its word variants, per text) is
         # timed on a few texts only
-        texts = everything if _cpu_us(score, everything[:50], 50, 2) < 1000 else everything[:20]
-        batched = _cpu_us(score, texts, args.batch, args.repeat)
-        single = _cpu_us(score, texts, 1, 1)
-        speed.append([c, str(len(texts)), f"{batched:.1f}", f"{single:.1f}"])
+        timed = everything if _cpu_us(score, everything[:50], 50, 2) < 1000 else everything[:20]
+        batched = _cpu_us(score, timed, args.batch, args.repeat)
+        single = _cpu_us(score, timed, 1, 1)
+        speed.append([c, str(len(timed)), f"{batched:.1f}", f"{single:.1f}"])
     print()
     print(
         table(

@@ -123,8 +123,9 @@ def test_on_hand_labelled_toxic_texts_it_finds_what_the_rules_miss(model):
     rules = Tier0Rules()
     scores = model.scores([t for t, _ in labelled])
     found = sum(s >= 0.5 and y for s, (_, y) in zip(scores, labelled, strict=True))
+    verdicts = [rules.verdict("toxicity", rules.flags(JudgeItem("", t))) for t, _ in labelled]
     by_rules = sum(
-        y and rules.verdict("toxicity", rules.flags(JudgeItem("", t))).label == FLAGGED for t, y in labelled
+        y and v is not None and v.label == FLAGGED for (_, y), v in zip(labelled, verdicts, strict=True)
     )
     assert found > 3 * max(by_rules, 1)
 
@@ -278,12 +279,17 @@ def test_local_toxicity_verdicts_land_in_clickhouse_and_the_llm_judges_only_the_
         events.append((key, json.dumps(d).encode(), ts))
     kafka.create_topic("llm-events", 2)
     produce_all(kafka.bootstrap, "llm-events", events)
+    local_on: dict[str, object] = {
+        "judges.local.enabled": True,
+        "sampling.base_rate": 1.0,
+        "sampling.max_judged_share": 1.0,
+    }
     settings = topic_flow_settings(
         kafka,
         chdb_dsn,
         database,
         judge_endpoint,
-        **{"judges.local.enabled": True, "sampling.base_rate": 1.0, "sampling.max_judged_share": 1.0},
+        **local_on,
     )
     client = connect(chdb_dsn, database)
     ensure_schema(client, database)
