@@ -20,7 +20,8 @@ the metric lists tier 1, after tier 0 and before the tier-1 LLM: its verdict
 is final unless its score falls in `local_unsure` (low <= score < high), where
 the tier-1 LLM is asked instead (`asks_llm`), so confident local verdicts save
 LLM calls. With no LLM to ask (no tier configured, or the budget spent) the
-local verdict stands, unsure or not.
+local verdict stands, unsure or not. A final local verdict is a tier-1 verdict: with tier 2
+listed it escalates as a tier-1 LLM's would (`flagged`, with `escalate_flagged`).
 """
 
 from __future__ import annotations

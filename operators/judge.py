@@ -246,6 +246,18 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
                 else:
                     metrics.JUDGE_LOCAL.labels(metric, "final").inc()
                     out.append(_evaluation(c, lv))
+                    reason = plan.escalation(lv, ceiling) if metric in llm else None
+                    if reason is None:
+                        continue
+                    # tier 2 confirms a flagged local verdict as it would a tier-1 LLM's
+                    metrics.JUDGE_ESCALATIONS.labels(metric, reason).inc()
+                    cached = c.cached.get(metric)
+                    if cached is not None:
+                        out.append(_evaluation(c, cached, cache_hit=True))
+                    else:
+                        reserved = plan.estimate_pusd(2, metric, item)
+                        self._budget.charge(e.tenant_id, e.ts_ms, reserved)
+                        pending[metric] = _Pending(2, reserved)
                     continue
             if metric not in llm:
                 continue

@@ -40,6 +40,7 @@ from sinks.clickhouse import connect, ensure_schema
 from tests.conftest import flow_settings, rows, run_flow, topic_flow_settings
 from tests.test_judge_cascade import (  # the cascade tests' endpoint and helpers
     TIER1,
+    TIER2,
     by_tokens,
     candidate,
     drain,
@@ -248,6 +249,28 @@ def test_with_no_llm_to_ask_an_unsure_local_verdict_stands(llm):
         out = run(logic, deps, [event("mid", "An answer. score=0.55"), event("low", "Fine. score=0.01")])
     assert toxicity(out) == {"mid": (1, "local/fixed-1", 0.55), "low": (1, "local/fixed-1", 0.01)}
     assert llm.stats()["by_model"] == {}
+
+
+def test_with_tier_2_listed_a_flagged_local_verdict_is_confirmed_there(llm):
+    plan = JudgePlan(
+        {"toxicity": (0, 1, 2)},
+        llm_tiers=frozenset({1, 2}),
+        local_metrics=frozenset({"toxicity"}),
+        local_unsure=BAND,
+    )
+    events = [event("low", "Fine. score=0.03"), event("high", "Awful. score=0.95")]
+    with local_logic(llm, plan, LocalJudge({"toxicity": FixedScores()})) as (logic, deps):
+        out = run(logic, deps, events)
+        again = run(logic, deps, [event("high-again", "Awful. score=0.95")])  # the same text
+    rows_ = sorted((v.event_id, v.tier, v.judge, v.cache_hit) for v in evaluations(out + again) if v.tier)
+    assert rows_ == [
+        ("high", 1, "local/fixed-1", False),
+        ("high", 2, f"anthropic/{TIER2}", False),
+        ("high-again", 1, "local/fixed-1", False),
+        ("high-again", 2, f"anthropic/{TIER2}", True),  # the cached tier-2 verdict: no second call
+        ("low", 1, "local/fixed-1", False),
+    ]
+    assert llm.stats()["by_model"] == {TIER2: {"ok": 1}}
 
 
 def test_a_tier0_flag_settles_toxicity_before_the_local_model(llm, model):
