@@ -14,6 +14,8 @@ demo: $(VENV)/.installed-embedded
 ## install everything the tests need (pip and apt), lint, and run them
 test: $(VENV)/.installed-dev system-deps
 	$(VENV)/bin/ruff check flows operators judges sinks tests bench scripts
+	$(VENV)/bin/ruff format --check flows operators judges sinks tests bench scripts
+	$(VENV)/bin/mypy flows operators judges sinks
 	$(PY) -m pytest -q $(ARGS)
 
 ## benchmarks (print tables; numbers go in the README)
@@ -30,6 +32,8 @@ bench: $(VENV)/.installed-dev system-deps
 
 lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check flows operators judges sinks tests bench scripts
+	$(VENV)/bin/ruff format --check flows operators judges sinks tests bench scripts
+	$(VENV)/bin/mypy flows operators judges sinks
 
 $(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

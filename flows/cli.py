@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flows.config import ConfigError, Settings, load_settings
 from flows.traffic import TrafficDataError
@@ -116,7 +116,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from flows.deps import build_deps
     from flows.judgeflow import build_flow
 
-    overrides: dict[str, object] = {}
+    overrides: dict[str, Any] = {}
     if args.start:
         overrides["kafka.start"] = args.start
     if args.bounded:
@@ -227,7 +227,8 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
 
     live = load_settings(args.config).flow.clickhouse.database
     into = backfill.check_database(args.into, live=live)
-    settings = load_settings(args.config, **{"clickhouse.database": into, "kafka.tail": False})
+    target: dict[str, Any] = {"clickhouse.database": into, "kafka.tail": False}
+    settings = load_settings(args.config, **target)
     _check_runnable(settings)
     _check_kafka(settings)
     recovery = args.recovery_dir or backfill.default_recovery_dir(into, args.start, args.stop)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from flows.config import Settings, load_settings
 from flows.traffic import generate, shared_data
@@ -52,7 +53,7 @@ def run_demo(
         took = time.perf_counter() - started
         print(f"produced {n} events to {TOPIC} ({PARTITIONS} partitions) in {took:.1f} s")
         _check_retained(kafka.bootstrap, n)
-        overrides = {
+        overrides: dict[str, Any] = {
             "kafka.brokers": kafka.bootstrap,
             "kafka.tail": False,
             "kafka.topics": [TOPIC],

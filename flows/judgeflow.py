@@ -177,9 +177,7 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
     all_alerts = op.merge("all_alerts", spend_alerts.alerts, judge_alerts.alerts)
 
     # outputs; dead letters from the cache lookup on are of events stored but not judged (a bug)
-    dead_letters = op.merge(
-        "dead_letters", *rejected, priced.errs, looked_up.errs, sampled.errs, judged.errs
-    )
+    dead_letters = op.merge("dead_letters", *rejected, priced.errs, looked_up.errs, sampled.errs, judged.errs)
     to_clickhouse("llm_events_out", op.map("event_of", sampled.events, lambda c: c.event), "llm_events")
     to_clickhouse("evaluations_out", evaluations, "evaluations")
     to_clickhouse("estimates_out", estimates, "quality_estimates")

@@ -100,8 +100,10 @@ class ProgressBoard:
             if name not in self._mine:
                 continue
             state = local.get(name)
-            entry = {"t": now_ms, "d": 1} if state is None else {"t": now_ms, "f": state[0], "c": state[1]}
-            offsets.append(TopicPartition(tp.topic, tp.partition, 0, metadata=json.dumps(entry)))
+            mine: dict[str, Any] = {"t": now_ms, "d": 1}
+            if state is not None:
+                mine = {"t": now_ms, "f": state[0], "c": state[1]}
+            offsets.append(TopicPartition(tp.topic, tp.partition, 0, metadata=json.dumps(mine)))
         if offsets:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         theirs = [tp for tp in self._parts if self._name(tp) not in self._mine]

@@ -112,7 +112,7 @@ class _AlignedPartition(StatefulSourcePartition[Any, int | None]):
             try:
                 if self._stopped():
                     raise StopIteration
-                got = self._inner.next_batch()
+                got = list(self._inner.next_batch())
             except StopIteration:
                 event_time.INPUT.closed(self._name)
                 if self._tp is not None and self._stop_at is not None:  # read to its stop (or its end)
@@ -162,7 +162,8 @@ class _AlignedPartition(StatefulSourcePartition[Any, int | None]):
         consumer = getattr(inner, "_consumer", None)  # bytewax's partition keeps its consumer here
         if consumer is None:
             return True
-        low, high = consumer.get_watermark_offsets(TopicPartition(inner._topic, inner._part_idx), cached=True)
+        tp = TopicPartition(getattr(inner, "_topic"), getattr(inner, "_part_idx"))  # noqa: B009 (private)
+        low, high = consumer.get_watermark_offsets(tp, cached=True)
         if high < 0:
             return False  # not heard yet
         position = inner.snapshot()

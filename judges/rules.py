@@ -49,8 +49,8 @@ import threading
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from re import _constants as _sre
-from re import _parser as _sre_parse
+from re import _constants as _sre  # type: ignore[attr-defined]  # the parse tree: no public API
+from re import _parser as _sre_parse  # type: ignore[attr-defined]
 from typing import Any
 
 from judges.base import FLAGGED, OK, JudgeItem

@@ -419,7 +419,7 @@ def alerts(
     # what is final, and an alert must be the same in a replay as live
     closed = op.filter(f"{step_id}_closed", windows, lambda w: not w.provisional)
     extra = [s for s in (expensive, abuse) if s is not None]
-    merged = op.merge(f"{step_id}_in", closed, *extra) if extra else closed
+    merged = cast(Stream[_In], op.merge(f"{step_id}_in", closed, *extra)) if extra else closed
     keyed = op.key_on(f"{step_id}_tenant", merged, lambda x: x.tenant_id)
     out = op.stateful_batch(f"{step_id}_rules", keyed, lambda resume: _AlertLogic(policy, clock, resume))
     values = op.map(f"{step_id}_unkey", out, lambda kv: kv[1])
@@ -434,5 +434,5 @@ def _is_alert(x: _Out) -> TypeGuard[Alert]:
     return isinstance(x, Alert)
 
 
-def _is_progress(x: OverrideAction | AlertProgress) -> TypeGuard[AlertProgress]:
+def _is_progress(x: _Out) -> TypeGuard[AlertProgress]:
     return isinstance(x, AlertProgress)

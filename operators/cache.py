@@ -169,7 +169,9 @@ def one_quick_retry():
     return Retry(NoBackoff(), 1)
 
 
-def _safe_decode(raw: bytes) -> CachedVerdict | None:
+def _safe_decode(raw: bytes | str) -> CachedVerdict | None:
+    if isinstance(raw, str):  # (the client is made with decode_responses=False: never, in fact)
+        raw = raw.encode()
     try:
         return _decode(raw)
     except msgspec.DecodeError:

@@ -230,7 +230,7 @@ class RedisControlStore:
         self._failing = False
         return {o.tenant_id: o for o in overrides}
 
-    def _scan(self, prefix: str, decode: Callable[[bytes], T]) -> list[T]:
+    def _scan(self, prefix: str, decode: Callable[[bytes | str], T]) -> list[T]:
         """Every value under `prefix` (one SCAN, one MGET); unreadable ones are skipped."""
         keys = list(self._redis.scan_iter(match=prefix + "*", count=500))
         out = []
@@ -244,7 +244,7 @@ class RedisControlStore:
         return out
 
 
-def _safe_owner(raw: bytes) -> str | None:
+def _safe_owner(raw: bytes | str) -> str | None:
     try:
         return _decode(raw).set_by
     except msgspec.DecodeError:

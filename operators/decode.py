@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeGuard, cast
 
 import bytewax.operators as op
 import msgspec
@@ -90,9 +91,17 @@ def decode(
         return out
 
     both = op.flat_map_batch(f"{step_id}_batch", up, decode_batch)
-    split = op.branch(f"{step_id}_split", both, lambda x: type(x) is Event)
-    rest = op.branch(f"{step_id}_otel", split.falses, lambda x: type(x) is DeadLetter)
-    return DecodeOut(oks=split.trues, errs=rest.trues, otel=rest.falses)
+    split = op.branch(f"{step_id}_split", both, _is_event)
+    rest = op.branch(f"{step_id}_otel", split.falses, _is_dead)
+    return DecodeOut(oks=split.trues, errs=rest.trues, otel=cast(Stream[OtlpCall | OtlpContent], rest.falses))
+
+
+def _is_event(x: Decoded) -> TypeGuard[Event]:
+    return type(x) is Event
+
+
+def _is_dead(x: Decoded) -> TypeGuard[DeadLetter]:
+    return type(x) is DeadLetter
 
 
 def decode_message(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeGuard, cast
 
 import bytewax.operators as op
 import msgspec
@@ -149,5 +150,9 @@ def dedup(
         return [*cands, *dead]
 
     out = op.flat_map_batch(step_id, up, lookup_batch)
-    split = op.branch(f"{step_id}_split", out, lambda x: type(x) is Candidate)
-    return DedupOut(cands=split.trues, errs=split.falses)
+    split = op.branch(f"{step_id}_split", out, _is_candidate)
+    return DedupOut(cands=split.trues, errs=cast(Stream[DeadLetter], split.falses))
+
+
+def _is_candidate(x: Candidate | DeadLetter) -> TypeGuard[Candidate]:
+    return type(x) is Candidate

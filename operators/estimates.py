@@ -294,11 +294,11 @@ def _fold(acc: _Acc, v: Evaluation | StratumCount, sample_window_ms: int) -> Non
         return
     if v.error or v.inclusion_prob <= 0:
         return
-    k = (v.event_id, v.metric)
-    have = acc.verdicts.get(k)
+    key = (v.event_id, v.metric)
+    have = acc.verdicts.get(key)
     if have is None or have.tier <= v.tier:
         stratum = (v.ts_ms - v.ts_ms % sample_window_ms, v.stratum, v.inclusion_prob)
-        acc.verdicts[k] = _Verdict(v.tier, stratum, v.label == FLAGGED, v.cheap)
+        acc.verdicts[key] = _Verdict(v.tier, stratum, v.label == FLAGGED, v.cheap)
 
 
 def sums_by_metric(acc: _Acc) -> dict[str, tuple[EstimateSums, DesignSums]]:

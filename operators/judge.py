@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypeGuard, cast
 
 import bytewax.operators as op
 import xxhash
@@ -387,9 +388,17 @@ def judge(
     keyed = op.key_on(f"{step_id}_shard", up, lambda c: _shard(c.content_hash))
     results = op.stateful_batch(f"{step_id}_calls", keyed, lambda resume: _JudgeLogic(deps, resume))
     values = op.map(f"{step_id}_unkey", results, lambda kv: kv[1])
-    split = op.branch(f"{step_id}_split", values, lambda x: type(x) is Evaluation)
-    rest = op.branch(f"{step_id}_errs", split.falses, lambda x: type(x) is DeadLetter)
-    return JudgeOut(evaluations=split.trues, spend=rest.falses, errs=rest.trues)
+    split = op.branch(f"{step_id}_split", values, _is_evaluation)
+    rest = op.branch(f"{step_id}_errs", split.falses, _is_dead)
+    return JudgeOut(evaluations=split.trues, spend=cast(Stream[LedgerEntry], rest.falses), errs=rest.trues)
+
+
+def _is_evaluation(x: _Out) -> TypeGuard[Evaluation]:
+    return type(x) is Evaluation
+
+
+def _is_dead(x: _Out) -> TypeGuard[DeadLetter]:
+    return type(x) is DeadLetter
 
 
 def _shard(event_id: str) -> str:

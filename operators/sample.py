@@ -101,12 +101,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fnmatch import fnmatchcase
+from typing import TypeGuard, cast
 
 import bytewax.operators as op
 import msgspec
 import xxhash
 from bytewax.dataflow import Stream
-from bytewax.operators import StatefulBatchLogic
+from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from judges.base import FLAGGED as FLAGGED_LABEL
 from judges.base import JudgeItem, RuleJudge
@@ -783,6 +784,22 @@ class _SampleLogic(StatefulBatchLogic[_In, _Decided, _SampleState]):
         return out
 
 
+def _is_candidate(x: Candidate | _Part | DeadLetter) -> TypeGuard[Candidate]:
+    return type(x) is Candidate
+
+
+def _is_dead(x: Candidate | _Part | DeadLetter) -> TypeGuard[DeadLetter]:
+    return type(x) is DeadLetter
+
+
+def _is_decided_candidate(x: _Decided) -> TypeGuard[Candidate]:
+    return type(x) is Candidate
+
+
+def _is_design(x: _Decided) -> TypeGuard[StratumCount]:
+    return type(x) is StratumCount
+
+
 def _copy_tally(t: StratumTally) -> StratumTally:
     return StratumTally(t.rate, t.reason, t.min_k, t.n, t.below, list(t.held), t.agent, dict(t.cheap))
 
@@ -837,26 +854,26 @@ def sample(
         return [*cands, *tallied, *dead]
 
     assigned = op.flat_map_batch(f"{step_id}_assign", up, assign_batch)
-    split = op.branch(f"{step_id}_split", assigned, lambda x: type(x) is Candidate)
-    errs = op.branch(f"{step_id}_errs", split.falses, lambda x: type(x) is DeadLetter)
-    keyed = op.key_on(f"{step_id}_key", errs.falses, lambda p: p.tenant)
+    split = op.branch(f"{step_id}_split", assigned, _is_candidate)
+    errs = op.branch(f"{step_id}_errs", split.falses, _is_dead)
+    parts = cast(Stream[_Part], errs.falses)
+    keyed = cast(KeyedStream[_In], op.key_on(f"{step_id}_key", parts, lambda p: p.tenant))
     if alerts is not None:  # each tenant's windows wait for its alerts, and follow their overrides
-        keyed = op.merge(
-            f"{step_id}_with_alerts", keyed, op.key_on(f"{step_id}_alerts", alerts, lambda p: p.tenant_id)
-        )
+        progress = cast(KeyedStream[_In], op.key_on(f"{step_id}_alerts", alerts, lambda p: p.tenant_id))
+        keyed = cast(KeyedStream[_In], op.merge(f"{step_id}_with_alerts", keyed, progress))
 
     def logic(resume: _SampleState | None) -> _SampleLogic:
         return _SampleLogic(sampler, clock, resume, gated=alerts is not None, stored=control.active)
 
     decided = op.stateful_batch(f"{step_id}_choose", keyed, logic)
     values = op.map(f"{step_id}_unkey", decided, lambda kv: kv[1])
-    outcome = op.branch(f"{step_id}_outcome", values, lambda x: type(x) is Candidate)
-    decided_cands = op.branch(f"{step_id}_chosen", outcome.trues, lambda c: c.inclusion_prob > 0)
-    rest = op.branch(f"{step_id}_design", outcome.falses, lambda x: type(x) is StratumCount)
+    outcome = op.branch(f"{step_id}_outcome", values, _is_decided_candidate)
+    chosen = op.filter(f"{step_id}_chosen", outcome.trues, lambda c: c.inclusion_prob > 0)
+    rest = op.branch(f"{step_id}_design", outcome.falses, _is_design)
     return SampleOut(
         events=split.trues,
-        judge=decided_cands.trues,
-        savings=rest.falses,
+        judge=chosen,
+        savings=cast(Stream[SavingsEntry], rest.falses),
         design=rest.trues,
         errs=errs.trues,
     )

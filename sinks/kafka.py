@@ -49,7 +49,7 @@ def dead_letter_message(d: DeadLetter) -> KafkaSinkMessage[bytes, bytes]:
 
 def kafka_out(
     step_id: str,
-    up: Stream[Alert] | Stream[DeadLetter],
+    up: Stream[Alert] | Stream[DeadLetter] | Stream[Alert | DeadLetter],
     *,
     brokers: list[str],
     topic: str,

@@ -86,9 +86,7 @@ def compare(got: dict[str, set[tuple]], want: dict[str, set[tuple]]) -> dict[str
 
 
 @pytest.mark.slow
-def test_the_same_topic_gives_the_same_tables_under_outages(
-    kafka, judge_endpoint, redis_server, tmp_path
-):
+def test_the_same_topic_gives_the_same_tables_under_outages(kafka, judge_endpoint, redis_server, tmp_path):
     kafka.create_topic(TOPIC, 4)
     messages = skewed_topic(6000)
     produce_all(kafka.bootstrap, TOPIC, messages)

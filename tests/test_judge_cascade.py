@@ -244,6 +244,7 @@ def test_a_spent_budget_degrades_to_tier1_then_to_the_rules(ep):
         budget=BudgetPolicy(tenants={"acme": 8 * 40 * MILLI}, tier2_share=0.5),  # 8 judge shards
         costs=costs,
     )
+
     # tier 1 flags it: worth a tier-2 look while affordable (each event says it differently,
     # or the verdict cache would answer the repeats)
     def toxic(n: str) -> str:

@@ -44,7 +44,7 @@ def test_two_tier_cascade_in_the_whole_flow(kafka, chdb_dsn, database, judge_end
             "judges.metrics.sentiment": [1, 2],
             "judges.metrics.hallucination": [2],
             "judges.cascade.unsure_band": BAND,
-        }
+        },
     )
     client = connect(chdb_dsn, database)
     ensure_schema(client, database)
