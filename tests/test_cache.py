@@ -191,6 +191,7 @@ def test_redis_killed_and_restarted_mid_run(
             "cache.redis_url": redis_server.url,
             "cache.retry_after_s": 0.01,
             "sampling.base_rate": 0.3,
+            "sampling.max_judged_share": 0.0,  # the rate alone decides
             # windows close as event time passes: verdicts are judged (and stored) during the run
             "sampling.allowed_lateness_s": 0,
             "sampling.idle_s": 0,
