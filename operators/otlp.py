@@ -307,8 +307,19 @@ def _wire_event(r: _Record, parent_agent: str | None, ident: str, mapping: OtlpM
         usage=usage,
         latency_ms=(end_ns - start_ns) / 1e6 if end_ns else None,
         conversation_id=attrs.get("gen_ai.conversation.id"),
+        user_id=_user_id(attrs, resource),
         metadata={"otel.response_id": str(attrs.get("gen_ai.response.id", ""))},
     )
+
+
+def _user_id(attrs: dict[str, Any], resource: dict[str, Any]) -> str | None:
+    """`user.id` (or the deprecated `enduser.id`) of the call, else of its resource."""
+    for where in (attrs, resource):
+        for key in ("user.id", "enduser.id"):
+            value = where.get(key)
+            if value not in (None, ""):
+                return str(value)
+    return None
 
 
 def _messages(value: Any) -> list[ChatMessage]:
@@ -392,7 +403,7 @@ def _any_value(v: dict) -> Any:
 # --- OTLP protobuf ---------------------------------------------------------------------
 
 
-_WANTED = ("service.name", "event.name")  # and every gen_ai.* attribute
+_WANTED = ("service.name", "event.name", "user.id", "enduser.id")  # and every gen_ai.* attribute
 
 
 def _proto_span_records(request: ExportTraceServiceRequest, wanted: frozenset[str]) -> Iterator[_Record]:

@@ -10,8 +10,9 @@ from copy import deepcopy
 from decimal import Decimal
 
 from flows.kafka_mock import produce_all
+from flows.otlp_encode import json_to_proto
 from flows.traffic import shared_data_dir
-from operators.otlp import OtlpCall, OtlpContent, OtlpMapping, decode_otlp, looks_like_otlp
+from operators.otlp import OtlpCall, OtlpContent, OtlpMapping, decode_otlp, decode_otlp_proto, looks_like_otlp
 from operators.records import DeadLetter, Event, Source
 from operators.validate import DecodeLimits
 from sinks.clickhouse import connect, ensure_schema
@@ -62,6 +63,24 @@ def test_chat_span_becomes_an_event_with_agent_from_the_parent_span():
     assert e.ts_ms == 1_795_379_050_079
     assert abs(e.latency_ms - 18.32) < 0.01
     assert e.source == SRC
+
+
+def test_the_user_id_comes_from_user_id_or_enduser_id_on_the_call_or_its_resource():
+    """`user.id` (semantic conventions) or the older `enduser.id`: what the abuse signals count."""
+    doc = load("otlp_json_llm_chat_span.json")
+    assert decode(doc)[0].user_id is None
+    on_call = deepcopy(doc)
+    on_call["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["attributes"].append(
+        {"key": "user.id", "value": {"stringValue": "u-42"}}
+    )
+    assert decode(on_call)[0].user_id == "u-42"
+    on_resource = deepcopy(doc)
+    on_resource["resourceSpans"][0]["resource"]["attributes"].append(
+        {"key": "enduser.id", "value": {"stringValue": "u-7"}}
+    )
+    assert decode(on_resource)[0].user_id == "u-7"
+    proto = decode_otlp_proto(json_to_proto(json.dumps(on_call)), LIMITS, NOW, SRC, DEFAULT_MAPPING)
+    assert unwrap(proto[0]).user_id == "u-42"  # the same from protobuf
 
 
 def test_inference_details_log_event_with_structured_messages():
