@@ -121,11 +121,14 @@ class ProgressBoard:
         self._progress.set_remote(states, now)
 
     def _run(self) -> None:
+        warned_at = float("-inf")
         while not self._stop.is_set():
             try:
                 self.step()
-            except KafkaException as exc:  # the brokers are away: keep the last states, try again
-                log.warning("progress board: %s", exc)
+            except KafkaException as exc:  # brokers away, or no ACL for the group: keep the states, retry
+                if time.monotonic() - warned_at >= 30:  # once every 30 s, not every round
+                    log.warning("progress board: %s (the processes wait for each other meanwhile)", exc)
+                    warned_at = time.monotonic()
             self._stop.wait(self._interval_s)
 
     @staticmethod
