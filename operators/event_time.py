@@ -125,6 +125,18 @@ class InputProgress:
 
     # --- the stages' side ------------------------------------------------------------
 
+    def frontier_ms(self) -> int | None:
+        """How far every partition with input (of the cluster, with the progress board) has released:
+        the earliest time one of them may still hand over (-1: one not heard of yet; None: none has
+        input left, or no Kafka input at all)."""
+        with self._lock:
+            pending = [q for q in self._parts.values() if not q.caught_up]
+            if not pending:
+                return None
+            if any(q.frontier_ms is None for q in pending):
+                return -1
+            return min(q.frontier_ms for q in pending if q.frontier_ms is not None)
+
     def elapsed_s(self, since: float, now: float) -> float:
         """Wall seconds since `since` that count as event-time progress: all of them with no Kafka
         input in this process; otherwise only those the polls found the input live."""

@@ -65,9 +65,11 @@ evaluations; `operators.estimates` turns them into rates with intervals.
 
 Lateness. A window closes once the tenant's watermark (newest event time,
 plus wall time since while the input is live: `operators.event_time`)
-passes its end by `allowed_lateness_s` AND, live, no event arrived for it in
-the last `idle_s` seconds of wall time (while a backlog is read, partitions
-are aligned in event time and event time alone decides). At the end of a
+passes its end by `allowed_lateness_s`, every Kafka partition still being
+read — of every process, with several (the progress board) — has released
+everything up to that point, AND, live, no event arrived for it in the last
+`idle_s` seconds of wall time (while a backlog is read, partitions are
+aligned in event time and event time alone decides). At the end of a
 bounded input every window closes. An event for a window already
 closed is decided alone: taken when u < r_h (K and the cap do not apply; the
 judged-share ceiling s caps r_h, certainty strata included), with
@@ -699,10 +701,13 @@ class _SampleLogic(StatefulBatchLogic[_In, _Decided, _SampleState]):
         wm = s.max_ts_ms + int(event_time.elapsed_s(s.seen_at_s, now) * 1000)
         out: list[_Decided] = []
         idle_s = self._sampler.idle_s
+        # and every partition of the input (every process's, with several) has released the window
+        frontier = event_time.INPUT.frontier_ms()
         for start in sorted(s.open):
             if self._waits_for_alerts(start):
                 break  # later windows wait too
-            due = start + self._size_ms + self._grace_ms <= wm
+            end = start + self._size_ms + self._grace_ms
+            due = end <= wm and (frontier is None or end <= frontier)
             if due and event_time.idle(s.open[start].last_arrival_s, now, idle_s):
                 out.extend(self._close(start))
         if len(s.closed) > 2 * 1440:
