@@ -41,7 +41,7 @@ from functools import cached_property, partial
 from typing import Any, ClassVar
 
 from operators.alert_state import DAY_MS, TenantLedger, month_bounds
-from operators.records import PICO_PER_USD
+from operators.records import PICO_PER_USD, AbuseWindow
 
 LEVELS = ("ok", "warn", "critical", "emergency")
 RANK = {level: i for i, level in enumerate(LEVELS)}
@@ -409,67 +409,79 @@ class JudgeBudget(Rule):
 
 
 @dataclass(frozen=True)
-class RepeatedPrompts(Rule):
-    name: ClassVar[str] = "repeated_prompts"
-    what: ClassVar[str] = "share of requests repeating a prompt already sent in the window"
+class _AbuseShare(Rule):
+    """A share of the last closed abuse window's requests (`operators.abuse`); windows with fewer
+    than `min_requests` read 0, so tiny windows never fire."""
+
     runbook: ClassVar[str] = "judgeflow report abuse --tenant {tenant} --last 1h"
 
     min_requests: int = 30
-    warn: Decimal | None = Decimal("0.7")
-    critical: Decimal | None = Decimal("0.9")
 
     def evaluate(self, led: TenantLedger, end_ms: int) -> list[Reading]:
         start = end_ms - led.slot_ms
         w = led.abuse.get(start)
         if w is None or w.requests < self.min_requests:
             return [Reading("", Decimal(0), start)]
-        share = Decimal(w.repeated_requests) / w.requests
-
-        def details() -> dict[str, Any]:
-            return {
-                "requests": w.requests,
-                "repeated_requests": w.repeated_requests,
-                "distinct_prompts": w.distinct_prompts,
-                "top_prompt_requests": w.top_prompt_requests,
-            }
-
-        note = f"the most repeated prompt was sent {w.top_prompt_requests} times of {w.requests}"
-        return [Reading("", share, start, details, note)]
+        share = Decimal(self._count(w)) / w.requests
+        return [Reading("", share, start, lambda: self._details(w), self._note(w))]
 
     def show(self, value: Decimal) -> str:
         return f"{value * 100:.0f}%"
+
+    def _count(self, w: AbuseWindow) -> int:
+        raise NotImplementedError
+
+    def _details(self, w: AbuseWindow) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _note(self, w: AbuseWindow) -> str:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
-class SingleUserShare(Rule):
+class RepeatedPrompts(_AbuseShare):
+    name: ClassVar[str] = "repeated_prompts"
+    what: ClassVar[str] = "share of requests repeating a prompt already sent in the window"
+
+    warn: Decimal | None = Decimal("0.7")
+    critical: Decimal | None = Decimal("0.9")
+
+    def _count(self, w: AbuseWindow) -> int:
+        return w.repeated_requests
+
+    def _details(self, w: AbuseWindow) -> dict[str, Any]:
+        return {
+            "requests": w.requests,
+            "repeated_requests": w.repeated_requests,
+            "distinct_prompts": w.distinct_prompts,
+            "top_prompt_requests": w.top_prompt_requests,
+        }
+
+    def _note(self, w: AbuseWindow) -> str:
+        return f"the most repeated prompt was sent {w.top_prompt_requests} times of {w.requests}"
+
+
+@dataclass(frozen=True)
+class SingleUserShare(_AbuseShare):
     name: ClassVar[str] = "single_user_share"
     what: ClassVar[str] = "share of the window's requests from one user"
-    runbook: ClassVar[str] = "judgeflow report abuse --tenant {tenant} --last 1h"
 
-    min_requests: int = 30
     warn: Decimal | None = Decimal("0.5")
     critical: Decimal | None = Decimal("0.8")
 
-    def evaluate(self, led: TenantLedger, end_ms: int) -> list[Reading]:
-        start = end_ms - led.slot_ms
-        w = led.abuse.get(start)
-        if w is None or w.requests < self.min_requests:
-            return [Reading("", Decimal(0), start)]
-        share = Decimal(w.top_user_requests) / w.requests
+    def _count(self, w: AbuseWindow) -> int:
+        return w.top_user_requests
 
-        def details() -> dict[str, Any]:
-            return {
-                "requests": w.requests,
-                "top_user": w.top_user,
-                "top_user_requests": w.top_user_requests,
-                "distinct_users": w.distinct_users,
-            }
+    def _details(self, w: AbuseWindow) -> dict[str, Any]:
+        return {
+            "requests": w.requests,
+            "top_user": w.top_user,
+            "top_user_requests": w.top_user_requests,
+            "distinct_users": w.distinct_users,
+        }
 
-        note = f"user {w.top_user!r} sent {w.top_user_requests} of {w.requests}"
-        return [Reading("", share, start, details, note)]
-
-    def show(self, value: Decimal) -> str:
-        return f"{value * 100:.0f}%"
+    def _note(self, w: AbuseWindow) -> str:
+        return f"user {w.top_user!r} sent {w.top_user_requests} of {w.requests}"
 
 
 RULE_TYPES: tuple[type[Rule], ...] = (
