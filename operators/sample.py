@@ -418,12 +418,7 @@ def choose(strata: dict[str, StratumTally], cap: int | None, *, salt: str = "", 
         out.taken[h] = m
         for i, held in enumerate(s.held):
             if i < m:
-                if s.reason == OVERRIDE:
-                    reason = OVERRIDE
-                elif s.reason in (FLAGGED, LONG):
-                    reason = held.reason
-                else:
-                    reason = MINIMUM if held.u >= s.rate else RATE
+                reason = _chosen_reason(s, held)
                 out.chosen.append(
                     msgspec.structs.replace(held.cand, inclusion_prob=prob, sample_reason=reason)
                 )
@@ -431,10 +426,21 @@ def choose(strata: dict[str, StratumTally], cap: int | None, *, salt: str = "", 
             else:
                 out.avoided_calls += held.calls
                 out.avoided_pusd += held.cost_pusd
-        skip_reason = PAUSED if s.reason == PAUSED else OVERRIDE if s.reason == OVERRIDE else RATE
         _count(out.skipped, cut, want - m)
-        _count(out.skipped, skip_reason, s.n - want)
+        _count(out.skipped, _skip_reason(s), s.n - want)
     return out
+
+
+def _chosen_reason(s: StratumTally, held: Held) -> str:
+    if s.reason == OVERRIDE:
+        return OVERRIDE
+    if s.reason in (FLAGGED, LONG):
+        return held.reason
+    return MINIMUM if held.u >= s.rate else RATE
+
+
+def _skip_reason(s: StratumTally) -> str:
+    return PAUSED if s.reason == PAUSED else OVERRIDE if s.reason == OVERRIDE else RATE
 
 
 def choose_late(strata: dict[str, StratumTally], share: float = 0.0) -> Choice:
@@ -452,16 +458,12 @@ def choose_late(strata: dict[str, StratumTally], share: float = 0.0) -> Choice:
                 out.avoided_calls += held.calls
                 out.avoided_pusd += held.cost_pusd
                 continue
-            reason = (
-                s.reason if s.reason == OVERRIDE else held.reason if s.reason in (FLAGGED, LONG) else RATE
-            )
+            reason = _chosen_reason(s, held)  # (u < the late rate <= the stratum's: never MINIMUM)
             out.chosen.append(msgspec.structs.replace(held.cand, inclusion_prob=rate, sample_reason=reason))
             _count(out.sampled, reason, 1)
             m += 1
         out.taken[h] = m
-        _count(
-            out.skipped, PAUSED if s.reason == PAUSED else OVERRIDE if s.reason == OVERRIDE else RATE, s.n - m
-        )
+        _count(out.skipped, _skip_reason(s), s.n - m)
     return out
 
 
