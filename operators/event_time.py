@@ -116,12 +116,8 @@ class InputProgress:
         """The newest time `part` may release now: `align_ms` past the slowest other partition that
         still has input (None: no limit; a partition not polled yet holds everyone at its start)."""
         with self._lock:
-            others = [q for name, q in self._parts.items() if name != part and not q.caught_up]
-            if not others:
-                return None
-            if any(q.frontier_ms is None for q in others):
-                return -1  # wait for their first poll
-            return min(q.frontier_ms for q in others if q.frontier_ms is not None) + align_ms
+            slowest = self._slowest(part)
+        return slowest if slowest is None or slowest < 0 else slowest + align_ms
 
     # --- the stages' side ------------------------------------------------------------
 
@@ -130,12 +126,17 @@ class InputProgress:
         the earliest time one of them may still hand over (-1: one not heard of yet; None: none has
         input left, or no Kafka input at all)."""
         with self._lock:
-            pending = [q for q in self._parts.values() if not q.caught_up]
-            if not pending:
-                return None
-            if any(q.frontier_ms is None for q in pending):
-                return -1
-            return min(q.frontier_ms for q in pending if q.frontier_ms is not None)
+            return self._slowest()
+
+    def _slowest(self, but: str | None = None) -> int | None:
+        """The earliest frontier of the partitions (but `but`) that still have input: -1 when one
+        was not polled or heard of yet, None when none has input."""
+        pending = [q for name, q in self._parts.items() if name != but and not q.caught_up]
+        if not pending:
+            return None
+        if any(q.frontier_ms is None for q in pending):
+            return -1
+        return min(q.frontier_ms for q in pending if q.frontier_ms is not None)
 
     def elapsed_s(self, since: float, now: float) -> float:
         """Wall seconds since `since` that count as event-time progress: all of them with no Kafka
