@@ -13,9 +13,9 @@ demo: $(VENV)/.installed-embedded
 
 ## install everything the tests need (pip and apt), lint, and run them
 test: $(VENV)/.installed-dev system-deps
-	$(VENV)/bin/ruff check flows operators judges sinks tests bench scripts
-	$(VENV)/bin/ruff format --check flows operators judges sinks tests bench scripts
-	$(VENV)/bin/mypy flows operators judges sinks
+	$(VENV)/bin/ruff check core flows operators judges sinks simulators tests bench scripts
+	$(VENV)/bin/ruff format --check core flows operators judges sinks simulators tests bench scripts
+	$(VENV)/bin/mypy core flows operators judges sinks simulators
 	$(PY) -m pytest -q $(ARGS)
 
 ## benchmarks (print tables; numbers go in the README)
@@ -31,9 +31,9 @@ bench: $(VENV)/.installed-dev system-deps
 	$(PY) bench/alerts.py
 
 lint: $(VENV)/.installed-dev
-	$(VENV)/bin/ruff check flows operators judges sinks tests bench scripts
-	$(VENV)/bin/ruff format --check flows operators judges sinks tests bench scripts
-	$(VENV)/bin/mypy flows operators judges sinks
+	$(VENV)/bin/ruff check core flows operators judges sinks simulators tests bench scripts
+	$(VENV)/bin/ruff format --check core flows operators judges sinks simulators tests bench scripts
+	$(VENV)/bin/mypy core flows operators judges sinks simulators
 
 $(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

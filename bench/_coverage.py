@@ -12,7 +12,7 @@ Populations (see /work/shared/data/PROVENANCE.tsv):
   identifier among the human spans (card, phone, e-mail, IBAN, SSN, IP, licence); the tier-0
   pii rules force their flags into the certainty stratum, the rest are rare in the others.
 - HaluEval QA (RUCAIBox/HaluEval, MIT): hallucination, every other answer hallucinated (as in
-  flows/traffic.py), long contexts: the longest half of the conversations is always judged.
+  simulators/traffic.py), long contexts: the longest half of the conversations is always judged.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
 
-from flows.traffic import shared_data_dir
+from core.records import Event
 from judges.base import JudgeItem
 from judges.rules import Tier0Rules
 from operators.dedup import Candidate
@@ -38,9 +38,9 @@ from operators.estimates import (
     stratified_estimate,
 )
 from operators.price import override_rates
-from operators.records import Event
 from operators.sample import Sampler, StratumCount, _SampleLogic, cheap_metrics, tally_batch
 from operators.savings import Baseline, ReferenceJudge
+from simulators.traffic import shared_data_dir
 
 T0 = 1_763_300_000_000 - 1_763_300_000_000 % 60_000  # a minute boundary
 WINDOW_MS = 60_000

@@ -13,8 +13,8 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+from core.records import Verdict
 from judges.base import FLAGGED, OK, JudgeItem
-from operators.records import Verdict
 
 # Bump when a check function or the matching engine changes; edits to the
 # table itself (patterns, gates, rule versions) change the fingerprint part of

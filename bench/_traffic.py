@@ -1,6 +1,6 @@
 """Bench traffic and the plain-Python reference loops shared by the bench scripts.
 
-Traffic: `flows.traffic.generate()` (real Azure arrival times and token
+Traffic: `simulators.traffic.generate()` (real Azure arrival times and token
 counts, ~28k events over ~1 h), repeated as often as needed with fresh event
 ids, each repetition shifted forward in event time so windows keep closing as
 in production (not replayed into the same minutes).
@@ -18,11 +18,11 @@ from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from flows.traffic import generate
+from core.records import Event
 from operators.decode import DecodeLimits, decode_message
 from operators.price import Pricer, _count, pricing_issue
-from operators.records import Event
 from operators.windows import _key_of, _RollupLogic, _WindowLogic, combine_events
+from simulators.traffic import generate
 
 HOUR_MS = 3_600_000
 TOPIC = "llm-events"

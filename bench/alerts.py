@@ -21,10 +21,10 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
+from core.records import CostWindow
 from flows.config import load_settings
 from flows.deps import build_alert_policy
 from operators.alerts import _AlertLogic, alerts
-from operators.records import CostWindow
 
 MIN = 60_000
 T0 = int(datetime(2024, 3, 10, tzinfo=UTC).timestamp() * 1000)

@@ -1,6 +1,6 @@
 """Cache-stage throughput: the `dedup` operator with Redis vs the in-process cache, one worker.
 
-Events from flows/traffic.py (real texts, so duplicates occur as in the demo
+Events from simulators/traffic.py (real texts, so duplicates occur as in the demo
 traffic) go through a bytewax flow `source -> dedup -> count`, in batches as
 the sampler hands them over; each batch makes one `get_many` of its distinct
 keys (2 LLM metrics per event with the default judges). Measured in the same
@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _traffic import CountingSink, median_rate, payloads, table
 
+from core.records import Event, Verdict
 from flows.config import CacheConfig
 from operators.cache import CachedVerdict, MemoryVerdictCache, RedisVerdictCache, VerdictCache
 from operators.decode import decode_message
 from operators.dedup import Candidate, ContentKeyer, dedup
-from operators.records import Event, Verdict
 from operators.validate import DecodeLimits
 
 LLM_METRICS = ("toxicity", "hallucination")

@@ -33,9 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _traffic import CostPathReference, CountingSink, PartitionedSource, batched, median_rate, messages, table
 
+from core import metrics
 from flows.config import Settings, load_settings
 from flows.deps import build_deps
-from operators import metrics
 from operators.decode import decode
 from operators.price import price
 from operators.redeliveries import drop_redeliveries

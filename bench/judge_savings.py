@@ -1,6 +1,6 @@
 """Judge calls and judge dollars per 1M events: the default sampler vs judging everything.
 
-The same traffic (flows/traffic.py: Azure production arrivals with labelled
+The same traffic (simulators/traffic.py: Azure production arrivals with labelled
 prompts and responses) runs through the whole flow (mock Kafka, the real
 openai/anthropic clients against the local endpoint, whose verdicts are
 simulated but deterministic per text, chdb) under two judge setups — the
@@ -41,10 +41,10 @@ from _traffic import table
 from flows.config import DEFAULT_CONFIG, load_settings
 from flows.deps import build_deps
 from flows.judgeflow import build_flow
-from flows.kafka_mock import MockCluster, produce_all
-from flows.traffic import generate
-from judges.local_endpoint import EndpointConfig, LocalEndpoint
 from operators.estimates import query_estimates
+from simulators.kafka_mock import MockCluster, produce_all
+from simulators.local_endpoint import EndpointConfig, LocalEndpoint
+from simulators.traffic import generate
 from sinks.clickhouse import connect, ensure_schema
 
 TOPIC = "llm-events"
@@ -187,7 +187,7 @@ def main() -> None:
     print()
     print(
         table(
-            f"judge calls and $ per 1M events ({n:,} events of flows/traffic.py, scaled)",
+            f"judge calls and $ per 1M events ({n:,} events of simulators/traffic.py, scaled)",
             ["policy", "judge calls", "judge $", "events judged", "$ saved vs reference"],
             rows,
         )

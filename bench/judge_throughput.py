@@ -39,10 +39,10 @@ import openai
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 
+from core.records import Event
 from judges.anthropic_judge import AnthropicJudge
 from judges.base import JudgeItem, LLMJudge
 from judges.cascade import JudgePlan
-from judges.local_endpoint import EndpointConfig, start_endpoint_process
 from judges.openai_judge import OpenAIJudge
 from judges.rubrics import build_prompt
 from judges.rules import Tier0Rules
@@ -50,7 +50,7 @@ from judges.runtime import EndpointPolicy, JudgeRuntime, Outcome, Task
 from operators.cache import MemoryVerdictCache
 from operators.dedup import Candidate, ContentKeyer
 from operators.judge import judge
-from operators.records import Event
+from simulators.local_endpoint import EndpointConfig, start_endpoint_process
 
 
 @dataclass

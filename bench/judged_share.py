@@ -6,7 +6,7 @@ conversations over `always_over_tokens` judged in full) on:
 - the labelled shapes of bench/_coverage.py (XSTest refusals, Presidio PII with forced tier-0
   flags, HaluEval whose longer half is always judged, XSTest in many small strata), with the
   95% interval width and coverage of the stratified estimate (a perfect judge: the labels);
-- the demo traffic (flows/traffic.py, the packaged sample) per tenant, from a flood of short
+- the demo traffic (simulators/traffic.py, the packaged sample) per tenant, from a flood of short
   chats to a tenant with a handful of events per minute.
 
 Per shape and `sampling.max_judged_share` (none, the default 0.2, 0.1): the share of events
@@ -27,11 +27,11 @@ from collections import Counter
 from _coverage import BASELINE, RULES, SHAPES, event, sample_domains
 from _traffic import table
 
-from flows.traffic import generate
+from core.records import Event
 from operators.dedup import Candidate
 from operators.estimates import stratified_estimate
-from operators.records import Event
 from operators.sample import Sampler, StratumCount, _SampleLogic, tally_batch
+from simulators.traffic import generate
 
 CEILINGS = (0.0, 0.2, 0.1)
 BUSY = 20  # events in a (tenant, window) for its share to count in the peak (K / s at the defaults: 10)

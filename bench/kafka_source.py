@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _traffic import CountingSink, table
 
 from flows.config import KafkaConfig
-from flows.kafka_mock import MockCluster, produce_all
 from flows.sources import kafka_source
+from simulators.kafka_mock import MockCluster, produce_all
 
 TOPIC = "bench-source"
 

@@ -40,9 +40,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _traffic import table
 
-from flows.traffic import shared_data_dir
 from judges.base import FLAGGED, JudgeItem
 from judges.rules import Tier0Rules
+from simulators.traffic import shared_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 BANDS = ((0.2, 0.8), (0.1, 0.9), (0.3, 0.7))
@@ -163,7 +163,7 @@ def main() -> int:
         sets["xstest safe answers"] = xstest_safe(args.benign)
         sets["halueval answers"] = halueval(args.benign)
     except FileNotFoundError as exc:
-        print(f"benign sets skipped ({exc.filename} not found; see flows/traffic.py shared_data_dir)")
+        print(f"benign sets skipped ({exc.filename} not found; see simulators/traffic.py shared_data_dir)")
     candidates: dict[str, Scorer] = {"tier-0 rules": tier0()}
     for name, make in (("better-profanity 0.7", better_profanity), ("profanity-check", profanity_check)):
         scorer = make()

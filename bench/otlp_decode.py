@@ -4,7 +4,7 @@ JSON events, through the decode step's per-message function (`decode_record`), o
 The spans are the shared instrumentation example (../shared/data/otel/otlp_json_llm_chat_span.json:
 an invoke_agent span and a chat span with its messages as attributes), each export with its own
 span ids, `--spans` chat spans per export request (the Collector batches several per Kafka
-message); protobuf is that JSON re-encoded (`flows.otlp_encode`). Native events carry the same
+message); protobuf is that JSON re-encoded (`simulators.otlp_encode`). Native events carry the same
 call (ids, tokens, texts). Counted: events out per second of decode time, median of `--repeat`.
 
     .venv/bin/python bench/otlp_decode.py [--events 20000] [--spans 1 20] [--repeat 3]
@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _traffic import median_rate, table
 
-from flows.otlp_encode import json_to_proto
-from flows.traffic import shared_data_dir
 from operators.decode import decode_record
 from operators.otlp import OtlpCall, OtlpMapping
 from operators.validate import DecodeLimits
+from simulators.otlp_encode import json_to_proto
+from simulators.traffic import shared_data_dir
 
 LIMITS = DecodeLimits(earliest_ts_ms=0, max_future_ms=10**13, max_tokens=10**8, max_cost_pico=10**18)
 MAPPING = OtlpMapping()

@@ -51,15 +51,15 @@ STAGES = [
     ("operators/estimates.py", "abuse, estimates, savings windows"),
     ("operators/savings.py", "abuse, estimates, savings windows"),
     ("operators/event_time.py", "event time"),
-    ("operators/metrics.py", "metrics"),
+    ("core/metrics.py", "metrics"),
     ("prometheus_client", "metrics"),
     ("sinks/clickhouse", "sinks (row building, client)"),
     ("clickhouse_connect", "sinks (row building, client)"),
-    ("sinks/chdb_http.py", "ClickHouse engine"),
+    ("simulators/chdb_http.py", "ClickHouse engine"),
     ("chdb", "ClickHouse engine"),
     ("bytewax", "bytewax"),
     ("importlib", "start-up (imports, once)"),
-    ("operators/records.py", "records (constructing events, rows)"),
+    ("core/records.py", "records (constructing events, rows)"),
     ("copy.py", "snapshots (copying state)"),
 ]
 

@@ -28,7 +28,7 @@ from _traffic import messages, table
 from flows.config import Settings, load_settings
 from flows.deps import build_deps
 from flows.judgeflow import build_flow
-from judges.local_endpoint import EndpointConfig, LocalEndpoint
+from simulators.local_endpoint import EndpointConfig, LocalEndpoint
 from sinks.clickhouse import TABLES, connect
 
 MB = 1_000_000

@@ -48,9 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _rules_v1
 from _traffic import table
 
-from flows.traffic import shared_data_dir
 from judges.base import JudgeItem
 from judges.rules import RULES, Rule, Tier0Rules, _Texts
+from simulators.traffic import shared_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,12 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _traffic
 from _traffic import CostPathReference, batched, messages, table
 
+from core import metrics
+from core.records import PICO_PER_USD, Event
 from flows.config import load_settings
 from flows.deps import build_deps
-from operators import metrics
 from operators.decode import decode_message
 from operators.price import _count
-from operators.records import PICO_PER_USD, Event
 
 
 def per_tenant_only(events: list[Event]) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flows.config import ConfigError, Settings, load_settings
-from flows.traffic import TrafficDataError
+from simulators.traffic import TrafficDataError
 
 if TYPE_CHECKING:
     from flows.health import HealthServer

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.config import Settings, load_settings
-from flows.traffic import generate, shared_data
+from simulators.traffic import generate, shared_data
 
 TOPIC = "llm-events"
 # the mock cluster keeps ~5 MB per partition: 16 partitions hold the whole sample
@@ -40,7 +40,7 @@ def run_demo(
 
     from flows.deps import build_deps
     from flows.judgeflow import build_flow
-    from flows.kafka_mock import MockCluster, produce_all
+    from simulators.kafka_mock import MockCluster, produce_all
     from sinks.clickhouse import connect, ensure_schema
 
     base = load_settings(config)
@@ -109,7 +109,7 @@ def _judge_endpoint(settings: Settings, latency_ms: float) -> Iterator[dict[str,
     if settings.secrets.openai_api_key is not None or not settings.flow.judges.simulate_without_key:
         yield None
         return
-    from judges.local_endpoint import EndpointConfig, Latency, LocalEndpoint
+    from simulators.local_endpoint import EndpointConfig, Latency, LocalEndpoint
 
     print("no OPENAI_API_KEY: the LLM tiers judge with the local endpoint — their verdicts are SIMULATED")
     cfg = EndpointConfig(latency=Latency.lognormal(median_ms=latency_ms, sigma=0.5), seed=7)

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 
+from core import metrics
+from core.records import PICO_PER_USD, usd_to_pico
 from flows.config import ConfigError, JudgeTierConfig, Settings
 from judges.base import LLMJudge, RuleJudge
 from judges.budget import BudgetPolicy
@@ -22,7 +24,6 @@ from judges.redact import Redactor
 from judges.rubrics import RUBRIC_VERSION
 from judges.rules import Tier0Rules
 from judges.runtime import EndpointPolicy, JudgeRuntime, RetryPolicy
-from operators import metrics
 from operators.alert_rules import Action, AlertPolicy, RuleSet
 from operators.cache import MemoryVerdictCache, RedisVerdictCache, VerdictCache
 from operators.control import ControlStore, DisabledJudge, MemoryControlStore, RedisControlStore
@@ -31,7 +32,6 @@ from operators.dedup import ContentKeyer
 from operators.judge import JudgePlan
 from operators.otlp import OtlpMapping
 from operators.price import Catalog, Pricer, override_rates
-from operators.records import PICO_PER_USD, usd_to_pico
 from operators.sample import Sampler, StratumRule
 from operators.savings import Baseline, ReferenceJudge, reference_judge
 from sinks.webhooks import Delivery, WebhookSink, WebhookTarget

@@ -280,7 +280,7 @@ def read_vitals() -> Vitals:
     """The process's own metrics: progress counters, bytewax's Kafka lag gauge, judge breakers."""
     from bytewax.connectors.kafka import BYTEWAX_CONSUMER_LAG_GAUGE
 
-    from operators import metrics
+    from core import metrics
 
     counters = (metrics.EVENTS_IN, metrics.DEAD_LETTERS, metrics.REDELIVERIES, metrics.OTLP_EMPTY)
     return Vitals(

@@ -214,7 +214,7 @@ def _connect(args: argparse.Namespace, settings: Settings) -> Any:
             " chdb directory: a running `judgeflow run` or `judgeflow demo`?). Read it once that process"
             " has stopped. To read while a job runs, serve the directory before starting the job and point"
             " both at the server:\n"
-            f"  python -m sinks.chdb_http --path {path} --port 8123 &\n"
+            f"  python -m simulators.chdb_http --path {path} --port 8123 &\n"
             "  JUDGEFLOW_CLICKHOUSE_DSN=http://127.0.0.1:8123 judgeflow run ...\n"
             f"  judgeflow report {getattr(args, 'report', 'cost')} --dsn http://127.0.0.1:8123"
         )

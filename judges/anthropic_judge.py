@@ -18,11 +18,11 @@ import anthropic
 import httpx2
 import msgspec
 
+from core.records import JudgeCall, Verdict
 from judges.base import InvalidVerdictError, JudgeItem, JudgeResult, RetryableJudgeError
 from judges.errors import classify_sdk_error
 from judges.openai_judge import MAX_OUTPUT_TOKENS, CostFn, aiohttp_client, endpoint_url
 from judges.rubrics import API_VERDICT_SCHEMA, build_prompt, parse_verdict_object
-from operators.records import JudgeCall, Verdict
 
 TOOL_NAME = "record_verdict"
 

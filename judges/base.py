@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from operators.records import JudgeCall, Verdict
+from core.records import JudgeCall, Verdict
 
 METRICS = ("toxicity", "hallucination", "pii", "refusal", "jailbreak", "sentiment")
 

@@ -29,11 +29,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from core.records import Verdict
 from judges.base import FLAGGED, METRICS, JudgeItem
 from judges.budget import BudgetPolicy
 from judges.redact import Redactor
 from judges.rubrics import estimate_prompt_tokens
-from operators.records import Verdict
 
 # (input_tokens, output_tokens) -> picodollars
 CostFn = Callable[[int, int], int]

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Protocol
 
+from core.records import Verdict
 from judges.base import FLAGGED, OK, JudgeItem
-from operators.records import Verdict
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ import httpx2
 import msgspec
 import openai
 
+from core.records import JudgeCall, Verdict
 from judges.base import InvalidVerdictError, JudgeItem, JudgeResult, RetryableJudgeError
 from judges.errors import classify_sdk_error
 from judges.rubrics import API_VERDICT_SCHEMA, build_prompt, parse_verdict
-from operators.records import JudgeCall, Verdict
 
 # (input_tokens, output_tokens) -> picodollars
 CostFn = Callable[[int, int], int]

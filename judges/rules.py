@@ -53,8 +53,8 @@ from re import _constants as _sre  # type: ignore[attr-defined]  # the parse tre
 from re import _parser as _sre_parse  # type: ignore[attr-defined]
 from typing import Any
 
+from core.records import Verdict
 from judges.base import FLAGGED, OK, JudgeItem
-from operators.records import Verdict
 
 # Bump when a check function or the matching engine changes; edits to the
 # table itself (patterns, gates, rule versions) change the fingerprint part of

@@ -36,6 +36,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from core import metrics
+from core.records import PICO_PER_USD, JudgeCall, Verdict
 from judges.base import (
     FatalJudgeError,
     InvalidVerdictError,
@@ -47,8 +49,6 @@ from judges.base import (
 )
 from judges.limits import CLOSED, CircuitBreaker, RateLimiter
 from judges.rubrics import estimate_prompt_tokens
-from operators import metrics
-from operators.records import PICO_PER_USD, JudgeCall, Verdict
 
 log = logging.getLogger(__name__)
 

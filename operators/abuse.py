@@ -45,7 +45,7 @@ import msgspec
 import xxhash
 from bytewax.dataflow import Stream
 
-from operators.records import AbuseWindow, Event
+from core.records import AbuseWindow, Event
 from operators.tumbling import tumbling
 
 

@@ -40,8 +40,8 @@ from decimal import Decimal
 from functools import cached_property, partial
 from typing import Any, ClassVar
 
+from core.records import PICO_PER_USD, AbuseWindow
 from operators.alert_state import DAY_MS, TenantLedger, month_bounds
-from operators.records import PICO_PER_USD, AbuseWindow
 
 LEVELS = ("ok", "warn", "critical", "emergency")
 RANK = {level: i for i, level in enumerate(LEVELS)}

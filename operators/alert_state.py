@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from operators.records import AbuseWindow, CostWindow
+from core.records import AbuseWindow, CostWindow
 
 DAY_MS = 86_400_000
 

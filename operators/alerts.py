@@ -54,12 +54,13 @@ import xxhash
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
-from operators import event_time, metrics
+from core import metrics
+from core.records import AbuseWindow, Alert, CostWindow, alert_subject
+from operators import event_time
 from operators.alert_rules import LEVELS, RANK, AlertPolicy, Reading, Rule, dec
 from operators.alert_state import DAY_MS, TenantLedger, month_bounds
 from operators.control import Override
 from operators.expensive import ExpensiveSlot
-from operators.records import AbuseWindow, Alert, CostWindow, alert_subject
 
 
 class OverrideAction(msgspec.Struct, frozen=True, array_like=True):

@@ -18,8 +18,8 @@ from typing import Protocol
 
 import msgspec
 
-from operators import metrics
-from operators.records import Verdict
+from core import metrics
+from core.records import Verdict
 
 log = logging.getLogger(__name__)
 

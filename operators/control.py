@@ -25,7 +25,7 @@ from typing import Protocol, TypeVar
 
 import msgspec
 
-from operators import metrics
+from core import metrics
 from operators.cache import one_quick_retry
 
 log = logging.getLogger(__name__)

@@ -29,6 +29,7 @@ import msgspec
 from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
 from bytewax.dataflow import Stream
 
+from core.records import DeadLetter, Event, Source, WireEvent
 from operators.otlp import (
     Decoded,
     OtlpCall,
@@ -41,7 +42,6 @@ from operators.otlp import (
     looks_like_otlp_proto,
     proto_signal,
 )
-from operators.records import DeadLetter, Event, Source, WireEvent
 from operators.validate import DecodeLimits, InvalidEvent, dead_letter, internal_error, to_event
 
 __all__ = [

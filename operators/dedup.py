@@ -30,9 +30,9 @@ import msgspec
 import xxhash
 from bytewax.dataflow import Stream
 
-from operators import metrics
+from core import metrics
+from core.records import DeadLetter, Event, Verdict
 from operators.cache import VerdictCache
-from operators.records import DeadLetter, Event, Verdict
 from operators.validate import guarded
 
 

@@ -43,8 +43,8 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
+from core.records import Evaluation, QualityEstimate
 from judges.base import FLAGGED
-from operators.records import Evaluation, QualityEstimate
 from operators.sample import StratumCount
 from operators.tumbling import tumbling
 

@@ -15,9 +15,9 @@ import bytewax.operators as op
 import msgspec
 from bytewax.dataflow import Stream
 
+from core.records import Event
 from operators.alert_rules import AlertPolicy
 from operators.alert_state import Expensive, top_expensive
-from operators.records import Event
 
 
 class ExpensiveSlot(msgspec.Struct, frozen=True, array_like=True):

@@ -40,8 +40,8 @@ from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from operators import metrics
-from operators.records import ChatMessage, DeadLetter, Event, Source, Usage, WireEvent
+from core import metrics
+from core.records import ChatMessage, DeadLetter, Event, Source, Usage, WireEvent
 from operators.validate import DecodeLimits, InvalidEvent, dead_letter, to_event
 
 LLM_OPERATIONS = frozenset({"chat", "text_completion", "generate_content"})

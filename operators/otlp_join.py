@@ -46,9 +46,10 @@ import xxhash
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
-from operators import event_time, metrics
+from core import metrics
+from core.records import Event
+from operators import event_time
 from operators.otlp import OtlpCall, OtlpContent
-from operators.records import Event
 
 Item = OtlpCall | OtlpContent
 

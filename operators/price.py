@@ -31,8 +31,8 @@ from bytewax.dataflow import Stream
 from genai_prices import Usage, calc_price
 from genai_prices.types import ModelPrice, PriceCalculation, TieredPrices, TimeOfDateConstraint
 
-from operators import metrics
-from operators.records import PICO_PER_USD, DeadLetter, Event, PricingIssue
+from core import metrics
+from core.records import PICO_PER_USD, DeadLetter, Event, PricingIssue
 from operators.validate import guarded
 
 MTOK = 1_000_000

@@ -39,8 +39,8 @@ import xxhash
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
-from operators import metrics
-from operators.records import DeadLetter, Event, entry_hash
+from core import metrics
+from core.records import DeadLetter, Event, entry_hash
 from operators.validate import dead_letter
 
 _BUCKET_MS = 3_600_000

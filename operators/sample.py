@@ -111,13 +111,14 @@ import xxhash
 from bytewax.dataflow import Stream
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
+from core import metrics
+from core.records import DeadLetter, Event, SavingsEntry, Verdict
 from judges.base import FLAGGED as FLAGGED_LABEL
 from judges.base import JudgeItem, RuleJudge
-from operators import event_time, metrics
+from operators import event_time
 from operators.alerts import AlertProgress
 from operators.control import ControlStore, Override
 from operators.dedup import Candidate
-from operators.records import DeadLetter, Event, SavingsEntry, Verdict
 from operators.validate import guarded
 
 _TWO_64 = float(2**64)

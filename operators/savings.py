@@ -31,11 +31,8 @@ from typing import Any
 import bytewax.operators as op
 from bytewax.dataflow import Stream
 
-from judges.base import JudgeItem
-from judges.rubrics import build_prompt
-from operators import metrics
-from operators.price import Catalog, Rates, override_rates
-from operators.records import (
+from core import metrics
+from core.records import (
     PICO_PER_USD,
     Evaluation,
     Event,
@@ -44,6 +41,9 @@ from operators.records import (
     SavingsEntry,
     pico_to_usd,
 )
+from judges.base import JudgeItem
+from judges.rubrics import build_prompt
+from operators.price import Catalog, Rates, override_rates
 from operators.tumbling import tumbling
 
 CHARS_PER_TOKEN = 4

@@ -34,7 +34,8 @@ import bytewax.operators as op
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
-from operators import event_time, metrics
+from core import metrics
+from operators import event_time
 
 X = TypeVar("X")
 A = TypeVar("A")

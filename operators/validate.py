@@ -16,8 +16,8 @@ from typing import TypeVar
 import msgspec
 import xxhash
 
-from operators import metrics
-from operators.records import ChatMessage, DeadLetter, Event, Source, WireEvent, usd_to_pico
+from core import metrics
+from core.records import ChatMessage, DeadLetter, Event, Source, WireEvent, usd_to_pico
 
 X = TypeVar("X")
 Y = TypeVar("Y")

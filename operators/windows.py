@@ -37,8 +37,9 @@ import xxhash
 from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
-from operators import event_time, metrics
-from operators.records import CostWindow, Event, LedgerEntry, entry_hash
+from core import metrics
+from core.records import CostWindow, Event, LedgerEntry, entry_hash
+from operators import event_time
 
 _SEP = "\x1f"
 

@@ -14,8 +14,8 @@ One client API, two backends, chosen by the DSN:
   locked by one process): every chdb DSN used in a process must name the
   same directory, and `connect()` fails clearly when it does not. In tests,
   use one session-wide directory and a database per test; several processes
-  that must share data go through `sinks.chdb_http` instead.
-- `http(s)://user:pass@host:port`: a ClickHouse server (or `sinks.chdb_http`).
+  that must share data go through `simulators.chdb_http` instead.
+- `http(s)://user:pass@host:port`: a ClickHouse server (or `simulators.chdb_http`).
 
 Bytewax runs several worker threads per process, and chdb allows only one
 engine per process, so `connect()` shares one client per DSN per process and
@@ -58,7 +58,7 @@ from clickhouse_connect.driver.exceptions import (
 from clickhouse_connect.driver.insert import InsertContext
 from prometheus_client import Counter
 
-from operators.records import DeadLetter
+from core.records import DeadLetter
 from operators.validate import guarded, item_error
 from sinks.clickhouse_tables import ROW_BUILDERS, TABLES, TableSpec, dead_letter_row, event_row, table_spec
 
@@ -241,7 +241,7 @@ def _open_chdb(path: Path) -> _Shared:
     if _chdb_dir is not None and _chdb_dir != path:
         msg = (
             f"chdb hosts one data directory per process: this process already uses "
-            f"{_chdb_dir}, cannot also open {path} (use one directory, or sinks.chdb_http)"
+            f"{_chdb_dir}, cannot also open {path} (use one directory, or simulators.chdb_http)"
         )
         raise ValueError(msg)
     path.mkdir(parents=True, exist_ok=True)

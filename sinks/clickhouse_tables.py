@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from operators import metrics
-from operators.records import (
+from core import metrics
+from core.records import (
     AbuseWindow,
     Alert,
     CostWindow,

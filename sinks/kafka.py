@@ -15,7 +15,7 @@ import msgspec
 from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage
 from bytewax.dataflow import Stream
 
-from operators.records import Alert, DeadLetter
+from core.records import Alert, DeadLetter
 
 _json = msgspec.json.Encoder()
 

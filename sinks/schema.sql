@@ -15,7 +15,7 @@
 
 CREATE DATABASE IF NOT EXISTS {database};
 
--- One row per LLM request event (operators.records.Event).
+-- One row per LLM request event (core.records.Event).
 CREATE TABLE IF NOT EXISTS {database}.llm_events
 (
     event_id           String,
@@ -49,7 +49,7 @@ ENGINE = ReplacingMergeTree(inserted_at)
 PARTITION BY toYYYYMM(ts)
 ORDER BY (tenant_id, event_id);
 
--- One row per judge verdict (operators.records.Evaluation). The columns follow
+-- One row per judge verdict (core.records.Evaluation). The columns follow
 -- the OpenTelemetry `gen_ai.evaluation.result` event; the mapping is in the
 -- column comments. One row per (event, metric, tier): a cascade that escalates
 -- writes the tier-1 and the tier-2 verdict; the highest tier is the verdict of
@@ -82,7 +82,7 @@ ENGINE = ReplacingMergeTree(inserted_at)
 PARTITION BY toYYYYMM(ts)
 ORDER BY (tenant_id, eval_id);
 
--- Tumbling windows (operators.records.CostWindow). 1 min, 1 h and 1 day rows
+-- Tumbling windows (core.records.CostWindow). 1 min, 1 h and 1 day rows
 -- share the table, told apart by window_s. Spend on the product's LLM requests
 -- (category llm) and on judgeflow's own judge calls (category judge) are kept
 -- in separate rows of the same ledger: judge verdicts return later than the
@@ -122,7 +122,7 @@ ORDER BY (tenant_id, agent, model, variant, window_s, window_start, category, ki
 -- tables created before open windows were written as they fill
 ALTER TABLE {database}.cost_windows ADD COLUMN IF NOT EXISTS provisional Bool DEFAULT false AFTER version;
 
--- Alert state transitions (operators.records.Alert).
+-- Alert state transitions (core.records.Alert).
 CREATE TABLE IF NOT EXISTS {database}.alerts
 (
     alert_id       String,
@@ -148,7 +148,7 @@ ORDER BY (tenant_id, alert_id);
 -- tables created before alerts carried their numbers
 ALTER TABLE {database}.alerts ADD COLUMN IF NOT EXISTS details String AFTER runbook;
 
--- Records the flow could not process (operators.records.DeadLetter).
+-- Records the flow could not process (core.records.DeadLetter).
 CREATE TABLE IF NOT EXISTS {database}.dead_letters
 (
     key              String,
@@ -165,7 +165,7 @@ ENGINE = ReplacingMergeTree(inserted_at)
 PARTITION BY toYYYYMM(ts)
 ORDER BY key;
 
--- Models the flow could not price (operators.records.PricingIssue): one row
+-- Models the flow could not price (core.records.PricingIssue): one row
 -- per (model, provider, UTC day), keyed deterministically so workers and
 -- replays replace each other. The requests themselves are in llm_events
 -- (cost_source = 'unknown') and cost_windows (unknown_cost_requests).
@@ -185,7 +185,7 @@ ORDER BY key;
 
 -- Horvitz-Thompson estimates of the share of flagged responses per
 -- (tenant, agent, metric, window), from the sampled verdicts and their
--- inclusion probabilities (operators.records.QualityEstimate). The sums make
+-- inclusion probabilities (core.records.QualityEstimate). The sums make
 -- any rollup exact: rate = sum(sum_wy) / sum(sum_w), interval as in
 -- operators/estimates.py (query_estimates). Re-emitted as verdicts arrive: the
 -- newest version wins.
@@ -241,7 +241,7 @@ ALTER TABLE {database}.quality_estimates ADD COLUMN IF NOT EXISTS ppi_rate Float
 ALTER TABLE {database}.quality_estimates ADD COLUMN IF NOT EXISTS ppi_low Float64 DEFAULT nan AFTER ppi_rate;
 ALTER TABLE {database}.quality_estimates ADD COLUMN IF NOT EXISTS ppi_high Float64 DEFAULT nan AFTER ppi_low;
 
--- The judge savings ledger per (tenant, window) (operators.records.JudgeSavings):
+-- The judge savings ledger per (tenant, window) (core.records.JudgeSavings):
 -- judge calls and dollars of judging every event on every metric with the
 -- reference (most expensive configured) judge, and what sampling, the cache
 -- and the cascade avoided; judge_* is what was spent. baseline = sampling +
@@ -278,7 +278,7 @@ ALTER TABLE {database}.judge_savings ADD COLUMN IF NOT EXISTS judged_events UInt
 ALTER TABLE {database}.judge_savings ADD COLUMN IF NOT EXISTS allowed_events UInt64 DEFAULT 0 AFTER judged_events;
 ALTER TABLE {database}.judge_savings ADD COLUMN IF NOT EXISTS forced_events UInt64 DEFAULT 0 AFTER allowed_events;
 
--- Per (tenant, window): the usual abuse shapes (operators.records.AbuseWindow,
+-- Per (tenant, window): the usual abuse shapes (core.records.AbuseWindow,
 -- operators/abuse.py) — requests repeating a prompt already sent in the window
 -- (normalized as the verdict cache does, hashed) and the requests of the top
 -- user id. Shares are of all the window's requests. Re-emitted while events

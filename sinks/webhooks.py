@@ -38,8 +38,8 @@ import aiohttp
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter
 
+from core.records import Alert, alert_subject, alert_summary
 from operators.alert_rules import RANK
-from operators.records import Alert, alert_subject, alert_summary
 
 log = logging.getLogger(__name__)
 

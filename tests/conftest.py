@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from flows.config import Settings, load_settings
-from flows.kafka_mock import MockCluster
-from judges.local_endpoint import EndpointConfig, LocalEndpoint
 from operators import event_time
+from simulators.kafka_mock import MockCluster
+from simulators.local_endpoint import EndpointConfig, LocalEndpoint
 from sinks import clickhouse as ch
 
 

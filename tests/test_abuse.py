@@ -18,14 +18,14 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from prometheus_client import REGISTRY
 
+from core.records import AbuseWindow, Alert, Event
 from flows.cli import main
 from flows.config import ConfigError
-from flows.kafka_mock import produce_all
 from operators.abuse import _Counts, abuse_row, abuse_window, combine, fold
 from operators.alerts import OverrideAction
 from operators.dedup import ContentKeyer
-from operators.records import AbuseWindow, Alert, Event
 from operators.tumbling import _Spec, _TumblingLogic
+from simulators.kafka_mock import produce_all
 from sinks.clickhouse import connect, ensure_schema
 from tests.conftest import flow_settings, rows, run_flow, topic_flow_settings
 from tests.test_alerts import ONLY, policy, run, win

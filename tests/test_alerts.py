@@ -19,6 +19,7 @@ from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.records import Alert, CostWindow, Event, usd_to_pico
 from flows.cli import _parser
 from flows.config import ConfigError
 from flows.deps import build_alert_policy
@@ -27,7 +28,6 @@ from operators.alert_state import TenantLedger
 from operators.alerts import AlertProgress, OverrideAction, _AlertLogic, alerts
 from operators.control import MemoryControlStore, Override
 from operators.expensive import ExpensiveSlot, expensive_requests
-from operators.records import Alert, CostWindow, Event, usd_to_pico
 from sinks.control import ControlSink
 from tests.conftest import flow_settings
 

@@ -23,8 +23,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from flows.deps import build_deps
 from flows.judgeflow import build_flow
-from flows.kafka_mock import produce_all
 from operators.control import MemoryControlStore, RedisControlStore
+from simulators.kafka_mock import produce_all
 from sinks.clickhouse import connect, ensure_schema
 from tests.conftest import run_flow, topic_flow_settings
 

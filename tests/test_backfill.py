@@ -22,9 +22,9 @@ import pytest
 from flows import backfill
 from flows.backfill import BackfillError, ProgressTracker, parse_bound, progress_line
 from flows.cli import main
-from flows.kafka_mock import produce_all
-from flows.traffic import generate
-from sinks.chdb_http import start_chdb_http
+from simulators.chdb_http import start_chdb_http
+from simulators.kafka_mock import produce_all
+from simulators.traffic import generate
 from sinks.clickhouse import connect, ensure_schema
 from tests.conftest import CONFIG, job_env, run_flow, topic_flow_settings
 from tests.test_recovery import TABLES, tables

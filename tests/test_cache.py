@@ -17,10 +17,10 @@ from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.testing import TestingSource
 from prometheus_client import REGISTRY
 
+from core.records import Verdict
 from flows.deps import build_deps
 from flows.judgeflow import build_flow
 from operators.cache import CachedVerdict, MemoryVerdictCache, RedisVerdictCache
-from operators.records import Verdict
 from sinks.clickhouse import connect, ensure_schema
 from tests.conftest import flow_settings
 

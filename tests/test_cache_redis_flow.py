@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from flows.kafka_mock import produce_all
-from flows.traffic import generate
-from operators import metrics
+from core import metrics
+from simulators.kafka_mock import produce_all
+from simulators.traffic import generate
 from sinks.clickhouse import connect, ensure_schema
 from tests.conftest import rows, run_flow, topic_flow_settings
 

@@ -23,7 +23,7 @@ import clickhouse_connect
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from sinks.chdb_http import start_chdb_http
+from simulators.chdb_http import start_chdb_http
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ def rows(i: int) -> list[tuple[Any, ...]]:
 
 def test_the_cli_prints_its_url_first_serves_ping_and_exits_0_on_sigterm(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sinks.chdb_http", "--path", str(tmp_path / "db"), "--port", "0"],
+        [sys.executable, "-m", "simulators.chdb_http", "--path", str(tmp_path / "db"), "--port", "0"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,

@@ -2,7 +2,7 @@
 
 chdb hosts one data directory per process, so every in-process test shares
 one session-wide directory and isolates itself with its own database. Tests
-that need a server URL start `sinks.chdb_http` in a subprocess over their own
+that need a server URL start `simulators.chdb_http` in a subprocess over their own
 tmp dir.
 """
 
@@ -24,9 +24,9 @@ from bytewax.testing import TestingSource, cluster_main, run_main
 from clickhouse_connect.driver.exceptions import OperationalError
 from prometheus_client import REGISTRY
 
-from operators.records import Alert, CostWindow, DeadLetter, Evaluation, Event, Source
+from core.records import Alert, CostWindow, DeadLetter, Evaluation, Event, Source
+from simulators.chdb_http import start_chdb_http
 from sinks import clickhouse as ch
-from sinks.chdb_http import start_chdb_http
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms

@@ -20,8 +20,8 @@ from decimal import Decimal
 import pytest
 from genai_prices import Usage, calc_price
 
-from flows.kafka_mock import produce_all
-from flows.traffic import read_trace
+from simulators.kafka_mock import produce_all
+from simulators.traffic import read_trace
 from sinks.clickhouse import connect, ensure_schema
 from tests.conftest import run_flow, topic_flow_settings
 

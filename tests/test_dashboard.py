@@ -17,7 +17,7 @@ import yaml
 from bytewax.connectors.kafka import BYTEWAX_CONSUMER_LAG_GAUGE
 from prometheus_client import REGISTRY
 
-from operators import metrics
+from core import metrics
 from sinks import clickhouse, webhooks
 from tests.conftest import flow_settings
 

@@ -8,8 +8,8 @@ import json
 import pytest
 from bytewax.connectors.kafka import KafkaSourceMessage
 
+from core.records import DeadLetter, Event, usd_to_pico
 from operators.decode import DecodeLimits, decode_message
-from operators.records import DeadLetter, Event, usd_to_pico
 
 NOW = 1_763_800_000_000  # 2025-11-22
 LIMITS = DecodeLimits(

@@ -10,14 +10,14 @@ from bytewax.connectors.kafka import KafkaSourceMessage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flows.kafka_mock import produce_all
-from flows.otlp_encode import json_to_proto
-from flows.traffic import generate, shared_data_dir
-from operators import metrics
+from core import metrics
+from core.records import DeadLetter, Event
 from operators.decode import decode_record
 from operators.otlp import OtlpCall, OtlpContent, OtlpMapping
-from operators.records import DeadLetter, Event
 from operators.validate import DecodeLimits
+from simulators.kafka_mock import produce_all
+from simulators.otlp_encode import json_to_proto
+from simulators.traffic import generate, shared_data_dir
 from sinks.clickhouse import connect, ensure_schema
 from tests.conftest import rows, run_flow, topic_flow_settings
 

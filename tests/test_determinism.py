@@ -11,8 +11,8 @@ import random
 
 import pytest
 
-from flows.kafka_mock import produce_all
-from flows.traffic import generate
+from simulators.kafka_mock import produce_all
+from simulators.traffic import generate
 from sinks.clickhouse import connect, ensure_schema
 from tests.conftest import run_flow, topic_flow_settings
 from tests.test_recovery import TABLES, tables

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from bench._coverage import BASELINE, ESTIMATORS, RULES, SHAPES, Shape, halueval, sample_domains, xstest
+from core.records import Event
 from judges.base import JudgeItem
 from operators.dedup import Candidate
 from operators.estimates import (
@@ -34,7 +35,6 @@ from operators.estimates import (
     stratum_variance,
     wilson,
 )
-from operators.records import Event
 from operators.sample import Sampler, StratumCount, _SampleLogic, cheap_metrics, tally_batch
 from tests.test_sampler import T0
 

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flows.config import KafkaConfig
-from flows.kafka_mock import produce_all
 from flows.sources import kafka_source
 from operators.event_time import RECHECK_S, InputProgress, wake_at
+from simulators.kafka_mock import produce_all
 
 MIN = 60_000
 

@@ -31,8 +31,8 @@ from pathlib import Path
 import clickhouse_connect
 import pytest
 
-from flows.kafka_mock import produce_all
-from sinks.chdb_http import start_chdb_http
+from simulators.chdb_http import start_chdb_http
+from simulators.kafka_mock import produce_all
 from tests.conftest import CONFIG, free_port, job_env
 from tests.test_determinism import topic_with_redeliveries
 from tests.test_recovery import TABLES, count, tables, wait_for_events

@@ -15,8 +15,8 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from genai_prices import Usage, calc_price
 
-from flows.kafka_mock import produce_all
-from flows.traffic import generate
+from simulators.kafka_mock import produce_all
+from simulators.traffic import generate
 from sinks.clickhouse import connect, ensure_schema
 from tests.conftest import rows, run_flow, topic_flow_settings
 

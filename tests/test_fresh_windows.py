@@ -12,8 +12,8 @@ from pathlib import Path
 import clickhouse_connect
 import pytest
 
-from flows.kafka_mock import produce_all
-from sinks.chdb_http import start_chdb_http
+from simulators.chdb_http import start_chdb_http
+from simulators.kafka_mock import produce_all
 from tests.conftest import CONFIG, job_env
 from tests.test_health_flow import wait_for
 

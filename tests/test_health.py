@@ -32,7 +32,7 @@ from flows.health import (
     open_breakers,
     partition_lags,
 )
-from flows.kafka_mock import produce_all
+from simulators.kafka_mock import produce_all
 from tests.conftest import free_port
 
 # --- pure functions -------------------------------------------------------------------------------

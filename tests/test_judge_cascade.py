@@ -26,20 +26,20 @@ from typing import Any
 import msgspec
 import pytest
 
+from core import metrics
+from core.records import Evaluation, Event, LedgerEntry
 from judges.anthropic_judge import AnthropicJudge
 from judges.base import FLAGGED, JudgeItem
 from judges.budget import DAY_MS, BudgetPolicy
 from judges.cascade import JudgePlan
-from judges.local_endpoint import EndpointConfig, LocalEndpoint
 from judges.openai_judge import OpenAIJudge
 from judges.redact import Redactor
 from judges.rules import Tier0Rules
 from judges.runtime import EndpointPolicy, JudgeRuntime, RetryPolicy
-from operators import metrics
 from operators.cache import MemoryVerdictCache
 from operators.dedup import Candidate, ContentKeyer
 from operators.judge import BUDGET_SPENT, _Deps, _JudgeLogic, _JudgeState
-from operators.records import Evaluation, Event, LedgerEntry
+from simulators.local_endpoint import EndpointConfig, LocalEndpoint
 
 DATA = Path(os.environ.get("JUDGEFLOW_DATA", "/work/shared/data"))
 TIER1, TIER2 = "gpt-4o-mini", "claude-sonnet-4-6"

@@ -9,10 +9,10 @@ import threading
 import pytest
 from prometheus_client import REGISTRY
 
+from core.records import Evaluation
 from judges.base import METRICS, JudgeItem
-from judges.local_endpoint import EndpointConfig, LocalEndpoint
 from judges.runtime import RetryPolicy, Task
-from operators.records import Evaluation
+from simulators.local_endpoint import EndpointConfig, LocalEndpoint
 from tests.test_judge_cascade import RULES, T0, candidate, drain, event
 from tests.test_judge_runtime import judge_all, make_judge, runtime
 

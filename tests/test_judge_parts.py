@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from core.records import Verdict
 from flows.config import ConfigError, load_settings
 from flows.deps import build_plan, build_runtime
 from judges.base import METRICS, JudgeItem
@@ -27,7 +28,6 @@ from judges.rubrics import (
     parse_verdict_object,
 )
 from judges.rules import Tier0Rules
-from operators.records import Verdict
 
 DATA = Path(os.environ.get("JUDGEFLOW_DATA", "/work/shared/data"))
 

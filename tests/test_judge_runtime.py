@@ -1,6 +1,6 @@
 """The judge runtime with the real `openai` and `anthropic` clients over HTTP.
 
-Every test talks to the local endpoint (judges.local_endpoint) through the
+Every test talks to the local endpoint (simulators.local_endpoint) through the
 official clients, so what is asserted — verdicts parsed strictly, attempts
 bounded, a 401 disabling a judge, a circuit breaker opening and closing — is
 what the endpoint actually saw, counted per request.
@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
+from core import metrics
 from judges.anthropic_judge import AnthropicJudge
 from judges.base import METRICS, JudgeItem, LLMJudge
-from judges.local_endpoint import EndpointConfig, LocalEndpoint
 from judges.openai_judge import OpenAIJudge
 from judges.runtime import EndpointPolicy, JudgeRuntime, Outcome, RetryPolicy, Task
-from operators import metrics
+from simulators.local_endpoint import EndpointConfig, LocalEndpoint
 
 OPENAI_MODEL = "gpt-4o-mini"
 ANTHROPIC_MODEL = "claude-sonnet-4-6"

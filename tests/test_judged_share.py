@@ -24,12 +24,11 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 
 from bench._coverage import BASELINE, RULES, SHAPES
+from core.records import Event, SavingsEntry
 from flows.deps import build_sampler
-from flows.kafka_mock import produce_all
 from flows.report import format_table
 from flows.report_queries import Scope, savings
 from operators.dedup import Candidate
-from operators.records import Event, SavingsEntry
 from operators.sample import (
     FLAGGED,
     LONG,
@@ -41,7 +40,8 @@ from operators.sample import (
     unit_hash,
 )
 from operators.savings import savings_row
-from sinks.chdb_http import start_chdb_http
+from simulators.chdb_http import start_chdb_http
+from simulators.kafka_mock import produce_all
 from sinks.clickhouse import ClickHouseSink, connect, ensure_schema
 from tests.conftest import flow_settings, rows, run_flow
 from tests.test_estimates import check_coverage

@@ -18,7 +18,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, run_main
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-from flows.kafka_mock import (
+from simulators.kafka_mock import (
     DeliveryError,
     MockCluster,
     MockClusterError,
@@ -166,7 +166,7 @@ def test_host_process_serves_other_processes_and_exits_cleanly() -> None:
 def test_host_process_writes_its_ready_file_and_stops_on_sigint(tmp_path: Path) -> None:
     ready = tmp_path / "kafka.ready"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.kafka_mock", "--topic", "t:2", "--ready-file", str(ready)],
+        [sys.executable, "-m", "simulators.kafka_mock", "--topic", "t:2", "--ready-file", str(ready)],
         cwd=PROJECT_ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -293,7 +293,7 @@ def test_clusters_close_cleanly_and_leave_no_threads() -> None:
 def test_an_unclosed_cluster_does_not_crash_interpreter_exit() -> None:
     code = (
         "from confluent_kafka import Producer\n"
-        "from flows.kafka_mock import MockCluster\n"
+        "from simulators.kafka_mock import MockCluster\n"
         "mock = MockCluster(3)\n"
         "mock.create_topic('t', 2)\n"
         "producer = Producer({'bootstrap.servers': mock.bootstrap})\n"

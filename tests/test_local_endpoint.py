@@ -21,7 +21,8 @@ import openai
 import pytest
 
 from judges.base import METRICS, JudgeItem
-from judges.local_endpoint import (
+from judges.rubrics import VERDICT_SCHEMA, build_prompt, parse_verdict
+from simulators.local_endpoint import (
     Behaviour,
     EndpointConfig,
     Latency,
@@ -30,8 +31,7 @@ from judges.local_endpoint import (
     parse_cli,
     start_endpoint_process,
 )
-from judges.rubrics import VERDICT_SCHEMA, build_prompt, parse_verdict
-from judges.simulated_verdicts import simulate_verdict
+from simulators.simulated_verdicts import simulate_verdict
 
 OPENAI_MODEL = "gpt-4o-mini"
 ANTHROPIC_MODEL = "claude-haiku-4-5"

@@ -26,16 +26,16 @@ import pytest
 
 from flows.config import ConfigError
 from flows.deps import build_local, judge_version
-from flows.kafka_mock import produce_all
-from flows.traffic import generate
 from judges.base import FLAGGED, OK, JudgeItem
 from judges.cascade import JudgePlan
 from judges.local import LocalJudge, ProfanityCheck, load_local_models
-from judges.local_endpoint import EndpointConfig, LocalEndpoint
 from judges.rules import Tier0Rules
 from operators.cache import MemoryVerdictCache
 from operators.dedup import ContentKeyer
 from operators.judge import _Deps, _JudgeLogic
+from simulators.kafka_mock import produce_all
+from simulators.local_endpoint import EndpointConfig, LocalEndpoint
+from simulators.traffic import generate
 from sinks.clickhouse import connect, ensure_schema
 from tests.conftest import flow_settings, rows, run_flow, topic_flow_settings
 from tests.test_judge_cascade import (  # the cascade tests' endpoint and helpers

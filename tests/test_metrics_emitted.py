@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY, generate_latest
 
-from flows.kafka_mock import produce_all
-from flows.traffic import generate
-from judges.local_endpoint import EndpointConfig, LocalEndpoint
-from operators import metrics
+from core import metrics
+from simulators.kafka_mock import produce_all
+from simulators.local_endpoint import EndpointConfig, LocalEndpoint
+from simulators.traffic import generate
 from sinks.clickhouse import connect, ensure_schema
 from tests.conftest import rows, run_flow, topic_flow_settings
 

@@ -11,9 +11,9 @@ import pytest
 from flows.cli import main
 from flows.config import load_settings
 from flows.deps import build_plan, judge_tiers, keyless_tiers
-from flows.kafka_mock import produce_all
-from flows.traffic import generate
 from judges.rules import Tier0Rules
+from simulators.kafka_mock import produce_all
+from simulators.traffic import generate
 from sinks.clickhouse import connect
 from tests.conftest import CONFIG, rows
 

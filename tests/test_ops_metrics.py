@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY
 
-from judges.local_endpoint import EndpointConfig, LocalEndpoint
 from judges.runtime import JudgeRuntime
+from simulators.local_endpoint import EndpointConfig, LocalEndpoint
 from sinks import clickhouse as ch
 from sinks.clickhouse_tables import observe_evaluation_latency
 from tests.test_clickhouse_sink import make_evaluation

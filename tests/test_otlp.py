@@ -9,12 +9,12 @@ import json
 from copy import deepcopy
 from decimal import Decimal
 
-from flows.kafka_mock import produce_all
-from flows.otlp_encode import json_to_proto
-from flows.traffic import shared_data_dir
+from core.records import DeadLetter, Event, Source
 from operators.otlp import OtlpCall, OtlpContent, OtlpMapping, decode_otlp, decode_otlp_proto, looks_like_otlp
-from operators.records import DeadLetter, Event, Source
 from operators.validate import DecodeLimits
+from simulators.kafka_mock import produce_all
+from simulators.otlp_encode import json_to_proto
+from simulators.traffic import shared_data_dir
 from sinks.clickhouse import connect, ensure_schema
 from tests.conftest import run_flow, topic_flow_settings
 

@@ -18,11 +18,11 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from flows.kafka_mock import produce_all
-from operators import metrics
+from core import metrics
+from core.records import Event
 from operators.otlp import OtlpCall, OtlpContent
 from operators.otlp_join import _JoinLogic
-from operators.records import Event
+from simulators.kafka_mock import produce_all
 from sinks.clickhouse import connect, ensure_schema
 from tests.conftest import rows, run_flow, topic_flow_settings
 

@@ -25,14 +25,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from flows.kafka_mock import produce_all
-from flows.otlp_encode import json_to_proto
-from flows.traffic import shared_data_dir
-from operators import metrics
+from core import metrics
+from core.records import DeadLetter, Event, Source
 from operators.decode import decode_record
 from operators.otlp import OtlpCall, OtlpContent, OtlpMapping, decode_otlp_proto, proto_signal
-from operators.records import DeadLetter, Event, Source
 from operators.validate import DecodeLimits
+from simulators.kafka_mock import produce_all
+from simulators.otlp_encode import json_to_proto
+from simulators.traffic import shared_data_dir
 from sinks.clickhouse import connect, ensure_schema
 from tests.conftest import rows, run_flow, topic_flow_settings
 

@@ -14,8 +14,8 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from genai_prices import Usage, calc_price
 from prometheus_client import REGISTRY
 
+from core.records import PICO_PER_USD, Event, PricingIssue
 from operators.price import Catalog, Pricer, override_rates, price, pricing_issue
-from operators.records import PICO_PER_USD, Event, PricingIssue
 
 
 def event(

@@ -11,9 +11,9 @@ from pathlib import Path
 import clickhouse_connect
 import pytest
 
-from flows.kafka_mock import produce_all
-from flows.traffic import generate
-from sinks.chdb_http import start_chdb_http
+from simulators.chdb_http import start_chdb_http
+from simulators.kafka_mock import produce_all
+from simulators.traffic import generate
 from tests.conftest import CONFIG, free_port, job_env
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from bytewax.connectors.kafka import BYTEWAX_CONSUMER_LAG_GAUGE
 
-from operators import metrics
+from core import metrics
 from sinks import clickhouse
 from tests.conftest import flow_settings
 

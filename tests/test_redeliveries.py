@@ -7,11 +7,11 @@ import json
 import random
 from collections import defaultdict
 
-from flows.kafka_mock import produce_all
-from flows.traffic import generate
-from operators import metrics
-from operators.records import DeadLetter, Event, Source
+from core import metrics
+from core.records import DeadLetter, Event, Source
 from operators.redeliveries import _SeenLogic, fingerprint
+from simulators.kafka_mock import produce_all
+from simulators.traffic import generate
 from sinks.clickhouse import connect, ensure_schema
 from tests.conftest import rows, run_flow, topic_flow_settings
 

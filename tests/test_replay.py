@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from flows.kafka_mock import produce_all
+from simulators.kafka_mock import produce_all
 from sinks.clickhouse import connect, ensure_schema
 from tests.conftest import run_flow, topic_flow_settings
 

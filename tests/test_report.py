@@ -19,11 +19,11 @@ import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 
+from core.records import AbuseWindow, Alert, Evaluation, Event, LedgerEntry, pico_to_usd
 from operators.estimates import quality_estimates
 from operators.price import pricing_issue
-from operators.records import AbuseWindow, Alert, Evaluation, Event, LedgerEntry, pico_to_usd
 from operators.windows import cost_window, ledger_entry, rollup
-from sinks.chdb_http import start_chdb_http
+from simulators.chdb_http import start_chdb_http
 from sinks.clickhouse import ClickHouseSink, connect
 
 REPO = Path(__file__).resolve().parents[1]
@@ -449,9 +449,9 @@ def test_a_locked_chdb_directory_gets_a_way_out_that_works(tmp_path: Path) -> No
         cmd = [sys.executable, "-m", "flows.cli", "report", "alerts", "--dsn", f"chdb:{data}"]
         out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
         assert out.returncode == 2 and "Traceback" not in out.stderr
-        assert f"python -m sinks.chdb_http --path {data} --port 8123 &" in out.stderr
+        assert f"python -m simulators.chdb_http --path {data} --port 8123 &" in out.stderr
         assert "judgeflow report alerts --dsn http://127.0.0.1:8123" in out.stderr
-        serve = [sys.executable, "-m", "sinks.chdb_http", "--path", str(data)]
+        serve = [sys.executable, "-m", "simulators.chdb_http", "--path", str(data)]
         refused = subprocess.run(serve, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
         assert refused.returncode == 2 and "Traceback" not in refused.stderr
         assert "Another process is using this directory" in refused.stderr

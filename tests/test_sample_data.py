@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from flows.cli import main
-from flows.traffic import (
+from simulators.traffic import (
     NOT_SHIPPED,
     TrafficData,
     TrafficDataError,

@@ -16,14 +16,12 @@ from decimal import Decimal
 import pytest
 from prometheus_client import REGISTRY
 
-from flows.kafka_mock import produce_all
-from flows.traffic import generate
+from core.records import Event
 from judges.rules import Tier0Rules
 from operators.alerts import AlertProgress, OverrideAction
 from operators.control import MemoryControlStore, Override
 from operators.dedup import Candidate
 from operators.price import override_rates
-from operators.records import Event
 from operators.sample import (
     CAP,
     FLAGGED,
@@ -40,6 +38,8 @@ from operators.sample import (
     unit_hash,
 )
 from operators.savings import Baseline, ReferenceJudge
+from simulators.kafka_mock import produce_all
+from simulators.traffic import generate
 from sinks.clickhouse import connect, ensure_schema
 from tests.conftest import rows, run_flow, topic_flow_settings
 

@@ -13,9 +13,9 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 
-from operators import metrics
+from core import metrics
+from core.records import Event
 from operators.price import Pricer, override_rates, price
-from operators.records import Event
 from tests.conftest import flow_settings
 from tests.test_price import event
 

@@ -13,11 +13,11 @@ from bytewax.run import cli_main
 
 from flows.deps import build_deps
 from flows.judgeflow import build_flow
-from flows.kafka_mock import produce_all
-from flows.traffic import generate
 from judges.cascade import JudgePlan
 from operators.dedup import ContentKeyer
 from operators.validate import guarded
+from simulators.kafka_mock import produce_all
+from simulators.traffic import generate
 from sinks.clickhouse import ClickHouseSink, InsertRejectedError, connect, ensure_schema
 from tests.conftest import rows, topic_flow_settings
 from tests.test_redeliveries import _event

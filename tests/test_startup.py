@@ -9,7 +9,7 @@ import clickhouse_connect
 import pytest
 
 from flows.cli import StartupError, _init_db, main
-from sinks.chdb_http import start_chdb_http
+from simulators.chdb_http import start_chdb_http
 from tests.conftest import CONFIG, flow_settings, free_port
 
 

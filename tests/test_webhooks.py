@@ -19,9 +19,9 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSource, run_main
 from prometheus_client import REGISTRY
 
+from core.records import Alert
 from flows.config import ConfigError, load_settings
 from flows.deps import build_webhooks
-from operators.records import Alert
 from sinks.webhooks import Delivery, WebhookSink, WebhookTarget
 from tests.conftest import CONFIG, flow_settings
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
-from operators.records import CostWindow, Event, LedgerEntry
+from core.records import CostWindow, Event, LedgerEntry
 from operators.windows import (
     _RollupLogic,
     _WindowLogic,

@@ -29,7 +29,7 @@ separate sessions (all requests share one session; `session_id` is ignored),
 external data, Native-compressed bodies (`decompress=1`), progress headers.
 Requests are served one at a time (one chdb session, one lock).
 
-Run: `python -m sinks.chdb_http --path DIR --port 0 [--ready-file PATH]` prints
+Run: `python -m simulators.chdb_http --path DIR --port 0 [--ready-file PATH]` prints
 `http://127.0.0.1:PORT` as its first stdout line and serves until SIGTERM
 (exit 0). In Python: `with start_chdb_http(path) as url: ...`.
 """
@@ -565,7 +565,7 @@ def start_chdb_http(
         cmd = [
             sys.executable,
             "-m",
-            "sinks.chdb_http",
+            "simulators.chdb_http",
             "--path",
             str(Path(path).resolve()),
             "--port",
@@ -583,7 +583,9 @@ def start_chdb_http(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sinks.chdb_http", description=__doc__.split("\n", 1)[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m simulators.chdb_http", description=__doc__.split("\n", 1)[0]
+    )
     parser.add_argument("--path", required=True, type=Path, help="chdb data directory")
     parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any free)")
     parser.add_argument("--ready-file", type=Path, help="write the URL here once serving")

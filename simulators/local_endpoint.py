@@ -3,7 +3,7 @@
 Tests, benchmarks and the demo (when no API key is set) point the official
 `openai` / `anthropic` clients at it, so the production client path — HTTP,
 error mapping, retries, timeouts — is what runs, without a real LLM. Verdicts
-are simulated (`judges.simulated_verdicts`) by small deterministic heuristics over the delimited data
+are simulated (`simulators.simulated_verdicts`) by small deterministic heuristics over the delimited data
 sections of the judge prompt (`judges.rubrics`); faults (latency, 429/5xx,
 timeouts, broken bodies, invalid verdicts, bad keys, unknown models) are
 injected from an `EndpointConfig` or scripted per request.
@@ -16,7 +16,7 @@ Run it in-process (a background thread with its own event loop)::
 
 or as a process (prints its OpenAI base URL as the first stdout line, stops on SIGTERM)::
 
-    python -m judges.local_endpoint --port 0 --latency-ms 200 --ready-file /tmp/ep.url
+    python -m simulators.local_endpoint --port 0 --latency-ms 200 --ready-file /tmp/ep.url
 
 It listens on 127.0.0.1 only and keeps the request path cheap (no access log,
 no per-request logging, cached verdicts) so benchmarks measure the client.
@@ -47,7 +47,7 @@ from typing import Any, Literal, Self, TypeVar
 import msgspec
 from aiohttp import web
 
-from judges.simulated_verdicts import simulate_verdict
+from simulators.simulated_verdicts import simulate_verdict
 
 HOST = "127.0.0.1"
 
@@ -979,7 +979,7 @@ class LocalEndpoint:
 
 
 def config_to_args(config: EndpointConfig) -> list[str]:
-    """Command-line flags for `python -m judges.local_endpoint` that rebuild `config`."""
+    """Command-line flags for `python -m simulators.local_endpoint` that rebuild `config`."""
     lat = config.latency_spec()
     args = [
         "--port",
@@ -1011,7 +1011,7 @@ def config_to_args(config: EndpointConfig) -> list[str]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m judges.local_endpoint",
+        prog="python -m simulators.local_endpoint",
         description="Local OpenAI/Anthropic-compatible judge endpoint with fault injection.",
     )
     p.add_argument("--port", type=int, default=0, help="0 picks a free port")
@@ -1090,7 +1090,7 @@ async def _serve_process(config: EndpointConfig, ready_file: Path | None) -> int
 
 
 class EndpointProcess:
-    """A running `python -m judges.local_endpoint`; control goes over HTTP."""
+    """A running `python -m simulators.local_endpoint`; control goes over HTTP."""
 
     def __init__(self, proc: subprocess.Popen[bytes], openai_base_url: str) -> None:
         self.proc = proc
@@ -1153,7 +1153,7 @@ def start_endpoint_process(
     cmd = [
         sys.executable,
         "-m",
-        "judges.local_endpoint",
+        "simulators.local_endpoint",
         *config_to_args(config or EndpointConfig()),
         *extra_args,
     ]

@@ -4,7 +4,7 @@ No real Kafka broker can be installed where judgeflow is developed, but librdkaf
 bundled inside the confluent-kafka wheel, contains a mock cluster that speaks the real
 Kafka protocol on loopback TCP. `MockCluster` drives its (experimental, hence pinned)
 C API through ctypes so tests can choose partition counts and inject broker faults;
-`python -m flows.kafka_mock` hosts one cluster for several processes.
+`python -m simulators.kafka_mock` hosts one cluster for several processes.
 
 `offsets_for_time` ("replay from a time") and `produce_all` work against any Kafka;
 the former falls back to a binary search on message timestamps because the mock does
@@ -291,7 +291,7 @@ def _parse_topic(spec: str) -> tuple[str, int]:
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m flows.kafka_mock",
+        prog="python -m simulators.kafka_mock",
         description=(
             "Host a librdkafka mock Kafka cluster: print its bootstrap address as the first "
             "line on stdout, then serve until SIGTERM or SIGINT."
@@ -329,7 +329,7 @@ def _serve_until_signal(*, watch_parent: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `python -m flows.kafka_mock`; returns the exit code."""
+    """Entry point of `python -m simulators.kafka_mock`; returns the exit code."""
     args = _parse_args(argv)
     # Non-interactive shells start background jobs with SIGINT ignored, and ignored
     # signals are discarded; block both (before librdkafka starts threads) and take
@@ -379,14 +379,14 @@ def _read_first_line(proc: subprocess.Popen[bytes], timeout_s: float) -> str:
 def start_mock_process(
     topics: Mapping[str, int], *, num_brokers: int = 1, timeout_s: float = 30.0
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start `python -m flows.kafka_mock` with these topics; return it and its bootstrap.
+    """Start `python -m simulators.kafka_mock` with these topics; return it and its bootstrap.
 
     The host exits if this process dies. Stop it with `stop_mock_process`, or use
     `running_mock_process`.
     """
     project_root = str(Path(__file__).resolve().parent.parent)
     python_path = os.pathsep.join(filter(None, [project_root, os.environ.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-m", "flows.kafka_mock", "--watch-parent"]
+    cmd = [sys.executable, "-m", "simulators.kafka_mock", "--watch-parent"]
     cmd += ["--brokers", str(num_brokers)]
     for name, partitions in topics.items():
         cmd += ["--topic", f"{name}:{partitions}"]

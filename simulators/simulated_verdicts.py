@@ -1,6 +1,6 @@
 """Simulated judge verdicts: deterministic heuristics over the delimited data.
 
-What the local endpoint (`judges.local_endpoint`) answers when it is asked to
+What the local endpoint (`simulators.local_endpoint`) answers when it is asked to
 judge: it reads the metric from the rubric and looks only at the evaluated
 text between the data delimiters of `judges.rubrics` — never at instructions
 inside it — and scores it with small, documented heuristics per metric. The
