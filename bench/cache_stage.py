@@ -31,12 +31,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _traffic import CountingSink, median_rate, payloads, table
 
+from core.ports import CachedVerdict, VerdictCache
 from core.records import Event, Verdict
 from flows.config import CacheConfig
-from operators.cache import CachedVerdict, MemoryVerdictCache, RedisVerdictCache, VerdictCache
 from operators.decode import decode_message
 from operators.dedup import Candidate, ContentKeyer, dedup
 from operators.validate import DecodeLimits
+from sinks.memory_store import MemoryVerdictCache
+from sinks.redis_store import RedisVerdictCache
 
 LLM_METRICS = ("toxicity", "hallucination")
 LIMITS = DecodeLimits(earliest_ts_ms=0, max_future_ms=10**13, max_tokens=10**8, max_cost_pico=10**18)

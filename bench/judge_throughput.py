@@ -47,10 +47,10 @@ from judges.openai_judge import OpenAIJudge
 from judges.rubrics import build_prompt
 from judges.rules import Tier0Rules
 from judges.runtime import EndpointPolicy, JudgeRuntime, Outcome, Task
-from operators.cache import MemoryVerdictCache
 from operators.dedup import Candidate, ContentKeyer
 from operators.judge import judge
 from simulators.local_endpoint import EndpointConfig, start_endpoint_process
+from sinks.memory_store import MemoryVerdictCache
 
 
 @dataclass

@@ -375,6 +375,10 @@ class AbuseWindow(msgspec.Struct, frozen=True, array_like=True):
         return self.top_user_requests / self.requests if self.requests else 0.0
 
 
+LEVELS = ("ok", "warn", "critical", "emergency")  # an alert's levels, in rising order
+RANK = {level: i for i, level in enumerate(LEVELS)}
+
+
 class Alert(msgspec.Struct, frozen=True, array_like=True):
     """A state transition of one alert rule for one tenant."""
 

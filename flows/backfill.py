@@ -517,7 +517,7 @@ def run_backfill(
     from flows.deps import build_deps
     from flows.judgeflow import build_flow
     from flows.sources import bounded_kafka_source
-    from operators.control import MemoryControlStore
+    from sinks.memory_store import MemoryControlStore
 
     if settings.flow.clickhouse.database != plan.database:
         msg = f"settings write to {settings.flow.clickhouse.database!r}, the plan to {plan.database!r}"

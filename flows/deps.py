@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from core import metrics
+from core.errors import Unavailable
+from core.ports import ControlStore, DisabledJudge, VerdictCache
 from core.records import PICO_PER_USD, usd_to_pico
 from flows.config import ConfigError, JudgeTierConfig, Settings
 from judges.base import LLMJudge, RuleJudge
@@ -25,8 +27,6 @@ from judges.rubrics import RUBRIC_VERSION
 from judges.rules import Tier0Rules
 from judges.runtime import EndpointPolicy, JudgeRuntime, RetryPolicy
 from operators.alert_rules import Action, AlertPolicy, RuleSet
-from operators.cache import MemoryVerdictCache, RedisVerdictCache, VerdictCache
-from operators.control import ControlStore, DisabledJudge, MemoryControlStore, RedisControlStore
 from operators.decode import DecodeLimits
 from operators.dedup import ContentKeyer
 from operators.judge import JudgePlan
@@ -34,6 +34,8 @@ from operators.otlp import OtlpMapping
 from operators.price import Catalog, Pricer, override_rates
 from operators.sample import Sampler, StratumRule
 from operators.savings import Baseline, ReferenceJudge, reference_judge
+from sinks.memory_store import MemoryControlStore, MemoryVerdictCache
+from sinks.redis_store import RedisControlStore, RedisVerdictCache
 from sinks.webhooks import Delivery, WebhookSink, WebhookTarget
 
 log = logging.getLogger(__name__)
@@ -328,8 +330,8 @@ def build_runtime(settings: Settings, control: ControlStore | None = None) -> Ju
     if control is not None:
         try:
             remembered = control.disabled_judges()
-        except Exception as exc:
-            log.warning("could not read disabled judges from the control store: %s", type(exc).__name__)
+        except Unavailable as exc:
+            log.warning("could not read disabled judges from the control store: %s", exc)
             remembered = {}
         for name, r in remembered.items():
             if configs.get(name) == r.config:
@@ -338,7 +340,10 @@ def build_runtime(settings: Settings, control: ControlStore | None = None) -> Ju
 
     def remember(name: str, reason: str) -> None:
         if control is not None and name in configs:
-            control.disable_judge(DisabledJudge(name, configs[name], reason, time.time_ns() // 1_000_000))
+            try:
+                control.disable_judge(DisabledJudge(name, configs[name], reason, time.time_ns() // 1_000_000))
+            except Unavailable as exc:  # it is disabled in this process all the same
+                log.warning("judge %s: could not remember it as disabled: %s", name, exc)
 
     return JudgeRuntime(
         lambda: build_llm_judges(settings),

@@ -30,8 +30,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from core.errors import Unavailable
+from core.ports import Override
 from flows.config import ConfigError, load_settings
-from operators.control import Override, RedisControlStore
+from sinks.redis_store import RedisControlStore
 
 _UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86_400}
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(s|m|min|h|d)?$")
@@ -107,19 +109,18 @@ def _where(store_url: str) -> str:
 
 
 def _run(args: argparse.Namespace, action: Any) -> int:
-    import redis
-
     url = _redis_url(args)
     store = RedisControlStore(url, refresh_s=0.0)
-    probe = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
     try:
-        probe.ping()  # the store's reads ride out outages quietly; a command should not
+        store.ping()  # the store's reads ride out outages quietly; a command should not
         return int(action(store))
-    except (redis.RedisError, OSError) as exc:
-        print(f"judgeflow: cannot reach Redis at {_where(url)}: {type(exc).__name__}", file=sys.stderr)
+    except Unavailable as exc:
+        print(
+            f"judgeflow: cannot reach Redis at {_where(url)}: {exc.__cause__.__class__.__name__}",
+            file=sys.stderr,
+        )
         return 1
     finally:
-        probe.close()
         store.close()
 
 

@@ -40,11 +40,9 @@ from decimal import Decimal
 from functools import cached_property, partial
 from typing import Any, ClassVar
 
-from core.records import PICO_PER_USD, AbuseWindow
+from core.records import LEVELS, PICO_PER_USD, RANK, AbuseWindow
 from operators.alert_state import DAY_MS, TenantLedger, month_bounds
 
-LEVELS = ("ok", "warn", "critical", "emergency")
-RANK = {level: i for i, level in enumerate(LEVELS)}
 HOUR_MS = 3_600_000
 MINUTE_MS = 60_000
 NANO = Decimal("0.000000001")

@@ -55,31 +55,12 @@ from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
 from core import metrics
-from core.records import AbuseWindow, Alert, CostWindow, alert_subject
+from core.ports import OverrideAction
+from core.records import LEVELS, RANK, AbuseWindow, Alert, CostWindow, alert_subject
 from operators import event_time
-from operators.alert_rules import LEVELS, RANK, AlertPolicy, Reading, Rule, dec
+from operators.alert_rules import AlertPolicy, Reading, Rule, dec
 from operators.alert_state import DAY_MS, TenantLedger, month_bounds
-from operators.control import Override
 from operators.expensive import ExpensiveSlot
-
-
-class OverrideAction(msgspec.Struct, frozen=True, array_like=True):
-    """Set or clear a tenant's sampling override (applied by `sinks.control.ControlSink`).
-
-    A `clear` only removes the override if it is still the one `set_by` wrote.
-    """
-
-    tenant_id: str
-    op: str  # set | clear
-    rate: float
-    expires_ms: int
-    set_by: str  # "alert:<alert id>"
-    reason: str
-    ts_ms: int
-
-    def override(self) -> Override:
-        """The override a `set` writes: from the alert's evaluation time to `expires_ms` (event time)."""
-        return Override(self.tenant_id, self.rate, self.reason, self.set_by, self.expires_ms, self.ts_ms)
 
 
 class AlertProgress(msgspec.Struct, frozen=True, array_like=True):

@@ -29,6 +29,7 @@ import msgspec
 from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
 from bytewax.dataflow import Stream
 
+from core.dead_letters import dead_letter, internal_error
 from core.records import DeadLetter, Event, Source, WireEvent
 from operators.otlp import (
     Decoded,
@@ -42,7 +43,7 @@ from operators.otlp import (
     looks_like_otlp_proto,
     proto_signal,
 )
-from operators.validate import DecodeLimits, InvalidEvent, dead_letter, internal_error, to_event
+from operators.validate import DecodeLimits, InvalidEvent, to_event
 
 __all__ = [
     "DecodeLimits",

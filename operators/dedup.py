@@ -31,9 +31,9 @@ import xxhash
 from bytewax.dataflow import Stream
 
 from core import metrics
+from core.dead_letters import guarded
+from core.ports import VerdictCache
 from core.records import DeadLetter, Event, Verdict
-from operators.cache import VerdictCache
-from operators.validate import guarded
 
 
 class Candidate(msgspec.Struct, array_like=True):

@@ -32,15 +32,15 @@ from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
 from core import metrics
+from core.dead_letters import guarded, item_error
+from core.ports import CachedVerdict, VerdictCache
 from core.records import PICO_PER_USD, DeadLetter, Evaluation, Event, LedgerEntry, Verdict, entry_hash
 from judges.base import JudgeItem, RuleJudge
 from judges.budget import BudgetBook
 from judges.cascade import JudgePlan
 from judges.local import LocalJudge
 from judges.runtime import JudgeRuntime, Outcome, Task
-from operators.cache import CachedVerdict, VerdictCache
 from operators.dedup import Candidate, ContentKeyer, lookup
-from operators.validate import guarded, item_error
 
 __all__ = ["JudgeOut", "JudgePlan", "judge"]
 

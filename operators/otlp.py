@@ -41,8 +41,9 @@ from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsSer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from core import metrics
+from core.dead_letters import dead_letter
 from core.records import ChatMessage, DeadLetter, Event, Source, Usage, WireEvent
-from operators.validate import DecodeLimits, InvalidEvent, dead_letter, to_event
+from operators.validate import DecodeLimits, InvalidEvent, to_event
 
 LLM_OPERATIONS = frozenset({"chat", "text_completion", "generate_content"})
 DETAILS_EVENT = "gen_ai.client.inference.operation.details"

@@ -32,8 +32,8 @@ from genai_prices import Usage, calc_price
 from genai_prices.types import ModelPrice, PriceCalculation, TieredPrices, TimeOfDateConstraint
 
 from core import metrics
+from core.dead_letters import guarded
 from core.records import PICO_PER_USD, DeadLetter, Event, PricingIssue
-from operators.validate import guarded
 
 MTOK = 1_000_000
 DAY_MS = 86_400_000

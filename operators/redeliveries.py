@@ -40,8 +40,8 @@ from bytewax.dataflow import Stream
 from bytewax.operators import StatefulBatchLogic
 
 from core import metrics
+from core.dead_letters import dead_letter
 from core.records import DeadLetter, Event, entry_hash
-from operators.validate import dead_letter
 
 _BUCKET_MS = 3_600_000
 _encode = msgspec.msgpack.Encoder().encode

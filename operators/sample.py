@@ -112,14 +112,14 @@ from bytewax.dataflow import Stream
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from core import metrics
+from core.dead_letters import guarded
+from core.ports import ControlStore, Override
 from core.records import DeadLetter, Event, SavingsEntry, Verdict
 from judges.base import FLAGGED as FLAGGED_LABEL
 from judges.base import JudgeItem, RuleJudge
 from operators import event_time
 from operators.alerts import AlertProgress
-from operators.control import ControlStore, Override
 from operators.dedup import Candidate
-from operators.validate import guarded
 
 _TWO_64 = float(2**64)
 _SEP = "\x1f"

@@ -34,7 +34,6 @@ bytewax snapshot and the idempotent keys make the re-write harmless):
 from __future__ import annotations
 
 import logging
-import random
 import re
 import threading
 import time
@@ -58,8 +57,9 @@ from clickhouse_connect.driver.exceptions import (
 from clickhouse_connect.driver.insert import InsertContext
 from prometheus_client import Counter
 
+from core.dead_letters import guarded, item_error
+from core.errors import Backoff, FatalError, GaveUp, JudgeflowError, call_with_retries
 from core.records import DeadLetter
-from operators.validate import guarded, item_error
 from sinks.clickhouse_tables import ROW_BUILDERS, TABLES, TableSpec, dead_letter_row, event_row, table_spec
 
 logger = logging.getLogger(__name__)
@@ -102,16 +102,17 @@ _CLIENT_SIDE_ERRORS = (ProgrammingError, DataError, NotSupportedError, Interface
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class ClickHouseSinkError(Exception):
+class ClickHouseSinkError(JudgeflowError):
     """A ClickHouse write failed for good; the message names the table and the cause."""
 
 
-class InsertRejectedError(ClickHouseSinkError):
+class InsertRejectedError(ClickHouseSinkError, FatalError):
     """A non-retryable failure (bad data, schema mismatch, auth, a bug)."""
 
 
-class InsertGaveUpError(ClickHouseSinkError):
-    """Retryable failures went on for longer than `max_retry_s`."""
+class InsertGaveUpError(ClickHouseSinkError, FatalError):
+    """Retryable failures went on for longer than `max_retry_s`: the job stops with the reason (and
+    resumes from its last snapshot when restarted)."""
 
 
 # --- the schema --------------------------------------------------------------
@@ -314,10 +315,7 @@ def is_retryable(ex: BaseException) -> bool:
     return isinstance(ex, OSError)  # connection refused / reset, timeouts
 
 
-def _backoff_s(attempt: int, *, base: float = 0.05, cap: float = 5.0) -> float:
-    """Exponential backoff with jitter: uniform in [d/2, d], d = base * 2**attempt."""
-    delay = min(cap, base * 2**attempt)
-    return random.uniform(delay / 2, delay)
+BACKOFF = Backoff(base_s=0.05, cap_s=5.0)
 
 
 def retry(
@@ -329,45 +327,36 @@ def retry(
     sleep: Callable[[float], None] = time.sleep,
     count_rejection: bool = True,
 ) -> T:
-    """Run `fn`, retrying retryable failures with backoff for at most `max_retry_s`.
+    """Run `fn`, retrying retryable failures with the back-off for at most `max_retry_s`.
 
     No sleep when `fn` succeeds. Raises InsertRejectedError at once for a
     fatal failure, InsertGaveUpError when the time budget runs out; both
     name the table, the attempts and the last cause. `count_rejection=False`
     leaves a rejection out of the failures metric (the caller decides).
     """
-    started = time.monotonic()
-    attempt = 0
-    while True:
-        try:
-            return fn()
-        except Exception as ex:
-            elapsed = time.monotonic() - started
-            if not is_retryable(ex):
-                if count_rejection:
-                    FAILURES.labels(table).inc()
-                msg = f"ClickHouse {action} for table {table!r} failed and cannot be retried: {ex!r}"
-                raise InsertRejectedError(msg) from ex
-            remaining = max_retry_s - elapsed
-            if remaining <= 0:
-                FAILURES.labels(table).inc()
-                msg = (
-                    f"ClickHouse {action} for table {table!r} gave up after {attempt + 1} "
-                    f"attempts in {elapsed:.1f}s (max_retry_s={max_retry_s}); last error: {ex!r}"
-                )
-                raise InsertGaveUpError(msg) from ex
-            RETRIES.labels(table).inc()
-            delay = min(_backoff_s(attempt), remaining)
-            logger.warning(
-                "ClickHouse %s for %s failed (attempt %d), retrying in %.2fs: %r",
-                action,
-                table,
-                attempt + 1,
-                delay,
-                ex,
-            )
-            sleep(delay)
-            attempt += 1
+
+    def retrying(n: int, delay: float, ex: BaseException) -> None:
+        RETRIES.labels(table).inc()
+        logger.warning(
+            "ClickHouse %s for %s failed (attempt %d), retrying in %.2fs: %r", action, table, n, delay, ex
+        )
+
+    try:
+        return call_with_retries(
+            fn, backoff=BACKOFF, retryable=is_retryable, within_s=max_retry_s, on_retry=retrying, sleep=sleep
+        )
+    except GaveUp as g:
+        FAILURES.labels(table).inc()
+        msg = (
+            f"ClickHouse {action} for table {table!r} gave up after {g.attempts} "
+            f"attempts in {g.elapsed_s:.1f}s (max_retry_s={max_retry_s}); last error: {g.__cause__!r}"
+        )
+        raise InsertGaveUpError(msg) from g.__cause__
+    except Exception as ex:
+        if count_rejection:
+            FAILURES.labels(table).inc()
+        msg = f"ClickHouse {action} for table {table!r} failed and cannot be retried: {ex!r}"
+        raise InsertRejectedError(msg) from ex
 
 
 # --- the sink ----------------------------------------------------------------

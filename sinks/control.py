@@ -7,8 +7,8 @@ expired already and the store never serves it. A `clear` removes the
 tenant's override only if it is still the one the alert stage set — never
 one set by hand in between.
 
-A store that is down does not stop the flow: each action is tried
-`attempts` times with a short backoff, then given up, logged and counted
+A store that is down (`core.errors.Unavailable`) does not stop the flow: each
+action is tried `attempts` times with the back-off, then given up, logged and counted
 (`judgeflow_override_actions_total{outcome="failed"}`); the alert itself is
 in ClickHouse, on Kafka and at the webhooks, and the runbook's
 `judgeflow overrides set` does the same by hand.
@@ -19,13 +19,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 
-import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter
 
-from operators.alerts import OverrideAction
-from operators.control import ControlStore
+from core.errors import Backoff, GaveUp, call_with_retries
+from core.ports import ControlStore, OverrideAction
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ ACTIONS = Counter(
     "by then), failed (the control store was unreachable)",
     ["outcome"],
 )
-_UNREACHABLE = (redis.RedisError, OSError)
 
 
 class _ControlPartition(StatelessSinkPartition[OverrideAction]):
@@ -48,22 +47,21 @@ class _ControlPartition(StatelessSinkPartition[OverrideAction]):
         self._sleep = sleep
 
     def write_batch(self, items: list[OverrideAction]) -> None:
+        backoff = Backoff(base_s=self._backoff_s, cap_s=self._backoff_s * 2**self._attempts)
         for a in items:
-            for attempt in range(self._attempts):
-                try:
-                    ACTIONS.labels(self._apply(a)).inc()
-                    break
-                except _UNREACHABLE as exc:
-                    if attempt + 1 == self._attempts:
-                        ACTIONS.labels("failed").inc()
-                        log.warning(
-                            "override %s for tenant %s not applied, control store unreachable: %s",
-                            a.op,
-                            a.tenant_id,
-                            type(exc).__name__,
-                        )
-                    else:
-                        self._sleep(self._backoff_s * 2**attempt)
+            try:
+                outcome = call_with_retries(
+                    partial(self._apply, a), backoff=backoff, attempts=self._attempts, sleep=self._sleep
+                )
+            except GaveUp as exc:
+                outcome = "failed"
+                log.warning(
+                    "override %s for tenant %s not applied, control store unreachable: %s",
+                    a.op,
+                    a.tenant_id,
+                    exc.__cause__,
+                )
+            ACTIONS.labels(outcome).inc()
 
     def _apply(self, a: OverrideAction) -> str:
         if a.op == "set":

@@ -38,8 +38,7 @@ import aiohttp
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter
 
-from core.records import Alert, alert_subject, alert_summary
-from operators.alert_rules import RANK
+from core.records import RANK, Alert, alert_subject, alert_summary
 
 log = logging.getLogger(__name__)
 

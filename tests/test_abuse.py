@@ -18,11 +18,11 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from prometheus_client import REGISTRY
 
+from core.ports import OverrideAction
 from core.records import AbuseWindow, Alert, Event
 from flows.cli import main
 from flows.config import ConfigError
 from operators.abuse import _Counts, abuse_row, abuse_window, combine, fold
-from operators.alerts import OverrideAction
 from operators.dedup import ContentKeyer
 from operators.tumbling import _Spec, _TumblingLogic
 from simulators.kafka_mock import produce_all
@@ -360,7 +360,7 @@ def test_a_bot_and_a_single_user_get_rows_and_alerts_and_others_do_not(
     settings = topic_flow_settings(kafka, chdb_dsn, database, topic="abuse-events")
     client = connect(chdb_dsn, database)
     ensure_schema(client, database)
-    from operators.control import MemoryControlStore
+    from sinks.memory_store import MemoryControlStore
 
     store = MemoryControlStore()
     run_flow(settings, workers=workers, control=store)

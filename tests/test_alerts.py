@@ -19,16 +19,17 @@ from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from core.ports import Override, OverrideAction
 from core.records import Alert, CostWindow, Event, usd_to_pico
 from flows.cli import _parser
 from flows.config import ConfigError
 from flows.deps import build_alert_policy
 from operators.alert_rules import RULE_TYPES, BurnRate, VolumeSpike
 from operators.alert_state import TenantLedger
-from operators.alerts import AlertProgress, OverrideAction, _AlertLogic, alerts
-from operators.control import MemoryControlStore, Override
+from operators.alerts import AlertProgress, _AlertLogic, alerts
 from operators.expensive import ExpensiveSlot, expensive_requests
 from sinks.control import ControlSink
+from sinks.memory_store import MemoryControlStore
 from tests.conftest import flow_settings
 
 MIN = 60_000

@@ -23,9 +23,10 @@ from confluent_kafka import Consumer, TopicPartition
 
 from flows.deps import build_deps
 from flows.judgeflow import build_flow
-from operators.control import MemoryControlStore, RedisControlStore
 from simulators.kafka_mock import produce_all
 from sinks.clickhouse import connect, ensure_schema
+from sinks.memory_store import MemoryControlStore
+from sinks.redis_store import RedisControlStore
 from tests.conftest import run_flow, topic_flow_settings
 
 MIN = 60_000

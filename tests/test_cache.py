@@ -17,11 +17,13 @@ from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.testing import TestingSource
 from prometheus_client import REGISTRY
 
+from core.ports import CachedVerdict
 from core.records import Verdict
 from flows.deps import build_deps
 from flows.judgeflow import build_flow
-from operators.cache import CachedVerdict, MemoryVerdictCache, RedisVerdictCache
 from sinks.clickhouse import connect, ensure_schema
+from sinks.memory_store import MemoryVerdictCache
+from sinks.redis_store import RedisVerdictCache
 from tests.conftest import flow_settings
 
 T0 = 1_763_300_000_000 - 1_763_300_000_000 % 60_000
@@ -71,7 +73,7 @@ def test_redis_outage_is_counted_logged_once_and_recovers(redis_server, caplog):
             counter("judgeflow_verdict_cache_errors_total"),
         )
         redis_server.stop()
-        with caplog.at_level(logging.WARNING, logger="operators.cache"):
+        with caplog.at_level(logging.WARNING, logger="sinks.redis_store"):
             for _ in range(3):
                 assert cache.get_many(["a", "b"]) == [None, None]
                 cache.put_many({"c": verdict()})  # skipped, not raised
@@ -200,7 +202,7 @@ def test_redis_killed_and_restarted_mid_run(
     client = connect(chdb_dsn, database)
     ensure_schema(client, database)
     outages = counter("judgeflow_verdict_cache_outages_total")
-    with caplog.at_level(logging.WARNING, logger="operators.cache"):
+    with caplog.at_level(logging.WARNING, logger="sinks.redis_store"):
         run(settings, TestingSource(outage_source(redis_server, n), batch_size=50), workers=workers)
 
     # the flow never stopped and lost nothing: every event stored, every chosen one fully judged
@@ -221,7 +223,7 @@ def test_redis_killed_and_restarted_mid_run(
     assert hits > 0 and lowest < 1
     # the outage was noticed once, and the cache came back: verdicts were stored after the restart
     assert counter("judgeflow_verdict_cache_outages_total") == outages + 1
-    messages = [r.getMessage() for r in caplog.records if r.name == "operators.cache"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "sinks.redis_store"]
     assert sum("unavailable" in m for m in messages) == 1
     assert sum("is back" in m for m in messages) == 1
     stored = redis.Redis.from_url(redis_server.url)

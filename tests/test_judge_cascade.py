@@ -36,10 +36,10 @@ from judges.openai_judge import OpenAIJudge
 from judges.redact import Redactor
 from judges.rules import Tier0Rules
 from judges.runtime import EndpointPolicy, JudgeRuntime, RetryPolicy
-from operators.cache import MemoryVerdictCache
 from operators.dedup import Candidate, ContentKeyer
 from operators.judge import BUDGET_SPENT, _Deps, _JudgeLogic, _JudgeState
 from simulators.local_endpoint import EndpointConfig, LocalEndpoint
+from sinks.memory_store import MemoryVerdictCache
 
 DATA = Path(os.environ.get("JUDGEFLOW_DATA", "/work/shared/data"))
 TIER1, TIER2 = "gpt-4o-mini", "claude-sonnet-4-6"

@@ -6,8 +6,8 @@ from __future__ import annotations
 from flows.cli import main
 from flows.config import load_settings
 from flows.deps import build_runtime
-from operators.control import RedisControlStore
 from simulators.local_endpoint import EndpointConfig, LocalEndpoint
+from sinks.redis_store import RedisControlStore
 from tests.conftest import CONFIG
 from tests.test_judge_runtime import judge_one
 

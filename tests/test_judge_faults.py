@@ -176,9 +176,9 @@ def judge_endpoint_down():
     from judges.cascade import JudgePlan
     from judges.openai_judge import OpenAIJudge
     from judges.runtime import EndpointPolicy, JudgeRuntime
-    from operators.cache import MemoryVerdictCache
     from operators.dedup import ContentKeyer
     from operators.judge import _Deps, _JudgeLogic
+    from sinks.memory_store import MemoryVerdictCache
 
     runtimes = []
     with LocalEndpoint(EndpointConfig(latency=1.0)) as ep:

@@ -30,13 +30,13 @@ from judges.base import FLAGGED, OK, JudgeItem
 from judges.cascade import JudgePlan
 from judges.local import LocalJudge, ProfanityCheck, load_local_models
 from judges.rules import Tier0Rules
-from operators.cache import MemoryVerdictCache
 from operators.dedup import ContentKeyer
 from operators.judge import _Deps, _JudgeLogic
 from simulators.kafka_mock import produce_all
 from simulators.local_endpoint import EndpointConfig, LocalEndpoint
 from simulators.traffic import generate
 from sinks.clickhouse import connect, ensure_schema
+from sinks.memory_store import MemoryVerdictCache
 from tests.conftest import flow_settings, rows, run_flow, topic_flow_settings
 from tests.test_judge_cascade import (  # the cascade tests' endpoint and helpers
     TIER1,

@@ -10,10 +10,10 @@ import time
 import pytest
 from prometheus_client import REGISTRY
 
+from core.ports import OverrideAction
 from flows.cli import main
-from operators.alerts import OverrideAction
-from operators.control import RedisControlStore
 from sinks.control import ControlSink
+from sinks.redis_store import RedisControlStore
 from tests.conftest import CONFIG
 
 
@@ -130,7 +130,8 @@ def test_alert_actions_ride_out_a_redis_outage(redis_server):
 
 @pytest.mark.parametrize("backend", ["redis", "memory"])
 def test_an_alert_only_clears_the_override_it_set(redis_server, backend):
-    from operators.control import MemoryControlStore, Override
+    from core.ports import Override
+    from sinks.memory_store import MemoryControlStore
 
     store = RedisControlStore(redis_server.url, refresh_s=0) if backend == "redis" else MemoryControlStore()
     later = int(time.time() * 1000) + 3_600_000

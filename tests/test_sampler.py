@@ -16,10 +16,10 @@ from decimal import Decimal
 import pytest
 from prometheus_client import REGISTRY
 
+from core.ports import Override, OverrideAction
 from core.records import Event
 from judges.rules import Tier0Rules
-from operators.alerts import AlertProgress, OverrideAction
-from operators.control import MemoryControlStore, Override
+from operators.alerts import AlertProgress
 from operators.dedup import Candidate
 from operators.price import override_rates
 from operators.sample import (
@@ -41,6 +41,7 @@ from operators.savings import Baseline, ReferenceJudge
 from simulators.kafka_mock import produce_all
 from simulators.traffic import generate
 from sinks.clickhouse import connect, ensure_schema
+from sinks.memory_store import MemoryControlStore
 from tests.conftest import rows, run_flow, topic_flow_settings
 
 T0 = 1_763_300_000_000 - 1_763_300_000_000 % 60_000  # a minute boundary

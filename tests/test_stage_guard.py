@@ -11,11 +11,11 @@ import msgspec
 import pytest
 from bytewax.run import cli_main
 
+from core.dead_letters import guarded
 from flows.deps import build_deps
 from flows.judgeflow import build_flow
 from judges.cascade import JudgePlan
 from operators.dedup import ContentKeyer
-from operators.validate import guarded
 from simulators.kafka_mock import produce_all
 from simulators.traffic import generate
 from sinks.clickhouse import ClickHouseSink, InsertRejectedError, connect, ensure_schema
