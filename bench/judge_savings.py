@@ -41,7 +41,7 @@ from _traffic import table
 from flows.config import DEFAULT_CONFIG, load_settings
 from flows.deps import build_deps
 from flows.judgeflow import build_flow
-from operators.estimates import query_estimates
+from flows.report_quality import query_estimates
 from simulators.kafka_mock import MockCluster, produce_all
 from simulators.local_endpoint import EndpointConfig, LocalEndpoint
 from simulators.traffic import generate

@@ -13,12 +13,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from html import escape
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from flows.report_format import Report, format_value
 from flows.report_queries import Table
-
-if TYPE_CHECKING:
-    from flows.report import Report
 
 PALETTE = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f")
 LEVEL_COLORS = {"ok": "#d9ead3", "warn": "#f6c142", "critical": "#f28e2b", "emergency": "#d62728"}
@@ -39,7 +37,6 @@ svg text{font:11px system-ui,sans-serif;fill:#333}
 
 
 def render_html(report: Report) -> str:
-    from flows.report import format_value
 
     tables = {t.title: t for t in report.tables}
     s = report.scope
@@ -123,7 +120,6 @@ def render_html(report: Report) -> str:
 
 
 def html_table(t: Table) -> str:
-    from flows.report import format_value
 
     head = "".join(f"<th>{escape(c.name)}</th>" for c in t.columns)
     rows = []

@@ -15,8 +15,7 @@ starts inside the range.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -614,120 +613,6 @@ def pricing(client: Any, scope: Scope) -> Table:
 
 def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-
-def quality(client: Any, scope: Scope, database: str) -> Table:
-    """Flagged rates per (tenant, agent, metric): stratified Horvitz-Thompson estimates from
-    the sampled verdicts, with 95% intervals, and beside them the prediction-powered ones
-    (the tier-0 rules on every event corrected by the judged residuals; `operators.estimates`)."""
-    from operators.estimates import query_estimates
-
-    tenant = scope.tenants[0] if len(scope.tenants) == 1 else ""
-    rows = query_estimates(
-        client, database, since=_dt(scope.since_ms), until=_dt(scope.until_ms), tenant=tenant
-    )
-    keep = [
-        r
-        for r in rows
-        if (not scope.tenants or r.tenant_id in scope.tenants)
-        and (not scope.agents or r.agent in scope.agents)
-    ]
-    return Table(
-        "quality_estimates",
-        [
-            Column("tenant", "text"),
-            Column("agent", "text"),
-            Column("metric", "text"),
-            Column("judged", "int"),
-            Column("flagged", "int"),
-            Column("population_est", "float"),
-            Column("flagged_rate", "pct"),
-            Column("ci95_low", "pct"),
-            Column("ci95_high", "pct"),
-            Column("ppi_rate", "pct"),
-            Column("ppi_ci95_low", "pct"),
-            Column("ppi_ci95_high", "pct"),
-        ],
-        [
-            (
-                r.tenant_id,
-                r.agent,
-                r.metric,
-                r.judged,
-                r.flagged,
-                r.population,
-                r.rate,
-                r.ci_low,
-                r.ci_high,
-                *(None if math.isnan(x) else x for x in (r.ppi_rate, r.ppi_low, r.ppi_high)),
-            )
-            for r in keep
-        ],
-        note="rates estimated from sampled verdicts, stratum by stratum (weights 1 / inclusion"
-        " probability); ppi: the tier-0 rules' flags on every event plus the judged events'"
-        " residuals (judge - rules), '-' where no tier-0 rule covers the metric",
-    )
-
-
-def savings(client: Any, scope: Scope, database: str, ceiling: Callable[[str], float] | None = None) -> Table:
-    """The judge savings ledger per tenant: against judging every event on every metric
-    with the most expensive configured judge; and the share of events judged against the
-    tenant's judged-share `ceiling` (from `[sampling]`; 0: none)."""
-    from operators.savings import query_savings
-
-    tenant = scope.tenants[0] if len(scope.tenants) == 1 else ""
-    since, until = _dt(scope.since_ms), _dt(scope.until_ms)
-    rows = query_savings(client, database, since=since, until=until, tenant=tenant)
-    keep = [r for r in rows if not scope.tenants or r.tenant_id in scope.tenants]
-    return Table(
-        "savings",
-        [
-            Column("tenant", "text"),
-            Column("events", "int"),
-            Column("judge_everything_calls", "int"),
-            Column("judge_everything_usd", "usd"),
-            Column("judge_calls", "int"),
-            Column("judge_usd", "usd"),
-            Column("avoided_by_sampling_usd", "usd"),
-            Column("avoided_by_cache_usd", "usd"),
-            Column("avoided_by_cascade_usd", "usd"),
-            Column("judged_events", "int"),
-            Column("judged_share", "pct"),
-            Column("share_ceiling", "pct"),
-            Column("allowed_share", "pct"),
-            Column("forced_share", "pct"),
-        ],
-        [
-            (
-                r.tenant_id,
-                r.events,
-                r.baseline_calls,
-                r.baseline_usd,
-                r.judge_calls,
-                r.judge_usd,
-                r.avoided_usd.get("sampling", Decimal(0)),
-                r.avoided_usd.get("cache", Decimal(0)),
-                r.avoided_usd.get("cascade", Decimal(0)),
-                r.judged_events,
-                *_judged_shares(r, ceiling),
-            )
-            for r in keep
-        ],
-        note="judged_share: events the sampler chose; share_ceiling: sampling.max_judged_share (or the"
-        " tenant's); allowed_share: what its windows allowed (that ceiling, at least min_per_stratum per"
-        " window, and max_per_tenant_per_window; 100% where nothing binds); forced_share: events tier-0"
-        " flags or length would have judged in full",
-    )
-
-
-def _judged_shares(r: Any, ceiling: Callable[[str], float] | None) -> tuple[float | None, ...]:
-    judged, allowed, forced = r.shares()
-    configured = ceiling(r.tenant_id) if ceiling is not None else 0.0
-    return judged, configured if 0 < configured < 1 else None, allowed, forced
-
-
-def _dt(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 # --- abuse signals ---------------------------------------------------------------

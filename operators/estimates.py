@@ -26,7 +26,7 @@ N^^2 / sum w^2), which behaves near 0 and 1 where the normal interval
 collapses; a domain judged in full (every pi = 1) gets [R^, R^].
 
 All of it is sums, so windows add up: `quality_estimates` rows keep
-(judged, flagged, sum_w, sum_wy, sum_ww1, sum_ww1y), and `query_estimates`
+(judged, flagged, sum_w, sum_wy, sum_ww1, sum_ww1y), and `flows.report_quality.query_estimates`
 rolls them up over any period. Each (event, metric) counts once, with the
 verdict of its highest tier that did not fail.
 """
@@ -37,8 +37,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Stream
@@ -424,109 +422,3 @@ def quality_estimates(
         rows=rows,
         clock=clock or time.time,
     )
-
-
-# --- reading them back (the report) -----------------------------------------------
-
-
-@dataclass(frozen=True)
-class EstimateRow:
-    """One rolled-up estimate; `window_start` is None when rolled over the whole period.
-    `ppi_*` is the prediction-powered estimate (NaN where no tier-0 rule covers the metric)."""
-
-    tenant_id: str
-    agent: str
-    metric: str
-    window_start: datetime | None
-    judged: int
-    flagged: int
-    population: float
-    rate: float
-    ci_low: float
-    ci_high: float
-    ppi_rate: float = math.nan
-    ppi_low: float = math.nan
-    ppi_high: float = math.nan
-    cheap_flagged: float = 0.0  # events the tier-0 rules flagged (all events, not only the judged)
-
-
-_DESIGN_COLUMNS = tuple(DesignSums.__slots__)
-
-ESTIMATES_SQL = """
-SELECT tenant_id, agent, metric, {bucket} AS bucket,
-       sum(judged), sum(flagged), sum(sum_w), sum(sum_wy), sum(sum_ww1), sum(sum_ww1y),
-       {design}
-FROM {database}.quality_estimates FINAL
-WHERE window_start >= {{since:DateTime64(3)}} AND window_start < {{until:DateTime64(3)}}
-  AND ({{tenant:String}} = '' OR tenant_id = {{tenant:String}})
-GROUP BY tenant_id, agent, metric, bucket
-ORDER BY tenant_id, agent, metric, bucket
-"""
-
-
-def query_estimates(
-    client: Any,
-    database: str,
-    *,
-    since: datetime,
-    until: datetime,
-    tenant: str = "",
-    bucket_s: int | None = None,
-) -> list[EstimateRow]:
-    """Estimates per (tenant, agent, metric) over [since, until), rolled up from the
-    1-window rows: over the whole period, or per `bucket_s` seconds (e.g. 3600).
-
-    `client` is a clickhouse-connect client (e.g. `sinks.clickhouse.connect(dsn)`).
-    """
-    from sinks.clickhouse import check_identifier
-
-    bucket = (
-        "toDateTime64(0, 3, 'UTC')"
-        if bucket_s is None
-        else (f"toStartOfInterval(window_start, INTERVAL {int(bucket_s)} SECOND)")
-    )
-    sql = ESTIMATES_SQL.format(
-        bucket=bucket,
-        database=check_identifier(database),
-        design=", ".join(f"sum({c})" for c in _DESIGN_COLUMNS),
-    )
-    params = {"since": _utc(since), "until": _utc(until), "tenant": tenant}
-    out = []
-    for row in client.query(sql, parameters=params).result_rows:
-        tenant_id, agent, metric, start, judged, flagged, sw, swy, sww1, sww1y = row[:10]
-        s = EstimateSums(int(judged), int(flagged), sw, swy, sww1, sww1y)
-        d = DesignSums(*(float(x) for x in row[10:]))
-        if d.exact_events + d.sampled_events <= 0:
-            d = design_of(s)  # rows written before the design was kept
-        rate, low, high = stratified_estimate(d)
-        ppi, ppi_low, ppi_high = ppi_estimate(d)
-        out.append(
-            EstimateRow(
-                tenant_id,
-                agent,
-                metric,
-                None if bucket_s is None else _aware(start),
-                s.judged,
-                s.flagged,
-                sw,
-                rate,
-                low,
-                high,
-                ppi,
-                ppi_low,
-                ppi_high,
-                d.cheap_flagged,
-            )
-        )
-    return out
-
-
-def _aware(t: datetime) -> datetime:
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t  # the engine returns UTC, naive
-
-
-def _utc(t: datetime) -> datetime:
-    if t.tzinfo is None:
-        msg = f"query_estimates: {t!r} needs a time zone (UTC)"
-        raise ValueError(msg)
-    return t.astimezone(UTC)

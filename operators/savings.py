@@ -24,8 +24,6 @@ import inspect
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import bytewax.operators as op
@@ -237,69 +235,3 @@ def judge_savings(
 
 def _is_hit(v: Evaluation) -> bool:
     return v.cache_hit
-
-
-# --- reading it back (the report) ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SavingsRow:
-    tenant_id: str
-    events: int
-    baseline_calls: int
-    baseline_usd: Decimal
-    judge_calls: int
-    judge_usd: Decimal
-    avoided_calls: dict[str, int]  # sampling | cache | cascade
-    avoided_usd: dict[str, Decimal]  # exact, as stored
-    judged_events: int = 0  # events the sampler chose
-    allowed_events: int = 0  # the most its cap or judged-share ceiling allowed
-    forced_events: int = 0  # events the rules would judge all of (tier-0 flags, long conversations)
-
-    def shares(self) -> tuple[float | None, float | None, float | None]:
-        """(judged, ceiling, forced) as shares of the events the sampler counted; None for rows
-        written before these were kept."""
-        if not self.events or not self.allowed_events:
-            return None, None, None
-        n = self.events
-        return self.judged_events / n, self.allowed_events / n, self.forced_events / n
-
-
-SAVINGS_SQL = """
-SELECT tenant_id, sum(events), sum(baseline_calls), sum(baseline_usd), sum(judge_calls), sum(judge_usd),
-       sum(sampling_calls), sum(sampling_usd), sum(cache_calls), sum(cache_usd),
-       sum(cascade_calls), sum(cascade_usd), sum(judged_events), sum(allowed_events), sum(forced_events)
-FROM {database}.judge_savings FINAL
-WHERE window_start >= {{since:DateTime64(3)}} AND window_start < {{until:DateTime64(3)}}
-  AND ({{tenant:String}} = '' OR tenant_id = {{tenant:String}})
-GROUP BY tenant_id ORDER BY tenant_id
-"""
-
-
-def query_savings(
-    client: Any, database: str, *, since: datetime, until: datetime, tenant: str = ""
-) -> list[SavingsRow]:
-    """The savings ledger per tenant over [since, until)."""
-    from sinks.clickhouse import check_identifier
-
-    sql = SAVINGS_SQL.format(database=check_identifier(database))
-    params = {"since": since.astimezone(UTC), "until": until.astimezone(UTC), "tenant": tenant}
-    out = []
-    for r in client.query(sql, parameters=params).result_rows:
-        t, ev, bc, bu, jc, ju, sc, su, cc, cu, kc, ku, je, ae, fe = r
-        out.append(
-            SavingsRow(
-                t,
-                int(ev),
-                int(bc),
-                Decimal(bu),
-                int(jc),
-                Decimal(ju),
-                {"sampling": int(sc), "cache": int(cc), "cascade": int(kc)},
-                {"sampling": Decimal(su), "cache": Decimal(cu), "cascade": Decimal(ku)},
-                int(je),
-                int(ae),
-                int(fe),
-            )
-        )
-    return out

@@ -44,17 +44,13 @@ from confluent_kafka import (
     Producer,
 )
 
-from flows.kafka_offsets import OffsetLookupError, offsets_for_time
-
 __all__ = [
     "DeliveryError",
     "KafkaMockError",
     "LibrdkafkaNotFoundError",
     "MockCluster",
     "MockClusterError",
-    "OffsetLookupError",
     "main",
-    "offsets_for_time",
     "produce_all",
     "running_mock_process",
     "start_mock_process",

@@ -22,6 +22,7 @@ import pytest
 
 from bench._coverage import BASELINE, ESTIMATORS, RULES, SHAPES, Shape, halueval, sample_domains, xstest
 from core.records import Event
+from flows.report_quality import query_estimates
 from judges.base import JudgeItem
 from operators.dedup import Candidate
 from operators.estimates import (
@@ -30,7 +31,6 @@ from operators.estimates import (
     StratumJudged,
     estimate,
     ppi_estimate,
-    query_estimates,
     stratified_estimate,
     stratum_variance,
     wilson,

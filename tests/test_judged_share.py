@@ -26,8 +26,9 @@ from bytewax.testing import TestingSource, run_main
 from bench._coverage import BASELINE, RULES, SHAPES
 from core.records import Event, SavingsEntry
 from flows.deps import build_sampler
-from flows.report import format_table
-from flows.report_queries import Scope, savings
+from flows.report_format import format_table
+from flows.report_quality import savings
+from flows.report_queries import Scope
 from operators.dedup import Candidate
 from operators.sample import (
     FLAGGED,
