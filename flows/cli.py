@@ -21,6 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.errors import FatalError
 from flows.config import ConfigError, Settings, load_settings
 from simulators.traffic import TrafficDataError
 
@@ -330,7 +331,7 @@ def _recovery(path: Path):
     return RecoveryConfig(str(path))
 
 
-class StartupError(RuntimeError):
+class StartupError(FatalError, RuntimeError):
     """A dependency stayed unreachable for the whole start-up timeout."""
 
 

@@ -33,12 +33,13 @@ from pydantic import (
     model_validator,
 )
 
+from core.errors import FatalError
 from judges.base import METRICS
 
 DEFAULT_CONFIG = Path(__file__).with_name("judgeflow.example.toml")
 
 
-class ConfigError(ValueError):
+class ConfigError(FatalError, ValueError):
     """The flow config is invalid; the message names the key and what is allowed."""
 
 

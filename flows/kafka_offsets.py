@@ -14,10 +14,12 @@ from typing import Any
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, TopicPartition
 
+from core.errors import RetryableError
+
 logger = logging.getLogger(__name__)
 
 
-class OffsetLookupError(Exception):
+class OffsetLookupError(RetryableError):
     """`offsets_for_time` could not read a partition in time (retryable)."""
 
 

@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from core.errors import FatalError
+
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
@@ -71,7 +73,7 @@ class Table:
         return [dict(zip(names, r, strict=True)) for r in self.rows]
 
 
-class ReportError(Exception):
+class ReportError(FatalError):
     """A report cannot be produced (bad arguments, nothing to read); the message says why."""
 
 

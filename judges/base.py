@@ -5,13 +5,13 @@ LLMs behind the `openai` / `anthropic` clients. All of them answer with a
 `Verdict` (score in [0, 1] = how strongly the problem the metric looks for is
 present; label `flagged` or `ok`; a short explanation).
 
-Errors::
+Errors (kinds of `core.errors`)::
 
     JudgeError                   rejected for this item (e.g. 400): recorded, not retried
-    ├── RetryableJudgeError      429, 5xx, timeouts, connection resets, broken bodies,
+    ├── RetryableJudgeError      (a RetryableError) 429, 5xx, timeouts, connection resets, broken bodies,
     │                            an open circuit breaker
     ├── InvalidVerdictError      output not valid against the verdict schema
-    └── FatalJudgeError          401/403, unknown model: disable the judge
+    └── FatalJudgeError          (a FatalError) 401/403, unknown model: disable the judge
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from core.errors import FatalError, JudgeflowError, RetryableError
 from core.records import JudgeCall, Verdict
 
 METRICS = ("toxicity", "hallucination", "pii", "refusal", "jailbreak", "sentiment")
@@ -43,7 +44,7 @@ class JudgeResult:
     call: JudgeCall
 
 
-class JudgeError(Exception):
+class JudgeError(JudgeflowError):
     """A judge could not produce a verdict. `call` is set when the call itself
     happened and was billed (e.g. the model answered with an invalid verdict)."""
 
@@ -52,12 +53,12 @@ class JudgeError(Exception):
         self.call = call
 
 
-class RetryableJudgeError(JudgeError):
+class RetryableJudgeError(JudgeError, RetryableError):
     """Worth another attempt later. `throttled` (429) means the endpoint is up
     but over its limit: it does not count against the circuit breaker."""
 
     def __init__(self, msg: str, *, retry_after_s: float | None = None, throttled: bool = False) -> None:
-        super().__init__(msg)
+        JudgeError.__init__(self, msg)
         self.retry_after_s = retry_after_s
         self.throttled = throttled
 
@@ -66,7 +67,7 @@ class InvalidVerdictError(JudgeError):
     """The model answered, but not with a verdict that fits the schema."""
 
 
-class FatalJudgeError(JudgeError):
+class FatalJudgeError(JudgeError, FatalError):
     """Retrying cannot help (bad key, unknown model): the judge is disabled."""
 
 

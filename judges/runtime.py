@@ -30,13 +30,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from core import metrics
+from core.errors import Backoff
 from core.records import PICO_PER_USD, JudgeCall, Verdict
 from judges.base import (
     FatalJudgeError,
@@ -419,8 +419,4 @@ class JudgeRuntime:
         ep.tokens_out.inc(call.output_tokens)
 
     def _backoff(self, p: RetryPolicy, attempt: int, retry_after_s: float | None) -> float:
-        delay = min(p.max_backoff_s, p.base_backoff_s * 2 ** (attempt - 1))
-        delay *= 0.5 + random.random() / 2  # jitter: spread retries of a burst
-        if retry_after_s is not None:
-            delay = max(delay, min(retry_after_s, p.max_backoff_s))
-        return delay
+        return Backoff(p.base_backoff_s, p.max_backoff_s).delay_s(attempt, retry_after_s)

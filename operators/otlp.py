@@ -42,6 +42,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from core import metrics
 from core.dead_letters import dead_letter
+from core.errors import InvalidInput
 from core.records import ChatMessage, DeadLetter, Event, Source, Usage, WireEvent
 from operators.validate import DecodeLimits, InvalidEvent, to_event
 
@@ -103,7 +104,7 @@ def looks_like_otlp_proto(raw: bytes) -> bool:
     return raw[:1] == b"\n"
 
 
-class OtlpWireError(ValueError):
+class OtlpWireError(InvalidInput):
     """Bytes that are not the envelope of a protobuf OTLP export request."""
 
 

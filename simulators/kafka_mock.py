@@ -44,6 +44,8 @@ from confluent_kafka import (
     Producer,
 )
 
+from core.errors import FatalError, JudgeflowError, RetryableError
+
 __all__ = [
     "DeliveryError",
     "KafkaMockError",
@@ -67,19 +69,19 @@ _VP = ctypes.c_void_p
 ProduceItem = bytes | tuple[bytes | str | None, bytes | None, int | None]
 
 
-class KafkaMockError(Exception):
+class KafkaMockError(JudgeflowError):
     """Base of every error raised by this module."""
 
 
-class LibrdkafkaNotFoundError(KafkaMockError):
+class LibrdkafkaNotFoundError(KafkaMockError, FatalError):
     """The librdkafka bundled with confluent-kafka cannot be found or loaded."""
 
 
-class MockClusterError(KafkaMockError):
+class MockClusterError(KafkaMockError, FatalError):
     """A mock cluster call failed, or the cluster is already closed."""
 
 
-class DeliveryError(KafkaMockError):
+class DeliveryError(KafkaMockError, RetryableError):
     """`produce_all` could not deliver every message."""
 
 

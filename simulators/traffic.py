@@ -35,10 +35,12 @@ from pathlib import Path
 
 import xxhash
 
+from core.errors import FatalError
+
 SHARED_ENV = "JUDGEFLOW_SHARED_DATA"
 
 
-class TrafficDataError(FileNotFoundError):
+class TrafficDataError(FatalError, FileNotFoundError):
     """A file the traffic is made from is missing: says which, and how to get it."""
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import aiohttp
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from prometheus_client import Counter
 
+from core.errors import Backoff
 from core.records import RANK, Alert, alert_subject, alert_summary
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ async def _post(
             return "budget"
         if attempt:
             RETRIES.labels(target.name).inc()
-            delay = d.backoff_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5)  # jitter: timing, not data
+            delay = Backoff(d.backoff_s, cap_s=d.budget_s).delay_s(attempt)
             if delay >= remaining:
                 return "budget"
             await asyncio.sleep(delay)

@@ -18,11 +18,11 @@ from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, run_main
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
+from flows.kafka_offsets import offsets_for_time
 from simulators.kafka_mock import (
     DeliveryError,
     MockCluster,
     MockClusterError,
-    offsets_for_time,
     produce_all,
     running_mock_process,
     start_mock_process,
