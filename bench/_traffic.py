@@ -123,8 +123,7 @@ class CostPathReference:
 
     def batch(self, msgs: list[KafkaSourceMessage], now_ms: int) -> list[Event]:
         events = [x for x in (decode_message(m, self.limits, now_ms) for m in msgs) if type(x) is Event]
-        for e in events:
-            self.pricer.price(e)
+        events = [self.pricer.price(e) for e in events]
         _count(events)
         for e in events:
             if e.cost_source == "unknown":

@@ -75,8 +75,7 @@ def main() -> int:
     msgs = [m for part in messages(args.events, partitions=1) for m in part]
     now_ms = max(m.timestamp[1] for m in msgs) + 60_000
     events = [x for x in (decode_message(m, deps.decode_limits, now_ms) for m in msgs) if type(x) is Event]
-    for e in events:
-        deps.pricer.price(e)
+    events = [deps.pricer.price(e) for e in events]
     batches = [events[i : i + args.batch] for i in range(0, len(events), args.batch)]
     label_sets = statistics.mean(len({(e.tenant_id, e.agent, e.model) for e in b}) for b in batches)
 

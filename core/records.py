@@ -78,7 +78,7 @@ class Source(msgspec.Struct, frozen=True, array_like=True):
     offset: int
 
 
-class Event(msgspec.Struct, array_like=True):
+class Event(msgspec.Struct, frozen=True, array_like=True):
     """A decoded, validated event. `price` fills the cost fields."""
 
     event_id: str

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import bytewax.operators as op
+import msgspec
 import xxhash
 from bytewax.dataflow import Stream
 from genai_prices import Usage, calc_price
@@ -275,18 +276,21 @@ class Pricer:
         self._prefer_provided = prefer_provided
         self._catalog = Catalog()
 
-    def price(self, e: Event) -> None:
+    def price(self, e: Event) -> Event:
+        """The event with its cost and where the cost came from (a new value: events are immutable)."""
+        cost, source = self._cost(e)
+        return msgspec.structs.replace(e, cost_pusd=cost, cost_source=source)
+
+    def _cost(self, e: Event) -> tuple[int, str]:
         if e.provided_cost_pusd is not None and self._prefer_provided:
-            e.cost_pusd, e.cost_source = e.provided_cost_pusd, "provided"
-            return
+            return e.provided_cost_pusd, "provided"
         rates = self._overrides.get(e.model)
         if rates is not None:
-            e.cost_pusd = rates.cost_pico(
+            cost = rates.cost_pico(
                 e.input_tokens, e.output_tokens, e.cache_read_tokens, e.cache_write_tokens, e.reasoning_tokens
             )
-            e.cost_source = "override"
-            return
-        cost = self._catalog.cost_pico(
+            return cost, "override"
+        catalog = self._catalog.cost_pico(
             e.model,
             e.provider,
             e.ts_ms,
@@ -296,12 +300,11 @@ class Pricer:
             e.cache_write_tokens,
             e.reasoning_tokens,
         )
-        if cost is not None:
-            e.cost_pusd, e.cost_source = cost, "catalog"
-        elif e.provided_cost_pusd is not None:
-            e.cost_pusd, e.cost_source = e.provided_cost_pusd, "provided"
-        else:
-            e.cost_pusd, e.cost_source = 0, "unknown"
+        if catalog is not None:
+            return catalog, "catalog"
+        if e.provided_cost_pusd is not None:
+            return e.provided_cost_pusd, "provided"
+        return 0, "unknown"
 
 
 def pricing_issue(model: str, provider: str, ts_ms: int) -> PricingIssue:
@@ -333,12 +336,10 @@ class PriceOut:
 
 
 def price(step_id: str, up: Stream[Event], *, pricer: Pricer) -> PriceOut:
-    """Price whole batches in place, count spend, and report unknown models."""
+    """Price whole batches, count spend, and report unknown models."""
 
     def price_all(events: list[Event]) -> list[Event]:
-        for e in events:
-            pricer.price(e)
-        return events
+        return [pricer.price(e) for e in events]
 
     def price_batch(events: list[Event]) -> Iterable[tuple[list[Event], list[DeadLetter]]]:
         oks, dead = guarded(step_id, price_all, events)

@@ -518,15 +518,16 @@ def tally_batch(
     baseline: Callable[[Event], tuple[int, int]],
     cheap: Sequence[str] = (),
 ) -> list[_Part]:
-    """Flag and stratify a batch (sets `flags`, `stratum` and `cheap` on each candidate) and
-    tally it per (tenant, window): counts per stratum (with the tier-0 verdicts of the
+    """Flag and stratify a batch (each candidate gets its event with `flags`, its `stratum` and
+    `cheap`) and tally it per (tenant, window): counts per stratum (with the tier-0 verdicts of the
     `cheap` metrics), and only the candidates any outcome may choose; the savings of the
     others are counted here."""
     size_ms = sampler.window_s * 1000
     parts: dict[tuple[str, int], _Part] = {}
     for c in cands:
         e = c.event
-        e.flags = tuple(sorted(rules.flags(JudgeItem(e.input_text, e.output_text, e.context))))
+        flags = tuple(sorted(rules.flags(JudgeItem(e.input_text, e.output_text, e.context))))
+        c.event = e = msgspec.structs.replace(e, flags=flags)  # the cost branch keeps its own value
         a = sampler.assign(e, e.flags)
         c.stratum = a.stratum
         if cheap:

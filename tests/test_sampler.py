@@ -13,6 +13,7 @@ import random
 from collections import Counter, defaultdict
 from decimal import Decimal
 
+import msgspec
 import pytest
 from prometheus_client import REGISTRY
 
@@ -189,6 +190,21 @@ def test_decisions_do_not_depend_on_batching_or_order():
     reasons = Counter(r for _, r in one_batch.values())
     assert reasons[FLAGGED] > 0 and reasons[RATE] > 0 and reasons[MINIMUM] > 0
     assert all(0 < p <= 1 for p, _ in one_batch.values())
+
+
+def test_flagging_gives_the_candidate_a_new_event_and_leaves_the_shared_one_as_it_was():
+    """Records are values: the cost branch holds the same decoded event as the sampler, so flagging
+    must make a new event for the candidate instead of writing into the shared one."""
+    shared = event(
+        "x1", 1_700_000_000_000, "acme", output_text="Call me at 415-555-0132, my SSN is 078-05-1120."
+    )
+    c = cand(shared)
+    tally_batch([c], sampler=Sampler(), rules=RULES, baseline=BASELINE)
+    assert c.event.flags and all(f.startswith("pii") for f in c.event.flags)
+    assert shared.flags == () and c.event is not shared
+    assert msgspec.structs.replace(c.event, flags=()) == shared
+    with pytest.raises(AttributeError):
+        shared.flags = ("written",)  # type: ignore[misc]
 
 
 def test_tiny_tenant_gets_its_minimum_and_flood_tenant_its_cap():
