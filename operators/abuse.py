@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import bytewax.operators as op
 import msgspec
 import xxhash
-from bytewax.dataflow import Stream
+from bytewax.dataflow import Stream, operator
 
 from core.records import AbuseWindow, Event
 from operators.tumbling import tumbling
@@ -121,6 +121,7 @@ def _most_then_smallest(item: tuple[str, int]) -> tuple[int, str]:
     return -item[1], item[0]
 
 
+@operator
 def abuse_window(
     step_id: str,
     up: Stream[Event],
@@ -136,13 +137,13 @@ def abuse_window(
         normalize: the prompt normalization (the verdict cache keyer's `normalize`).
     """
     size_ms = size_s * 1000
-    partials = op.flat_map_batch(f"{step_id}_combine", up, lambda es: combine(es, size_ms, normalize))
+    partials = op.flat_map_batch("combine", up, lambda es: combine(es, size_ms, normalize))
 
     def rows(tenant: str, start: int, acc: _Counts, version: int) -> list[AbuseWindow]:
         return [abuse_row(tenant, start, size_ms, acc, version)]
 
     return tumbling(
-        step_id,
+        "windows",
         partials,
         key_of=lambda p: p.tenant_id,
         size_s=size_s,

@@ -51,7 +51,7 @@ from typing import TypeGuard, cast
 import bytewax.operators as op
 import msgspec
 import xxhash
-from bytewax.dataflow import Stream
+from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
 from core import metrics
@@ -378,6 +378,7 @@ def _duration(seconds: int) -> str:
     return f"{seconds} s"
 
 
+@operator
 def alerts(
     step_id: str,
     windows: Stream[CostWindow],
@@ -399,14 +400,14 @@ def alerts(
     """
     # alerts read closed windows only: a provisional row would move a tenant's clock ahead of
     # what is final, and an alert must be the same in a replay as live
-    closed = op.filter(f"{step_id}_closed", windows, lambda w: not w.provisional)
+    closed = op.filter("closed", windows, lambda w: not w.provisional)
     extra = [s for s in (expensive, abuse) if s is not None]
-    merged = cast(Stream[_In], op.merge(f"{step_id}_in", closed, *extra)) if extra else closed
-    keyed = op.key_on(f"{step_id}_tenant", merged, lambda x: x.tenant_id)
-    out = op.stateful_batch(f"{step_id}_rules", keyed, lambda resume: _AlertLogic(policy, clock, resume))
-    values = op.map(f"{step_id}_unkey", out, lambda kv: kv[1])
-    split = op.branch(f"{step_id}_split", values, _is_alert)
-    rest = op.branch(f"{step_id}_progress", split.falses, _is_progress)
+    merged = cast(Stream[_In], op.merge("in", closed, *extra)) if extra else closed
+    keyed = op.key_on("tenant", merged, lambda x: x.tenant_id)
+    out = op.stateful_batch("rules", keyed, lambda resume: _AlertLogic(policy, clock, resume))
+    values = op.map("unkey", out, lambda kv: kv[1])
+    split = op.branch("split", values, _is_alert)
+    rest = op.branch("progress", split.falses, _is_progress)
     return AlertsOut(
         alerts=split.trues, actions=cast(Stream[OverrideAction], rest.falses), progress=rest.trues
     )

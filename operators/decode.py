@@ -27,7 +27,7 @@ from typing import TypeGuard, cast
 import bytewax.operators as op
 import msgspec
 from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
-from bytewax.dataflow import Stream
+from bytewax.dataflow import Stream, operator
 
 from core.dead_letters import dead_letter, internal_error
 from core.records import DeadLetter, Event, Source, WireEvent
@@ -68,6 +68,7 @@ class DecodeOut:
     otel: Stream[OtlpCall | OtlpContent]
 
 
+@operator
 def decode(
     step_id: str,
     up: Stream[KafkaSourceMessage | KafkaError],
@@ -91,9 +92,9 @@ def decode(
             out.extend(decode_record(m, limits, now, otlp))
         return out
 
-    both = op.flat_map_batch(f"{step_id}_batch", up, decode_batch)
-    split = op.branch(f"{step_id}_split", both, _is_event)
-    rest = op.branch(f"{step_id}_otel", split.falses, _is_dead)
+    both = op.flat_map_batch("batch", up, decode_batch)
+    split = op.branch("split", both, _is_event)
+    rest = op.branch("otel", split.falses, _is_dead)
     return DecodeOut(oks=split.trues, errs=rest.trues, otel=cast(Stream[OtlpCall | OtlpContent], rest.falses))
 
 

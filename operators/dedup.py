@@ -28,12 +28,13 @@ from typing import TypeGuard, cast
 import bytewax.operators as op
 import msgspec
 import xxhash
-from bytewax.dataflow import Stream
+from bytewax.dataflow import Stream, operator
 
 from core import metrics
 from core.dead_letters import guarded
 from core.ports import VerdictCache
 from core.records import DeadLetter, Event, Verdict
+from operators.stage import stage_of
 
 
 class Candidate(msgspec.Struct, array_like=True):
@@ -127,6 +128,7 @@ class DedupOut:
     errs: Stream[DeadLetter]
 
 
+@operator
 def dedup(
     step_id: str,
     up: Stream[Event],
@@ -144,13 +146,13 @@ def dedup(
     def lookup_batch(events: list[Event]) -> Iterable[Candidate | DeadLetter]:
         cands = [Candidate(e) for e in events]
         failed: list[Candidate] = []
-        _, dead = guarded(step_id, look_up, cands, failed=failed)
+        _, dead = guarded(stage_of(step_id), look_up, cands, failed=failed)
         for c in failed:  # priced and stored like any event, but never judged
             c.content_hash, c.cached, c.todo = "", {}, ()
         return [*cands, *dead]
 
-    out = op.flat_map_batch(step_id, up, lookup_batch)
-    split = op.branch(f"{step_id}_split", out, _is_candidate)
+    out = op.flat_map_batch("lookup", up, lookup_batch)
+    split = op.branch("split", out, _is_candidate)
     return DedupOut(cands=split.trues, errs=cast(Stream[DeadLetter], split.falses))
 
 

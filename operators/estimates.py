@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import bytewax.operators as op
-from bytewax.dataflow import Stream
+from bytewax.dataflow import Stream, operator
 
 from core.records import Evaluation, QualityEstimate
 from judges.base import FLAGGED
@@ -378,6 +378,7 @@ def design_of(s: EstimateSums) -> DesignSums:
     return d
 
 
+@operator
 def quality_estimates(
     step_id: str,
     up: Stream[Evaluation],
@@ -409,9 +410,9 @@ def quality_estimates(
 
     records: Stream[Evaluation | StratumCount] = up
     if design is not None:
-        records = op.merge(f"{step_id}_with_design", up, design)
+        records = op.merge("with_design", up, design)
     return tumbling(
-        step_id,
+        "windows",
         records,
         key_of=lambda v: f"{v.tenant_id}{_SEP}{v.agent}",
         size_s=size_s,

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import bytewax.operators as op
 import msgspec
-from bytewax.dataflow import Stream
+from bytewax.dataflow import Stream, operator
 
 from core.records import Event
 from operators.alert_rules import AlertPolicy
@@ -29,6 +29,7 @@ class ExpensiveSlot(msgspec.Struct, frozen=True, array_like=True):
     top: list[Expensive]
 
 
+@operator
 def expensive_requests(step_id: str, up: Stream[Event], *, policy: AlertPolicy) -> Stream[ExpensiveSlot]:
     """Count and rank, per tenant and base window, the requests above the threshold."""
     slot_ms = policy.slot_ms
@@ -57,4 +58,4 @@ def expensive_requests(step_id: str, up: Stream[Event], *, policy: AlertPolicy) 
             out.append(ExpensiveSlot(tenant, slot, len(items), top_expensive(items, limit[1])))
         return out
 
-    return op.flat_map_batch(step_id, up, pick)
+    return op.flat_map_batch("pick", up, pick)

@@ -28,7 +28,7 @@ from typing import TypeGuard, cast
 
 import bytewax.operators as op
 import xxhash
-from bytewax.dataflow import Stream
+from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
 from core import metrics
@@ -367,6 +367,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         return out
 
 
+@operator
 def judge(
     step_id: str,
     up: Stream[Candidate],
@@ -385,11 +386,11 @@ def judge(
     models that answer the plan's `local_metrics` before the tier-1 LLM (None: no local tier)."""
     deps = _Deps(plan, rules, runtime, cache, keyer, now_ms, eof_timeout_s, max_queued, local)
     # by content: identical pairs meet on one worker, where one call judges them all
-    keyed = op.key_on(f"{step_id}_shard", up, lambda c: _shard(c.content_hash))
-    results = op.stateful_batch(f"{step_id}_calls", keyed, lambda resume: _JudgeLogic(deps, resume))
-    values = op.map(f"{step_id}_unkey", results, lambda kv: kv[1])
-    split = op.branch(f"{step_id}_split", values, _is_evaluation)
-    rest = op.branch(f"{step_id}_errs", split.falses, _is_dead)
+    keyed = op.key_on("shard", up, lambda c: _shard(c.content_hash))
+    results = op.stateful_batch("calls", keyed, lambda resume: _JudgeLogic(deps, resume))
+    values = op.map("unkey", results, lambda kv: kv[1])
+    split = op.branch("split", values, _is_evaluation)
+    rest = op.branch("errs", split.falses, _is_dead)
     return JudgeOut(evaluations=split.trues, spend=cast(Stream[LedgerEntry], rest.falses), errs=rest.trues)
 
 

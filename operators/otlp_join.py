@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 import bytewax.operators as op
 import msgspec
 import xxhash
-from bytewax.dataflow import Stream
+from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
 from core import metrics
@@ -225,6 +225,7 @@ def _filled(e: Event, input_text: str, output_text: str) -> Event:
     return msgspec.structs.replace(e, input_text=input_text, output_text=output_text)
 
 
+@operator
 def join_otlp_content(
     step_id: str,
     up: Stream[Item],
@@ -242,8 +243,8 @@ def join_otlp_content(
             groups.setdefault(xxhash.xxh3_64_intdigest(x.span_key.encode()) % shards, []).append(x)
         return [(str(shard), group) for shard, group in groups.items()]
 
-    keyed = op.flat_map_batch(f"{step_id}_shard", up, group_batch)
-    joined = op.stateful_batch(f"{step_id}_join", keyed, lambda resume: _JoinLogic(wait_ms, clock, resume))
+    keyed = op.flat_map_batch("shard", up, group_batch)
+    joined = op.stateful_batch("join", keyed, lambda resume: _JoinLogic(wait_ms, clock, resume))
     return op.flat_map_batch(
-        f"{step_id}_events", joined, lambda kvs: list(itertools.chain.from_iterable(v for _, v in kvs))
+        "events", joined, lambda kvs: list(itertools.chain.from_iterable(v for _, v in kvs))
     )

@@ -28,13 +28,14 @@ from decimal import Decimal
 import bytewax.operators as op
 import msgspec
 import xxhash
-from bytewax.dataflow import Stream
+from bytewax.dataflow import Stream, operator
 from genai_prices import Usage, calc_price
 from genai_prices.types import ModelPrice, PriceCalculation, TieredPrices, TimeOfDateConstraint
 
 from core import metrics
 from core.dead_letters import guarded
 from core.records import PICO_PER_USD, DeadLetter, Event, PricingIssue
+from operators.stage import stage_of
 
 MTOK = 1_000_000
 DAY_MS = 86_400_000
@@ -335,6 +336,7 @@ class PriceOut:
     errs: Stream[DeadLetter]  # events whose pricing raised (a bug): dead letters, never a stopped flow
 
 
+@operator
 def price(step_id: str, up: Stream[Event], *, pricer: Pricer) -> PriceOut:
     """Price whole batches, count spend, and report unknown models."""
 
@@ -342,13 +344,13 @@ def price(step_id: str, up: Stream[Event], *, pricer: Pricer) -> PriceOut:
         return [pricer.price(e) for e in events]
 
     def price_batch(events: list[Event]) -> Iterable[tuple[list[Event], list[DeadLetter]]]:
-        oks, dead = guarded(step_id, price_all, events)
+        oks, dead = guarded(stage_of(step_id), price_all, events)
         _count(oks)
         return [(oks, dead)]
 
-    both = op.flat_map_batch(step_id, up, price_batch)  # one item per batch: no per-event routing
-    priced = op.flat_map_batch(f"{step_id}_oks", both, lambda bs: [e for oks, _ in bs for e in oks])
-    errs = op.flat_map_batch(f"{step_id}_errs", both, lambda bs: [d for _, dead in bs for d in dead])
+    both = op.flat_map_batch("batch", up, price_batch)  # one item per batch: no per-event routing
+    priced = op.flat_map_batch("oks", both, lambda bs: [e for oks, _ in bs for e in oks])
+    errs = op.flat_map_batch("errs", both, lambda bs: [d for _, dead in bs for d in dead])
     reported: set[tuple[str, str, int]] = set()
 
     def report_unknown(events: list[Event]) -> Iterable[PricingIssue]:
@@ -368,7 +370,7 @@ def price(step_id: str, up: Stream[Event], *, pricer: Pricer) -> PriceOut:
             metrics.UNKNOWN_MODEL.labels(metrics.model_label(model)).inc(n)
         return issues
 
-    issues = op.flat_map_batch(f"{step_id}_unknown", priced, report_unknown)
+    issues = op.flat_map_batch("unknown", priced, report_unknown)
     return PriceOut(events=priced, issues=issues, errs=errs)
 
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import bytewax.operators as op
 import msgspec
 import xxhash
-from bytewax.dataflow import Stream
+from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
 from core import metrics
@@ -126,6 +126,7 @@ class RedeliveriesOut:
     errs: Stream[DeadLetter]
 
 
+@operator
 def drop_redeliveries(
     step_id: str, up: Stream[Event], *, horizon_s: int, shards: int = 16
 ) -> RedeliveriesOut:
@@ -138,12 +139,12 @@ def drop_redeliveries(
             groups.setdefault(entry_hash(e.event_id) % shards, []).append(e)
         return [(str(shard), group) for shard, group in groups.items()]
 
-    keyed = op.flat_map_batch(f"{step_id}_shard", up, group_batch)
-    out = op.stateful_batch(f"{step_id}_seen", keyed, lambda resume: _SeenLogic(horizon_ms, resume))
-    lists = op.map(f"{step_id}_unkey", out, lambda kv: kv[1])
-    split = op.branch(f"{step_id}_split", lists, lambda xs: type(xs[0]) is Event)
-    oks = op.flat_map_batch(f"{step_id}_oks", split.trues, _flatten)
-    errs = op.flat_map_batch(f"{step_id}_errs", split.falses, _flatten)
+    keyed = op.flat_map_batch("shard", up, group_batch)
+    out = op.stateful_batch("seen", keyed, lambda resume: _SeenLogic(horizon_ms, resume))
+    lists = op.map("unkey", out, lambda kv: kv[1])
+    split = op.branch("split", lists, lambda xs: type(xs[0]) is Event)
+    oks = op.flat_map_batch("oks", split.trues, _flatten)
+    errs = op.flat_map_batch("errs", split.falses, _flatten)
     return RedeliveriesOut(oks=oks, errs=errs)
 
 

@@ -108,7 +108,7 @@ from typing import TypeGuard, cast
 import bytewax.operators as op
 import msgspec
 import xxhash
-from bytewax.dataflow import Stream
+from bytewax.dataflow import Stream, operator
 from bytewax.operators import KeyedStream, StatefulBatchLogic
 
 from core import metrics
@@ -120,6 +120,7 @@ from judges.base import JudgeItem, RuleJudge
 from operators import event_time
 from operators.alerts import AlertProgress
 from operators.dedup import Candidate
+from operators.stage import stage_of
 
 _TWO_64 = float(2**64)
 _SEP = "\x1f"
@@ -828,6 +829,7 @@ class SampleOut:
     errs: Stream[DeadLetter]  # events whose tally raised (a bug): stored, never judged
 
 
+@operator
 def sample(
     step_id: str,
     up: Stream[Candidate],
@@ -859,26 +861,26 @@ def sample(
             return tally_batch(cs, sampler=sampler, rules=rules, baseline=baseline, cheap=cheap)
 
         # an event that makes the tally raise (a bug) is stored, never judged, and a dead letter
-        tallied, dead = guarded(step_id, tally, cands)
+        tallied, dead = guarded(stage_of(step_id), tally, cands)
         return [*cands, *tallied, *dead]
 
-    assigned = op.flat_map_batch(f"{step_id}_assign", up, assign_batch)
-    split = op.branch(f"{step_id}_split", assigned, _is_candidate)
-    errs = op.branch(f"{step_id}_errs", split.falses, _is_dead)
+    assigned = op.flat_map_batch("assign", up, assign_batch)
+    split = op.branch("split", assigned, _is_candidate)
+    errs = op.branch("errs", split.falses, _is_dead)
     parts = cast(Stream[_Part], errs.falses)
-    keyed = cast(KeyedStream[_In], op.key_on(f"{step_id}_key", parts, lambda p: p.tenant))
+    keyed = cast(KeyedStream[_In], op.key_on("key", parts, lambda p: p.tenant))
     if alerts is not None:  # each tenant's windows wait for its alerts, and follow their overrides
-        progress = cast(KeyedStream[_In], op.key_on(f"{step_id}_alerts", alerts, lambda p: p.tenant_id))
-        keyed = cast(KeyedStream[_In], op.merge(f"{step_id}_with_alerts", keyed, progress))
+        progress = cast(KeyedStream[_In], op.key_on("alerts", alerts, lambda p: p.tenant_id))
+        keyed = cast(KeyedStream[_In], op.merge("with_alerts", keyed, progress))
 
     def logic(resume: _SampleState | None) -> _SampleLogic:
         return _SampleLogic(sampler, clock, resume, gated=alerts is not None, stored=control.active)
 
-    decided = op.stateful_batch(f"{step_id}_choose", keyed, logic)
-    values = op.map(f"{step_id}_unkey", decided, lambda kv: kv[1])
-    outcome = op.branch(f"{step_id}_outcome", values, _is_decided_candidate)
-    chosen = op.filter(f"{step_id}_chosen", outcome.trues, lambda c: c.inclusion_prob > 0)
-    rest = op.branch(f"{step_id}_design", outcome.falses, _is_design)
+    decided = op.stateful_batch("choose", keyed, logic)
+    values = op.map("unkey", decided, lambda kv: kv[1])
+    outcome = op.branch("outcome", values, _is_decided_candidate)
+    chosen = op.filter("chosen", outcome.trues, lambda c: c.inclusion_prob > 0)
+    rest = op.branch("design", outcome.falses, _is_design)
     return SampleOut(
         events=split.trues,
         judge=chosen,

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.dataflow import Stream
+from bytewax.dataflow import Stream, operator
 
 from core import metrics
 from core.records import (
@@ -180,6 +180,7 @@ def combine(entries: Iterable[SavingsEntry], size_ms: int) -> list[SavingsEntry]
     return list(acc.values())
 
 
+@operator
 def judge_savings(
     step_id: str,
     sampled: Stream[SavingsEntry],
@@ -201,12 +202,12 @@ def judge_savings(
     """
     size_ms = size_s * 1000
     entries = op.merge(
-        f"{step_id}_merge",
+        "merge",
         sampled,
-        op.map(f"{step_id}_spend", spend, from_spend),
-        op.map(f"{step_id}_cached", op.filter(f"{step_id}_hits", evaluations, _is_hit), from_evaluation),
+        op.map("spend", spend, from_spend),
+        op.map("cached", op.filter("hits", evaluations, _is_hit), from_evaluation),
     )
-    combined = op.flat_map_batch(f"{step_id}_combine", entries, lambda xs: combine(xs, size_ms))
+    combined = op.flat_map_batch("combine", entries, lambda xs: combine(xs, size_ms))
 
     def fold(acc: _Acc, x: SavingsEntry) -> None:
         if acc.entry is None:
@@ -220,7 +221,7 @@ def judge_savings(
         return [row]
 
     return tumbling(
-        step_id,
+        "windows",
         combined,
         key_of=lambda x: x.tenant_id,
         size_s=size_s,

@@ -31,11 +31,12 @@ from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 import bytewax.operators as op
-from bytewax.dataflow import Stream
+from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
 from core import metrics
 from operators import event_time
+from operators.stage import stage_of
 
 X = TypeVar("X")
 A = TypeVar("A")
@@ -164,6 +165,7 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
         return self._spec.rows(self._s.key, start, self._s.open[start], time.time_ns() // 1000)
 
 
+@operator
 def tumbling(
     step_id: str,
     up: Stream[X],
@@ -181,8 +183,17 @@ def tumbling(
     """Per `key_of(record)`: fold records into windows, emit `rows(key, window_start_ms,
     acc, version)` when a window closes or changes (see the module docstring)."""
     spec = _Spec(
-        step_id, key_of, size_s * 1000, allowed_lateness_s * 1000, idle_s, ts_of, new, fold, rows, clock
+        stage_of(step_id),
+        key_of,
+        size_s * 1000,
+        allowed_lateness_s * 1000,
+        idle_s,
+        ts_of,
+        new,
+        fold,
+        rows,
+        clock,
     )
-    keyed = op.key_on(f"{step_id}_key", up, key_of)
-    out = op.stateful_batch(f"{step_id}_windows", keyed, lambda resume: _TumblingLogic(spec, resume))
-    return op.map(f"{step_id}_unkey", out, lambda kv: kv[1])
+    keyed = op.key_on("key", up, key_of)
+    out = op.stateful_batch("windows", keyed, lambda resume: _TumblingLogic(spec, resume))
+    return op.map("unkey", out, lambda kv: kv[1])

@@ -34,12 +34,13 @@ from datetime import UTC, datetime
 import bytewax.operators as op
 import msgspec
 import xxhash
-from bytewax.dataflow import Stream
+from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
 from core import metrics
 from core.records import CostWindow, Event, LedgerEntry, entry_hash
 from operators import event_time
+from operators.stage import stage_of
 
 _SEP = "\x1f"
 
@@ -315,6 +316,7 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         return self._row(entry, kind="correction", correction_id=cid)
 
 
+@operator
 def cost_window(
     step_id: str,
     up: Stream[Event] | Stream[LedgerEntry],
@@ -333,8 +335,8 @@ def cost_window(
     size_ms, lateness_ms = size_s * 1000, allowed_lateness_s * 1000
     newest = [0]  # this worker's newest event time, to spot possible corrections early
 
-    entries_in = metrics.WINDOW_ENTRIES.labels(step_id, "in")
-    entries_keyed = metrics.WINDOW_ENTRIES.labels(step_id, "keyed")
+    entries_in = metrics.WINDOW_ENTRIES.labels(stage_of(step_id), "in")
+    entries_keyed = metrics.WINDOW_ENTRIES.labels(stage_of(step_id), "keyed")
 
     def combine_batch(entries: list) -> Iterable[LedgerEntry]:
         newest[0] = max(newest[0], max(x.ts_ms for x in entries))
@@ -344,14 +346,14 @@ def cost_window(
         entries_keyed.inc(len(combined))
         return combined
 
-    combined = op.flat_map_batch(f"{step_id}_combine", up, combine_batch)
-    keyed = op.key_on(f"{step_id}_key", combined, _key_of)
+    combined = op.flat_map_batch("combine", up, combine_batch)
+    keyed = op.key_on("key", combined, _key_of)
     rows = op.stateful_batch(
-        f"{step_id}_windows",
+        "windows",
         keyed,
         lambda resume: _WindowLogic(size_ms, lateness_ms, clock, resume, category, provisional_s),
     )
-    return op.map(f"{step_id}_unkey", rows, lambda kv: kv[1])
+    return op.map("unkey", rows, lambda kv: kv[1])
 
 
 def _key_of(x: LedgerEntry | CostWindow) -> str:
@@ -503,6 +505,7 @@ def _add(acc: LedgerEntry, x: CostWindow | LedgerEntry) -> None:
     acc.max_request_cost_pusd = max(acc.max_request_cost_pusd, x.max_request_cost_pusd)
 
 
+@operator
 def rollup(
     step_id: str,
     up: Stream[CostWindow],
@@ -524,10 +527,10 @@ def rollup(
         raise ValueError(msg)
     sizes_ms = sorted(size * 1000 for size in sizes_s)
     lateness_ms = allowed_lateness_s * 1000
-    keyed = op.key_on(f"{step_id}_key", up, lambda w: _SEP.join((_key_of(w), w.category)))
+    keyed = op.key_on("key", up, lambda w: _SEP.join((_key_of(w), w.category)))
     rows = op.stateful_batch(
-        f"{step_id}_levels",
+        "levels",
         keyed,
         lambda resume: _RollupLogic(sizes_ms, lateness_ms, clock_us, resume),
     )
-    return op.map(f"{step_id}_unkey", rows, lambda kv: kv[1])
+    return op.map("unkey", rows, lambda kv: kv[1])

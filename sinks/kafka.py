@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import bytewax.operators as op
 import msgspec
 from bytewax.connectors.kafka import KafkaSink, KafkaSinkMessage
-from bytewax.dataflow import Stream
+from bytewax.dataflow import Stream, operator
 
 from core.records import Alert, DeadLetter
 
@@ -47,6 +47,7 @@ def dead_letter_message(d: DeadLetter) -> KafkaSinkMessage[bytes, bytes]:
     return KafkaSinkMessage(key=d.key.encode(), value=_json.encode(body))
 
 
+@operator
 def kafka_out(
     step_id: str,
     up: Stream[Alert] | Stream[DeadLetter] | Stream[Alert | DeadLetter],
@@ -60,5 +61,5 @@ def kafka_out(
     def to_message(x: Alert | DeadLetter) -> KafkaSinkMessage[bytes, bytes]:
         return alert_message(x) if isinstance(x, Alert) else dead_letter_message(x)
 
-    msgs = op.map(f"{step_id}_serialize", up, to_message)
-    op.output(step_id, msgs, KafkaSink(brokers, topic, add_config=dict(extra or {})))
+    msgs = op.map("serialize", up, to_message)
+    op.output("write", msgs, KafkaSink(brokers, topic, add_config=dict(extra or {})))
