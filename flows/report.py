@@ -43,6 +43,8 @@ from typing import Any
 
 from flows import report_quality
 from flows import report_queries as rq
+from flows import report_signals as signals
+from flows import report_spend as spend
 from flows.config import ConfigError, Settings, load_settings
 from flows.report_format import TEXT_CUT, Report, iso
 from flows.report_html import render_html
@@ -314,28 +316,28 @@ def build_report(
     wanted = COMMANDS[:-1] if name == "all" else (name,)
     for command in wanted:
         if command == "cost":
-            tables.append(rq.cost(client, scope, by("cost"), grains))
+            tables.append(spend.cost(client, scope, by("cost"), grains))
             if name == "all":
-                detail = rq.cost(client, scope, ["tenant", "agent", "model", "variant"], grains)
+                detail = spend.cost(client, scope, ["tenant", "agent", "model", "variant"], grains)
                 detail.title = "cost_detail"
                 tables.append(detail)
         elif command == "variants":
-            tables.extend(rq.variants(client, scope, by("variants"), grains, baseline))
+            tables.extend(spend.variants(client, scope, by("variants"), grains, baseline))
         elif command == "top":
-            tables.append(rq.top(client, scope, limit, min_cost))
+            tables.append(spend.top(client, scope, limit, min_cost))
         elif command == "hourly":
             hour = 3_600_000
             snapped = dataclasses.replace(
                 scope, since_ms=scope.since_ms // hour * hour, until_ms=-(-scope.until_ms // hour) * hour
             )
-            t = rq.series(client, snapped, by("hourly"), grains, hour)
+            t = spend.series(client, snapped, by("hourly"), grains, hour)
             t.title = "hourly"
             tables.append(t)
         elif command == "budget":
             budgets = _budget_lookup(args, settings, by("budget"))
-            tables.append(rq.budget(client, scope, by("budget"), grains, budgets))
+            tables.append(spend.budget(client, scope, by("budget"), grains, budgets))
         elif command == "tokens":
-            tables.append(rq.tokens(client, scope, by("tokens")))
+            tables.append(spend.tokens(client, scope, by("tokens")))
         elif command == "quality":
             tables.append(report_quality.quality(client, scope, database))
         elif command == "savings":
@@ -343,15 +345,15 @@ def build_report(
                 report_quality.savings(client, scope, database, settings.flow.sampling.judged_share)
             )
         elif command == "abuse":
-            tables.extend(rq.abuse(client, scope, limit, _abuse_min_requests(args, alerts_cfg)))
+            tables.extend(signals.abuse(client, scope, limit, _abuse_min_requests(args, alerts_cfg)))
         elif command == "alerts":
-            tables.append(rq.alerts(client, scope))
+            tables.append(signals.alerts(client, scope))
         elif command == "pricing":
-            tables.append(rq.pricing(client, scope))
+            tables.append(signals.pricing(client, scope))
     if name == "all":
         bucket = chart_bucket_ms(scope.until_ms - scope.since_ms)
         charts["bucket_ms"] = bucket
-        charts["series"] = rq.series(client, scope, ["tenant"], grains, bucket)
+        charts["series"] = spend.series(client, scope, ["tenant"], grains, bucket)
     return Report(name, scope, tables, charts)
 
 
