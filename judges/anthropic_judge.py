@@ -2,27 +2,20 @@
 
 The verdict comes back as a forced tool call (`record_verdict`, whose input
 schema is the verdict schema) and is validated again here; a text answer, a
-missing or malformed tool input is an `InvalidVerdictError`. Like the OpenAI
-judge: one long-lived `AsyncAnthropic` per process on the aiohttp transport,
-SDK retries off, and by default the request goes through the client's
-low-level `post()` with a msgspec-encoded body and a msgspec-decoded answer
-(`raw=False` uses `messages.create()` and the SDK's models).
+missing or malformed tool input is an `InvalidVerdictError`. The client, the
+raw path (`raw=False` uses `messages.create()` and the SDK's models) and the
+call itself: `judges.sdk_judge`.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import anthropic
-import httpx2
 import msgspec
 
-from core.records import JudgeCall, Verdict
-from judges.base import InvalidVerdictError, JudgeItem, JudgeResult, RetryableJudgeError
-from judges.errors import classify_sdk_error
-from judges.openai_judge import MAX_OUTPUT_TOKENS, CostFn, aiohttp_client, endpoint_url
-from judges.rubrics import API_VERDICT_SCHEMA, build_prompt, parse_verdict_object
+from judges.rubrics import API_VERDICT_SCHEMA, Prompt, VerdictPayload, parse_verdict_object
+from judges.sdk_judge import MAX_OUTPUT_TOKENS, SdkJudge, non_json
 
 TOOL_NAME = "record_verdict"
 
@@ -52,41 +45,20 @@ class _Message(msgspec.Struct):
 
 
 _decode_message = msgspec.json.Decoder(_Message).decode
-_encode = msgspec.json.Encoder().encode
 
 
-class AnthropicJudge:
+class AnthropicJudge(SdkJudge[_Message]):
     """Tier-1/2 judge through `anthropic.AsyncAnthropic`. Create it inside the running loop."""
 
-    def __init__(
-        self,
-        *,
-        model: str,
-        api_key: str,
-        base_url: str | None,
-        tier: int,
-        timeout_s: float,
-        cost: CostFn,
-        raw: bool = True,
-        max_connections: int = 256,
-    ) -> None:
-        self.name = f"anthropic/{model}"
-        self.tier = tier
-        self._model = model
-        self._cost = cost
-        self._raw = raw
-        self._client = anthropic.AsyncAnthropic(
-            api_key=api_key,
-            base_url=base_url or None,
-            max_retries=0,
-            timeout=timeout_s,
-            http_client=aiohttp_client(anthropic, timeout_s=timeout_s, max_connections=max_connections),
-        )
-        self._url = endpoint_url(self._client, "v1/messages")
+    provider = "anthropic"
+    sdk = anthropic
+    path = "v1/messages"
 
-    async def judge(self, metric: str, item: JudgeItem) -> JudgeResult:
-        prompt = build_prompt(metric, item)
-        body: dict[str, Any] = {
+    def client(self, **kwargs: Any) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(**kwargs)
+
+    def request(self, prompt: Prompt) -> dict[str, Any]:
+        return {
             "model": self._model,
             "max_tokens": MAX_OUTPUT_TOKENS,  # no temperature: this API version has none
             "system": prompt.system,
@@ -94,45 +66,19 @@ class AnthropicJudge:
             "tools": [_TOOL],
             "tool_choice": _TOOL_CHOICE,
         }
-        started = time.perf_counter()
-        try:
-            if self._raw:
-                resp = await self._client.post(self._url, cast_to=httpx2.Response, content=_encode(body))
-                message = _decode_message(resp.content)
-            else:
-                message = _from_sdk(await self._client.messages.create(**body))
-        except anthropic.APIError as exc:
-            raise classify_sdk_error(exc, anthropic) from exc
-        except (ValueError, msgspec.DecodeError) as exc:  # a truncated or non-JSON body
-            msg = f"malformed response body: {str(exc)[:80]}"
-            raise RetryableJudgeError(msg) from exc
-        latency_ms = (time.perf_counter() - started) * 1000
-        usage = message.usage or _Usage()
-        call = JudgeCall(
-            judge=self.name,
-            tier=self.tier,
-            input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens,
-            cost_pusd=self._cost(usage.input_tokens, usage.output_tokens),
-            latency_ms=latency_ms,
-            ok=True,
-        )
-        try:
-            payload = parse_verdict_object(_tool_input(message))
-        except ValueError as exc:
-            raise InvalidVerdictError(str(exc), call=call) from exc
-        verdict = Verdict(
-            metric=metric,
-            score=payload.score,
-            label=payload.label,
-            explanation=payload.explanation[:400],
-            judge=self.name,
-            tier=self.tier,
-        )
-        return JudgeResult(verdict=verdict, call=call)
 
-    async def aclose(self) -> None:
-        await self._client.close()
+    def decode(self, body: bytes) -> _Message:
+        return _decode_message(body)
+
+    async def sdk_call(self, request: dict[str, Any]) -> _Message:
+        return _from_sdk(await self._client.messages.create(**request))
+
+    def tokens(self, answer: _Message) -> tuple[int, int]:
+        u = answer.usage or _Usage()
+        return u.input_tokens, u.output_tokens
+
+    def payload(self, answer: _Message) -> VerdictPayload:
+        return parse_verdict_object(_tool_input(answer))
 
 
 def _tool_input(message: _Message) -> Any:
@@ -147,9 +93,7 @@ def _tool_input(message: _Message) -> Any:
 
 
 def _from_sdk(resp: object) -> _Message:
-    if isinstance(resp, str):  # the SDK hands back a 200 with a non-JSON body as text
-        msg = f"non-JSON response body: {resp[:80]!r}"
-        raise ValueError(msg)
+    non_json(resp)
     blocks = [
         _Block(b.type, getattr(b, "name", None), getattr(b, "input", None))
         for b in resp.content  # type: ignore[attr-defined]
