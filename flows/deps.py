@@ -26,7 +26,7 @@ from judges.redact import Redactor
 from judges.rubrics import RUBRIC_VERSION
 from judges.rules import Tier0Rules
 from judges.runtime import EndpointPolicy, JudgeRuntime, RetryPolicy
-from operators.alert_rules import Action, AlertPolicy, RuleSet
+from operators.alert_policy import Action, AlertPolicy, RuleSet
 from operators.decode import DecodeLimits
 from operators.dedup import ContentKeyer
 from operators.judge import JudgePlan

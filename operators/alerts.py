@@ -58,7 +58,8 @@ from core import metrics
 from core.ports import OverrideAction
 from core.records import LEVELS, RANK, AbuseWindow, Alert, CostWindow, alert_subject
 from operators import event_time
-from operators.alert_rules import AlertPolicy, Reading, Rule, dec
+from operators.alert_policy import AlertPolicy
+from operators.alert_rules import Reading, Rule, dec
 from operators.alert_state import DAY_MS, TenantLedger, month_bounds
 from operators.expensive import ExpensiveSlot
 

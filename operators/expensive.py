@@ -16,7 +16,7 @@ import msgspec
 from bytewax.dataflow import Stream, operator
 
 from core.records import Event
-from operators.alert_rules import AlertPolicy
+from operators.alert_policy import AlertPolicy
 from operators.alert_state import Expensive, top_expensive
 
 
