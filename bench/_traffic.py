@@ -8,9 +8,11 @@ in production (not replayed into the same minutes).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -209,3 +211,30 @@ class CountingSink(DynamicSink):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _Count:
         return _Count(self._counts, self._name)
+
+
+class _CountingClickHouseSink(DynamicSink):
+    """Stands in for `ClickHouseSink` in `build_flow`: counts the rows per table, writes nothing."""
+
+    counts: dict[str, int] = defaultdict(int)
+
+    def __init__(self, dsn: str, database: str, table: str, **_kwargs: Any) -> None:
+        self._table = table
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _Count:
+        return _Count(self.counts, self._table)
+
+
+@contextlib.contextmanager
+def without_clickhouse() -> Iterator[dict[str, int]]:
+    """`build_flow` with counting sinks in place of the ClickHouse ones (the flow's own work
+    only); yields the rows counted per table."""
+    import flows.judgeflow
+
+    real = flows.judgeflow.ClickHouseSink
+    flows.judgeflow.ClickHouseSink = _CountingClickHouseSink  # type: ignore[misc]
+    _CountingClickHouseSink.counts.clear()
+    try:
+        yield _CountingClickHouseSink.counts
+    finally:
+        flows.judgeflow.ClickHouseSink = real  # type: ignore[misc]

@@ -8,8 +8,18 @@ Same traffic, same process, measured three ways:
   the baseline: what the work costs without a dataflow around it;
 - bytewax: the operators wired as in `flows/judgeflow.py` (judge and sinks
   left out), fed by an in-memory source in Kafka-sized batches, `run_main`;
-- bytewax + sinks (`--sinks`): `build_flow` itself, judges off, writing
-  every table to the embedded ClickHouse (chdb) in a temp dir.
+- bytewax + sinks (`--sinks`): `build_flow` itself, judges off: first with
+  counting sinks in place of ClickHouse (every stage of the flow, no
+  ClickHouse client: the baseline the sinks' cost is read against), then
+  writing every table to ClickHouse twice over: over HTTP to a server in another
+  process (the chdb HTTP front, `sinks.chdb_http`, in a subprocess: the
+  deployment shape, where the worker pays only the client's side), and to
+  the embedded engine (chdb) inside the worker's own process, which also
+  pays for executing the inserts.
+
+"CPU" is this process's CPU time per event, all its threads: with chdb in this process that
+includes the engine's inserts; over HTTP it leaves out the server's work, so it is what a worker
+pays per event, while events/s also counts the time the worker waits for each insert's answer.
 
     .venv/bin/python bench/throughput.py [--events 100000] [--batch 1000] [--repeat 3] [--sinks]
 """
@@ -17,11 +27,15 @@ Same traffic, same process, measured three ways:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import statistics
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import bytewax.operators as op
@@ -30,7 +44,15 @@ from bytewax.testing import TestingSource, run_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _traffic import CostPathReference, CountingSink, batched, median_rate, messages, table
+from _traffic import (
+    CostPathReference,
+    CountingSink,
+    batched,
+    median_rate,
+    messages,
+    table,
+    without_clickhouse,
+)
 
 from core import metrics
 from flows.config import Settings, load_settings
@@ -41,6 +63,9 @@ from operators.price import price
 from operators.sample import _SampleLogic, sample, tally_batch
 from operators.windows import cost_window, rollup
 
+NO_CLICKHOUSE = "build_flow, counting sinks instead of ClickHouse"
+OVER_HTTP = "build_flow + ClickHouse sinks over HTTP (server in another process)"
+EMBEDDED = "build_flow + ClickHouse sinks (chdb engine in this process)"
 REDELIVERIES = [True]  # --no-redeliveries: build_flow without the exactly-once step (its cost)
 
 
@@ -117,39 +142,59 @@ def plain_python(settings: Settings, d: Deps, batches: list[list]) -> dict[str, 
     return {"windows": ref.rows, "judge": chosen}
 
 
-def run_bytewax(settings: Settings, msgs: list, batch: int) -> tuple[float, dict[str, int]]:
+@contextlib.contextmanager
+def measured() -> Iterator[Took]:
+    """Wall clock and this process's CPU time (every thread's) of the block."""
+    took = Took()
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield took
+    took.wall, took.cpu = time.perf_counter() - wall, time.process_time() - cpu
+
+
+@dataclass
+class Took:
+    wall: float = 0.0
+    cpu: float = 0.0
+
+
+def run_bytewax(settings: Settings, msgs: list, batch: int) -> tuple[Took, dict[str, int]]:
     d = build_deps(settings)
     counts: dict[str, int] = defaultdict(int)
     try:
         flow = hot_path_flow(settings, d, msgs, batch, counts)
-        started = time.perf_counter()
-        run_main(flow)
-        return time.perf_counter() - started, dict(counts)
+        with measured() as took:
+            run_main(flow)
+        return took, dict(counts)
     finally:
         d.close()
 
 
-def run_plain(settings: Settings, batches: list[list]) -> tuple[float, dict[str, int]]:
+def run_plain(settings: Settings, batches: list[list]) -> tuple[Took, dict[str, int]]:
     d = build_deps(settings)
     try:
-        started = time.perf_counter()
-        counts = plain_python(settings, d, batches)
-        return time.perf_counter() - started, counts
+        with measured() as took:
+            counts = plain_python(settings, d, batches)
+        return took, counts
     finally:
         d.close()
 
 
-def run_with_sinks(msgs: list, batch: int, chdb_dir: str, run: int) -> float:
-    """build_flow itself; chdb opens one directory per process: a fresh database per run."""
+def run_with_sinks(msgs: list, batch: int, dsn: str, run: int) -> Took:
+    """build_flow itself into ClickHouse at `dsn` (none: counting sinks instead); a fresh database
+    per run (chdb opens one directory per process), its tables made before the clock starts, as a
+    restart finds them."""
     from flows.judgeflow import build_flow
+    from sinks.clickhouse import connect, ensure_schema
 
-    settings = settings_for(f"chdb://{chdb_dir}", database=f"bench_{run}")
+    settings = settings_for(dsn, database=f"bench_{run}")
+    if dsn:
+        ensure_schema(connect(dsn, f"bench_{run}"), f"bench_{run}")
     d = build_deps(settings)
     try:
         flow = build_flow(settings, source=TestingSource(msgs, batch_size=batch), deps=d)
-        started = time.perf_counter()
-        run_main(flow)
-        return time.perf_counter() - started
+        with measured() as took:
+            run_main(flow)
+        return took
     finally:
         d.close()
 
@@ -159,7 +204,11 @@ def main() -> int:
     p.add_argument("--events", type=int, default=100_000)
     p.add_argument("--batch", type=int, default=1000, help="source batch size (kafka.batch_size)")
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--sinks", action="store_true", help="also time build_flow with ClickHouse (chdb) sinks")
+    p.add_argument(
+        "--sinks",
+        action="store_true",
+        help="also time build_flow with ClickHouse sinks (over HTTP; chdb in-process)",
+    )
     p.add_argument("--no-redeliveries", action="store_true", help="build_flow without the re-delivery step")
     args = p.parse_args()
     REDELIVERIES[0] = not args.no_redeliveries
@@ -170,36 +219,69 @@ def main() -> int:
     settings = settings_for()
 
     chdb_dir = tempfile.TemporaryDirectory(prefix="jf_bench_")
-    results: dict[str, list[float]] = defaultdict(list)
+    server = contextlib.ExitStack()
+    http_dsn = ""
+    if args.sinks:
+        from simulators.chdb_http import start_chdb_http
+
+        http_dsn = server.enter_context(start_chdb_http(Path(chdb_dir.name) / "server"))
+    results: dict[str, list[Took]] = defaultdict(list)
     check: dict[str, dict[str, int]] = {}
     keyed_per_event = 0.0
     for i in range(args.repeat):
-        secs, counts = run_plain(settings, batches)
-        results["plain Python loop"].append(secs)
+        took, counts = run_plain(settings, batches)
+        results["plain Python loop"].append(took)
         check["plain"] = counts
         before = _keyed()
-        secs, counts = run_bytewax(settings, msgs, args.batch)
-        results["bytewax, 1 worker"].append(secs)
+        took, counts = run_bytewax(settings, msgs, args.batch)
+        results["bytewax, 1 worker"].append(took)
         check["bytewax"] = counts
         keyed_per_event = (_keyed() - before) / args.events
         if args.sinks:
-            secs = run_with_sinks(msgs, args.batch, chdb_dir.name, i)
-            results["bytewax + ClickHouse sinks (chdb)"].append(secs)
+            with without_clickhouse():
+                results[NO_CLICKHOUSE].append(run_with_sinks(msgs, args.batch, "", i))
+            results[OVER_HTTP].append(run_with_sinks(msgs, args.batch, http_dsn, i))
+            embedded = f"chdb://{chdb_dir.name}/embedded"
+            results[EMBEDDED].append(run_with_sinks(msgs, args.batch, embedded, i))
         print(f"run {i + 1}/{args.repeat} done", file=sys.stderr)
+    server.close()
 
-    base = args.events / min(results["plain Python loop"])
+    n = args.events
+    base = n / min(t.wall for t in results["plain Python loop"])
+    flow_base = n / min(t.wall for t in results[NO_CLICKHOUSE]) if args.sinks else 0.0
     rows = []
     for name, runs in results.items():
-        rate, spread = median_rate(args.events, runs)
-        best = args.events / min(runs)
-        rows.append([name, f"{rate:,.0f}", f"{best:,.0f}", f"{best / base:.2f}x", f"±{spread * 50:.0f}%"])
+        walls = [t.wall for t in runs]
+        rate, spread = median_rate(n, walls)
+        best = n / min(walls)
+        vs_flow = f"{best / flow_base:.2f}x" if name in (OVER_HTTP, EMBEDDED) else ""
+        cpu = statistics.median(t.cpu for t in runs) / n * 1e6
+        rows.append(
+            [
+                name,
+                f"{rate:,.0f}",
+                f"{best:,.0f}",
+                f"{best / base:.2f}x",
+                vs_flow,
+                f"{cpu:.1f}",
+                f"±{spread * 50:.0f}%",
+            ]
+        )
     print()
     print(
         table(
             f"decode -> price -> dedup -> sample -> windows (+1 h/1 d rollups), judges off: "
             f"{args.events:,} events, batches of {args.batch}, {args.repeat} runs, Python "
             f"{sys.version.split()[0]}, {os.cpu_count()} cores",
-            ["path", "events/s (median)", "events/s (best)", "vs plain (best)", "spread"],
+            [
+                "path",
+                "events/s (median)",
+                "events/s (best)",
+                "vs plain (best)",
+                "vs no ClickHouse (best)",
+                "CPU µs/event (median)",
+                "spread",
+            ],
             rows,
         )
     )
