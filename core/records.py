@@ -71,11 +71,14 @@ class WireEvent(msgspec.Struct, frozen=True):
 
 
 class Source(msgspec.Struct, frozen=True, array_like=True):
-    """Where a record came from (Kafka coordinates), for dead letters and audits."""
+    """Where a record came from (Kafka coordinates), for dead letters and audits, and where its
+    partition stood when it was read: `after_ms`, the newest time the partition had released before
+    it (None: unknown) — what makes an event late for a window, whatever the timing."""
 
     topic: str
     partition: int
     offset: int
+    after_ms: int | None = None
 
 
 class Event(msgspec.Struct, frozen=True, array_like=True):

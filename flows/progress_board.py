@@ -3,7 +3,8 @@
 With several processes (`judgeflow run -i I -a ADDRS`) each reads its own partitions, and
 `operators.event_time` must know the others' to align partitions and to tell live input from a
 backlog for the whole cluster. Every `interval_s` each process publishes the state of the partitions
-it reads — the time of the next message it may release, whether it is caught up, or that it is done —
+it reads — the time of the next message it may release, whether it is caught up, how far the flow has
+processed what it released (`event_time.Reading`), or that it is done, in which epoch —
 as the metadata of a committed offset in a consumer group of its own on the input brokers (a side
 channel: nothing in it is data; judgeflow's source never commits offsets), and reads everyone's back
 into `event_time.INPUT` as remote partitions.
@@ -99,15 +100,15 @@ class ProgressBoard:
             name = self._name(tp)
             if name not in self._mine:
                 continue
-            state = local.get(name)
-            mine: dict[str, Any] = {"t": now_ms, "d": 1}
-            if state is not None:
-                mine = {"t": now_ms, "f": state[0], "c": state[1]}
-            offsets.append(TopicPartition(tp.topic, tp.partition, 0, metadata=json.dumps(mine)))
+            offsets.append(
+                TopicPartition(
+                    tp.topic, tp.partition, 0, metadata=json.dumps(_publish(local.get(name), now_ms))
+                )
+            )
         if offsets:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         theirs = [tp for tp in self._parts if self._name(tp) not in self._mine]
-        states: dict[str, event_time.PartitionState | None] = {}
+        states: dict[str, event_time.Reading | None] = {}
         for tp in self._consumer.committed(theirs, timeout=10) if theirs else []:
             name = self._name(tp)
             entry = _entry(tp.metadata)
@@ -116,8 +117,7 @@ class ProgressBoard:
                 self._warn_unheard(name, now)
                 continue
             self._unheard_since.pop(name, None)
-            if not entry.get("d"):
-                states[name] = (entry.get("f"), bool(entry.get("c")))
+            states[name] = _reading(entry)
         self._progress.set_remote(states, now)
 
     def _run(self) -> None:
@@ -144,6 +144,29 @@ class ProgressBoard:
                 "progress board: nothing heard of %s for %.0f s; waiting for its process", name, now - since
             )
             self._unheard_since[name] = now
+
+
+def _publish(state: event_time.Reading | None, now_ms: int) -> dict[str, Any]:
+    """A board entry: a partition this process reads ("f", "c": alignment and liveness; "e", "p",
+    "s": the epoch it reads in, what the flow processed of it, settled), or has read to its end ("d",
+    in epoch "e"; without "e": closed, nothing of it in flight)."""
+    if state is None:
+        return {"t": now_ms, "d": 1}
+    if state.ended:
+        return {"t": now_ms, "d": 1, "e": state.epoch, "p": state.processed_ms}
+    entry = {"t": now_ms, "f": state.frontier_ms, "c": state.caught_up, "e": state.epoch}
+    return entry | {"p": state.processed_ms, "s": state.settled}
+
+
+def _reading(entry: dict[str, Any]) -> event_time.Reading:
+    epoch = entry.get("e")
+    if entry.get("d"):
+        epoch = epoch if isinstance(epoch, int) else -1  # (-1: closed, nothing of it in flight)
+        return event_time.Reading(None, True, epoch, entry.get("p"), True, ended=True)
+    epoch = epoch if isinstance(epoch, int) else 0
+    return event_time.Reading(
+        entry.get("f"), bool(entry.get("c")), epoch, entry.get("p"), bool(entry.get("s"))
+    )
 
 
 def _entry(metadata: str | None) -> dict[str, Any] | None:

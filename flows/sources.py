@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bytewax.connectors.kafka import KafkaSource
+from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
 from bytewax.inputs import StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TIMESTAMP_NOT_AVAILABLE, TopicPartition
 
@@ -76,11 +76,21 @@ class ReadPositions:
 POSITIONS = ReadPositions()
 
 
-class _AlignedPartition(StatefulSourcePartition[Any, int | None]):
+# a partition's snapshot: the offset to resume at, and the newest time released before it
+_PartState = tuple[int | None, int | None]
+
+
+class _AlignedPartition(StatefulSourcePartition[Any, _PartState]):
     """One Kafka partition, released in step with the process's other partitions (see
     `operators.event_time`): messages more than `align_ms` ahead of the slowest partition that still
     has input are held back — not consumed: the snapshot resumes at the first one held. With
-    `stop_at`, the partition ends before that offset (nothing at or after it reaches the flow)."""
+    `stop_at`, the partition ends before that offset (nothing at or after it reaches the flow).
+
+    Each message is handed over as an `event_time.ReadMessage` carrying the newest time the partition
+    released before it (part of the snapshot, so a restore tags the same). bytewax snapshots the
+    partition exactly when its epoch ends and reads it in the next epoch only once the whole flow has
+    processed the last one, so the partition also tells `event_time.INPUT` how far the flow has
+    processed what it released."""
 
     def __init__(
         self,
@@ -90,6 +100,7 @@ class _AlignedPartition(StatefulSourcePartition[Any, int | None]):
         *,
         tp: TopicPartitionKey | None = None,
         stop_at: int | None = None,
+        released_ms: int | None = None,
     ) -> None:
         self._inner = inner
         self._name = name
@@ -97,9 +108,13 @@ class _AlignedPartition(StatefulSourcePartition[Any, int | None]):
         self._tp = tp
         self._stop_at = stop_at
         self._held: deque[Any] = deque()
-        self._released_ms: int | None = None
+        self._released_ms = released_ms  # the newest time released (a restore: before the snapshot)
         self._waiting = False
         self._opened_at = time.monotonic()
+        self._epoch = 0  # epochs ended since the run started (every partition starts at the same one)
+        self._sealed_ms = released_ms  # the newest time released when the last epoch ended
+        self._released_in_epoch = False
+        self._ended = False
         event_time.INPUT.opened(name)
         position = inner.snapshot()
         if tp is not None and position is not None and position >= 0:
@@ -107,6 +122,9 @@ class _AlignedPartition(StatefulSourcePartition[Any, int | None]):
 
     def next_batch(self) -> list[Any]:
         now = time.time()
+        # bytewax reads in this epoch only once the flow has processed every earlier one, so what
+        # this partition had released when the last epoch ended is processed everywhere
+        settled = not self._released_in_epoch
         fetched = 0
         if not self._held:
             try:
@@ -114,7 +132,8 @@ class _AlignedPartition(StatefulSourcePartition[Any, int | None]):
                     raise StopIteration
                 got = list(self._inner.next_batch())
             except StopIteration:
-                event_time.INPUT.closed(self._name)
+                self._ended = True
+                event_time.INPUT.ended(self._name, epoch=self._epoch)
                 if self._tp is not None and self._stop_at is not None:  # read to its stop (or its end)
                     POSITIONS.set(self._tp, self._stop_at)
                 raise
@@ -128,19 +147,22 @@ class _AlignedPartition(StatefulSourcePartition[Any, int | None]):
             held = self._held
             while held:
                 ts = _time_ms(held[0])
-                if ts is not None:
-                    if limit is not None and ts > limit:
-                        break
-                    if self._released_ms is None or ts > self._released_ms:
-                        self._released_ms = ts
-                out.append(held.popleft())
+                if ts is not None and limit is not None and ts > limit:
+                    break
+                out.append(_tagged(held.popleft(), self._released_ms))
+                if ts is not None and (self._released_ms is None or ts > self._released_ms):
+                    self._released_ms = ts
         head = _time_ms(self._held[0]) if self._held else None
         frontier = head if head is not None else self._released_ms
         caught_up = fetched == 0 and not self._held and not out and self._at_end()
         event_time.INPUT.polled(self._name, frontier_ms=frontier, caught_up=caught_up, now=now)
+        self._released_in_epoch = self._released_in_epoch or bool(out)
+        event_time.INPUT.processed(
+            self._name, epoch=self._epoch, processed_ms=self._sealed_ms, settled=settled and not out
+        )
         self._waiting = bool(self._held) and not out
         if self._tp is not None:
-            position = self.snapshot()
+            position = self._position()
             if position is not None and position >= 0:
                 POSITIONS.set(self._tp, position)
         return out
@@ -178,7 +200,15 @@ class _AlignedPartition(StatefulSourcePartition[Any, int | None]):
             return datetime.now(tz=UTC) + _ALIGN_POLL
         return self._inner.next_awake()
 
-    def snapshot(self) -> int | None:
+    def snapshot(self) -> _PartState:
+        """bytewax calls this exactly when the partition's epoch ends (and only then)."""
+        self._epoch += 1
+        self._sealed_ms = self._released_ms
+        self._released_in_epoch = False
+        return (self._position(), self._released_ms)
+
+    def _position(self) -> int | None:
+        """The offset a restore resumes at."""
         for m in self._held:  # not handed to the flow yet: read again after a restore
             offset = getattr(getattr(m, "msg", m), "offset", None)  # a KafkaError wraps its message
             if offset is not None and offset >= 0:
@@ -189,7 +219,8 @@ class _AlignedPartition(StatefulSourcePartition[Any, int | None]):
         return position
 
     def close(self) -> None:
-        event_time.INPUT.closed(self._name)
+        if not self._ended:  # one read to its end stays known as such until the flow processed it
+            event_time.INPUT.closed(self._name)
         self._inner.close()
 
 
@@ -200,6 +231,15 @@ _SILENT_S = 10.0
 def _at_or_after(m: Any, offset: int) -> bool:
     found = getattr(getattr(m, "msg", m), "offset", None)  # a KafkaError wraps its message
     return found is not None and found >= offset
+
+
+def _tagged(m: Any, after_ms: int | None) -> Any:
+    """`m` as the flow gets it: a Kafka message with where its partition stood (`ReadMessage`)."""
+    if type(m) is not KafkaSourceMessage:
+        return m  # a broker error: it becomes a dead letter, never an event
+    tagged = object.__new__(event_time.ReadMessage)  # the fields copied at once: a frozen dataclass's
+    tagged.__dict__.update(m.__dict__, after_ms=after_ms)  # __init__ sets them one by one (3 µs a message)
+    return tagged
 
 
 def _time_ms(m: Any) -> int | None:
@@ -230,22 +270,24 @@ class _AlignedKafkaSource(KafkaSource):
         self._ranges = ranges
         self._offsets: dict[str, dict[int, int]] = {}
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None):
+    def build_part(self, step_id: str, for_part: str, resume_state: _PartState | int | None):
         idx, topic = for_part.split("-", 1)
         tp = (topic, int(idx))
+        # a snapshot of an earlier version holds the offset alone
+        offset, released = resume_state if isinstance(resume_state, tuple) else (resume_state, None)
         if self._ranges is not None:
             start, stop = self._ranges.get(tp, (0, 0))
-            inner = super().build_part(step_id, for_part, start if resume_state is None else resume_state)
+            inner = super().build_part(step_id, for_part, start if offset is None else offset)
             name = for_part  # "IDX-TOPIC": the name the progress board uses too
-            return _AlignedPartition(inner, name, self._align_ms, tp=tp, stop_at=stop)
-        if resume_state is None and self._start_ms is not None:
+            return _AlignedPartition(inner, name, self._align_ms, tp=tp, stop_at=stop, released_ms=released)
+        if offset is None and self._start_ms is not None:
             if topic not in self._offsets:
                 self._offsets[topic] = offsets_for_time(
                     ",".join(self._brokers), topic, self._start_ms, config=self._add_config
                 )
-            resume_state = self._offsets[topic][int(idx)]
-        inner = super().build_part(step_id, for_part, resume_state)
-        return _AlignedPartition(inner, for_part, self._align_ms, tp=tp)
+            offset = self._offsets[topic][int(idx)]
+        inner = super().build_part(step_id, for_part, offset)
+        return _AlignedPartition(inner, for_part, self._align_ms, tp=tp, released_ms=released)
 
 
 def _common(cfg: KafkaConfig, brokers: list[str]) -> dict[str, Any]:

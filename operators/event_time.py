@@ -26,6 +26,19 @@ alignment and liveness are the cluster's, not the process's — a process never 
 partitions, and one whose own partitions are done or caught up does not count wall time while another
 still reads a backlog. A remote partition not heard of yet (or not lately) holds everyone at its start.
 With no Kafka input anywhere (tests and benchmarks on an in-memory source) wall time counts as before.
+
+3. **Processed, not just released.** A partition's frontier says what it has *handed to the flow*; an
+   event handed over may still be on its way to a stage (through other steps, across processes). What a
+   window decision must wait for is what the whole flow has *processed*, and bytewax says it by
+   construction: a source reads in epoch e only once every step of every worker has processed every
+   epoch before e (its backpressure), and it snapshots each partition exactly when the partition's epoch
+   ends. So the newest time a partition had released when an epoch ended (`processed_ms`) is processed
+   as soon as the partition reads in the next one, and a partition that released nothing since is
+   *settled* — everything it handed over is processed. A partition read to its end in epoch r is settled
+   once any partition of the cluster reads in an epoch after r. Epochs are counted from the run's start,
+   which every partition of every process shares. `processed_ms()` is the gate of decisions that must
+   see every event up to a time (the sampler's windows); with the events' own position in their
+   partition (`ReadMessage.after_ms`), it makes what such a decision contains independent of timing.
 """
 
 from __future__ import annotations
@@ -33,8 +46,37 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from bytewax.connectors.kafka import KafkaSourceMessage
+
 RECHECK_S = 1.0  # how soon a stage looks again when its deadline passed but event time did not
 LIVE_LAG_S = 30.0  # input whose newest message is this close to the wall clock is live traffic
+
+
+@dataclass(frozen=True)
+class ReadMessage(KafkaSourceMessage):
+    """A Kafka message as the source hands it to the flow, with where its partition stood:
+    `after_ms`, the newest time the partition had released before it (None: nothing yet). An event
+    is late for a window whose end plus lateness is at or before `after_ms`, whatever the timing."""
+
+    after_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One partition as its source, or its process's progress board entry, reports it.
+
+    `frontier_ms`: the earliest time it may still release (None: not polled yet); `caught_up`: its
+    last poll found nothing and it holds nothing back; `epoch`: the epoch it last read in, counted from
+    the run's start; `processed_ms`: the newest time it had released by the end of an epoch the whole
+    flow has processed (None: none yet); `settled`: the flow has processed everything it released;
+    `ended`: it was read to its end in `epoch`."""
+
+    frontier_ms: int | None
+    caught_up: bool
+    epoch: int = 0
+    processed_ms: int | None = None
+    settled: bool = False
+    ended: bool = False
 
 
 @dataclass(slots=True)
@@ -42,9 +84,14 @@ class _Partition:
     frontier_ms: int | None = None  # the earliest time it may still release (None: not polled yet)
     caught_up: bool = False  # its last poll found nothing and it holds nothing back
     remote: bool = False  # read by another process (as its progress board entry says)
+    processed_ms: int | None = None  # released by the end of an epoch the flow has processed
+    settled: bool = False  # everything it released is processed
+    ended_in: int | None = None  # read to its end in this epoch (None: still read)
 
-
-PartitionState = tuple[int | None, bool]  # (frontier_ms, caught_up)
+    def reading(self, epoch: int) -> Reading:
+        ended = self.ended_in is not None
+        at = self.ended_in if self.ended_in is not None else epoch
+        return Reading(self.frontier_ms, self.caught_up, at, self.processed_ms, self.settled, ended)
 
 
 class InputProgress:
@@ -55,6 +102,7 @@ class InputProgress:
         self._parts: dict[str, _Partition] = {}
         self._live_from: float | None = None  # since when the polls have found the input live
         self._live_at = 0.0  # the last poll that found it live
+        self._epoch = 0  # the newest epoch a partition of the cluster reads in: all before it are processed
 
     # --- the source side (flows.sources) -------------------------------------------
 
@@ -64,19 +112,38 @@ class InputProgress:
             self._live_from = None
 
     def closed(self, part: str) -> None:
+        """The process no longer reads `part` (shut down): forget it."""
         with self._lock:
             self._parts.pop(part, None)
-            if not self._parts:
+            if not self._reading():
                 self._live_from = None
 
-    def local(self) -> dict[str, PartitionState]:
-        """The partitions this process reads, as their last polls left them (for the progress board)."""
+    def ended(self, part: str, *, epoch: int) -> None:
+        """`part` was read to its end in `epoch`: it holds nobody back, and the decisions that wait for
+        what it released only until the flow has processed that epoch."""
         with self._lock:
-            return {n: (q.frontier_ms, q.caught_up) for n, q in self._parts.items() if not q.remote}
+            p = self._parts.setdefault(part, _Partition())
+            p.ended_in = epoch
+            if not self._reading():
+                self._live_from = None
 
-    def set_remote(self, states: dict[str, PartitionState | None], now: float) -> None:
+    def processed(self, part: str, *, epoch: int, processed_ms: int | None, settled: bool) -> None:
+        """`part` reads in `epoch` (so the flow has processed every epoch before it): what it had
+        released by the end of the last one, and whether the flow has processed all it released."""
+        with self._lock:
+            p = self._parts.setdefault(part, _Partition())
+            p.processed_ms, p.settled = processed_ms, settled
+            self._epoch = max(self._epoch, epoch)
+
+    def local(self) -> dict[str, Reading]:
+        """The partitions this process reads or has read to their end, as their sources last left them
+        (for the progress board)."""
+        with self._lock:
+            return {n: q.reading(self._epoch) for n, q in self._parts.items() if not q.remote}
+
+    def set_remote(self, states: dict[str, Reading | None], now: float) -> None:
         """The partitions other processes read, as the progress board last heard them (None: not heard
-        — it holds everyone at its start). Remote partitions left out are done."""
+        — it holds everyone at its start). Remote partitions left out are done and processed."""
         with self._lock:
             for name in [n for n, q in self._parts.items() if q.remote and n not in states]:
                 del self._parts[name]
@@ -84,10 +151,20 @@ class InputProgress:
                 mine = self._parts.get(name)
                 if mine is not None and not mine.remote:
                     continue
-                frontier, caught_up = state if state is not None else (None, False)
-                self._parts[name] = _Partition(frontier, caught_up, remote=True)
-            if self._parts:
+                if state is None:
+                    self._parts[name] = _Partition(remote=True)
+                    continue
+                ended_in = state.epoch if state.ended else None
+                self._parts[name] = _Partition(
+                    state.frontier_ms, state.caught_up, True, state.processed_ms, state.settled, ended_in
+                )
+                if not state.ended:  # its process reads in that epoch: every epoch before it is processed
+                    self._epoch = max(self._epoch, state.epoch)
+            if self._reading():
                 self._update_live(now)
+
+    def _reading(self) -> list[_Partition]:
+        return [q for q in self._parts.values() if q.ended_in is None]
 
     def polled(self, part: str, *, frontier_ms: int | None, caught_up: bool, now: float) -> None:
         """A partition's state after a poll: the time of the next message it holds (or of the last
@@ -100,7 +177,7 @@ class InputProgress:
             self._update_live(now)
 
     def _update_live(self, now: float) -> None:
-        parts = self._parts.values()
+        parts = self._reading()
         newest = max((q.frontier_ms for q in parts if q.frontier_ms is not None), default=None)
         live = all(q.caught_up for q in parts) or (
             newest is not None and now * 1000 - newest <= LIVE_LAG_S * 1000
@@ -121,17 +198,27 @@ class InputProgress:
 
     # --- the stages' side ------------------------------------------------------------
 
-    def frontier_ms(self) -> int | None:
-        """How far every partition with input (of the cluster, with the progress board) has released:
-        the earliest time one of them may still hand over (-1: one not heard of yet; None: none has
-        input left, or no Kafka input at all)."""
+    def processed_ms(self) -> int | None:
+        """How far the whole flow has processed what every partition (of the cluster) released: every
+        event a partition handed over before its newest time reached this is processed everywhere (-1:
+        a partition has nothing processed yet, or was not heard of; None: none holds anything back —
+        every one is caught up or ended, and settled — or no Kafka input at all)."""
         with self._lock:
-            return self._slowest()
+            bounds = []
+            for q in self._parts.values():
+                if q.ended_in is not None and q.ended_in < self._epoch:
+                    continue  # read to its end, and the flow has processed the epoch it ended in
+                if q.ended_in is None and q.caught_up and q.settled:
+                    continue  # nothing to read and nothing on its way
+                bounds.append(-1 if q.processed_ms is None else q.processed_ms)
+            return min(bounds, default=None)
 
     def _slowest(self, but: str | None = None) -> int | None:
         """The earliest frontier of the partitions (but `but`) that still have input: -1 when one
         was not polled or heard of yet, None when none has input."""
-        pending = [q for name, q in self._parts.items() if name != but and not q.caught_up]
+        pending = [
+            q for name, q in self._parts.items() if name != but and not q.caught_up and q.ended_in is None
+        ]
         if not pending:
             return None
         if any(q.frontier_ms is None for q in pending):
@@ -142,7 +229,7 @@ class InputProgress:
         """Wall seconds since `since` that count as event-time progress: all of them with no Kafka
         input in this process; otherwise only those the polls found the input live."""
         with self._lock:
-            if not self._parts:
+            if not self._reading():
                 return max(0.0, now - since)
             if self._live_from is None:
                 return 0.0
@@ -151,13 +238,14 @@ class InputProgress:
     def replaying(self) -> bool:
         """Kafka input is read here and it is not live: a backlog is being read."""
         with self._lock:
-            return bool(self._parts) and self._live_from is None
+            return bool(self._reading()) and self._live_from is None
 
     def reset(self) -> None:
         """Forget every partition (a test running flows one after another in one process)."""
         with self._lock:
             self._parts.clear()
             self._live_from = None
+            self._epoch = 0
 
 
 INPUT = InputProgress()

@@ -63,18 +63,27 @@ With neither K nor M binding this is Bernoulli(r_h) sampling, post-stratified
 chosen event carries its pi (`Candidate.inclusion_prob`) into its
 evaluations; `operators.estimates` turns them into rates with intervals.
 
-Lateness. A window closes once the tenant's watermark (newest event time,
-plus wall time since while the input is live: `operators.event_time`)
-passes its end by `allowed_lateness_s`, every Kafka partition still being
-read — of every process, with several (the progress board) — has released
-everything up to that point, AND, live, no event arrived for it in the last
-`idle_s` seconds of wall time (while a backlog is read, partitions are
-aligned in event time and event time alone decides). At the end of a
-bounded input every window closes. An event for a window already
-closed is decided alone: taken when u < r_h (K and the cap do not apply; the
-judged-share ceiling s caps r_h, certainty strata included), with
-pi = r_h — Bernoulli sampling, exact for Horvitz-Thompson and the same whatever
-batch or process brought it, but outside the per-window guarantees;
+Lateness. A Kafka event is *late* when its partition had already released
+an event at or past its window's end plus `allowed_lateness_s` before it
+(`Source.after_ms`, set by the source): a property of the partition's
+order, not of timing. A window closes once the tenant's watermark (newest
+event time, plus wall time since while the input is live:
+`operators.event_time`) passes its end by `allowed_lateness_s`, the whole
+flow has *processed* what every Kafka partition still being read — of
+every process, with several (the progress board) — released up to that
+point (`event_time.INPUT.processed_ms`: bytewax's epochs say it by
+construction, so no event of the window is still on its way), AND, live,
+no event arrived for it in the last `idle_s` seconds of wall time (while a
+backlog is read, partitions are aligned in event time and event time alone
+decides). At the end of a bounded input every window closes. So a window
+holds exactly its events that are not late, whatever the batches, the
+timing, the number of workers and processes, or a restart (the position is
+in the source's snapshot). A late event, or one whose window was already
+closed (live traffic, where wall time counts), is decided alone: taken when
+u < r_h (K and the cap do not apply; the judged-share ceiling s caps r_h,
+certainty strata included), with pi = r_h — Bernoulli sampling, exact for
+Horvitz-Thompson and the same whatever batch or process brought it, but
+outside the per-window guarantees;
 `judgeflow_sampler_decisions_total{reason="late"}` counts them.
 
 Overrides. A window is decided under the override that covers its start, in
@@ -503,6 +512,7 @@ class _Part:
     window: int
     strata: dict[str, StratumTally]
     savings: SavingsEntry
+    late: bool = False  # events their partition released after the window's end plus lateness
 
 
 def cheap_metrics(rules: RuleJudge, metrics_: Iterable[str]) -> tuple[str, ...]:
@@ -524,7 +534,8 @@ def tally_batch(
     `cheap` metrics), and only the candidates any outcome may choose; the savings of the
     others are counted here."""
     size_ms = sampler.window_s * 1000
-    parts: dict[tuple[str, int], _Part] = {}
+    closes_ms = size_ms + int(sampler.allowed_lateness_s * 1000)
+    parts: dict[tuple[str, int, bool], _Part] = {}
     for c in cands:
         e = c.event
         flags = tuple(sorted(rules.flags(JudgeItem(e.input_text, e.output_text, e.context))))
@@ -534,10 +545,12 @@ def tally_batch(
         if cheap:
             c.cheap = tuple(m for m in cheap if _flagged(rules.verdict(m, e.flags)))
         window = e.ts_ms - e.ts_ms % size_ms
-        part = parts.get((e.tenant_id, window))
+        after = e.source.after_ms if e.source is not None else None
+        late = after is not None and window + closes_ms <= after  # its partition was past the window
+        part = parts.get((e.tenant_id, window, late))
         if part is None:
-            part = parts[(e.tenant_id, window)] = _Part(
-                e.tenant_id, window, {}, SavingsEntry(tenant_id=e.tenant_id, ts_ms=e.ts_ms)
+            part = parts[(e.tenant_id, window, late)] = _Part(
+                e.tenant_id, window, {}, SavingsEntry(tenant_id=e.tenant_id, ts_ms=e.ts_ms), late
             )
         sv = part.savings
         sv.ts_ms = max(sv.ts_ms, e.ts_ms)
@@ -638,7 +651,7 @@ class _SampleLogic(StatefulBatchLogic[_In, _Decided, _SampleState]):
         for part in parts:
             if part.savings.ts_ms > s.max_ts_ms:
                 s.max_ts_ms, s.seen_at_s = part.savings.ts_ms, now
-            if part.window in s.closed:
+            if part.late or part.window in s.closed:
                 out.extend(self._decide(part.tenant, part.window, part.strata, part.savings, late=True))
                 continue
             w = s.open.get(part.window)
@@ -706,8 +719,9 @@ class _SampleLogic(StatefulBatchLogic[_In, _Decided, _SampleState]):
         wm = s.max_ts_ms + int(event_time.elapsed_s(s.seen_at_s, now) * 1000)
         out: list[_Decided] = []
         idle_s = self._sampler.idle_s
-        # and every partition of the input (every process's, with several) has released the window
-        frontier = event_time.INPUT.frontier_ms()
+        # and the flow has processed what every partition of the input (every process's, with
+        # several) released up to there: none of the window's events is still on its way
+        frontier = event_time.INPUT.processed_ms()
         for start in sorted(s.open):
             if self._waits_for_alerts(start):
                 break  # later windows wait too

@@ -4,6 +4,7 @@ the input is verifiably caught up, and the Kafka partitions a process reads are 
 from __future__ import annotations
 
 import bytewax.operators as op
+import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, run_main
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
@@ -183,4 +184,139 @@ def test_messages_held_back_are_read_again_after_a_restore(monkeypatch):
     progress.polled("slow", frontier_ms=1_000, caught_up=False, now=1.0)
     ahead = _AlignedPartition(_Backlog([_Err(_Msg(7, 60_000)), _Msg(8, 61_000)]), "ahead", 5_000)
     assert ahead.next_batch() == []  # a minute ahead of "slow": held, an error included
-    assert ahead.snapshot() == 7  # the snapshot resumes at the first held message
+    assert ahead.snapshot() == (7, None)  # the snapshot resumes at the first held message
+
+
+def test_released_counts_as_processed_once_the_partition_reads_in_a_later_epoch():
+    """What the sampler's windows wait for (`processed_ms`): a partition's releases count once it reads
+    in a later epoch (bytewax reads only after the flow processed every earlier one); one with nothing
+    to read and nothing on its way holds nothing; one read to its end holds until any partition of
+    the cluster reads in a later epoch than the one it ended in."""
+    p = InputProgress()
+    assert p.processed_ms() is None  # no Kafka input: nothing to wait for
+    for name in ("a", "b"):
+        p.opened(name)
+    p.processed("a", epoch=0, processed_ms=None, settled=False)
+    assert p.processed_ms() == -1  # "b" not heard of, "a" has nothing processed yet
+    p.processed("a", epoch=1, processed_ms=5 * MIN, settled=False)
+    p.processed("b", epoch=1, processed_ms=3 * MIN, settled=False)
+    assert p.processed_ms() == 3 * MIN
+    p.polled("b", frontier_ms=None, caught_up=True, now=1.0)
+    assert p.processed_ms() == 3 * MIN  # caught up, but what it released is not all processed yet
+    p.processed("b", epoch=2, processed_ms=3 * MIN, settled=True)
+    assert p.processed_ms() == 5 * MIN  # ...now it is: only "a" holds
+    p.ended("a", epoch=2)
+    assert p.processed_ms() == 5 * MIN  # read to its end in epoch 2: its last events may be on their way
+    assert p.limit_ms("b", 5_000) is None  # (but it holds nobody's reading back)
+    p.processed("b", epoch=3, processed_ms=3 * MIN, settled=True)
+    assert p.processed_ms() is None  # epoch 3 is read: epoch 2 went through the whole flow
+
+
+def _message(offset: int, ts_ms: int):
+    from bytewax.connectors.kafka import KafkaSourceMessage
+
+    return KafkaSourceMessage(b"k", b"v", "t", [], None, offset, 0, (1, ts_ms))
+
+
+class _Messages(_Idle):
+    def __init__(self, batches: list[list]) -> None:
+        super().__init__(0, 0, 1000)
+        self._batches = batches
+
+    def next_batch(self) -> list:
+        if not self._batches:
+            raise StopIteration
+        return self._batches.pop(0)
+
+
+def test_each_message_carries_its_partition_position_and_the_epochs_say_what_is_processed(monkeypatch):
+    from flows.sources import _AlignedPartition
+    from operators import event_time
+
+    progress = InputProgress()
+    monkeypatch.setattr(event_time, "INPUT", progress)
+    batches = [[_message(0, 1_000), _message(1, 9_000), _message(2, 4_000)], [_message(3, 12_000)], []]
+    part = _AlignedPartition(_Messages(batches), "p", -1)
+    first = part.next_batch()
+    # the newest time the partition released before each: an event's lateness is its partition's order
+    assert [m.after_ms for m in first] == [None, 1_000, 9_000]
+    assert progress.processed_ms() == -1  # released, not processed: still on their way
+    assert part.snapshot() == (0, 9_000)  # bytewax ends the epoch: (where to resume, newest released)
+    assert [m.after_ms for m in part.next_batch()] == [9_000]  # read in the next epoch...
+    assert progress.processed_ms() == 9_000  # ...so the first epoch's releases went through the flow
+    part.snapshot()
+    assert part.next_batch() == []
+    assert progress.processed_ms() == 12_000
+    with pytest.raises(StopIteration):
+        part.next_batch()  # read to its end in epoch 2
+    part.close()  # bytewax closes it: it stays known until the flow processed that epoch
+    assert progress.processed_ms() == 12_000
+    progress.processed("other", epoch=3, processed_ms=None, settled=True)
+    progress.polled("other", frontier_ms=None, caught_up=True, now=1.0)
+    assert progress.processed_ms() is None
+    # a restore tags the messages after the snapshot as the first run did
+    again = _AlignedPartition(_Messages([[_message(3, 2_000)]]), "p", -1, released_ms=9_000)
+    assert [m.after_ms for m in again.next_batch()] == [9_000]
+
+
+def test_bytewax_reads_an_epoch_only_after_the_flow_processed_the_ones_before():
+    """The contract `processed_ms` rests on, checked on bytewax itself (two workers, an exchange, a slow
+    stateful step): when a partition reads, everything it released before its last snapshot — bytewax
+    snapshots a partition exactly when its epoch ends — has been processed downstream."""
+    import threading
+    import time
+    from datetime import timedelta
+
+    from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+    from bytewax.operators import StatefulBatchLogic
+    from bytewax.testing import cluster_main
+
+    lock = threading.Lock()
+    processed: set[tuple[str, int]] = set()
+    unprocessed_at_read: list[int] = []
+    in_flight_same_epoch = [0]
+
+    class Part(StatefulSourcePartition):
+        def __init__(self, name: str) -> None:
+            self.name, self.next, self.sealed = name, 0, 0
+
+        def next_batch(self) -> list:
+            with lock:
+                unprocessed_at_read.append(sum((self.name, i) not in processed for i in range(self.sealed)))
+                in_flight_same_epoch[0] += sum(
+                    (self.name, i) not in processed for i in range(self.sealed, self.next)
+                )
+            if self.next >= 600:
+                raise StopIteration
+            out = [(self.name, i) for i in range(self.next, self.next + 20)]
+            self.next += 20
+            return out
+
+        def snapshot(self) -> int:
+            self.sealed = self.next
+            return self.next
+
+    class Source(FixedPartitionedSource):
+        def list_parts(self) -> list[str]:
+            return ["a", "b", "c"]
+
+        def build_part(self, step_id: str, for_part: str, resume_state: object) -> Part:
+            return Part(for_part)
+
+    class Slow(StatefulBatchLogic):
+        def on_batch(self, values: list) -> tuple[list, bool]:
+            time.sleep(0.0005 * len(values))
+            with lock:
+                processed.update(values)
+            return [], StatefulBatchLogic.RETAIN
+
+        def snapshot(self) -> None:
+            return None
+
+    flow = Dataflow("epochs")
+    keyed = op.key_on("key", op.input("in", flow, Source()), lambda x: str(x[1] % 7))
+    op.output("out", op.stateful_batch("slow", keyed, lambda _: Slow()), TestingSink([]))
+    cluster_main(flow, [], 0, worker_count_per_proc=2, epoch_interval=timedelta(milliseconds=20))
+    assert len(processed) == 1800
+    assert unprocessed_at_read and max(unprocessed_at_read) == 0
+    assert in_flight_same_epoch[0] > 0  # (the current epoch's releases were still on their way)

@@ -100,3 +100,36 @@ def test_entries_of_an_earlier_run_or_a_silent_process_are_not_trusted(kafka):
         peer.close()
     finally:
         board.close()
+
+
+def test_what_the_flow_processed_and_where_partitions_ended_cross_the_board(kafka):
+    """The sampler's gate across processes: a partition another process reads holds a window until
+    that process says the flow processed what it released past the window; one it read to its end
+    holds until a partition of the cluster reads in an epoch after the one it ended in."""
+    kafka.create_topic(TOPIC, 2)
+    now = [1_000.0]
+    b1, one, b2, two = boards(kafka.bootstrap, "g2", lambda: now[0])
+    try:
+        for b in (b1, b2):
+            b.open()
+        one.opened("0-t")
+        two.opened("1-t")
+        one.processed("0-t", epoch=1, processed_ms=500, settled=False)
+        two.processed("1-t", epoch=1, processed_ms=300, settled=False)
+        b2.step()
+        b1.step()
+        assert one.processed_ms() == 300  # held by process 2's partition
+        two.ended("1-t", epoch=2)
+        now[0] += 0.2
+        b2.step()
+        b1.step()
+        assert one.processed_ms() == 300  # ended in epoch 2, and epoch 2 may still be on its way
+        one.processed("0-t", epoch=3, processed_ms=800, settled=False)
+        assert one.processed_ms() == 800  # process 1 reads in epoch 3: epoch 2 went through the flow
+        now[0] += 0.2
+        b1.step()
+        b2.step()
+        assert two.processed_ms() == 800  # and process 2 hears it
+    finally:
+        b1.close()
+        b2.close()

@@ -18,7 +18,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from core.ports import Override, OverrideAction
-from core.records import Event
+from core.records import Event, Source
 from judges.rules import Tier0Rules
 from operators.alerts import AlertProgress
 from operators.dedup import Candidate
@@ -454,3 +454,40 @@ def decide_stepwise(sampler: Sampler, batches: list[list[Event]]) -> dict[str, t
     for logic in logics.values():
         keep(logic.on_eof()[0])
     return chosen
+
+
+def test_an_event_its_partition_released_past_the_window_is_late_even_while_the_window_is_open():
+    """Late by position (`Source.after_ms`: its partition had already released an event at or after the
+    window's end plus lateness): decided alone whenever it arrives, so what the window decides does
+    not depend on whether it came before the window closed — in one process or several."""
+    sampler = Sampler(max_per_tenant=10, min_per_stratum=2)
+    closes = T0 + 60_000 + int(sampler.allowed_lateness_s * 1000)
+    window = [
+        event(f"w{i}", T0 + i * 1_000, "acme", source=Source("t", 0, i, after_ms=T0 + i * 1_000))
+        for i in range(40)
+    ]
+    just_in_time = event("in", T0 + 30_000, "acme", source=Source("t", 1, 7, after_ms=closes - 1))
+    late = [
+        event(f"late{i}", T0 + 5_000 + i, "acme", source=Source("t", 1, 8 + i, after_ms=closes))
+        for i in range(60)
+    ]
+
+    def decide_all(batches: list[list[Event]]) -> dict[str, tuple[float, str]]:
+        logic = _SampleLogic(sampler, lambda: 0.0, None, stored=dict)  # the window stays open to the end
+        out = [x for b in batches for x in logic.on_batch(tally_batch([cand(e) for e in b], **kw))[0]]
+        out += logic.on_eof()[0]
+        return {
+            x.event.event_id: (x.inclusion_prob, x.sample_reason) for x in out if isinstance(x, Candidate)
+        }
+
+    kw = {"sampler": sampler, "rules": RULES, "baseline": BASELINE}
+    with_them = decide_all([[*window, just_in_time, *late]])  # they come before the window closes
+    assert (
+        with_them == decide_all([[*window, just_in_time], late]) == decide_all([late, window, [just_in_time]])
+    )
+    on_time = {k: v for k, v in with_them.items() if not k.startswith("late")}
+    assert on_time == decide_all([[*window, just_in_time]])  # the window never counted the late ones
+    assert {p for p, _ in on_time.values()} == {len(on_time) / 41}  # ...but the one just in time (m / N)
+    chosen_late = [with_them[e.event_id] for e in late if e.event_id in with_them]
+    assert chosen_late and len(chosen_late) < len(late)
+    assert {p for p, _ in chosen_late} == {sampler.base_rate}  # each alone, at its stratum's rate
