@@ -66,41 +66,20 @@ def cost(client: Any, scope: Scope, by: Sequence[str], grains: Sequence[int]) ->
     ]
     rows = [r for r in rows if any(r[len(keys) :])]  # groups with only zeros (e.g. filtered out)
     grand = sum((r[len(keys) + 3] + r[len(keys) + 6] for r in rows), Decimal(0))
+
+    def cells(sums: Sequence[Any], share: float | None) -> tuple[Any, ...]:
+        req, inp, outp, usd, unknown, jcalls, jusd = sums
+        return (req, inp, outp, usd, per_request(usd, req), unknown, jcalls, jusd, usd + jusd, share)
+
     out = []
     totals: list[Any] = [0, 0, 0, Decimal(0), 0, 0, Decimal(0)]
     for r in rows:
-        k, (req, inp, outp, usd, unknown, jcalls, jusd) = r[: len(keys)], r[len(keys) :]
-        for i, v in enumerate((req, inp, outp, usd, unknown, jcalls, jusd)):
+        k, sums = r[: len(keys)], r[len(keys) :]
+        for i, v in enumerate(sums):
             totals[i] += v
-        out.append(
-            (
-                *k,
-                req,
-                inp,
-                outp,
-                usd,
-                per_request(usd, req),
-                unknown,
-                jcalls,
-                jusd,
-                usd + jusd,
-                ratio(usd + jusd, grand),
-            )
-        )
-    req, inp, outp, usd, unknown, jcalls, jusd = totals
-    total = (
-        *(["total"] + [""] * (len(keys) - 1) if keys else []),
-        req,
-        inp,
-        outp,
-        usd,
-        per_request(usd, req),
-        unknown,
-        jcalls,
-        jusd,
-        usd + jusd,
-        1.0 if grand else None,
-    )
+        out.append((*k, *cells(sums, ratio(sums[3] + sums[6], grand))))
+    label = ["total"] + [""] * (len(keys) - 1) if keys else []
+    total = (*label, *cells(totals, 1.0 if grand else None))
     return Table("cost", columns, out, total)
 
 
