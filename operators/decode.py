@@ -31,7 +31,7 @@ from bytewax.dataflow import Stream, operator
 
 from core.dead_letters import dead_letter, internal_error
 from core.records import DeadLetter, Event, Source, WireEvent
-from operators.event_time import ReadMessage
+from operators.event_time import after_ms_of
 from operators.otlp import (
     Decoded,
     OtlpCall,
@@ -196,5 +196,4 @@ def _utf8_error_at(raw: bytes, exc: UnicodeDecodeError) -> int:
 def _source(m: KafkaSourceMessage) -> Source | None:
     if m.topic is None or m.partition is None or m.offset is None:
         return None
-    after_ms = m.after_ms if isinstance(m, ReadMessage) else None  # (the flow's source tags each message)
-    return Source(m.topic, m.partition, m.offset, after_ms)
+    return Source(m.topic, m.partition, m.offset, after_ms_of(m))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from flows.config import KafkaConfig
 from flows.sources import kafka_source
-from operators.event_time import RECHECK_S, InputProgress, wake_at
+from operators.event_time import RECHECK_S, InputProgress, after_ms_of, wake_at
 from simulators.kafka_mock import produce_all
 
 MIN = 60_000
@@ -239,10 +239,10 @@ def test_each_message_carries_its_partition_position_and_the_epochs_say_what_is_
     part = _AlignedPartition(_Messages(batches), "p", -1)
     first = part.next_batch()
     # the newest time the partition released before each: an event's lateness is its partition's order
-    assert [m.after_ms for m in first] == [None, 1_000, 9_000]
+    assert [after_ms_of(m) for m in first] == [None, 1_000, 9_000]
     assert progress.processed_ms() == -1  # released, not processed: still on their way
     assert part.snapshot() == (0, 9_000)  # bytewax ends the epoch: (where to resume, newest released)
-    assert [m.after_ms for m in part.next_batch()] == [9_000]  # read in the next epoch...
+    assert [after_ms_of(m) for m in part.next_batch()] == [9_000]  # read in the next epoch...
     assert progress.processed_ms() == 9_000  # ...so the first epoch's releases went through the flow
     part.snapshot()
     assert part.next_batch() == []
@@ -256,7 +256,7 @@ def test_each_message_carries_its_partition_position_and_the_epochs_say_what_is_
     assert progress.processed_ms() is None
     # a restore tags the messages after the snapshot as the first run did
     again = _AlignedPartition(_Messages([[_message(3, 2_000)]]), "p", -1, released_ms=9_000)
-    assert [m.after_ms for m in again.next_batch()] == [9_000]
+    assert [after_ms_of(m) for m in again.next_batch()] == [9_000]
 
 
 def test_bytewax_reads_an_epoch_only_after_the_flow_processed_the_ones_before():
