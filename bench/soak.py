@@ -4,9 +4,11 @@ The traffic: the sample traffic's payloads (real prompts, responses and token co
 `--keys` tenant x agent pairs (1,000 tenants x 100 agents by default) with event times spread evenly
 and in order over `--hours` of event time (a day by default), generated batch by batch as the source
 hands them out (nothing is held in memory ahead). Every `--every` events the source prints the
-process's RSS (VmRSS) and the throughput so far and since the previous line; the table at the end
-repeats them. State is bounded by the windows, their lateness and the re-delivery horizon, so RSS
-should level off once every key has been seen and the longest state has filled.
+process's RSS (VmRSS), the throughput so far and since the previous line, and the CPU time per event
+since the previous line (steadier than events/s on a shared machine); the table at the end repeats
+them. What to expect: RSS grows while new keys appear (each stateful step keeps a key's state once it
+has seen the key) and with the state a day of event time holds (the 1-day rollups, the re-delivery
+seen-set: the longest window plus the lateness), then levels off.
 
 Sinks: by default the ClickHouse sinks are replaced by counting sinks (the flow's own work only);
 `--sinks http` writes every table to ClickHouse over HTTP (the chdb HTTP front in another process),
@@ -115,13 +117,14 @@ class _Partition(StatefulSourcePartition[KafkaSourceMessage, int]):
 
     def _mark(self, i: int) -> None:
         now = time.perf_counter()
-        mark = {"events": i, "t": now, "rss": rss_mb()}
+        mark = {"events": i, "t": now, "cpu": time.process_time(), "rss": rss_mb()}
         if self._marks and i:
             start, last = self._marks[0], self._marks[-1]
             rate, recent = i / (now - start["t"]), (i - last["events"]) / (now - last["t"])
+            cpu = (mark["cpu"] - last["cpu"]) / (i - last["events"]) * 1e6
             print(
                 f"{i:>11,} events  RSS {mark['rss']:7.0f} MB  {rate:8,.0f} events/s so far,"
-                f" {recent:8,.0f} since {last['events']:,}",
+                f" {recent:8,.0f} since {last['events']:,} ({cpu:,.0f} µs CPU/event)",
                 flush=True,
             )
         self._marks.append(mark)
@@ -198,6 +201,7 @@ def main() -> int:
                 f"{m['rss']:,.0f}",
                 f"{m['events'] / (m['t'] - start['t']):,.0f}",
                 f"{(m['events'] - prev['events']) / (m['t'] - prev['t']):,.0f}",
+                f"{(m['cpu'] - prev['cpu']) / (m['events'] - prev['events']) * 1e6:,.0f}",
             ]
         )
     print()
@@ -206,7 +210,13 @@ def main() -> int:
             f"build_flow, judges off, sinks: {args.sinks}; {args.events:,} events over {args.keys:,} "
             f"tenant x agent keys and {args.hours:g} h of event time, batches of {args.batch}; "
             f"RSS before the flow {start['rss']:,.0f} MB",
-            ["events", "RSS (MB)", "events/s so far", "events/s since the previous line"],
+            [
+                "events",
+                "RSS (MB)",
+                "events/s so far",
+                "events/s since the previous line",
+                "CPU µs/event since",
+            ],
             rows,
         )
     )
