@@ -38,7 +38,8 @@ from operators.estimates import (
     stratified_estimate,
 )
 from operators.price import override_rates
-from operators.sample import Sampler, StratumCount, _SampleLogic, cheap_metrics, tally_batch
+from operators.sample import _SampleLogic, cheap_metrics, tally_batch
+from operators.sample_design import Sampler, StratumCount
 from operators.savings import Baseline, ReferenceJudge
 from simulators.traffic import shared_data_dir
 

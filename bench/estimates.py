@@ -28,7 +28,7 @@ import math
 from _coverage import ESTIMATORS, SHAPES, sample_domains
 from _traffic import table
 
-from operators.sample import Sampler
+from operators.sample_design import Sampler
 
 
 def measure(name: str, seeds: int) -> tuple[list[list[str]], float]:

@@ -163,7 +163,7 @@ class SamplingConfig(_Section):
         if any(e <= 0 for e in edges) or list(edges) != sorted(set(edges)):
             msg = f"sampling.length_buckets must be increasing positive token counts, got {list(edges)}"
             raise ValueError(msg)
-        from operators.sample import bucket_labels
+        from operators.sample_design import bucket_labels
 
         labels = bucket_labels(edges)
         for i, r in enumerate(self.rules):

@@ -32,7 +32,7 @@ from operators.dedup import ContentKeyer
 from operators.judge import JudgePlan
 from operators.otlp import OtlpMapping
 from operators.price import Catalog, Pricer, override_rates
-from operators.sample import Sampler, StratumRule
+from operators.sample_design import Sampler, StratumRule
 from operators.savings import Baseline, ReferenceJudge, reference_judge
 from sinks.memory_store import MemoryControlStore, MemoryVerdictCache
 from sinks.redis_store import RedisControlStore, RedisVerdictCache

@@ -43,7 +43,7 @@ from bytewax.dataflow import Stream, operator
 
 from core.records import Evaluation, QualityEstimate
 from judges.base import FLAGGED
-from operators.sample import StratumCount
+from operators.sample_design import StratumCount
 from operators.tumbling import tumbling
 
 Z95 = 1.959963984540054

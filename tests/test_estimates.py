@@ -35,7 +35,8 @@ from operators.estimates import (
     stratum_variance,
     wilson,
 )
-from operators.sample import Sampler, StratumCount, _SampleLogic, cheap_metrics, tally_batch
+from operators.sample import _SampleLogic, cheap_metrics, tally_batch
+from operators.sample_design import Sampler, StratumCount
 from tests.test_sampler import T0
 
 CHEAP = cheap_metrics(RULES, ["refusal", "pii", "hallucination"])

@@ -23,7 +23,8 @@ from judges.rules import Tier0Rules
 from operators.alerts import AlertProgress
 from operators.dedup import Candidate
 from operators.price import override_rates
-from operators.sample import (
+from operators.sample import _SampleLogic, tally_batch
+from operators.sample_design import (
     CAP,
     FLAGGED,
     LONG,
@@ -33,9 +34,7 @@ from operators.sample import (
     RATE,
     Sampler,
     StratumRule,
-    _SampleLogic,
     allocate,
-    tally_batch,
     unit_hash,
 )
 from operators.savings import Baseline, ReferenceJudge
