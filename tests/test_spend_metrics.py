@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 import bytewax.operators as op
+import msgspec
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, run_main
@@ -36,8 +37,7 @@ def request(
     tenant: str, agent: str, model: str = "spend-model", *, inp=1000, out=500, cached=0, latency_ms=None
 ) -> Event:
     e = event(model, inp=inp, out=out, cr=cached)
-    e.tenant_id, e.agent, e.latency_ms = tenant, agent, latency_ms
-    return e
+    return msgspec.structs.replace(e, tenant_id=tenant, agent=agent, latency_ms=latency_ms)
 
 
 def run_price(events: list[Event]) -> None:
