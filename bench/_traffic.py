@@ -23,7 +23,8 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from core.records import Event
 from operators.decode import DecodeLimits, decode_message
 from operators.price import Pricer, _count, pricing_issue
-from operators.windows import _key_of, _RollupLogic, _WindowLogic, combine_events
+from operators.rollups import _RollupLogic
+from operators.windows import _WindowLogic, combine_events, key_of
 from simulators.traffic import generate
 
 HOUR_MS = 3_600_000
@@ -142,7 +143,7 @@ class CostPathReference:
         self.newest = max(self.newest, max(x.ts_ms for x in events))
         per_key: dict[str, list] = {}
         for x in combine_events(events, self.size_ms, self.newest - self.lateness_ms):
-            per_key.setdefault(_key_of(x), []).append(x)
+            per_key.setdefault(key_of(x), []).append(x)
         for key, values in per_key.items():
             logic = self.windows.get(key)
             if logic is None:
@@ -154,7 +155,7 @@ class CostPathReference:
         self.rows += len(rows)
         if not rows or not self.rollups_ms:
             return
-        key = _key_of(rows[0]) + "|" + rows[0].category
+        key = key_of(rows[0]) + "|" + rows[0].category
         logic = self.rollups.get(key)
         if logic is None:
             logic = self.rollups[key] = _RollupLogic(

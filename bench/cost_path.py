@@ -39,7 +39,8 @@ from flows.deps import build_deps
 from operators.decode import decode
 from operators.price import price
 from operators.redeliveries import drop_redeliveries
-from operators.windows import cost_window, ledger_entry, rollup
+from operators.rollups import rollup
+from operators.windows import cost_window, ledger_entry
 
 PARTITIONS = 2
 

@@ -60,8 +60,9 @@ from flows.deps import Deps, build_deps
 from operators.decode import decode
 from operators.dedup import Candidate, dedup, lookup
 from operators.price import price
+from operators.rollups import rollup
 from operators.sample import _SampleLogic, sample, tally_batch
-from operators.windows import cost_window, rollup
+from operators.windows import cost_window
 
 NO_CLICKHOUSE = "build_flow, counting sinks instead of ClickHouse"
 OVER_HTTP = "build_flow + ClickHouse sinks over HTTP (server in another process)"

@@ -52,9 +52,10 @@ from operators.judge import judge
 from operators.otlp_join import join_otlp_content
 from operators.price import price
 from operators.redeliveries import drop_redeliveries
+from operators.rollups import rollup
 from operators.sample import sample
 from operators.savings import judge_savings
-from operators.windows import cost_window, rollup
+from operators.windows import cost_window
 from sinks.clickhouse import ClickHouseSink
 from sinks.control import ControlSink
 from sinks.kafka import kafka_out

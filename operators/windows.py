@@ -16,24 +16,18 @@ which replaces the ClickHouse row) when entries arrive within the allowed
 lateness, and forgotten after that. Entries later still are never dropped:
 they become `correction` rows with their own stable ids.
 
-`rollup` derives 1-hour and 1-day rows (any multiple of the window size)
-from those rows, per key: each level's row is the sum of the newest row of
-every minute in it plus the minute corrections, re-emitted with a newer
-version whenever one of them changes — so the levels always agree with the
-minutes, and a reader sums `kind = window` and `kind = correction` rows of
-one `window_s` to get exact totals.
+The 1-hour and 1-day rows are derived from these by `operators.rollups`.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import bytewax.operators as op
 import msgspec
-import xxhash
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
@@ -42,7 +36,7 @@ from core.records import CostWindow, Event, LedgerEntry, entry_hash
 from operators import event_time
 from operators.stage import stage_of
 
-_SEP = "\x1f"
+SEP = "\x1f"
 
 
 def ledger_entry(e: Event) -> LedgerEntry:
@@ -347,7 +341,7 @@ def cost_window(
         return combined
 
     combined = op.flat_map_batch("combine", up, combine_batch)
-    keyed = op.key_on("key", combined, _key_of)
+    keyed = op.key_on("key", combined, key_of)
     rows = op.stateful_batch(
         "windows",
         keyed,
@@ -356,181 +350,6 @@ def cost_window(
     return op.map("unkey", rows, lambda kv: kv[1])
 
 
-def _key_of(x: LedgerEntry | CostWindow) -> str:
-    return _SEP.join((x.tenant_id, x.agent, x.model, x.variant))
-
-
-# --- rollups: 1 h and 1 day from the minute rows ------------------------------
-
-
-@dataclass
-class _RollupState:
-    newest_end_ms: int = -1  # newest minute-window end seen: this key's event-time progress
-    minutes: dict[int, CostWindow] = field(default_factory=dict)  # newest row of revisable minutes
-    levels: dict[tuple[int, int], LedgerEntry] = field(default_factory=dict)  # (size, start) -> sums
-    version: int = 0
-
-
-class _RollupLogic(StatefulBatchLogic[CostWindow, CostWindow, _RollupState]):
-    def __init__(
-        self,
-        sizes_ms: Sequence[int],
-        lateness_ms: int,
-        clock_us: Callable[[], int],
-        resume: _RollupState | None,
-    ) -> None:
-        self._sizes = tuple(sizes_ms)
-        self._lateness = lateness_ms
-        self._clock_us = clock_us
-        self._s = resume if resume is not None else _RollupState()
-
-    def on_batch(self, values: list[CostWindow]) -> tuple[Iterable[CostWindow], bool]:
-        s = self._s
-        out: list[CostWindow] = []
-        changed: dict[tuple[int, int], CostWindow] = {}  # level -> a row of it (key, category)
-        for r in values:
-            start = r.window_start_ms
-            delta: CostWindow | LedgerEntry = r
-            if r.kind == "window":
-                previous = s.minutes.get(start)
-                if previous is not None:
-                    delta = _minus(r, previous)
-                s.minutes[start] = r
-            for size in self._sizes:
-                level = (size, start - start % size)
-                acc = s.levels.get(level)
-                if acc is None:
-                    if level[1] + size + self._lateness > s.newest_end_ms:
-                        pass  # open: start its sums below
-                    elif r.provisional:  # (not seen: an open minute's level is open) its final row will do
-                        continue
-                    else:
-                        # the level is closed for good: add to it with a correction row
-                        out.append(self._correction(r, delta, level))
-                        continue
-                    acc = s.levels[level] = LedgerEntry(r.tenant_id, r.agent, r.model, r.variant, level[1])
-                _add(acc, delta)
-                changed[level] = r
-            if not r.provisional:  # progress is what is final: a provisional row closes nothing
-                s.newest_end_ms = max(s.newest_end_ms, start + r.window_ms)
-        for level in sorted(changed):
-            out.append(
-                self._row(s.levels[level], level[0], changed[level].category, self._open_minutes(level))
-            )
-        self._forget(values[0].window_ms)
-        return out, StatefulBatchLogic.RETAIN
-
-    def snapshot(self) -> _RollupState:
-        s = self._s
-        return _RollupState(
-            newest_end_ms=s.newest_end_ms,
-            minutes=dict(s.minutes),
-            levels={k: msgspec.structs.replace(v) for k, v in s.levels.items()},
-            version=s.version,
-        )
-
-    def _forget(self, minute_ms: int) -> None:
-        s = self._s
-        horizon = s.newest_end_ms - self._lateness
-        for start in [m for m in s.minutes if m + minute_ms <= horizon]:
-            del s.minutes[start]
-        for level in [lv for lv in s.levels if lv[1] + lv[0] <= horizon]:
-            del s.levels[level]
-
-    def _open_minutes(self, level: tuple[int, int]) -> bool:
-        """Whether a minute of the level is still provisional (so the level's row is too)."""
-        size, start = level
-        return any(m.provisional for at, m in self._s.minutes.items() if start <= at < start + size)
-
-    def _next_version(self) -> int:
-        s = self._s
-        s.version = max(self._clock_us(), s.version + 1)
-        return s.version
-
-    def _row(
-        self,
-        w: LedgerEntry,
-        size: int,
-        category: str,
-        provisional: bool = False,
-        kind: str = "window",
-        correction_id: str = "",
-    ) -> CostWindow:
-        return window_row(w, size, category, self._next_version(), kind, correction_id, provisional)
-
-    def _correction(
-        self, r: CostWindow, delta: CostWindow | LedgerEntry, level: tuple[int, int]
-    ) -> CostWindow:
-        entry = LedgerEntry(r.tenant_id, r.agent, r.model, r.variant, level[1])
-        _add(entry, delta)
-        # a minute correction keeps its id; a (rare) revision of a closed level gets one from its row
-        cid = r.correction_id if r.kind == "correction" else _revision_id(r)
-        return self._row(entry, level[0], r.category, kind="correction", correction_id=cid)
-
-
-def _revision_id(r: CostWindow) -> str:
-    """A stable id for a minute revision that reaches a closed level: from what the
-    revision holds (never from its wall-clock version), so a re-run writes the same row."""
-    content = (r.category, r.requests, r.input_tokens, r.output_tokens, r.cost_pusd, r.judge_calls)
-    return f"{r.window_start_ms}@" + xxhash.xxh3_64_hexdigest(repr((*content, r.judge_cost_pusd)).encode())
-
-
-def _minus(new: CostWindow, old: CostWindow) -> LedgerEntry:
-    """What a revision added to its minute (revisions only ever add entries)."""
-    return LedgerEntry(
-        new.tenant_id,
-        new.agent,
-        new.model,
-        new.variant,
-        new.window_start_ms,
-        requests=new.requests - old.requests,
-        input_tokens=new.input_tokens - old.input_tokens,
-        output_tokens=new.output_tokens - old.output_tokens,
-        cost_pusd=new.cost_pusd - old.cost_pusd,
-        unknown_cost_requests=new.unknown_cost_requests - old.unknown_cost_requests,
-        judge_calls=new.judge_calls - old.judge_calls,
-        judge_cost_pusd=new.judge_cost_pusd - old.judge_cost_pusd,
-        max_request_cost_pusd=new.max_request_cost_pusd,
-    )
-
-
-def _add(acc: LedgerEntry, x: CostWindow | LedgerEntry) -> None:
-    acc.requests += x.requests
-    acc.input_tokens += x.input_tokens
-    acc.output_tokens += x.output_tokens
-    acc.cost_pusd += x.cost_pusd
-    acc.unknown_cost_requests += x.unknown_cost_requests
-    acc.judge_calls += x.judge_calls
-    acc.judge_cost_pusd += x.judge_cost_pusd
-    acc.max_request_cost_pusd = max(acc.max_request_cost_pusd, x.max_request_cost_pusd)
-
-
-@operator
-def rollup(
-    step_id: str,
-    up: Stream[CostWindow],
-    *,
-    sizes_s: Sequence[int],
-    allowed_lateness_s: int,
-    clock_us: Callable[[], int] = lambda: time.time_ns() // 1000,
-) -> Stream[CostWindow]:
-    """Roll window rows up to coarser windows (e.g. 1 h and 1 day) per key and category.
-
-    Args:
-        sizes_s: the rollup sizes; each a multiple of the incoming window size.
-        allowed_lateness_s: at least the lateness of the windows upstream: how
-            long a level keeps absorbing revisions and corrections of its
-            minutes (later ones become correction rows of the level).
-    """
-    if not sizes_s:
-        msg = f"{step_id}: rollup needs at least one size"
-        raise ValueError(msg)
-    sizes_ms = sorted(size * 1000 for size in sizes_s)
-    lateness_ms = allowed_lateness_s * 1000
-    keyed = op.key_on("key", up, lambda w: _SEP.join((_key_of(w), w.category)))
-    rows = op.stateful_batch(
-        "levels",
-        keyed,
-        lambda resume: _RollupLogic(sizes_ms, lateness_ms, clock_us, resume),
-    )
-    return op.map("unkey", rows, lambda kv: kv[1])
+def key_of(x: LedgerEntry | CostWindow) -> str:
+    """The window key: tenant, agent, model, variant."""
+    return SEP.join((x.tenant_id, x.agent, x.model, x.variant))

@@ -22,7 +22,8 @@ from bytewax.testing import TestingSource, run_main
 from core.records import AbuseWindow, Alert, Evaluation, Event, LedgerEntry, pico_to_usd
 from operators.estimates import quality_estimates
 from operators.price import pricing_issue
-from operators.windows import cost_window, ledger_entry, rollup
+from operators.rollups import rollup
+from operators.windows import cost_window, ledger_entry
 from simulators.chdb_http import start_chdb_http
 from sinks.clickhouse import ClickHouseSink, connect
 

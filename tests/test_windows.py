@@ -16,15 +16,8 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from core.records import CostWindow, Event, LedgerEntry
-from operators.windows import (
-    _RollupLogic,
-    _WindowLogic,
-    combine,
-    combine_events,
-    cost_window,
-    ledger_entry,
-    rollup,
-)
+from operators.rollups import _RollupLogic, rollup
+from operators.windows import _WindowLogic, combine, combine_events, cost_window, ledger_entry
 
 MIN = 60_000
 HOUR = 60 * MIN
