@@ -37,13 +37,12 @@ from operators.otlp import (
     OtlpCall,
     OtlpContent,
     OtlpMapping,
-    OtlpWireError,
     decode_otlp,
     decode_otlp_proto,
     looks_like_otlp,
     looks_like_otlp_proto,
-    proto_signal,
 )
+from operators.otlp_wire import OtlpWireError, proto_signal
 from operators.validate import DecodeLimits, InvalidEvent, to_event
 
 __all__ = [

@@ -7,7 +7,7 @@ text_completion / generate_content) or an `ExportLogsServiceRequest`
 (`gen_ai.client.inference.operation.details` events, and the older
 per-message events `gen_ai.{system,user,assistant,tool}.message` /
 `gen_ai.choice`). Both encodings are read into the same format-independent
-`_Record`s, so one mapping serves both. Other spans and log records (HTTP
+`Record`s, so one mapping serves both. Other spans and log records (HTTP
 handlers, `invoke_agent`...) are skipped and counted.
 
 What comes out:
@@ -31,9 +31,8 @@ model (the request model, which is what prices are listed under),
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 from google.protobuf.message import DecodeError
@@ -42,8 +41,16 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from core import metrics
 from core.dead_letters import dead_letter
-from core.errors import InvalidInput
 from core.records import ChatMessage, DeadLetter, Event, Source, Usage, WireEvent
+from operators.otlp_wire import (
+    WANTED,
+    OtlpWireError,
+    Record,
+    json_records,
+    proto_log_records,
+    proto_signal,
+    proto_span_records,
+)
 from operators.validate import DecodeLimits, InvalidEvent, to_event
 
 LLM_OPERATIONS = frozenset({"chat", "text_completion", "generate_content"})
@@ -104,10 +111,6 @@ def looks_like_otlp_proto(raw: bytes) -> bool:
     return raw[:1] == b"\n"
 
 
-class OtlpWireError(InvalidInput):
-    """Bytes that are not the envelope of a protobuf OTLP export request."""
-
-
 def decode_otlp(
     raw: bytes, limits: DecodeLimits, now_ms: int, source: Source | None, mapping: OtlpMapping
 ) -> list[Decoded]:
@@ -119,7 +122,7 @@ def decode_otlp(
     if not isinstance(doc, dict):
         return [dead_letter("decode", "OTLP export request is not a JSON object", raw, source, now_ms)]
     try:
-        records = list(_json_records(doc))
+        records = list(json_records(doc))
     except (TypeError, AttributeError, ValueError, KeyError) as exc:  # a wrong shape in the envelope
         reason = f"invalid OTLP envelope: {type(exc).__name__}: {exc}"
         return [dead_letter("decode", reason, raw, source, now_ms)]
@@ -134,13 +137,13 @@ def decode_otlp_proto(
         signal = proto_signal(raw)
         request: ExportTraceServiceRequest | ExportLogsServiceRequest
         # the attributes the mapping reads (converting every value costs ~2 µs each)
-        wanted = frozenset({mapping.tenant_attribute, mapping.variant_attribute, *_WANTED})
+        wanted = frozenset({mapping.tenant_attribute, mapping.variant_attribute, *WANTED})
         if signal == "logs":
             request = ExportLogsServiceRequest.FromString(raw)
-            records = list(_proto_log_records(request, wanted))
+            records = list(proto_log_records(request, wanted))
         else:
             request = ExportTraceServiceRequest.FromString(raw)
-            records = list(_proto_span_records(request, wanted))
+            records = list(proto_span_records(request, wanted))
     except (OtlpWireError, DecodeError) as exc:
         return [dead_letter("decode", f"malformed OTLP protobuf: {exc}", raw, source, now_ms)]
     return map_records(records, raw, limits, now_ms, source, mapping)
@@ -149,20 +152,8 @@ def decode_otlp_proto(
 # --- one format-independent record per span or log record ---------------------------
 
 
-class _Record(NamedTuple):
-    attrs: dict[str, Any]
-    resource: dict[str, Any]
-    trace_id: str  # hex; "" when absent
-    span_id: str
-    parent_span_id: str
-    start_ns: int  # a span's start, a log record's time (else its observed time)
-    end_ns: int | None
-    event_name: str | None  # None: a span
-    body: Any = None
-
-
 def map_records(
-    records: list[_Record],
+    records: list[Record],
     raw: bytes,
     limits: DecodeLimits,
     now_ms: int,
@@ -216,19 +207,19 @@ def map_records(
     return out
 
 
-def _span_key(r: _Record) -> str:
+def _span_key(r: Record) -> str:
     if not r.trace_id.strip("0") or not r.span_id.strip("0"):
         return ""
     return f"{r.trace_id}:{r.span_id}"
 
 
-def _order(r: _Record, source: Source | None, position: int) -> tuple[int, int, int, int]:
+def _order(r: Record, source: Source | None, position: int) -> tuple[int, int, int, int]:
     if source is None:
         return (r.start_ns, -1, -1, position)
     return (r.start_ns, source.partition, source.offset, position)
 
 
-def _message_content(r: _Record, span_key: str, position: int, source: Source | None) -> OtlpContent:
+def _message_content(r: Record, span_key: str, position: int, source: Source | None) -> OtlpContent:
     """One message event of the older conventions (body: content, role / index, message)."""
     body = r.body if isinstance(r.body, dict) else {}
     order = _order(r, source, position)
@@ -271,7 +262,7 @@ def _content_text(content: Any) -> str:
     return str(content)
 
 
-def _wire_event(r: _Record, parent_agent: str | None, ident: str, mapping: OtlpMapping) -> WireEvent:
+def _wire_event(r: Record, parent_agent: str | None, ident: str, mapping: OtlpMapping) -> WireEvent:
     attrs, resource = r.attrs, r.resource
     tenant = (
         attrs.get(mapping.tenant_attribute)
@@ -340,208 +331,3 @@ def _messages(value: Any) -> list[ChatMessage]:
 
 def _text(messages: list[ChatMessage]) -> str:
     return "\n".join(m.content for m in messages)
-
-
-# --- OTLP/JSON -------------------------------------------------------------------------
-
-
-def _json_records(doc: dict) -> Iterator[_Record]:
-    for rs in doc.get("resourceSpans") or []:
-        resource = _attributes(rs.get("resource", {}).get("attributes"))
-        for ss in rs.get("scopeSpans") or []:
-            for s in ss.get("spans") or []:
-                end = s.get("endTimeUnixNano")
-                yield _Record(
-                    attrs=_attributes(s.get("attributes")),
-                    resource=resource,
-                    trace_id=str(s.get("traceId") or ""),
-                    span_id=str(s.get("spanId") or ""),
-                    parent_span_id=str(s.get("parentSpanId") or ""),
-                    start_ns=int(s.get("startTimeUnixNano") or 0),
-                    end_ns=int(end) if end else None,
-                    event_name=None,
-                )
-    for rl in doc.get("resourceLogs") or []:
-        resource = _attributes(rl.get("resource", {}).get("attributes"))
-        for sl in rl.get("scopeLogs") or []:
-            for r in sl.get("logRecords") or []:
-                attrs = _attributes(r.get("attributes"))
-                ts = int(r.get("timeUnixNano") or 0) or int(r.get("observedTimeUnixNano") or 0)
-                body = r.get("body")
-                yield _Record(
-                    attrs=attrs,
-                    resource=resource,
-                    trace_id=str(r.get("traceId") or ""),
-                    span_id=str(r.get("spanId") or ""),
-                    parent_span_id="",
-                    start_ns=ts,
-                    end_ns=None,
-                    event_name=str(r.get("eventName") or attrs.get("event.name") or ""),
-                    body=_any_value(body) if body else None,
-                )
-
-
-def _attributes(kvs: list | None) -> dict[str, Any]:
-    return {kv["key"]: _any_value(kv.get("value", {})) for kv in kvs or []}
-
-
-def _any_value(v: dict) -> Any:
-    """An OTLP AnyValue as plain Python (intValue arrives as a string in OTLP/JSON)."""
-    if "stringValue" in v:
-        return v["stringValue"]
-    if "intValue" in v:
-        return int(v["intValue"])
-    if "doubleValue" in v:
-        return float(v["doubleValue"])
-    if "boolValue" in v:
-        return bool(v["boolValue"])
-    if "arrayValue" in v:
-        return [_any_value(x) for x in v["arrayValue"].get("values") or []]
-    if "kvlistValue" in v:
-        return {kv["key"]: _any_value(kv.get("value", {})) for kv in v["kvlistValue"].get("values") or []}
-    return None
-
-
-# --- OTLP protobuf ---------------------------------------------------------------------
-
-
-_WANTED = ("service.name", "event.name", "user.id", "enduser.id")  # and every gen_ai.* attribute
-
-
-def _proto_span_records(request: ExportTraceServiceRequest, wanted: frozenset[str]) -> Iterator[_Record]:
-    for rs in request.resource_spans:
-        resource = _proto_attributes(rs.resource.attributes, wanted)
-        for ss in rs.scope_spans:
-            for s in ss.spans:
-                yield _Record(
-                    attrs=_proto_attributes(s.attributes, wanted),
-                    resource=resource,
-                    trace_id=s.trace_id.hex(),
-                    span_id=s.span_id.hex(),
-                    parent_span_id=s.parent_span_id.hex(),
-                    start_ns=s.start_time_unix_nano,
-                    end_ns=s.end_time_unix_nano or None,
-                    event_name=None,
-                )
-
-
-def _proto_log_records(request: ExportLogsServiceRequest, wanted: frozenset[str]) -> Iterator[_Record]:
-    for rl in request.resource_logs:
-        resource = _proto_attributes(rl.resource.attributes, wanted)
-        for sl in rl.scope_logs:
-            for r in sl.log_records:
-                attrs = _proto_attributes(r.attributes, wanted)
-                yield _Record(
-                    attrs=attrs,
-                    resource=resource,
-                    trace_id=r.trace_id.hex(),
-                    span_id=r.span_id.hex(),
-                    parent_span_id="",
-                    start_ns=r.time_unix_nano or r.observed_time_unix_nano,
-                    end_ns=None,
-                    event_name=r.event_name or str(attrs.get("event.name") or ""),
-                    body=_proto_value(r.body) if r.HasField("body") else None,
-                )
-
-
-def _proto_attributes(kvs: Iterable[Any], wanted: frozenset[str]) -> dict[str, Any]:
-    return {
-        key: _proto_value(kv.value) for kv in kvs if (key := kv.key).startswith("gen_ai.") or key in wanted
-    }
-
-
-def _proto_value(v: Any) -> Any:
-    """An OTLP AnyValue message as plain Python, as `_any_value` reads its JSON form."""
-    kind = v.WhichOneof("value")
-    if kind == "array_value":
-        return [_proto_value(x) for x in v.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: _proto_value(kv.value) for kv in v.kvlist_value.values}
-    if kind is None or kind == "bytes_value":
-        return None
-    return getattr(v, kind)
-
-
-# The envelope of both requests is the same on the wire: field 1 = ResourceSpans / ResourceLogs,
-# in it field 2 = ScopeSpans / ScopeLogs, in that field 2 = the spans / log records. A span and a
-# log record differ in the wire types of their fields, which tells the signal before parsing.
-_VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
-_SPAN_ONLY = {(1, _LEN), (2, _LEN), (4, _LEN), (6, _VARINT), (7, _I64), (8, _I64), (10, _VARINT)}
-_SPAN_ONLY |= {(11, _LEN), (12, _VARINT), (13, _LEN), (14, _VARINT), (15, _LEN), (16, _I32)}
-_LOG_ONLY = {(1, _I64), (2, _VARINT), (6, _LEN), (7, _VARINT), (8, _I32), (10, _LEN), (11, _I64), (12, _LEN)}
-
-
-def proto_signal(raw: bytes, *, strict: bool = False) -> str:
-    """The signal of a protobuf export request: "traces", "logs" or "" (no records), from its first
-    record; raises `OtlpWireError` when the bytes read so far are not such an envelope. `strict`
-    reads the whole envelope (every resource and scope), not only up to the first record."""
-    signal = ""
-    for field, wt, start, end in _fields(raw, 0, len(raw)):
-        if (field, wt) != (1, _LEN):
-            msg = f"field {field} (wire type {wt}) at the top level of an export request"
-            raise OtlpWireError(msg)
-        for f2, wt2, s2, e2 in _fields(raw, start, end):
-            _expect_len(f2, wt2, "resource spans/logs")
-            if f2 != 2:
-                continue
-            for f3, wt3, s3, e3 in _fields(raw, s2, e2):
-                _expect_len(f3, wt3, "scope spans/logs")
-                if f3 == 2 and not signal:
-                    signal = _record_signal(raw, s3, e3)
-                    if signal and not strict:
-                        return signal
-    return signal
-
-
-def _expect_len(field: int, wt: int, where: str) -> None:
-    if field not in (1, 2, 3) or wt != _LEN:
-        msg = f"field {field} (wire type {wt}) in {where}"
-        raise OtlpWireError(msg)
-
-
-def _record_signal(raw: bytes, start: int, end: int) -> str:
-    for field, wt, _, _ in _fields(raw, start, end):
-        if (field, wt) in _SPAN_ONLY:
-            return "traces"
-        if (field, wt) in _LOG_ONLY:
-            return "logs"
-    return ""
-
-
-def _fields(raw: bytes, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """(field number, wire type, value start, value end) of each field in raw[start:end]."""
-    i = start
-    while i < end:
-        tag, i = _varint(raw, i, end)
-        field, wt = tag >> 3, tag & 7
-        if field == 0:
-            msg = f"field number 0 at byte {i}"
-            raise OtlpWireError(msg)
-        if wt == _LEN:
-            n, i = _varint(raw, i, end)
-            value_start, i = i, i + n
-        elif wt == _VARINT:
-            value_start = i
-            _, i = _varint(raw, i, end)
-        elif wt in (_I64, _I32):
-            value_start, i = i, i + (8 if wt == _I64 else 4)
-        else:
-            msg = f"unsupported wire type {wt} at byte {i}"
-            raise OtlpWireError(msg)
-        if i > end:
-            msg = f"field {field} runs past its message's end (byte {end})"
-            raise OtlpWireError(msg)
-        yield field, wt, value_start, i
-
-
-def _varint(raw: bytes, i: int, end: int) -> tuple[int, int]:
-    result = shift = 0
-    while i < end and shift < 64:
-        b = raw[i]
-        i += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, i
-        shift += 7
-    msg = f"truncated varint at byte {i}"
-    raise OtlpWireError(msg)

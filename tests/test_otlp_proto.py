@@ -28,7 +28,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from core import metrics
 from core.records import DeadLetter, Event, Source
 from operators.decode import decode_record
-from operators.otlp import OtlpCall, OtlpContent, OtlpMapping, decode_otlp_proto, proto_signal
+from operators.otlp import OtlpCall, OtlpContent, OtlpMapping, decode_otlp_proto
+from operators.otlp_wire import proto_signal
 from operators.validate import DecodeLimits
 from simulators.kafka_mock import produce_all
 from simulators.otlp_encode import json_to_proto
