@@ -20,7 +20,8 @@ import clickhouse_connect
 import pytest
 
 from flows import backfill
-from flows.backfill import BackfillError, ProgressTracker, parse_bound, progress_line
+from flows.backfill import BackfillError, parse_bound
+from flows.backfill_progress import ProgressDisplay, ProgressTracker, progress_line
 from flows.cli import main
 from simulators.chdb_http import start_chdb_http
 from simulators.kafka_mock import produce_all
@@ -85,7 +86,7 @@ def test_on_a_terminal_the_progress_is_a_live_display() -> None:
     handler = logging.StreamHandler(screen)
     logging.getLogger().addHandler(handler)
     try:
-        display = backfill.ProgressDisplay(ranges, screen)
+        display = ProgressDisplay(ranges, screen)
         display.start()
         backfill.POSITIONS.set(("llm-events", 0), 40)
         backfill.POSITIONS.set(("llm-events", 1), 15)
