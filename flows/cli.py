@@ -388,7 +388,8 @@ def _serve_metrics(settings: Settings, process_id: int, processes: int, workers:
     checks: while the job waits for Kafka and ClickHouse it is alive but not ready."""
     if settings.flow.metrics.port is None:
         return None
-    from flows.health import ClusterShape, serve
+    from flows.health import serve
+    from flows.health_probes import ClusterShape
 
     server = serve(settings, shape=ClusterShape(process_id, processes, workers))
     host = settings.flow.metrics.host

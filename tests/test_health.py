@@ -16,15 +16,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from flows.config import ConfigError, KafkaConfig, load_settings
 from flows.health import (
-    Check,
-    ClickHouseProbe,
-    ClusterShape,
     HealthMonitor,
     HealthServer,
-    KafkaProbe,
     Vitals,
     answer,
-    assigned_partitions,
     counter_total,
     liveness,
     main,
@@ -32,6 +27,7 @@ from flows.health import (
     open_breakers,
     partition_lags,
 )
+from flows.health_probes import Check, ClickHouseProbe, ClusterShape, KafkaProbe, assigned_partitions
 from simulators.kafka_mock import produce_all
 from tests.conftest import free_port
 

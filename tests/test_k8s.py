@@ -17,7 +17,7 @@ import yaml
 from flows.cli import StartupError, _parser, _recovery
 from flows.cluster import Pod, main, pod_from_env, pod_ordinal, run_args, wait_resolvable
 from flows.config import ConfigError, load_settings
-from flows.health import ClusterShape, assigned_partitions
+from flows.health_probes import ClusterShape, assigned_partitions
 from tests.conftest import free_port
 
 K8S = Path(__file__).resolve().parents[1] / "docker" / "k8s"
