@@ -338,7 +338,7 @@ class StartupError(FatalError, RuntimeError):
 def _init_db(settings: Settings) -> None:
     """Create the schema and set the retention TTLs, retrying while ClickHouse is unreachable."""
     from sinks.clickhouse import connect, ensure_schema
-    from sinks.clickhouse_tables import apply_ttls, ttl_clauses
+    from sinks.clickhouse_retention import apply_ttls, ttl_clauses
 
     ch, retention = settings.flow.clickhouse, settings.flow.retention
     ttls = ttl_clauses(retention.table_days(), window_days=retention.window_days(settings.flow.windows))

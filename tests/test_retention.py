@@ -13,7 +13,7 @@ import pytest
 from flows.cli import main
 from flows.config import RetentionConfig, load_settings
 from sinks.clickhouse import TABLES, connect
-from sinks.clickhouse_tables import apply_ttls, current_ttls, ttl_clauses
+from sinks.clickhouse_retention import apply_ttls, current_ttls, ttl_clauses
 from tests.conftest import CONFIG
 
 DEFAULT_TTLS = {
@@ -63,7 +63,7 @@ def test_a_changed_retention_alters_the_ttls_and_an_unchanged_one_alters_nothing
     client = connect(chdb_dsn, database)
     assert main(["init-db", "--config", str(flow_config(tmp_path, chdb_dsn, database))]) == 0
     changed = "llm_events_days = 7\ncost_rollups_days = 400\ndead_letters_days = 0\n"
-    with caplog.at_level("INFO", logger="sinks.clickhouse_tables"):
+    with caplog.at_level("INFO", logger="sinks.clickhouse_retention"):
         assert main(["init-db", "--config", str(flow_config(tmp_path, chdb_dsn, database, changed))]) == 0
     assert {t: shown_ttl(client, t) for t in TABLES} == {
         **DEFAULT_TTLS,
