@@ -36,7 +36,6 @@ from core.records import (
     pico_to_usd,
 )
 
-
 # --- records -> rows ---------------------------------------------------------
 
 
