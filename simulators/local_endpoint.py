@@ -35,7 +35,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -47,14 +46,28 @@ from typing import Any, Literal, Self, TypeVar
 import msgspec
 from aiohttp import web
 
+from simulators.judge_dialects import (
+    ANTHROPIC,
+    ANTHROPIC_MESSAGES_ROUTE,
+    HTML_PAGE,
+    OPENAI,
+    OPENAI_CHAT_ROUTE,
+    PROSE,
+    Answer,
+    BadRequest,
+    Dialect,
+    JudgeRequest,
+    anthropic_models,
+    ceil4,
+    error_message,
+    openai_models,
+)
 from simulators.simulated_verdicts import simulate_verdict
 
 HOST = "127.0.0.1"
 
 _T = TypeVar("_T")
 
-OPENAI_CHAT_ROUTE = "/v1/chat/completions"
-ANTHROPIC_MESSAGES_ROUTE = "/v1/messages"
 MODELS_ROUTE = "/v1/models"
 
 KINDS = (
@@ -251,305 +264,6 @@ def _unit(seed: int, n: int, salt: int) -> float:
     return ((x >> 11) + 0.5) / 2**53
 
 
-# --- the two wire dialects ---------------------------------------------------
-
-
-class _BadRequest(Exception):
-    def __init__(self, message: str, model: str = "") -> None:
-        super().__init__(message)
-        self.model = model
-
-
-@dataclass(slots=True)
-class _JudgeRequest:
-    model: str
-    system: str
-    user: str  # the text of the last user message: where the data sections are
-    chars: int  # all request text, for the usage estimate
-    tool: str | None  # the tool to answer with, if any
-
-
-@dataclass(slots=True)
-class _Answer:
-    text: str | None = None  # plain message content
-    tool_input: dict[str, Any] | None = None  # verdict-like object for a tool call
-
-
-def _text_of(content: Any) -> str:
-    """Text of a message content: a string or a list of text parts/blocks."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, Mapping):
-                if isinstance(part.get("text"), str):
-                    parts.append(part["text"])
-                elif "content" in part:  # anthropic tool_result
-                    parts.append(_text_of(part["content"]))
-        return "\n".join(parts)
-    return ""
-
-
-def _messages(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs or not all(isinstance(m, Mapping) for m in msgs):
-        msg = "messages: must be a non-empty array of message objects"
-        raise _BadRequest(msg, str(body.get("model", "")))
-    return msgs
-
-
-def _model(body: Mapping[str, Any]) -> str:
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        msg = "model: a model name is required"
-        raise _BadRequest(msg)
-    if body.get("stream"):
-        msg = "stream: streaming is not supported by the local endpoint"
-        raise _BadRequest(msg, model)
-    return model
-
-
-def _ceil4(n: int) -> int:
-    return -(-n // 4)
-
-
-def _bearer(headers: Mapping[str, str]) -> str | None:
-    auth = headers.get("Authorization")
-    if auth and auth[:7].lower() == "bearer ":
-        return auth[7:]
-    return None
-
-
-class _OpenAIDialect:
-    route = OPENAI_CHAT_ROUTE
-    request_id_header = "x-request-id"
-
-    def api_key(self, headers: Mapping[str, str]) -> str | None:
-        return _bearer(headers) or headers.get("api-key")
-
-    def parse(self, body: Mapping[str, Any]) -> _JudgeRequest:
-        model = _model(body)
-        system, user, chars = [], "", 0
-        for m in _messages(body):
-            text = _text_of(m.get("content"))
-            chars += len(text)
-            if m.get("role") in ("system", "developer"):
-                system.append(text)
-            elif m.get("role") == "user":
-                user = text
-        return _JudgeRequest(model, "\n".join(system), user, chars, self._tool(body))
-
-    def _tool(self, body: Mapping[str, Any]) -> str | None:
-        tools = body.get("tools")
-        choice = body.get("tool_choice")
-        if not tools or choice == "none":
-            return None
-        if isinstance(choice, Mapping):
-            named = (choice.get("function") or {}).get("name")
-            if isinstance(named, str):
-                return named
-        first = tools[0] if isinstance(tools[0], Mapping) else {}
-        return str((first.get("function") or {}).get("name", "verdict"))
-
-    def render(
-        self,
-        req: _JudgeRequest,
-        body: Mapping[str, Any],
-        answer: _Answer,
-        seq: int,
-        usage: tuple[int, int],
-    ) -> dict[str, Any]:
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "content": None,
-            "refusal": None,
-            "annotations": [],
-        }
-        finish = "stop"
-        if answer.tool_input is not None and req.tool:
-            message["tool_calls"] = [
-                {
-                    "id": f"call_local_{seq}",
-                    "type": "function",
-                    "function": {"name": req.tool, "arguments": answer.text},
-                }
-            ]
-            # a forced named function ends with "stop" on the real API too
-            finish = "stop" if isinstance(body.get("tool_choice"), Mapping) else "tool_calls"
-        else:
-            message["content"] = answer.text
-        return {
-            "id": f"chatcmpl-local-{seq}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": req.model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-            "usage": {
-                "prompt_tokens": usage[0],
-                "completion_tokens": usage[1],
-                "total_tokens": usage[0] + usage[1],
-            },
-            "service_tier": "default",
-            "system_fingerprint": "fp_judgeflow_local",
-        }
-
-    def error(self, status: int, message: str, seq: int) -> dict[str, Any]:
-        kind, code = _OPENAI_ERRORS.get(
-            status, ("server_error" if status >= 500 else "invalid_request_error", None)
-        )
-        return {"error": {"message": message, "type": kind, "param": None, "code": code}}
-
-
-_OPENAI_ERRORS: dict[int, tuple[str, str | None]] = {
-    400: ("invalid_request_error", None),
-    401: ("invalid_request_error", "invalid_api_key"),
-    403: ("invalid_request_error", "unsupported_country_region_territory"),
-    404: ("invalid_request_error", "model_not_found"),
-    429: ("requests", "rate_limit_exceeded"),
-    500: ("server_error", None),
-    503: ("server_error", None),
-}
-
-
-class _AnthropicDialect:
-    route = ANTHROPIC_MESSAGES_ROUTE
-    request_id_header = "request-id"
-
-    def api_key(self, headers: Mapping[str, str]) -> str | None:
-        return headers.get("x-api-key") or _bearer(headers)
-
-    def parse(self, body: Mapping[str, Any]) -> _JudgeRequest:
-        model = _model(body)
-        msgs = _messages(body)
-        if not isinstance(body.get("max_tokens"), int):
-            msg = "max_tokens: Field required"
-            raise _BadRequest(msg, model)
-        system = _text_of(body.get("system", ""))
-        user, chars = "", len(system)
-        for m in msgs:
-            text = _text_of(m.get("content"))
-            chars += len(text)
-            if m.get("role") == "user":
-                user = text
-        return _JudgeRequest(model, system, user, chars, self._tool(body))
-
-    def _tool(self, body: Mapping[str, Any]) -> str | None:
-        tools = body.get("tools")
-        choice = body.get("tool_choice") or {}
-        if not tools or (isinstance(choice, Mapping) and choice.get("type") == "none"):
-            return None
-        if isinstance(choice, Mapping) and isinstance(choice.get("name"), str):
-            return str(choice["name"])
-        first = tools[0] if isinstance(tools[0], Mapping) else {}
-        return str(first.get("name", "verdict"))
-
-    def render(
-        self,
-        req: _JudgeRequest,
-        body: Mapping[str, Any],
-        answer: _Answer,
-        seq: int,
-        usage: tuple[int, int],
-    ) -> dict[str, Any]:
-        if answer.tool_input is not None and req.tool:
-            content: list[dict[str, Any]] = [
-                {
-                    "type": "tool_use",
-                    "id": f"toolu_local_{seq}",
-                    "name": req.tool,
-                    "input": answer.tool_input,
-                }
-            ]
-            stop = "tool_use"
-        else:
-            content = [{"type": "text", "text": answer.text or ""}]
-            stop = "end_turn"
-        return {
-            "id": f"msg_local_{seq}",
-            "type": "message",
-            "role": "assistant",
-            "model": req.model,
-            "content": content,
-            "stop_reason": stop,
-            "stop_sequence": None,
-            "usage": {
-                "input_tokens": usage[0],
-                "output_tokens": usage[1],
-                "cache_creation_input_tokens": 0,
-                "cache_read_input_tokens": 0,
-                "service_tier": "standard",
-            },
-        }
-
-    def error(self, status: int, message: str, seq: int) -> dict[str, Any]:
-        kind = _ANTHROPIC_ERRORS.get(status, "api_error" if status >= 500 else "invalid_request_error")
-        return {
-            "type": "error",
-            "error": {"type": kind, "message": message},
-            "request_id": f"req_local_{seq}",
-        }
-
-
-_ANTHROPIC_ERRORS = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "request_too_large",
-    429: "rate_limit_error",
-    500: "api_error",
-    504: "timeout_error",
-    529: "overloaded_error",
-}
-
-_Dialect = _OpenAIDialect | _AnthropicDialect
-_OPENAI = _OpenAIDialect()
-_ANTHROPIC = _AnthropicDialect()
-
-
-def _error_message(status: int, model: str, key: str | None) -> str:
-    if status == 401:
-        shown = f"{key[:3]}...{key[-2:]}" if key and len(key) > 6 else "***"
-        return f"simulated: incorrect API key provided: {shown}"
-    if status == 404:
-        return f"simulated: the model `{model}` does not exist or you do not have access to it"
-    if status == 429:
-        return f"simulated: rate limit reached for {model} on requests per min (RPM)"
-    if status == 503:
-        return "simulated: the server is overloaded or not ready yet"
-    if status >= 500:
-        return "simulated: the server had an error while processing your request"
-    return f"simulated: request failed with status {status}"
-
-
-def _openai_models(models: tuple[str, ...]) -> dict[str, Any]:
-    data = [
-        {"id": m, "object": "model", "created": 1735689600, "owned_by": "judgeflow-local"} for m in models
-    ]
-    return {"object": "list", "data": data}
-
-
-def _anthropic_models(models: tuple[str, ...]) -> dict[str, Any]:
-    data = [
-        {"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"} for m in models
-    ]
-    return {
-        "data": data,
-        "has_more": False,
-        "first_id": models[0] if models else None,
-        "last_id": models[-1] if models else None,
-    }
-
-
-_HTML_PAGE = (
-    b"<html><head><title>502 Bad Gateway</title></head><body><center>"
-    b"<h1>502 Bad Gateway</h1></center><hr><center>judgeflow local endpoint (simulated)"
-    b"</center></body></html>\n"
-)
-_PROSE = "The response looks acceptable to me and I would rate it as fine (simulated prose)."
-
-
 # --- the server --------------------------------------------------------------
 
 _encode = msgspec.json.encode
@@ -627,10 +341,10 @@ class _Server:
         return app
 
     async def _openai(self, request: web.Request) -> web.StreamResponse:
-        return await self._judge(request, _OPENAI)
+        return await self._judge(request, OPENAI)
 
     async def _anthropic(self, request: web.Request) -> web.StreamResponse:
-        return await self._judge(request, _ANTHROPIC)
+        return await self._judge(request, ANTHROPIC)
 
     async def _health(self, request: web.Request) -> web.Response:
         return _json_response({"status": "ok"})
@@ -655,20 +369,20 @@ class _Server:
         return _json_response({"pending": pending})
 
     async def _models(self, request: web.Request) -> web.Response:
-        dialect = _ANTHROPIC if "anthropic-version" in request.headers else _OPENAI
+        dialect = ANTHROPIC if "anthropic-version" in request.headers else OPENAI
         key = dialect.api_key(request.headers)
         self.state.seq += 1
         if key is not None and key in self.config.bad_keys:
             self._count(MODELS_ROUTE, "", "http_401")
             return self._error(dialect, 401, self.state.seq, "", key, Behaviour())
         self._count(MODELS_ROUTE, "", "ok")
-        if dialect is _ANTHROPIC:
-            return _json_response(_anthropic_models(self.config.models))
-        return _json_response(_openai_models(self.config.models))
+        if dialect is ANTHROPIC:
+            return _json_response(anthropic_models(self.config.models))
+        return _json_response(openai_models(self.config.models))
 
     # -- the judge path -----------------------------------------------------
 
-    async def _judge(self, request: web.Request, dialect: _Dialect) -> web.StreamResponse:
+    async def _judge(self, request: web.Request, dialect: Dialect) -> web.StreamResponse:
         st = self.state
         st.seq += 1
         seq = st.seq
@@ -679,16 +393,16 @@ class _Server:
         finally:
             st.in_flight -= 1
 
-    async def _judge_one(self, request: web.Request, dialect: _Dialect, seq: int) -> web.StreamResponse:
+    async def _judge_one(self, request: web.Request, dialect: Dialect, seq: int) -> web.StreamResponse:
         key = dialect.api_key(request.headers)
         try:
             body = _decode(await request.read())
             if not isinstance(body, dict):
                 msg = "the request body must be a JSON object"
-                raise _BadRequest(msg)
+                raise BadRequest(msg)
             req = dialect.parse(body)
-        except (msgspec.DecodeError, _BadRequest) as exc:
-            model = exc.model if isinstance(exc, _BadRequest) else ""
+        except (msgspec.DecodeError, BadRequest) as exc:
+            model = exc.model if isinstance(exc, BadRequest) else ""
             self._count(dialect.route, model, "http_400")
             return self._error(dialect, 400, seq, model, key, Behaviour(), message=str(exc))
         decision = self._decide(req, key, seq)
@@ -697,7 +411,7 @@ class _Server:
             await asyncio.sleep(decision.delay_s)
         return self._respond(request, dialect, req, body, decision.behaviour, seq, key)
 
-    def _decide(self, req: _JudgeRequest, key: str | None, seq: int) -> _Decision:
+    def _decide(self, req: JudgeRequest, key: str | None, seq: int) -> _Decision:
         cfg = self.config
         # hard rejections come first and do not consume the script
         if key is not None and key in cfg.bad_keys:
@@ -732,8 +446,8 @@ class _Server:
     def _respond(
         self,
         request: web.Request,
-        dialect: _Dialect,
-        req: _JudgeRequest,
+        dialect: Dialect,
+        req: JudgeRequest,
         body: Mapping[str, Any],
         b: Behaviour,
         seq: int,
@@ -748,13 +462,13 @@ class _Server:
             return web.Response(status=200)
         if kind == "non_json":
             return web.Response(
-                body=_HTML_PAGE,
+                body=HTML_PAGE,
                 status=b.status or 200,
                 content_type="text/html",
                 headers=_headers(dialect, seq, b),
             )
         answer = _answer_for(req, b, seq)
-        usage = b.usage or (_ceil4(req.chars), _ceil4(len(answer.text or "")))
+        usage = b.usage or (ceil4(req.chars), ceil4(len(answer.text or "")))
         payload = _encode(dialect.render(req, body, answer, seq, usage))
         if kind == "truncated":
             payload = payload[: len(payload) // 2]
@@ -767,7 +481,7 @@ class _Server:
 
     def _error(
         self,
-        dialect: _Dialect,
+        dialect: Dialect,
         status: int,
         seq: int,
         model: str,
@@ -776,7 +490,7 @@ class _Server:
         *,
         message: str | None = None,
     ) -> web.Response:
-        text = message or _error_message(status, model, key)
+        text = message or error_message(status, model, key)
         headers = _headers(dialect, seq, b)
         if status == 429 and b.retry_after is None:
             headers.update(_retry_after_headers(self.config.retry_after_s))
@@ -807,20 +521,20 @@ def _outcome(b: Behaviour) -> str:
     return b.kind
 
 
-def _answer_for(req: _JudgeRequest, b: Behaviour, seq: int) -> _Answer:
+def _answer_for(req: JudgeRequest, b: Behaviour, seq: int) -> Answer:
     kind = b.kind
     if b.content is not None:
-        return _Answer(text=b.content, tool_input=_json_object(b.content))
+        return Answer(text=b.content, tool_input=_json_object(b.content))
     if kind == "invalid_verdict":
         kind = ("prose", "missing_field", "out_of_range")[seq % 3]
     if kind == "prose":
-        return _Answer(text=_PROSE)
+        return Answer(text=PROSE)
     verdict = simulate_verdict(req.system, req.user)
     if kind == "missing_field":
         verdict = {"score": verdict["score"], "explanation": "simulated: label left out"}
     elif kind == "out_of_range":
         verdict = {**verdict, "score": 1.7, "explanation": "simulated: score out of range"}
-    return _Answer(text=_encode(verdict).decode(), tool_input=verdict)
+    return Answer(text=_encode(verdict).decode(), tool_input=verdict)
 
 
 def _json_object(text: str) -> dict[str, Any] | None:
@@ -831,7 +545,7 @@ def _json_object(text: str) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def _headers(dialect: _Dialect, seq: int, b: Behaviour) -> dict[str, str]:
+def _headers(dialect: Dialect, seq: int, b: Behaviour) -> dict[str, str]:
     headers = {dialect.request_id_header: f"req_local_{seq}"}
     if b.retry_after is not None:
         headers.update(_retry_after_headers(b.retry_after))
