@@ -138,6 +138,7 @@ def dedup(
     llm_metrics: Sequence[str],
 ) -> DedupOut:
     """Every event becomes a candidate carrying the verdicts the cache already has."""
+    stage = stage_of(step_id)  # what its dead letters name
 
     def look_up(cands: list[Candidate]) -> list[Candidate]:
         lookup(cands, cache=cache, keyer=keyer, llm_metrics=llm_metrics)
@@ -146,7 +147,7 @@ def dedup(
     def lookup_batch(events: list[Event]) -> Iterable[Candidate | DeadLetter]:
         cands = [Candidate(e) for e in events]
         failed: list[Candidate] = []
-        _, dead = guarded(stage_of(step_id), look_up, cands, failed=failed)
+        _, dead = guarded(stage, look_up, cands, failed=failed)
         for c in failed:  # priced and stored like any event, but never judged
             c.content_hash, c.cached, c.todo = "", {}, ()
         return [*cands, *dead]

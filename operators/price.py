@@ -339,12 +339,13 @@ class PriceOut:
 @operator
 def price(step_id: str, up: Stream[Event], *, pricer: Pricer) -> PriceOut:
     """Price whole batches, count spend, and report unknown models."""
+    stage = stage_of(step_id)  # what its dead letters name
 
     def price_all(events: list[Event]) -> list[Event]:
         return [pricer.price(e) for e in events]
 
     def price_batch(events: list[Event]) -> Iterable[tuple[list[Event], list[DeadLetter]]]:
-        oks, dead = guarded(stage_of(step_id), price_all, events)
+        oks, dead = guarded(stage, price_all, events)
         _count(oks)
         return [(oks, dead)]
 

@@ -512,13 +512,14 @@ def sample(
             counted on every event (`StratumCount.cheap`) and marked on each candidate.
     """
     cheap = cheap_metrics(rules, metrics_)
+    stage = stage_of(step_id)  # what its dead letters name
 
     def assign_batch(cands: list[Candidate]) -> Iterable[Candidate | _Part | DeadLetter]:
         def tally(cs: list[Candidate]) -> list[_Part]:
             return tally_batch(cs, sampler=sampler, rules=rules, baseline=baseline, cheap=cheap)
 
         # an event that makes the tally raise (a bug) is stored, never judged, and a dead letter
-        tallied, dead = guarded(stage_of(step_id), tally, cands)
+        tallied, dead = guarded(stage, tally, cands)
         return [*cands, *tallied, *dead]
 
     assigned = op.flat_map_batch("assign", up, assign_batch)

@@ -329,8 +329,9 @@ def cost_window(
     size_ms, lateness_ms = size_s * 1000, allowed_lateness_s * 1000
     newest = [0]  # this worker's newest event time, to spot possible corrections early
 
-    entries_in = metrics.WINDOW_ENTRIES.labels(stage_of(step_id), "in")
-    entries_keyed = metrics.WINDOW_ENTRIES.labels(stage_of(step_id), "keyed")
+    stage = stage_of(step_id)
+    entries_in = metrics.WINDOW_ENTRIES.labels(stage, "in")
+    entries_keyed = metrics.WINDOW_ENTRIES.labels(stage, "keyed")
 
     def combine_batch(entries: list) -> Iterable[LedgerEntry]:
         newest[0] = max(newest[0], max(x.ts_ms for x in entries))

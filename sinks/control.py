@@ -43,15 +43,14 @@ class _ControlPartition(StatelessSinkPartition[OverrideAction]):
     ) -> None:
         self._store = store
         self._attempts = attempts
-        self._backoff_s = backoff_s
+        self._backoff = Backoff(base_s=backoff_s, cap_s=backoff_s * 2**attempts)
         self._sleep = sleep
 
     def write_batch(self, items: list[OverrideAction]) -> None:
-        backoff = Backoff(base_s=self._backoff_s, cap_s=self._backoff_s * 2**self._attempts)
         for a in items:
             try:
                 outcome = call_with_retries(
-                    partial(self._apply, a), backoff=backoff, attempts=self._attempts, sleep=self._sleep
+                    partial(self._apply, a), backoff=self._backoff, attempts=self._attempts, sleep=self._sleep
                 )
             except GaveUp as exc:
                 outcome = "failed"
