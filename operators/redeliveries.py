@@ -22,9 +22,15 @@ A later record with a seen id is
 Horizon. An id is remembered until the shard's newest event time has moved
 `horizon_s` past the event's own time (default: the longest window plus its
 allowed lateness), in hour buckets of event time. The seen-set is in the
-recovery snapshot, so a crash-resume still knows what it saw. Cost: about
-100 bytes of memory (and of snapshot) per remembered event — ~100 MB per
-million events inside the horizon.
+recovery snapshot, so a crash-resume still knows what it saw.
+
+Memory. The ids of the last two hours of event time are in a dict (~100
+bytes per id). Older hours are *sealed*: their id hashes, fingerprints and
+hours move into three sorted numpy arrays (20 bytes per id), looked up for a
+whole batch at once; an id arriving late for a sealed hour waits in the dict
+until enough have gathered to merge. A day of 10 million events is ~200 MB
+sealed rather than ~1 GB, and the sealed arrays are never changed in place,
+so a snapshot shares them instead of copying.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from dataclasses import dataclass, field
 
 import bytewax.operators as op
 import msgspec
+import numpy as np
 import xxhash
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
@@ -44,6 +51,8 @@ from core.dead_letters import dead_letter
 from core.records import DeadLetter, Event, entry_hash
 
 _BUCKET_MS = 3_600_000
+_SEAL_AFTER_MS = 2 * _BUCKET_MS  # an hour this far behind the shard's newest event time is sealed
+_SEAL_LATE = 4096  # ids arriving late for sealed hours are merged once this many have gathered
 _encode = msgspec.msgpack.Encoder().encode
 
 
@@ -56,11 +65,76 @@ def fingerprint(e: Event) -> int:
     return xxhash.xxh3_64_intdigest(_encode(msgspec.structs.astuple(e)[:_PAYLOAD_FIELDS]))
 
 
+_EMPTY_U64 = np.zeros(0, dtype=np.uint64)
+_EMPTY_I32 = np.zeros(0, dtype=np.int32)
+
+
 @dataclass
 class _SeenState:
     newest_ms: int = -1
-    seen: dict[int, int] = field(default_factory=dict)  # id hash -> payload fingerprint
-    buckets: dict[int, list[int]] = field(default_factory=dict)  # hour of event time -> id hashes
+    seen: dict[int, int] = field(default_factory=dict)  # id hash -> payload fingerprint (not sealed)
+    buckets: dict[int, list[int]] = field(default_factory=dict)  # hour of event time -> id hashes in `seen`
+    # sealed hours, sorted by id hash; replaced, never changed in place (a snapshot shares them)
+    sealed_ids: np.ndarray = field(default_factory=lambda: _EMPTY_U64)
+    sealed_fps: np.ndarray = field(default_factory=lambda: _EMPTY_U64)
+    sealed_hours: np.ndarray = field(default_factory=lambda: _EMPTY_I32)  # bucket // _BUCKET_MS
+    hours: set[int] = field(default_factory=set)  # the sealed hours (bucket starts)
+
+    def remembered(self) -> int:
+        """How many ids are remembered."""
+        return len(self.seen) + len(self.sealed_ids)
+
+    def sealed_fingerprints(self, hashes: list[int]) -> list[int | None]:
+        """The fingerprint each id hash was sealed with (None: not sealed)."""
+        if not len(self.sealed_ids):
+            return [None] * len(hashes)
+        wanted = np.fromiter(hashes, dtype=np.uint64, count=len(hashes))
+        at = np.searchsorted(self.sealed_ids, wanted)
+        at[at == len(self.sealed_ids)] = 0
+        hit = self.sealed_ids[at] == wanted
+        fps = self.sealed_fps[at]
+        return [int(fp) if h else None for h, fp in zip(hit.tolist(), fps.tolist(), strict=True)]
+
+    def seal(self, before_ms: int, *, late_min: int) -> None:
+        """Move the ids of the hours ending at or before `before_ms` into the sorted arrays (ids of an
+        hour already sealed, which arrived late, only once `late_min` of them have gathered)."""
+        hours = [b for b in self.buckets if b + _BUCKET_MS <= before_ms]
+        if not hours:
+            return
+        late = [b for b in hours if b in self.hours]
+        if late and sum(len(self.buckets[b]) for b in late) < late_min:
+            hours = [b for b in hours if b not in late]
+            if not hours:
+                return
+        ids: list[int] = []
+        fps: list[int] = []
+        hrs: list[int] = []
+        for b in hours:
+            bucket = self.buckets.pop(b)
+            ids.extend(bucket)
+            fps.extend(self.seen.pop(h) for h in bucket)
+            hrs.extend([b // _BUCKET_MS] * len(bucket))
+            self.hours.add(b)
+        new_ids = np.array(ids, dtype=np.uint64)
+        order = np.argsort(new_ids)
+        new_ids = new_ids[order]
+        at = np.searchsorted(self.sealed_ids, new_ids)  # a merge: O(n) copies, no sort of what is sealed
+        self.sealed_ids = np.insert(self.sealed_ids, at, new_ids)
+        self.sealed_fps = np.insert(self.sealed_fps, at, np.array(fps, dtype=np.uint64)[order])
+        self.sealed_hours = np.insert(self.sealed_hours, at, np.array(hrs, dtype=np.int32)[order])
+
+    def forget(self, edge_ms: int) -> None:
+        """Forget the ids of the hours ending at or before `edge_ms`."""
+        for bucket in [b for b in self.buckets if b + _BUCKET_MS <= edge_ms]:
+            for h in self.buckets.pop(bucket):
+                self.seen.pop(h, None)
+        gone = {b for b in self.hours if b + _BUCKET_MS <= edge_ms}
+        if gone:
+            self.hours -= gone
+            keep = (self.sealed_hours.astype(np.int64) + 1) * _BUCKET_MS > edge_ms
+            self.sealed_ids = self.sealed_ids[keep]
+            self.sealed_fps = self.sealed_fps[keep]
+            self.sealed_hours = self.sealed_hours[keep]
 
 
 class _SeenLogic(StatefulBatchLogic[list[Event], list[Event] | list[DeadLetter], _SeenState]):
@@ -71,13 +145,15 @@ class _SeenLogic(StatefulBatchLogic[list[Event], list[Event] | list[DeadLetter],
     def on_batch(self, values: list[list[Event]]) -> tuple[Iterable[list[Event] | list[DeadLetter]], bool]:
         """First deliveries and changed re-deliveries, as one list each (fewer items downstream)."""
         s = self._s
+        events = list(itertools.chain.from_iterable(values))
+        hashes = [entry_hash(e.event_id) for e in events]
+        sealed = s.sealed_fingerprints(hashes)
         out: list[Event] = []
         changed: list[DeadLetter] = []
         same = 0
-        for e in itertools.chain.from_iterable(values):
-            h = entry_hash(e.event_id)
+        for e, h, sealed_fp in zip(events, hashes, sealed, strict=True):
             fp = fingerprint(e)
-            first = s.seen.get(h)
+            first = s.seen.get(h) if sealed_fp is None else sealed_fp
             if first is None:
                 s.seen[h] = fp
                 bucket = e.ts_ms - e.ts_ms % _BUCKET_MS
@@ -95,19 +171,21 @@ class _SeenLogic(StatefulBatchLogic[list[Event], list[Event] | list[DeadLetter],
                 changed.append(_changed(e, first, fp))
         if same:
             metrics.REDELIVERIES.labels("same").inc(same)
-        self._forget()
+        s.forget(s.newest_ms - self._horizon)
+        s.seal(s.newest_ms - _SEAL_AFTER_MS, late_min=_SEAL_LATE)
         return [x for x in (out, changed) if x], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> _SeenState:
         s = self._s
-        return _SeenState(s.newest_ms, dict(s.seen), {b: list(ids) for b, ids in s.buckets.items()})
-
-    def _forget(self) -> None:
-        s = self._s
-        edge = s.newest_ms - self._horizon
-        for bucket in [b for b in s.buckets if b + _BUCKET_MS <= edge]:
-            for h in s.buckets.pop(bucket):
-                s.seen.pop(h, None)
+        return _SeenState(
+            s.newest_ms,
+            dict(s.seen),
+            {b: list(ids) for b, ids in s.buckets.items()},
+            s.sealed_ids,
+            s.sealed_fps,
+            s.sealed_hours,
+            set(s.hours),
+        )
 
 
 def _changed(e: Event, first: int, fp: int) -> DeadLetter:
