@@ -65,6 +65,10 @@ class _Counts:
     prompts: dict[int, int] = field(default_factory=dict)
     users: dict[str, int] = field(default_factory=dict)
 
+    def copy(self) -> _Counts:
+        """An independent copy, for snapshots (the counts are ints)."""
+        return _Counts(self.requests, dict(self.prompts), dict(self.users))
+
 
 def prompt_hash(text: str, normalize: Callable[[str], str]) -> int:
     """The 64-bit hash two requests share when they send the same prompt."""
@@ -154,4 +158,5 @@ def abuse_window(
         rows=rows,
         idle_s=0.0,
         clock=clock,
+        copy=_Counts.copy,
     )

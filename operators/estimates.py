@@ -280,8 +280,14 @@ class _Acc:
     verdicts: dict[_VerdictKey, _Verdict] = field(default_factory=dict)
     strata: dict[_StratumKey, tuple[int, dict[str, int]]] = field(default_factory=dict)
 
+    def copy(self) -> _Acc:
+        """An independent copy, for snapshots: `_fold` replaces the values of both dicts and
+        never changes one in place, so copying the dicts is enough."""
+        return _Acc(dict(self.verdicts), dict(self.strata))
+
 
 def _fold(acc: _Acc, v: Evaluation | StratumCount, sample_window_ms: int) -> None:
+    # values are replaced, never changed in place: `_Acc.copy` relies on it
     if isinstance(v, StratumCount):
         k = (v.window_start_ms, v.stratum, v.inclusion_prob)
         events, cheap = acc.strata.get(k, (0, {}))
@@ -422,4 +428,5 @@ def quality_estimates(
         fold=lambda acc, v: _fold(acc, v, sample_window_ms),
         rows=rows,
         clock=clock or time.time,
+        copy=_Acc.copy,
     )

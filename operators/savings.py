@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import bytewax.operators as op
+import msgspec
 from bytewax.dataflow import Stream, operator
 
 from core import metrics
@@ -122,6 +123,12 @@ class _Acc:
     entry: SavingsEntry | None = None
     exported: dict[str, tuple[int, int]] = field(default_factory=dict)
 
+    def copy(self) -> _Acc:
+        """An independent copy, for snapshots (the entry's fields and the exported pairs are
+        immutable)."""
+        entry = msgspec.structs.replace(self.entry) if self.entry is not None else None
+        return _Acc(entry, dict(self.exported))
+
 
 def savings_row(start: int, window_ms: int, x: SavingsEntry, reference: str, version: int) -> JudgeSavings:
     per_call = x.baseline_pusd // x.baseline_calls if x.baseline_calls else 0
@@ -167,6 +174,12 @@ def _export(acc: _Acc, row: JudgeSavings) -> None:
         acc.exported[what] = (max(calls, was_calls), max(pusd, was_pusd))
 
 
+def fold(acc: _Acc, x: SavingsEntry) -> None:
+    if acc.entry is None:
+        acc.entry = SavingsEntry(tenant_id=x.tenant_id, ts_ms=x.ts_ms)
+    acc.entry.add(x)
+
+
 def combine(entries: Iterable[SavingsEntry], size_ms: int) -> list[SavingsEntry]:
     """Sum a batch's entries per (tenant, window) before they cross workers."""
     acc: dict[tuple[str, int], SavingsEntry] = {}
@@ -209,11 +222,6 @@ def judge_savings(
     )
     combined = op.flat_map_batch("combine", entries, lambda xs: combine(xs, size_ms))
 
-    def fold(acc: _Acc, x: SavingsEntry) -> None:
-        if acc.entry is None:
-            acc.entry = SavingsEntry(tenant_id=x.tenant_id, ts_ms=x.ts_ms)
-        acc.entry.add(x)
-
     def rows(_key: str, start: int, acc: _Acc, version: int) -> list[JudgeSavings]:
         assert acc.entry is not None
         row = savings_row(start, size_ms, acc.entry, reference, version)
@@ -231,6 +239,7 @@ def judge_savings(
         fold=fold,
         rows=rows,
         clock=clock or time.time,
+        copy=_Acc.copy,
     )
 
 

@@ -19,13 +19,18 @@ Records for a window already forgotten are counted
 (`judgeflow_late_records_dropped_total{step}`) and dropped: these windows hold
 statistics, and the exact judge spend is in the cost windows anyway. A window
 first seen after its end (a replay's first record for it) simply opens.
+
+Memory: a key remembers which windows are final for a day of event time behind
+its watermark, as one bit per window (`FinalWindows`: ~200 bytes for a day of
+minutes, where a set of starts took ~60-70 bytes a window). A snapshot copies
+the containers and each open window's accumulator with the spec's `copy`.
 """
 
 from __future__ import annotations
 
-import copy
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from copy import deepcopy
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
@@ -45,8 +50,79 @@ R = TypeVar("R")
 _FORGOTTEN_HORIZON_MS = 86_400_000  # how long a final window is remembered as final
 
 
+class FinalWindows:
+    """The starts of a key's final windows, as the bits of one int: bit i is the window
+    `base + i * size_ms`, and `base` is the oldest one remembered. So memory is one bit per
+    window between the oldest and the newest, not an entry per window."""
+
+    __slots__ = ("base", "bits", "size_ms")
+
+    def __init__(self, size_ms: int, base: int = 0, bits: int = 0) -> None:
+        self.size_ms = size_ms
+        self.base = base
+        self.bits = bits
+
+    def __contains__(self, start: int) -> bool:
+        i, off = divmod(start - self.base, self.size_ms)
+        return i >= 0 and not off and (self.bits >> i) & 1 == 1
+
+    def add(self, start: int) -> None:
+        """Remember the window starting at `start` (a multiple of `size_ms`) as final."""
+        if not self.bits:
+            self.base, self.bits = start, 1
+            return
+        i, off = divmod(start - self.base, self.size_ms)
+        if off:
+            msg = f"tumbling: window start {start} is not on the {self.size_ms} ms grid of {self.base}"
+            raise ValueError(msg)
+        if i < 0:  # older than the oldest: rebase
+            self.bits <<= -i
+            self.base, i = start, 0
+        self.bits |= 1 << i
+
+    def forget_before(self, ts_ms: int) -> None:
+        """Forget the windows that start before `ts_ms`."""
+        if not self.bits or ts_ms <= self.base:
+            return
+        gone = -((self.base - ts_ms) // self.size_ms)  # the windows base, base + size, ... < ts_ms
+        bits = self.bits >> gone
+        if not bits:
+            self.bits = 0
+            return
+        skip = (bits & -bits).bit_length() - 1  # keep `base` at the oldest one remembered
+        self.bits = bits >> skip
+        self.base += (gone + skip) * self.size_ms
+
+    def __iter__(self) -> Iterator[int]:
+        bits, start = self.bits, self.base
+        while bits:
+            if bits & 1:
+                yield start
+            bits >>= 1
+            start += self.size_ms
+
+    def __len__(self) -> int:
+        return self.bits.bit_count()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FinalWindows):
+            return NotImplemented
+        return (self.size_ms, self.bits, self.base if self.bits else 0) == (
+            other.size_ms,
+            other.bits,
+            other.base if other.bits else 0,
+        )
+
+    def __repr__(self) -> str:
+        return f"FinalWindows({self.size_ms}, {list(self)})"
+
+    def copy(self) -> FinalWindows:
+        return FinalWindows(self.size_ms, self.base, self.bits)
+
+
 @dataclass
 class _TumblingState(Generic[A]):
+    final: FinalWindows
     key: str = ""
     max_ts_ms: int = -1
     seen_at_s: float = 0.0
@@ -54,7 +130,6 @@ class _TumblingState(Generic[A]):
     arrived_s: dict[int, float] = field(default_factory=dict)  # window -> wall time of its last record
     emitted: set[int] = field(default_factory=set)
     dirty: set[int] = field(default_factory=set)
-    final: set[int] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -69,17 +144,27 @@ class _Spec(Generic[X, A, R]):
     fold: Callable[[A, X], None]
     rows: Callable[[str, int, A, int], list[R]]
     clock: Callable[[], float]
+    copy: Callable[[A], A] = deepcopy  # one accumulator, for snapshots: later folds must not reach it
 
 
 class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
     def __init__(self, spec: _Spec[X, A, R], resume: _TumblingState[A] | None) -> None:
         self._spec = spec
-        self._s: _TumblingState[A] = resume if resume is not None else _TumblingState()
-        if resume is not None:
-            # the downtime is not event-time progress: windows wait for their re-read records
-            now = spec.clock()
-            resume.seen_at_s = now
-            resume.arrived_s = dict.fromkeys(resume.arrived_s, now)
+        if resume is None:
+            self._s: _TumblingState[A] = _TumblingState(FinalWindows(spec.size_ms))
+            return
+        self._s = resume
+        final = resume.final
+        if not isinstance(final, FinalWindows) or final.size_ms != spec.size_ms:
+            # a snapshot of the set of starts this used to be, or of another window size
+            resume.final = FinalWindows(spec.size_ms)
+            for start in sorted(final):
+                if start % spec.size_ms == 0:
+                    resume.final.add(start)
+        # the downtime is not event-time progress: windows wait for their re-read records
+        now = spec.clock()
+        resume.seen_at_s = now
+        resume.arrived_s = dict.fromkeys(resume.arrived_s, now)
 
     def on_batch(self, values: list[X]) -> tuple[Iterable[R], bool]:
         s, spec = self._s, self._spec
@@ -134,7 +219,17 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
         return datetime.fromtimestamp(event_time.wake_at(min(due), self._spec.clock()), tz=UTC)
 
     def snapshot(self) -> _TumblingState[A]:
-        return copy.deepcopy(self._s)
+        s, copy = self._s, self._spec.copy
+        return _TumblingState(
+            final=s.final.copy(),
+            key=s.key,
+            max_ts_ms=s.max_ts_ms,
+            seen_at_s=s.seen_at_s,
+            open={start: copy(acc) for start, acc in s.open.items()},
+            arrived_s=dict(s.arrived_s),
+            emitted=set(s.emitted),
+            dirty=set(s.dirty),
+        )
 
     def _wall_when(self, ts_ms: int) -> float:
         """The wall time at which the watermark reaches `ts_ms`."""
@@ -144,6 +239,7 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
     def _advance(self, now: float) -> list[R]:
         s, spec = self._s, self._spec
         wm = s.max_ts_ms + int(event_time.elapsed_s(s.seen_at_s, now) * 1000)
+        horizon = wm - _FORGOTTEN_HORIZON_MS
         out: list[R] = []
         for start in sorted(s.open):
             end = start + spec.size_ms
@@ -156,9 +252,9 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
             if end + spec.lateness_ms <= wm and event_time.idle(s.arrived_s[start], now, spec.idle_s):
                 del s.open[start], s.arrived_s[start]
                 s.emitted.discard(start)
-                s.final.add(start)
-        if len(s.final) > 2 * 1440:
-            s.final = {f for f in s.final if f >= wm - _FORGOTTEN_HORIZON_MS}
+                if start >= horizon:  # an older one would be forgotten at once
+                    s.final.add(start)
+        s.final.forget_before(horizon)
         return out
 
     def _rows(self, start: int) -> list[R]:
@@ -179,9 +275,14 @@ def tumbling(
     rows: Callable[[str, int, A, int], list[R]],
     idle_s: float = 300.0,
     clock: Callable[[], float] = time.time,
+    copy: Callable[[A], A] = deepcopy,
 ) -> Stream[R]:
     """Per `key_of(record)`: fold records into windows, emit `rows(key, window_start_ms,
-    acc, version)` when a window closes or changes (see the module docstring)."""
+    acc, version)` when a window closes or changes (see the module docstring).
+
+    Args:
+        copy: an independent copy of one accumulator, for snapshots (default `deepcopy`).
+    """
     spec = _Spec(
         stage_of(step_id),
         key_of,
@@ -193,6 +294,7 @@ def tumbling(
         fold,
         rows,
         clock,
+        copy,
     )
     keyed = op.key_on("key", up, key_of)
     out = op.stateful_batch("windows", keyed, lambda resume: _TumblingLogic(spec, resume))

@@ -29,6 +29,7 @@ SMALL = {
     "soak.py": ["--events", "3000", "--keys", "1000", "--hours", "2"],
     "spend_metrics.py": ["--events", "2000", "--repeat", "1"],
     "throughput.py": ["--events", "2000", "--repeat", "1", "--sinks"],
+    "tumbling_state.py": ["--number", "20", "--repeat", "1", "--days", "1"],
 }
 
 
