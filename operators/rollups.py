@@ -21,7 +21,7 @@ from core.records import CostWindow, LedgerEntry
 from operators.windows import SEP, key_of, window_row
 
 
-@dataclass
+@dataclass(slots=True)
 class _RollupState:
     newest_end_ms: int = -1  # newest minute-window end seen: this key's event-time progress
     minutes: dict[int, CostWindow] = field(default_factory=dict)  # newest row of revisable minutes

@@ -150,18 +150,32 @@ def combine(entries: Iterable[LedgerEntry], size_ms: int, keep_alone_before_ms: 
     return [*acc.values(), *alone]
 
 
-@dataclass
+@dataclass(slots=True)
+class _Open:
+    """An open window: its sums, and where its row stands."""
+
+    sums: LedgerEntry
+    emitted: bool = False  # its row is out
+    dirty: bool = False  # changed since its row went out
+    fresh: bool = False  # changed since its last provisional row
+
+
+def _copy(w: _Open) -> _Open:
+    return _Open(msgspec.structs.replace(w.sums), w.emitted, w.dirty, w.fresh)
+
+
+@dataclass(slots=True)
 class _WindowState:
     key: tuple[str, str, str, str] = ("", "", "", "")
     max_ts_ms: int = -1
     seen_at_s: float = 0.0
-    open: dict[int, LedgerEntry] = field(default_factory=dict)
-    emitted: set[int] = field(default_factory=set)
-    dirty: set[int] = field(default_factory=set)
-    fresh: set[int] = field(default_factory=set)  # open windows changed since their last provisional row
+    open: dict[int, _Open] = field(default_factory=dict)
 
 
 class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
+    # one per key ever seen: no instance dict
+    __slots__ = ("_category", "_clock", "_lateness", "_provisional_at", "_provisional_s", "_s", "_size")
+
     def __init__(
         self,
         size_ms: int,
@@ -181,7 +195,8 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         if resume is not None:
             # rows written after this snapshot by the run that crashed must be
             # superseded by the restored state: re-emit every emitted window
-            resume.dirty |= resume.emitted
+            for w in resume.open.values():
+                w.dirty = w.dirty or w.emitted
             # and the downtime is not event-time progress
             resume.seen_at_s = clock()
 
@@ -208,12 +223,12 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
                 if start + self._size + self._lateness <= wm:
                     out.append(self._correction(x, start))
                     continue
-                window = s.open[start] = LedgerEntry(*s.key, start)
-            window.add(x)
-            if start in s.emitted:
-                s.dirty.add(start)
+                window = s.open[start] = _Open(LedgerEntry(*s.key, start))
+            window.sums.add(x)
+            if window.emitted:
+                window.dirty = True
             elif self._provisional_s:
-                s.fresh.add(start)
+                window.fresh = True
         out.extend(self._advance(wm))
         out.extend(self._provisional())
         return out, StatefulBatchLogic.RETAIN
@@ -226,12 +241,9 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
     def on_eof(self) -> tuple[Iterable[CostWindow], bool]:
         # end of a bounded run: report every window as it stands, keep the state
         s = self._s
-        out = [
-            self._row(w) for start, w in sorted(s.open.items()) if start not in s.emitted or start in s.dirty
-        ]
-        s.emitted.update(s.open)
-        s.dirty.clear()
-        s.fresh.clear()
+        out = [self._row(w.sums) for _, w in sorted(s.open.items()) if not w.emitted or w.dirty]
+        for w in s.open.values():
+            w.emitted, w.dirty, w.fresh = True, False, False
         return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -239,16 +251,12 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         if not s.open:
             return None
         due = []
-        for start in s.open:
-            edge = (
-                start + self._size
-                if start not in s.emitted or start in s.dirty
-                else start + self._size + self._lateness
-            )
+        for start, w in s.open.items():
+            edge = start + self._size if not w.emitted or w.dirty else start + self._size + self._lateness
             due.append(edge)
         wait_s = (min(due) - s.max_ts_ms) / 1000
         at = event_time.wake_at(s.seen_at_s + max(wait_s, 0.0), self._clock())
-        if s.fresh:  # provisional rows are due on the wall clock, whatever event time does
+        if any(w.fresh for w in s.open.values()):  # provisional rows are due on the wall clock
             at = min(at, self._provisional_at)
         return datetime.fromtimestamp(at, tz=UTC)
 
@@ -258,10 +266,7 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
             key=s.key,
             max_ts_ms=s.max_ts_ms,
             seen_at_s=s.seen_at_s,
-            open={k: msgspec.structs.replace(v) for k, v in s.open.items()},
-            emitted=set(s.emitted),
-            dirty=set(s.dirty),
-            fresh=set(s.fresh),
+            open={k: _copy(w) for k, w in s.open.items()},
         )
 
     def _advance(self, wm: int) -> list[CostWindow]:
@@ -271,29 +276,31 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
             end = start + self._size
             if end > wm:
                 break
-            if start not in s.emitted or start in s.dirty:
-                out.append(self._row(s.open[start]))
-                s.emitted.add(start)
-                s.dirty.discard(start)
-                s.fresh.discard(start)
+            w = s.open[start]
+            if not w.emitted or w.dirty:
+                out.append(self._row(w.sums))
+                w.emitted, w.dirty, w.fresh = True, False, False
             if end + self._lateness <= wm:
                 del s.open[start]
-                s.emitted.discard(start)
+        if not s.open:
+            s.open = {}  # a dict keeps its table when emptied: ~100 bytes per key that went quiet
         return out
 
     def _provisional(self) -> list[CostWindow]:
         """Every `provisional_s` of wall time: the open windows that changed, as they stand
         (never a closed window: its final row, with a higher version, is already out)."""
-        s = self._s
-        if not s.fresh:
+        if not self._provisional_s:
             return []
         now = self._clock()
         if now < self._provisional_at:
             return []
+        fresh = [w for _, w in sorted(self._s.open.items()) if w.fresh]
+        if not fresh:
+            return []
         self._provisional_at = now + self._provisional_s
-        out = [self._row(s.open[start], provisional=True) for start in sorted(s.fresh)]
-        s.fresh.clear()
-        return out
+        for w in fresh:
+            w.fresh = False
+        return [self._row(w.sums, provisional=True) for w in fresh]
 
     def _row(
         self, w: LedgerEntry, kind: str = "window", correction_id: str = "", provisional: bool = False
