@@ -63,22 +63,23 @@ class FinalWindows:
         self.bits = bits
 
     def __contains__(self, start: int) -> bool:
-        i, off = divmod(start - self.base, self.size_ms)
-        return i >= 0 and not off and (self.bits >> i) & 1 == 1
+        d = start - self.base
+        return d >= 0 and not d % self.size_ms and (self.bits >> (d // self.size_ms)) & 1 == 1
 
     def add(self, start: int) -> None:
         """Remember the window starting at `start` (a multiple of `size_ms`) as final."""
         if not self.bits:
             self.base, self.bits = start, 1
             return
-        i, off = divmod(start - self.base, self.size_ms)
-        if off:
+        d = start - self.base
+        if d % self.size_ms:
             msg = f"tumbling: window start {start} is not on the {self.size_ms} ms grid of {self.base}"
             raise ValueError(msg)
-        if i < 0:  # older than the oldest: rebase
-            self.bits <<= -i
-            self.base, i = start, 0
-        self.bits |= 1 << i
+        if d < 0:  # older than the oldest: rebase
+            self.bits = (self.bits << (-d // self.size_ms)) | 1
+            self.base = start
+        else:
+            self.bits |= 1 << (d // self.size_ms)
 
     def forget_before(self, ts_ms: int) -> None:
         """Forget the windows that start before `ts_ms`."""
@@ -178,11 +179,11 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
         for x in values:
             ts = spec.ts_of(x)
             start = ts - ts % spec.size_ms
-            if start in s.final:
-                dropped += 1
-                continue
             acc = s.open.get(start)
             if acc is None:
+                if start in s.final:  # (an open window is never final)
+                    dropped += 1
+                    continue
                 acc = s.open[start] = spec.new()
             spec.fold(acc, x)
             s.arrived_s[start] = now
