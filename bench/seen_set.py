@@ -95,11 +95,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     args = ap.parse_args()
     print(f"{args.events:,} first deliveries over {args.hours:g} h of event time, batches of {args.batch}")
-    head = ("form", "events", "ids held", "bytes/id", "snapshot MB", "CPU µs/event")
-    print("{:<14} {:>10} {:>10} {:>9} {:>12} {:>13}".format(*head))
+    print("| form | events | ids held | bytes/id | snapshot MB | CPU µs/event |")
+    print("|---|---|---|---|---|---|")
     for kind in ("plain dict", "sealed"):
         for done, ids, per_id, size, us in run(kind, args.events, args.hours, args.batch):
-            print(f"{kind:<14} {done:>10,} {ids:>10,} {per_id:>9.0f} {size / 1e6:>12.1f} {us:>13.2f}")
+            print(f"| {kind} | {done:,} | {ids:,} | {per_id:.0f} | {size / 1e6:.1f} | {us:.2f} |")
 
 
 if __name__ == "__main__":

@@ -386,15 +386,18 @@ def _count(events: list[Event]) -> None:
             groups[key] = [e]
         else:
             group.append(e)
+    series: dict[tuple[str, str, str], list[int]] = {}  # per capped label set: with many keys, few series
     per_tenant: dict[str, list[int]] = {}
     per_model: dict[tuple[str, str], list[int]] = {}
     latency: dict[str, list[float]] = {}
     for (tenant, agent, model), group in groups.items():
         n = len(group)
         pico = sum([e.cost_pusd for e in group])
-        t, a, m = metrics.llm_labels(tenant, agent, model)
-        metrics.LLM_REQUESTS.labels(t, a, m).inc(n)
-        metrics.LLM_COST.labels(t, a, m).inc(pico / PICO_PER_USD)
+        labels = metrics.llm_labels(tenant, agent, model)
+        acc = series.setdefault(labels, [0, 0])
+        acc[0] += n
+        acc[1] += pico
+        t = labels[0]
         acc = per_tenant.setdefault(t, [0, 0])
         acc[0] += n
         acc[1] += pico
@@ -404,6 +407,9 @@ def _count(events: list[Event]) -> None:
         tokens[1] += sum([e.output_tokens for e in group])
         tokens[2] += sum([e.cache_read_tokens for e in group])
         latency.setdefault(model_label, []).extend([e.latency_ms for e in group if e.latency_ms is not None])
+    for (t, a, m), (n, pico) in series.items():
+        metrics.LLM_REQUESTS.labels(t, a, m).inc(n)
+        metrics.LLM_COST.labels(t, a, m).inc(pico / PICO_PER_USD)
     for tenant, (n, pico) in per_tenant.items():
         metrics.REQUESTS.labels(tenant).inc(n)
         # Prometheus counters are floats: the exact ledger is in ClickHouse
