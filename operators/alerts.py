@@ -117,8 +117,10 @@ _Out = Alert | OverrideAction | AlertProgress
 _In = CostWindow | ExpensiveSlot | AbuseWindow
 
 
-class _AlertLogic(StatefulBatchLogic[_In, _Out, _AlertState]):
-    def __init__(self, policy: AlertPolicy, clock: Callable[[], float], resume: _AlertState | None) -> None:
+class _AlertLogic(StatefulBatchLogic[_In, _Out, bytes]):
+    def __init__(self, policy: AlertPolicy, clock: Callable[[], float], snapshot: bytes | None) -> None:
+        # the state as `snapshot` pickled it (this step's own recovery state)
+        resume: _AlertState | None = None if snapshot is None else pickle.loads(snapshot)  # noqa: S301
         self._policy = policy
         self._slot = policy.slot_ms
         self._revisable = policy.revisable_ms
@@ -200,9 +202,10 @@ class _AlertLogic(StatefulBatchLogic[_In, _Out, _AlertState]):
             at = max(at, latest + self._policy.settle_s)
         return datetime.fromtimestamp(event_time.wake_at(at, self._clock()), tz=UTC)
 
-    def snapshot(self) -> _AlertState:
-        # an independent copy (bytewax pickles it later); a pickle round trip is ~4x copy.deepcopy
-        return pickle.loads(pickle.dumps(self._s, protocol=pickle.HIGHEST_PROTOCOL))  # noqa: S301
+    def snapshot(self) -> bytes:
+        # an independent copy (bytewax serializes it later): the state pickled, which no later batch
+        # can change; ~4x faster than copy.deepcopy, and half a pickle round trip
+        return pickle.dumps(self._s, protocol=pickle.HIGHEST_PROTOCOL)
 
     def _evaluate_until(self, horizon_ms: int, now: float | None) -> list[Alert | OverrideAction]:
         """Evaluate every window end up to `horizon_ms` that has settled by wall time `now`
