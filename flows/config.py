@@ -210,6 +210,8 @@ class LocalModelsConfig(_Section):
     # a local score in [unsure_low, unsure_high) goes on to the tier-1 LLM; elsewhere it is final
     unsure_low: float = Field(0.2, ge=0.0, le=1.0)
     unsure_high: float = Field(0.8, ge=0.0, le=1.0)
+    # the sample stage scores every event: `<metric>.local` flags, and the estimates' cheap signal
+    score_every_event: bool = False
 
     @model_validator(mode="after")
     def _valid(self) -> LocalModelsConfig:

@@ -245,6 +245,8 @@ def build_local(settings: Settings) -> LocalJudge | None:
     cfg = j.local
     models = {m: name for m, name in cfg.models.items() if 1 in j.metrics.get(m, ())}
     if not (j.enabled and cfg.enabled and models):
+        if cfg.score_every_event:
+            log.warning("judges.local.score_every_event is on, but the local tier is off: no local flags")
         return None
     local = load_local_models(models, flag_at=cfg.flag_at)
     if local is None:

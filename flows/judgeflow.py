@@ -126,6 +126,7 @@ def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps |
         baseline=d.baseline,
         alerts=spend_alerts.progress if d.alert_policy.actions else None,
         metrics_=tuple(d.plan.metrics),  # those with tier-0 rules: flags counted on every event
+        local=d.local if cfg.judges.local.score_every_event else None,  # `<metric>.local` flags
     )
     judged = judge(
         "judge",

@@ -118,8 +118,14 @@ class LocalJudge:
     def judge_many(self, metric: str, items: Sequence[JudgeItem]) -> list[Verdict]:
         """Verdicts for `metric` on the items' responses, scored in one batch."""
         model = self.models[metric]
-        scores = model.scores([i.output_text for i in items])
-        return [self._verdict(model, s) for s in scores]
+        return [self._verdict(model, s) for s in self._scores(metric, items)]
+
+    def flagged_many(self, metric: str, items: Sequence[JudgeItem]) -> list[bool]:
+        """Whether `judge_many` would label each item `flagged` (the same text, one batch)."""
+        return [s >= self.flag_at for s in self._scores(metric, items)]
+
+    def _scores(self, metric: str, items: Sequence[JudgeItem]) -> list[float]:
+        return self.models[metric].scores([i.output_text for i in items])  # the response is judged
 
     def _verdict(self, model: LocalModel, score: float) -> Verdict:
         label = FLAGGED if score >= self.flag_at else OK

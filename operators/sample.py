@@ -119,12 +119,13 @@ from bytewax.operators import KeyedStream, StatefulBatchLogic
 from core import metrics
 from core.dead_letters import guarded
 from core.ports import ControlStore, Override
-from core.records import DeadLetter, Event, SavingsEntry, Verdict
-from judges.base import FLAGGED as FLAGGED_LABEL
+from core.records import DeadLetter, Event, SavingsEntry
 from judges.base import JudgeItem, RuleJudge
+from judges.local import LocalJudge
 from operators import event_time
 from operators.alerts import AlertProgress
 from operators.dedup import Candidate
+from operators.local_flags import LocalFlags, cheap_flagged, cheap_metrics
 from operators.sample_design import (
     CAP,
     FLAGGED,
@@ -158,12 +159,6 @@ class _Part:
     late: bool = False  # events their partition released after the window's end plus lateness
 
 
-def cheap_metrics(rules: RuleJudge, metrics_: Iterable[str]) -> tuple[str, ...]:
-    """The metrics (of `metrics_`) a tier-0 rule covers: their rule verdict is a cheap
-    signal on every event."""
-    return tuple(sorted(m for m in set(metrics_) if rules.verdict(m, ()) is not None))
-
-
 def tally_batch(
     cands: Sequence[Candidate],
     *,
@@ -171,22 +166,25 @@ def tally_batch(
     rules: RuleJudge,
     baseline: Callable[[Event], tuple[int, int]],
     cheap: Sequence[str] = (),
+    local: LocalFlags | None = None,
 ) -> list[_Part]:
     """Flag and stratify a batch (each candidate gets its event with `flags`, its `stratum` and
-    `cheap`) and tally it per (tenant, window): counts per stratum (with the tier-0 verdicts of the
+    `cheap`) and tally it per (tenant, window): counts per stratum (with the cheap signal of the
     `cheap` metrics), and only the candidates any outcome may choose; the savings of the
-    others are counted here."""
+    others are counted here. `local`: the local models add their flags (`operators.local_flags`)."""
     size_ms = sampler.window_s * 1000
     closes_ms = size_ms + int(sampler.allowed_lateness_s * 1000)
     parts: dict[tuple[str, int, bool], _Part] = {}
-    for c in cands:
+    scored = local.flags([c.event for c in cands]) if local is not None else None
+    for i, c in enumerate(cands):
         e = c.event
-        flags = tuple(sorted(rules.flags(JudgeItem(e.input_text, e.output_text, e.context))))
+        found = rules.flags(JudgeItem(e.input_text, e.output_text, e.context))
+        flags = tuple(sorted(found.union(scored[i]) if scored else found))
         c.event = e = msgspec.structs.replace(e, flags=flags)  # the cost branch keeps its own value
         a = sampler.assign(e, e.flags)
         c.stratum = a.stratum
         if cheap:
-            c.cheap = tuple(m for m in cheap if _flagged(rules.verdict(m, e.flags)))
+            c.cheap = tuple(m for m in cheap if cheap_flagged(m, e.flags, rules, local))
         window = e.ts_ms - e.ts_ms % size_ms
         after = e.source.after_ms if e.source is not None else None
         late = after is not None and window + closes_ms <= after  # its partition was past the window
@@ -223,10 +221,6 @@ def tally_batch(
                 part.savings.sampling_calls += h.calls
                 part.savings.sampling_pusd += h.cost_pusd
     return list(parts.values())
-
-
-def _flagged(v: Verdict | None) -> bool:
-    return v is not None and v.label == FLAGGED_LABEL
 
 
 @dataclass
@@ -497,6 +491,7 @@ def sample(
     baseline: Callable[[Event], tuple[int, int]],
     alerts: Stream[AlertProgress] | None = None,
     metrics_: Sequence[str] = (),
+    local: LocalJudge | None = None,
     clock: Callable[[], float] = time.time,
 ) -> SampleOut:
     """Flag, stratify and choose events to judge (see the module docstring).
@@ -510,13 +505,18 @@ def sample(
             override they set for it.
         metrics_: the judged metrics; those a tier-0 rule covers get their rule verdict
             counted on every event (`StratumCount.cheap`) and marked on each candidate.
+        local: the local model tier, to score every event with (`operators.local_flags`: the
+            `<metric>.local` flags, and the cheap signal of the metrics it scores); None: off.
     """
-    cheap = cheap_metrics(rules, metrics_)
+    scoring = LocalFlags(local) if local is not None else None
+    cheap = cheap_metrics(rules, metrics_, scoring)
     stage = stage_of(step_id)  # what its dead letters name
 
     def assign_batch(cands: list[Candidate]) -> Iterable[Candidate | _Part | DeadLetter]:
         def tally(cs: list[Candidate]) -> list[_Part]:
-            return tally_batch(cs, sampler=sampler, rules=rules, baseline=baseline, cheap=cheap)
+            return tally_batch(
+                cs, sampler=sampler, rules=rules, baseline=baseline, cheap=cheap, local=scoring
+            )
 
         # an event that makes the tally raise (a bug) is stored, never judged, and a dead letter
         tallied, dead = guarded(stage, tally, cands)
