@@ -13,6 +13,9 @@ Populations (see /work/shared/data/PROVENANCE.tsv):
   pii rules force their flags into the certainty stratum, the rest are rare in the others.
 - HaluEval QA (RUCAIBox/HaluEval, MIT): hallucination, every other answer hallucinated (as in
   simulators/traffic.py), long contexts: the longest half of the conversations is always judged.
+- Toxicity (`toxicity()`, not in SHAPES: it needs the local model for its point): the 139
+  hand-labelled RealToxicityPrompts texts of bench/data (31 toxic) among the 1,250 XSTest
+  completions to safe prompts (assumed not toxic, as bench/local_model.py does).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import cache
+from pathlib import Path
 
 from core.records import Event
 from judges.base import JudgeItem
@@ -37,6 +41,7 @@ from operators.estimates import (
     ppi_estimate,
     stratified_estimate,
 )
+from operators.local_flags import LocalFlags
 from operators.price import override_rates
 from operators.sample import _SampleLogic, cheap_metrics, tally_batch
 from operators.sample_design import Sampler, StratumCount
@@ -170,6 +175,26 @@ def halueval(spacing_ms: int = 200) -> Shape:
     return Shape("halueval, long contexts", "hallucination", out, {"always_over_tokens": median})
 
 
+def toxicity(spacing_ms: int = 150) -> Shape:
+    """Toxic responses, rare: hand-labelled RealToxicityPrompts texts spread among XSTest answers."""
+    with (Path(__file__).resolve().parent / "data" / "toxicity_rtp_handlabeled.jsonl").open() as f:
+        toxic = [(r["text"], r["toxic"]) for r in map(json.loads, f)]
+    safe = [(r["completion"], False) for r in _xstest_rows() if not r["type"].startswith("contrast")]
+    every = len(safe) // len(toxic)  # one toxic text before every `every` safe answers
+    texts: list[tuple[str, bool]] = []
+    for i, answer in enumerate(safe):
+        if i % every == 0 and i // every < len(toxic):
+            texts.append(toxic[i // every])
+        texts.append(answer)
+    out = []
+    for i, (text, y) in enumerate(texts):
+        e = event(
+            f"t{i}", T0 + spacing_ms * i, "chat", "gpt-4o-mini", input_text="Continue.", output_text=text
+        )
+        out.append((e, y))
+    return Shape("toxicity (rtp among xstest)", "toxicity", out)
+
+
 SHAPES: dict[str, Callable[[], Shape]] = {
     "xstest": xstest,
     "presidio": presidio,
@@ -187,15 +212,18 @@ class Domain:
     design: DesignSums
 
 
-def sample_domains(shape: Shape, sampler: Sampler, *, batch: int = 500) -> tuple[list[Domain], list[Domain]]:
-    """Sample the shape once; the per-window and per-period domains (per agent) it gives."""
+def sample_domains(
+    shape: Shape, sampler: Sampler, *, batch: int = 500, local: LocalFlags | None = None
+) -> tuple[list[Domain], list[Domain]]:
+    """Sample the shape once; the per-window and per-period domains (per agent) it gives.
+    `local`: the local models score every event (their flags and cheap signal)."""
     label = {e.event_id: y for e, y in shape.events}
-    cheap = cheap_metrics(RULES, [shape.metric])
+    cheap = cheap_metrics(RULES, [shape.metric], local)
     logic = _SampleLogic(sampler, lambda: 0.0, None)
     out = []
     for i in range(0, len(shape.events), batch):
         cands = [Candidate(e, e.event_id, {}, ()) for e, _ in shape.events[i : i + batch]]
-        parts = tally_batch(cands, sampler=sampler, rules=RULES, baseline=BASELINE, cheap=cheap)
+        parts = tally_batch(cands, sampler=sampler, rules=RULES, baseline=BASELINE, cheap=cheap, local=local)
         out.extend(logic.on_batch(parts)[0])
     out.extend(logic.on_eof()[0])
     judged: dict[tuple, StratumJudged] = defaultdict(StratumJudged)

@@ -17,7 +17,12 @@ the judge spend is equal and only the estimator differs:
 Per 60 s window and per whole period (per agent): mean 95% interval width, coverage of the
 true rate, and the width against HT-Wilson's.
 
-    .venv/bin/python bench/estimates.py [--seeds 100] [--shapes xstest presidio ...]
+`--toxicity`: the cheap signal of toxicity with the local model scoring every event
+(`[judges.local] score_every_event`, judged with `profanity-check`) against the tier-0 rules',
+on hand-labelled toxic texts among XSTest answers (bench/_coverage.py `toxicity`): stratified
+and PPI widths under the default forcing of `toxicity.` flags (ceiling 20%, 5%) and without it.
+
+    .venv/bin/python bench/estimates.py [--seeds 100] [--shapes xstest presidio ...] [--toxicity]
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ from __future__ import annotations
 import argparse
 import math
 
-from _coverage import ESTIMATORS, SHAPES, sample_domains
+from _coverage import ESTIMATORS, SHAPES, Shape, sample_domains, toxicity
 from _traffic import table
 
+from operators.local_flags import LocalFlags
 from operators.sample_design import Sampler
 
 
@@ -68,11 +74,56 @@ def measure(name: str, seeds: int) -> tuple[list[list[str]], float]:
     return rows, judged / seeds / len(shape.events)
 
 
+def measure_toxicity(seeds: int) -> list[list[str]]:
+    """Stratified and PPI widths per period with the rules' signal, the local flag, and both."""
+    from judges.local import LocalJudge, ProfanityCheck
+
+    shape: Shape = toxicity()
+    judge = LocalJudge({"toxicity": ProfanityCheck()})
+    signals = {
+        "tier-0 rules (switch off)": None,
+        "local flag": LocalFlags(judge),
+        "local flag OR rules": LocalFlags(judge, or_rules=True),
+    }
+    designs = {
+        "forced, ceiling 20%": {"max_judged_share": 0.2},
+        "forced, ceiling 5%": {"max_judged_share": 0.05},
+        "not forced": {"always_on_flags": ("pii.", "jailbreak.")},
+    }
+    rows = []
+    for design, kw in designs.items():
+        for signal, local in signals.items():
+            acc = {e: [0, 0, 0.0] for e in ("stratified", "PPI")}
+            judged = 0
+            for seed in range(seeds):
+                sampler = Sampler(base_rate=0.1, version=f"seed-{seed}", **kw)
+                _, periods = sample_domains(shape, sampler, local=local)
+                judged += sum(d.old.judged for d in periods)
+                for d in periods:
+                    for est, a in acc.items():
+                        rate, low, high = ESTIMATORS[est](d)
+                        if not math.isnan(rate):
+                            a[0] += 1
+                            a[1] += low - 1e-9 <= d.truth <= high + 1e-9
+                            a[2] += high - low
+            cells = [design, signal, f"{judged / seeds / len(shape.events):.1%}"]
+            for n, hits, width in acc.values():
+                cells += [f"{width / n * 100:.2f} pp", f"{hits / n:.1%}"] if n else ["-", "-"]
+            rows.append(cells)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=100, help="sampler versions per shape")
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--toxicity", action="store_true", help="only the toxicity cheap-signal comparison")
     args = ap.parse_args()
+    if args.toxicity:
+        header = ["design", "cheap signal", "judged", "stratified width", "cover", "PPI width", "cover"]
+        title = f"toxicity, 95% interval per period over {args.seeds} sampler versions (base rate 10%)"
+        print(table(title, header, measure_toxicity(args.seeds)))
+        return
     rows, shares = [], []
     for name in args.shapes:
         r, share = measure(name, args.seeds)

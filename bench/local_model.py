@@ -21,7 +21,9 @@ Sets (PROVENANCE: bench/data/PROVENANCE.tsv and ../shared/data/PROVENANCE.tsv):
   (written to exercise the rules, so it favours them).
 
 us/event: CPU time per text, scored in batches of --batch (and one text per call), best of
---repeat rounds over --timed texts taken evenly from all the sets.
+--repeat rounds over --timed texts taken evenly from all the sets. Hot path: what
+`[judges.local] score_every_event` adds to the sample stage's `tally_batch` (tier-0 rules,
+strata, tallies) per event, the same texts in batches of --batch, with the local flags and without.
 
     .venv/bin/python bench/local_model.py [--benign 1000] [--repeat 3] [--batch 256]
 """
@@ -150,6 +152,43 @@ def _pct(a: int, b: int) -> str:
     return f"{100 * a / b:.1f}%" if b else "-"
 
 
+def _tally_us(texts: list[str], batch: int, repeat: int) -> tuple[float, float] | None:
+    """CPU us/event of the sample stage's tally without and with the local flags."""
+    from _coverage import BASELINE, event
+
+    from judges.local import LocalJudge, ProfanityCheck
+    from operators.dedup import Candidate
+    from operators.local_flags import LocalFlags, cheap_metrics
+    from operators.sample import tally_batch
+    from operators.sample_design import Sampler
+
+    try:
+        local = LocalFlags(LocalJudge({"toxicity": ProfanityCheck()}))
+    except ImportError:
+        return None
+    rules, sampler = Tier0Rules(), Sampler()
+    events = [event(f"e{i}", 1_763_300_000_000 + i, "chat", "m", output_text=t) for i, t in enumerate(texts)]
+    out = []
+    for scoring in (None, local):
+        cheap = cheap_metrics(rules, ["toxicity", "pii", "refusal", "jailbreak"], scoring)
+        best = float("inf")
+        for _ in range(repeat):
+            cands = [Candidate(e, e.event_id, {}, ()) for e in events]
+            t = time.process_time()
+            for i in range(0, len(cands), batch):
+                tally_batch(
+                    cands[i : i + batch],
+                    sampler=sampler,
+                    rules=rules,
+                    baseline=BASELINE,
+                    cheap=cheap,
+                    local=scoring,
+                )
+            best = min(best, time.process_time() - t)
+        out.append(best / len(events) * 1e6)
+    return out[0], out[1]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--benign", type=int, default=1000, help="texts from each benign set")
@@ -218,6 +257,18 @@ def main() -> int:
             speed,
         )
     )
+    hot = _tally_us(pool, args.batch, args.repeat)
+    if hot is not None:
+        off, on = hot
+        print()
+        title = f"sample stage tally, CPU us/event ({len(pool)} events, batches of {args.batch})"
+        print(
+            table(
+                title,
+                ["score_every_event", "us/event", "added"],
+                [["false", f"{off:.1f}", "-"], ["true", f"{on:.1f}", f"{on - off:+.1f}"]],
+            )
+        )
     return 0
 
 
