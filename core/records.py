@@ -185,7 +185,7 @@ class Evaluation(msgspec.Struct, frozen=True, array_like=True):
     judge_latency_ms: float
     error: str = ""
     stratum: str = ""  # the sampler's stratum of the event (within its tenant and window)
-    cheap: bool = False  # the tier-0 rules flagged the event for this metric (the cheap signal)
+    cheap: bool = False  # the cheap signal flagged the event for this metric (tier-0 rules or local flag)
 
 
 def entry_hash(entry_id: str) -> int:
@@ -319,7 +319,7 @@ class QualityEstimate(msgspec.Struct, frozen=True, array_like=True):
     sampled_var_unit: float = 0.0  # sum N_h^2 (1 - f_h) / m_h
     # prediction-powered: the tier-0 verdict on every event plus the judged residuals
     cheap_events: float = 0.0  # events the cheap signal was counted on
-    cheap_flagged: float = 0.0  # of which the tier-0 rules flagged
+    cheap_flagged: float = 0.0  # of which the cheap signal flagged (tier-0 rules, or the local flag)
     ppi_sampled_flagged: float = 0.0
     ppi_sampled_var: float = 0.0
     ppi_rate: float = math.nan

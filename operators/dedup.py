@@ -47,7 +47,7 @@ class Candidate(msgspec.Struct, array_like=True):
     inclusion_prob: float = 0.0  # 0 = not sampled
     sample_reason: str = ""
     stratum: str = ""  # the sampler's stratum within the tenant
-    cheap: tuple[str, ...] = ()  # metrics whose tier-0 rule verdict is flagged (set by `sample`)
+    cheap: tuple[str, ...] = ()  # metrics whose cheap signal is flagged (set by `sample`)
 
 
 class ContentKeyer:

@@ -110,7 +110,7 @@ def wilson(p: float, n: float, z: float = Z95) -> tuple[float, float]:
 @dataclass(slots=True)
 class StratumJudged:
     """The verdicts of one stratum for one metric: judged, flagged, and against the
-    cheap signal (the tier-0 verdict): judged with it flagged, judged where they differ."""
+    cheap signal (the tier-0 verdict, or the local flag): judged with it flagged, judged where they differ."""
 
     judged: int = 0
     flagged: int = 0

@@ -503,8 +503,8 @@ def sample(
         alerts: the alert stage's progress and actions (`AlertsOut.progress`): a window is
             decided once the tenant's alerts are evaluated through its start, under the
             override they set for it.
-        metrics_: the judged metrics; those a tier-0 rule covers get their rule verdict
-            counted on every event (`StratumCount.cheap`) and marked on each candidate.
+        metrics_: the judged metrics; those a tier-0 rule covers (or `local` scores) get their
+            cheap signal counted on every event (`StratumCount.cheap`) and marked on each candidate.
         local: the local model tier, to score every event with (`operators.local_flags`: the
             `<metric>.local` flags, and the cheap signal of the metrics it scores); None: off.
     """

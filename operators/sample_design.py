@@ -192,8 +192,8 @@ class Held:
 class StratumTally:
     """One stratum of one window: how many events, how many below the rate,
     the events that can still be chosen (sorted by hash on demand), and per
-    metric with a tier-0 rule how many of all its events the rules flagged
-    (the cheap signal prediction-powered estimates use)."""
+    metric with a cheap signal how many of all its events it flagged (the tier-0
+    rules, or the local flag: `operators.local_flags`), which prediction-powered estimates use."""
 
     rate: float
     reason: str
@@ -289,7 +289,7 @@ class StratumCount(msgspec.Struct, frozen=True, array_like=True):
     events: int
     chosen: int
     inclusion_prob: float
-    cheap: tuple[tuple[str, int], ...]  # (metric, events the tier-0 rules flagged), by metric
+    cheap: tuple[tuple[str, int], ...]  # (metric, events the cheap signal flagged), by metric
 
 
 def choose(strata: dict[str, StratumTally], cap: int | None, *, salt: str = "", cut: str = CAP) -> Choice:

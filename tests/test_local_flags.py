@@ -190,8 +190,9 @@ def test_the_default_is_off():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", [1, 2])
 def test_local_flags_are_stored_with_the_events_and_force_judging(
-    kafka, chdb_dsn, database, judge_endpoint, local
+    kafka, chdb_dsn, database, judge_endpoint, local, workers
 ):
     texts = [r["text"] for r in map(json.loads, (ROOT / "bench/data/toxicity_rtp_handlabeled.jsonl").open())]
     events, outputs = [], {}
@@ -214,7 +215,7 @@ def test_local_flags_are_stored_with_the_events_and_force_judging(
     settings = topic_flow_settings(kafka, chdb_dsn, database, judge_endpoint, **on)
     client = connect(chdb_dsn, database)
     ensure_schema(client, database)
-    run_flow(settings)
+    run_flow(settings, workers=workers)
 
     stored = dict(rows(client, "SELECT event_id, flags FROM llm_events FINAL"))
     expected = {
@@ -236,3 +237,10 @@ def test_local_flags_are_stored_with_the_events_and_force_judging(
         any(f.startswith("toxicity.") and f != "toxicity.local" for f in stored[r[0]])
         for r in flagged_by_rules
     )
+    # the estimates' cheap signal of toxicity is the local flag, counted on every event
+    (cheap,) = rows(
+        client,
+        "SELECT sum(cheap_flagged) FROM quality_estimates FINAL WHERE metric = 'toxicity'"
+        " AND window_s = (SELECT min(window_s) FROM quality_estimates)",
+    )
+    assert cheap == (len(expected),)
