@@ -18,6 +18,7 @@ import logging
 import random
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ import pytest
 from bench._coverage import BASELINE, RULES
 from core.records import Event
 from flows.deps import build_local
-from judges.base import METRICS, JudgeItem
+from judges.base import FLAGGED, METRICS, JudgeItem
 from judges.local import LocalJudge, ProfanityCheck
 from operators.dedup import Candidate
 from operators.local_flags import LocalFlags, cheap_metrics
@@ -104,7 +105,8 @@ def test_forced_local_flags_stay_within_the_judged_share_ceiling(local):
     flagged = [i for i, (flags, _, _) in got["events"].items() if "toxicity.local" in flags]
     assert len(flagged) > 0.05 * len(events)  # more flags than the ceiling allows...
     assert set(got["chosen"]) <= set(flagged)  # ...so only flagged events are judged
-    assert len(got["chosen"]) <= 0.05 * len(events) + 2 * 6  # one event over per tenant window at most
+    windows = {(e.tenant_id, e.ts_ms // 60_000) for e in events}
+    assert len(got["chosen"]) <= 0.05 * len(events) + len(windows)  # at most one over per window
 
 
 def test_flags_and_the_judged_set_do_not_depend_on_batching_or_order(local):
@@ -132,9 +134,7 @@ def test_with_the_switch_off_nothing_changes(local):
         flags, _, cheap = off["events"][e.event_id]
         assert flags == tuple(sorted(RULES.flags(JudgeItem(e.input_text, e.output_text, e.context))))
         assert cheap == tuple(m for m in cheap_metrics(RULES, list(METRICS)) if _rule_flagged(m, flags))
-    assert cheap_metrics(RULES, list(METRICS), local) == cheap_metrics(
-        RULES, list(METRICS)
-    )  # toxicity has rules
+    assert cheap_metrics(RULES, list(METRICS), local) == cheap_metrics(RULES, list(METRICS))
 
 
 def test_tier0_verdicts_and_the_other_metrics_signal_do_not_change(local):
@@ -156,16 +156,27 @@ def test_tier0_verdicts_and_the_other_metrics_signal_do_not_change(local):
 
 def _rule_flagged(metric: str, flags: tuple[str, ...]) -> bool:
     v = RULES.verdict(metric, flags)
-    return v is not None and v.label == "flagged"
+    return v is not None and v.label == FLAGGED
 
 
-def test_the_or_of_both_signals_is_available(local):
-    rule_only = event("r", T0, "acme", output_text="Honestly, you are a stupid idiot.")
-    both = LocalFlags(local.judge, or_rules=True)
-    cheap = cheap_metrics(RULES, ["toxicity"], both)
+class Calm:
+    """A stand-in model that finds nothing: the local flag is never set."""
+
+    metric = "toxicity"
+    name = "local/calm-1"
+
+    def scores(self, texts: Sequence[str]) -> list[float]:
+        return [0.0] * len(texts)
+
+
+@pytest.mark.parametrize(("or_rules", "signal"), [(False, ()), (True, ("toxicity",))])
+def test_the_local_flag_alone_is_the_signal_unless_or_ed_with_the_rules(or_rules, signal):
+    rule_only = event("r", T0, "acme", output_text="Honestly, you are a stupid idiot.")  # a tier-0 insult
+    local = LocalFlags(LocalJudge({"toxicity": Calm()}), or_rules=or_rules)
     cands = [Candidate(rule_only, "r", {}, ())]
-    tally_batch(cands, sampler=Sampler(), rules=RULES, baseline=BASELINE, cheap=cheap, local=both)
-    assert "toxicity" in cands[0].cheap
+    cheap = cheap_metrics(RULES, ["toxicity"], local)
+    tally_batch(cands, sampler=Sampler(), rules=RULES, baseline=BASELINE, cheap=cheap, local=local)
+    assert cands[0].event.flags == ("toxicity.insult",) and cands[0].cheap == signal
 
 
 def test_a_missing_package_makes_the_switch_a_no_op_with_a_log_line(monkeypatch, caplog):
