@@ -24,8 +24,9 @@ Horizon. An id is remembered until the shard's newest event time has moved
 allowed lateness), in hour buckets of event time. The seen-set is in the
 recovery snapshot, so a crash-resume still knows what it saw.
 
-Memory. The ids of the last two hours of event time are in a dict (~100
-bytes per id). Older hours are *sealed*: their id hashes, fingerprints and
+Memory. The ids of the last two hours of event time are in a dict (~120
+bytes per id). Once a shard's dict holds more than 50,000 ids, older hours are
+*sealed*: their id hashes, fingerprints and
 hours move into three sorted numpy arrays (20 bytes per id), looked up for a
 whole batch at once; an id arriving late for a sealed hour waits in the dict
 until enough have gathered to merge. A day of 10 million events is ~200 MB
@@ -53,6 +54,7 @@ from core.records import DeadLetter, Event, entry_hash
 _BUCKET_MS = 3_600_000
 _SEAL_AFTER_MS = 2 * _BUCKET_MS  # an hour this far behind the shard's newest event time is sealed
 _SEAL_LATE = 4096  # ids arriving late for sealed hours are merged once this many have gathered
+_SEAL_ABOVE = 50_000  # a shard seals only while its dict holds more ids than this (small ones stay a dict)
 _encode = msgspec.msgpack.Encoder().encode
 
 
@@ -172,7 +174,8 @@ class _SeenLogic(StatefulBatchLogic[list[Event], list[Event] | list[DeadLetter],
         if same:
             metrics.REDELIVERIES.labels("same").inc(same)
         s.forget(s.newest_ms - self._horizon)
-        s.seal(s.newest_ms - _SEAL_AFTER_MS, late_min=_SEAL_LATE)
+        if len(s.seen) > _SEAL_ABOVE:
+            s.seal(s.newest_ms - _SEAL_AFTER_MS, late_min=_SEAL_LATE)
         return [x for x in (out, changed) if x], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> _SeenState:

@@ -19,6 +19,7 @@ from sinks.clickhouse import connect, ensure_schema
 from tests.conftest import rows, run_flow, topic_flow_settings
 
 TOPIC = "llm-events"
+HOUR = 3_600_000
 
 
 def _event(event_id: str, ts_ms: int, output: str = "ok", offset: int = 0) -> Event:
@@ -39,6 +40,13 @@ def test_same_payload_is_dropped_changed_payload_is_a_dead_letter() -> None:
     assert out[0].key == "t:1:9"
     # the Kafka coordinates are not part of what an event says
     assert fingerprint(first) == fingerprint(_event("a", 1_000, offset=123))
+
+
+def test_small_shards_stay_a_dict() -> None:
+    logic = _SeenLogic(horizon_ms=24 * HOUR, resume=None)
+    logic.on_batch([[_event(f"old-{i}", i * 1_000) for i in range(100)]])
+    logic.on_batch([[_event("now", 5 * HOUR)]])
+    assert len(logic.snapshot().sealed_ids) == 0 and logic.snapshot().remembered() == 101
 
 
 def test_seen_set_survives_a_restore_and_forgets_past_the_horizon() -> None:
@@ -95,10 +103,8 @@ def test_redelivered_events_count_once_in_every_table(kafka, chdb_dsn, database)
     assert metrics.REDELIVERIES.labels("same")._value.get() - before == len(again)
 
 
-HOUR = 3_600_000
-
-
-def test_sealed_hours_still_catch_same_and_changed_redeliveries() -> None:
+def test_sealed_hours_still_catch_same_and_changed_redeliveries(monkeypatch) -> None:
+    monkeypatch.setattr(redeliveries, "_SEAL_ABOVE", 0)  # seal whatever the size
     logic = _SeenLogic(horizon_ms=24 * HOUR, resume=None)
     logic.on_batch([[_event(f"old-{i}", i * 1_000) for i in range(100)]])
     logic.on_batch([[_event("now", 5 * HOUR)]])  # hour 0 is now sealed
@@ -141,6 +147,7 @@ def _reference(horizon_ms: int, batches: list[list[Event]]) -> list[list[str]]:
 @pytest.mark.parametrize("late_min", [4096, 1])  # late ids kept in the dict, or merged at once
 def test_sealing_decides_like_a_plain_dict_on_random_traffic(monkeypatch, late_min: int) -> None:
     monkeypatch.setattr(redeliveries, "_SEAL_LATE", late_min)
+    monkeypatch.setattr(redeliveries, "_SEAL_ABOVE", 0)
     rng = random.Random(11)
     horizon = 6 * HOUR
     for trial in range(20):
