@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.config import Settings, load_settings
+from judges.local import LocalJudge
 from simulators.traffic import generate, shared_data
 
 TOPIC = "llm-events"
@@ -69,11 +70,11 @@ def run_demo(
                 if section is not None:  # each tier speaks its provider's API to the local endpoint
                     overrides[f"judges.{tier}.base_url"] = judge_urls[section.provider]
         settings = load_settings(config, **overrides)
-        _say_what_is_real(settings, simulated=bool(judge_urls))
         ch = settings.flow.clickhouse
         ensure_schema(connect(ch.dsn), ch.database)
         started = time.perf_counter()
         deps = build_deps(settings)
+        _say_what_is_real(settings, deps.local, simulated=bool(judge_urls))
         try:
             flow = build_flow(settings, deps=deps)
             cli_main(flow, workers_per_process=workers, epoch_interval=timedelta(seconds=5))
@@ -117,10 +118,7 @@ def _judge_endpoint(settings: Settings, latency_ms: float) -> Iterator[dict[str,
         yield {"openai": ep.openai_base_url, "anthropic": ep.anthropic_base_url}
 
 
-def _say_what_is_real(settings: Settings, *, simulated: bool) -> None:
-    from flows.deps import build_local
-
-    local = build_local(settings)
+def _say_what_is_real(settings: Settings, local: LocalJudge | None, *, simulated: bool) -> None:
     if local is None:
         print("local model tier off (pip install 'judgeflow[local]' for real toxicity verdicts)")
         return
