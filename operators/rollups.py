@@ -48,12 +48,11 @@ class _RollupLogic(StatefulBatchLogic[CostWindow, CostWindow, _RollupState]):
         changed: dict[tuple[int, int], CostWindow] = {}  # level -> a row of it (key, category)
         for r in values:
             start = r.window_start_ms
-            delta: CostWindow | LedgerEntry = r
+            previous = None
             if r.kind == "window":
                 previous = s.minutes.get(start)
-                if previous is not None:
-                    delta = _minus(r, previous)
                 s.minutes[start] = r
+            delta = _added(r, previous)
             for size in self._sizes:
                 level = (size, start - start % size)
                 acc = s.levels.get(level)
@@ -67,7 +66,7 @@ class _RollupLogic(StatefulBatchLogic[CostWindow, CostWindow, _RollupState]):
                         out.append(self._correction(r, delta, level))
                         continue
                     acc = s.levels[level] = LedgerEntry(r.tenant_id, r.agent, r.model, r.variant, level[1])
-                _add(acc, delta)
+                acc.add(delta)
                 changed[level] = r
             if not r.provisional:  # progress is what is final: a provisional row closes nothing
                 s.newest_end_ms = max(s.newest_end_ms, start + r.window_ms)
@@ -116,11 +115,9 @@ class _RollupLogic(StatefulBatchLogic[CostWindow, CostWindow, _RollupState]):
     ) -> CostWindow:
         return window_row(w, size, category, self._next_version(), kind, correction_id, provisional)
 
-    def _correction(
-        self, r: CostWindow, delta: CostWindow | LedgerEntry, level: tuple[int, int]
-    ) -> CostWindow:
+    def _correction(self, r: CostWindow, delta: LedgerEntry, level: tuple[int, int]) -> CostWindow:
         entry = LedgerEntry(r.tenant_id, r.agent, r.model, r.variant, level[1])
-        _add(entry, delta)
+        entry.add(delta)
         # a minute correction keeps its id; a (rare) revision of a closed level gets one from its row
         cid = r.correction_id if r.kind == "correction" else _revision_id(r)
         return self._row(entry, level[0], r.category, kind="correction", correction_id=cid)
@@ -133,8 +130,13 @@ def _revision_id(r: CostWindow) -> str:
     return f"{r.window_start_ms}@" + xxhash.xxh3_64_hexdigest(repr((*content, r.judge_cost_pusd)).encode())
 
 
-def _minus(new: CostWindow, old: CostWindow) -> LedgerEntry:
-    """What a revision added to its minute (revisions only ever add entries)."""
+_NOTHING = LedgerEntry("", "", "", "", 0)  # what a minute's first row is added to
+
+
+def _added(new: CostWindow, previous: CostWindow | None) -> LedgerEntry:
+    """What a minute row adds to its levels: all of it, or what a revision added to the minute's
+    previous row (revisions only ever add entries)."""
+    old: CostWindow | LedgerEntry = previous if previous is not None else _NOTHING
     return LedgerEntry(
         new.tenant_id,
         new.agent,
@@ -150,17 +152,6 @@ def _minus(new: CostWindow, old: CostWindow) -> LedgerEntry:
         judge_cost_pusd=new.judge_cost_pusd - old.judge_cost_pusd,
         max_request_cost_pusd=new.max_request_cost_pusd,
     )
-
-
-def _add(acc: LedgerEntry, x: CostWindow | LedgerEntry) -> None:
-    acc.requests += x.requests
-    acc.input_tokens += x.input_tokens
-    acc.output_tokens += x.output_tokens
-    acc.cost_pusd += x.cost_pusd
-    acc.unknown_cost_requests += x.unknown_cost_requests
-    acc.judge_calls += x.judge_calls
-    acc.judge_cost_pusd += x.judge_cost_pusd
-    acc.max_request_cost_pusd = max(acc.max_request_cost_pusd, x.max_request_cost_pusd)
 
 
 @operator
