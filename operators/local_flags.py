@@ -48,9 +48,9 @@ class LocalFlags:
 
     def flags(self, events: Sequence[Event]) -> list[tuple[str, ...]]:
         """The local flags of each event, in order: one batch call per model."""
-        found: list[list[str]] = [[] for _ in events]
         if not events:
             return []
+        found: list[list[str]] = [[] for _ in events]
         items = [JudgeItem(e.input_text, e.output_text, e.context) for e in events]
         for metric in sorted(self.judge.models):
             flag = local_flag(metric)

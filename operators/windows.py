@@ -159,9 +159,9 @@ class _Open:
     dirty: bool = False  # changed since its row went out
     fresh: bool = False  # changed since its last provisional row
 
-
-def _copy(w: _Open) -> _Open:
-    return _Open(msgspec.structs.replace(w.sums), w.emitted, w.dirty, w.fresh)
+    def copy(self) -> _Open:
+        """An independent copy, for snapshots."""
+        return _Open(msgspec.structs.replace(self.sums), self.emitted, self.dirty, self.fresh)
 
 
 @dataclass(slots=True)
@@ -266,7 +266,7 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
             key=s.key,
             max_ts_ms=s.max_ts_ms,
             seen_at_s=s.seen_at_s,
-            open={k: _copy(w) for k, w in s.open.items()},
+            open={k: w.copy() for k, w in s.open.items()},
         )
 
     def _advance(self, wm: int) -> list[CostWindow]:
