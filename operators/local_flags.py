@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core.records import Event, Verdict
+from core.records import Verdict
 from judges.base import FLAGGED, JudgeItem, RuleJudge
 from judges.local import LocalJudge
 
@@ -46,12 +46,11 @@ class LocalFlags:
     def metrics(self) -> frozenset[str]:
         return self.judge.metrics
 
-    def flags(self, events: Sequence[Event]) -> list[tuple[str, ...]]:
-        """The local flags of each event, in order: one batch call per model."""
-        if not events:
+    def flags(self, items: Sequence[JudgeItem]) -> list[tuple[str, ...]]:
+        """The local flags of each event's item, in order: one batch call per model."""
+        if not items:
             return []
-        found: list[list[str]] = [[] for _ in events]
-        items = [JudgeItem(e.input_text, e.output_text, e.context) for e in events]
+        found: list[list[str]] = [[] for _ in items]
         for metric in sorted(self.judge.models):
             flag = local_flag(metric)
             for mine, hit in zip(found, self.judge.flagged_many(metric, items), strict=True):

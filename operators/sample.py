@@ -175,10 +175,11 @@ def tally_batch(
     size_ms = sampler.window_s * 1000
     closes_ms = size_ms + int(sampler.allowed_lateness_s * 1000)
     parts: dict[tuple[str, int, bool], _Part] = {}
-    scored = local.flags([c.event for c in cands]) if local is not None else None
+    items = [JudgeItem(c.event.input_text, c.event.output_text, c.event.context) for c in cands]
+    scored = local.flags(items) if local is not None else None
     for i, c in enumerate(cands):
         e = c.event
-        found = rules.flags(JudgeItem(e.input_text, e.output_text, e.context))
+        found = rules.flags(items[i])
         flags = tuple(sorted(found.union(scored[i]) if scored else found))
         c.event = e = msgspec.structs.replace(e, flags=flags)  # the cost branch keeps its own value
         a = sampler.assign(e, e.flags)
