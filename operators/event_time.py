@@ -121,7 +121,7 @@ class InputProgress:
         """The process no longer reads `part` (shut down): forget it."""
         with self._lock:
             self._parts.pop(part, None)
-            if not self._reading():
+            if not self._any_reading():
                 self._live_from = None
 
     def ended(self, part: str, *, epoch: int) -> None:
@@ -130,7 +130,7 @@ class InputProgress:
         with self._lock:
             p = self._parts.setdefault(part, _Partition())
             p.ended_in = epoch
-            if not self._reading():
+            if not self._any_reading():
                 self._live_from = None
 
     def processed(self, part: str, *, epoch: int, processed_ms: int | None, settled: bool) -> None:
@@ -166,11 +166,15 @@ class InputProgress:
                 )
                 if not state.ended:  # its process reads in that epoch: every epoch before it is processed
                     self._epoch = max(self._epoch, state.epoch)
-            if self._reading():
+            if self._any_reading():
                 self._update_live(now)
 
     def _reading(self) -> list[_Partition]:
         return [q for q in self._parts.values() if q.ended_in is None]
+
+    def _any_reading(self) -> bool:
+        # asked once per window per stage per batch: stop at the first partition still read
+        return any(q.ended_in is None for q in self._parts.values())
 
     def polled(self, part: str, *, frontier_ms: int | None, caught_up: bool, now: float) -> None:
         """A partition's state after a poll: the time of the next message it holds (or of the last
@@ -235,7 +239,7 @@ class InputProgress:
         """Wall seconds since `since` that count as event-time progress: all of them with no Kafka
         input in this process; otherwise only those the polls found the input live."""
         with self._lock:
-            if not self._reading():
+            if not self._any_reading():
                 return max(0.0, now - since)
             if self._live_from is None:
                 return 0.0
@@ -244,7 +248,7 @@ class InputProgress:
     def replaying(self) -> bool:
         """Kafka input is read here and it is not live: a backlog is being read."""
         with self._lock:
-            return bool(self._reading()) and self._live_from is None
+            return self._any_reading() and self._live_from is None
 
     def reset(self) -> None:
         """Forget every partition (a test running flows one after another in one process)."""

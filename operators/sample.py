@@ -269,6 +269,9 @@ class _SampleLogic(StatefulBatchLogic[_In, _Decided, _SampleState]):
         self._grace_ms = int(sampler.allowed_lateness_s * 1000)
         self._cap = sampler.max_per_tenant
         self._s = resume if resume is not None else _SampleState()
+        # the copies of the open windows the last snapshot took: a window that has not changed
+        # since is not copied again (a tenant's older windows wait out the lateness unchanged)
+        self._copies: dict[int, _Window] = {}
         if resume is not None:
             # the downtime is not event-time progress, and the re-read events of every
             # open window are still to come: no window closes before they had their time
@@ -293,6 +296,7 @@ class _SampleLogic(StatefulBatchLogic[_In, _Decided, _SampleState]):
                 out.extend(self._decide(part.tenant, part.window, part.strata, part.savings, late=True))
                 continue
             w = s.open.get(part.window)
+            self._copies.pop(part.window, None)
             if w is None:
                 s.open[part.window] = _Window(part.strata, part.savings, now)
                 continue
@@ -336,17 +340,12 @@ class _SampleLogic(StatefulBatchLogic[_In, _Decided, _SampleState]):
 
     def snapshot(self) -> _SampleState:
         s = self._s
+        copies = self._copies
+        self._copies = {start: copies.get(start) or _copy_window(w) for start, w in s.open.items()}
         return _SampleState(
             max_ts_ms=s.max_ts_ms,
             seen_at_s=s.seen_at_s,
-            open={
-                start: _Window(
-                    {n: _copy_tally(t) for n, t in w.strata.items()},
-                    msgspec.structs.replace(w.savings),
-                    w.last_arrival_s,
-                )
-                for start, w in s.open.items()
-            },
+            open=dict(self._copies),
             closed=set(s.closed),
             alerts_ms=s.alerts_ms,
             overrides=list(s.overrides),
@@ -460,6 +459,13 @@ def _is_decided_candidate(x: _Decided) -> TypeGuard[Candidate]:
 
 def _is_design(x: _Decided) -> TypeGuard[StratumCount]:
     return type(x) is StratumCount
+
+
+def _copy_window(w: _Window) -> _Window:
+    """An independent copy of an open window, for snapshots."""
+    return _Window(
+        {n: _copy_tally(t) for n, t in w.strata.items()}, msgspec.structs.replace(w.savings), w.last_arrival_s
+    )
 
 
 def _copy_tally(t: StratumTally) -> StratumTally:
