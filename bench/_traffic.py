@@ -226,16 +226,32 @@ class _CountingClickHouseSink(DynamicSink):
         return _Count(self.counts, self._table)
 
 
+class _CountKeyed(StatelessSinkPartition):
+    def __init__(self, counts: dict[str, int], name: str) -> None:
+        self._counts, self._name = counts, name
+
+    def write_batch(self, items: list) -> None:
+        self._counts[self._name] += sum(len(records) for _, records in items)
+
+
+class _CountingWriteBehindSink(_CountingClickHouseSink):
+    """Stands in for `WriteBehindClickHouseSink`: counts the rows of its `(shard, records)` pairs."""
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _CountKeyed:  # type: ignore[override]
+        return _CountKeyed(self.counts, self._table)
+
+
 @contextlib.contextmanager
 def without_clickhouse() -> Iterator[dict[str, int]]:
     """`build_flow` with counting sinks in place of the ClickHouse ones (the flow's own work
     only); yields the rows counted per table."""
     import flows.judgeflow
 
-    real = flows.judgeflow.ClickHouseSink
-    flows.judgeflow.ClickHouseSink = _CountingClickHouseSink  # type: ignore[misc]
+    real = flows.judgeflow.ClickHouseSink, flows.judgeflow.WriteBehindClickHouseSink
+    flows.judgeflow.ClickHouseSink = _CountingClickHouseSink  # type: ignore[misc,assignment]
+    flows.judgeflow.WriteBehindClickHouseSink = _CountingWriteBehindSink  # type: ignore[misc,assignment]
     _CountingClickHouseSink.counts.clear()
     try:
         yield _CountingClickHouseSink.counts
     finally:
-        flows.judgeflow.ClickHouseSink = real  # type: ignore[misc]
+        flows.judgeflow.ClickHouseSink, flows.judgeflow.WriteBehindClickHouseSink = real  # type: ignore[misc]

@@ -373,7 +373,7 @@ def run_backfill(
     with _interrupts() as interrupted:
         try:
             cli_main(
-                build_flow(settings, source=source, deps=deps),
+                build_flow(settings, source=source, deps=deps, workers=workers),
                 workers_per_process=workers,
                 epoch_interval=timedelta(seconds=snapshot_s),
                 recovery_config=RecoveryConfig(str(plan.recovery_dir)),

@@ -134,7 +134,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         board = _progress_board(settings, deps.brokers, addresses)
         try:
             cli_main(
-                build_flow(settings, deps=deps),
+                build_flow(settings, deps=deps, workers=args.workers * len(addresses or [""])),
                 workers_per_process=args.workers,
                 process_id=args.process_id,
                 addresses=addresses,

@@ -326,6 +326,9 @@ class ClickHouseConfig(_Section):
     database: str = "judgeflow"
     store_text: bool = False
     max_retry_s: float = Field(60.0, gt=0)
+    # inserts run on a writer thread per sink partition while the worker goes on, flushed before each
+    # epoch commits; false: the worker waits for each insert's answer in line (the same rows)
+    write_behind: bool = True
     # at start: keep trying to reach ClickHouse (schema) and Kafka (brokers, input topics) for this long
     startup_timeout_s: float = Field(120.0, ge=0)
 

@@ -76,7 +76,7 @@ def run_demo(
         deps = build_deps(settings)
         _say_what_is_real(settings, deps.local, simulated=bool(judge_urls))
         try:
-            flow = build_flow(settings, deps=deps)
+            flow = build_flow(settings, deps=deps, workers=workers)
             cli_main(flow, workers_per_process=workers, epoch_interval=timedelta(seconds=5))
         finally:
             deps.close()

@@ -56,22 +56,30 @@ from operators.rollups import rollup
 from operators.sample import sample
 from operators.savings import judge_savings
 from operators.windows import cost_window
-from sinks.clickhouse import ClickHouseSink
+from sinks.clickhouse_sink import MAX_SHARDS, ClickHouseSink, WriteBehindClickHouseSink, key_batches
 from sinks.control import ControlSink
 from sinks.kafka import kafka_out
 
 
-def build_flow(settings: Settings, *, source: Source | None = None, deps: Deps | None = None) -> Dataflow:
-    """The whole pipeline. `source` replaces the Kafka input (tests, benchmarks)."""
+def build_flow(
+    settings: Settings, *, source: Source | None = None, deps: Deps | None = None, workers: int = 1
+) -> Dataflow:
+    """The whole pipeline. `source` replaces the Kafka input (tests, benchmarks); `workers` is the
+    cluster's worker count (all processes), which the ClickHouse inserts are spread over."""
     cfg = settings.flow
     d = deps if deps is not None else build_deps(settings)
     ch = cfg.clickhouse
 
     def to_clickhouse(step_id: str, stream, table: str) -> None:
-        sink = ClickHouseSink(
-            ch.dsn, ch.database, table, store_text=ch.store_text, max_retry_s=ch.max_retry_s
-        )
-        op.output(step_id, stream, sink)
+        args = (ch.dsn, ch.database, table)
+        if ch.write_behind:  # inserts on writer threads, flushed before each epoch commits
+            sink = WriteBehindClickHouseSink(*args, store_text=ch.store_text, max_retry_s=ch.max_retry_s)
+            keyed = key_batches(f"{step_id}_shard", stream, shards=min(workers, MAX_SHARDS))
+            op.output(step_id, keyed, sink)
+        else:
+            op.output(
+                step_id, stream, ClickHouseSink(*args, store_text=ch.store_text, max_retry_s=ch.max_retry_s)
+            )
 
     flow = Dataflow("judgeflow")
     longest_window_s = max((cfg.windows.size_s, *cfg.windows.rollups_s))

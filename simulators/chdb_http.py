@@ -250,10 +250,11 @@ class ChdbEngine:
     when a later request does not send them, so requests do not leak
     settings into each other (clients resend the same ones, so this is
     nearly free). A `fail_inserts` count makes the first N INSERTs fail with
-    a server error: a test hook for retry paths.
+    a server error: a test hook for retry paths; `insert_delay_s` makes every INSERT take that much
+    longer (a slow server, for tests that act while inserts are in flight).
     """
 
-    def __init__(self, path: Path, *, fail_inserts: int = 0) -> None:
+    def __init__(self, path: Path, *, fail_inserts: int = 0, insert_delay_s: float = 0.0) -> None:
         try:
             import chdb
         except ImportError as ex:
@@ -266,6 +267,7 @@ class ChdbEngine:
         self._applied: dict[str, str] = {}
         self._database: str | None = None
         self._fail_inserts = fail_inserts
+        self._insert_delay_s = insert_delay_s
         timezone = self._conn.query("SELECT timezone()", "TabSeparated").bytes()
         self.timezone = timezone.decode().strip()
 
@@ -311,6 +313,8 @@ class ChdbEngine:
                 f"failure ({self._fail_inserts} more to come). (UNKNOWN_EXCEPTION)"
             )
             raise FrontError(msg, _UNKNOWN_EXCEPTION)
+        if self._insert_delay_s:
+            time.sleep(self._insert_delay_s)
         inserter = self._conn.send_insert(statement, fmt)
         try:
             if data:
@@ -487,12 +491,13 @@ def serve(
     *,
     ready_file: Path | None = None,
     fail_inserts: int = 0,
+    insert_delay_s: float = 0.0,
     verbose: bool = False,
 ) -> int:
     """Serve chdb at `path` on 127.0.0.1:`port` until SIGTERM or SIGINT; return 0
     (2 when another process holds the directory)."""
     try:
-        engine = ChdbEngine(path, fail_inserts=fail_inserts)
+        engine = ChdbEngine(path, fail_inserts=fail_inserts, insert_delay_s=insert_delay_s)
     except RuntimeError as exc:  # chdb's "Cannot lock file DIR/status": one process per directory
         print(
             f"chdb_http: cannot open {path}: {exc}\nAnother process is using this directory (a running"
@@ -551,13 +556,14 @@ def start_chdb_http(
     *,
     port: int = 0,
     fail_inserts: int = 0,
+    insert_delay_s: float = 0.0,
     startup_timeout: float = 60.0,
 ) -> Iterator[str]:
     """Run the front in a subprocess over chdb at `path`; yield its URL; stop it on exit.
 
     A subprocess, because chdb allows one data directory per process: the
     caller can keep using its own. `fail_inserts` makes the first N INSERTs
-    fail (test hook).
+    fail, `insert_delay_s` every INSERT slower (test hooks).
     """
     package_root = Path(__file__).resolve().parents[1]
     with tempfile.TemporaryDirectory(prefix="chdb_http_") as tmp:
@@ -574,6 +580,8 @@ def start_chdb_http(
             str(ready_file),
             "--fail-inserts",
             str(fail_inserts),
+            "--insert-delay-s",
+            str(insert_delay_s),
         ]
         proc = subprocess.Popen(cmd, cwd=package_root, stdout=subprocess.DEVNULL)  # noqa: S603
         try:
@@ -590,6 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0: any free)")
     parser.add_argument("--ready-file", type=Path, help="write the URL here once serving")
     parser.add_argument("--fail-inserts", type=int, default=0, help="test hook: fail the first N INSERTs")
+    parser.add_argument("--insert-delay-s", type=float, default=0.0, help="test hook: slow every INSERT")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
@@ -598,6 +607,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.port,
         ready_file=args.ready_file,
         fail_inserts=args.fail_inserts,
+        insert_delay_s=args.insert_delay_s,
         verbose=args.verbose,
     )
 

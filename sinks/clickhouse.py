@@ -1,4 +1,5 @@
-"""ClickHouse storage for judgeflow: the schema, one shared client per DSN, and the sink.
+"""ClickHouse storage for judgeflow: the schema, one shared client per DSN, and retries (the sinks are in
+`sinks.clickhouse_sink`).
 
 The flow writes the tables of `sinks.clickhouse_tables` (DDL in `schema.sql`). Writes are idempotent: every
 table is a ReplacingMergeTree keyed by the record's deterministic id, so a
@@ -45,7 +46,6 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import clickhouse_connect
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from clickhouse_connect.driver import Client
 from clickhouse_connect.driver.exceptions import (
     DatabaseError,
@@ -57,10 +57,8 @@ from clickhouse_connect.driver.exceptions import (
 from clickhouse_connect.driver.insert import InsertContext
 from prometheus_client import Counter
 
-from core.dead_letters import guarded, item_error
 from core.errors import Backoff, FatalError, GaveUp, JudgeflowError, call_with_retries
-from core.records import DeadLetter
-from sinks.clickhouse_tables import ROW_BUILDERS, TABLES, TableSpec, dead_letter_row, event_row, table_spec
+from sinks.clickhouse_tables import ROW_BUILDERS, TABLES, TableSpec, event_row, table_spec
 
 logger = logging.getLogger(__name__)
 
@@ -360,103 +358,13 @@ def retry(
         raise InsertRejectedError(msg) from ex
 
 
-# --- the sink ----------------------------------------------------------------
+# --- what the sinks share ----------------------------------------------------
 
 
-class _ClickHouseSinkPartition(StatelessSinkPartition[Any]):
-    """One insert per batch. A record whose row cannot be built, or whose values cannot be
-    encoded for their columns (found by splitting a rejected batch in halves), becomes a dead
-    letter (stage `sink_<table>`) in the `dead_letters` table, and the rest of the batch is
-    written. A rejection by the server (a missing table, wrong credentials) is a setup problem
-    and stops the flow as before."""
-
-    def __init__(
-        self,
-        client: LockedClient,
-        context: InsertContext,
-        spec: TableSpec,
-        build_row: Callable[[Any], tuple[Any, ...]],
-        max_retry_s: float,
-    ) -> None:
-        self._client = client
-        self._context = context
-        self._spec = spec
-        self._build_row = build_row
-        self._max_retry_s = max_retry_s
-        self._stage = f"sink_{spec.name}"
-        self._dead_context: InsertContext | None = None
-
-    def write_batch(self, items: list[Any]) -> None:
-        if not items:
-            return
-        rows, dead = self._rows(items)
-        dead.extend(self._write(rows))
-        if dead:
-            self._write_dead_letters(dead)
-
-    def _rows(self, items: list[Any]) -> tuple[list[tuple[Any, tuple[Any, ...]]], list[DeadLetter]]:
-        record_type = self._spec.record_type
-        for item in items:
-            if not isinstance(item, record_type):  # a wiring bug: fail at the first batch
-                msg = (
-                    f"ClickHouse sink for {self._spec.name!r} expects {record_type.__name__} "
-                    f"records, got {type(item).__name__}: {item!r:.200}"
-                )
-                raise TypeError(msg)
-        build_row = self._build_row
-        return guarded(self._stage, lambda xs: [(x, build_row(x)) for x in xs], items)
-
-    def _write(self, rows: list[tuple[Any, tuple[Any, ...]]]) -> list[DeadLetter]:
-        """Insert `rows`; a rejected batch is split to find the rows ClickHouse rejects alone."""
-        if not rows:
-            return []
-        try:
-            # a rejected row is found below and dead-lettered: not a failure of the sink
-            self._insert_rows(self._context, self._spec.name, [row for _, row in rows], count_rejection=False)
-        except InsertRejectedError as exc:
-            if not _data_fault(exc):
-                FAILURES.labels(self._spec.name).inc()
-                raise
-            if len(rows) == 1:
-                return [item_error(self._stage, exc, rows[0][0])]
-            mid = len(rows) // 2
-            return self._write(rows[:mid]) + self._write(rows[mid:])
-        if self._spec.on_written is not None:
-            self._spec.on_written([record for record, _ in rows])
-        return []
-
-    def _write_dead_letters(self, dead: list[DeadLetter]) -> None:
-        if self._spec.name == "dead_letters":  # nowhere further to put them
-            msg = f"ClickHouse rejected dead letters: {[d.reason for d in dead][:3]}"
-            raise InsertRejectedError(msg)
-        if self._dead_context is None:
-            spec = table_spec("dead_letters")
-            self._dead_context = insert_context(self._client, spec, self._client.database)
-        self._insert_rows(self._dead_context, "dead_letters", [dead_letter_row(d) for d in dead])
-
-    def _insert_rows(
-        self, context: InsertContext, table: str, rows: list[tuple[Any, ...]], *, count_rejection: bool = True
-    ) -> None:
-        # Column-oriented: the Native encoder works per column, and handing it
-        # columns measured ~5-10% faster than row tuples.
-        columns = list(zip(*rows, strict=True))
-        retry(
-            lambda: self._insert(context, columns),
-            table=table,
-            action="insert",
-            max_retry_s=self._max_retry_s,
-            count_rejection=count_rejection,
-        )
-        ROWS.labels(table).inc(len(rows))
-
-    def _insert(self, context: InsertContext, columns: list[tuple[Any, ...]]) -> None:
-        # A fresh `data` resets the reusable context, also after a failed attempt.
-        context.insert_exception = None
-        context.data = columns
-        try:
-            self._client.insert(context=context)
-        finally:
-            context.data = None
+def check_dsn(dsn: str) -> str:
+    """`dsn` if it is one `connect` takes, else ValueError (without connecting)."""
+    _shared_key(dsn)
+    return dsn
 
 
 def insert_context(client: LockedClient, spec: TableSpec, database: str | None) -> InsertContext:
@@ -470,7 +378,7 @@ def insert_context(client: LockedClient, spec: TableSpec, database: str | None) 
     )
 
 
-def _ensure_schema_once(client: LockedClient, database: str) -> None:
+def ensure_schema_once(client: LockedClient, database: str) -> None:
     """`ensure_schema` by the first sink of this process on the DSN and database; the flow's
     other sinks (one per table, on every worker) find it done instead of repeating its DDL
     (29 statements, a round trip each over HTTP)."""
@@ -481,7 +389,7 @@ def _ensure_schema_once(client: LockedClient, database: str) -> None:
             shared.schemas.add(database)
 
 
-def _data_fault(exc: InsertRejectedError) -> bool:
+def is_data_fault(exc: InsertRejectedError) -> bool:
     """True when a value could not be encoded for its column (out of range, not UTF-8, None
     in a non-nullable column): the client raised before anything reached the server."""
     cause = exc.__cause__
@@ -490,76 +398,24 @@ def _data_fault(exc: InsertRejectedError) -> bool:
     return cause is not None and not isinstance(cause, (DatabaseError, *_CLIENT_SIDE_ERRORS, OSError))
 
 
-class ClickHouseSink(DynamicSink[Any]):
-    """Write one judgeflow record type into its ClickHouse table, one insert per batch.
-
-    Args:
-        dsn: where ClickHouse is (see `connect`).
-        database: the judgeflow database; created with its tables if missing.
-        table: one of `TABLES` (`llm_events`, `evaluations`, `cost_windows`,
-            `alerts`, `dead_letters`, `pricing_issues`); the records must be of its type.
-        store_text: keep prompts and responses in `llm_events` (off by default).
-        max_retry_s: how long to keep retrying a failing connect or insert
-            (exponential backoff with jitter) before raising.
-    """
-
-    def __init__(
-        self,
-        dsn: str,
-        database: str,
-        table: str,
-        *,
-        store_text: bool = False,
-        max_retry_s: float = 60.0,
-    ) -> None:
-        if max_retry_s < 0:
-            msg = f"ClickHouseSink({table!r}): max_retry_s must be >= 0, got {max_retry_s}"
-            raise ValueError(msg)
-        _shared_key(dsn)  # fail at flow build time on a malformed DSN, without connecting
-        self.dsn = dsn
-        self.database = check_identifier(database)
-        self.spec = table_spec(table)
-        self.store_text = store_text
-        self.max_retry_s = max_retry_s
-
-    def _row_builder(self) -> Callable[[Any], tuple[Any, ...]]:
-        if self.spec.build_row is event_row:
-            store_text = self.store_text
-            return lambda e: event_row(e, store_text=store_text)
-        return self.spec.build_row
-
-    def _open(self) -> tuple[LockedClient, InsertContext]:
-        client = connect(self.dsn, self.database)
-        _ensure_schema_once(client, self.database)
-        return client, insert_context(client, self.spec, self.database)
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ClickHouseSinkPartition:
-        """Open the shared client on this worker (retrying like an insert) and
-        make sure the schema exists."""
-        client, context = retry(
-            self._open, table=self.spec.name, action="connect", max_retry_s=self.max_retry_s
-        )
-        # the series exist at 0 from the start: Prometheus's increase() misses a series' first value
-        RETRIES.labels(self.spec.name)
-        FAILURES.labels(self.spec.name)
-        return _ClickHouseSinkPartition(client, context, self.spec, self._row_builder(), self.max_retry_s)
-
-
 __all__ = [
     "DEFAULT_DATABASE",
     "ROW_BUILDERS",
     "TABLES",
-    "ClickHouseSink",
     "ClickHouseSinkError",
     "InsertGaveUpError",
     "InsertRejectedError",
     "LockedClient",
     "TableSpec",
     "chdb_dir_in_use",
+    "check_dsn",
     "check_identifier",
     "connect",
     "ensure_schema",
+    "ensure_schema_once",
     "event_row",
+    "insert_context",
+    "is_data_fault",
     "is_retryable",
     "redact_dsn",
     "retry",

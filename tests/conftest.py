@@ -172,7 +172,9 @@ def run_flow(settings: Settings, *, workers: int = 1, control: object | None = N
         deps = dataclasses.replace(deps, control=control)
     try:
         cli_main(
-            build_flow(settings, deps=deps), workers_per_process=workers, epoch_interval=timedelta(seconds=1)
+            build_flow(settings, deps=deps, workers=workers),
+            workers_per_process=workers,
+            epoch_interval=timedelta(seconds=1),
         )
     finally:
         deps.close()

@@ -27,6 +27,7 @@ from prometheus_client import REGISTRY
 from core.records import Alert, CostWindow, DeadLetter, Evaluation, Event, Source
 from simulators.chdb_http import start_chdb_http
 from sinks import clickhouse as ch
+from sinks.clickhouse_sink import ClickHouseSink
 
 REPO = Path(__file__).resolve().parents[1]
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z in ms
@@ -155,7 +156,7 @@ def make_dead_letter(i: int, **changes: Any) -> DeadLetter:
 
 
 def write(dsn: str, database: str, table: str, records: list[Any], **options: Any) -> None:
-    sink = ch.ClickHouseSink(dsn, database, table, **options)
+    sink = ClickHouseSink(dsn, database, table, **options)
     sink.build("out", 0, 1).write_batch(records)
 
 
@@ -300,7 +301,7 @@ def test_cost_windows_land_with_exact_values(chdb_dsn: str, client: ch.LockedCli
 def test_a_window_of_fractional_seconds_is_a_dead_letter(
     chdb_dsn: str, client: ch.LockedClient, database: str
 ) -> None:
-    part = ch.ClickHouseSink(chdb_dsn, database, "cost_windows").build("out", 0, 1)
+    part = ClickHouseSink(chdb_dsn, database, "cost_windows").build("out", 0, 1)
     part.write_batch([make_window(0, window_ms=1500), make_window(1)])
     assert client.query("SELECT count() FROM cost_windows FINAL").result_rows == [(1,)]
     ((stage, reason),) = client.query("SELECT stage, reason FROM dead_letters FINAL").result_rows
@@ -392,12 +393,12 @@ def test_a_bytewax_flow_writes_through_the_sink(
     op.output(
         "events_out",
         op.input("events", flow, TestingSource(events, batch_size=64)),
-        ch.ClickHouseSink(chdb_dsn, database, "llm_events"),
+        ClickHouseSink(chdb_dsn, database, "llm_events"),
     )
     op.output(
         "alerts_out",
         op.input("alerts", flow, TestingSource(alerts)),
-        ch.ClickHouseSink(chdb_dsn, database, "alerts"),
+        ClickHouseSink(chdb_dsn, database, "alerts"),
     )
     run_main(flow)
 
@@ -407,7 +408,7 @@ def test_a_bytewax_flow_writes_through_the_sink(
     assert Decimal(total) == sum(usd(e.cost_pusd) for e in events)
 
 
-class _RecordingSink(ch.ClickHouseSink):
+class _RecordingSink(ClickHouseSink):
     def __init__(self, *args: Any, built: list[int], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.built = built
@@ -436,7 +437,7 @@ def two_process_flow(url: str, database: str, n: int) -> Dataflow:
     flow = Dataflow("clickhouse_two_processes")
     events = op.input("events", flow, TestingSource([make_event(i) for i in range(n)], 100))
     spread = op.redistribute("spread", events)
-    op.output("out", spread, ch.ClickHouseSink(url, database, "llm_events"))
+    op.output("out", spread, ClickHouseSink(url, database, "llm_events"))
     return flow
 
 
@@ -468,16 +469,16 @@ def test_two_processes_write_every_row_once_through_the_http_front(tmp_path: Pat
 
 
 def test_the_wrong_record_type_is_a_clear_error(chdb_dsn: str, database: str) -> None:
-    part = ch.ClickHouseSink(chdb_dsn, database, "llm_events").build("out", 0, 1)
+    part = ClickHouseSink(chdb_dsn, database, "llm_events").build("out", 0, 1)
     with pytest.raises(TypeError, match="'llm_events' expects Event records, got Alert"):
         part.write_batch([make_alert(0)])
 
 
 def test_unknown_tables_and_dsns_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown judgeflow table 'events'"):
-        ch.ClickHouseSink("chdb:///tmp/x", "judgeflow", "events")
+        ClickHouseSink("chdb:///tmp/x", "judgeflow", "events")
     with pytest.raises(ValueError, match="unsupported ClickHouse DSN 'tcp://default:\\*\\*\\*@h"):
-        ch.ClickHouseSink("tcp://default:secret@h:9000", "judgeflow", "alerts")
+        ClickHouseSink("tcp://default:secret@h:9000", "judgeflow", "alerts")
 
 
 def test_a_second_chdb_directory_is_refused(client: ch.LockedClient, tmp_path: Path) -> None:
@@ -487,7 +488,7 @@ def test_a_second_chdb_directory_is_refused(client: ch.LockedClient, tmp_path: P
 
 
 def test_a_fatal_error_is_not_retried(chdb_dsn: str, client: ch.LockedClient, database: str) -> None:
-    part = ch.ClickHouseSink(chdb_dsn, database, "alerts", max_retry_s=30).build("out", 0, 1)
+    part = ClickHouseSink(chdb_dsn, database, "alerts", max_retry_s=30).build("out", 0, 1)
     client.command(f"DROP TABLE {database}.alerts")
     failures = counter("judgeflow_clickhouse_insert_failures_total", "alerts")
 

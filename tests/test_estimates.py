@@ -284,7 +284,8 @@ def test_the_design_does_not_depend_on_batching_order_or_restarts():
 @pytest.mark.slow
 def test_report_query_rolls_up_what_the_flow_wrote(chdb_dsn, database):
     from operators.estimates import estimate_row
-    from sinks.clickhouse import ClickHouseSink, connect, ensure_schema
+    from sinks.clickhouse import connect, ensure_schema
+    from sinks.clickhouse_sink import ClickHouseSink
 
     client = connect(chdb_dsn, database)
     ensure_schema(client, database)
@@ -319,7 +320,8 @@ def test_a_table_from_before_the_design_columns_is_migrated(chdb_dsn, database):
     """ensure_schema adds the new columns to a quality_estimates table created before them; its
     old rows roll up as one stratum each, next to new rows with their design."""
     from operators.estimates import estimate_row
-    from sinks.clickhouse import ClickHouseSink, connect, ensure_schema
+    from sinks.clickhouse import connect, ensure_schema
+    from sinks.clickhouse_sink import ClickHouseSink
 
     client = connect(chdb_dsn, database)
     client.command(f"CREATE DATABASE IF NOT EXISTS {database}", use_database=False)

@@ -35,7 +35,8 @@ from operators.sample_design import FLAGGED, LONG, SHARE, Sampler, StratumCount,
 from operators.savings import savings_row
 from simulators.chdb_http import start_chdb_http
 from simulators.kafka_mock import produce_all
-from sinks.clickhouse import ClickHouseSink, connect, ensure_schema
+from sinks.clickhouse import connect, ensure_schema
+from sinks.clickhouse_sink import ClickHouseSink
 from tests.conftest import flow_settings, rows, run_flow
 from tests.test_estimates import check_coverage
 from tests.test_sampler import (

@@ -9,7 +9,7 @@ from prometheus_client import REGISTRY
 
 from judges.runtime import JudgeRuntime
 from simulators.local_endpoint import EndpointConfig, LocalEndpoint
-from sinks import clickhouse as ch
+from sinks.clickhouse_sink import ClickHouseSink
 from sinks.clickhouse_tables import observe_evaluation_latency
 from tests.test_clickhouse_sink import make_evaluation
 from tests.test_judge_runtime import BAD_KEY, judge_one, make_judge, runtime
@@ -65,12 +65,12 @@ def test_evaluation_latency_is_the_time_from_the_event_to_the_row_per_tier():
 
 def test_the_evaluations_sink_times_every_row_it_writes(chdb_dsn, database):
     written = sample(f"{LATENCY}_count", tier="1") or 0
-    sink = ch.ClickHouseSink(chdb_dsn, database, "evaluations").build("out", 0, 1)
+    sink = ClickHouseSink(chdb_dsn, database, "evaluations").build("out", 0, 1)
     sink.write_batch([make_evaluation(i, tier=1) for i in range(7)])
     assert sample(f"{LATENCY}_count", tier="1") == written + 7
 
 
 def test_clickhouse_failure_counters_are_exported_at_zero_before_any_failure(chdb_dsn, database):
-    ch.ClickHouseSink(chdb_dsn, database, "pricing_issues").build("out", 0, 1)
+    ClickHouseSink(chdb_dsn, database, "pricing_issues").build("out", 0, 1)
     assert sample("judgeflow_clickhouse_insert_failures_total", table="pricing_issues") is not None
     assert sample("judgeflow_clickhouse_insert_retries_total", table="pricing_issues") is not None

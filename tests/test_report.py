@@ -25,7 +25,8 @@ from operators.price import pricing_issue
 from operators.rollups import rollup
 from operators.windows import cost_window, ledger_entry
 from simulators.chdb_http import start_chdb_http
-from sinks.clickhouse import ClickHouseSink, connect
+from sinks.clickhouse import connect
+from sinks.clickhouse_sink import ClickHouseSink
 
 REPO = Path(__file__).resolve().parents[1]
 MIN = 60_000

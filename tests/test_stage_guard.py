@@ -18,7 +18,8 @@ from judges.cascade import JudgePlan
 from operators.dedup import ContentKeyer
 from simulators.kafka_mock import produce_all
 from simulators.traffic import generate
-from sinks.clickhouse import ClickHouseSink, InsertRejectedError, connect, ensure_schema
+from sinks.clickhouse import InsertRejectedError, connect, ensure_schema
+from sinks.clickhouse_sink import ClickHouseSink
 from tests.conftest import rows, topic_flow_settings
 from tests.test_redeliveries import _event
 

@@ -1,0 +1,357 @@
+"""The ClickHouse sinks: each writes one judgeflow record type into its table, one insert per batch.
+
+Two ways to wait for an insert, the same rows:
+
+- `WriteBehindClickHouseSink` (the flow's default): a bytewax `FixedPartitionedSink`. A partition
+  builds the rows in the worker, as before, and hands the insert to a writer thread of its own (one
+  per partition, so its inserts land in the order they were handed over); at most `MAX_PENDING`
+  inserts wait behind the one in flight, past that `write_batch` waits. `snapshot()` returns only
+  once every insert handed over is acknowledged. bytewax 0.21 calls it at the end of every epoch for
+  each partition written in that epoch — with or without recovery — and commits the epoch only after
+  it returned, so no epoch commits before its rows are in ClickHouse: the guarantee of a sink that
+  waits for each insert, with the wait moved to the epoch's end and overlapped with the worker's
+  work. An insert that fails for good in the writer thread is raised in the worker at the next
+  `write_batch`, `snapshot` or `close` (the flow stops, as it does when an insert fails in line).
+- `ClickHouseSink`: a `DynamicSink` whose `write_batch` returns when the insert is acknowledged
+  (`clickhouse.write_behind = false`).
+
+A write-behind sink takes `(shard, records)` pairs, which `key_batches` makes: one pair per batch
+and shard, the shard a hash of the record's tenant (one shard: the whole batch, no hashing). Each
+shard is a partition; bytewax gives every worker an equal share of them, and a pair crosses to the
+worker that owns its shard — with one worker, nothing crosses.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Stream, operator
+from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
+from clickhouse_connect.driver.insert import InsertContext
+
+from core.dead_letters import guarded, item_error
+from core.records import DeadLetter, entry_hash
+from sinks.clickhouse import (
+    FAILURES,
+    RETRIES,
+    ROWS,
+    InsertRejectedError,
+    LockedClient,
+    check_dsn,
+    check_identifier,
+    connect,
+    ensure_schema_once,
+    insert_context,
+    is_data_fault,
+    retry,
+)
+from sinks.clickhouse_tables import dead_letter_row, event_row, table_spec
+
+logger = logging.getLogger(__name__)
+
+MAX_PENDING = 2  # inserts a partition queues behind the one in flight before write_batch waits
+MAX_SHARDS = 64  # partitions every worker lists: a cluster uses its worker count of them
+_PARTS = [f"{i:02d}" for i in range(MAX_SHARDS)]
+
+
+class _TableWriter:
+    """One table's rows: built from records, inserted, and a batch the client cannot encode split in
+    halves until the records it rejects alone are found. Such a record, or one whose row cannot be built,
+    becomes a dead letter (stage `sink_<table>`) in the `dead_letters` table, and the rest is written. A
+    rejection by the server (a missing table, wrong credentials) is a setup problem and raises."""
+
+    def __init__(
+        self,
+        client: LockedClient,
+        context: InsertContext,
+        table: str,
+        build_row: Callable[[Any], tuple[Any, ...]],
+        max_retry_s: float,
+    ) -> None:
+        self._client = client
+        self._context = context
+        self._spec = table_spec(table)
+        self._build_row = build_row
+        self._max_retry_s = max_retry_s
+        self._stage = f"sink_{table}"
+        self._dead_context: InsertContext | None = None
+
+    def rows(self, items: list[Any]) -> tuple[list[tuple[Any, tuple[Any, ...]]], list[DeadLetter]]:
+        """(record, row) for each record whose row could be built, and dead letters for the others."""
+        record_type = self._spec.record_type
+        for item in items:
+            if not isinstance(item, record_type):  # a wiring bug: fail at the first batch
+                msg = (
+                    f"ClickHouse sink for {self._spec.name!r} expects {record_type.__name__} "
+                    f"records, got {type(item).__name__}: {item!r:.200}"
+                )
+                raise TypeError(msg)
+        build_row = self._build_row
+        return guarded(self._stage, lambda xs: [(x, build_row(x)) for x in xs], items)
+
+    def write(self, rows: list[tuple[Any, tuple[Any, ...]]], dead: list[DeadLetter]) -> None:
+        """Insert `rows`, then the dead letters: those given and those the insert found."""
+        dead = dead + self._write(rows)
+        if dead:
+            self._write_dead_letters(dead)
+
+    def _write(self, rows: list[tuple[Any, tuple[Any, ...]]]) -> list[DeadLetter]:
+        if not rows:
+            return []
+        try:
+            # a rejected row is found below and dead-lettered: not a failure of the sink
+            self._insert_rows(self._context, self._spec.name, [row for _, row in rows], count_rejection=False)
+        except InsertRejectedError as exc:
+            if not is_data_fault(exc):
+                FAILURES.labels(self._spec.name).inc()
+                raise
+            if len(rows) == 1:
+                return [item_error(self._stage, exc, rows[0][0])]
+            mid = len(rows) // 2
+            return self._write(rows[:mid]) + self._write(rows[mid:])
+        if self._spec.on_written is not None:
+            self._spec.on_written([record for record, _ in rows])
+        return []
+
+    def _write_dead_letters(self, dead: list[DeadLetter]) -> None:
+        if self._spec.name == "dead_letters":  # nowhere further to put them
+            msg = f"ClickHouse rejected dead letters: {[d.reason for d in dead][:3]}"
+            raise InsertRejectedError(msg)
+        if self._dead_context is None:
+            spec = table_spec("dead_letters")
+            self._dead_context = insert_context(self._client, spec, self._client.database)
+        self._insert_rows(self._dead_context, "dead_letters", [dead_letter_row(d) for d in dead])
+
+    def _insert_rows(
+        self, context: InsertContext, table: str, rows: list[tuple[Any, ...]], *, count_rejection: bool = True
+    ) -> None:
+        # Column-oriented: the Native encoder works per column, and handing it
+        # columns measured ~5-10% faster than row tuples.
+        columns = list(zip(*rows, strict=True))
+        retry(
+            lambda: self._insert(context, columns),
+            table=table,
+            action="insert",
+            max_retry_s=self._max_retry_s,
+            count_rejection=count_rejection,
+        )
+        ROWS.labels(table).inc(len(rows))
+
+    def _insert(self, context: InsertContext, columns: list[tuple[Any, ...]]) -> None:
+        # A fresh `data` resets the reusable context, also after a failed attempt.
+        context.insert_exception = None
+        context.data = columns
+        try:
+            self._client.insert(context=context)
+        finally:
+            context.data = None
+
+
+class _WriterThread:
+    """Runs the inserts handed to it one at a time, in order, on a thread of its own (started with the
+    first). `submit` waits while `max_pending` inserts are queued; the first insert that fails is kept,
+    the ones after it are dropped, and `check` raises it in the caller."""
+
+    def __init__(self, name: str, max_pending: int = MAX_PENDING) -> None:
+        self._name = name
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(max_pending)
+        self._thread: threading.Thread | None = None
+        self._error: Exception | None = None
+        self._raised = False
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.check()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+        self._jobs.put(job)
+
+    def flush(self) -> None:
+        """Wait until every insert handed over is done; raise the first that failed."""
+        if self._thread is not None:
+            self._jobs.join()
+        self.check()
+
+    def check(self) -> None:
+        if self._error is not None:
+            self._raised = True
+            raise self._error
+
+    def close(self) -> None:
+        """Flush and stop the thread. A failure already raised in the worker is not raised again: the
+        flow is stopping because of it (and bytewax closes partitions while it unwinds)."""
+        if self._thread is None:
+            return
+        self._jobs.join()
+        self._jobs.put(None)
+        self._thread.join()
+        self._thread = None
+        if not self._raised:
+            self.check()
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                if self._error is None:
+                    job()
+            except Exception as ex:
+                logger.debug("ClickHouse writer %s failed: %r", self._name, ex)
+                self._error = ex
+            finally:
+                self._jobs.task_done()
+
+
+class _ClickHouseSinkPartition(StatelessSinkPartition[Any]):
+    """One insert per batch, acknowledged before `write_batch` returns."""
+
+    def __init__(self, writer: _TableWriter) -> None:
+        self._writer = writer
+
+    def write_batch(self, items: list[Any]) -> None:
+        if items:
+            self._writer.write(*self._writer.rows(items))
+
+
+class _WriteBehindPartition(StatefulSinkPartition[list[Any], None]):
+    """One insert per batch, handed to this partition's writer thread; `snapshot()` waits for them."""
+
+    def __init__(self, writer: _TableWriter, thread: _WriterThread) -> None:
+        self._writer = writer
+        self._thread = thread
+
+    def write_batch(self, values: list[list[Any]]) -> None:
+        items = values[0] if len(values) == 1 else list(itertools.chain.from_iterable(values))
+        if not items:
+            return
+        self._thread.check()  # a failed insert stops the worker before it builds more rows
+        rows, dead = self._writer.rows(items)
+        self._thread.submit(functools.partial(self._writer.write, rows, dead))
+
+    def snapshot(self) -> None:
+        # the epoch commits after this returns: its rows must be in ClickHouse by then
+        self._thread.flush()
+
+    def close(self) -> None:
+        self._thread.close()
+
+
+class _ClickHouseTable:
+    """Settings shared by both sinks, and how a worker opens its writer."""
+
+    def __init__(
+        self, dsn: str, database: str, table: str, *, store_text: bool = False, max_retry_s: float = 60.0
+    ) -> None:
+        if max_retry_s < 0:
+            msg = f"{type(self).__name__}({table!r}): max_retry_s must be >= 0, got {max_retry_s}"
+            raise ValueError(msg)
+        check_dsn(dsn)  # fail at flow build time on a malformed DSN, without connecting
+        self.dsn = dsn
+        self.database = check_identifier(database)
+        self.spec = table_spec(table)
+        self.store_text = store_text
+        self.max_retry_s = max_retry_s
+
+    def _row_builder(self) -> Callable[[Any], tuple[Any, ...]]:
+        if self.spec.build_row is event_row:
+            store_text = self.store_text
+            return lambda e: event_row(e, store_text=store_text)
+        return self.spec.build_row
+
+    def _open(self) -> tuple[LockedClient, InsertContext]:
+        client = connect(self.dsn, self.database)
+        ensure_schema_once(client, self.database)
+        return client, insert_context(client, self.spec, self.database)
+
+    def _writer(self) -> _TableWriter:
+        """Open the shared client on this worker (retrying like an insert) and make sure the
+        schema exists."""
+        client, context = retry(
+            self._open, table=self.spec.name, action="connect", max_retry_s=self.max_retry_s
+        )
+        # the series exist at 0 from the start: Prometheus's increase() misses a series' first value
+        RETRIES.labels(self.spec.name)
+        FAILURES.labels(self.spec.name)
+        return _TableWriter(client, context, self.spec.name, self._row_builder(), self.max_retry_s)
+
+
+class ClickHouseSink(_ClickHouseTable, DynamicSink[Any]):
+    """Write one judgeflow record type into its ClickHouse table, one insert per batch, acknowledged
+    before the next batch.
+
+    Args:
+        dsn: where ClickHouse is (see `sinks.clickhouse.connect`).
+        database: the judgeflow database; created with its tables if missing.
+        table: one of `TABLES` (`llm_events`, `evaluations`, `cost_windows`,
+            `alerts`, `dead_letters`, `pricing_issues`, ...); the records must be of its type.
+        store_text: keep prompts and responses in `llm_events` (off by default).
+        max_retry_s: how long to keep retrying a failing connect or insert
+            (exponential backoff with jitter) before raising.
+    """
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ClickHouseSinkPartition:
+        return _ClickHouseSinkPartition(self._writer())
+
+
+class WriteBehindClickHouseSink(_ClickHouseTable, FixedPartitionedSink[list[Any], None]):
+    """`ClickHouseSink`'s rows, inserted by a writer thread per partition and flushed before each
+    epoch commits (see the module docstring). Takes the `(shard, records)` pairs of `key_batches`;
+    the arguments are `ClickHouseSink`'s."""
+
+    def list_parts(self) -> list[str]:
+        # Every worker lists the same fixed set, whatever the cluster's size, so a restart on
+        # another worker count finds every partition its snapshots name.
+        return _PARTS
+
+    def part_fn(self, item_key: str) -> int:
+        return int(item_key)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _WriteBehindPartition:
+        # nothing to resume: what an epoch handed over is written before it commits
+        thread = _WriterThread(f"clickhouse-{step_id}-{for_part}")
+        return _WriteBehindPartition(self._writer(), thread)
+
+
+@operator
+def key_batches(step_id: str, up: Stream[Any], *, shards: int = 1) -> Stream[tuple[str, list[Any]]]:
+    """`(shard, records)` pairs for a `WriteBehindClickHouseSink`: one per batch and shard, a
+    record's shard a hash of its tenant (`""` when it has none), so a tenant's rows stay in order.
+    `shards` is the number of workers to spread the inserts over (at most `MAX_SHARDS`); with one,
+    each batch travels whole."""
+    if not 1 <= shards <= MAX_SHARDS:
+        msg = f"{step_id}: shards must be in 1..{MAX_SHARDS}, got {shards}"
+        raise ValueError(msg)
+
+    if shards == 1:
+        return op.flat_map_batch("shard", up, lambda records: [("0", records)])
+
+    def group(records: list[Any]) -> Iterable[tuple[str, list[Any]]]:
+        groups: dict[int, list[Any]] = {}
+        shard_of: dict[str, int] = {}
+        for record in records:
+            tenant = getattr(record, "tenant_id", "")
+            shard = shard_of.get(tenant)
+            if shard is None:
+                shard = shard_of[tenant] = entry_hash(tenant) % shards
+            groups.setdefault(shard, []).append(record)
+        return [(str(shard), group) for shard, group in groups.items()]
+
+    return op.flat_map_batch("shard", up, group)
+
+
+__all__ = [
+    "MAX_PENDING",
+    "MAX_SHARDS",
+    "ClickHouseSink",
+    "WriteBehindClickHouseSink",
+    "key_batches",
+]
