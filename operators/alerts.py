@@ -63,6 +63,12 @@ from operators.alert_rules import Reading, Rule, dec
 from operators.alert_state import DAY_MS, TenantLedger, month_bounds
 from operators.expensive import ExpensiveSlot
 
+# How often (event time) the ledger drops what no rule and no revision can need any more. Only memory
+# depends on it: every horizon of `TenantLedger.forget` is behind anything a rule reads or a revision
+# can still change. Forgetting at every evaluation scanned each window key's row once per minute per
+# tenant: 9% of the CPU samples of the 100,000-key soak.
+FORGET_EVERY_MS = 10 * 60_000
+
 
 class AlertProgress(msgspec.Struct, frozen=True, array_like=True):
     """A tenant's alerts are evaluated through `through_ms` (event time), and these are the
@@ -101,6 +107,7 @@ class _AlertState:
     acting: str = "ok"
     acted_by: str = ""
     reported_ms: int = -1  # the `evaluated_ms` the last `AlertProgress` carried
+    forgot_ms: int = -1  # the `evaluated_ms` the ledger last forgot at
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,8 +363,11 @@ class _AlertLogic(StatefulBatchLogic[_In, _Out, bytes]):
 
     def _forget(self, lookback: int) -> None:
         s = self._s
-        rules = self._policy.for_tenant(s.tenant)
         at = s.evaluated_ms
+        if at < s.forgot_ms + FORGET_EVERY_MS:
+            return
+        s.forgot_ms = at
+        rules = self._policy.for_tenant(s.tenant)
         s.ledger.forget(
             revisable_ms=self._revisable,
             keys=s.clock_ms - 2 * DAY_MS,
