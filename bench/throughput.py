@@ -15,7 +15,9 @@ Same traffic, same process, measured three ways:
   process (the chdb HTTP front, `sinks.chdb_http`, in a subprocess: the
   deployment shape, where the worker pays only the client's side), and to
   the embedded engine (chdb) inside the worker's own process, which also
-  pays for executing the inserts.
+  pays for executing the inserts. Each both ways: write-behind (the default:
+  inserts on the sinks' writer threads, flushed at the epoch's end) and in
+  line (`clickhouse.write_behind = false`: the worker waits for each insert).
 
 "CPU" is this process's CPU time per event, all its threads: with chdb in this process that
 includes the engine's inserts; over HTTP it leaves out the server's work, so it is what a worker
@@ -67,13 +69,15 @@ from operators.windows import cost_window
 NO_CLICKHOUSE = "build_flow, counting sinks instead of ClickHouse"
 OVER_HTTP = "build_flow + ClickHouse sinks over HTTP (server in another process)"
 EMBEDDED = "build_flow + ClickHouse sinks (chdb engine in this process)"
+IN_LINE = ", inserts in line"  # clickhouse.write_behind = false: the worker waits for each insert
 REDELIVERIES = [True]  # --no-redeliveries: build_flow without the exactly-once step (its cost)
 
 
-def settings_for(dsn: str = "", database: str = "bench") -> Settings:
+def settings_for(dsn: str = "", database: str = "bench", *, write_behind: bool = True) -> Settings:
     overrides = {"judges.enabled": False, "windows.drop_redeliveries": REDELIVERIES[0]}
     if dsn:
         overrides |= {"clickhouse.dsn": dsn, "clickhouse.database": database}
+        overrides |= {"clickhouse.write_behind": write_behind}
     return load_settings(None, env={}, **overrides)
 
 
@@ -180,16 +184,17 @@ def run_plain(settings: Settings, batches: list[list]) -> tuple[Took, dict[str, 
         d.close()
 
 
-def run_with_sinks(msgs: list, batch: int, dsn: str, run: int) -> Took:
+def run_with_sinks(msgs: list, batch: int, dsn: str, run: int, *, write_behind: bool = True) -> Took:
     """build_flow itself into ClickHouse at `dsn` (none: counting sinks instead); a fresh database
     per run (chdb opens one directory per process), its tables made before the clock starts, as a
-    restart finds them."""
+    restart finds them. `write_behind=False`: the sinks wait for each insert in line."""
     from flows.judgeflow import build_flow
     from sinks.clickhouse import connect, ensure_schema
 
-    settings = settings_for(dsn, database=f"bench_{run}")
+    database = f"bench_{run}" if write_behind else f"bench_{run}_in_line"
+    settings = settings_for(dsn, database=database, write_behind=write_behind)
     if dsn:
-        ensure_schema(connect(dsn, f"bench_{run}"), f"bench_{run}")
+        ensure_schema(connect(dsn, database), database)
     d = build_deps(settings)
     try:
         flow = build_flow(settings, source=TestingSource(msgs, batch_size=batch), deps=d)
@@ -241,9 +246,10 @@ def main() -> int:
         if args.sinks:
             with without_clickhouse():
                 results[NO_CLICKHOUSE].append(run_with_sinks(msgs, args.batch, "", i))
-            results[OVER_HTTP].append(run_with_sinks(msgs, args.batch, http_dsn, i))
             embedded = f"chdb://{chdb_dir.name}/embedded"
-            results[EMBEDDED].append(run_with_sinks(msgs, args.batch, embedded, i))
+            for name, dsn in ((OVER_HTTP, http_dsn), (EMBEDDED, embedded)):
+                results[name].append(run_with_sinks(msgs, args.batch, dsn, i))
+                results[name + IN_LINE].append(run_with_sinks(msgs, args.batch, dsn, i, write_behind=False))
         print(f"run {i + 1}/{args.repeat} done", file=sys.stderr)
     server.close()
 
@@ -255,7 +261,7 @@ def main() -> int:
         walls = [t.wall for t in runs]
         rate, spread = median_rate(n, walls)
         best = n / min(walls)
-        vs_flow = f"{best / flow_base:.2f}x" if name in (OVER_HTTP, EMBEDDED) else ""
+        vs_flow = f"{best / flow_base:.2f}x" if name.startswith((OVER_HTTP, EMBEDDED)) else ""
         cpu = statistics.median(t.cpu for t in runs) / n * 1e6
         rows.append(
             [

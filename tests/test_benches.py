@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = {
     "alerts.py": ["--tenants", "5", "--hours", "1", "--repeat", "1"],
     "cache_stage.py": ["--events", "2000", "--repeat", "1"],
+    "clickhouse_sinks.py": ["--events", "2000", "--repeat", "1"],
     "cost_path.py": ["--events", "4000", "--repeat", "1"],
     "estimates.py": ["--seeds", "3", "--shapes", "xstest", "presidio"],
     "judge_savings.py": ["--events", "500"],
