@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -131,6 +132,12 @@ class Rule:
 
     def evaluate(self, led: TenantLedger, end_ms: int) -> list[Reading]:
         raise NotImplementedError
+
+    def readings(self, led: TenantLedger, end_ms: int, levelled: AbstractSet[str]) -> list[Reading]:
+        """What an evaluation steps the levels with: `evaluate`'s readings. A rule with a reading per
+        scope may leave out the scopes that are not in `levelled` (the scopes of this rule with a level
+        other than ok) and whose reading cannot raise a level: reading them would change nothing."""
+        return self.evaluate(led, end_ms)
 
     def show(self, value: Decimal) -> str:
         """A value or threshold with its unit, short (the message says what it measures)."""
@@ -242,9 +249,21 @@ class VariantCost(Rule):
         return self.window_s * 1000
 
     def evaluate(self, led: TenantLedger, end_ms: int) -> list[Reading]:
+        return self._readings(led, end_ms, None)
+
+    def readings(self, led: TenantLedger, end_ms: int, levelled: AbstractSet[str]) -> list[Reading]:
+        # An agent whose baseline has fewer than `min_requests` in the window reads "not enough
+        # data" or zero, which leaves ok as it is: of a tenant's agents (hundreds, evaluated every
+        # minute) only those with a level and those with enough baseline requests are read.
+        baseline, least = self.baseline, self.min_requests
+        agents = {a for (a, v), (n, _) in led.agents_open.items() if v == baseline and n >= least}
+        return self._readings(led, end_ms, agents.union(levelled))
+
+    def _readings(self, led: TenantLedger, end_ms: int, agents: AbstractSet[str] | None) -> list[Reading]:
+        """The readings of `agents` (None: every agent with requests in the window)."""
         start = end_ms - self.window_s * 1000
         out = []
-        for agent, variants in sorted(led.agent_sums().items()):  # the ledger keeps this window
+        for agent, variants in sorted(led.agent_sums(agents).items()):  # the ledger keeps this window
             base = variants.get(self.baseline)
             others = {v: rc for v, rc in variants.items() if v != self.baseline and rc[0] > 0}
             if base is None or base[0] == 0 or base[1] == 0 or not others:

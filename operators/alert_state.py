@@ -13,6 +13,7 @@ whole ledger is the alert stage's snapshot state.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -174,11 +175,12 @@ class TenantLedger:
         """LLM cost from `start` (a UTC day boundary) to the cursor."""
         return sum(c for day, (c, _) in self.days.items() if day >= start)
 
-    def agent_sums(self) -> dict[str, dict[str, list[int]]]:
-        """agent -> variant -> [requests, cost] over [cursor - agent_window_ms, cursor)."""
+    def agent_sums(self, agents: AbstractSet[str] | None = None) -> dict[str, dict[str, list[int]]]:
+        """agent -> variant -> [requests, cost] over [cursor - agent_window_ms, cursor), of `agents`
+        (None: every agent)."""
         out: dict[str, dict[str, list[int]]] = {}
         for (agent, variant), (n, c) in self.agents_open.items():
-            if n:
+            if n and (agents is None or agent in agents):
                 out.setdefault(agent, {})[variant] = [n, c]
         return out
 

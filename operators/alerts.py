@@ -119,6 +119,7 @@ class _Change:
 
 
 _Out = Alert | OverrideAction | AlertProgress
+_NONE: frozenset[str] = frozenset()
 
 
 _In = CostWindow | ExpensiveSlot | AbuseWindow
@@ -256,8 +257,11 @@ class _AlertLogic(StatefulBatchLogic[_In, _Out, bytes]):
         s.ledger.advance(end)
         changes: list[_Change] = []
         read: set[tuple[str, str]] = set()
+        levelled: dict[str, set[str]] = {}
+        for rule_name, scope in s.levels:
+            levelled.setdefault(rule_name, set()).add(scope)
         for rule in policy.for_tenant(s.tenant):
-            for r in rule.evaluate(s.ledger, end):
+            for r in rule.readings(s.ledger, end, levelled.get(rule.name, _NONE)):
                 read.add((rule.name, r.scope))
                 changes.extend(self._step(rule, r))
         for rule_name, scope in [k for k in s.levels if k not in read]:

@@ -24,7 +24,7 @@ from core.records import Alert, CostWindow, Event, usd_to_pico
 from flows.cli import _parser
 from flows.config import ConfigError
 from flows.deps import build_alert_policy
-from operators.alert_rules import RULE_TYPES, BurnRate, VolumeSpike
+from operators.alert_rules import RULE_TYPES, BurnRate, VariantCost, VolumeSpike
 from operators.alert_state import TenantLedger
 from operators.alerts import AlertProgress, _AlertLogic, alerts
 from operators.expensive import ExpensiveSlot, expensive_requests
@@ -338,6 +338,35 @@ def test_variant_cost_ratio_per_agent():
     assert a.runbook == "judgeflow report variants --tenant t --agent bot"
     assert run([rows("0.06")], pol) == []  # same cost per request
     assert run([rows("0.5", ft_requests=2)], pol) == []  # 40 requests: too few to judge
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sums=st.dictionaries(
+        st.tuples(st.sampled_from(["a", "b", "c", "d"]), st.sampled_from(["baseline", "ft", "v3"])),
+        st.tuples(st.sampled_from([0, 1, 49, 50, 51, 120]), st.integers(0, 10**9)),
+    ),
+    levelled=st.sets(st.sampled_from(["a", "b", "c", "d", "gone"])),
+)
+def test_variant_cost_reads_only_what_can_change_a_level(sums, levelled):
+    """The readings an evaluation uses are `evaluate`'s, less agents with no level whose reading
+    (not enough data, or zero) leaves ok as it is."""
+    rule = VariantCost(min_requests=50)
+    led = TenantLedger(agents_open={k: [n, c] for k, (n, c) in sums.items()})
+    every = {r.scope: r for r in rule.evaluate(led, T0)}
+    used = {r.scope: r for r in rule.readings(led, T0, levelled)}
+    for scope, r in used.items():
+        assert (r.value, r.start_ms, r.note, r.details()) == (
+            every[scope].value,
+            every[scope].start_ms,
+            every[scope].note,
+            every[scope].details(),
+        )
+    for scope, r in every.items():
+        if scope not in used:
+            assert scope not in levelled
+            assert r.value is None or r.value == 0
+            assert rule.next_level("ok", r.value, Decimal("0.1"), False) == "ok"
 
 
 def test_expensive_requests_list_the_top_n():
