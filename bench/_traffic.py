@@ -240,6 +240,9 @@ class _CountingWriteBehindSink(_CountingClickHouseSink):
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _CountKeyed:  # type: ignore[override]
         return _CountKeyed(self.counts, self._table)
 
+    def owned_shard(self) -> str | None:
+        return None
+
 
 @contextlib.contextmanager
 def without_clickhouse() -> Iterator[dict[str, int]]:

@@ -2,12 +2,13 @@
 ClickHouse in another process (the chdb HTTP front), with the write-behind sinks and with inserts in
 line, against counting sinks in the same run.
 
-The write-behind sinks take `(shard, records)` pairs routed to the worker that owns the shard: with
-two processes, a batch's records of the other process's shards cross to it (`build_flow(workers=2)`,
-what `judgeflow run` builds for a cluster of two), where the in-line sinks write every batch on the
-worker that made it. "shards 1" routes every pair to one worker (a contrast: everything of one
-process crosses, the other process writes everything). The input is a two-partition in-memory
-source, each process reading one partition; every configuration runs in fresh child processes.
+The write-behind sinks take `(shard, records)` pairs routed to the worker that owns the shard; with
+two shards (`build_flow(workers=2)`, what `judgeflow run` builds for a cluster of two) each worker keys
+its batches to its own shard once it has built it, so only the first batches may cross, and the
+in-line sinks write every batch on the worker that made it. "shards 1" routes every pair to one
+worker (a contrast: every batch of the other process crosses). The input is a two-partition
+in-memory source, each process reading one partition; every configuration runs in fresh child
+processes.
 
     .venv/bin/python bench/clickhouse_sinks.py [--events 50000] [--batch 1000] [--repeat 3]
 """

@@ -74,7 +74,7 @@ def build_flow(
         args = (ch.dsn, ch.database, table)
         if ch.write_behind:  # inserts on writer threads, flushed before each epoch commits
             sink = WriteBehindClickHouseSink(*args, store_text=ch.store_text, max_retry_s=ch.max_retry_s)
-            keyed = key_batches(f"{step_id}_shard", stream, shards=min(workers, MAX_SHARDS))
+            keyed = key_batches(f"{step_id}_shard", stream, sink=sink, shards=min(workers, MAX_SHARDS))
             op.output(step_id, keyed, sink)
         else:
             op.output(

@@ -16,9 +16,12 @@ Two ways to wait for an insert, the same rows:
   (`clickhouse.write_behind = false`).
 
 A write-behind sink takes `(shard, records)` pairs, which `key_batches` makes: one pair per batch
-and shard, the shard a hash of the record's tenant (one shard: the whole batch, no hashing). Each
-shard is a partition; bytewax gives every worker an equal share of them, and a pair crosses to the
-worker that owns its shard — with one worker, nothing crosses.
+(so one insert per batch and table, as in line). Each shard is a partition, and bytewax routes a pair
+to the worker that owns its shard (it spreads the `shards` over the workers, one each when there are
+as many). A worker keys its batches to a shard it owns once it has built one, so they stay on it;
+until then it deals them round robin, which builds every shard's partition on its owner. With one
+worker nothing ever crosses; with several, only the first batches may. Which writer thread inserts a
+batch never changes a table: rows with the same key are identical, or the newest `version` wins.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import itertools
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import bytewax.operators as op
@@ -37,7 +40,7 @@ from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkParti
 from clickhouse_connect.driver.insert import InsertContext
 
 from core.dead_letters import guarded, item_error
-from core.records import DeadLetter, entry_hash
+from core.records import DeadLetter
 from sinks.clickhouse import (
     FAILURES,
     RETRIES,
@@ -307,6 +310,16 @@ class WriteBehindClickHouseSink(_ClickHouseTable, FixedPartitionedSink[list[Any]
     epoch commits (see the module docstring). Takes the `(shard, records)` pairs of `key_batches`;
     the arguments are `ClickHouseSink`'s."""
 
+    def __init__(
+        self, dsn: str, database: str, table: str, *, store_text: bool = False, max_retry_s: float = 60.0
+    ) -> None:
+        super().__init__(dsn, database, table, store_text=store_text, max_retry_s=max_retry_s)
+        self._owned: dict[int, str] = {}  # worker thread (of this process) -> a shard it owns
+
+    def owned_shard(self) -> str | None:
+        """A shard whose partition the calling worker thread has built, if any."""
+        return self._owned.get(threading.get_ident())
+
     def list_parts(self) -> list[str]:
         # Every worker lists the same fixed set, whatever the cluster's size, so a restart on
         # another worker count finds every partition its snapshots name.
@@ -317,35 +330,32 @@ class WriteBehindClickHouseSink(_ClickHouseTable, FixedPartitionedSink[list[Any]
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _WriteBehindPartition:
         # nothing to resume: what an epoch handed over is written before it commits
+        self._owned.setdefault(threading.get_ident(), str(int(for_part)))  # bytewax builds it on its owner
         thread = _WriterThread(f"clickhouse-{step_id}-{for_part}")
         return _WriteBehindPartition(self._writer(), thread)
 
 
 @operator
-def key_batches(step_id: str, up: Stream[Any], *, shards: int = 1) -> Stream[tuple[str, list[Any]]]:
-    """`(shard, records)` pairs for a `WriteBehindClickHouseSink`: one per batch and shard, a
-    record's shard a hash of its tenant (`""` when it has none), so a tenant's rows stay in order.
-    `shards` is the number of workers to spread the inserts over (at most `MAX_SHARDS`); with one,
-    each batch travels whole."""
+def key_batches(
+    step_id: str, up: Stream[Any], *, sink: WriteBehindClickHouseSink, shards: int = 1
+) -> Stream[tuple[str, list[Any]]]:
+    """`(shard, records)` pairs for `sink`, one per batch: the shard the worker owns once it has
+    built one, round robin over `shards` until then. `shards` is the number of workers to spread
+    the inserts over (at most `MAX_SHARDS`); with one, every batch stays on its worker."""
     if not 1 <= shards <= MAX_SHARDS:
         msg = f"{step_id}: shards must be in 1..{MAX_SHARDS}, got {shards}"
         raise ValueError(msg)
-
     if shards == 1:
         return op.flat_map_batch("shard", up, lambda records: [("0", records)])
+    turns = itertools.count()
 
-    def group(records: list[Any]) -> Iterable[tuple[str, list[Any]]]:
-        groups: dict[int, list[Any]] = {}
-        shard_of: dict[str, int] = {}
-        for record in records:
-            tenant = getattr(record, "tenant_id", "")
-            shard = shard_of.get(tenant)
-            if shard is None:
-                shard = shard_of[tenant] = entry_hash(tenant) % shards
-            groups.setdefault(shard, []).append(record)
-        return [(str(shard), group) for shard, group in groups.items()]
+    def pair(records: list[Any]) -> list[tuple[str, list[Any]]]:
+        shard = sink.owned_shard()
+        if shard is None:
+            shard = str(next(turns) % shards)
+        return [(shard, records)]
 
-    return op.flat_map_batch("shard", up, group)
+    return op.flat_map_batch("shard", up, pair)
 
 
 __all__ = [

@@ -219,7 +219,8 @@ class _TableDroppedSink(WriteBehindClickHouseSink):
 def test_a_flow_stops_when_an_insert_fails_in_the_background(chdb_dsn: str, database: str) -> None:
     flow = Dataflow("write_behind_fails")
     events = op.input("in", flow, TestingSource([make_event(i) for i in range(50)], batch_size=10))
-    op.output("out", key_batches("key", events), _TableDroppedSink(chdb_dsn, database, "llm_events"))
+    sink = _TableDroppedSink(chdb_dsn, database, "llm_events")
+    op.output("out", key_batches("key", events, sink=sink), sink)
 
     with pytest.raises(Exception, match="cannot be retried"):
         run_main(flow)
@@ -260,30 +261,36 @@ class _WhereBuilt(WriteBehindClickHouseSink):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_a_flow_writes_every_row_once_and_two_workers_share_the_inserts(
+def test_a_flow_writes_every_row_once_and_each_worker_inserts_its_own_batches(
     workers: int, chdb_dsn: str, client: ch.LockedClient, database: str
 ) -> None:
-    events = [make_event(i, tenant_id=f"tenant-{i % 7}") for i in range(3000)]
+    events = [make_event(i) for i in range(3000)]
     built: list[tuple[str, int]] = []
+    pairs: list[tuple[str, int]] = []  # (shard, the worker thread that made the pair)
     flow = Dataflow("write_behind_flow")
     spread = op.redistribute("spread", op.input("in", flow, TestingSource(events, batch_size=100)))
     sink = _WhereBuilt(chdb_dsn, database, "llm_events", built=built)
-    op.output("out", key_batches("key", spread, shards=workers), sink)
+    keyed = key_batches("key", spread, sink=sink, shards=workers)
+    op.output(
+        "out", op.inspect("made", keyed, lambda _s, kv: pairs.append((kv[0], threading.get_ident()))), sink
+    )
 
     cluster_main(flow, [], 0, worker_count_per_proc=workers, epoch_interval=timedelta(milliseconds=50))
 
     assert client.command("SELECT count() FROM llm_events") == len(events)  # no row written twice
     assert client.command("SELECT uniqExact(event_id) FROM llm_events") == len(events)
-    parts = sorted(part for part, _ in built)
-    assert parts == [f"{i:02d}" for i in range(workers)]
-    assert len({thread for _, thread in built}) == workers  # one partition on each worker
+    assert sorted(part for part, _ in built) == [f"{i:02d}" for i in range(workers)]
+    owner = {str(int(part)): thread for part, thread in built}
+    assert len(set(owner.values())) == workers  # one partition on each worker
+    crossed = sum(1 for shard, thread in pairs if owner[shard] != thread)
+    assert crossed <= len(pairs) // 4, (crossed, len(pairs))  # only while a worker has no partition yet
 
 
 def test_shards_are_checked() -> None:
     flow = Dataflow("shards")
     stream = op.input("in", flow, TestingSource([make_event(0)]))
     with pytest.raises(ValueError, match=r"shards must be in 1\.\.64, got 65"):
-        key_batches("key", stream, shards=65)
+        key_batches("key", stream, sink=WriteBehindClickHouseSink("chdb:///x", "db", "alerts"), shards=65)
 
 
 # --- SIGKILL while inserts are in flight ---------------------------------------------------
