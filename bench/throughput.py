@@ -24,6 +24,7 @@ includes the engine's inserts; over HTTP it leaves out the server's work, so it 
 pays per event, while events/s also counts the time the worker waits for each insert's answer.
 
     .venv/bin/python bench/throughput.py [--events 100000] [--batch 1000] [--repeat 3] [--sinks]
+                                         [--server-wait-ms 20]
 """
 
 from __future__ import annotations
@@ -216,6 +217,12 @@ def main() -> int:
         help="also time build_flow with ClickHouse sinks (over HTTP; chdb in-process)",
     )
     p.add_argument("--no-redeliveries", action="store_true", help="build_flow without the re-delivery step")
+    p.add_argument(
+        "--server-wait-ms",
+        type=float,
+        default=0.0,
+        help="the HTTP server answers each insert this much later, without using CPU (a remote ClickHouse)",
+    )
     args = p.parse_args()
     REDELIVERIES[0] = not args.no_redeliveries
 
@@ -230,7 +237,8 @@ def main() -> int:
     if args.sinks:
         from simulators.chdb_http import start_chdb_http
 
-        http_dsn = server.enter_context(start_chdb_http(Path(chdb_dir.name) / "server"))
+        front = start_chdb_http(Path(chdb_dir.name) / "server", insert_delay_s=args.server_wait_ms / 1000)
+        http_dsn = server.enter_context(front)
     results: dict[str, list[Took]] = defaultdict(list)
     check: dict[str, dict[str, int]] = {}
     keyed_per_event = 0.0
