@@ -7,7 +7,9 @@ time — `re.sub`, `str.join`, a C extension's method — goes to the stage of i
 By default the ClickHouse engine (chdb) runs inside this process; `--http` writes over HTTP to a
 server in another process (the chdb HTTP front in a subprocess: the deployment shape), so the
 worker pays only the client's side, and the time it waits for the server's answer shows as
-"waiting for ClickHouse" (wall time, not this process's CPU).
+"waiting for ClickHouse" (wall time, not this process's CPU). The sinks insert in line
+(`clickhouse.write_behind = false`): cProfile sees only the worker's thread, and the default
+write-behind sinks run the client on writer threads of their own.
 
 cProfile adds a constant per Python call, so call-heavy stages look a little dearer than they are; the
 shares are what to read. "bytewax" is the dataflow runtime itself (routing, state, the Python/Rust
@@ -108,7 +110,13 @@ def main() -> int:
         settings = load_settings(
             None,
             env={},
-            **{"judges.enabled": False, "clickhouse.dsn": dsn, "clickhouse.database": "prof"},
+            **{
+                "judges.enabled": False,
+                "clickhouse.dsn": dsn,
+                "clickhouse.database": "prof",
+                # in line: cProfile sees only the worker's thread, not the sinks' writer threads
+                "clickhouse.write_behind": False,
+            },
         )
         deps = build_deps(settings)
         try:
