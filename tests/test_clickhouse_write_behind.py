@@ -11,7 +11,6 @@ of a clean run.
 
 from __future__ import annotations
 
-import signal
 import threading
 from datetime import timedelta
 from pathlib import Path
@@ -33,7 +32,7 @@ from sinks import clickhouse as ch
 from sinks.clickhouse_sink import MAX_PENDING, WriteBehindClickHouseSink, key_batches
 from tests.conftest import job_env
 from tests.test_clickhouse_sink import make_event, make_window
-from tests.test_recovery import TABLES, count, judgeflow_run, tables, wait_for_events
+from tests.test_recovery import TABLES, count, judgeflow_run, kill_twice_then_finish, tables
 
 
 @pytest.fixture
@@ -320,20 +319,9 @@ def test_a_job_killed_while_its_inserts_crawl_resumes_to_a_clean_runs_tables(
 
     with start_chdb_http(tmp_path / "chdb", insert_delay_s=0.15) as url:
         env = job_env(kafka, url, judge_endpoint)
+        kill_twice_then_finish(url, env, tmp_path / "recovery", database, (500, 2500), len(messages) - bad)
         host, port = url.removeprefix("http://").split(":")
         client = clickhouse_connect.get_client(host=host, port=int(port), database="default")
-        recovery = tmp_path / "recovery"
-        for at_least in (500, 2500):
-            proc = judgeflow_run(recovery, env)
-            seen = wait_for_events(client, proc, database, at_least)
-            assert proc.poll() is None, "the job finished before it could be killed; produce more events"
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-            assert 0 < seen < len(messages) - bad
-
-        last = judgeflow_run(recovery, env)
-        _, err = last.communicate(timeout=600)
-        assert last.returncode == 0, err.decode()[-3000:]
         assert count(client, f"{database}.llm_events") == len(messages) - bad
         got = result(url)
 

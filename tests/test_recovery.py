@@ -74,6 +74,25 @@ def wait_for_events(client, proc: subprocess.Popen[bytes], database: str, at_lea
     return seen
 
 
+def kill_twice_then_finish(
+    url: str, env: dict[str, str], recovery: Path, database: str, kill_at: tuple[int, int], total: int
+) -> None:
+    """SIGKILL `judgeflow run` once `llm_events` holds more than each of `kill_at`, then run it to
+    the end from its snapshots."""
+    host, port = url.removeprefix("http://").split(":")
+    client = clickhouse_connect.get_client(host=host, port=int(port), database="default")
+    for at_least in kill_at:
+        proc = judgeflow_run(recovery, env)
+        seen = wait_for_events(client, proc, database, at_least)
+        assert proc.poll() is None, "the job finished before it could be killed; produce more events"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert 0 < seen < total
+    last = judgeflow_run(recovery, env)
+    _, err = last.communicate(timeout=600)
+    assert last.returncode == 0, err.decode()[-3000:]
+
+
 @pytest.mark.slow
 def test_killed_job_resumes_from_its_snapshot_and_writes_what_a_clean_run_writes(
     kafka, judge_endpoint, tmp_path
@@ -93,22 +112,9 @@ def test_killed_job_resumes_from_its_snapshot_and_writes_what_a_clean_run_writes
 
     with start_chdb_http(tmp_path / "chdb") as url:
         env = job_env(kafka, url, judge_endpoint)
+        # killed twice, at two points
+        kill_twice_then_finish(url, env, tmp_path / "recovery", database, (1000, 5000), len(messages) - bad)
         host, port = url.removeprefix("http://").split(":")
-        client = clickhouse_connect.get_client(host=host, port=int(port), database="default")
-        recovery = tmp_path / "recovery"
-
-        for at_least in (1000, 5000):  # killed twice, at two points
-            proc = judgeflow_run(recovery, env)
-            seen = wait_for_events(client, proc, database, at_least)
-            assert proc.poll() is None, "the job finished before it could be killed; produce more events"
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-            assert 0 < seen < len(messages) - bad
-
-        last = judgeflow_run(recovery, env)
-        _, err = last.communicate(timeout=300)
-        assert last.returncode == 0, err.decode()[-3000:]
-
         client = clickhouse_connect.get_client(host=host, port=int(port), database=database)
         assert count(client, "llm_events") == len(messages) - bad
         assert count(client, "dead_letters") == bad
