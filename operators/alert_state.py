@@ -19,8 +19,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core.records import AbuseWindow, CostWindow
+from operators.settled_dict import SettledDict
 
 DAY_MS = 86_400_000
+
+# (category, agent, model, variant, window start)
+WindowKey = tuple[str, str, str, str, int]
 
 # (cost, event_id, agent, model, variant, ts_ms), most expensive first
 Expensive = tuple[int, str, str, str, str, int]
@@ -41,10 +45,13 @@ def top_expensive(items: list[Expensive], n: int) -> list[Expensive]:
 @dataclass
 class TenantLedger:
     slot_ms: int = 60_000  # the base window size
-    # (category, agent, model, variant, window start) -> newest (requests, cost, judge cost)
-    rows: dict[tuple[str, str, str, str, int], tuple[int, int, int]] = field(default_factory=dict)
+    # (category, agent, model, variant, window start) -> newest (requests, cost, judge cost); most of
+    # it is unchanged from one snapshot to the next (`forget` settles it)
+    rows: SettledDict[tuple[str, str, str, str, int], tuple[int, int, int]] = field(
+        default_factory=SettledDict
+    )
     # (category, agent, model, variant) -> start of its newest window row
-    newest: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
+    newest: SettledDict[tuple[str, str, str, str], int] = field(default_factory=SettledDict)
     # slot start -> [requests, cost] of LLM requests
     llm: dict[int, list[int]] = field(default_factory=dict)
     # slot start -> (agent, variant) -> [requests, cost]
@@ -214,6 +221,8 @@ class TenantLedger:
         newest = self.newest
         for row in [r for r in self.rows if r[:4] not in newest or r[4] < newest[r[:4]] - revisable_ms[r[0]]]:
             del self.rows[row]
+        self.rows.settle()
+        self.newest.settle()
         llm = min(llm, self.cursor)  # what the cursor has not passed is not in the day totals yet
         for s in [s for s in self.llm if s < llm]:
             del self.llm[s]

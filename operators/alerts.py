@@ -62,6 +62,7 @@ from operators.alert_policy import AlertPolicy
 from operators.alert_rules import Reading, Rule, dec
 from operators.alert_state import DAY_MS, TenantLedger, month_bounds
 from operators.expensive import ExpensiveSlot
+from operators.settled_dict import SettledDict
 
 # How often (event time) the ledger drops what no rule and no revision can need any more. Only memory
 # depends on it: every horizon of `TenantLedger.forget` is behind anything a rule reads or a revision
@@ -141,6 +142,9 @@ class _AlertLogic(StatefulBatchLogic[_In, _Out, bytes]):
             resume.arrivals = deque((now, slot) for _, slot in resume.arrivals)
             if not hasattr(resume.ledger, "abuse"):  # a snapshot from before the abuse rules
                 resume.ledger.abuse = {}
+            if isinstance(resume.ledger.rows, dict):  # a snapshot from before the settled rows
+                resume.ledger.rows = SettledDict(resume.ledger.rows)
+                resume.ledger.newest = SettledDict(resume.ledger.newest)
 
     def on_batch(self, values: list[_In]) -> tuple[Iterable[_Out], bool]:
         s = self._s
