@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from bytewax.connectors.kafka import KafkaSourceMessage
@@ -183,6 +188,45 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> str:
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def run_cluster(script: str, processes: int, args: list[str], *, prefix: str) -> list[dict[str, Any]]:
+    """Run `script --child` as a bytewax cluster of `processes` on free loopback ports, each child with
+    `args`, its `--process-id`, the cluster's `--addresses` and an `--out` file it writes its results to
+    as JSON; returns those results in process order."""
+    ports = [_free_port() for _ in range(processes)]
+    addresses = ";".join(f"127.0.0.1:{p}" for p in ports) if processes > 1 else ""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    script,
+                    "--child",
+                    *args,
+                    f"--process-id={i}",
+                    f"--addresses={addresses}",
+                    f"--out={tmp}/{i}.json",
+                ]
+            )
+            for i in range(processes)
+        ]
+        for p in procs:
+            if p.wait(timeout=1800) != 0:
+                msg = f"bench child exited with {p.returncode}"
+                raise RuntimeError(msg)
+        return [json.loads(Path(f"{tmp}/{i}.json").read_text()) for i in range(processes)]
+
+
+def cluster_span_s(results: list[dict[str, Any]]) -> float:
+    """Wall time from the first batch read in any process to the end of the last one."""
+    return max(r["done"] for r in results) - min(r["first"] for r in results if "first" in r)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def chunks(it: Iterator[Any], size: int) -> Iterator[list[Any]]:

@@ -19,8 +19,6 @@ import argparse
 import contextlib
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +28,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _traffic import PartitionedSource, batched, median_rate, messages, table, without_clickhouse
+from _traffic import (
+    PartitionedSource,
+    batched,
+    cluster_span_s,
+    median_rate,
+    messages,
+    run_cluster,
+    table,
+    without_clickhouse,
+)
 
 from flows.config import load_settings
 from flows.deps import build_deps
@@ -85,38 +92,19 @@ def child(args: argparse.Namespace) -> int:
 
 def run_processes(
     args: argparse.Namespace, processes: int, dsn: str, write_behind: bool, shards: int, run: int
-):
+) -> tuple[float, float]:
     """(wall time from the first batch read in any process to the end of the last one, CPU seconds
     of all processes)."""
-    ports = [_free_port() for _ in range(processes)]
-    addresses = ";".join(f"127.0.0.1:{p}" for p in ports) if processes > 1 else ""
-    database = f"bench_{run}_{processes}_{int(write_behind)}_{shards}"
-    with tempfile.TemporaryDirectory(prefix="jf_ch_sinks_") as tmp:
-        procs = []
-        for i in range(processes):
-            cmd = [
-                sys.executable,
-                __file__,
-                "--child",
-                f"--events={args.events}",
-                f"--batch={args.batch}",
-                f"--process-id={i}",
-                f"--addresses={addresses}",
-                f"--dsn={dsn}",
-                f"--database={database}",
-                f"--shards={shards or processes}",
-                f"--out={tmp}/{i}.json",
-                *([] if write_behind else ["--in-line"]),
-            ]
-            procs.append(subprocess.Popen(cmd))
-        for p in procs:
-            if p.wait(timeout=1800) != 0:
-                msg = f"bench child exited with {p.returncode}"
-                raise RuntimeError(msg)
-        results = [json.loads(Path(f"{tmp}/{i}.json").read_text()) for i in range(processes)]
-    first = min(r["first"] for r in results if "first" in r)
-    last = max(r["done"] for r in results)
-    return last - first, sum(r["cpu"] for r in results)
+    child_args = [
+        f"--events={args.events}",
+        f"--batch={args.batch}",
+        f"--dsn={dsn}",
+        f"--database=bench_{run}_{processes}_{int(write_behind)}_{shards}",
+        f"--shards={shards or processes}",
+        *([] if write_behind else ["--in-line"]),
+    ]
+    results = run_cluster(__file__, processes, child_args, prefix="jf_ch_sinks_")
+    return cluster_span_s(results), sum(r["cpu"] for r in results)
 
 
 def main() -> int:
@@ -185,12 +173,6 @@ def main() -> int:
         )
     )
     return 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":

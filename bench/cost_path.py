@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from datetime import timedelta
@@ -31,7 +28,17 @@ from bytewax.dataflow import Dataflow
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _traffic import CostPathReference, CountingSink, PartitionedSource, batched, median_rate, messages, table
+from _traffic import (
+    CostPathReference,
+    CountingSink,
+    PartitionedSource,
+    batched,
+    cluster_span_s,
+    median_rate,
+    messages,
+    run_cluster,
+    table,
+)
 
 from core import metrics
 from flows.config import Settings, load_settings
@@ -108,33 +115,15 @@ def run_processes(
     events: int, batch: int, processes: int, workers: int, *, redeliveries: bool = True
 ) -> tuple[float, dict]:
     """Wall time from the first batch read in any process to the end of the last one."""
-    ports = [_free_port() for _ in range(processes)]
-    addresses = ";".join(f"127.0.0.1:{p}" for p in ports) if processes > 1 else ""
-    with tempfile.TemporaryDirectory(prefix="jf_cost_path_") as tmp:
-        procs = []
-        for i in range(processes):
-            cmd = [
-                sys.executable,
-                __file__,
-                "--child",
-                f"--events={events}",
-                f"--batch={batch}",
-                f"--workers={workers}",
-                f"--process-id={i}",
-                f"--addresses={addresses}",
-                f"--out={tmp}/{i}.json",
-                *([] if redeliveries else ["--no-redeliveries"]),
-            ]
-            procs.append(subprocess.Popen(cmd))
-        for p in procs:
-            if p.wait(timeout=1800) != 0:
-                msg = f"bench child exited with {p.returncode}"
-                raise RuntimeError(msg)
-        results = [json.loads(Path(f"{tmp}/{i}.json").read_text()) for i in range(processes)]
-    first = min(r["first"] for r in results if "first" in r)
-    last = max(r["done"] for r in results)
+    child_args = [
+        f"--events={events}",
+        f"--batch={batch}",
+        f"--workers={workers}",
+        *([] if redeliveries else ["--no-redeliveries"]),
+    ]
+    results = run_cluster(__file__, processes, child_args, prefix="jf_cost_path_")
     totals = {k: sum(r.get(k, 0) for r in results) for k in ("windows", "keyed", "entries", "dead")}
-    return last - first, totals
+    return cluster_span_s(results), totals
 
 
 def run_plain(events: int, batch: int) -> tuple[float, int]:
@@ -234,12 +223,6 @@ def main() -> int:
         )
     )
     return 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 if __name__ == "__main__":
