@@ -71,15 +71,11 @@ def build_flow(
     ch = cfg.clickhouse
 
     def to_clickhouse(step_id: str, stream, table: str) -> None:
-        args = (ch.dsn, ch.database, table)
-        if ch.write_behind:  # inserts on writer threads, flushed before each epoch commits
-            sink = WriteBehindClickHouseSink(*args, store_text=ch.store_text, max_retry_s=ch.max_retry_s)
-            keyed = key_batches(f"{step_id}_shard", stream, sink=sink, shards=min(workers, MAX_SHARDS))
-            op.output(step_id, keyed, sink)
-        else:
-            op.output(
-                step_id, stream, ClickHouseSink(*args, store_text=ch.store_text, max_retry_s=ch.max_retry_s)
-            )
+        kind = WriteBehindClickHouseSink if ch.write_behind else ClickHouseSink
+        sink = kind(ch.dsn, ch.database, table, store_text=ch.store_text, max_retry_s=ch.max_retry_s)
+        if isinstance(sink, WriteBehindClickHouseSink):  # inserts on writer threads, flushed per epoch
+            stream = key_batches(f"{step_id}_shard", stream, sink=sink, shards=min(workers, MAX_SHARDS))
+        op.output(step_id, stream, sink)
 
     flow = Dataflow("judgeflow")
     longest_window_s = max((cfg.windows.size_s, *cfg.windows.rollups_s))

@@ -45,11 +45,9 @@ def top_expensive(items: list[Expensive], n: int) -> list[Expensive]:
 @dataclass
 class TenantLedger:
     slot_ms: int = 60_000  # the base window size
-    # (category, agent, model, variant, window start) -> newest (requests, cost, judge cost); most of
-    # it is unchanged from one snapshot to the next (`forget` settles it)
-    rows: SettledDict[tuple[str, str, str, str, int], tuple[int, int, int]] = field(
-        default_factory=SettledDict
-    )
+    # window key -> newest (requests, cost, judge cost); most of it is unchanged from one snapshot to
+    # the next (`forget` settles it)
+    rows: SettledDict[WindowKey, tuple[int, int, int]] = field(default_factory=SettledDict)
     # (category, agent, model, variant) -> start of its newest window row
     newest: SettledDict[tuple[str, str, str, str], int] = field(default_factory=SettledDict)
     # slot start -> [requests, cost] of LLM requests
