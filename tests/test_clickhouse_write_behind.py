@@ -32,7 +32,14 @@ from sinks import clickhouse as ch
 from sinks.clickhouse_sink import MAX_PENDING, WriteBehindClickHouseSink, key_batches
 from tests.conftest import job_env
 from tests.test_clickhouse_sink import make_event, make_window
-from tests.test_recovery import TABLES, count, judgeflow_run, kill_twice_then_finish, tables
+from tests.test_recovery import (
+    count,
+    crash_differences,
+    judge_minutes_unexplained,
+    judgeflow_run,
+    kill_twice_then_finish,
+    tables,
+)
 
 
 @pytest.fixture
@@ -309,7 +316,9 @@ def test_a_job_killed_while_its_inserts_crawl_resumes_to_a_clean_runs_tables(
 
     def result(url: str) -> dict[str, set[tuple]]:
         host, port = url.removeprefix("http://").split(":")
-        return tables(clickhouse_connect.get_client(host=host, port=int(port), database=database))
+        client = clickhouse_connect.get_client(host=host, port=int(port), database=database)
+        assert judge_minutes_unexplained(client) == []
+        return tables(client)
 
     with start_chdb_http(tmp_path / "clean_chdb") as url:
         clean = judgeflow_run(tmp_path / "clean_recovery", job_env(kafka, url, judge_endpoint))
@@ -325,9 +334,4 @@ def test_a_job_killed_while_its_inserts_crawl_resumes_to_a_clean_runs_tables(
         assert count(client, f"{database}.llm_events") == len(messages) - bad
         got = result(url)
 
-    differ = {
-        name: [str(r) for r in sorted(got[name] ^ want[name])[:6]]
-        for name in TABLES
-        if got[name] != want[name]
-    }
-    assert differ == {}
+    assert crash_differences(got, want) == {}
