@@ -6,9 +6,11 @@ The write-behind sinks take `(shard, records)` pairs routed to the worker that o
 two shards (`build_flow(workers=2)`, what `judgeflow run` builds for a cluster of two) each worker keys
 its batches to its own shard once it has built it, so only the first batches may cross, and the
 in-line sinks write every batch on the worker that made it. "shards 1" routes every pair to one
-worker (a contrast: every batch of the other process crosses). The input is a two-partition
-in-memory source, each process reading one partition; every configuration runs in fresh child
-processes.
+worker (a contrast: every batch of the other process crosses). The last two rows run the counting sinks
+without the re-delivery step (`windows.drop_redeliveries = false`): what its exchange by `event_id`
+costs the scaling ("vs 1 process" compares each configuration with itself on one process). The input
+is a two-partition in-memory source, each process reading one partition; every configuration runs in
+fresh child processes.
 
     .venv/bin/python bench/clickhouse_sinks.py [--events 50000] [--batch 1000] [--repeat 3]
 """
@@ -44,15 +46,19 @@ from flows.deps import build_deps
 
 PARTITIONS = 2
 
-# name, processes, ClickHouse (False: counting sinks), write-behind, shards (0: one per worker)
+# name, processes, ClickHouse (False: counting sinks), write-behind, shards (0: one per worker),
+# the re-delivery step (`windows.drop_redeliveries`)
 CONFIGS = [
-    ("1 process, counting sinks", 1, False, True, 0),
-    ("1 process, inserts in line", 1, True, False, 0),
-    ("1 process, write-behind", 1, True, True, 0),
-    ("2 processes, counting sinks", 2, False, True, 0),
-    ("2 processes, inserts in line", 2, True, False, 0),
-    ("2 processes, write-behind (2 shards)", 2, True, True, 0),
-    ("2 processes, write-behind (shards 1)", 2, True, True, 1),
+    ("1 process, counting sinks", 1, False, True, 0, True),
+    ("1 process, inserts in line", 1, True, False, 0, True),
+    ("1 process, write-behind", 1, True, True, 0, True),
+    ("2 processes, counting sinks", 2, False, True, 0, True),
+    ("2 processes, inserts in line", 2, True, False, 0, True),
+    ("2 processes, write-behind (2 shards)", 2, True, True, 0, True),
+    ("2 processes, write-behind (shards 1)", 2, True, True, 1, True),
+    # what the exchange by event_id costs two processes (see the README's "Scaling")
+    ("1 process, counting sinks, no re-delivery step", 1, False, True, 0, False),
+    ("2 processes, counting sinks, no re-delivery step", 2, False, True, 0, False),
 ]
 
 
@@ -63,7 +69,11 @@ def child(args: argparse.Namespace) -> int:
     from flows.judgeflow import build_flow
     from sinks.clickhouse import connect, ensure_schema
 
-    overrides = {"judges.enabled": False, "clickhouse.write_behind": args.write_behind}
+    overrides = {
+        "judges.enabled": False,
+        "clickhouse.write_behind": args.write_behind,
+        "windows.drop_redeliveries": args.redelivery_step,
+    }
     if args.dsn:
         overrides |= {"clickhouse.dsn": args.dsn, "clickhouse.database": args.database}
         ensure_schema(connect(args.dsn, args.database), args.database)
@@ -91,7 +101,13 @@ def child(args: argparse.Namespace) -> int:
 
 
 def run_processes(
-    args: argparse.Namespace, processes: int, dsn: str, write_behind: bool, shards: int, run: int
+    args: argparse.Namespace,
+    processes: int,
+    dsn: str,
+    write_behind: bool,
+    shards: int,
+    redelivery_step: bool,
+    run: int,
 ) -> tuple[float, float]:
     """(wall time from the first batch read in any process to the end of the last one, CPU seconds
     of all processes)."""
@@ -102,6 +118,7 @@ def run_processes(
         f"--database=bench_{run}_{processes}_{int(write_behind)}_{shards}",
         f"--shards={shards or processes}",
         *([] if write_behind else ["--in-line"]),
+        *([] if redelivery_step else ["--no-redelivery-step"]),
     ]
     results = run_cluster(__file__, processes, child_args, prefix="jf_ch_sinks_")
     return cluster_span_s(results), sum(r["cpu"] for r in results)
@@ -117,6 +134,9 @@ def main() -> int:
     p.add_argument("--process-id", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--addresses", default="", help=argparse.SUPPRESS)
     p.add_argument("--dsn", default="", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--no-redelivery-step", dest="redelivery_step", action="store_false", help=argparse.SUPPRESS
+    )
     p.add_argument("--database", default="bench", help=argparse.SUPPRESS)
     p.add_argument("--shards", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--out", default="", help=argparse.SUPPRESS)
@@ -133,8 +153,9 @@ def main() -> int:
         start_chdb_http(Path(tmp) / "chdb") as url,
     ):
         for i in range(args.repeat):
-            for name, processes, clickhouse, write_behind, shards in CONFIGS:
-                wall, cpu = run_processes(args, processes, url if clickhouse else "", write_behind, shards, i)
+            for name, processes, clickhouse, write_behind, shards, step in CONFIGS:
+                dsn = url if clickhouse else ""
+                wall, cpu = run_processes(args, processes, dsn, write_behind, shards, step, i)
                 walls[name].append(wall)
                 cpus[name].append(cpu)
             print(f"run {i + 1}/{args.repeat} done", file=sys.stderr)
@@ -146,12 +167,16 @@ def main() -> int:
         best = n / min(walls[name])
         baseline = n / min(walls[f"{processes} process{'es' if processes > 1 else ''}, counting sinks"])
         cpu = sorted(cpus[name])[len(cpus[name]) // 2] / n * 1e6
+        # scaling: against the same configuration on one process
+        single = name.replace("2 processes", "1 process").split(" (")[0]
+        scale = f"{best / (n / min(walls[single])):.2f}x" if processes > 1 and single in walls else "-"
         rows.append(
             [
                 name,
                 f"{rate:,.0f}",
                 f"{best:,.0f}",
                 f"{best / baseline:.2f}x",
+                scale,
                 f"{cpu:.1f}",
                 f"±{spread * 50:.0f}%",
             ]
@@ -166,6 +191,7 @@ def main() -> int:
                 "events/s (median)",
                 "events/s (best)",
                 "vs counting sinks (best)",
+                "vs 1 process (best)",
                 "CPU µs/event, all processes (median)",
                 "spread",
             ],
