@@ -246,6 +246,16 @@ class _Count(StatelessSinkPartition):
 
     def write_batch(self, items: list) -> None:
         self._counts[self._name] += len(items)
+        _mark(self._name)
+
+
+# per sink name, the wall time of the first and the last batch it received
+WRITTEN: dict[str, list[float]] = {}
+
+
+def _mark(name: str) -> None:
+    now = time.time()  # wall clock: compared across processes
+    WRITTEN.setdefault(name, [now, now])[1] = now
 
 
 class CountingSink(DynamicSink):
@@ -276,6 +286,7 @@ class _CountKeyed(StatelessSinkPartition):
 
     def write_batch(self, items: list) -> None:
         self._counts[self._name] += sum(len(records) for _, records in items)
+        _mark(self._name)
 
 
 class _CountingWriteBehindSink(_CountingClickHouseSink):

@@ -131,7 +131,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _check_kafka(settings)
         recovery = _recovery(args.recovery_dir) if args.recovery_dir else None
         deps = build_deps(settings)
-        board = _progress_board(settings, deps.brokers, addresses)
+        board = progress_board(settings, deps.brokers, addresses)
         try:
             cli_main(
                 build_flow(settings, deps=deps, workers=args.workers * len(addresses or [""])),
@@ -151,7 +151,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress_board(
+def progress_board(
     settings: Settings, brokers: list[str], addresses: list[str] | None
 ) -> ProgressBoard | None:
     """With several processes, the board that shares each one's Kafka progress with the others

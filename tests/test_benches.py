@@ -27,6 +27,7 @@ SMALL = {
     "profile_stages.py": ["--events", "1000"],
     "retention_disk.py": ["--events", "500"],
     "rules_engines.py": ["--events", "50", "--repeat", "1"],
+    "scale_out.py": ["--events", "3000", "--repeat", "1"],
     "seen_set.py": ["--events", "3000", "--batch", "64"],
     "soak.py": ["--events", "3000", "--keys", "1000", "--hours", "2"],
     "spend_metrics.py": ["--events", "2000", "--repeat", "1"],

@@ -133,3 +133,26 @@ def test_what_the_flow_processed_and_where_partitions_ended_cross_the_board(kafk
     finally:
         b1.close()
         b2.close()
+
+
+def test_rounds_come_faster_while_a_backlog_is_read(kafka):
+    """A replay across processes advances `align_partitions_s` of event time per round: the board
+    goes round ten times as often while the input is a backlog, and back to its live pace after."""
+    kafka.create_topic(TOPIC, 1)
+    now = 1_000.0
+    mine = InputProgress()
+    board = ProgressBoard(
+        kafka.bootstrap, [TOPIC], group="g", progress=mine, interval_s=0.2, replay_interval_s=0.02
+    )
+    try:
+        mine.opened("0-t")
+        mine.polled(
+            "0-t", frontier_ms=int(now * 1000) - 3_600_000, caught_up=False, now=now
+        )  # an hour behind
+        assert mine.replaying()
+        assert board.wait_s() == 0.02
+        mine.polled("0-t", frontier_ms=int(now * 1000), caught_up=True, now=now + 1)  # caught up: live
+        assert not mine.replaying()
+        assert board.wait_s() == 0.2
+    finally:
+        board.close()
