@@ -10,7 +10,9 @@ worker (a contrast: every batch of the other process crosses). The last two rows
 without the re-delivery step (`windows.drop_redeliveries = false`): what its exchange by `event_id`
 costs the scaling ("vs 1 process" compares each configuration with itself on one process). The input
 is a two-partition in-memory source, each process reading one partition; every configuration runs in
-fresh child processes.
+fresh child processes. That source does not align partitions across processes (no progress board): each
+process runs ahead on its own, so the two-process rows are a worst case — `bench/scale_out.py` measures
+scale-out the way `judgeflow run` reads Kafka.
 
     .venv/bin/python bench/clickhouse_sinks.py [--events 50000] [--batch 1000] [--repeat 3]
 """
