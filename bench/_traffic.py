@@ -8,6 +8,7 @@ in production (not replayed into the same minutes).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import socket
@@ -188,6 +189,15 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> str:
     lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def add_cluster_args(p: argparse.ArgumentParser) -> None:
+    """The hidden arguments `run_cluster` passes each child: `--child`, `--process-id`, `--addresses`
+    and `--out`."""
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--process-id", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--addresses", default="", help=argparse.SUPPRESS)
+    p.add_argument("--out", default="", help=argparse.SUPPRESS)
 
 
 def run_cluster(script: str, processes: int, args: list[str], *, prefix: str) -> list[dict[str, Any]]:

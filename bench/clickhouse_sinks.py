@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _traffic import (
     PartitionedSource,
+    add_cluster_args,
     batched,
     cluster_span_s,
     median_rate,
@@ -131,17 +132,14 @@ def main() -> int:
     p.add_argument("--events", type=int, default=50_000)
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    add_cluster_args(p)
     p.add_argument("--in-line", dest="write_behind", action="store_false", help=argparse.SUPPRESS)
-    p.add_argument("--process-id", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--addresses", default="", help=argparse.SUPPRESS)
     p.add_argument("--dsn", default="", help=argparse.SUPPRESS)
     p.add_argument(
         "--no-redelivery-step", dest="redelivery_step", action="store_false", help=argparse.SUPPRESS
     )
     p.add_argument("--database", default="bench", help=argparse.SUPPRESS)
     p.add_argument("--shards", type=int, default=1, help=argparse.SUPPRESS)
-    p.add_argument("--out", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)

@@ -32,6 +32,7 @@ from _traffic import (
     CostPathReference,
     CountingSink,
     PartitionedSource,
+    add_cluster_args,
     batched,
     cluster_span_s,
     median_rate,
@@ -151,12 +152,9 @@ def main() -> int:
     p.add_argument("--events", type=int, default=200_000)
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    add_cluster_args(p)
     p.add_argument("--no-redeliveries", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
-    p.add_argument("--process-id", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--addresses", default="", help=argparse.SUPPRESS)
-    p.add_argument("--out", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)

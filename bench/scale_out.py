@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _traffic import TOPIC, WRITTEN, payloads, run_cluster, table, without_clickhouse
+from _traffic import TOPIC, WRITTEN, add_cluster_args, payloads, run_cluster, table, without_clickhouse
 
 from flows.config import load_settings
 from flows.deps import build_deps
@@ -104,15 +104,12 @@ def main() -> int:
     p.add_argument("--partitions", type=int, default=16)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--rate", type=float, default=500.0, help="events per second of event time")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    add_cluster_args(p)
     p.add_argument("--brokers", default="", help=argparse.SUPPRESS)
     p.add_argument("--database", default="bench", help=argparse.SUPPRESS)
     p.add_argument(
         "--no-redelivery-step", dest="redelivery_step", action="store_false", help=argparse.SUPPRESS
     )
-    p.add_argument("--process-id", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--addresses", default="", help=argparse.SUPPRESS)
-    p.add_argument("--out", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)
