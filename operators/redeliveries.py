@@ -6,9 +6,11 @@ partition. Everything after this step — windows, rollups, alerts, the
 sampler, the judges — sees each `event_id` at most once, so a re-delivery
 can never be counted twice in any table.
 
-Events are sharded by a hash of their id (`shards` keys, spread over every
-worker and process); each worker groups a batch's events per shard first, so
-one item per (batch, shard) crosses workers, not one per event (a keyed item
+Events are sharded by a hash of their id (`shards` keys, dealt round robin over
+the workers by `operators.routing.spread_keys`: everything behind this step runs
+on the shard's worker, so an uneven split would load one worker more); each
+worker groups a batch's events per shard first, so one item per (batch, shard)
+crosses workers, not one per event (a keyed item
 costs ~40 µs between processes whatever its size). Each shard remembers, per
 id, a fingerprint of the payload (every field except the Kafka coordinates).
 A later record with a seen id is
@@ -50,6 +52,7 @@ from bytewax.operators import StatefulBatchLogic
 from core import metrics
 from core.dead_letters import dead_letter
 from core.records import DeadLetter, Event, entry_hash
+from operators.routing import spread_keys
 
 _BUCKET_MS = 3_600_000
 _SEAL_AFTER_MS = 2 * _BUCKET_MS  # an hour this far behind the shard's newest event time is sealed
@@ -213,15 +216,18 @@ def drop_redeliveries(
 ) -> RedeliveriesOut:
     """Pass each `event_id` once within `horizon_s` of event time (see the module docstring)."""
     horizon_ms = horizon_s * 1000
+    keys = spread_keys(shards)  # dealt round robin over the workers: the work behind the step is even
 
     def group_batch(events: list[Event]) -> Iterable[tuple[str, list[Event]]]:
         groups: dict[int, list[Event]] = {}
         for e in events:
             groups.setdefault(entry_hash(e.event_id) % shards, []).append(e)
-        return [(str(shard), group) for shard, group in groups.items()]
+        return [(keys[shard], group) for shard, group in groups.items()]
 
     keyed = op.flat_map_batch("shard", up, group_batch)
-    out = op.stateful_batch("seen", keyed, lambda resume: _SeenLogic(horizon_ms, resume))
+    # "seen_spread", not "seen": the shards' keys changed with `spread_keys`, and the state a snapshot
+    # holds under the old keys would never be read again (see the README's upgrade notes)
+    out = op.stateful_batch("seen_spread", keyed, lambda resume: _SeenLogic(horizon_ms, resume))
     lists = op.map("unkey", out, lambda kv: kv[1])
     split = op.branch("split", lists, lambda xs: type(xs[0]) is Event)
     oks = op.flat_map_batch("oks", split.trues, _flatten)
