@@ -10,7 +10,9 @@ channel: nothing in it is data; judgeflow's source never commits offsets), and r
 into `event_time.INPUT` as remote partitions.
 
 An entry written before this process started (an earlier run's) or not refreshed for `stale_s` counts
-as not heard: it holds every partition at its start until its owner writes again.
+as not heard: it holds every partition at its start until its owner writes again. So a slow or stopped
+peer delays the others; it never lets them run ahead. Clocks of the processes' hosts are assumed within
+a second or two of each other (NTP); a larger skew only delays.
 
 How often. A round every `interval_s` (0.2 s) while the input is live, every `replay_interval_s`
 (0.02 s) while a backlog is read (`event_time.INPUT.replaying()`: a replay, a backfill, a catch-up).
@@ -18,9 +20,7 @@ In a backlog the processes' partitions advance in step — each at most `kafka.a
 event time past the slowest one it has heard of — so a replay across processes moves at most that much
 event time per round: at 0.2 s, 5 s of alignment and traffic of 500 events a second of event time, the
 cluster read ~9,000 events/s whatever its size (`bench/scale_out.py`). A round is one offset commit and
-one offset fetch: ~100 requests a second per process to the brokers while replaying. So a slow or stopped
-peer delays the others; it never lets them run ahead. Clocks of the processes' hosts are assumed within
-a second or two of each other (NTP); a larger skew only delays.
+one offset fetch: ~100 requests a second per process to the brokers while replaying.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ Events are sharded by a hash of their id (`shards` keys, dealt round robin over
 the workers by `operators.routing.spread_keys`: everything behind this step runs
 on the shard's worker, so an uneven split would load one worker more); each
 worker groups a batch's events per shard first, so one item per (batch, shard)
-crosses workers, not one per event (a keyed item
-costs ~40 µs between processes whatever its size). Each shard remembers, per
+crosses workers, not one per event (a keyed item costs ~40 µs between processes
+whatever its size). Each shard remembers, per
 id, a fingerprint of the payload (every field except the Kafka coordinates).
 A later record with a seen id is
 

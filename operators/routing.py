@@ -64,9 +64,14 @@ def siphash13(data: bytes) -> int:
     return v0 ^ v1 ^ v2 ^ v3
 
 
+def key_hash(key: str) -> int:
+    """The hash bytewax routes `key` by: SipHash-1-3 of its bytes and 0xff (Rust's `Hash for str`)."""
+    return siphash13(key.encode() + b"\xff")
+
+
 def worker_of(key: str, workers: int) -> int:
     """The worker (0-based) bytewax sends a stateful step's item with `key` to."""
-    return siphash13(key.encode() + b"\xff") % workers
+    return key_hash(key) % workers
 
 
 @functools.cache
@@ -79,7 +84,7 @@ def spread_keys(n: int) -> tuple[str, ...]:
     for i in range(n):
         salt = 0
         key = str(i)
-        while siphash13(key.encode() + b"\xff") % _ROUND_ROBIN_UP_TO != i % _ROUND_ROBIN_UP_TO:
+        while key_hash(key) % _ROUND_ROBIN_UP_TO != i % _ROUND_ROBIN_UP_TO:
             salt += 1
             key = f"{i}.{salt}"
         keys.append(key)
