@@ -23,7 +23,10 @@ first seen after its end (a replay's first record for it) simply opens.
 Memory: a key remembers which windows are final for a day of event time behind
 its watermark, as one bit per window (`FinalWindows`: ~200 bytes for a day of
 minutes, where a set of starts took ~60-70 bytes a window). A snapshot copies
-the containers and each open window's accumulator with the spec's `copy`.
+the containers and each open window's accumulator with the spec's `copy` — only the windows changed
+since the previous snapshot: the others are handed out as the copies made then (a replay keeps a
+tenant's judge-side windows open for many minutes of event time, ~200 in the soak bench, and most of
+them are unchanged from one epoch to the next).
 """
 
 from __future__ import annotations
@@ -151,6 +154,10 @@ class _Spec(Generic[X, A, R]):
 class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
     def __init__(self, spec: _Spec[X, A, R], resume: _TumblingState[A] | None) -> None:
         self._spec = spec
+        # the accumulator copies the last snapshot handed out, and the windows changed since: a
+        # window unchanged since then is handed out again as it was, not copied again
+        self._copies: dict[int, A] = {}
+        self._changed: set[int] = set()
         if resume is None:
             self._s: _TumblingState[A] = _TumblingState(FinalWindows(spec.size_ms))
             return
@@ -186,6 +193,7 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
                     continue
                 acc = s.open[start] = spec.new()
             spec.fold(acc, x)
+            self._changed.add(start)
             s.arrived_s[start] = now
             if start in s.emitted:
                 s.dirty.add(start)
@@ -220,13 +228,19 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
         return datetime.fromtimestamp(event_time.wake_at(min(due), self._spec.clock()), tz=UTC)
 
     def snapshot(self) -> _TumblingState[A]:
-        s, copy = self._s, self._spec.copy
+        s, copy, before, changed = self._s, self._spec.copy, self._copies, self._changed
+        copies = {
+            start: copy(acc) if start in changed or start not in before else before[start]
+            for start, acc in s.open.items()
+        }
+        self._copies = copies
+        changed.clear()
         return _TumblingState(
             final=s.final.copy(),
             key=s.key,
             max_ts_ms=s.max_ts_ms,
             seen_at_s=s.seen_at_s,
-            open={start: copy(acc) for start, acc in s.open.items()},
+            open=dict(copies),
             arrived_s=dict(s.arrived_s),
             emitted=set(s.emitted),
             dirty=set(s.dirty),
@@ -259,6 +273,7 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
         return out
 
     def _rows(self, start: int) -> list[R]:
+        self._changed.add(start)  # `rows` may record what it reported in the accumulator
         return self._spec.rows(self._s.key, start, self._s.open[start], time.time_ns() // 1000)
 
 

@@ -315,3 +315,26 @@ def strip_versions(batches: list[list]) -> list[list]:
 
 def _without_version(row: object) -> tuple:
     return tuple(v for k, v in msgspec.structs.asdict(row).items() if k != "version")
+
+
+@pytest.mark.parametrize("make", [abuse_batches, estimates_batches, savings_batches])
+def test_each_snapshot_is_the_state_of_its_epoch_and_unchanged_windows_are_not_copied_again(make):
+    spec, before, after = make()
+    logic = _TumblingLogic(spec, None)
+    snaps, was = [], []
+    for b in [*before, *after]:
+        logic.on_batch(b)
+        snaps.append(logic.snapshot())
+        assert snaps[-1] == deepcopy(logic._s)
+        was.append(deepcopy(snaps[-1]))
+    logic.on_eof()  # reports (and, for the savings, records what it reported in) every open window
+    assert snaps == was  # no later batch, report or snapshot reached an earlier snapshot
+    again = logic.snapshot()
+    assert again == deepcopy(logic._s)
+    quiet = logic.snapshot()  # nothing changed since: every window handed out as it was
+    assert quiet.open == again.open and all(quiet.open[s] is again.open[s] for s in again.open)
+    logic.on_batch(after[-1])  # one window changes: only it is copied anew
+    changed = {spec.ts_of(x) - spec.ts_of(x) % MIN for x in after[-1]}
+    last = logic.snapshot()
+    assert last == deepcopy(logic._s)
+    assert {s for s in last.open if last.open[s] is not quiet.open.get(s)} == changed
