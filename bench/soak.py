@@ -15,7 +15,7 @@ Sinks: by default the ClickHouse sinks are replaced by counting sinks (the flow'
 `--sinks chdb` to the engine inside this process.
 
     .venv/bin/python bench/soak.py [--events 10000000] [--keys 100000] [--hours 24] [--every 1000000]
-        [--batch 1000] [--sinks none|http|chdb] [--dedup-horizon-s S]
+        [--batch 1000] [--sinks none|http|chdb] [--dedup-horizon-s S] [--stop-after N]
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class Traffic:
     """Payload templates (the sample traffic with its id, time and keys cut out) and the
     deterministic i -> message that fills them in: cheap enough to make 10M on the fly."""
 
-    def __init__(self, n: int, *, keys: int, hours: float, agents: int = 100) -> None:
+    def __init__(self, n: int, *, keys: int, hours: float, agents: int = 100, spread: int = 0) -> None:
         self.templates: list[list[bytes]] = []
         for _, value, _ in generate(bad=False):
             d = json.loads(value)
@@ -75,7 +75,7 @@ class Traffic:
         self.keys = keys
         self.agents = min(agents, keys)
         self.t0 = 1_700_000_000_000 // 3_600_000 * 3_600_000
-        self.step = hours * 3_600_000 / max(n, 1)
+        self.step = hours * 3_600_000 / max(spread or n, 1)  # event time as if `spread` events came
 
     def message(self, i: int) -> KafkaSourceMessage:
         k = (i * 2_654_435_761) % self.keys  # every key, spread over the whole run
@@ -171,12 +171,19 @@ def main() -> int:
     p.add_argument("--every", type=int, default=0, help="print RSS and events/s every N events (default 1M)")
     p.add_argument("--batch", type=int, default=1000, help="source batch size (kafka.batch_size)")
     p.add_argument("--sinks", choices=("none", "http", "chdb"), default="none")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=0,
+        help="stop after N events, their event times those of the whole --events run (its start, to profile)",
+    )
     p.add_argument("--dedup-horizon-s", type=int, default=None, help="windows.dedup_horizon_s")
     args = p.parse_args()
     every = args.every or min(1_000_000, max(args.batch, args.events // 10))
 
     print(f"templates from the sample traffic ... (RSS {rss_mb():.0f} MB)", file=sys.stderr)
-    traffic = Traffic(args.events, keys=args.keys, hours=args.hours)
+    made = min(args.stop_after or args.events, args.events)
+    traffic = Traffic(made, keys=args.keys, hours=args.hours, spread=args.events)
     source = SoakSource(traffic, batch=args.batch, every=every)
     with tempfile.TemporaryDirectory(prefix="jf_soak_") as tmp, clickhouse(args.sinks, tmp) as (dsn, db):
         overrides: dict[str, Any] = {"judges.enabled": False}
@@ -207,7 +214,8 @@ def main() -> int:
     print()
     print(
         table(
-            f"build_flow, judges off, sinks: {args.sinks}; {args.events:,} events over {args.keys:,} "
+            f"build_flow, judges off, sinks: {args.sinks}; {made:,} events (event times of {args.events:,}) "
+            f"over {args.keys:,} "
             f"tenant x agent keys and {args.hours:g} h of event time, batches of {args.batch}; "
             f"RSS before the flow {start['rss']:,.0f} MB",
             [

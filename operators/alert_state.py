@@ -52,8 +52,9 @@ class TenantLedger:
     newest: SettledDict[tuple[str, str, str, str], int] = field(default_factory=SettledDict)
     # slot start -> [requests, cost] of LLM requests
     llm: dict[int, list[int]] = field(default_factory=dict)
-    # slot start -> (agent, variant) -> [requests, cost]
-    agents: dict[int, dict[tuple[str, str], list[int]]] = field(default_factory=dict)
+    # slot start -> (agent, variant) -> [requests, cost]; a slot's dict is written again whenever it
+    # changes, so only the slots changed since the last `forget` are pickled again
+    agents: SettledDict[int, dict[tuple[str, str], list[int]]] = field(default_factory=SettledDict)
     # (agent, variant) -> [requests, cost] over [cursor - agent_window_ms, cursor), kept as it slides
     agent_window_ms: int = 3_600_000
     agents_open: dict[tuple[str, str], list[int]] = field(default_factory=dict)
@@ -91,10 +92,9 @@ class TenantLedger:
             return
         if done is not None:
             done[0] += delta[1]
-        accs = [
-            self.llm.setdefault(slot, [0, 0]),
-            self.agents.setdefault(slot, {}).setdefault((w.agent, w.variant), [0, 0]),
-        ]
+        per_agent = self.agents.get(slot) or {}
+        accs = [self.llm.setdefault(slot, [0, 0]), per_agent.setdefault((w.agent, w.variant), [0, 0])]
+        self.agents[slot] = per_agent  # changed in place below: written again (`SettledDict`)
         if slot < self.cursor:  # already inside some of the sliding windows
             if self.cursor - self.agent_window_ms <= slot:
                 accs.append(self.agents_open.setdefault((w.agent, w.variant), [0, 0]))
@@ -221,6 +221,7 @@ class TenantLedger:
             del self.rows[row]
         self.rows.settle()
         self.newest.settle()
+        self.agents.settle()
         llm = min(llm, self.cursor)  # what the cursor has not passed is not in the day totals yet
         for s in [s for s in self.llm if s < llm]:
             del self.llm[s]

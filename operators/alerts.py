@@ -145,6 +145,8 @@ class _AlertLogic(StatefulBatchLogic[_In, _Out, bytes]):
             if isinstance(resume.ledger.rows, dict):  # a snapshot from before the settled rows
                 resume.ledger.rows = SettledDict(resume.ledger.rows)
                 resume.ledger.newest = SettledDict(resume.ledger.newest)
+            if isinstance(resume.ledger.agents, dict):  # ... and from before the settled agent slots
+                resume.ledger.agents = SettledDict(resume.ledger.agents)
 
     def on_batch(self, values: list[_In]) -> tuple[Iterable[_Out], bool]:
         s = self._s

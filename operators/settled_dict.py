@@ -7,8 +7,9 @@ since its last `settle()` apart from the settled rest, and pickles the settled p
 changes (a delete, or the next `settle()`), each pickle carries those bytes as they are plus the
 recent entries.
 
-Values must be immutable (replaced, never changed in place): a change inside a settled value would not
-reach the cached bytes.
+A value changed in place must be written again (`d[k] = v`) after the change: that makes it recent, and
+a recent entry wins over the settled one when the pickle is loaded. A change inside a settled value that
+is not written again would not reach the cached bytes.
 """
 
 from __future__ import annotations

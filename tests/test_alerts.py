@@ -287,6 +287,33 @@ def test_state_survives_a_snapshot():
     assert out == whole
 
 
+def test_a_revision_of_a_settled_slot_reaches_the_next_snapshot():
+    """The per-agent slots are pickled once settled; a revision that changes one in place afterwards
+    must still be in the next snapshot (and in what the ledger reads after a restore)."""
+    led = TenantLedger(slot_ms=MIN, agent_window_ms=30 * MIN)
+    for m in range(20):
+        for agent in ("a", "b"):
+            led.add_window(win(m, "0.01", agent=agent))
+        led.advance(T0 + (m + 1) * MIN)
+    led.forget(revisable_ms={"llm": 60 * MIN}, keys=0, llm=0, agents=0, expensive=0, days=0)
+    assert pickle.loads(pickle.dumps(led)) == led  # the settled slots' bytes are made here
+    led.add_window(win(3, "0.05", agent="b", requests=4, version=2))  # an old slot revised in place
+    led.add_window(win(20, "0.01", agent="c"))
+    led.advance(T0 + 21 * MIN)
+    restored = pickle.loads(pickle.dumps(led))
+    assert restored == led
+    assert restored.agents[T0 + 3 * MIN][("b", "baseline")] == [4, usd_to_pico("0.05")]
+    assert restored.agent_sums() == led.agent_sums()
+    for end, b in [
+        (21, [19 + 4, usd_to_pico("0.24")]),  # slots 0-19, slot 3 as revised
+        (33, [16 + 4, usd_to_pico("0.21")]),  # slots 3-19
+        (34, [16, usd_to_pico("0.16")]),  # slot 3 leaves the half-hour window with its revised sums
+    ]:
+        for ledger in (led, restored):
+            ledger.advance(T0 + end * MIN)
+        assert restored.agent_sums({"b"}) == led.agent_sums({"b"}) == {"b": {"baseline": b}}
+
+
 # --- the other rules: fire on crafted data, quiet on normal data --------------
 
 
