@@ -140,7 +140,9 @@ class TenantLedger:
             del self.agents_open[key]
         self.cursor = end
 
-    def _sliding(self, d: dict[int, Any], width: int, end: int) -> list[tuple[int, int]]:
+    def _sliding(
+        self, d: dict[int, Any] | SettledDict[int, Any], width: int, end: int
+    ) -> list[tuple[int, int]]:
         """(+1, slot) entering and (-1, slot) leaving a window of `width` that moves
         from [cursor - width, cursor) to [end - width, end)."""
         lo, hi = (self.cursor - width, self.cursor) if self.cursor >= 0 else (end - width, end - width)
@@ -148,7 +150,7 @@ class TenantLedger:
         leaving = self._slots(d, lo, min(hi, end - width))
         return [(1, s) for s in entering] + [(-1, s) for s in leaving]
 
-    def _slots(self, d: dict[int, Any], start: int, end: int) -> list[int]:
+    def _slots(self, d: dict[int, Any] | SettledDict[int, Any], start: int, end: int) -> list[int]:
         """The keys of `d` in [start, end): by stepping through the range when it
         is shorter than the dict (one window per evaluation), else by scanning."""
         if start >= 0 and (end - start) // self.slot_ms < len(d):
