@@ -7,7 +7,6 @@ building a flow never connects anywhere.
 
 from __future__ import annotations
 
-import gc
 import hashlib
 import logging
 import time
@@ -19,6 +18,7 @@ from core import metrics
 from core.errors import Unavailable
 from core.ports import ControlStore, DisabledJudge, VerdictCache
 from core.records import PICO_PER_USD, usd_to_pico
+from flows import gc_policy
 from flows.config import ConfigError, JudgeTierConfig, Settings
 from judges.base import LLMJudge, RuleJudge
 from judges.budget import BudgetPolicy
@@ -75,18 +75,10 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-# Young collections of Python's cyclic garbage collector run every this many allocations (700 by
-# default). The flow's state is millions of long-lived objects (windows, rollups, ledgers per key) and
-# each batch allocates tens of thousands of short-lived ones: at the default the collector took 14% of
-# the CPU samples in the 100,000-key soak (`bench/soak.py`); set once per process here.
-GC_YOUNG_THRESHOLD = 20_000
-
-
 def build_deps(settings: Settings) -> Deps:
     cfg = settings.flow
     metrics.configure_labels(cfg.metrics.max_label_values, cfg.metrics.max_label_sets)
-    young, middle, old = gc.get_threshold()
-    gc.set_threshold(max(young, GC_YOUNG_THRESHOLD), middle, old)
+    gc_policy.tune()
     rules = Tier0Rules()
     local = build_local(settings)
     return Deps(
