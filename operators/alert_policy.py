@@ -108,6 +108,8 @@ class AlertPolicy:
         action_rules: the rules whose levels trigger actions (empty: all but the informational
             ones, which act only when named here).
         clear_on_resolve: clear the override when no acting level is left (else it expires).
+        requests: its rules read LLM requests and spend (false for the judge-spend rules: the
+            LLM windows then only move the tenant's clock, and the ledger keeps no sums of them).
     """
 
     default: RuleSet = RuleSet()
@@ -121,6 +123,7 @@ class AlertPolicy:
     actions: Mapping[str, Action] = field(default_factory=dict)
     action_rules: frozenset[str] = frozenset()
     clear_on_resolve: bool = True
+    requests: bool = True
 
     def for_tenant(self, tenant: str) -> RuleSet:
         return self.tenants.get(tenant, self.default)
@@ -138,12 +141,15 @@ class AlertPolicy:
     def judge_spend(self) -> AlertPolicy:
         """The rules over judge spend, without actions (the judge stage's own budget book already
         degrades judging when a tenant's judge budget is spent)."""
-        return self._only(frozenset(RULE_NAMES) - SPEND_RULES, actions={})
+        return self._only(frozenset(RULE_NAMES) - SPEND_RULES, actions={}, requests=False)
 
-    def _only(self, names: frozenset[str], *, actions: Mapping[str, Action]) -> AlertPolicy:
+    def _only(
+        self, names: frozenset[str], *, actions: Mapping[str, Action], requests: bool = True
+    ) -> AlertPolicy:
         return replace(
             self,
             default=self.default.only(names),
             tenants={t: r.only(names) for t, r in self.tenants.items()},
             actions=actions,
+            requests=requests,
         )

@@ -147,6 +147,7 @@ class _AlertLogic(StatefulBatchLogic[_In, _Out, bytes]):
                 resume.ledger.newest = SettledDict(resume.ledger.newest)
             if isinstance(resume.ledger.agents, dict):  # ... and from before the settled agent slots
                 resume.ledger.agents = SettledDict(resume.ledger.agents)
+            resume.ledger.tracks_requests = policy.requests  # what the rules read decides, not the snapshot
 
     def on_batch(self, values: list[_In]) -> tuple[Iterable[_Out], bool]:
         s = self._s
@@ -156,7 +157,8 @@ class _AlertLogic(StatefulBatchLogic[_In, _Out, bytes]):
             s.tenant = values[0].tenant_id
             rules = self._policy.for_tenant(s.tenant)
             s.ledger.agent_window_ms = rules.variant_cost.window_s * 1000
-            for width in rules.llm_windows_ms():
+            s.ledger.tracks_requests = self._policy.requests
+            for width in rules.llm_windows_ms() if self._policy.requests else ():
                 s.ledger.llm_open[width] = [0, 0]
         for v in values:
             if isinstance(v, ExpensiveSlot):

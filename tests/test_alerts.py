@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import pickle
+import random
 import shlex
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -489,6 +491,39 @@ def test_judge_budget_from_judge_windows(budget):
     ]
     assert json.loads([a for a in out if isinstance(a, Alert)][-1].details)["judge_usd_today"] == "1"
     assert run([[win(m, "0.01", category="judge"), win(m, "0.01")] for m in range(12)], pol) == []
+
+
+def test_the_judge_spend_stage_alerts_the_same_without_keeping_request_sums():
+    """The judge-spend rules read judge spend alone: a ledger that keeps only the slots of the LLM
+    windows (the evaluation clock) alerts exactly as one that keeps all of them, through revisions,
+    corrections, judge spend trailing its requests and a UTC midnight."""
+    rng = random.Random(7)
+    pol = policy(**{"alerts.judge_budget.budget_usd": "2"}).judge_spend()
+    assert not pol.requests and pol.default.judge_budget.enabled
+    start = T0 - 90 * MIN
+    batches = []
+    for m in range(240):
+        agents = ["a", *rng.sample(["b", "c"], rng.randint(0, 2))]
+        batch = [
+            win(m, f"0.0{rng.randint(1, 9)}", agent=x, requests=rng.randint(1, 5), start=start)
+            for x in agents
+        ]
+        if rng.random() < 0.6:  # judge spend trails its requests
+            usd = f"0.0{rng.randint(1, 9)}"
+            batch.append(
+                win(m - rng.randint(0, 20), usd, category="judge", agent=rng.choice("abc"), start=start)
+            )
+        if rng.random() < 0.1:  # a revision of an earlier window, and a correction
+            batch.append(win(m - rng.randint(1, 5), "0.05", category="judge", version=2, start=start))
+            batch.append(win(m - 30, "0.02", category="judge", kind="correction", cid=f"c{m}", start=start))
+        batches.append(batch)
+    got_progress: list[AlertProgress] = []
+    want_progress: list[AlertProgress] = []
+    got = run(batches, pol, got_progress)
+    want = run(batches, replace(pol, requests=True), want_progress)
+    assert got == want and got_progress == want_progress
+    levels_ = [(a.level, a.ts_ms >= T0) for a in got if isinstance(a, Alert)]
+    assert ("warn", False) in levels_ and ("ok", True) in levels_  # spent before midnight, reset after
 
 
 def test_judge_budget_is_off_without_a_budget():
