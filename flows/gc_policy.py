@@ -12,7 +12,9 @@ minutes to days, and each batch allocates tens of thousands of short-lived ones.
   `FULL_SCAN_EVERY`-th full collection unfreezes first and scans everything, so a cycle among frozen
   objects that became garbage later is still reclaimed, just later.
 
-`tune()` sets this once per process (idempotent; `build_deps` calls it).
+`tune()` sets this once per process (idempotent; `build_deps` calls it); `reset()` undoes it. Note that
+`gc.get_referrers` does not see frozen objects: a process that relies on it (Hypothesis does, to check
+the PRNGs it is given) must not run with this policy, so the tests reset it after each test.
 """
 
 from __future__ import annotations
@@ -43,3 +45,10 @@ def _around_full_collections(phase: str, info: dict[str, Any]) -> None:
             gc.unfreeze()  # this one scans everything: frozen cycles that died since are reclaimed
     else:
         gc.freeze()  # the survivors: left out of the next full collections
+
+
+def reset() -> None:
+    """Undo `tune()`'s freezing: full collections scan everything again (the thresholds stay)."""
+    while _around_full_collections in gc.callbacks:
+        gc.callbacks.remove(_around_full_collections)
+    gc.unfreeze()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from flows import gc_policy
 from flows.config import Settings, load_settings
 from operators import event_time
 from simulators.kafka_mock import MockCluster
@@ -27,6 +28,15 @@ from sinks import clickhouse as ch
 def _fresh_input_progress() -> None:
     """Each test starts with no Kafka partitions known to the process (operators.event_time)."""
     event_time.INPUT.reset()
+
+
+@pytest.fixture(autouse=True)
+def _no_frozen_objects() -> Iterator[None]:
+    """A test that built the flow's dependencies tuned the collector to freeze what survives full
+    collections (`flows.gc_policy`); the next test starts without it (`gc.get_referrers`, which
+    Hypothesis uses, does not see frozen objects)."""
+    yield
+    gc_policy.reset()
 
 
 @pytest.fixture(scope="session")

@@ -40,3 +40,11 @@ def test_a_cycle_that_dies_before_a_full_collection_goes_at_once():
     gone = weakref.ref(_Node())
     gc.collect()
     assert gone() is None
+
+
+def test_reset_leaves_nothing_frozen_and_no_callback():
+    gc_policy.tune()
+    gc.collect()
+    assert gc.get_freeze_count() > 0
+    gc_policy.reset()
+    assert gc.get_freeze_count() == 0 and gc_policy._around_full_collections not in gc.callbacks
