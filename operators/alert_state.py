@@ -71,14 +71,13 @@ class TenantLedger:
     cursor: int = -1
     days: dict[int, list[int]] = field(default_factory=dict)
     first_slot_ms: int = -1
-    # false: the LLM windows only mark their slots (`has_llm`, the evaluation clock); nothing else of
-    # them is kept (the judge-spend rules read judge spend alone)
-    tracks_requests: bool = True
+
+    def mark_llm(self, slot: int) -> None:
+        """The slot has LLM requests (`has_llm`, what the evaluation clock reads), and nothing else is
+        kept of them: for rules that read judge spend alone."""
+        self.llm.setdefault(slot, [0, 0])
 
     def add_window(self, w: CostWindow) -> None:
-        if not self.tracks_requests and w.category != "judge":
-            self.llm.setdefault(w.window_start_ms, [0, 0])
-            return
         key = (w.category, w.agent, w.model, w.variant, w.window_start_ms)
         new = (w.requests, w.cost_pusd, w.judge_cost_pusd)
         if w.kind == "correction":

@@ -147,7 +147,6 @@ class _AlertLogic(StatefulBatchLogic[_In, _Out, bytes]):
                 resume.ledger.newest = SettledDict(resume.ledger.newest)
             if isinstance(resume.ledger.agents, dict):  # ... and from before the settled agent slots
                 resume.ledger.agents = SettledDict(resume.ledger.agents)
-            resume.ledger.tracks_requests = policy.requests  # what the rules read decides, not the snapshot
 
     def on_batch(self, values: list[_In]) -> tuple[Iterable[_Out], bool]:
         s = self._s
@@ -157,7 +156,6 @@ class _AlertLogic(StatefulBatchLogic[_In, _Out, bytes]):
             s.tenant = values[0].tenant_id
             rules = self._policy.for_tenant(s.tenant)
             s.ledger.agent_window_ms = rules.variant_cost.window_s * 1000
-            s.ledger.tracks_requests = self._policy.requests
             for width in rules.llm_windows_ms() if self._policy.requests else ():
                 s.ledger.llm_open[width] = [0, 0]
         for v in values:
@@ -169,7 +167,10 @@ class _AlertLogic(StatefulBatchLogic[_In, _Out, bytes]):
                 s.ledger.add_abuse(v)
                 _arrived(s.arrivals, now, v.window_start_ms)
             elif v.window_ms == self._slot:  # rollups (1 h, 1 day) repeat what the base windows hold
-                s.ledger.add_window(v)
+                if self._policy.requests or v.category == "judge":
+                    s.ledger.add_window(v)
+                else:  # rules over judge spend alone: the LLM windows only move the clock
+                    s.ledger.mark_llm(v.window_start_ms)
                 # judge spend trails its requests by design (judge latency, backlogs):
                 # it counts when it arrives and never holds the evaluation back
                 if v.category == "llm":
