@@ -15,7 +15,7 @@ Sinks: by default the ClickHouse sinks are replaced by counting sinks (the flow'
 `--sinks chdb` to the engine inside this process.
 
     .venv/bin/python bench/soak.py [--events 10000000] [--keys 100000] [--hours 24] [--every 1000000]
-        [--batch 1000] [--sinks none|http|chdb] [--dedup-horizon-s S] [--stop-after N]
+        [--batch 5000] [--sinks none|http|chdb] [--dedup-horizon-s S] [--stop-after N]
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import itertools
 from _traffic import TOPIC, table, without_clickhouse
 
 import flows.judgeflow
-from flows.config import load_settings
+from flows.config import KafkaConfig, load_settings
 from flows.deps import build_deps
 from simulators.traffic import generate
 
@@ -169,7 +169,9 @@ def main() -> int:
     p.add_argument("--keys", type=int, default=100_000, help="tenant x agent pairs (100 agents per tenant)")
     p.add_argument("--hours", type=float, default=24.0, help="event time the events are spread over")
     p.add_argument("--every", type=int, default=0, help="print RSS and events/s every N events (default 1M)")
-    p.add_argument("--batch", type=int, default=1000, help="source batch size (kafka.batch_size)")
+    p.add_argument(
+        "--batch", type=int, default=KafkaConfig().batch_size, help="source batch size (default: the flow's)"
+    )
     p.add_argument("--sinks", choices=("none", "http", "chdb"), default="none")
     p.add_argument(
         "--stop-after",
