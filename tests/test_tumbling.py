@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from core.records import Evaluation, Event, SavingsEntry
-from operators import abuse, estimates, savings
+from operators import abuse, estimates, event_time, savings
 from operators.sample_design import StratumCount
 from operators.tumbling import FinalWindows, _Spec, _TumblingLogic, _TumblingState
 from tests.test_abuse import MIN, NORMALIZE, T0, event
@@ -125,6 +125,52 @@ def test_final_windows_are_remembered_for_a_day_of_event_time_then_forgotten():
     assert list(logic.on_batch([T0 + 3])[0]) == [(T0, 1)]  # reported again, not counted as dropped
     assert dropped("t_horizon") == before + 1
     assert list(logic._s.final) == [T0 + 2 * MIN, T0 + 3 * MIN]  # and not remembered again
+
+
+def test_the_wake_up_is_the_earliest_time_a_window_is_due():
+    """Due: a window not reported (or changed since) when the watermark passes its end; a reported one
+    when the watermark passes its end plus the lateness and it has been idle for `idle_s`."""
+    rnd = random.Random(7)
+    now = [0.0]
+    for _ in range(300):
+        now[0] = 1000.0 + rnd.random() * 100
+        spec = _Spec(
+            step_id="t_wake",
+            key_of=lambda x: "k",
+            size_ms=MIN,
+            lateness_ms=rnd.choice((0, 5 * MIN)),
+            idle_s=rnd.choice((0.0, 30.0, 300.0)),
+            ts_of=lambda x: x,
+            new=list,
+            fold=lambda acc, x: acc.append(x),
+            rows=lambda key, start, acc, version: [],
+            clock=lambda: now[0],
+        )
+        logic = _TumblingLogic(spec, None)
+        s = logic._s
+        s.max_ts_ms = T0 + rnd.randrange(60 * MIN)
+        s.seen_at_s = now[0] - rnd.random() * 60
+        for i in rnd.sample(range(60), rnd.randrange(1, 40)):
+            start = T0 + i * MIN
+            s.open[start] = []
+            s.arrived_s[start] = now[0] - rnd.random() * 600
+            if rnd.random() < 0.8:
+                s.emitted.add(start)
+                if rnd.random() < 0.2:
+                    s.dirty.add(start)
+        due = []
+        for start in s.open:
+            end = start + MIN
+            if start not in s.emitted or start in s.dirty:
+                due.append(s.seen_at_s + max(end - s.max_ts_ms, 0) / 1000)
+            else:
+                past_lateness = s.seen_at_s + max(end + spec.lateness_ms - s.max_ts_ms, 0) / 1000
+                due.append(max(past_lateness, s.arrived_s[start] + spec.idle_s))
+        at = logic.notify_at()
+        assert at is not None
+        assert at.timestamp() == pytest.approx(event_time.wake_at(min(due), now[0]), abs=1e-6)
+    s.open.clear()
+    assert logic.notify_at() is None
 
 
 def test_a_snapshot_pickled_and_resumed_still_drops_records_of_final_windows():
