@@ -234,7 +234,8 @@ class _AlertLogic(StatefulBatchLogic[_In, _Out, bytes]):
             s.arrivals.clear()
         else:
             settle = self._policy.settle_s
-            while s.arrivals and event_time.idle(s.arrivals[0][0], now, settle):
+            settled = event_time.idleness(now, settle) if s.arrivals else None
+            while settled and s.arrivals and settled(s.arrivals[0][0]):
                 s.arrivals.popleft()
             if s.arrivals:  # data from this slot on is still coming in: evaluate only up to it
                 horizon_ms = min(horizon_ms, s.arrivals[0][1])

@@ -44,6 +44,7 @@ With no Kafka input anywhere (tests and benchmarks on an in-memory source) wall 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -270,7 +271,18 @@ def idle(since: float, now: float, idle_s: float) -> bool:
     """Whether a window that last received input at `since` may count as complete on that score:
     live, after `idle_s` of wall time; while a backlog is read in step (aligned partitions), at once —
     event time alone decides there (and an outage blocking the worker is not idleness)."""
-    return INPUT.replaying() or now - since >= idle_s
+    return idleness(now, idle_s)(since)
+
+
+def idleness(now: float, idle_s: float) -> Callable[[float], bool]:
+    """`idle` for many windows at one instant: the input's state is read once, not once a window."""
+    if INPUT.replaying():
+        return _always
+    return lambda since: now - since >= idle_s
+
+
+def _always(since: float) -> bool:
+    return True
 
 
 def wake_at(due_s: float, now: float) -> float:

@@ -359,12 +359,16 @@ class _SampleLogic(StatefulBatchLogic[_In, _Decided, _SampleState]):
         # and the flow has processed what every partition of the input (every process's, with
         # several) released up to there: none of the window's events is still on its way
         frontier = event_time.INPUT.processed_ms()
+        idle = None  # (read once, when a window first needs it)
         for start in sorted(s.open):
             if self._waits_for_alerts(start):
                 break  # later windows wait too
             end = start + self._size_ms + self._grace_ms
             due = end <= wm and (frontier is None or end <= frontier)
-            if due and event_time.idle(s.open[start].last_arrival_s, now, idle_s):
+            if not due:
+                continue
+            idle = idle or event_time.idleness(now, idle_s)
+            if idle(s.open[start].last_arrival_s):
                 out.extend(self._close(start))
         if len(s.closed) > 2 * 1440:
             s.closed = {c for c in s.closed if c >= wm - _CLOSED_HORIZON_MS}

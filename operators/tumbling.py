@@ -262,6 +262,7 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
         wm = s.max_ts_ms + int(event_time.elapsed_s(s.seen_at_s, now) * 1000)
         horizon = wm - _FORGOTTEN_HORIZON_MS
         out: list[R] = []
+        idle = None  # (read once, when a window first needs it)
         for start in sorted(s.open):
             end = start + spec.size_ms
             if end > wm:
@@ -270,7 +271,10 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
                 out.extend(self._rows(start))
                 s.emitted.add(start)
                 s.dirty.discard(start)
-            if end + spec.lateness_ms <= wm and event_time.idle(s.arrived_s[start], now, spec.idle_s):
+            if end + spec.lateness_ms > wm:
+                continue
+            idle = idle or event_time.idleness(now, spec.idle_s)
+            if idle(s.arrived_s[start]):
                 del s.open[start], s.arrived_s[start]
                 s.emitted.discard(start)
                 if start >= horizon:  # an older one would be forgotten at once

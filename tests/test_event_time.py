@@ -13,10 +13,26 @@ from hypothesis import strategies as st
 
 from flows.config import KafkaConfig
 from flows.sources import kafka_source
-from operators.event_time import RECHECK_S, InputProgress, after_ms_of, wake_at
+from operators import event_time
+from operators.event_time import INPUT, RECHECK_S, InputProgress, after_ms_of, wake_at
 from simulators.kafka_mock import produce_all
 
 MIN = 60_000
+
+
+def test_a_window_is_idle_after_idle_s_live_and_at_once_in_a_backlog():
+    INPUT.reset()
+    try:
+        assert event_time.idle(100.0, 130.0, 30.0) and not event_time.idle(100.0, 129.0, 30.0)
+        check = event_time.idleness(130.0, 30.0)  # many windows at one instant: the same answers
+        assert check(100.0) and not check(100.5)
+        INPUT.opened("0-t")  # a partition read far behind the wall clock: a backlog
+        INPUT.polled("0-t", frontier_ms=0, caught_up=False, now=1_800_000_000.0)
+        assert INPUT.replaying()
+        assert event_time.idle(129.0, 130.0, 30.0) and event_time.idleness(130.0, 30.0)(129.9)
+        assert not check(100.5)  # read before: as the input was then
+    finally:
+        INPUT.reset()
 
 
 def test_wall_time_counts_only_while_the_input_is_live():
