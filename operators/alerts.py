@@ -234,9 +234,10 @@ class _AlertLogic(StatefulBatchLogic[_In, _Out, bytes]):
             s.arrivals.clear()
         else:
             settle = self._policy.settle_s
-            settled = event_time.idleness(now, settle) if s.arrivals else None
-            while settled and s.arrivals and settled(s.arrivals[0][0]):
-                s.arrivals.popleft()
+            if s.arrivals:
+                settled = event_time.idleness(now, settle)
+                while s.arrivals and settled(s.arrivals[0][0]):
+                    s.arrivals.popleft()
             if s.arrivals:  # data from this slot on is still coming in: evaluate only up to it
                 horizon_ms = min(horizon_ms, s.arrivals[0][1])
         rules = self._policy.for_tenant(s.tenant)
