@@ -26,7 +26,7 @@ import msgspec
 from core.records import Verdict
 
 
-class CachedVerdict(msgspec.Struct, frozen=True, array_like=True):
+class CachedVerdict(msgspec.Struct, gc=False, frozen=True, array_like=True):
     verdict: Verdict
     stored_ms: int
 
@@ -41,7 +41,7 @@ class VerdictCache(Protocol):
         ...
 
 
-class Override(msgspec.Struct, frozen=True):
+class Override(msgspec.Struct, gc=False, frozen=True):
     """`rate` replaces the sampler's rates for the tenant's events with event
     times in [starts_ms, expires_ms); 0.0 pauses judging."""
 
@@ -64,7 +64,7 @@ class Override(msgspec.Struct, frozen=True):
         )
 
 
-class DisabledJudge(msgspec.Struct, frozen=True):
+class DisabledJudge(msgspec.Struct, gc=False, frozen=True):
     """A judge a fatal error disabled. `config` fingerprints its configuration (provider, model,
     endpoint, key): a changed configuration is a new judge, enabled again."""
 
@@ -74,7 +74,7 @@ class DisabledJudge(msgspec.Struct, frozen=True):
     at_ms: int
 
 
-class OverrideAction(msgspec.Struct, frozen=True, array_like=True):
+class OverrideAction(msgspec.Struct, gc=False, frozen=True, array_like=True):
     """Set or clear a tenant's sampling override (applied by `sinks.control.ControlSink`).
 
     A `clear` only removes the override if it is still the one `set_by` wrote.

@@ -4,6 +4,11 @@ Hot-path records are `msgspec.Struct`s: cheap to build, to pickle across
 workers and to encode. Money is an integer number of picodollars (1e-12 USD)
 everywhere inside the flow, so sums are exact and never drift; sinks turn it
 into ClickHouse `Decimal(38, 12)` dollars.
+
+Records are declared `gc=False`: their fields are atomic values, tuples, dicts of atomic values and other
+records, so no reference cycle can pass through one, and the cyclic collector neither counts them
+towards its collections nor scans them (tens of thousands per batch, and the records windows and
+ledgers keep). A record type that could ever hold itself, directly or not, must not be.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ def pico_to_usd(pico: int) -> Decimal:
 # --- the wire format of a native LLM-request event -------------------------
 
 
-class Usage(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+class Usage(msgspec.Struct, gc=False, frozen=True, forbid_unknown_fields=False):
     """Token counts. `input_tokens` includes cached input (the OpenAI and
     OpenTelemetry convention); `reasoning_tokens` are part of `output_tokens`."""
 
@@ -41,12 +46,12 @@ class Usage(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
     reasoning_tokens: int = 0
 
 
-class ChatMessage(msgspec.Struct, frozen=True):
+class ChatMessage(msgspec.Struct, gc=False, frozen=True):
     role: str
     content: str
 
 
-class WireEvent(msgspec.Struct, frozen=True):
+class WireEvent(msgspec.Struct, gc=False, frozen=True):
     """One LLM request as producers write it to Kafka (JSON)."""
 
     event_id: str
@@ -70,7 +75,7 @@ class WireEvent(msgspec.Struct, frozen=True):
 # --- inside the flow ---------------------------------------------------------
 
 
-class Source(msgspec.Struct, frozen=True, array_like=True):
+class Source(msgspec.Struct, gc=False, frozen=True, array_like=True):
     """Where a record came from (Kafka coordinates), for dead letters and audits, and where its
     partition stood when it was read: `after_ms`, the newest time the partition had released before
     it (None: unknown) — what makes an event late for a window, whatever the timing."""
@@ -81,7 +86,7 @@ class Source(msgspec.Struct, frozen=True, array_like=True):
     after_ms: int | None = None
 
 
-class Event(msgspec.Struct, frozen=True, array_like=True):
+class Event(msgspec.Struct, gc=False, frozen=True, array_like=True):
     """A decoded, validated event. `price` fills the cost fields."""
 
     event_id: str
@@ -110,7 +115,7 @@ class Event(msgspec.Struct, frozen=True, array_like=True):
     flags: tuple[str, ...] = ()  # tier-0 rules that fired (set by `sample`)
 
 
-class DeadLetter(msgspec.Struct, frozen=True, array_like=True):
+class DeadLetter(msgspec.Struct, gc=False, frozen=True, array_like=True):
     """A record the flow could not process, with the reason and its origin.
 
     `key` is deterministic (source coordinates, or a content hash) so a replay
@@ -125,7 +130,7 @@ class DeadLetter(msgspec.Struct, frozen=True, array_like=True):
     ts_ms: int
 
 
-class PricingIssue(msgspec.Struct, frozen=True, array_like=True):
+class PricingIssue(msgspec.Struct, gc=False, frozen=True, array_like=True):
     """A model the flow could not price, reported once per (model, provider,
     UTC day) — the events themselves are still counted, with cost unknown.
     `key` is deterministic, so repeats (workers, replays) replace each other."""
@@ -138,7 +143,7 @@ class PricingIssue(msgspec.Struct, frozen=True, array_like=True):
     message: str
 
 
-class Verdict(msgspec.Struct, frozen=True, array_like=True):
+class Verdict(msgspec.Struct, gc=False, frozen=True, array_like=True):
     """One judge's answer for one metric."""
 
     metric: str
@@ -149,7 +154,7 @@ class Verdict(msgspec.Struct, frozen=True, array_like=True):
     tier: int
 
 
-class JudgeCall(msgspec.Struct, frozen=True, array_like=True):
+class JudgeCall(msgspec.Struct, gc=False, frozen=True, array_like=True):
     """What one judge call cost (tokens and dollars) and how it went."""
 
     judge: str
@@ -162,7 +167,7 @@ class JudgeCall(msgspec.Struct, frozen=True, array_like=True):
     error: str = ""
 
 
-class Evaluation(msgspec.Struct, frozen=True, array_like=True):
+class Evaluation(msgspec.Struct, gc=False, frozen=True, array_like=True):
     """A verdict attached to the event it judges (an evaluation row)."""
 
     eval_id: str
@@ -193,7 +198,7 @@ def entry_hash(entry_id: str) -> int:
     return xxhash.xxh3_64_intdigest(entry_id.encode("utf-8", "surrogatepass"))
 
 
-class LedgerEntry(msgspec.Struct, array_like=True):
+class LedgerEntry(msgspec.Struct, gc=False, array_like=True):
     """Partial sums for one (tenant, agent, model, variant, minute): what the
     windows add up. `price` makes one per event; judges make one per judged
     event (category `judge`)."""
@@ -229,7 +234,7 @@ class LedgerEntry(msgspec.Struct, array_like=True):
         self.ids ^= other.ids
 
 
-class SavingsEntry(msgspec.Struct, array_like=True):
+class SavingsEntry(msgspec.Struct, gc=False, array_like=True):
     """Partial sums of the judge savings ledger for one tenant, at a time in its
     window: the reference cost of judging every event on every metric, and what
     sampling, the cache and the judges actually did about it."""
@@ -263,7 +268,7 @@ class SavingsEntry(msgspec.Struct, array_like=True):
         self.forced += other.forced
 
 
-class JudgeSavings(msgspec.Struct, frozen=True, array_like=True):
+class JudgeSavings(msgspec.Struct, gc=False, frozen=True, array_like=True):
     """One (tenant, window) row of the savings ledger: judge calls and dollars
     avoided by sampling, by the cache and by the cascade (tier-0 rules and
     cheaper tiers), against judging everything with the reference judge."""
@@ -289,7 +294,7 @@ class JudgeSavings(msgspec.Struct, frozen=True, array_like=True):
     forced_events: int = 0  # events in certainty strata (tier-0 flags, long conversations)
 
 
-class QualityEstimate(msgspec.Struct, frozen=True, array_like=True):
+class QualityEstimate(msgspec.Struct, gc=False, frozen=True, array_like=True):
     """Horvitz-Thompson estimate of the share of flagged responses for one
     (tenant, agent, metric, window), with a 95% interval; the sums let any
     rollup recompute it (see operators.estimates)."""
@@ -327,7 +332,7 @@ class QualityEstimate(msgspec.Struct, frozen=True, array_like=True):
     ppi_high: float = math.nan
 
 
-class CostWindow(msgspec.Struct, frozen=True, array_like=True):
+class CostWindow(msgspec.Struct, gc=False, frozen=True, array_like=True):
     """A closed (or revised, or still open: `provisional`) tumbling window for one
     (tenant, agent, model, variant)."""
 
@@ -353,7 +358,7 @@ class CostWindow(msgspec.Struct, frozen=True, array_like=True):
     provisional: bool = False
 
 
-class AbuseWindow(msgspec.Struct, frozen=True, array_like=True):
+class AbuseWindow(msgspec.Struct, gc=False, frozen=True, array_like=True):
     """One (tenant, window) of the usual abuse shapes (`operators.abuse`): requests that repeat
     a prompt already sent in the window, and the share of the user who sent the most."""
 
@@ -382,7 +387,7 @@ LEVELS = ("ok", "warn", "critical", "emergency")  # an alert's levels, in rising
 RANK = {level: i for i, level in enumerate(LEVELS)}
 
 
-class Alert(msgspec.Struct, frozen=True, array_like=True):
+class Alert(msgspec.Struct, gc=False, frozen=True, array_like=True):
     """A state transition of one alert rule for one tenant."""
 
     alert_id: str

@@ -8,9 +8,14 @@ minutes to days, and each batch allocates tens of thousands of short-lived ones.
 - *Full collections* scan every tracked object in the process: ~2.5 s each at 2-3 GB of state, 27 s
   of the first 500,000 events of that soak (60% of the collector's time, 10% of the CPU), and they found
   no garbage at all (cycles die young: the young collections take them). After a full collection the
-  survivors are frozen (`gc.freeze`): the next ones scan only what arrived since. Every
-  `FULL_SCAN_EVERY`-th full collection unfreezes first and scans everything, so a cycle among frozen
-  objects that became garbage later is still reclaimed, just later.
+  survivors are frozen (`gc.freeze`): the next ones scan only what arrived since.
+
+A cycle among frozen objects that became garbage later is still reclaimed, by a full collection that
+unfreezes first and scans everything. Those run once the objects frozen since the last one number as
+many as it left frozen (`SCAN_ALL_RATIO`), so their cost per frozen object is bounded whatever the size
+of the state — a fixed count of full collections between them would make them more frequent, in
+allocations, as the state grows and each of them longer (10 M objects at a million events of the soak).
+Garbage cycles among frozen objects then take at most about as much memory as the frozen state did.
 
 `tune()` sets this once per process (idempotent; `build_deps` calls it); `reset()` undoes it. Note that
 `gc.get_referrers` does not see frozen objects: a process that relies on it (Hypothesis does, to check
@@ -23,9 +28,10 @@ import gc
 from typing import Any
 
 YOUNG_THRESHOLD = 20_000
-FULL_SCAN_EVERY = 10
+SCAN_ALL_RATIO = 1.0
 
-_full = [0]  # full collections since the process started
+# objects left frozen by the last full scan of everything, and frozen since
+_frozen = {"at_scan": 0, "since": 0}
 
 
 def tune() -> None:
@@ -36,15 +42,25 @@ def tune() -> None:
         gc.callbacks.append(_around_full_collections)
 
 
+def scans_all_next() -> bool:
+    """Whether the next full collection unfreezes and scans everything."""
+    return _frozen["since"] >= _frozen["at_scan"] * SCAN_ALL_RATIO
+
+
 def _around_full_collections(phase: str, info: dict[str, Any]) -> None:
     if info["generation"] != 2:
         return
     if phase == "start":
-        _full[0] += 1
-        if _full[0] % FULL_SCAN_EVERY == 0:
+        if scans_all_next():
             gc.unfreeze()  # this one scans everything: frozen cycles that died since are reclaimed
-    else:
-        gc.freeze()  # the survivors: left out of the next full collections
+            _frozen["at_scan"], _frozen["since"] = -1, 0
+        return
+    if _frozen["at_scan"] < 0:  # after a scan of everything: what it leaves frozen
+        gc.freeze()
+        _frozen["at_scan"] = gc.get_freeze_count()
+    else:  # the survivors of what arrived since the last full collection
+        _frozen["since"] += len(gc.get_objects(generation=2))
+        gc.freeze()
 
 
 def reset() -> None:
@@ -52,3 +68,4 @@ def reset() -> None:
     while _around_full_collections in gc.callbacks:
         gc.callbacks.remove(_around_full_collections)
     gc.unfreeze()
+    _frozen["at_scan"], _frozen["since"] = 0, 0

@@ -49,7 +49,7 @@ from core.records import AbuseWindow, Event
 from operators.tumbling import tumbling
 
 
-class AbusePartial(msgspec.Struct, array_like=True):
+class AbusePartial(msgspec.Struct, gc=False, array_like=True):
     """One batch's counts for one (tenant, window): what crosses workers."""
 
     tenant_id: str

@@ -71,7 +71,7 @@ from operators.settled_dict import SettledDict
 FORGET_EVERY_MS = 10 * 60_000
 
 
-class AlertProgress(msgspec.Struct, frozen=True, array_like=True):
+class AlertProgress(msgspec.Struct, gc=False, frozen=True, array_like=True):
     """A tenant's alerts are evaluated through `through_ms` (event time), and these are the
     actions of that evaluation: the sampler decides a window only once the alerts have been
     evaluated through its start, so an override applies in-band, in event time, the same way

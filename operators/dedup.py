@@ -37,7 +37,7 @@ from core.records import DeadLetter, Event, Verdict
 from operators.stage import stage_of
 
 
-class Candidate(msgspec.Struct, array_like=True):
+class Candidate(msgspec.Struct, gc=False, array_like=True):
     """An event on its way to the judges: what the cache already knows, what is left."""
 
     event: Event

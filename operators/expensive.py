@@ -20,7 +20,7 @@ from operators.alert_policy import AlertPolicy
 from operators.alert_state import Expensive, top_expensive
 
 
-class ExpensiveSlot(msgspec.Struct, frozen=True, array_like=True):
+class ExpensiveSlot(msgspec.Struct, gc=False, frozen=True, array_like=True):
     """Requests of one tenant in one base window that cost more than its threshold."""
 
     tenant_id: str

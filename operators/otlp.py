@@ -72,7 +72,7 @@ class OtlpMapping:
     default_tenant: str = ""  # empty: a call without a tenant is a dead letter
 
 
-class OtlpCall(msgspec.Struct, frozen=True, array_like=True):
+class OtlpCall(msgspec.Struct, gc=False, frozen=True, array_like=True):
     """An LLM call read from a span; its content may still come in log records of the same span."""
 
     span_key: str  # traceId:spanId (hex)
@@ -81,7 +81,7 @@ class OtlpCall(msgspec.Struct, frozen=True, array_like=True):
     has_content: bool
 
 
-class OtlpContent(msgspec.Struct, frozen=True, array_like=True):
+class OtlpContent(msgspec.Struct, gc=False, frozen=True, array_like=True):
     """Content of one LLM call sent in a log record apart from its span.
 
     A message event is one input message (`choice` -1) or one output choice

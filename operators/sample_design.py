@@ -276,7 +276,7 @@ class Choice:
     taken: dict[str, int] = field(default_factory=dict)  # stratum -> m_h
 
 
-class StratumCount(msgspec.Struct, frozen=True, array_like=True):
+class StratumCount(msgspec.Struct, gc=False, frozen=True, array_like=True):
     """One decided stratum of one (tenant, window): its events N_h, how many were chosen
     (m_h, each with inclusion probability m_h / N_h) and, per metric with a tier-0 rule, how
     many of the N_h events the rules flagged. `operators.estimates` reads the design from

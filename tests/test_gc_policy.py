@@ -1,5 +1,6 @@
-"""The collector policy: full collections leave the survivors of the last one out, and every
-`FULL_SCAN_EVERY`-th scans everything, so a frozen cycle that became garbage is reclaimed then."""
+"""The collector policy: full collections leave the survivors of the last one out, and one that
+follows as many new survivors as the last scan of everything left frozen scans everything again, so a
+frozen cycle that became garbage is reclaimed then."""
 
 from __future__ import annotations
 
@@ -14,23 +15,26 @@ class _Node:
         self.me = self  # a cycle: only the cyclic collector can free it
 
 
-def test_a_frozen_cycle_that_dies_waits_for_the_next_full_scan():
+def test_a_frozen_cycle_that_dies_waits_for_the_next_scan_of_everything():
     gc_policy.tune()
-    assert gc.get_threshold()[0] >= gc_policy.YOUNG_THRESHOLD
-    while (gc_policy._full[0] + 2) % gc_policy.FULL_SCAN_EVERY == 0:
-        gc.collect()  # so that the collection after the next one does not scan everything
+    gc.collect()
+    gc.collect()  # after a scan of everything, full collections scan only what arrived since
+    assert gc.get_freeze_count() > 0 and not gc_policy.scans_all_next()
     node = _Node()
-    gc.collect()  # a full collection: `node` survives it and is frozen
-    assert gc.get_freeze_count() > 0
+    gc.collect()  # `node` survives it and is frozen
     gone = weakref.ref(node)
     del node  # garbage now, but frozen
-    while True:
-        scans_all = (gc_policy._full[0] + 1) % gc_policy.FULL_SCAN_EVERY == 0
+    for _ in range(3):
         gc.collect()
-        if scans_all:
-            assert gone() is None
-            break
-        assert gone() is not None  # left out of a full collection that does not scan everything
+        assert gone() is not None  # left out of full collections that do not scan everything
+    assert not gc_policy.scans_all_next()
+    # as many new survivors as the last scan of everything left frozen: the next one scans everything
+    survivors = [[] for _ in range(gc.get_freeze_count())]
+    gc.collect()
+    assert gone() is not None and gc_policy.scans_all_next()
+    gc.collect()
+    assert gone() is None and not gc_policy.scans_all_next()
+    assert len(survivors) > 0
     gc_policy.tune()  # idempotent: one callback
     assert gc.callbacks.count(gc_policy._around_full_collections) == 1
 
