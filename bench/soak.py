@@ -4,11 +4,12 @@ The traffic: the sample traffic's payloads (real prompts, responses and token co
 `--keys` tenant x agent pairs (1,000 tenants x 100 agents by default) with event times spread evenly
 and in order over `--hours` of event time (a day by default), generated batch by batch as the source
 hands them out (nothing is held in memory ahead). Every `--every` events the source prints the
-process's RSS (VmRSS), the throughput so far and since the previous line, and the CPU time per event
-since the previous line (steadier than events/s on a shared machine); the table at the end repeats
-them. What to expect: RSS grows while new keys appear (each stateful step keeps a key's state once it
-has seen the key) and with the state a day of event time holds (the 1-day rollups, the re-delivery
-seen-set: the longest window plus the lateness), then levels off.
+process's RSS (VmRSS), the throughput so far and since the previous line, the CPU time per event
+since the previous line (steadier than events/s on a shared machine) and the time the cyclic garbage
+collector took per event (wall time of its collections, with the flow's `gc.callbacks`); the table at
+the end repeats them. What to expect: RSS grows while new keys appear (each stateful step keeps a key's
+state once it has seen the key) and with the state a day of event time holds (the 1-day rollups, the
+re-delivery seen-set: the longest window plus the lateness), then levels off.
 
 Sinks: by default the ClickHouse sinks are replaced by counting sinks (the flow's own work only);
 `--sinks http` writes every table to ClickHouse over HTTP (the chdb HTTP front in another process),
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import sys
 import tempfile
@@ -47,6 +49,17 @@ from simulators.traffic import generate
 _SLOTS = ("event_id", "ts", "tenant_id", "agent", "conversation_id")
 _MARK = "\x00{}\x00"
 COUNTS: list[dict[str, int]] = []  # the rows counted per table, without ClickHouse
+_GC = {"s": 0.0, "at": 0.0}  # seconds spent in the cyclic garbage collector, with the flow's callbacks
+
+
+def _collection_starts(phase: str, info: dict[str, Any]) -> None:  # the first callback
+    if phase == "start":
+        _GC["at"] = time.perf_counter()
+
+
+def _collection_ends(phase: str, info: dict[str, Any]) -> None:  # the last one
+    if phase == "stop":
+        _GC["s"] += time.perf_counter() - _GC["at"]
 
 
 def rss_mb() -> float:
@@ -117,14 +130,16 @@ class _Partition(StatefulSourcePartition[KafkaSourceMessage, int]):
 
     def _mark(self, i: int) -> None:
         now = time.perf_counter()
-        mark = {"events": i, "t": now, "cpu": time.process_time(), "rss": rss_mb()}
+        mark = {"events": i, "t": now, "cpu": time.process_time(), "rss": rss_mb(), "gc": _GC["s"]}
         if self._marks and i:
             start, last = self._marks[0], self._marks[-1]
             rate, recent = i / (now - start["t"]), (i - last["events"]) / (now - last["t"])
             cpu = (mark["cpu"] - last["cpu"]) / (i - last["events"]) * 1e6
+            collector = (mark["gc"] - last["gc"]) / (i - last["events"]) * 1e6
             print(
                 f"{i:>11,} events  RSS {mark['rss']:7.0f} MB  {rate:8,.0f} events/s so far,"
-                f" {recent:8,.0f} since {last['events']:,} ({cpu:,.0f} µs CPU/event)",
+                f" {recent:8,.0f} since {last['events']:,} ({cpu:,.0f} µs CPU/event;"
+                f" the collector {collector:,.0f} µs/event)",
                 flush=True,
             )
         self._marks.append(mark)
@@ -195,6 +210,8 @@ def main() -> int:
             overrides["windows.dedup_horizon_s"] = args.dedup_horizon_s
         settings = load_settings(None, env={}, **overrides)
         deps = build_deps(settings)
+        gc.callbacks.insert(0, _collection_starts)  # around the flow's own (`flows.gc_policy`)
+        gc.callbacks.append(_collection_ends)
         try:
             run_main(flows.judgeflow.build_flow(settings, source=source, deps=deps))
         finally:
@@ -211,6 +228,7 @@ def main() -> int:
                 f"{m['events'] / (m['t'] - start['t']):,.0f}",
                 f"{(m['events'] - prev['events']) / (m['t'] - prev['t']):,.0f}",
                 f"{(m['cpu'] - prev['cpu']) / (m['events'] - prev['events']) * 1e6:,.0f}",
+                f"{(m['gc'] - prev['gc']) / (m['events'] - prev['events']) * 1e6:,.0f}",
             ]
         )
     print()
@@ -226,6 +244,7 @@ def main() -> int:
                 "events/s so far",
                 "events/s since the previous line",
                 "CPU µs/event since",
+                "collector µs/event since (wall)",
             ],
             rows,
         )
