@@ -8,19 +8,25 @@ small partial sums cross workers.
 Time: a key's watermark is the newest event time it has seen plus the system
 time elapsed since while the input was live (`operators.event_time`: so a
 quiet key still closes its windows, and a backlog, an outage or a restore
-never counts as event time). After a restore every window still held is
-re-emitted, so rows the crashed run wrote after its last snapshot are
-replaced by what the resumed run computes. A window is
-emitted when the watermark passes its end, re-emitted (a newer `version`,
-which replaces the ClickHouse row) when entries arrive within the allowed
-lateness, and forgotten after that. Entries later still are never dropped:
-they become `correction` rows with their own stable ids.
+never counts as event time). A window is emitted when the watermark passes
+its end, re-emitted (a newer `version`, which replaces the ClickHouse row)
+when entries arrive within the allowed lateness, and forgotten after that —
+when the key next has an entry or a row due, not at a wake-up of its own, so
+a quiet key is off bytewax's schedule (which every activation of the step
+scans in full) once its rows are out. Entries later than the lateness are
+never dropped: they become `correction` rows with their own stable ids.
+
+After a restore, a window whose row was out is written again when it takes an
+entry or before it is forgotten: any row the crashed run wrote for it after
+the snapshot came from an entry that is read again, so it is replaced by what
+the resumed run computes, and a key that stays quiet writes nothing.
 
 The 1-hour and 1-day rows are derived from these by `operators.rollups`.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,6 +43,7 @@ from operators import event_time
 from operators.stage import stage_of
 
 SEP = "\x1f"
+_NONE: frozenset[int] = frozenset()
 
 
 def ledger_entry(e: Event) -> LedgerEntry:
@@ -174,7 +181,16 @@ class _WindowState:
 
 class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
     # one per key ever seen: no instance dict
-    __slots__ = ("_category", "_clock", "_lateness", "_provisional_at", "_provisional_s", "_s", "_size")
+    __slots__ = (
+        "_category",
+        "_clock",
+        "_lateness",
+        "_provisional_at",
+        "_provisional_s",
+        "_restored",
+        "_s",
+        "_size",
+    )
 
     def __init__(
         self,
@@ -192,11 +208,13 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         self._provisional_s = provisional_s
         self._provisional_at = clock() + provisional_s  # wall time of the next provisional rows
         self._s = resume if resume is not None else _WindowState()
+        self._restored = _NONE
         if resume is not None:
-            # rows written after this snapshot by the run that crashed must be
-            # superseded by the restored state: re-emit every emitted window
-            for w in resume.open.values():
-                w.dirty = w.dirty or w.emitted
+            # a row the crashed run wrote after this snapshot came from an entry that is read again: a
+            # window whose row was out is written again, as restored, when it takes an entry (it is
+            # dirty then) or before it is forgotten (that entry may come later, as a correction); a
+            # key that stays quiet costs nothing at a restore
+            self._restored = frozenset(start for start, w in resume.open.items() if w.emitted and not w.dirty)
             # and the downtime is not event-time progress
             resume.seen_at_s = clock()
 
@@ -211,7 +229,8 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         if s.max_ts_ms < 0:
             x = values[0]
             s.key = (x.tenant_id, x.agent, x.model, x.variant)
-        out: list[CostWindow] = []
+        # first what the key would have done had it woken when its rows were past their lateness
+        out = self._forget(self.watermark_ms()) if s.open else []
         newest = max(x.ts_ms for x in values)
         if newest > s.max_ts_ms:
             s.max_ts_ms, s.seen_at_s = newest, self._clock()
@@ -247,18 +266,18 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
+        # a wake-up only for a row that is due: a window whose row is out waits for the key's next
+        # entry to be forgotten, so a quiet key leaves bytewax's schedule (which every activation of
+        # the step scans, all of it) once its rows are out, instead of staying on it for the lateness
         s = self._s
-        if not s.open:
-            return None
-        due = []
-        for start, w in s.open.items():
-            edge = start + self._size if not w.emitted or w.dirty else start + self._size + self._lateness
-            due.append(edge)
-        wait_s = (min(due) - s.max_ts_ms) / 1000
-        at = event_time.wake_at(s.seen_at_s + max(wait_s, 0.0), self._clock())
-        if any(w.fresh for w in s.open.values()):  # provisional rows are due on the wall clock
+        due = [start + self._size for start, w in s.open.items() if not w.emitted or w.dirty]
+        at = math.inf
+        if due:
+            wait_s = (min(due) - s.max_ts_ms) / 1000
+            at = event_time.wake_at(s.seen_at_s + max(wait_s, 0.0), self._clock())
+        if self._provisional_s and any(w.fresh for w in s.open.values()):  # due on the wall clock
             at = min(at, self._provisional_at)
-        return datetime.fromtimestamp(at, tz=UTC)
+        return None if at == math.inf else datetime.fromtimestamp(at, tz=UTC)
 
     def snapshot(self) -> _WindowState:
         s = self._s
@@ -269,6 +288,18 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
             open={k: w.copy() for k, w in s.open.items()},
         )
 
+    def _forget(self, wm: int) -> list[CostWindow]:
+        """Drop the windows past their lateness whose row is out (a restored one is written again)."""
+        s, out = self._s, []
+        for start in [t for t, w in s.open.items() if t + self._size + self._lateness <= wm]:
+            w = s.open[start]
+            if w.emitted and not w.dirty:
+                if start in self._restored:
+                    out.append(self._row(w.sums))
+                    self._written(start)
+                del s.open[start]
+        return out
+
     def _advance(self, wm: int) -> list[CostWindow]:
         s = self._s
         out = []
@@ -277,14 +308,21 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
             if end > wm:
                 break
             w = s.open[start]
-            if not w.emitted or w.dirty:
+            closed = end + self._lateness <= wm
+            if not w.emitted or w.dirty or (closed and start in self._restored):
                 out.append(self._row(w.sums))
                 w.emitted, w.dirty, w.fresh = True, False, False
-            if end + self._lateness <= wm:
+                self._written(start)
+            if closed:
                 del s.open[start]
         if not s.open:
             s.open = {}  # a dict keeps its table when emptied: ~100 bytes per key that went quiet
         return out
+
+    def _written(self, start: int) -> None:
+        """The window's row is written again since the restore: nothing the crashed run wrote stands."""
+        if start in self._restored:
+            self._restored = self._restored - {start}
 
     def _provisional(self) -> list[CostWindow]:
         """Every `provisional_s` of wall time: the open windows that changed, as they stand

@@ -295,10 +295,52 @@ def test_restore_reemits_held_windows_and_does_not_count_the_downtime():
     now[0] += 3600
     restored = _WindowLogic(MIN, 2 * MIN, lambda: now[0], snap)
     out, _ = restored.on_notify()
-    assert [(r.window_start_ms, r.cost_pusd, r.kind) for r in out] == [(BASE, 5, "window")]
+    assert list(out) == []  # nothing is due: a key that stays quiet writes nothing at a restore
     # an entry replayed after the restore still lands in its window, not in a correction
     out, _ = restored.on_batch([entry("t", BASE + 2_000, 1)])
     assert [(r.window_start_ms, r.cost_pusd, r.kind) for r in out] == [(BASE, 6, "window")]
+
+
+def test_a_restored_window_is_written_again_before_it_is_forgotten():
+    """The crashed run may have added an entry to it after the snapshot; read again later than its
+    lateness, that entry becomes a correction, so the row holding it must be replaced first."""
+    now = [1000.0]
+    logic = _WindowLogic(MIN, 2 * MIN, lambda: now[0], None)
+    logic.on_batch([entry("t", BASE + 1_000, 5)])
+    logic.on_batch([entry("t", BASE + MIN + 10, 7)])
+    restored = _WindowLogic(MIN, 2 * MIN, lambda: now[0], logic.snapshot())
+    now[0] += 4 * 60  # live: the restored windows' lateness passes
+    out, _ = restored.on_notify()
+    assert [(r.window_start_ms, r.cost_pusd, r.kind) for r in out] == [
+        (BASE, 5, "window"),
+        (BASE + MIN, 7, "window"),
+    ]
+    out, _ = restored.on_batch([entry("t", BASE + 500, 1, eid="late")])
+    assert [(r.window_start_ms, r.cost_pusd, r.kind) for r in out] == [(BASE, 1, "correction")]
+    # no wake-up in between: forgotten as the key's next entry arrives, written again first
+    restored = _WindowLogic(MIN, 2 * MIN, lambda: now[0], logic.snapshot())
+    now[0] += 4 * 60
+    out, _ = restored.on_batch([entry("t", BASE + 5 * MIN, 2)])
+    assert [(r.window_start_ms, r.cost_pusd, r.kind) for r in out] == [
+        (BASE, 5, "window"),
+        (BASE + MIN, 7, "window"),
+    ]
+    assert list(restored.snapshot().open) == [BASE + 5 * MIN]
+
+
+def test_a_key_whose_rows_are_out_asks_for_no_wake_up_and_forgets_on_its_next_entry():
+    now = [1000.0]
+    logic = _WindowLogic(MIN, 2 * MIN, lambda: now[0], None)
+    logic.on_batch([entry("t", BASE + 1_000, 5)])
+    assert logic.notify_at() is not None  # its row is due when the watermark passes the window's end
+    now[0] += 60
+    out, _ = logic.on_notify()
+    assert [(r.window_start_ms, r.cost_pusd) for r in out] == [(BASE, 5)]
+    assert logic.notify_at() is None  # out of the step's schedule while it is quiet
+    now[0] += 3 * 60  # the window's lateness passes while it is still held
+    out, _ = logic.on_batch([entry("t", BASE + 500, 3, eid="late")])
+    assert [(r.window_start_ms, r.cost_pusd, r.kind) for r in out] == [(BASE, 3, "correction")]
+    assert logic.snapshot().open == {}
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
