@@ -8,9 +8,13 @@ small partial sums cross workers.
 Time: a key's watermark is the newest event time it has seen plus the system
 time elapsed since while the input was live (`operators.event_time`: so a
 quiet key still closes its windows, and a backlog, an outage or a restore
-never counts as event time). A window is emitted when the watermark passes
-its end, re-emitted (a newer `version`, which replaces the ClickHouse row)
-when entries arrive within the allowed lateness, and forgotten after that —
+never counts as event time). It never goes back — not for an entry newer
+than any before it that arrives behind it, nor at a restore (a snapshot
+holds how far it got) — so a window forgotten past its lateness is never
+opened again by a delayed entry, whose fresh row would replace the full one.
+A window is emitted when the watermark passes its end, re-emitted (a newer
+`version`, which replaces the ClickHouse row) when entries arrive within the
+allowed lateness, and forgotten after that —
 when the key next has an entry or a row due, not at a wake-up of its own, so
 a quiet key is off bytewax's schedule (which every activation of the step
 scans in full) once its rows are out. Entries later than the lateness are
@@ -229,12 +233,13 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         if s.max_ts_ms < 0:
             x = values[0]
             s.key = (x.tenant_id, x.agent, x.model, x.variant)
-        # first what the key would have done had it woken when its rows were past their lateness
-        out = self._forget(self.watermark_ms()) if s.open else []
-        newest = max(x.ts_ms for x in values)
-        if newest > s.max_ts_ms:
-            s.max_ts_ms, s.seen_at_s = newest, self._clock()
         wm = self.watermark_ms()
+        # first what the key would have done had it woken when its rows were past their lateness
+        out = self._forget(wm) if s.open else []
+        newest = max(x.ts_ms for x in values)
+        if newest > wm:  # never back: an entry newer than any before but behind the watermark is late
+            s.max_ts_ms, s.seen_at_s = newest, self._clock()
+            wm = self.watermark_ms()
         for x in values:
             start = x.ts_ms - x.ts_ms % self._size
             window = s.open.get(start)
@@ -283,7 +288,7 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         s = self._s
         return _WindowState(
             key=s.key,
-            max_ts_ms=s.max_ts_ms,
+            max_ts_ms=max(s.max_ts_ms, self.watermark_ms()),  # how far it got: a restore never goes back
             seen_at_s=s.seen_at_s,
             open={k: w.copy() for k, w in s.open.items()},
         )
