@@ -294,15 +294,11 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         )
 
     def _forget(self, wm: int) -> list[CostWindow]:
-        """Drop the windows past their lateness whose row is out (a restored one is written again)."""
-        s, out = self._s, []
-        for start in [t for t, w in s.open.items() if t + self._size + self._lateness <= wm]:
-            w = s.open[start]
-            if w.emitted and not w.dirty:
-                if start in self._restored:
-                    out.append(self._row(w.sums))
-                    self._written(start)
-                del s.open[start]
+        """Drop the windows past their lateness whose row is out."""
+        out: list[CostWindow] = []
+        for start, w in list(self._s.open.items()):
+            if start + self._size + self._lateness <= wm and w.emitted and not w.dirty:
+                out.extend(self._drop(start))
         return out
 
     def _advance(self, wm: int) -> list[CostWindow]:
@@ -313,16 +309,24 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
             if end > wm:
                 break
             w = s.open[start]
-            closed = end + self._lateness <= wm
-            if not w.emitted or w.dirty or (closed and start in self._restored):
+            if not w.emitted or w.dirty:
                 out.append(self._row(w.sums))
                 w.emitted, w.dirty, w.fresh = True, False, False
                 self._written(start)
-            if closed:
-                del s.open[start]
+            if end + self._lateness <= wm:
+                out.extend(self._drop(start))
         if not s.open:
             s.open = {}  # a dict keeps its table when emptied: ~100 bytes per key that went quiet
         return out
+
+    def _drop(self, start: int) -> list[CostWindow]:
+        """Forget a window past its lateness; one whose row was out at a restore and not written since
+        is written again first (the crashed run may have written it with an entry read again later)."""
+        w = self._s.open.pop(start)
+        if start not in self._restored:
+            return []
+        self._written(start)
+        return [self._row(w.sums)]
 
     def _written(self, start: int) -> None:
         """The window's row is written again since the restore: nothing the crashed run wrote stands."""
