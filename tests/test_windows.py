@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pickle
 from collections import defaultdict
+from collections.abc import Iterable
 
 import bytewax.operators as op
 import msgspec
@@ -93,6 +94,14 @@ def run_windows(
     else:
         cluster_main(flow, [], 0, worker_count_per_proc=workers)
     return out
+
+
+class _Table(dict[tuple[int, str, str], CostWindow]):
+    """`cost_windows` as ClickHouse keeps it: per (window, kind, correction id), the newest row wins."""
+
+    def write(self, rows: Iterable[CostWindow]) -> None:
+        for r in rows:
+            self[(r.window_start_ms, r.kind, r.correction_id)] = r
 
 
 def test_logic_emits_on_watermark_revises_late_and_corrects_too_late():
@@ -348,22 +357,18 @@ def test_a_key_whose_rows_are_out_asks_for_no_wake_up_and_forgets_on_its_next_en
 def test_a_delayed_entry_never_replaces_a_window_row_by_a_fresh_one():
     """The watermark never goes back: an entry newer than any before it but older than the watermark
     (delayed past the lateness on the wall clock) is a correction, not a new row for a forgotten window."""
-    table: dict[tuple[int, str, str], CostWindow] = {}
-
-    def write(rows) -> None:
-        for r in rows:
-            table[(r.window_start_ms, r.kind, r.correction_id)] = r
+    table = _Table()
 
     now = [1000.0]
     logic = _WindowLogic(MIN, 2 * MIN, lambda: now[0], None)
-    write(logic.on_batch([entry("t", BASE + 1_000, 5, eid="a")])[0])
+    table.write(logic.on_batch([entry("t", BASE + 1_000, 5, eid="a")])[0])
     now[0] = 1060.0
-    write(logic.on_notify()[0])
+    table.write(logic.on_notify()[0])
     now[0] = 1190.0  # the window's lateness has passed on the wall clock; then a delayed entry arrives
-    write(logic.on_batch([entry("t", BASE + 2_000, 3, eid="delayed")])[0])
+    table.write(logic.on_batch([entry("t", BASE + 2_000, 3, eid="delayed")])[0])
     now[0] = 1400.0
-    write(logic.on_notify()[0])
-    write(logic.on_eof()[0])
+    table.write(logic.on_notify()[0])
+    table.write(logic.on_eof()[0])
     assert sorted((start - BASE, kind, r.cost_pusd) for (start, kind, _), r in table.items()) == [
         (0, "correction", 3),
         (0, "window", 5),
@@ -380,27 +385,23 @@ def test_a_delayed_entry_never_replaces_a_window_row_by_a_fresh_one():
     "live wall clock, which a replay after a restore does not reproduce",
 )
 def test_a_late_entry_read_again_after_a_crash_counts_once():
-    table: dict[tuple[int, str, str], CostWindow] = {}
-
-    def write(rows) -> None:
-        for r in rows:
-            table[(r.window_start_ms, r.kind, r.correction_id)] = r  # ReplacingMergeTree: the newest wins
+    table = _Table()
 
     now = [1000.0]
     live = _WindowLogic(MIN, 2 * MIN, lambda: now[0], None)
-    write(live.on_batch([entry("t", BASE + 30_000, 5, eid="a")])[0])
+    table.write(live.on_batch([entry("t", BASE + 30_000, 5, eid="a")])[0])
     snap = pickle.dumps(live.snapshot())
     now[0] = 1060.0
-    write(live.on_notify()[0])
+    table.write(live.on_notify()[0])
     now[0] = 1190.0  # live: the window's lateness has passed on the wall clock
-    write(live.on_batch([entry("t", BASE + 2_000, 3, eid="late")])[0])  # a correction
+    table.write(live.on_batch([entry("t", BASE + 2_000, 3, eid="late")])[0])  # a correction
     # killed; the restart reads the late entry again from the snapshot's offsets, as a backlog
     now[0] = 2000.0
     replay = _WindowLogic(MIN, 2 * MIN, lambda: now[0], pickle.loads(snap))
-    write(replay.on_batch([entry("t", BASE + 2_000, 3, eid="late")])[0])
+    table.write(replay.on_batch([entry("t", BASE + 2_000, 3, eid="late")])[0])
     now[0] = 2060.0
-    write(replay.on_notify()[0])
-    write(replay.on_eof()[0])
+    table.write(replay.on_notify()[0])
+    table.write(replay.on_eof()[0])
     assert sum(r.cost_pusd for r in table.values()) == 8
 
 
@@ -437,11 +438,7 @@ def test_the_ledger_does_not_depend_on_interleaving_batching_or_a_crash(
     def now() -> float:
         return 1000.0 + next(clock) / 1000
 
-    table: dict[tuple[int, str, str], CostWindow] = {}
-
-    def write(rows) -> None:
-        for r in rows:
-            table[(r.window_start_ms, r.kind, r.correction_id)] = r  # ReplacingMergeTree: the newest wins
+    table = _Table()
 
     logic = _WindowLogic(MIN, lateness, now, None)
     i = 0
@@ -450,13 +447,13 @@ def test_the_ledger_does_not_depend_on_interleaving_batching_or_a_crash(
     while i < len(batches):
         if i == snapshot_at and saved is None:
             saved = (i, pickle.dumps(logic.snapshot()))
-        write(logic.on_batch([msgspec.structs.replace(x) for x in batches[i]])[0])
+        table.write(logic.on_batch([msgspec.structs.replace(x) for x in batches[i]])[0])
         i += 1
         if saved is not None and i == saved[0] + crash_after + 1 and crash is not None:
             i, state = saved[0], pickle.loads(saved[1])  # killed: resume from the snapshot, re-read
             logic = _WindowLogic(MIN, lateness, now, state)
             crash = None
-    write(logic.on_eof()[0])
+    table.write(logic.on_eof()[0])
     got: dict[int, int] = defaultdict(int)
     for (start, _, _), r in table.items():
         got[start] += r.cost_pusd
