@@ -221,6 +221,8 @@ class LedgerEntry(msgspec.Struct, gc=False, array_like=True):
     # XOR of the 64-bit hashes of every entry id summed in: a stable, order-independent
     # id for a combined entry that turns out to be late
     ids: int = 0
+    # late by its partition's position (`operators.event_time.late`): a correction, whatever the timing
+    late: bool = False
 
     def add(self, other: LedgerEntry) -> None:
         self.requests += other.requests
@@ -356,6 +358,9 @@ class CostWindow(msgspec.Struct, gc=False, frozen=True, array_like=True):
     correction_id: str = ""  # the late entry's id, for correction rows
     # an open window's sums so far: the final row (same key, higher version) supersedes it
     provisional: bool = False
+    # a restored window's row written again as it stood (`operators.windows`): nothing new for the
+    # levels built from it (not a column)
+    restated: bool = False
 
 
 class AbuseWindow(msgspec.Struct, gc=False, frozen=True, array_like=True):

@@ -68,6 +68,14 @@ def after_ms_of(message: Any) -> int | None:
     return getattr(message, _AFTER_MS, None)
 
 
+def late(after_ms: int | None, closes_ms: int) -> bool:
+    """Whether an event read where its partition stood at `after_ms` (`tag_after`) is late for a
+    window that closes at `closes_ms` (its end plus the allowed lateness): its partition had already
+    released something at or past that. A property of the partition's order, so a replay or a restore
+    decides it the same way (None: not read from Kafka, never late by position)."""
+    return after_ms is not None and closes_ms <= after_ms
+
+
 @dataclass(frozen=True, slots=True)
 class Reading:
     """One partition as its source, or its process's progress board entry, reports it.

@@ -1,8 +1,16 @@
 """rollup: 1-hour and 1-day rows (any multiple of the window size) derived from the minute rows of
 `operators.windows`, per key: each level's row is the sum of the newest row of every minute in it plus
-the minute corrections, re-emitted with a newer version whenever one of them changes — so the levels
-always agree with the minutes, and a reader sums `kind = window` and `kind = correction` rows of one
-`window_s` to get exact totals.
+re-emitted with a newer version whenever one of them changes — so the levels always agree with the
+minutes, and a reader sums `kind = window` and `kind = correction` rows of one `window_s` to get exact
+totals. A minute correction is a correction of each level too, with its id: whether a level is still
+open when it arrives is timing, and a level row that held it in one run and a correction row in a
+replay would count it twice.
+
+A level (and the minutes it keeps) is forgotten once the key's newest final minute AND what the whole
+flow has processed of every Kafka partition (`event_time.INPUT.processed_ms`) have passed its end plus
+the lateness: the minute windows upstream hold a window until then too, so no revision of its
+minutes can still come. A minute written again after a restore as it stood (`restated`) adds nothing,
+and is skipped when its minute is no longer kept.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
 
 from core.records import CostWindow, LedgerEntry
+from operators import event_time
 from operators.windows import SEP, key_of, window_row
 
 
@@ -27,6 +36,8 @@ class _RollupState:
     minutes: dict[int, CostWindow] = field(default_factory=dict)  # newest row of revisable minutes
     levels: dict[tuple[int, int], LedgerEntry] = field(default_factory=dict)  # (size, start) -> sums
     version: int = 0
+    # levels and minutes whose end plus lateness is at or before this may have been forgotten (never back)
+    forgot_ms: int = -1
 
 
 class _RollupLogic(StatefulBatchLogic[CostWindow, CostWindow, _RollupState]):
@@ -36,11 +47,15 @@ class _RollupLogic(StatefulBatchLogic[CostWindow, CostWindow, _RollupState]):
         lateness_ms: int,
         clock_us: Callable[[], int],
         resume: _RollupState | None,
+        processed: Callable[[], int | None] = event_time.INPUT.processed_ms,
     ) -> None:
         self._sizes = tuple(sizes_ms)
         self._lateness = lateness_ms
         self._clock_us = clock_us
+        self._processed = processed
         self._s = resume if resume is not None else _RollupState()
+        if resume is not None and not hasattr(resume, "forgot_ms"):  # from before the field
+            resume.forgot_ms = resume.newest_end_ms
 
     def on_batch(self, values: list[CostWindow]) -> tuple[Iterable[CostWindow], bool]:
         s = self._s
@@ -48,16 +63,20 @@ class _RollupLogic(StatefulBatchLogic[CostWindow, CostWindow, _RollupState]):
         changed: dict[tuple[int, int], CostWindow] = {}  # level -> a row of it (key, category)
         for r in values:
             start = r.window_start_ms
-            previous = None
-            if r.kind == "window":
-                previous = s.minutes.get(start)
-                s.minutes[start] = r
+            if r.kind == "correction":  # a correction of every level, whatever is open (see above)
+                delta = _added(r, None)
+                out.extend(self._correction(r, delta, (size, start - start % size)) for size in self._sizes)
+                continue
+            previous = s.minutes.get(start)
+            if r.restated and previous is None:  # as it stood: already in its levels, which moved on
+                continue
+            s.minutes[start] = r
             delta = _added(r, previous)
             for size in self._sizes:
                 level = (size, start - start % size)
                 acc = s.levels.get(level)
                 if acc is None:
-                    if level[1] + size + self._lateness > s.newest_end_ms:
+                    if level[1] + size + self._lateness > s.forgot_ms:
                         pass  # open: start its sums below
                     elif r.provisional:  # (not seen: an open minute's level is open) its final row will do
                         continue
@@ -84,11 +103,15 @@ class _RollupLogic(StatefulBatchLogic[CostWindow, CostWindow, _RollupState]):
             minutes=dict(s.minutes),
             levels={k: msgspec.structs.replace(v) for k, v in s.levels.items()},
             version=s.version,
+            forgot_ms=s.forgot_ms,
         )
 
     def _forget(self, minute_ms: int) -> None:
         s = self._s
-        horizon = s.newest_end_ms - self._lateness
+        processed = self._processed()
+        bound = s.newest_end_ms if processed is None else min(s.newest_end_ms, processed)
+        s.forgot_ms = max(s.forgot_ms, bound)
+        horizon = s.forgot_ms - self._lateness
         for start in [m for m in s.minutes if m + minute_ms <= horizon]:
             del s.minutes[start]
         for level in [lv for lv in s.levels if lv[1] + lv[0] <= horizon]:

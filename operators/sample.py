@@ -188,7 +188,7 @@ def tally_batch(
             c.cheap = tuple(m for m in cheap if cheap_flagged(m, e.flags, rules, local))
         window = e.ts_ms - e.ts_ms % size_ms
         after = e.source.after_ms if e.source is not None else None
-        late = after is not None and window + closes_ms <= after  # its partition was past the window
+        late = event_time.late(after, window + closes_ms)  # its partition was past the window
         part = parts.get((e.tenant_id, window, late))
         if part is None:
             part = parts[(e.tenant_id, window, late)] = _Part(

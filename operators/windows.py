@@ -12,18 +12,30 @@ never counts as event time). It never goes back — not for an entry newer
 than any before it that arrives behind it, nor at a restore (a snapshot
 holds how far it got) — so a window forgotten past its lateness is never
 opened again by a delayed entry, whose fresh row would replace the full one.
-A window is emitted when the watermark passes its end, re-emitted (a newer
-`version`, which replaces the ClickHouse row) when entries arrive within the
-allowed lateness, and forgotten after that —
-when the key next has an entry or a row due, not at a wake-up of its own, so
-a quiet key is off bytewax's schedule (which every activation of the step
-scans in full) once its rows are out. Entries later than the lateness are
-never dropped: they become `correction` rows with their own stable ids.
+A window is emitted when the watermark passes its end and re-emitted (a newer
+`version`, which replaces the ClickHouse row) when entries arrive after that.
+
+Lateness is decided by what a replay reproduces, not by timing. An event read
+from Kafka is *late* when its partition had already released something at or
+past its window's end plus the allowed lateness (`event_time.late`, from the
+position the source tags it with): it becomes a `correction` row with its own
+stable id, whatever the batches or the wall clock. Every other entry goes into
+its window, so a window is forgotten only once the watermark AND what the whole
+flow has processed of every Kafka partition (`event_time.INPUT.processed_ms`)
+have passed its end plus the lateness — no entry that is not late can still be
+on its way then. With nothing holding that back (no Kafka input, or every
+partition caught up) the watermark alone decides; an entry whose window was
+forgotten that way (a partition quiet past the lateness, then read again) is a
+correction too, so a window's row is never replaced by a fresh one. A window is
+forgotten when the key next has an entry or a row due, not at a wake-up of its
+own, so a quiet key is off bytewax's schedule (which every activation of the
+step scans in full) once its rows are out. Nothing is ever dropped.
 
 After a restore, a window whose row was out is written again when it takes an
-entry or before it is forgotten: any row the crashed run wrote for it after
-the snapshot came from an entry that is read again, so it is replaced by what
-the resumed run computes, and a key that stays quiet writes nothing.
+entry or before it is forgotten (`restated`: as it stood): any row the crashed
+run wrote for it after the snapshot came from an entry that is read again, so it
+is replaced by what the resumed run computes, and a key that stays quiet writes
+nothing.
 
 The 1-hour and 1-day rows are derived from these by `operators.rollups`.
 """
@@ -50,8 +62,8 @@ SEP = "\x1f"
 _NONE: frozenset[int] = frozenset()
 
 
-def ledger_entry(e: Event) -> LedgerEntry:
-    """What one priced event adds to its window."""
+def ledger_entry(e: Event, late: bool = False) -> LedgerEntry:
+    """What one priced event adds to its window (`late`: by its partition's position)."""
     return LedgerEntry(
         tenant_id=e.tenant_id,
         agent=e.agent,
@@ -66,6 +78,7 @@ def ledger_entry(e: Event) -> LedgerEntry:
         max_request_cost_pusd=e.cost_pusd,
         entry_id=e.event_id,
         ids=entry_hash(e.event_id),
+        late=late,
     )
 
 
@@ -77,6 +90,7 @@ def window_row(
     kind: str = "window",
     correction_id: str = "",
     provisional: bool = False,
+    restated: bool = False,
 ) -> CostWindow:
     """The `cost_windows` row for the sums `w` of one window."""
     return CostWindow(
@@ -99,19 +113,29 @@ def window_row(
         kind=kind,
         correction_id=correction_id,
         provisional=provisional,
+        restated=restated,
     )
 
 
-def combine_events(events: Iterable[Event], size_ms: int, keep_alone_before_ms: int) -> list[LedgerEntry]:
-    """`combine` for priced events (one request each), without a ledger entry per event."""
+def combine_events(
+    events: Iterable[Event], size_ms: int, keep_alone_before_ms: int, lateness_ms: int = 0
+) -> list[LedgerEntry]:
+    """`combine` for priced events (one request each), without a ledger entry per event; an event
+    late by its partition's position (`event_time.late`) travels alone, marked `late`."""
     acc: dict[tuple[str, str, str, str, int], LedgerEntry] = {}
     alone: list[LedgerEntry] = []
+    closes_after_ms = size_ms + lateness_ms
     for e in events:
         ts = e.ts_ms
+        start = ts - ts % size_ms
+        src = e.source
+        if src is not None and event_time.late(src.after_ms, start + closes_after_ms):
+            alone.append(ledger_entry(e, late=True))
+            continue
         if ts < keep_alone_before_ms:
             alone.append(ledger_entry(e))
             continue
-        k = (e.tenant_id, e.agent, e.model, e.variant, ts - ts % size_ms)
+        k = (e.tenant_id, e.agent, e.model, e.variant, start)
         cur = acc.get(k)
         cost = e.cost_pusd
         unknown = 1 if e.cost_source == "unknown" else 0
@@ -143,13 +167,13 @@ def combine_events(events: Iterable[Event], size_ms: int, keep_alone_before_ms: 
 
 
 def combine(entries: Iterable[LedgerEntry], size_ms: int, keep_alone_before_ms: int) -> list[LedgerEntry]:
-    """Sum entries per (key, window); entries older than `keep_alone_before_ms`
-    keep their identity (they may be corrections)."""
+    """Sum entries per (key, window); late entries, and those older than `keep_alone_before_ms`,
+    keep their identity (they are or may be corrections)."""
     acc: dict[tuple[str, str, str, str, int], LedgerEntry] = {}
     alone: list[LedgerEntry] = []
     for x in entries:
         start = x.ts_ms - x.ts_ms % size_ms
-        if x.ts_ms < keep_alone_before_ms and x.entry_id:
+        if x.late or (x.ts_ms < keep_alone_before_ms and x.entry_id):
             alone.append(x)
             continue
         k = (x.tenant_id, x.agent, x.model, x.variant, start)
@@ -181,6 +205,8 @@ class _WindowState:
     max_ts_ms: int = -1
     seen_at_s: float = 0.0
     open: dict[int, _Open] = field(default_factory=dict)
+    # windows whose end plus lateness is at or before this may have been forgotten (it never goes back)
+    forgot_ms: int = -1
 
 
 class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
@@ -189,6 +215,7 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         "_category",
         "_clock",
         "_lateness",
+        "_processed",
         "_provisional_at",
         "_provisional_s",
         "_restored",
@@ -204,8 +231,10 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         resume: _WindowState | None,
         category: str = "llm",
         provisional_s: float = 0.0,
+        processed: Callable[[], int | None] = event_time.INPUT.processed_ms,
     ) -> None:
         self._category = category
+        self._processed = processed
         self._size = size_ms
         self._lateness = lateness_ms
         self._clock = clock
@@ -214,6 +243,8 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         self._s = resume if resume is not None else _WindowState()
         self._restored = _NONE
         if resume is not None:
+            if not hasattr(resume, "forgot_ms"):  # a snapshot from before the field: it forgot by watermark
+                resume.forgot_ms = resume.max_ts_ms
             # a row the crashed run wrote after this snapshot came from an entry that is read again: a
             # window whose row was out is written again, as restored, when it takes an entry (it is
             # dirty then) or before it is forgotten (that entry may come later, as a correction); a
@@ -235,16 +266,21 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
             s.key = (x.tenant_id, x.agent, x.model, x.variant)
         wm = self.watermark_ms()
         # first what the key would have done had it woken when its rows were past their lateness
-        out = self._forget(wm) if s.open else []
+        out = self._forget(self._forgettable(wm)) if s.open else []
         newest = max(x.ts_ms for x in values)
         if newest > wm:  # never back: an entry newer than any before but behind the watermark is late
             s.max_ts_ms, s.seen_at_s = newest, self._clock()
             wm = newest  # not read again: no slice of wall time between makes the batch's own entries late
+        forgot = self._forgettable(wm)
+        closes_after = self._size + self._lateness
         for x in values:
             start = x.ts_ms - x.ts_ms % self._size
+            if x.late:  # by its partition's position: the same in any replay
+                out.append(self._correction(x, start))
+                continue
             window = s.open.get(start)
             if window is None:
-                if start + self._size + self._lateness <= wm:
+                if start + closes_after <= forgot:  # it may have been forgotten: its row stands
                     out.append(self._correction(x, start))
                     continue
                 window = s.open[start] = _Open(LedgerEntry(*s.key, start))
@@ -258,7 +294,9 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         return out, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[Iterable[CostWindow], bool]:
-        out = self._advance(self.watermark_ms())
+        wm = self.watermark_ms()
+        self._forgettable(wm)
+        out = self._advance(wm)
         out.extend(self._provisional())
         return out, StatefulBatchLogic.RETAIN
 
@@ -291,17 +329,30 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
             max_ts_ms=max(s.max_ts_ms, self.watermark_ms()),  # how far it got: a restore never goes back
             seen_at_s=s.seen_at_s,
             open={k: w.copy() for k, w in s.open.items()},
+            forgot_ms=s.forgot_ms,
         )
 
-    def _forget(self, wm: int) -> list[CostWindow]:
+    def _forgettable(self, wm: int) -> int:
+        """How far windows may be forgotten now (their end plus lateness at or before it): the
+        watermark, but reading Kafka no further than the flow has processed what every partition
+        released — an entry that is not late may still be on its way before that. Never back."""
+        s = self._s
+        processed = self._processed()
+        bound = wm if processed is None else min(wm, processed)
+        if bound > s.forgot_ms:
+            s.forgot_ms = bound
+        return s.forgot_ms
+
+    def _forget(self, forgot: int) -> list[CostWindow]:
         """Drop the windows past their lateness whose row is out."""
         out: list[CostWindow] = []
         for start, w in list(self._s.open.items()):
-            if start + self._size + self._lateness <= wm and w.emitted and not w.dirty:
+            if start + self._size + self._lateness <= forgot and w.emitted and not w.dirty:
                 out.extend(self._drop(start))
         return out
 
     def _advance(self, wm: int) -> list[CostWindow]:
+        """Write the rows due at `wm`; drop the windows past their lateness (`forgot_ms`)."""
         s = self._s
         out = []
         for start in sorted(s.open):
@@ -313,7 +364,7 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
                 out.append(self._row(w.sums))
                 w.emitted, w.dirty, w.fresh = True, False, False
                 self._written(start)
-            if end + self._lateness <= wm:
+            if end + self._lateness <= s.forgot_ms:
                 out.extend(self._drop(start))
         if not s.open:
             s.open = {}  # a dict keeps its table when emptied: ~100 bytes per key that went quiet
@@ -326,7 +377,7 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         if start not in self._restored:
             return []
         self._written(start)
-        return [self._row(w.sums)]
+        return [self._row(w.sums, restated=True)]
 
     def _written(self, start: int) -> None:
         """The window's row is written again since the restore: nothing the crashed run wrote stands."""
@@ -350,10 +401,15 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         return [self._row(w.sums, provisional=True) for w in fresh]
 
     def _row(
-        self, w: LedgerEntry, kind: str = "window", correction_id: str = "", provisional: bool = False
+        self,
+        w: LedgerEntry,
+        kind: str = "window",
+        correction_id: str = "",
+        provisional: bool = False,
+        restated: bool = False,
     ) -> CostWindow:
         version = time.time_ns() // 1000
-        return window_row(w, self._size, self._category, version, kind, correction_id, provisional)
+        return window_row(w, self._size, self._category, version, kind, correction_id, provisional, restated)
 
     def _correction(self, x: LedgerEntry, start: int) -> CostWindow:
         metrics.LATE.inc()
@@ -389,8 +445,10 @@ def cost_window(
 
     def combine_batch(entries: list) -> Iterable[LedgerEntry]:
         newest[0] = max(newest[0], max(x.ts_ms for x in entries))
-        fold = combine_events if type(entries[0]) is Event else combine
-        combined = fold(entries, size_ms, newest[0] - lateness_ms)
+        if type(entries[0]) is Event:
+            combined = combine_events(entries, size_ms, newest[0] - lateness_ms, lateness_ms)
+        else:
+            combined = combine(entries, size_ms, newest[0] - lateness_ms)
         entries_in.inc(len(entries))
         entries_keyed.inc(len(combined))
         return combined
