@@ -83,7 +83,11 @@ class TenantLedger:
         if w.kind == "correction":
             delta = new
         else:
-            old = self.rows.get(key, (0, 0, 0))
+            old = self.rows.get(key)
+            if old is None:
+                if w.restated:  # a restored window's row as it stood: in the totals already, since forgotten
+                    return
+                old = (0, 0, 0)
             self.rows[key] = new
             if w.window_start_ms > self.newest.get(key[:4], -1):
                 self.newest[key[:4]] = w.window_start_ms
@@ -213,18 +217,29 @@ class TenantLedger:
         expensive: int,
         days: int,
         abuse: int = -1,
+        processed_ms: int | None = None,
     ) -> None:
         """Drop what no rule and no revision can need any more.
 
         A window key's rows can be revised while they are within
         `revisable_ms[category]` of that key's newest row (its own event-time progress,
-        which may lag the tenant's); keys with no row since `keys` are dropped.
-        The other arguments are the horizons of each kind of total.
+        which may lag the tenant's) or of what the flow has processed of its Kafka input
+        (`processed_ms`: the windows upstream hold a window until then); keys with no row
+        since `keys` are dropped. The other arguments are the horizons of each kind of total.
         """
         for key in [key for key, newest in self.newest.items() if newest < keys]:
             del self.newest[key]
         newest = self.newest
-        for row in [r for r in self.rows if r[:4] not in newest or r[4] < newest[r[:4]] - revisable_ms[r[0]]]:
+
+        def settled(r: WindowKey) -> bool:
+            at = newest.get(r[:4])
+            if at is None:
+                return True
+            if processed_ms is not None:
+                at = min(at, processed_ms)
+            return r[4] < at - revisable_ms[r[0]]
+
+        for row in [r for r in self.rows if settled(r)]:
             del self.rows[row]
         self.rows.settle()
         self.newest.settle()

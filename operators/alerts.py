@@ -391,6 +391,7 @@ class _AlertLogic(StatefulBatchLogic[_In, _Out, bytes]):
             expensive=at - rules.expensive_requests.window_s * 1000 - self._slot,
             abuse=at - self._slot,
             days=month_bounds(at - 1)[0] - DAY_MS,
+            processed_ms=event_time.INPUT.processed_ms(),
         )
 
 

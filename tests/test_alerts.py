@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import bytewax.operators as op
+import msgspec
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
@@ -27,7 +28,7 @@ from flows.cli import _parser
 from flows.config import ConfigError
 from flows.deps import build_alert_policy
 from operators.alert_rules import RULE_TYPES, BurnRate, VariantCost, VolumeSpike
-from operators.alert_state import TenantLedger
+from operators.alert_state import DAY_MS, TenantLedger
 from operators.alerts import AlertProgress, _AlertLogic, alerts
 from operators.expensive import ExpensiveSlot, expensive_requests
 from sinks.control import ControlSink
@@ -314,6 +315,26 @@ def test_a_revision_of_a_settled_slot_reaches_the_next_snapshot():
         for ledger in (led, restored):
             ledger.advance(T0 + end * MIN)
         assert restored.agent_sums({"b"}) == led.agent_sums({"b"}) == {"b": {"baseline": b}}
+
+
+def test_the_ledger_keeps_a_row_the_flow_may_still_revise_and_skips_a_restated_one_it_forgot():
+    """The cost windows hold a window until the flow has processed its Kafka input past it, so a
+    revision can come later than the lateness: the ledger keeps the row until then too. A restored
+    window's row written again as it stood (`restated`) is in the totals already."""
+    led = TenantLedger(slot_ms=MIN, agent_window_ms=30 * MIN)
+    for m in range(20):
+        led.add_window(win(m, "0.01"))
+    led.advance(T0 + 20 * MIN)
+    # slot 3 is far behind the key's newest row, but not behind what the flow has processed
+    led.forget(
+        revisable_ms={"llm": 2 * MIN}, keys=0, llm=0, agents=0, expensive=0, days=0, processed_ms=T0 + 4 * MIN
+    )
+    led.add_window(win(3, "0.05", requests=4, version=2))  # a revision: replaces the slot's row
+    assert led.days[T0 - T0 % DAY_MS][0] == usd_to_pico("0.24")
+    led.forget(revisable_ms={"llm": 2 * MIN}, keys=0, llm=0, agents=0, expensive=0, days=0, processed_ms=None)
+    assert (T0 + 3 * MIN) not in {r[4] for r in led.rows}
+    led.add_window(msgspec.structs.replace(win(3, "0.05", requests=4, version=3), restated=True))
+    assert led.days[T0 - T0 % DAY_MS][0] == usd_to_pico("0.24")  # not counted again
 
 
 # --- the other rules: fire on crafted data, quiet on normal data --------------
