@@ -161,26 +161,24 @@ class ProgressBoard:
 
 
 def _publish(state: event_time.Reading | None, now_ms: int) -> dict[str, Any]:
-    """A board entry: a partition this process reads ("f", "c": alignment and liveness; "e", "p",
-    "s": the epoch it reads in, what the flow processed of it, settled), or has read to its end ("d",
+    """A board entry: a partition this process reads ("f", "c": alignment and liveness; "e", "p": the
+    epoch it reads in, where it stood as far as the flow has processed), or has read to its end ("d",
     in epoch "e"; without "e": closed, nothing of it in flight)."""
     if state is None:
         return {"t": now_ms, "d": 1}
     if state.ended:
         return {"t": now_ms, "d": 1, "e": state.epoch, "p": state.processed_ms}
     entry = {"t": now_ms, "f": state.frontier_ms, "c": state.caught_up, "e": state.epoch}
-    return entry | {"p": state.processed_ms, "s": state.settled}
+    return entry | {"p": state.processed_ms}
 
 
 def _reading(entry: dict[str, Any]) -> event_time.Reading:
     epoch = entry.get("e")
     if entry.get("d"):
         epoch = epoch if isinstance(epoch, int) else -1  # (-1: closed, nothing of it in flight)
-        return event_time.Reading(None, True, epoch, entry.get("p"), True, ended=True)
+        return event_time.Reading(None, True, epoch, entry.get("p"), ended=True)
     epoch = epoch if isinstance(epoch, int) else 0
-    return event_time.Reading(
-        entry.get("f"), bool(entry.get("c")), epoch, entry.get("p"), bool(entry.get("s"))
-    )
+    return event_time.Reading(entry.get("f"), bool(entry.get("c")), epoch, entry.get("p"))
 
 
 def _entry(metadata: str | None) -> dict[str, Any] | None:

@@ -76,7 +76,7 @@ class ReadPositions:
 POSITIONS = ReadPositions()
 
 
-# a partition's snapshot: the offset to resume at, and the newest time released before it
+# a partition's snapshot: the offset to resume at, and where the partition stood (`_AlignedPartition`)
 _PartState = tuple[int | None, int | None]
 
 
@@ -86,11 +86,14 @@ class _AlignedPartition(StatefulSourcePartition[Any, _PartState]):
     has input are held back — not consumed: the snapshot resumes at the first one held. With
     `stop_at`, the partition ends before that offset (nothing at or after it reaches the flow).
 
-    Each message is handed over tagged with the newest time the partition released before it
-    (`event_time.tag_after`) (part of the snapshot, so a restore tags the same). bytewax snapshots the
-    partition exactly when its epoch ends and reads it in the next epoch only once the whole flow has
-    processed the last one, so the partition also tells `event_time.INPUT` how far the flow has
-    processed what it released."""
+    Each message is handed over tagged with where the partition stood before it
+    (`event_time.tag_after`): the newest time it released, or — once an epoch has ended since — the
+    time it was moved to while it had nothing to read (`event_time.InputProgress.caught_up_at`). Both
+    are part of the snapshot, so a restore tags the same, and a move counts only from the end of the
+    epoch it was made in: bytewax reads the next epoch only once that snapshot is written, so a run
+    resumed after a crash has it too. bytewax snapshots the partition exactly when its epoch ends and
+    reads it in the next epoch only once the whole flow has processed the last one, so the partition
+    also tells `event_time.INPUT` how far the flow has processed what it stood at."""
 
     def __init__(
         self,
@@ -108,12 +111,13 @@ class _AlignedPartition(StatefulSourcePartition[Any, _PartState]):
         self._tp = tp
         self._stop_at = stop_at
         self._held: deque[Any] = deque()
-        self._released_ms = released_ms  # the newest time released (a restore: before the snapshot)
+        self._released_ms = released_ms  # the newest time released (a restore: where the snapshot stood)
+        self._stands_ms = released_ms  # where it stands: that, or a move an epoch end has sealed
+        self._moved_ms: int | None = None  # moved to this epoch while caught up: counts from its end
         self._waiting = False
         self._opened_at = time.monotonic()
         self._epoch = 0  # epochs ended since the run started (every partition starts at the same one)
-        self._sealed_ms = released_ms  # the newest time released when the last epoch ended
-        self._released_in_epoch = False
+        self._sealed_ms = released_ms  # where it stood when the last epoch ended
         self._ended = False
         event_time.INPUT.opened(name)
         position = inner.snapshot()
@@ -122,9 +126,6 @@ class _AlignedPartition(StatefulSourcePartition[Any, _PartState]):
 
     def next_batch(self) -> list[Any]:
         now = time.time()
-        # bytewax reads in this epoch only once the flow has processed every earlier one, so what
-        # this partition had released when the last epoch ended is processed everywhere
-        settled = not self._released_in_epoch
         fetched = 0
         if not self._held:
             try:
@@ -151,18 +152,23 @@ class _AlignedPartition(StatefulSourcePartition[Any, _PartState]):
                     break
                 m = held.popleft()
                 if type(m) is KafkaSourceMessage:  # (a broker error becomes a dead letter, never an event)
-                    event_time.tag_after(m, self._released_ms)
+                    event_time.tag_after(m, self._stands_ms)
                 out.append(m)
                 if ts is not None and (self._released_ms is None or ts > self._released_ms):
                     self._released_ms = ts
+                if ts is not None and (self._stands_ms is None or ts > self._stands_ms):
+                    self._stands_ms = ts
         head = _time_ms(self._held[0]) if self._held else None
         frontier = head if head is not None else self._released_ms
         caught_up = fetched == 0 and not self._held and not out and self._at_end()
         event_time.INPUT.polled(self._name, frontier_ms=frontier, caught_up=caught_up, now=now)
-        self._released_in_epoch = self._released_in_epoch or bool(out)
-        event_time.INPUT.processed(
-            self._name, epoch=self._epoch, processed_ms=self._sealed_ms, settled=settled and not out
-        )
+        if caught_up:  # nothing to read: it stands on with the others or the live clock, from the epoch's end
+            to = event_time.INPUT.caught_up_at(self._name, now)
+            if to is not None and (self._moved_ms is None or to > self._moved_ms):
+                self._moved_ms = to
+        # bytewax reads in this epoch only once the flow has processed every earlier one, so what this
+        # partition stood at when the last epoch ended is processed everywhere
+        event_time.INPUT.processed(self._name, epoch=self._epoch, processed_ms=self._sealed_ms)
         self._waiting = bool(self._held) and not out
         if self._tp is not None:
             position = self._position()
@@ -206,9 +212,11 @@ class _AlignedPartition(StatefulSourcePartition[Any, _PartState]):
     def snapshot(self) -> _PartState:
         """bytewax calls this exactly when the partition's epoch ends (and only then)."""
         self._epoch += 1
-        self._sealed_ms = self._released_ms
-        self._released_in_epoch = False
-        return (self._position(), self._released_ms)
+        if self._moved_ms is not None and (self._stands_ms is None or self._moved_ms > self._stands_ms):
+            self._stands_ms = self._moved_ms  # sealed: the next messages are tagged with it
+        self._moved_ms = None
+        self._sealed_ms = self._stands_ms
+        return (self._position(), self._stands_ms)
 
     def _position(self) -> int | None:
         """The offset a restore resumes at."""

@@ -31,14 +31,20 @@ With no Kafka input anywhere (tests and benchmarks on an in-memory source) wall 
    event handed over may still be on its way to a stage (through other steps, across processes). What a
    window decision must wait for is what the whole flow has *processed*, and bytewax says it by
    construction: a source reads in epoch e only once every step of every worker has processed every
-   epoch before e (its backpressure), and it snapshots each partition exactly when the partition's epoch
-   ends. So the newest time a partition had released when an epoch ended (`processed_ms`) is processed
-   as soon as the partition reads in the next one, and a partition that released nothing since is
-   *settled* — everything it handed over is processed. A partition read to its end in epoch r is settled
-   once any partition of the cluster reads in an epoch after r. Epochs are counted from the run's start,
-   which every partition of every process shares. `processed_ms()` is the gate of decisions that must
-   see every event up to a time (the sampler's windows); with the events' own position in their
+   epoch before e (its backpressure, which with recovery includes writing the snapshots of those
+   epochs), and it snapshots each partition exactly when the partition's epoch ends. So where a
+   partition stood when an epoch ended (`processed_ms`) is processed as soon as it reads in the next
+   one. A partition read to its end in epoch r holds nothing once any partition of the cluster reads in
+   an epoch after r. Epochs are counted from the run's start, which every partition of every process
+   shares. `processed_ms()` is the gate of decisions that must see every event up to a time (the
+   sampler's windows, the cost windows forgetting one); with the events' own position in their
    partition (`after_ms_of`), it makes what such a decision contains independent of timing.
+4. **A partition with nothing to read moves on.** It would hold every such decision at its last
+   message forever (a quiet partition, an empty one). So while it is caught up it is moved on to the
+   slowest partition that still has input, or to the live clock less `CAUGHT_UP_LAG_S`
+   (`caught_up_at`) — and the move counts only from the end of the epoch it was made in, as part of the
+   partition's snapshot: its next message is tagged with it (late for a window the others let go), and
+   a run resumed after a crash tags that message the same, whatever the wall clock says then.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from typing import Any
 
 RECHECK_S = 1.0  # how soon a stage looks again when its deadline passed but event time did not
 LIVE_LAG_S = 30.0  # input whose newest message is this close to the wall clock is live traffic
+CAUGHT_UP_LAG_S = 5.0  # a caught-up partition stands this far behind the wall clock (messages in flight)
 
 
 _AFTER_MS = "after_ms"
@@ -82,15 +89,13 @@ class Reading:
 
     `frontier_ms`: the earliest time it may still release (None: not polled yet); `caught_up`: its
     last poll found nothing and it holds nothing back; `epoch`: the epoch it last read in, counted from
-    the run's start; `processed_ms`: the newest time it had released by the end of an epoch the whole
-    flow has processed (None: none yet); `settled`: the flow has processed everything it released;
-    `ended`: it was read to its end in `epoch`."""
+    the run's start; `processed_ms`: where it stood by the end of an epoch the whole flow has processed
+    (None: nowhere yet); `ended`: it was read to its end in `epoch`."""
 
     frontier_ms: int | None
     caught_up: bool
     epoch: int = 0
     processed_ms: int | None = None
-    settled: bool = False
     ended: bool = False
 
 
@@ -99,14 +104,13 @@ class _Partition:
     frontier_ms: int | None = None  # the earliest time it may still release (None: not polled yet)
     caught_up: bool = False  # its last poll found nothing and it holds nothing back
     remote: bool = False  # read by another process (as its progress board entry says)
-    processed_ms: int | None = None  # released by the end of an epoch the flow has processed
-    settled: bool = False  # everything it released is processed
+    processed_ms: int | None = None  # where it stood by the end of an epoch the flow has processed
     ended_in: int | None = None  # read to its end in this epoch (None: still read)
 
     def reading(self, epoch: int) -> Reading:
         ended = self.ended_in is not None
         at = self.ended_in if self.ended_in is not None else epoch
-        return Reading(self.frontier_ms, self.caught_up, at, self.processed_ms, self.settled, ended)
+        return Reading(self.frontier_ms, self.caught_up, at, self.processed_ms, ended)
 
 
 class InputProgress:
@@ -142,12 +146,12 @@ class InputProgress:
             if not self._any_reading():
                 self._live_from = None
 
-    def processed(self, part: str, *, epoch: int, processed_ms: int | None, settled: bool) -> None:
-        """`part` reads in `epoch` (so the flow has processed every epoch before it): what it had
-        released by the end of the last one, and whether the flow has processed all it released."""
+    def processed(self, part: str, *, epoch: int, processed_ms: int | None) -> None:
+        """`part` reads in `epoch` (so the flow has processed every epoch before it): where it stood
+        by the end of the last one."""
         with self._lock:
             p = self._parts.setdefault(part, _Partition())
-            p.processed_ms, p.settled = processed_ms, settled
+            p.processed_ms = processed_ms
             self._epoch = max(self._epoch, epoch)
 
     def local(self) -> dict[str, Reading]:
@@ -169,10 +173,9 @@ class InputProgress:
                 if state is None:
                     self._parts[name] = _Partition(remote=True)
                     continue
-                ended_in = state.epoch if state.ended else None
-                self._parts[name] = _Partition(
-                    state.frontier_ms, state.caught_up, True, state.processed_ms, state.settled, ended_in
-                )
+                ended = state.epoch if state.ended else None
+                at = state.processed_ms
+                self._parts[name] = _Partition(state.frontier_ms, state.caught_up, True, at, ended)
                 if not state.ended:  # its process reads in that epoch: every epoch before it is processed
                     self._epoch = max(self._epoch, state.epoch)
             if self._any_reading():
@@ -218,19 +221,28 @@ class InputProgress:
     # --- the stages' side ------------------------------------------------------------
 
     def processed_ms(self) -> int | None:
-        """How far the whole flow has processed what every partition (of the cluster) released: every
-        event a partition handed over before its newest time reached this is processed everywhere (-1:
-        a partition has nothing processed yet, or was not heard of; None: none holds anything back —
-        every one is caught up or ended, and settled — or no Kafka input at all)."""
+        """How far the whole flow has processed what every partition (of the cluster) stood at: every
+        event a partition handed over before it stood at this is processed everywhere, and any event
+        it hands over from now on is tagged at or past it (-1: a partition stands nowhere yet, or was
+        not heard of; None: every one is read to its end and processed, or no Kafka input at all)."""
         with self._lock:
             bounds = []
             for q in self._parts.values():
                 if q.ended_in is not None and q.ended_in < self._epoch:
                     continue  # read to its end, and the flow has processed the epoch it ended in
-                if q.ended_in is None and q.caught_up and q.settled:
-                    continue  # nothing to read and nothing on its way
                 bounds.append(-1 if q.processed_ms is None else q.processed_ms)
             return min(bounds, default=None)
+
+    def caught_up_at(self, part: str, now: float) -> int | None:
+        """Where `part`, which has nothing to read, stands now: at the slowest other partition (of the
+        cluster) that still has input, and at most `CAUGHT_UP_LAG_S` behind the wall clock (None:
+        another was not polled or heard of yet)."""
+        with self._lock:
+            slowest = self._slowest(part)
+        if slowest is not None and slowest < 0:
+            return None
+        at = int((now - CAUGHT_UP_LAG_S) * 1000)
+        return at if slowest is None else min(at, slowest)
 
     def _slowest(self, but: str | None = None) -> int | None:
         """The earliest frontier of the partitions (but `but`) that still have input: -1 when one

@@ -70,16 +70,18 @@ order, not of timing. A window closes once the tenant's watermark (newest
 event time, plus wall time since while the input is live:
 `operators.event_time`) passes its end by `allowed_lateness_s`, the whole
 flow has *processed* what every Kafka partition still being read — of
-every process, with several (the progress board) — released up to that
+every process, with several (the progress board) — stood at up to that
 point (`event_time.INPUT.processed_ms`: bytewax's epochs say it by
-construction, so no event of the window is still on its way), AND, live,
+construction, so no event of the window is still on its way; a partition
+with nothing to read moves on, and tags its next message where it moved
+to), AND, live,
 no event arrived for it in the last `idle_s` seconds of wall time (while a
 backlog is read, partitions are aligned in event time and event time alone
 decides). At the end of a bounded input every window closes. So a window
 holds exactly its events that are not late, whatever the batches, the
 timing, the number of workers and processes, or a restart (the position is
 in the source's snapshot). A late event, or one whose window was already
-closed (live traffic, where wall time counts), is decided alone: taken when
+closed (no Kafka input, where wall time counts), is decided alone: taken when
 u < r_h (K and the cap do not apply; the judged-share ceiling s caps r_h,
 certainty strata included), with pi = r_h — Bernoulli sampling, exact for
 Horvitz-Thompson and the same whatever batch or process brought it, but

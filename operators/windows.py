@@ -23,9 +23,9 @@ stable id, whatever the batches or the wall clock. Every other entry goes into
 its window, so a window is forgotten only once the watermark AND what the whole
 flow has processed of every Kafka partition (`event_time.INPUT.processed_ms`)
 have passed its end plus the lateness — no entry that is not late can still be
-on its way then. With nothing holding that back (no Kafka input, or every
-partition caught up) the watermark alone decides; an entry whose window was
-forgotten that way (a partition quiet past the lateness, then read again) is a
+on its way then (a partition with nothing to read moves on, and its next
+message is tagged where it moved: `event_time`). Without Kafka input the
+watermark alone decides, and an entry whose window was forgotten is a
 correction too, so a window's row is never replaced by a fresh one. A window is
 forgotten when the key next has an entry or a row due, not at a wake-up of its
 own, so a quiet key is off bytewax's schedule (which every activation of the

@@ -204,28 +204,64 @@ def test_messages_held_back_are_read_again_after_a_restore(monkeypatch):
 
 
 def test_released_counts_as_processed_once_the_partition_reads_in_a_later_epoch():
-    """What the sampler's windows wait for (`processed_ms`): a partition's releases count once it reads
-    in a later epoch (bytewax reads only after the flow processed every earlier one); one with nothing
-    to read and nothing on its way holds nothing; one read to its end holds until any partition of
+    """What the windows wait for (`processed_ms`): where a partition stood counts once it reads in a
+    later epoch (bytewax reads only after the flow processed every earlier one); a caught-up one holds
+    at where it stands (its source moves it on); one read to its end holds until any partition of
     the cluster reads in a later epoch than the one it ended in."""
     p = InputProgress()
     assert p.processed_ms() is None  # no Kafka input: nothing to wait for
     for name in ("a", "b"):
         p.opened(name)
-    p.processed("a", epoch=0, processed_ms=None, settled=False)
-    assert p.processed_ms() == -1  # "b" not heard of, "a" has nothing processed yet
-    p.processed("a", epoch=1, processed_ms=5 * MIN, settled=False)
-    p.processed("b", epoch=1, processed_ms=3 * MIN, settled=False)
+    p.processed("a", epoch=0, processed_ms=None)
+    assert p.processed_ms() == -1  # "b" not heard of, "a" stands nowhere yet
+    p.processed("a", epoch=1, processed_ms=5 * MIN)
+    p.processed("b", epoch=1, processed_ms=3 * MIN)
     assert p.processed_ms() == 3 * MIN
     p.polled("b", frontier_ms=None, caught_up=True, now=1.0)
-    assert p.processed_ms() == 3 * MIN  # caught up, but what it released is not all processed yet
-    p.processed("b", epoch=2, processed_ms=3 * MIN, settled=True)
-    assert p.processed_ms() == 5 * MIN  # ...now it is: only "a" holds
+    assert p.processed_ms() == 3 * MIN  # caught up: a message it gets now is tagged at 3 min
+    p.processed("b", epoch=2, processed_ms=7 * MIN)  # moved on, and the epoch of the move went through
+    assert p.processed_ms() == 5 * MIN  # only "a" holds
     p.ended("a", epoch=2)
     assert p.processed_ms() == 5 * MIN  # read to its end in epoch 2: its last events may be on their way
     assert p.limit_ms("b", 5_000) is None  # (but it holds nobody's reading back)
-    p.processed("b", epoch=3, processed_ms=3 * MIN, settled=True)
-    assert p.processed_ms() is None  # epoch 3 is read: epoch 2 went through the whole flow
+    p.processed("b", epoch=3, processed_ms=7 * MIN)
+    assert p.processed_ms() == 7 * MIN  # epoch 3 is read: epoch 2 went through the whole flow
+
+
+def test_a_caught_up_partition_moves_on_from_the_end_of_the_epoch_and_tags_its_next_message_so(monkeypatch):
+    """A quiet partition must not hold every window at its last message: while it has nothing to read
+    it moves on — to the slowest partition still read, at most `CAUGHT_UP_LAG_S` behind the wall
+    clock — but only from the end of the epoch the move was made in, as part of its snapshot, so a
+    run resumed after a crash tags its next message the same."""
+    import time
+
+    from flows.sources import _AlignedPartition
+
+    progress = InputProgress()
+    monkeypatch.setattr(event_time, "INPUT", progress)
+    now_ms = int(time.time() * 1000)
+    old, busy = now_ms - 60 * MIN, now_ms - 20 * MIN
+    batches = [[_message(0, old)], [], [_message(1, old + 1)], [], [_message(2, old + 2)]]
+    part = _AlignedPartition(_Messages(batches), "quiet", -1)
+    part._at_end = lambda: True  # type: ignore[method-assign]  # the broker has nothing more for it
+    progress.opened("busy")
+    progress.polled("busy", frontier_ms=busy, caught_up=False, now=now_ms / 1000)
+    assert [after_ms_of(m) for m in part.next_batch()] == [None]
+    assert part.next_batch() == []  # caught up: moved on to the slowest partition still read ...
+    assert [after_ms_of(m) for m in part.next_batch()] == [old]  # ... from the end of this epoch only
+    sealed = part.snapshot()
+    assert sealed[1] == busy
+    progress.processed("busy", epoch=1, processed_ms=busy)
+    assert part.next_batch() == []
+    assert progress.processed_ms() == busy  # the move went through the flow with its epoch
+    assert [after_ms_of(m) for m in part.next_batch()] == [busy]  # late for any window it let go
+    # a restore from that snapshot tags the message the same, whatever the wall clock says then
+    again = _AlignedPartition(_Messages([[_message(2, old + 2)]]), "quiet", -1, released_ms=sealed[1])
+    assert [after_ms_of(m) for m in again.next_batch()] == [busy]
+    # with every partition caught up, it stands `CAUGHT_UP_LAG_S` behind the wall clock
+    progress.polled("busy", frontier_ms=None, caught_up=True, now=now_ms / 1000)
+    at = progress.caught_up_at("quiet", now_ms / 1000)
+    assert at == now_ms - int(event_time.CAUGHT_UP_LAG_S * 1000)
 
 
 def _message(offset: int, ts_ms: int):
@@ -267,9 +303,9 @@ def test_each_message_carries_its_partition_position_and_the_epochs_say_what_is_
         part.next_batch()  # read to its end in epoch 2
     part.close()  # bytewax closes it: it stays known until the flow processed that epoch
     assert progress.processed_ms() == 12_000
-    progress.processed("other", epoch=3, processed_ms=None, settled=True)
+    progress.processed("other", epoch=3, processed_ms=20_000)  # a caught-up partition that moved on
     progress.polled("other", frontier_ms=None, caught_up=True, now=1.0)
-    assert progress.processed_ms() is None
+    assert progress.processed_ms() == 20_000
     # a restore tags the messages after the snapshot as the first run did
     again = _AlignedPartition(_Messages([[_message(3, 2_000)]]), "p", -1, released_ms=9_000)
     assert [after_ms_of(m) for m in again.next_batch()] == [9_000]

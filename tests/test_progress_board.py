@@ -114,8 +114,8 @@ def test_what_the_flow_processed_and_where_partitions_ended_cross_the_board(kafk
             b.open()
         one.opened("0-t")
         two.opened("1-t")
-        one.processed("0-t", epoch=1, processed_ms=500, settled=False)
-        two.processed("1-t", epoch=1, processed_ms=300, settled=False)
+        one.processed("0-t", epoch=1, processed_ms=500)
+        two.processed("1-t", epoch=1, processed_ms=300)
         b2.step()
         b1.step()
         assert one.processed_ms() == 300  # held by process 2's partition
@@ -124,7 +124,7 @@ def test_what_the_flow_processed_and_where_partitions_ended_cross_the_board(kafk
         b2.step()
         b1.step()
         assert one.processed_ms() == 300  # ended in epoch 2, and epoch 2 may still be on its way
-        one.processed("0-t", epoch=3, processed_ms=800, settled=False)
+        one.processed("0-t", epoch=3, processed_ms=800)
         assert one.processed_ms() == 800  # process 1 reads in epoch 3: epoch 2 went through the flow
         now[0] += 0.2
         b1.step()

@@ -11,7 +11,6 @@ from typing import Any
 
 import bytewax.operators as op
 import msgspec
-import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from hypothesis import HealthCheck, given, settings
@@ -414,122 +413,6 @@ def test_an_entry_late_by_its_partition_counts_once_after_a_crash():
     assert _late_entry_read_again_after_a_crash(late=True, processed=lambda: None) == 8
     # not late by position, and the flow has not processed past the window: it is held in both runs
     assert _late_entry_read_again_after_a_crash(late=False, processed=lambda: BASE) == 8
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit (README, 'A quiet partition next to a crash'): with every partition caught up, "
-    "the live wall clock alone forgets a window, which a replay after a restore does not reproduce",
-)
-def test_an_entry_of_a_partition_quiet_past_the_lateness_counts_once_after_a_crash():
-    # nothing held back (every partition caught up: no processed bound), not late by position
-    assert _late_entry_read_again_after_a_crash(late=False, processed=lambda: None) == 8
-
-
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    entries=st.lists(
-        st.tuples(st.integers(0, 2), st.integers(0, 15 * MIN), st.integers(1, 10**9)), min_size=1, max_size=60
-    ),
-    pick=st.lists(st.integers(0, 2), max_size=200),
-    batch=st.integers(1, 7),
-    crash=st.one_of(st.none(), st.tuples(st.integers(0, 12), st.integers(0, 6))),
-    lateness=st.sampled_from([0, 2 * MIN]),
-)
-def test_the_ledger_does_not_depend_on_interleaving_batching_or_a_crash(
-    entries, pick, batch, crash, lateness
-):
-    """Three partitions (each in time order) interleaved any way, in batches of any size, with a crash
-    anywhere (rows written after the snapshot stay in the table, the input after it is read again):
-    per minute, the newest `window` row plus the corrections always hold exactly the entries' sums."""
-    parts: list[list[LedgerEntry]] = [[], [], []]
-    for i, (p, ts, cost) in enumerate(sorted(entries, key=lambda e: e[1])):
-        parts[p].append(entry("t", BASE + ts, cost, eid=f"e{i}"))
-    order: list[LedgerEntry] = []
-    cursors = [0, 0, 0]
-    choices = iter(pick)
-    while any(c < len(p) for c, p in zip(cursors, parts, strict=True)):
-        live = [i for i in range(3) if cursors[i] < len(parts[i])]
-        i = live[next(choices, 0) % len(live)]
-        order.append(parts[i][cursors[i]])
-        cursors[i] += 1
-    batches = [order[i : i + batch] for i in range(0, len(order), batch)]
-    clock = iter(range(10**9))  # each emission newer than the last, as ClickHouse versions are
-
-    def now() -> float:
-        return 1000.0 + next(clock) / 1000
-
-    table = _Table()
-
-    logic = _WindowLogic(MIN, lateness, now, None)
-    i = 0
-    snapshot_at, crash_after = crash if crash is not None else (len(batches), 0)
-    saved = None
-    while i < len(batches):
-        if i == snapshot_at and saved is None:
-            saved = (i, pickle.dumps(logic.snapshot()))
-        table.write(logic.on_batch([msgspec.structs.replace(x) for x in batches[i]])[0])
-        i += 1
-        if saved is not None and i == saved[0] + crash_after + 1 and crash is not None:
-            i, state = saved[0], pickle.loads(saved[1])  # killed: resume from the snapshot, re-read
-            logic = _WindowLogic(MIN, lateness, now, state)
-            crash = None
-    table.write(logic.on_eof()[0])
-    got: dict[int, int] = defaultdict(int)
-    for (start, _, _), r in table.items():
-        got[start] += r.cost_pusd
-    want: dict[int, int] = defaultdict(int)
-    for x in order:
-        want[x.ts_ms - x.ts_ms % MIN] += x.cost_pusd
-    assert dict(got) == dict(want)
-
-
-def test_open_windows_are_written_provisionally_and_replaced_by_the_final_row():
-    now = [1000.0]
-    logic = _WindowLogic(MIN, 2 * MIN, lambda: now[0], None, provisional_s=5)
-    out, _ = logic.on_batch([entry("t", BASE + 1_000, 5)])
-    assert list(out) == []
-    due = logic.notify_at()
-    assert due is not None and due.timestamp() == 1005.0  # provisional rows are due on the wall clock
-    now[0] = 1005.0
-    out, _ = logic.on_notify()
-    first = list(out)
-    assert [(r.window_start_ms, r.cost_pusd, r.provisional) for r in first] == [(BASE, 5, True)]
-    now[0] = 1006.0
-    out, _ = logic.on_batch([entry("t", BASE + 2_000, 7)])
-    assert list(out) == []  # at most one provisional row per window every 5 s
-    now[0] = 1010.0
-    out, _ = logic.on_notify()
-    assert [(r.cost_pusd, r.provisional) for r in out] == [(12, True)]
-    now[0] = 1015.0
-    out, _ = logic.on_notify()
-    assert list(out) == []  # nothing changed: nothing written
-    # the watermark passes the window's end: the final row, newer than the provisional ones
-    out, _ = logic.on_batch([entry("t", BASE + MIN + 10, 1)])
-    rows = list(out)
-    assert [(r.window_start_ms, r.cost_pusd, r.provisional) for r in rows] == [
-        (BASE, 12, False),
-        (BASE + MIN, 1, True),  # the next window, open, as it stands (5 s since the last ones)
-    ]
-    assert rows[0].version > first[0].version
-    # a closed window is never written provisionally again (revisions are final rows)
-    now[0] = 1030.0
-    out, _ = logic.on_batch([entry("t", BASE + 3_000, 2)])
-    assert [(r.window_start_ms, r.cost_pusd, r.provisional) for r in out] == [(BASE, 14, False)]
-
-
-def test_rollup_levels_follow_provisional_minutes_and_end_final():
-    now = [1_000]
-    t0 = BASE - BASE % DAY + 10 * HOUR
-    logic = _RollupLogic((HOUR,), 5 * MIN, lambda: now[0], None)
-    out, _ = logic.on_batch([row(t0, 5, version=1, provisional=True)])
-    assert [(r.cost_pusd, r.provisional) for r in out] == [(5, True)]
-    # a provisional minute three hours on closes nothing: only final rows move the key's time
-    out, _ = logic.on_batch([row(t0 + 3 * HOUR, 1, version=2, provisional=True)])
-    out, _ = logic.on_batch([row(t0, 8, version=3)])
-    assert [(r.window_start_ms, r.cost_pusd, r.kind, r.provisional) for r in out] == [
-        (t0, 8, "window", False)
-    ]
 
 
 def _event(eid: str, ts_ms: int, cost: int, agent: str, after_ms: int | None) -> Event:
