@@ -33,13 +33,14 @@ def count(client, table: str) -> int:
 
 
 # what must be equal between a clean run and a killed-and-resumed one: whole tables, by key
-# (wall-clock columns — inserted_at, versions, latencies — left out; window and correction rows
-# of one window summed, since a late entry may land in either depending on arrival order)
+# (wall-clock columns — inserted_at, versions, latencies — left out; the window row and the
+# corrections of one window apart: lateness is decided by the event's partition position, so a late
+# entry is a correction in every run, never a correction in one and in the window's row in another)
 TABLES = {
-    "cost_windows": "SELECT window_s, category, tenant_id, agent, model, variant, window_start,"
+    "cost_windows": "SELECT window_s, category, tenant_id, agent, model, variant, window_start, kind,"
     " sum(requests), sum(input_tokens), sum(output_tokens), sum(cost_usd), sum(unknown_cost_requests),"
     " sum(judge_calls), sum(judge_cost_usd) FROM cost_windows FINAL WHERE category = 'llm'"
-    " GROUP BY window_s, category, tenant_id, agent, model, variant, window_start",
+    " GROUP BY window_s, category, tenant_id, agent, model, variant, window_start, kind",
     # judge spend: the same windows where no verdict cache died (a crashed run may have made
     # calls the clean run's cache saved: it is compared by `judge_minutes_unexplained` instead)
     "judge_windows": "SELECT DISTINCT window_s, tenant_id, agent, model, variant, window_start"
