@@ -1,5 +1,5 @@
 """rollup: 1-hour and 1-day rows (any multiple of the window size) derived from the minute rows of
-`operators.windows`, per key: each level's row is the sum of the newest row of every minute in it plus
+`operators.windows`, per key: each level's row is the sum of the newest row of every minute in it,
 re-emitted with a newer version whenever one of them changes — so the levels always agree with the
 minutes, and a reader sums `kind = window` and `kind = correction` rows of one `window_s` to get exact
 totals. A minute correction is a correction of each level too, with its id: whether a level is still

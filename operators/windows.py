@@ -334,8 +334,8 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
 
     def _forgettable(self, wm: int) -> int:
         """How far windows may be forgotten now (their end plus lateness at or before it): the
-        watermark, but reading Kafka no further than the flow has processed what every partition
-        released — an entry that is not late may still be on its way before that. Never back."""
+        watermark, but reading Kafka no further than the flow has processed where every partition
+        stood — an entry that is not late may still be on its way before that. Never back."""
         s = self._s
         processed = self._processed()
         bound = wm if processed is None else min(wm, processed)
