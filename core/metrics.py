@@ -190,7 +190,8 @@ SAVINGS_USD = Counter(
 )
 LATE_DROPPED = Counter(
     "judgeflow_late_records_dropped_total",
-    "Records that arrived after their estimate / savings window was final",
+    "Records left out of a window: arrived after their estimate / savings window was final, or an abuse"
+    " window's event late by its partition's position",
     ["step"],
 )
 JUDGE_CALLS = Counter("judgeflow_judge_calls_total", "Judge calls by judge and outcome", ["judge", "outcome"])

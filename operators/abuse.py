@@ -22,7 +22,10 @@ batch into partial counts per (tenant, window); the windows are `operators.tumbl
 tenant: emitted when the tenant's event time passes the window's end, re-emitted with a newer
 `version` while records arrive within the allowed lateness, final after it (no wait for idleness,
 as the cost windows). Unlike the cost windows there are no correction rows (shares do not add up):
-records for a final window are counted in `judgeflow_late_records_dropped_total{step}` and dropped.
+an event late by its partition's position (`event_time.late`, as the cost windows decide it) is
+counted in `judgeflow_late_records_dropped_total{step}` and dropped, whatever the timing, and a
+window is final only once the flow has processed every partition past it, so every other event is in
+its window — the same in a replay after a crash.
 
 Memory: exact counts, bounded by the window. An open window holds one entry per distinct prompt
 (a 64-bit hash and a count: ~65 bytes in a Python dict, up to ~100 just after the dict grows) and
@@ -45,7 +48,10 @@ import msgspec
 import xxhash
 from bytewax.dataflow import Stream, operator
 
+from core import metrics
 from core.records import AbuseWindow, Event
+from operators import event_time
+from operators.stage import stage_of
 from operators.tumbling import tumbling
 
 
@@ -75,12 +81,17 @@ def prompt_hash(text: str, normalize: Callable[[str], str]) -> int:
     return xxhash.xxh3_64_intdigest(normalize(text).encode("utf-8", "surrogatepass"))
 
 
-def combine(events: Iterable[Event], size_ms: int, normalize: Callable[[str], str]) -> list[AbusePartial]:
-    """Fold events into counts per (tenant, window)."""
+def combine(
+    events: Iterable[Event], size_ms: int, normalize: Callable[[str], str], lateness_ms: int = 0
+) -> list[AbusePartial]:
+    """Fold events into counts per (tenant, window), leaving out the events late by their partition's
+    position (`event_time.late`)."""
     acc: dict[tuple[str, int], AbusePartial] = {}
     for e in events:
         ts = e.ts_ms
         k = (e.tenant_id, ts - ts % size_ms)
+        if e.source is not None and event_time.late(e.source.after_ms, k[1] + size_ms + lateness_ms):
+            continue
         p = acc.get(k)
         if p is None:
             p = acc[k] = AbusePartial(e.tenant_id, ts)
@@ -140,8 +151,17 @@ def abuse_window(
     Args:
         normalize: the prompt normalization (the verdict cache keyer's `normalize`).
     """
-    size_ms = size_s * 1000
-    partials = op.flat_map_batch("combine", up, lambda es: combine(es, size_ms, normalize))
+    size_ms, lateness_ms = size_s * 1000, allowed_lateness_s * 1000
+    dropped = metrics.LATE_DROPPED.labels(stage_of(step_id))
+
+    def combine_batch(events: list[Event]) -> list[AbusePartial]:
+        parts = combine(events, size_ms, normalize, lateness_ms)
+        late = len(events) - sum(p.requests for p in parts)
+        if late:
+            dropped.inc(late)
+        return parts
+
+    partials = op.flat_map_batch("combine", up, combine_batch)
 
     def rows(tenant: str, start: int, acc: _Counts, version: int) -> list[AbuseWindow]:
         return [abuse_row(tenant, start, size_ms, acc, version)]

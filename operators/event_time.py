@@ -282,6 +282,11 @@ class InputProgress:
 INPUT = InputProgress()
 
 
+def processed_ms() -> int | None:
+    """How far the flow has processed where every Kafka partition stood (`InputProgress.processed_ms`)."""
+    return INPUT.processed_ms()
+
+
 def elapsed_s(since: float, now: float) -> float:
     """Wall seconds since `since` that count as event-time progress (see the module docstring)."""
     return INPUT.elapsed_s(since, now)

@@ -47,7 +47,7 @@ class _RollupLogic(StatefulBatchLogic[CostWindow, CostWindow, _RollupState]):
         lateness_ms: int,
         clock_us: Callable[[], int],
         resume: _RollupState | None,
-        processed: Callable[[], int | None] = event_time.INPUT.processed_ms,
+        processed: Callable[[], int | None] = event_time.processed_ms,
     ) -> None:
         self._sizes = tuple(sizes_ms)
         self._lateness = lateness_ms

@@ -11,9 +11,12 @@ LLM verdicts over the next minutes. So a window is
   since) passes its end, and re-reported with a newer `version` whenever
   records arrive (the ClickHouse row is replaced);
 - final, and forgotten, only when the watermark has also passed its end plus
-  the allowed lateness AND no record arrived for it for `idle_s` seconds of
-  wall time — in a live stream the first condition decides, in a replay the
-  second keeps windows open while the judges work through them.
+  the allowed lateness, AND so has what the whole flow has processed of every
+  Kafka partition (`event_time.INPUT.processed_ms`: no record that is not
+  late by its partition's position can still be on its way), AND no record
+  arrived for it for `idle_s` seconds of wall time — in a live stream the
+  first conditions decide, in a replay the last keeps windows open while the
+  judges work through them.
 
 Records for a window already forgotten are counted
 (`judgeflow_late_records_dropped_total{step}`) and dropped: these windows hold
@@ -150,6 +153,7 @@ class _Spec(Generic[X, A, R]):
     rows: Callable[[str, int, A, int], list[R]]
     clock: Callable[[], float]
     copy: Callable[[A], A] = deepcopy  # one accumulator, for snapshots: later folds must not reach it
+    processed: Callable[[], int | None] = event_time.processed_ms
 
 
 class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
@@ -258,6 +262,7 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
         horizon = wm - _FORGOTTEN_HORIZON_MS
         out: list[R] = []
         idle = None  # (read once, when a window first needs it)
+        processed: int | float | None = None  # (the same)
         for start in sorted(s.open):
             end = start + spec.size_ms
             if end > wm:
@@ -267,6 +272,11 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
                 s.emitted.add(start)
                 s.dirty.discard(start)
             if end + spec.lateness_ms > wm:
+                continue
+            if processed is None:
+                bound = spec.processed()
+                processed = math.inf if bound is None else bound
+            if end + spec.lateness_ms > processed:
                 continue
             idle = idle or event_time.idleness(now, spec.idle_s)
             if idle(s.arrived_s[start]):
@@ -297,6 +307,7 @@ def tumbling(
     idle_s: float = 300.0,
     clock: Callable[[], float] = time.time,
     copy: Callable[[A], A] = deepcopy,
+    processed: Callable[[], int | None] = event_time.processed_ms,
 ) -> Stream[R]:
     """Per `key_of(record)`: fold records into windows, emit `rows(key, window_start_ms,
     acc, version)` when a window closes or changes (see the module docstring).
@@ -316,6 +327,7 @@ def tumbling(
         rows,
         clock,
         copy,
+        processed,
     )
     keyed = op.key_on("key", up, key_of)
     out = op.stateful_batch("windows", keyed, lambda resume: _TumblingLogic(spec, resume))

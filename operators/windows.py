@@ -231,7 +231,7 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         resume: _WindowState | None,
         category: str = "llm",
         provisional_s: float = 0.0,
-        processed: Callable[[], int | None] = event_time.INPUT.processed_ms,
+        processed: Callable[[], int | None] = event_time.processed_ms,
     ) -> None:
         self._category = category
         self._processed = processed

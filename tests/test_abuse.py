@@ -13,13 +13,14 @@ from collections import Counter, defaultdict
 from datetime import UTC, datetime
 
 import bytewax.operators as op
+import msgspec
 import pytest
 from bytewax.dataflow import Dataflow
 from bytewax.testing import TestingSink, TestingSource, cluster_main, run_main
 from prometheus_client import REGISTRY
 
 from core.ports import OverrideAction
-from core.records import AbuseWindow, Alert, Event
+from core.records import AbuseWindow, Alert, Event, Source
 from flows.cli import main
 from flows.config import ConfigError
 from operators.abuse import _Counts, abuse_row, abuse_window, combine, fold
@@ -406,3 +407,19 @@ def test_a_bot_and_a_single_user_get_rows_and_alerts_and_others_do_not(
         ("bot-co", "visitor-0"),
         ("solo-co", "u-whale"),
     }
+
+
+def test_an_event_late_by_its_partitions_position_is_left_out_whatever_the_windows_state():
+    """As the cost windows decide it: late when its partition had released something at or past the
+    window's end plus the lateness — so a replay leaves out the same events."""
+
+    def at(e: Event, after_ms: int | None) -> Event:
+        return msgspec.structs.replace(e, source=Source("llm-events", 0, 0, after_ms))
+
+    events = [
+        at(event(0, "t", "hi", T0 + 1), None),
+        at(event(1, "t", "hi", T0 + 2), T0 + MIN + 5 * MIN - 1),  # its partition not yet past: counted
+        at(event(2, "t", "hi", T0 + 3), T0 + MIN + 5 * MIN),  # past the window's end plus lateness: late
+    ]
+    parts = combine(events, MIN, NORMALIZE, 5 * MIN)
+    assert [(p.ts_ms, p.requests) for p in parts] == [(T0 + 2, 2)]

@@ -384,3 +384,19 @@ def test_each_snapshot_is_the_state_of_its_epoch_and_unchanged_windows_are_not_c
     last = logic.snapshot()
     assert last == deepcopy(logic._s)
     assert {s for s in last.open if last.open[s] is not quiet.open.get(s)} == changed
+
+
+def test_a_window_is_final_only_once_the_flow_has_processed_every_partition_past_it():
+    """A record that is not late by its partition's position may still be on its way until the flow has
+    processed every partition past the window's end plus lateness: until then the window takes it."""
+    from dataclasses import replace
+
+    now, processed = [1000.0], [T0]
+    logic = _TumblingLogic(replace(counting_spec("t_processed", now), processed=lambda: processed[0]), None)
+    assert list(logic.on_batch([T0 + 1, T0 + 2 * MIN])[0]) == [(T0, 1)]
+    before = dropped("t_processed")
+    assert list(logic.on_batch([T0 + 2])[0]) == [(T0, 2)]  # past the watermark, not past the flow: counted
+    processed[0] = T0 + 3 * MIN
+    logic.on_batch([T0 + 3 * MIN])  # final now
+    assert list(logic.on_batch([T0 + 3])[0]) == []
+    assert dropped("t_processed") == before + 1
