@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from core.records import AbuseWindow, CostWindow
+from operators import event_time
 from operators.settled_dict import SettledDict
 
 DAY_MS = 86_400_000
@@ -233,11 +234,7 @@ class TenantLedger:
 
         def settled(r: WindowKey) -> bool:
             at = newest.get(r[:4])
-            if at is None:
-                return True
-            if processed_ms is not None:
-                at = min(at, processed_ms)
-            return r[4] < at - revisable_ms[r[0]]
+            return at is None or r[4] < event_time.settled_ms(at, processed_ms) - revisable_ms[r[0]]
 
         for row in [r for r in self.rows if settled(r)]:
             del self.rows[row]

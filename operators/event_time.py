@@ -287,6 +287,13 @@ def processed_ms() -> int | None:
     return INPUT.processed_ms()
 
 
+def settled_ms(watermark_ms: int, processed: int | None) -> int:
+    """How far a stage may take its windows as complete: its watermark, but reading Kafka no further
+    than the flow has processed where every partition stood (`processed_ms`; None: no Kafka input) —
+    an event that is not late by its position may still be on its way before that."""
+    return watermark_ms if processed is None else min(watermark_ms, processed)
+
+
 def elapsed_s(since: float, now: float) -> float:
     """Wall seconds since `since` that count as event-time progress (see the module docstring)."""
     return INPUT.elapsed_s(since, now)

@@ -108,9 +108,7 @@ class _RollupLogic(StatefulBatchLogic[CostWindow, CostWindow, _RollupState]):
 
     def _forget(self, minute_ms: int) -> None:
         s = self._s
-        processed = self._processed()
-        bound = s.newest_end_ms if processed is None else min(s.newest_end_ms, processed)
-        s.forgot_ms = max(s.forgot_ms, bound)
+        s.forgot_ms = max(s.forgot_ms, event_time.settled_ms(s.newest_end_ms, self._processed()))
         horizon = s.forgot_ms - self._lateness
         for start in [m for m in s.minutes if m + minute_ms <= horizon]:
             del s.minutes[start]

@@ -262,7 +262,7 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
         horizon = wm - _FORGOTTEN_HORIZON_MS
         out: list[R] = []
         idle = None  # (read once, when a window first needs it)
-        processed: int | float | None = None  # (the same)
+        final_by = event_time.settled_ms(wm, spec.processed()) if s.open else wm
         for start in sorted(s.open):
             end = start + spec.size_ms
             if end > wm:
@@ -271,12 +271,7 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
                 out.extend(self._rows(start))
                 s.emitted.add(start)
                 s.dirty.discard(start)
-            if end + spec.lateness_ms > wm:
-                continue
-            if processed is None:
-                bound = spec.processed()
-                processed = math.inf if bound is None else bound
-            if end + spec.lateness_ms > processed:
+            if end + spec.lateness_ms > final_by:
                 continue
             idle = idle or event_time.idleness(now, spec.idle_s)
             if idle(s.arrived_s[start]):

@@ -264,14 +264,14 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         if s.max_ts_ms < 0:
             x = values[0]
             s.key = (x.tenant_id, x.agent, x.model, x.variant)
-        wm = self.watermark_ms()
+        wm, processed = self.watermark_ms(), self._processed()
         # first what the key would have done had it woken when its rows were past their lateness
-        out = self._forget(self._forgettable(wm)) if s.open else []
+        out = self._forget(self._forgettable(wm, processed)) if s.open else []
         newest = max(x.ts_ms for x in values)
         if newest > wm:  # never back: an entry newer than any before but behind the watermark is late
             s.max_ts_ms, s.seen_at_s = newest, self._clock()
             wm = newest  # not read again: no slice of wall time between makes the batch's own entries late
-        forgot = self._forgettable(wm)
+        forgot = self._forgettable(wm, processed)
         closes_after = self._size + self._lateness
         for x in values:
             start = x.ts_ms - x.ts_ms % self._size
@@ -295,7 +295,7 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
 
     def on_notify(self) -> tuple[Iterable[CostWindow], bool]:
         wm = self.watermark_ms()
-        self._forgettable(wm)
+        self._forgettable(wm, self._processed())
         out = self._advance(wm)
         out.extend(self._provisional())
         return out, StatefulBatchLogic.RETAIN
@@ -332,15 +332,11 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
             forgot_ms=s.forgot_ms,
         )
 
-    def _forgettable(self, wm: int) -> int:
-        """How far windows may be forgotten now (their end plus lateness at or before it): the
-        watermark, but reading Kafka no further than the flow has processed where every partition
-        stood — an entry that is not late may still be on its way before that. Never back."""
+    def _forgettable(self, wm: int, processed: int | None) -> int:
+        """How far windows may be forgotten now (their end plus lateness at or before it):
+        `event_time.settled_ms`, never back."""
         s = self._s
-        processed = self._processed()
-        bound = wm if processed is None else min(wm, processed)
-        if bound > s.forgot_ms:
-            s.forgot_ms = bound
+        s.forgot_ms = max(s.forgot_ms, event_time.settled_ms(wm, processed))
         return s.forgot_ms
 
     def _forget(self, forgot: int) -> list[CostWindow]:
