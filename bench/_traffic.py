@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from operators.decode import DecodeLimits, decode_message
 from operators.price import Pricer, _count, pricing_issue
 from operators.rollups import _RollupLogic
 from operators.windows import _WindowLogic, combine_events, key_of
+from simulators.ports import free_port
 from simulators.traffic import generate
 
 HOUR_MS = 3_600_000
@@ -204,7 +204,7 @@ def run_cluster(script: str, processes: int, args: list[str], *, prefix: str) ->
     """Run `script --child` as a bytewax cluster of `processes` on free loopback ports, each child with
     `args`, its `--process-id`, the cluster's `--addresses` and an `--out` file it writes its results to
     as JSON; returns those results in process order."""
-    ports = [_free_port() for _ in range(processes)]
+    ports = [free_port() for _ in range(processes)]
     addresses = ";".join(f"127.0.0.1:{p}" for p in ports) if processes > 1 else ""
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         procs = [
@@ -231,12 +231,6 @@ def run_cluster(script: str, processes: int, args: list[str], *, prefix: str) ->
 def cluster_span_s(results: list[dict[str, Any]]) -> float:
     """Wall time from the first batch read in any process to the end of the last one."""
     return max(r["done"] for r in results) - min(r["first"] for r in results if "first" in r)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def chunks(it: Iterator[Any], size: int) -> Iterator[list[Any]]:

@@ -37,6 +37,7 @@ from flows.config import CacheConfig
 from operators.decode import decode_message
 from operators.dedup import Candidate, ContentKeyer, dedup
 from operators.validate import DecodeLimits
+from simulators.ports import free_port
 from sinks.memory_store import MemoryVerdictCache
 from sinks.redis_store import RedisVerdictCache
 
@@ -98,9 +99,7 @@ class RedisServer:
         exe = shutil.which("redis-server")
         if exe is None:
             sys.exit("redis-server is not installed (apt-get install redis-server)")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
             stdout=subprocess.DEVNULL,

@@ -21,6 +21,7 @@ from flows.config import Settings, load_settings
 from operators import event_time
 from simulators.kafka_mock import MockCluster
 from simulators.local_endpoint import EndpointConfig, LocalEndpoint
+from simulators.ports import free_port
 from sinks import clickhouse as ch
 
 
@@ -55,12 +56,6 @@ def database() -> str:
 def kafka() -> Iterator[MockCluster]:
     with MockCluster() as cluster:
         yield cluster
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:

@@ -8,7 +8,6 @@ tmp dir.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from prometheus_client import REGISTRY
 
 from core.records import Alert, CostWindow, DeadLetter, Evaluation, Event, Source
 from simulators.chdb_http import start_chdb_http
+from simulators.ports import free_port
 from sinks import clickhouse as ch
 from sinks.clickhouse_sink import ClickHouseSink
 
@@ -166,12 +166,6 @@ def usd(pico: int) -> Decimal:
 
 def counter(name: str, table: str) -> float:
     return REGISTRY.get_sample_value(name, {"table": table}) or 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http_dsn(url: str) -> str:

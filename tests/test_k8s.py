@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import kubernetes_validate
@@ -284,21 +285,32 @@ def run_cluster(tmp_path: Path, processes: int, items: int) -> list[list[str]]:
     (tmp_path / "scale_flow.py").write_text(FLOW)
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
     env = {**os.environ, "ITEMS": str(items), "PYTHONPATH": str(tmp_path)}
-    procs = []
-    for i in range(processes):
+    procs, logs = [], [(tmp_path / f"out-{i}.log", tmp_path / f"err-{i}.log") for i in range(processes)]
+    for i, (out, err) in enumerate(logs):
         recovery = tmp_path / f"recovery-{i}"
         _recovery(recovery)
         cmd = [sys.executable, "-m", "bytewax.run", "scale_flow:flow", "-i", str(i), "-a", addresses]
         cmd += ["-r", str(recovery), "-s", "10", "-b", "0"]
-        procs.append(
-            subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        )
-    outputs = []
+        with out.open("wb") as stdout, err.open("wb") as stderr:
+            procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=stdout, stderr=stderr))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+        if any(p.returncode for p in procs):  # its peers fail too, or wait for it for ever
+            time.sleep(2)
+            break
+        time.sleep(0.05)
     for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0, err.decode()[-2000:]
-        outputs.append(out.decode().splitlines())
-    return outputs
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    # a process whose peer failed says only "Send thread panic": every process's error tells which
+    failed = {
+        i: err.read_text()[-3000:] or f"killed ({p.returncode})"
+        for i, (p, (_, err)) in enumerate(zip(procs, logs, strict=True))
+        if p.returncode
+    }
+    assert not failed, "\n".join(f"--- process {i}:\n{err}" for i, err in failed.items())
+    return [out.read_text().splitlines() for out, _ in logs]
 
 
 @pytest.mark.slow
