@@ -223,6 +223,9 @@ class LedgerEntry(msgspec.Struct, gc=False, array_like=True):
     ids: int = 0
     # late by its partition's position (`operators.event_time.late`): a correction, whatever the timing
     late: bool = False
+    # where its event's partition stood when the event was read (`Source.after_ms`), for an entry made
+    # later than its event (judge spend): its window decides from it whether it is late
+    after_ms: int | None = None
 
     def add(self, other: LedgerEntry) -> None:
         self.requests += other.requests

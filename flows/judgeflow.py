@@ -50,6 +50,7 @@ from operators.estimates import quality_estimates
 from operators.expensive import expensive_requests
 from operators.judge import judge
 from operators.otlp_join import join_otlp_content
+from operators.owed import judged_ms
 from operators.price import price
 from operators.redeliveries import drop_redeliveries
 from operators.rollups import rollup
@@ -146,7 +147,8 @@ def build_flow(
     )
     evaluations = judged.evaluations
     # unbiased flagged rates from the sampled verdicts and the sampler's strata (stratified, and
-    # prediction-powered from the tier-0 flags on every event); what judging less saved
+    # prediction-powered from the tier-0 flags on every event); what judging less saved — their
+    # windows final once the sampler and the judges owe them nothing (`operators.owed`)
     estimates = quality_estimates(
         "estimates",
         evaluations,
@@ -154,6 +156,7 @@ def build_flow(
         sample_window_s=cfg.sampling.window_s,
         size_s=cfg.windows.size_s,
         allowed_lateness_s=cfg.windows.judge_allowed_lateness_s,
+        processed=judged_ms,
     )
     savings = judge_savings(
         "savings",
@@ -163,9 +166,11 @@ def build_flow(
         reference=d.baseline.reference.name,
         size_s=cfg.windows.size_s,
         allowed_lateness_s=cfg.windows.judge_allowed_lateness_s,
+        processed=judged_ms,
     )
     # judge verdicts come back after the requests they judge: judge spend gets
     # its own windows (same ledger, category "judge") that follow their own event-time progress
+    # and forget a window only once the sampler and the judges owe it nothing (`operators.owed`)
     judge_windows = cost_window(
         "judge_window",
         judged.spend,
@@ -173,12 +178,14 @@ def build_flow(
         allowed_lateness_s=cfg.windows.judge_allowed_lateness_s,
         category="judge",
         provisional_s=cfg.windows.provisional_s,
+        processed=judged_ms,  # and until no stage still owes one of their entries
     )
     windows = op.merge("windows", request_windows, judge_windows)
-    judge_alerts = alerts("judge_alerts", windows, policy=d.alert_policy.judge_spend())
+    judge_alerts = alerts("judge_alerts", windows, policy=d.alert_policy.judge_spend(), processed=judged_ms)
     if cfg.windows.rollups_s:  # 1 h and 1 day rows, derived from the minute rows
-        lateness_s = max(cfg.windows.allowed_lateness_s, cfg.windows.judge_allowed_lateness_s)
-        rollups = rollup("rollup", windows, sizes_s=cfg.windows.rollups_s, allowed_lateness_s=lateness_s)
+        late_s = max(cfg.windows.allowed_lateness_s, cfg.windows.judge_allowed_lateness_s)
+        sizes_s = cfg.windows.rollups_s
+        rollups = rollup("rollup", windows, sizes_s=sizes_s, allowed_lateness_s=late_s, processed=judged_ms)
         windows = op.merge("windows_and_rollups", windows, rollups)
     all_alerts = op.merge("all_alerts", spend_alerts.alerts, judge_alerts.alerts)
 

@@ -36,6 +36,7 @@ import xxhash
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from operators import event_time
+from operators.owed import OWED, OwedWork
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class ProgressBoard:
         replay_interval_s: float = 0.02,
         stale_s: float = 10.0,
         progress: event_time.InputProgress = event_time.INPUT,
+        owed: OwedWork = OWED,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._topics = list(topics)
@@ -68,6 +70,7 @@ class ProgressBoard:
         self._replay_interval_s = replay_interval_s
         self._stale_ms = int(stale_s * 1000)
         self._progress = progress
+        self._owed = owed
         self._clock = clock
         self._started_ms = int(clock() * 1000)
         self._consumer = Consumer(
@@ -86,6 +89,7 @@ class ProgressBoard:
             for idx in sorted(meta.topics[topic].partitions):
                 self._parts.append(TopicPartition(topic, idx))
         self._progress.set_remote({self._name(tp): None for tp in self._parts}, self._clock())
+        self._owed.set_remote({self._name(tp): None for tp in self._parts})  # (until the first round)
 
     def start(self) -> None:
         """`open`, then publish and read in rounds (`wait_s` apart) in a background thread."""
@@ -104,31 +108,33 @@ class ProgressBoard:
         now = self._clock()
         now_ms = int(now * 1000)
         local = self._progress.local()
+        owes = self._owed.local_ms()  # after the partitions: its epoch is at least theirs
         self._mine.update(local)
         offsets = []
         for tp in self._parts:
             name = self._name(tp)
             if name not in self._mine:
                 continue
-            offsets.append(
-                TopicPartition(
-                    tp.topic, tp.partition, 0, metadata=json.dumps(_publish(local.get(name), now_ms))
-                )
-            )
+            published = _publish(local.get(name), now_ms, owes)
+            offsets.append(TopicPartition(tp.topic, tp.partition, 0, metadata=json.dumps(published)))
         if offsets:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         theirs = [tp for tp in self._parts if self._name(tp) not in self._mine]
         states: dict[str, event_time.Reading | None] = {}
+        owed: dict[str, tuple[int, int | None] | None] = {}
         for tp in self._consumer.committed(theirs, timeout=10) if theirs else []:
             name = self._name(tp)
             entry = _entry(tp.metadata)
             if entry is None or not self._started_ms <= entry["t"] or entry["t"] < now_ms - self._stale_ms:
-                states[name] = None
+                states[name] = owed[name] = None
                 self._warn_unheard(name, now)
                 continue
             self._unheard_since.pop(name, None)
             states[name] = _reading(entry)
+            if not (entry.get("d") and "e" not in entry):  # (closed: its process owes nothing)
+                owed[name] = _owes(entry)
         self._progress.set_remote(states, now)
+        self._owed.set_remote(owed)
 
     def _run(self) -> None:
         warned_at = float("-inf")
@@ -160,16 +166,28 @@ class ProgressBoard:
             self._unheard_since[name] = now
 
 
-def _publish(state: event_time.Reading | None, now_ms: int) -> dict[str, Any]:
+def _publish(
+    state: event_time.Reading | None, now_ms: int, owes: tuple[int, int | None] = (0, None)
+) -> dict[str, Any]:
     """A board entry: a partition this process reads ("f", "c": alignment and liveness; "e", "p": the
     epoch it reads in, where it stood as far as the flow has processed), or has read to its end ("d",
-    in epoch "e"; without "e": closed, nothing of it in flight)."""
+    in epoch "e"; without "e": closed, nothing of it in flight); and while the process runs, what its
+    stages owe the judge-spend windows ("o": the epoch it counted to, the earliest event time)."""
     if state is None:
         return {"t": now_ms, "d": 1}
     if state.ended:
-        return {"t": now_ms, "d": 1, "e": state.epoch, "p": state.processed_ms}
+        return {"t": now_ms, "d": 1, "e": state.epoch, "p": state.processed_ms, "o": list(owes)}
     entry = {"t": now_ms, "f": state.frontier_ms, "c": state.caught_up, "e": state.epoch}
-    return entry | {"p": state.processed_ms}
+    return entry | {"p": state.processed_ms, "o": list(owes)}
+
+
+def _owes(entry: dict[str, Any]) -> tuple[int, int | None] | None:
+    """What a board entry says its process owes (None: it does not say: an older version, which
+    holds the judge-spend windows as a process not heard of does)."""
+    o = entry.get("o")
+    if not (isinstance(o, list) and len(o) == 2 and isinstance(o[0], int)):
+        return None
+    return o[0], o[1] if isinstance(o[1], int) else None
 
 
 def _reading(entry: dict[str, Any]) -> event_time.Reading:

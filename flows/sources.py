@@ -212,6 +212,7 @@ class _AlignedPartition(StatefulSourcePartition[Any, _PartState]):
     def snapshot(self) -> _PartState:
         """bytewax calls this exactly when the partition's epoch ends (and only then)."""
         self._epoch += 1
+        event_time.INPUT.epoch_ended(self._epoch)
         if self._moved_ms is not None and (self._stands_ms is None or self._moved_ms > self._stands_ms):
             self._stands_ms = self._moved_ms  # sealed: the next messages are tagged with it
         self._moved_ms = None

@@ -127,10 +127,17 @@ _In = CostWindow | ExpensiveSlot | AbuseWindow
 
 
 class _AlertLogic(StatefulBatchLogic[_In, _Out, bytes]):
-    def __init__(self, policy: AlertPolicy, clock: Callable[[], float], snapshot: bytes | None) -> None:
+    def __init__(
+        self,
+        policy: AlertPolicy,
+        clock: Callable[[], float],
+        snapshot: bytes | None,
+        processed: Callable[[], int | None] = event_time.processed_ms,
+    ) -> None:
         # the state as `snapshot` pickled it (this step's own recovery state)
         resume: _AlertState | None = None if snapshot is None else pickle.loads(snapshot)  # noqa: S301
         self._policy = policy
+        self._processed = processed
         self._slot = policy.slot_ms
         self._revisable = policy.revisable_ms
         self._clock = clock
@@ -391,7 +398,7 @@ class _AlertLogic(StatefulBatchLogic[_In, _Out, bytes]):
             expensive=at - rules.expensive_requests.window_s * 1000 - self._slot,
             abuse=at - self._slot,
             days=month_bounds(at - 1)[0] - DAY_MS,
-            processed_ms=event_time.INPUT.processed_ms(),
+            processed_ms=self._processed(),
         )
 
 
@@ -417,6 +424,7 @@ def alerts(
     *,
     policy: AlertPolicy,
     clock: Callable[[], float] = time.time,
+    processed: Callable[[], int | None] = event_time.processed_ms,
 ) -> AlertsOut:
     """Alert level changes per tenant, and the sampling overrides they call for.
 
@@ -427,6 +435,8 @@ def alerts(
         abuse: repeated prompts and top users per tenant and window (`operators.abuse`).
         policy: rules, thresholds, actions, and the base window size.
         clock: wall time, for tenants that go quiet.
+        processed: how far the windows can no longer be revised by an entry that is not late (a
+            row is kept until then; judge spend: `operators.owed.judged_ms`).
     """
     # alerts read closed windows only: a provisional row would move a tenant's clock ahead of
     # what is final, and an alert must be the same in a replay as live
@@ -434,7 +444,7 @@ def alerts(
     extra = [s for s in (expensive, abuse) if s is not None]
     merged = cast(Stream[_In], op.merge("in", closed, *extra)) if extra else closed
     keyed = op.key_on("tenant", merged, lambda x: x.tenant_id)
-    out = op.stateful_batch("rules", keyed, lambda resume: _AlertLogic(policy, clock, resume))
+    out = op.stateful_batch("rules", keyed, lambda resume: _AlertLogic(policy, clock, resume, processed))
     values = op.map("unkey", out, lambda kv: kv[1])
     split = op.branch("split", values, _is_alert)
     rest = op.branch("progress", split.falses, _is_progress)

@@ -43,6 +43,7 @@ from bytewax.dataflow import Stream, operator
 
 from core.records import Evaluation, QualityEstimate
 from judges.base import FLAGGED
+from operators import event_time
 from operators.sample_design import StratumCount
 from operators.tumbling import tumbling
 
@@ -394,6 +395,7 @@ def quality_estimates(
     design: Stream[StratumCount] | None = None,
     sample_window_s: int | None = None,
     clock: Callable[[], float] | None = None,
+    processed: Callable[[], int | None] = event_time.processed_ms,
 ) -> Stream[QualityEstimate]:
     """Per (tenant, agent, metric) and window: the flagged rate with its 95% interval, and the
     prediction-powered rate beside it.
@@ -403,6 +405,8 @@ def quality_estimates(
             flags on all of them; without it each stratum's size is estimated from its
             inclusion probability and there is no prediction-powered estimate.
         sample_window_s: the sampler's window (`sampling.window_s`), which its strata are per.
+        processed: how far no record that is not late can still come (after the judges:
+            `operators.owed.judged_ms`, which waits for what the sampler and the judges owe).
     """
     window_ms = size_s * 1000
     sample_window_ms = (sample_window_s or size_s) * 1000
@@ -429,4 +433,5 @@ def quality_estimates(
         rows=rows,
         clock=clock or time.time,
         copy=_Acc.copy,
+        processed=processed,
     )

@@ -122,6 +122,7 @@ class InputProgress:
         self._live_from: float | None = None  # since when the polls have found the input live
         self._live_at = 0.0  # the last poll that found it live
         self._epoch = 0  # the newest epoch a partition of the cluster reads in: all before it are processed
+        self._ended_epochs = 0  # epochs this process's partitions have ended (each at its snapshot)
 
     # --- the source side (flows.sources) -------------------------------------------
 
@@ -153,6 +154,11 @@ class InputProgress:
             p = self._parts.setdefault(part, _Partition())
             p.processed_ms = processed_ms
             self._epoch = max(self._epoch, epoch)
+
+    def epoch_ended(self, epochs: int) -> None:
+        """A partition's epoch ended (its snapshot): `epochs` have ended since the run started."""
+        with self._lock:
+            self._ended_epochs = max(self._ended_epochs, epochs)
 
     def local(self) -> dict[str, Reading]:
         """The partitions this process reads or has read to their end, as their sources last left them
@@ -233,6 +239,22 @@ class InputProgress:
                 bounds.append(-1 if q.processed_ms is None else q.processed_ms)
             return min(bounds, default=None)
 
+    def epoch(self) -> int:
+        """The newest epoch a partition of the cluster reads in: the flow has processed every one before."""
+        with self._lock:
+            return self._epoch
+
+    def epoch_bound(self) -> int:
+        """At least the epoch the flow is in now: the newest this process's partitions ended, or the
+        cluster reads in (a stage's snapshot of epoch e comes after every partition ended e)."""
+        with self._lock:
+            return max(self._epoch, self._ended_epochs)
+
+    def has_input(self) -> bool:
+        """Whether Kafka partitions are read (or were read to their end) anywhere in the cluster."""
+        with self._lock:
+            return bool(self._parts)
+
     def caught_up_at(self, part: str, now: float) -> int | None:
         """Where `part`, which has nothing to read, stands now: at the slowest other partition (of the
         cluster) that still has input, and at most `CAUGHT_UP_LAG_S` behind the wall clock (None:
@@ -277,6 +299,7 @@ class InputProgress:
             self._parts.clear()
             self._live_from = None
             self._epoch = 0
+            self._ended_epochs = 0
 
 
 INPUT = InputProgress()

@@ -40,6 +40,7 @@ from judges.budget import BudgetBook
 from judges.cascade import JudgePlan
 from judges.local import LocalJudge
 from judges.runtime import JudgeRuntime, Outcome, Task
+from operators import owed
 from operators.dedup import Candidate, ContentKeyer, lookup
 
 __all__ = ["JudgeOut", "JudgePlan", "judge"]
@@ -111,7 +112,10 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         self._ready: list[Evaluation | LedgerEntry] = []
         policy = dataclasses.replace(deps.plan.budget, shards=SHARDS)
         self._budget = BudgetBook(policy, resume.budget if resume is not None else None)
+        # what is under way or finished and not yet emitted: the judge-spend windows wait for it
+        self._owed = owed.OWED.key()
         if resume is not None:
+            owed.OWED.seal(self._owed, _owed_ms(resume))
             self._ready = list(resume.ready)
             work: list[_Work] = []
             for w in resume.waiting:
@@ -179,7 +183,9 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
             _Waiting(w.cand, {m: dataclasses.replace(p) for m, p in w.pending.items()})
             for w in self._waiting.values()
         ]
-        return _JudgeState(waiting=waiting, ready=list(self._ready), budget=dict(self._budget.spent))
+        state = _JudgeState(waiting=waiting, ready=list(self._ready), budget=dict(self._budget.spent))
+        owed.OWED.seal(self._owed, _owed_ms(state))
+        return state
 
     # --- internals ---------------------------------------------------------
 
@@ -447,6 +453,12 @@ def _evaluation(
     )
 
 
+def _owed_ms(state: _JudgeState) -> int | None:
+    """The earliest event time whose evaluations or spend are still to be emitted (None: none)."""
+    waiting = (w.cand.event.ts_ms for w in state.waiting)
+    return min((*waiting, *(x.ts_ms for x in state.ready)), default=None)
+
+
 def _spend(e: Event, o: Outcome, cost: int) -> LedgerEntry:
     """Judge spend for the event's tenant and agent, by judge model (`model`) and tier (`variant`)."""
     return LedgerEntry(
@@ -461,4 +473,5 @@ def _spend(e: Event, o: Outcome, cost: int) -> LedgerEntry:
         judge_cost_pusd=cost,
         entry_id=(entry_id := f"{e.event_id}|judge|{o.metric}|{o.tier}"),
         ids=entry_hash(entry_id),
+        after_ms=e.source.after_ms if e.source is not None else None,
     )

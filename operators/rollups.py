@@ -183,6 +183,7 @@ def rollup(
     sizes_s: Sequence[int],
     allowed_lateness_s: int,
     clock_us: Callable[[], int] = lambda: time.time_ns() // 1000,
+    processed: Callable[[], int | None] = event_time.processed_ms,
 ) -> Stream[CostWindow]:
     """Roll window rows up to coarser windows (e.g. 1 h and 1 day) per key and category.
 
@@ -191,6 +192,8 @@ def rollup(
         allowed_lateness_s: at least the lateness of the windows upstream: how
             long a level keeps absorbing revisions and corrections of its
             minutes (later ones become correction rows of the level).
+        processed: how far the minutes upstream can no longer be revised by an entry that is not
+            late (with judge spend among them: `operators.owed.judged_ms`).
     """
     if not sizes_s:
         msg = f"{step_id}: rollup needs at least one size"
@@ -201,6 +204,6 @@ def rollup(
     rows = op.stateful_batch(
         "levels",
         keyed,
-        lambda resume: _RollupLogic(sizes_ms, lateness_ms, clock_us, resume),
+        lambda resume: _RollupLogic(sizes_ms, lateness_ms, clock_us, resume, processed),
     )
     return op.map("unkey", rows, lambda kv: kv[1])

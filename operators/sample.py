@@ -124,7 +124,7 @@ from core.ports import ControlStore, Override
 from core.records import DeadLetter, Event, SavingsEntry
 from judges.base import JudgeItem, RuleJudge
 from judges.local import LocalJudge
-from operators import event_time
+from operators import event_time, owed
 from operators.alerts import AlertProgress
 from operators.dedup import Candidate
 from operators.local_flags import LocalFlags, cheap_flagged, cheap_metrics
@@ -274,7 +274,10 @@ class _SampleLogic(StatefulBatchLogic[_In, _Decided, _SampleState]):
         # the copies of the open windows the last snapshot took: a window that has not changed
         # since is not copied again (a tenant's older windows wait out the lateness unchanged)
         self._copies: dict[int, _Window] = {}
+        # what its open windows may still send the judges: the judge-spend windows wait for it
+        self._owed = owed.OWED.key()
         if resume is not None:
+            owed.OWED.seal(self._owed, min(resume.open, default=None))
             # the downtime is not event-time progress, and the re-read events of every
             # open window are still to come: no window closes before they had their time
             now = clock()
@@ -344,6 +347,7 @@ class _SampleLogic(StatefulBatchLogic[_In, _Decided, _SampleState]):
         s = self._s
         copies = self._copies
         self._copies = {start: copies.get(start) or _copy_window(w) for start, w in s.open.items()}
+        owed.OWED.seal(self._owed, min(s.open, default=None))
         return _SampleState(
             max_ts_ms=s.max_ts_ms,
             seen_at_s=s.seen_at_s,

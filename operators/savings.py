@@ -42,6 +42,7 @@ from core.records import (
 )
 from judges.base import JudgeItem
 from judges.rubrics import build_prompt
+from operators import event_time
 from operators.price import Catalog, Rates, override_rates
 from operators.tumbling import tumbling
 
@@ -204,6 +205,7 @@ def judge_savings(
     size_s: int,
     allowed_lateness_s: int,
     clock: Callable[[], float] | None = None,
+    processed: Callable[[], int | None] = event_time.processed_ms,
 ) -> Stream[JudgeSavings]:
     """The savings ledger per (tenant, window); see the module docstring.
 
@@ -212,6 +214,8 @@ def judge_savings(
         spend: judge-spend ledger entries (the calls made).
         evaluations: verdicts (the cache hits among them).
         reference: the reference judge's name, stored on every row.
+        processed: how far no record that is not late can still come (after the judges:
+            `operators.owed.judged_ms`, which waits for what the sampler and the judges owe).
     """
     size_ms = size_s * 1000
     entries = op.merge(
@@ -240,6 +244,7 @@ def judge_savings(
         rows=rows,
         clock=clock or time.time,
         copy=_Acc.copy,
+        processed=processed,
     )
 
 

@@ -13,7 +13,8 @@ LLM verdicts over the next minutes. So a window is
 - final, and forgotten, only when the watermark has also passed its end plus
   the allowed lateness, AND so has what the whole flow has processed of every
   Kafka partition (`event_time.INPUT.processed_ms`: no record that is not
-  late by its partition's position can still be on its way), AND no record
+  late by its partition's position can still be on its way; after the judges,
+  `operators.owed.judged_ms`: nor owed by the sampler or a judge), AND no record
   arrived for it for `idle_s` seconds of wall time — in a live stream the
   first conditions decide, in a replay the last keeps windows open while the
   judges work through them.

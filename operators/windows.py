@@ -26,7 +26,10 @@ have passed its end plus the lateness — no entry that is not late can still be
 on its way then (a partition with nothing to read moves on, and its next
 message is tagged where it moved: `event_time`). Without Kafka input the
 watermark alone decides, and an entry whose window was forgotten is a
-correction too, so a window's row is never replaced by a fresh one. A window is
+correction too, so a window's row is never replaced by a fresh one. Judge
+spend is made long after its event: its entry carries where the event's
+partition stood (`LedgerEntry.after_ms`), and its windows also wait for what
+the sampler and the judges still owe them (`operators.owed.judged_ms`). A window is
 forgotten when the key next has an entry or a row due, not at a wake-up of its
 own, so a quiet key is off bytewax's schedule (which every activation of the
 step scans in full) once its rows are out. Nothing is ever dropped.
@@ -166,13 +169,19 @@ def combine_events(
     return [*acc.values(), *alone]
 
 
-def combine(entries: Iterable[LedgerEntry], size_ms: int, keep_alone_before_ms: int) -> list[LedgerEntry]:
-    """Sum entries per (key, window); late entries, and those older than `keep_alone_before_ms`,
-    keep their identity (they are or may be corrections)."""
+def combine(
+    entries: Iterable[LedgerEntry], size_ms: int, keep_alone_before_ms: int, lateness_ms: int = 0
+) -> list[LedgerEntry]:
+    """Sum entries per (key, window); late entries (marked, or late by where their event's partition
+    stood: `after_ms`), and those older than `keep_alone_before_ms`, keep their identity (they are or
+    may be corrections)."""
     acc: dict[tuple[str, str, str, str, int], LedgerEntry] = {}
     alone: list[LedgerEntry] = []
+    closes_after_ms = size_ms + lateness_ms
     for x in entries:
         start = x.ts_ms - x.ts_ms % size_ms
+        if not x.late and x.after_ms is not None and event_time.late(x.after_ms, start + closes_after_ms):
+            x.late = True
         if x.late or (x.ts_ms < keep_alone_before_ms and x.entry_id):
             alone.append(x)
             continue
@@ -426,12 +435,15 @@ def cost_window(
     category: str = "llm",
     provisional_s: float = 0.0,
     clock: Callable[[], float] = time.time,
+    processed: Callable[[], int | None] = event_time.processed_ms,
 ) -> Stream[CostWindow]:
     """Windowed spend per (tenant, agent, model, variant); see the module docstring.
 
     `up` carries priced events (each one request) or ledger entries (e.g. judge spend).
     With `provisional_s`, open windows that changed are also written every that many
-    seconds of wall time as `provisional` rows, which their final row supersedes."""
+    seconds of wall time as `provisional` rows, which their final row supersedes.
+    `processed`: how far no entry that is not late can still come (judge spend:
+    `operators.owed.judged_ms`)."""
     size_ms, lateness_ms = size_s * 1000, allowed_lateness_s * 1000
     newest = [0]  # this worker's newest event time, to spot possible corrections early
 
@@ -444,7 +456,7 @@ def cost_window(
         if type(entries[0]) is Event:
             combined = combine_events(entries, size_ms, newest[0] - lateness_ms, lateness_ms)
         else:
-            combined = combine(entries, size_ms, newest[0] - lateness_ms)
+            combined = combine(entries, size_ms, newest[0] - lateness_ms, lateness_ms)
         entries_in.inc(len(entries))
         entries_keyed.inc(len(combined))
         return combined
@@ -454,7 +466,7 @@ def cost_window(
     rows = op.stateful_batch(
         "windows",
         keyed,
-        lambda resume: _WindowLogic(size_ms, lateness_ms, clock, resume, category, provisional_s),
+        lambda resume: _WindowLogic(size_ms, lateness_ms, clock, resume, category, provisional_s, processed),
     )
     return op.map("unkey", rows, lambda kv: kv[1])
 

@@ -18,7 +18,7 @@ import pytest
 
 from flows import gc_policy
 from flows.config import Settings, load_settings
-from operators import event_time
+from operators import event_time, owed
 from simulators.kafka_mock import MockCluster
 from simulators.local_endpoint import EndpointConfig, LocalEndpoint
 from simulators.ports import free_port
@@ -27,8 +27,10 @@ from sinks import clickhouse as ch
 
 @pytest.fixture(autouse=True)
 def _fresh_input_progress() -> None:
-    """Each test starts with no Kafka partitions known to the process (operators.event_time)."""
+    """Each test starts with no Kafka partitions known to the process (operators.event_time), and no
+    stage owing anything (operators.owed)."""
     event_time.INPUT.reset()
+    owed.OWED.reset()
 
 
 @pytest.fixture(autouse=True)

@@ -10,6 +10,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from flows.progress_board import ProgressBoard, board_group
 from operators.event_time import InputProgress
+from operators.owed import OwedWork
 
 TOPIC = "t"
 
@@ -156,3 +157,46 @@ def test_rounds_come_faster_while_a_backlog_is_read(kafka):
         assert board.wait_s() == 0.2
     finally:
         board.close()
+
+
+def test_what_a_process_owes_the_judge_spend_windows_crosses_the_board(kafka):
+    """Process 2's judge owes an event: process 1's judge-spend windows wait for it, and process
+    1's own seals count only up to the epoch process 2 published from."""
+    kafka.create_topic(TOPIC, 2)
+    now = [1_000.0]
+    one, two = InputProgress(), InputProgress()
+    owed_one, owed_two = OwedWork(one), OwedWork(two)
+    b1 = ProgressBoard(
+        kafka.bootstrap, [TOPIC], group="g4", progress=one, owed=owed_one, clock=lambda: now[0]
+    )
+    b2 = ProgressBoard(
+        kafka.bootstrap, [TOPIC], group="g4", progress=two, owed=owed_two, clock=lambda: now[0]
+    )
+    try:
+        for b in (b1, b2):
+            b.open()
+        one.opened("0-t")
+        two.opened("1-t")
+        assert owed_one.owed_ms() == -1  # process 2 not heard of yet
+        one.processed("0-t", epoch=5, processed_ms=500)
+        two.processed("1-t", epoch=5, processed_ms=500)
+        mine = owed_one.key()
+        owed_one.seal(mine, 100)  # labelled 6
+        owed_two.seal(owed_two.key(), 200)
+        b2.step()
+        b1.step()
+        assert owed_one.owed_ms() == 100
+        one.processed("0-t", epoch=7, processed_ms=900)
+        owed_one.seal(mine, None)  # labelled 8
+        one.processed("0-t", epoch=9, processed_ms=900)
+        # process 2 published from epoch 5: process 1's own seal of 8 does not count yet
+        assert owed_one.owed_ms() == 100
+        two.processed("1-t", epoch=9, processed_ms=900)
+        now[0] += 0.2
+        b2.step()
+        b1.step()
+        assert owed_one.owed_ms() == 200  # what process 2's judge owes
+        assert b1._owed.local_ms() == (9, None)
+    finally:
+        b1.close()
+        b2.close()
