@@ -28,7 +28,14 @@ from simulators.local_endpoint import EndpointConfig, LocalEndpoint
 from simulators.traffic import generate
 from sinks.clickhouse import connect
 from tests.conftest import rows, run_flow, topic_flow_settings
-from tests.test_windows import BASE, MIN, _Partitions
+from tests.test_windows import (
+    BASE,
+    MIN,
+    _Partitions,
+    _partitions_and_order,
+    _running_clock,
+    kafka_messages,
+)
 
 
 @dataclass
@@ -217,16 +224,7 @@ def _spend(e: Event) -> LedgerEntry:
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    messages=st.lists(
-        st.tuples(
-            st.integers(0, 2),
-            st.integers(0, 15 * MIN),
-            st.one_of(st.just(0), st.integers(0, 12 * MIN)),  # how long the event took to reach Kafka
-            st.integers(1, 10**9),
-        ),
-        min_size=1,
-        max_size=40,
-    ),
+    messages=kafka_messages(max_size=40),
     pick=st.lists(st.integers(0, 2), max_size=120),
     delays_before=st.lists(st.integers(0, 12), max_size=40),  # the judges' latency, in epochs
     delays_after=st.lists(st.integers(0, 12), max_size=40),
@@ -254,21 +252,8 @@ def test_judge_spend_windows_count_each_event_once_whatever_the_judges_latency_o
     latency after a crash, which resumes from the snapshot of the windows and the judge's work, reads
     the rest of the input again and keeps the rows written after the snapshot), on a wall clock that
     runs on: the judge-spend minute rows plus their corrections hold each event's spend exactly once."""
-    parts: list[list[tuple[int, int, int, str]]] = [[], [], []]
-    for i, (p, kafka_ms, delay, cost) in enumerate(sorted(messages, key=lambda m: m[1])):
-        parts[p].append((BASE + kafka_ms, BASE + max(kafka_ms - delay, 0), cost, f"e{i}"))
-    order: list[int] = []
-    left = [len(p) for p in parts]
-    choices = iter(pick)
-    while any(left):
-        live = [i for i in range(3) if left[i]]
-        i = live[next(choices, 0) % len(live)]
-        order.append(i)
-        left[i] -= 1
-    clock = iter(range(10**9))
-
-    def now() -> float:
-        return 1000.0 + next(clock) / 1000
+    parts, order = _partitions_and_order(messages, pick)
+    now = _running_clock()
 
     kafka = _Partitions(parts)
     table: dict[tuple[str, int, str, str], CostWindow] = {}

@@ -462,18 +462,49 @@ class _Partitions:
         self.fresh = [False] * len(self.parts)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    messages=st.lists(
+def _partitions_and_order(
+    messages: list[tuple[int, int, int, int]], pick: list[int]
+) -> tuple[list[list[tuple[int, int, int, str]]], list[int]]:
+    """Three partitions of (message time, event time, cost, id) from generated (partition, message
+    time, delay to Kafka, cost), message times in order; and the order they are read in (`pick`)."""
+    parts: list[list[tuple[int, int, int, str]]] = [[], [], []]
+    for i, (p, kafka_ms, delay, cost) in enumerate(sorted(messages, key=lambda m: m[1])):
+        parts[p].append((BASE + kafka_ms, BASE + max(kafka_ms - delay, 0), cost, f"e{i}"))
+    order: list[int] = []
+    left = [len(p) for p in parts]
+    choices = iter(pick)
+    while any(left):
+        live = [i for i in range(3) if left[i]]
+        i = live[next(choices, 0) % len(live)]
+        order.append(i)
+        left[i] -= 1
+    return parts, order
+
+
+def kafka_messages(max_size: int) -> st.SearchStrategy[list[tuple[int, int, int, int]]]:
+    """(partition, message time, how long the event took to reach Kafka, cost) for
+    `_partitions_and_order`."""
+    return st.lists(
         st.tuples(
             st.integers(0, 2),
             st.integers(0, 15 * MIN),
-            st.one_of(st.just(0), st.integers(0, 12 * MIN)),  # how long the event took to reach Kafka
+            st.one_of(st.just(0), st.integers(0, 12 * MIN)),
             st.integers(1, 10**9),
         ),
         min_size=1,
-        max_size=50,
-    ),
+        max_size=max_size,
+    )
+
+
+def _running_clock() -> Callable[[], float]:
+    """A wall clock that moves on a millisecond at every reading."""
+    clock = iter(range(10**9))
+    return lambda: 1000.0 + next(clock) / 1000
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    messages=kafka_messages(max_size=50),
     pick=st.lists(st.integers(0, 2), max_size=200),
     before=st.integers(1, 5),
     after=st.integers(1, 5),
@@ -488,21 +519,8 @@ def test_windows_and_rollups_of_kafka_events_do_not_depend_on_timing_batching_or
     written after the snapshot stay in the table; the input after it is read again), on a wall clock
     that runs on: the newest minute rows plus the corrections, and the same for the 5 and 15 minute
     levels, always hold each event exactly once."""
-    parts: list[list[tuple[int, int, int, str]]] = [[], [], []]
-    for i, (p, kafka_ms, delay, cost) in enumerate(sorted(messages, key=lambda m: m[1])):
-        parts[p].append((BASE + kafka_ms, BASE + max(kafka_ms - delay, 0), cost, f"e{i}"))
-    order: list[int] = []
-    left = [len(p) for p in parts]
-    choices = iter(pick)
-    while any(left):
-        live = [i for i in range(3) if left[i]]
-        i = live[next(choices, 0) % len(live)]
-        order.append(i)
-        left[i] -= 1
-    clock = iter(range(10**9))
-
-    def now() -> float:
-        return 1000.0 + next(clock) / 1000
+    parts, order = _partitions_and_order(messages, pick)
+    now = _running_clock()
 
     levels = (5 * MIN, 15 * MIN)
     table: dict[tuple[int, str, int, str, str], CostWindow] = {}
