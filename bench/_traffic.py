@@ -27,9 +27,10 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from core.records import Event
 from operators.decode import DecodeLimits, decode_message
+from operators.ledger import combine_events, key_of
 from operators.price import Pricer, _count, pricing_issue
 from operators.rollups import _RollupLogic
-from operators.windows import _WindowLogic, combine_events, key_of
+from operators.windows import _WindowLogic
 from simulators.ports import free_port
 from simulators.traffic import generate
 

@@ -45,10 +45,11 @@ from core import metrics
 from flows.config import Settings, load_settings
 from flows.deps import build_deps
 from operators.decode import decode
+from operators.ledger import ledger_entry
 from operators.price import price
 from operators.redeliveries import drop_redeliveries
 from operators.rollups import rollup
-from operators.windows import cost_window, ledger_entry
+from operators.windows import cost_window
 
 PARTITIONS = 2
 

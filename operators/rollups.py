@@ -27,7 +27,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from core.records import CostWindow, LedgerEntry
 from operators import event_time
-from operators.windows import SEP, key_of, window_row
+from operators.ledger import SEP, key_of, window_row
 
 
 @dataclass(slots=True)

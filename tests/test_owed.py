@@ -19,10 +19,11 @@ from core.records import CostWindow, Event, LedgerEntry, entry_hash
 from operators import event_time
 from operators.dedup import Candidate
 from operators.judge import _JudgeState, _owed_ms, _Waiting
+from operators.ledger import combine
 from operators.owed import OWED, OwedWork, _judged_ms
 from operators.sample import _SampleLogic, tally_batch
 from operators.sample_design import Sampler
-from operators.windows import _WindowLogic, combine
+from operators.windows import _WindowLogic
 from simulators.kafka_mock import produce_all
 from simulators.local_endpoint import EndpointConfig, LocalEndpoint
 from simulators.traffic import generate

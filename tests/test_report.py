@@ -21,9 +21,10 @@ from bytewax.testing import TestingSource, run_main
 
 from core.records import AbuseWindow, Alert, Evaluation, Event, LedgerEntry, pico_to_usd
 from operators.estimates import quality_estimates
+from operators.ledger import ledger_entry
 from operators.price import pricing_issue
 from operators.rollups import rollup
-from operators.windows import cost_window, ledger_entry
+from operators.windows import cost_window
 from simulators.chdb_http import start_chdb_http
 from sinks.clickhouse import connect
 from sinks.clickhouse_sink import ClickHouseSink

@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from core.records import CostWindow, Event, LedgerEntry, Source
+from operators.ledger import combine, combine_events, ledger_entry
 from operators.rollups import _RollupLogic, rollup
-from operators.windows import _WindowLogic, combine, combine_events, cost_window, ledger_entry
+from operators.windows import _WindowLogic, cost_window
 
 MIN = 60_000
 HOUR = 60 * MIN
