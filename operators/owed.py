@@ -1,4 +1,4 @@
-"""What the stages before the judge-spend windows still owe them: one home for the judge frontier.
+"""What the sampler and the judges still owe the stages after them: one home for the judge frontier.
 
 Judge spend is made long after its request: the sampler holds a tenant's events until their window is
 decided, and the judge holds an event until its LLM calls are done (retries, a provider outage:
@@ -6,7 +6,8 @@ minutes or hours). A judge-spend entry is late only by its event's position in i
 (`event_time.late`, as for requests), so a judge-spend window may be forgotten only once no entry that
 is not late can still come: once the flow has processed where every partition stood
 (`event_time.processed_ms`) AND no stage still owes an entry for the window. Then whether an entry
-goes into its window or is a correction is the same in any replay, whatever the judges' latency.
+goes into its window or is a correction is the same in any replay, whatever the judges' latency. The
+quality estimates and the savings ledger wait the same way before a window is final (`judged_ms`).
 
 What a stage owes. Each key of such a stage *seals*, at every epoch's end (its `snapshot`), the
 earliest event time it still owes downstream (`seal`; None: nothing): the sampler its oldest open
@@ -20,11 +21,11 @@ upper bound of it: one past the newest epoch this process's partitions ended or 
 A key's seals count from its newest one that counts on, all of them (the minimum): an event owed at
 any of them is owed until its leaving is processed; the one it came from upstream owed it until then.
 
-Several processes. Every process publishes, with its partitions on the progress board, what it owes
-(`local_ms`) and the epoch the cluster read in when it said so (`publish`); a process's own seals count
-only up to the epoch every other process has published from (`set_remote`), so an event that moved
-from one process's stage to another's is owed by one of them all along. A process not heard of holds
-everything (as for `processed_ms`).
+Several processes. Every process publishes, with its partitions on the progress board
+(`flows.progress_board`), what it owes and the epoch the cluster read in when it said so (`local_ms`);
+a process's own seals count only up to the epoch every other process has published from
+(`set_remote`), so an event that moved from one process's stage to another's is owed by one of them
+all along. A process not heard of holds everything (as for `processed_ms`).
 """
 
 from __future__ import annotations
@@ -80,12 +81,6 @@ class OwedWork:
             else:
                 seals.append((label, owed))
             self._cached = None
-
-    def forget(self, key: int) -> None:
-        """`key`'s logic is gone (discarded): it owes nothing any more."""
-        with self._lock:
-            if self._seals.pop(key, None) is not None:
-                self._cached = None
 
     def local_ms(self) -> tuple[int, int | None]:
         """The epoch every partition of the cluster has read to, and the earliest event time this
