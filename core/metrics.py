@@ -215,6 +215,11 @@ JUDGE_DISABLED = Gauge(
 JUDGE_WAITING = Gauge(
     "judgeflow_judge_waiting", "Judge work waiting for an open circuit breaker to let it through", ["judge"]
 )
+JUDGE_FRONTIER_BEHIND = Gauge(
+    "judgeflow_judge_frontier_behind_seconds",
+    "Event time by which the judge-side windows (judge spend, estimates, savings) trail what the flow has"
+    " processed: work the sampler and the judges still owe them (0: nothing owed)",
+)
 JUDGE_BACKPRESSURE = Counter(
     "judgeflow_judge_backpressure_total",
     "Times the judge stage's queue (judges.max_queued) was full and the worker waited for judge slots",

@@ -35,6 +35,7 @@ import math
 import threading
 from typing import Protocol
 
+from core import metrics
 from operators import event_time
 
 
@@ -167,5 +168,8 @@ def judged_ms() -> int | None:
 def _judged_ms(progress: _Epochs, owed: OwedWork) -> int | None:
     if not progress.has_input():
         return None
-    bounds = [b for b in (progress.processed_ms(), owed.owed_ms()) if b is not None]
+    processed, owes = progress.processed_ms(), owed.owed_ms()
+    behind = 0 if processed is None or owes is None or owes < 0 else max(0, processed - owes)
+    metrics.JUDGE_FRONTIER_BEHIND.set(behind / 1000)
+    bounds = [b for b in (processed, owes) if b is not None]
     return min(bounds, default=None)

@@ -151,6 +151,17 @@ def test_the_judge_spend_windows_wait_for_the_flow_and_for_what_is_owed():
     assert _judged_ms(epochs, board) is None
 
 
+def test_how_far_the_judges_hold_the_windows_back_is_a_metric():
+    epochs = _Epochs(processed=BASE + 10 * MIN)
+    board = OwedWork(epochs)
+    board.seal(board.key(), BASE + 4 * MIN)
+    _judged_ms(epochs, board)
+    assert REGISTRY.get_sample_value("judgeflow_judge_frontier_behind_seconds") == 360.0
+    board.set_remote({"1-llm-events": None})  # a process not heard of: not a measure of the judges
+    _judged_ms(epochs, board)
+    assert REGISTRY.get_sample_value("judgeflow_judge_frontier_behind_seconds") == 0.0
+
+
 def test_the_sampler_and_the_judge_seal_what_they_owe():
     """Their snapshots seal: the sampler its oldest open window, the judge its oldest event under
     way or finished and not yet emitted; a restored key owes what its snapshot held at once."""
