@@ -183,9 +183,14 @@ def build_flow(
     windows = op.merge("windows", request_windows, judge_windows)
     judge_alerts = alerts("judge_alerts", windows, policy=d.alert_policy.judge_spend(), processed=judged_ms)
     if cfg.windows.rollups_s:  # 1 h and 1 day rows, derived from the minute rows
-        late_s = max(cfg.windows.allowed_lateness_s, cfg.windows.judge_allowed_lateness_s)
-        sizes_s = cfg.windows.rollups_s
-        rollups = rollup("rollup", windows, sizes_s=sizes_s, allowed_lateness_s=late_s, processed=judged_ms)
+        lateness_s = max(cfg.windows.allowed_lateness_s, cfg.windows.judge_allowed_lateness_s)
+        rollups = rollup(
+            "rollup",
+            windows,
+            sizes_s=cfg.windows.rollups_s,
+            allowed_lateness_s=lateness_s,
+            processed=judged_ms,
+        )
         windows = op.merge("windows_and_rollups", windows, rollups)
     all_alerts = op.merge("all_alerts", spend_alerts.alerts, judge_alerts.alerts)
 

@@ -166,9 +166,7 @@ class ProgressBoard:
             self._unheard_since[name] = now
 
 
-def _publish(
-    state: event_time.Reading | None, now_ms: int, owes: tuple[int, int | None] = (0, None)
-) -> dict[str, Any]:
+def _publish(state: event_time.Reading | None, now_ms: int, owes: tuple[int, int | None]) -> dict[str, Any]:
     """A board entry: a partition this process reads ("f", "c": alignment and liveness; "e", "p": the
     epoch it reads in, where it stood as far as the flow has processed), or has read to its end ("d",
     in epoch "e"; without "e": closed, nothing of it in flight); and while the process runs, what its

@@ -133,7 +133,7 @@ def combine(
     closes_after_ms = size_ms + lateness_ms
     for x in entries:
         start = x.ts_ms - x.ts_ms % size_ms
-        if not x.late and x.after_ms is not None and event_time.late(x.after_ms, start + closes_after_ms):
+        if not x.late and event_time.late(x.after_ms, start + closes_after_ms):
             x.late = True
         if x.late or (x.ts_ms < keep_alone_before_ms and x.entry_id):
             alone.append(x)

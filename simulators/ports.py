@@ -29,14 +29,15 @@ def ephemeral_range() -> tuple[int, int]:
 def free_port() -> int:
     """A loopback TCP port nothing is bound to, outside the ephemeral range when there is room."""
     low, _ = ephemeral_range()
-    for _ in range(200) if low - _LOWEST >= 1000 else ():
-        port = _PICK.randrange(_LOWEST, low)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    with socket.socket() as s:  # no room below the range: the kernel's pick
+    if low - _LOWEST >= 1000:
+        for _ in range(200):
+            port = _PICK.randrange(_LOWEST, low)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    with socket.socket() as s:  # no room below the range (or none free): the kernel's pick
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
