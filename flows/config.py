@@ -83,6 +83,9 @@ class OtlpConfig(_Section):
     default_tenant: str = ""  # empty: a call without a tenant attribute is dead-lettered
     # event time a span without content waits for the log records of its span (operators/otlp_join.py)
     join_wait_s: float = Field(5.0, ge=0, le=3600)
+    # the longest LLM call: a call's message log records are written when it starts, its span when it
+    # ends, so a message record waits this much longer for its span before it is given up
+    join_call_max_s: float = Field(900.0, ge=0, le=86400)
 
 
 class PriceOverride(_Section):

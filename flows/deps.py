@@ -48,6 +48,7 @@ class Deps:
     decode_limits: DecodeLimits
     otlp: OtlpMapping | None  # None: OTLP input off
     otlp_join_wait_s: float
+    otlp_join_call_max_s: float
     now_ms: Callable[[], int]
     pricer: Pricer
     cache: VerdictCache
@@ -98,6 +99,7 @@ def build_deps(settings: Settings) -> Deps:
         if cfg.otlp.enabled
         else None,
         otlp_join_wait_s=cfg.otlp.join_wait_s,
+        otlp_join_call_max_s=cfg.otlp.join_call_max_s,
         now_ms=now_ms,
         pricer=Pricer(
             {

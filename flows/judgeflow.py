@@ -86,7 +86,9 @@ def build_flow(
     events_in, rejected = decoded.oks, [decoded.errs]
     if d.otlp is not None:
         # OTLP spans get the prompt / completion their span's log records carry
-        joined = join_otlp_content("otlp_join", decoded.otel, wait_s=d.otlp_join_wait_s)
+        joined = join_otlp_content(
+            "otlp_join", decoded.otel, wait_s=d.otlp_join_wait_s, call_max_s=d.otlp_join_call_max_s
+        )
         events_in = op.merge("otlp_events", events_in, joined)
     # exactly once per event_id: Kafka re-deliveries never reach a count
     if cfg.windows.drop_redeliveries:

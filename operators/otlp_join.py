@@ -16,9 +16,13 @@ over every worker, one item per batch and shard crossing workers). Per span:
   the span's end by `wait_s`; then it goes on with the messages collected so
   far (input messages in the order they were written, the choices by index),
   or without content when none came (`outcome="no_content"`);
-- a details event whose span never comes within the bound goes on as its own
-  event (`details_alone`), as it did before this stage existed; message log
-  records whose span never comes are dropped and counted
+- log records that come before their span wait for it: a details event
+  (written as the call ends) until `wait_s` past its own time, then it goes
+  on as its own event (`details_alone`), as it did before this stage existed;
+  a message record until `call_max_s + wait_s` past its own time, because the
+  instrumentation writes the prompt's records as the call *starts* and the
+  span only as it ends (a 30-s call's span comes 30 s after its prompt).
+  Message records whose span never comes are dropped and counted
   (`unmatched_logs`) — they carry no usage, so nothing is lost from the
   ledger; records of a span already sent on are dropped and counted
   (`late_logs`), so a details event never counts a call twice.
@@ -68,8 +72,11 @@ class _JoinState:
 
 
 class _JoinLogic(StatefulBatchLogic[list[Item], list[Event], _JoinState]):
-    def __init__(self, wait_ms: int, clock: Callable[[], float], resume: _JoinState | None) -> None:
+    def __init__(
+        self, wait_ms: int, clock: Callable[[], float], resume: _JoinState | None, *, call_max_ms: int
+    ) -> None:
         self._wait = wait_ms
+        self._call_max = call_max_ms
         self._clock = clock
         self._s = resume if resume is not None else _JoinState()
         if resume is not None:
@@ -147,7 +154,8 @@ class _JoinLogic(StatefulBatchLogic[list[Item], list[Event], _JoinState]):
             self._finish(key, c.end_ms)
             return
         s.calls[key] = c
-        self._wait_until(key, max(s.due.get(key, -1), c.end_ms + self._wait))
+        # every record of the span is written by its end: a message record's longer wait ends here
+        self._wait_until(key, c.end_ms + self._wait)
 
     def _content(self, p: OtlpContent, out: list[Event]) -> None:
         s = self._s
@@ -162,8 +170,10 @@ class _JoinLogic(StatefulBatchLogic[list[Item], list[Event], _JoinState]):
             self._finish(key, call.end_ms)
             return
         s.parts.setdefault(key, []).append(p)
-        if key not in s.due:
-            self._wait_until(key, p.ts_ms + self._wait)
+        if call is None:  # no span yet: wait for it, from the earliest record's bound
+            # a message record may be the prompt, written as the call started
+            bound = p.ts_ms + self._wait + (self._call_max if p.call is None else 0)
+            self._wait_until(key, min(s.due.get(key, bound), bound))
 
     def _wait_until(self, key: str, due_ms: int) -> None:
         s = self._s
@@ -231,6 +241,7 @@ def join_otlp_content(
     up: Stream[Item],
     *,
     wait_s: float,
+    call_max_s: float,
     shards: int = 16,
     clock: Callable[[], float] = time.time,
 ) -> Stream[Event]:
@@ -244,7 +255,10 @@ def join_otlp_content(
         return [(str(shard), group) for shard, group in groups.items()]
 
     keyed = op.flat_map_batch("shard", up, group_batch)
-    joined = op.stateful_batch("join", keyed, lambda resume: _JoinLogic(wait_ms, clock, resume))
+    call_max_ms = int(call_max_s * 1000)
+    joined = op.stateful_batch(
+        "join", keyed, lambda resume: _JoinLogic(wait_ms, clock, resume, call_max_ms=call_max_ms)
+    )
     return op.flat_map_batch(
         "events", joined, lambda kvs: list(itertools.chain.from_iterable(v for _, v in kvs))
     )

@@ -23,10 +23,12 @@ from core.records import Event
 from operators.otlp import OtlpCall, OtlpContent
 from operators.otlp_join import _JoinLogic
 from simulators.kafka_mock import produce_all
+from simulators.local_endpoint import EndpointConfig, LocalEndpoint
 from sinks.clickhouse import connect, ensure_schema
 from tests.conftest import rows, run_flow, topic_flow_settings
 
 WAIT_MS = 5_000
+CALL_MAX_MS = 60_000
 T0 = 1_795_379_050_000
 
 
@@ -76,7 +78,7 @@ def tick(at_ms: int) -> OtlpCall:
 
 
 def logic(resume=None) -> _JoinLogic:
-    return _JoinLogic(WAIT_MS, lambda: 0.0, resume)  # no wall time passes
+    return _JoinLogic(WAIT_MS, lambda: 0.0, resume, call_max_ms=CALL_MAX_MS)  # no wall time passes
 
 
 def run(batches: list[list], resume=None, *, eof: bool = False) -> list[Event]:
@@ -150,9 +152,37 @@ def test_a_details_event_fills_a_span_at_once_and_a_span_with_content_does_not_w
 
 def test_logs_whose_span_never_comes_are_counted_and_dropped_but_a_details_event_stands_alone() -> None:
     unmatched, alone = outcome("unmatched_logs"), outcome("details_alone")
-    out = run([[msg("x", "user", "hi", T0), details("y", T0)], [tick(T0 + WAIT_MS)]])
-    assert [e.event_id for e in out] == ["log:resp-y"]
-    assert outcome("unmatched_logs") - unmatched == 1 and outcome("details_alone") - alone == 1
+    batches = [[msg("x", "user", "hi", T0), details("y", T0)], [tick(T0 + WAIT_MS)]]
+    assert [e.event_id for e in run(batches)] == ["log:resp-y"]  # written as its call ended
+    assert outcome("details_alone") - alone == 1
+    assert outcome("unmatched_logs") == unmatched  # a prompt's record waits as long as a call may take
+    run([*batches, [tick(T0 + CALL_MAX_MS + WAIT_MS - 1)]])
+    assert outcome("unmatched_logs") == unmatched
+    run([*batches, [tick(T0 + CALL_MAX_MS + WAIT_MS)]])
+    assert outcome("unmatched_logs") - unmatched == 1
+
+
+def test_a_long_calls_prompt_records_wait_for_its_span_which_is_written_when_the_call_ends() -> None:
+    """The instrumentation writes the prompt's log records as the call starts and the span as it
+    ends: a 40-s call's records come 40 s before its span, with other traffic in between."""
+    end = T0 + 40_000
+    batches = [
+        [msg("a", "system", "Be brief.", T0), msg("a", "user", "Where is my order?", T0)],
+        [tick(T0 + 10_000)],
+        [tick(T0 + 30_000)],
+        [span("a", end)],
+        [msg("a", "assistant", "It ships today.", end, choice=0)],
+        [tick(end + WAIT_MS - 1)],
+    ]
+    assert run(batches) == []
+    (e,) = run([*batches, [tick(end + WAIT_MS)]])  # the span's own bound, not the prompt's
+    assert (e.input_text, e.output_text) == ("system: Be brief.\nuser: Where is my order?", "It ships today.")
+    # with a details event before its span, the span is filled in at once
+    (e,) = run([[details("b", T0)], [tick(T0 + WAIT_MS - 1)], [span("b", T0)]])
+    assert e.output_text == "details answer"
+    # a details event says the call has ended: without its span it goes on alone at its own bound
+    out = run([[msg("c", "user", "q", T0)], [details("c", T0 + 20_000)], [tick(T0 + 20_000 + WAIT_MS)]])
+    assert [e.event_id for e in out] == ["log:resp-c"]
 
 
 def test_log_records_after_their_span_went_on_are_dropped_never_a_second_event() -> None:
@@ -327,3 +357,31 @@ def test_batches_of_one_give_the_same_events_as_batches_of_a_thousand(
         )
     assert len(stored[0]) == len(PROMPTS) and all(r[1] and r[2] for r in stored[0])
     assert stored[1] == stored[0]
+
+
+def test_a_call_longer_than_the_join_wait_is_stored_with_its_prompt(
+    instrumented, kafka, chdb_dsn, database
+) -> None:
+    """Calls that take 1.2 s against a 0.2-s join wait: the instrumentation writes each prompt's log
+    records 1.2 s before the span, and each call's records reach the flow before its span."""
+    with LocalEndpoint(EndpointConfig(latency=1200.0)) as slow:
+        messages, answers = instrumented_calls(instrumented, slow)
+    spans, logs = instrumented
+    ((prompt_ns, end_ns),) = {
+        (r.log_record.timestamp or r.log_record.observed_timestamp, s.end_time)
+        for s in spans.get_finished_spans()[:1]
+        for r in logs.get_finished_logs()
+        if r.log_record.span_id == s.context.span_id and r.log_record.event_name == "gen_ai.user.message"
+    }
+    assert end_ns - prompt_ns >= 1_000_000_000  # the prompt is written as the call starts
+    kafka.create_topic("llm-events", 3)
+    produce_all(kafka.bootstrap, "llm-events", messages)
+    client = connect(chdb_dsn, database)
+    ensure_schema(client, database)
+    overrides = {"clickhouse.store_text": True, "otlp.join_wait_s": 0.2}
+    run_flow(topic_flow_settings(kafka, chdb_dsn, database, **overrides))
+    stored = rows(client, "SELECT input_text, output_text FROM llm_events FINAL ORDER BY input_text")
+    assert stored == sorted(
+        (f"system: You are a support agent.\nuser: {prompt}", completion)
+        for prompt, completion in answers.values()
+    )
