@@ -36,7 +36,7 @@ import xxhash
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from operators import event_time
-from operators.owed import OWED, OwedWork
+from operators.owed import JOINED, OWED, OwedWork
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class ProgressBoard:
         stale_s: float = 10.0,
         progress: event_time.InputProgress = event_time.INPUT,
         owed: OwedWork = OWED,
+        joined: OwedWork = JOINED,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._topics = list(topics)
@@ -71,6 +72,7 @@ class ProgressBoard:
         self._stale_ms = int(stale_s * 1000)
         self._progress = progress
         self._owed = owed
+        self._joined = joined
         self._clock = clock
         self._started_ms = int(clock() * 1000)
         self._consumer = Consumer(
@@ -89,7 +91,8 @@ class ProgressBoard:
             for idx in sorted(meta.topics[topic].partitions):
                 self._parts.append(TopicPartition(topic, idx))
         self._progress.set_remote({self._name(tp): None for tp in self._parts}, self._clock())
-        self._owed.set_remote({self._name(tp): None for tp in self._parts})  # (until the first round)
+        for work in (self._owed, self._joined):
+            work.set_remote({self._name(tp): None for tp in self._parts})  # (until the first round)
 
     def start(self) -> None:
         """`open`, then publish and read in rounds (`wait_s` apart) in a background thread."""
@@ -108,7 +111,7 @@ class ProgressBoard:
         now = self._clock()
         now_ms = int(now * 1000)
         local = self._progress.local()
-        owes = self._owed.local_ms()  # after the partitions: its epoch is at least theirs
+        owes = {"o": self._owed.local_ms(), "j": self._joined.local_ms()}  # (after the partitions)
         self._mine.update(local)
         offsets = []
         for tp in self._parts:
@@ -122,19 +125,21 @@ class ProgressBoard:
         theirs = [tp for tp in self._parts if self._name(tp) not in self._mine]
         states: dict[str, event_time.Reading | None] = {}
         owed: dict[str, tuple[int, int | None] | None] = {}
+        joined: dict[str, tuple[int, int | None] | None] = {}
         for tp in self._consumer.committed(theirs, timeout=10) if theirs else []:
             name = self._name(tp)
             entry = _entry(tp.metadata)
             if entry is None or not self._started_ms <= entry["t"] or entry["t"] < now_ms - self._stale_ms:
-                states[name] = owed[name] = None
+                states[name] = owed[name] = joined[name] = None
                 self._warn_unheard(name, now)
                 continue
             self._unheard_since.pop(name, None)
             states[name] = _reading(entry)
             if not (entry.get("d") and "e" not in entry):  # (closed: its process owes nothing)
-                owed[name] = _owes(entry)
+                owed[name], joined[name] = _owes(entry, "o"), _owes(entry, "j")
         self._progress.set_remote(states, now)
         self._owed.set_remote(owed)
+        self._joined.set_remote(joined)
 
     def _run(self) -> None:
         warned_at = float("-inf")
@@ -166,23 +171,27 @@ class ProgressBoard:
             self._unheard_since[name] = now
 
 
-def _publish(state: event_time.Reading | None, now_ms: int, owes: tuple[int, int | None]) -> dict[str, Any]:
+def _publish(
+    state: event_time.Reading | None, now_ms: int, owes: dict[str, tuple[int, int | None]]
+) -> dict[str, Any]:
     """A board entry: a partition this process reads ("f", "c": alignment and liveness; "e", "p": the
     epoch it reads in, where it stood as far as the flow has processed), or has read to its end ("d",
     in epoch "e"; without "e": closed, nothing of it in flight); and while the process runs, what its
-    stages owe the judge-spend windows ("o": the epoch it counted to, the earliest event time)."""
+    stages owe the judge-spend windows ("o") and what its OTLP join holds ("j"), each as the epoch it
+    counted to and the earliest event time."""
     if state is None:
         return {"t": now_ms, "d": 1}
+    owing = {k: list(v) for k, v in owes.items()}
     if state.ended:
-        return {"t": now_ms, "d": 1, "e": state.epoch, "p": state.processed_ms, "o": list(owes)}
+        return {"t": now_ms, "d": 1, "e": state.epoch, "p": state.processed_ms} | owing
     entry = {"t": now_ms, "f": state.frontier_ms, "c": state.caught_up, "e": state.epoch}
-    return entry | {"p": state.processed_ms, "o": list(owes)}
+    return entry | {"p": state.processed_ms} | owing
 
 
-def _owes(entry: dict[str, Any]) -> tuple[int, int | None] | None:
-    """What a board entry says its process owes (None: it does not say: an older version, which
-    holds the judge-spend windows as a process not heard of does)."""
-    o = entry.get("o")
+def _owes(entry: dict[str, Any], field: str) -> tuple[int, int | None] | None:
+    """What a board entry says its process owes or holds (`field`; None: it does not say: an older
+    version, which holds those windows as a process not heard of does)."""
+    o = entry.get(field)
     if not (isinstance(o, list) and len(o) == 2 and isinstance(o[0], int)):
         return None
     return o[0], o[1] if isinstance(o[1], int) else None

@@ -62,6 +62,7 @@ from operators.alert_policy import AlertPolicy
 from operators.alert_rules import Reading, Rule, dec
 from operators.alert_state import DAY_MS, TenantLedger, month_bounds
 from operators.expensive import ExpensiveSlot
+from operators.owed import arrived_ms
 from operators.settled_dict import SettledDict
 
 # How often (event time) the ledger drops what no rule and no revision can need any more. Only memory
@@ -132,7 +133,7 @@ class _AlertLogic(StatefulBatchLogic[_In, _Out, bytes]):
         policy: AlertPolicy,
         clock: Callable[[], float],
         snapshot: bytes | None,
-        processed: Callable[[], int | None] = event_time.processed_ms,
+        processed: Callable[[], int | None] = arrived_ms,
     ) -> None:
         # the state as `snapshot` pickled it (this step's own recovery state)
         resume: _AlertState | None = None if snapshot is None else pickle.loads(snapshot)  # noqa: S301
@@ -424,7 +425,7 @@ def alerts(
     *,
     policy: AlertPolicy,
     clock: Callable[[], float] = time.time,
-    processed: Callable[[], int | None] = event_time.processed_ms,
+    processed: Callable[[], int | None] = arrived_ms,
 ) -> AlertsOut:
     """Alert level changes per tenant, and the sampling overrides they call for.
 

@@ -43,7 +43,7 @@ from bytewax.dataflow import Stream, operator
 
 from core.records import Evaluation, QualityEstimate
 from judges.base import FLAGGED
-from operators import event_time
+from operators.owed import arrived_ms
 from operators.sample_design import StratumCount
 from operators.tumbling import tumbling
 
@@ -395,7 +395,7 @@ def quality_estimates(
     design: Stream[StratumCount] | None = None,
     sample_window_s: int | None = None,
     clock: Callable[[], float] | None = None,
-    processed: Callable[[], int | None] = event_time.processed_ms,
+    processed: Callable[[], int | None] = arrived_ms,
 ) -> Stream[QualityEstimate]:
     """Per (tenant, agent, metric) and window: the flagged rate with its 95% interval, and the
     prediction-powered rate beside it.

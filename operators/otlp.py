@@ -95,6 +95,7 @@ class OtlpContent(msgspec.Struct, gc=False, frozen=True, array_like=True):
     text: str = ""
     choice: int = -1
     call: Event | None = None
+    source: Source | None = None  # the Kafka message it came in, and where its partition stood then
 
 
 Decoded = Event | DeadLetter | OtlpCall | OtlpContent
@@ -199,7 +200,8 @@ def map_records(
             end_ms = (r.end_ns or r.start_ns) // 1_000_000
             out.append(OtlpCall(span_key, end_ms, event, has_content))
         else:
-            out.append(OtlpContent(span_key, event.ts_ms, _order(r, source, position), call=event))
+            order = _order(r, source, position)
+            out.append(OtlpContent(span_key, event.ts_ms, order, call=event, source=source))
     if skipped:
         metrics.OTLP_SKIPPED.inc(skipped)
     if not out:
@@ -228,11 +230,10 @@ def _message_content(r: Record, span_key: str, position: int, source: Source | N
         message = body.get("message")
         message = message if isinstance(message, dict) else {}
         index = body.get("index", 0)
-        return OtlpContent(
-            span_key, ts_ms, order, "assistant", _message_text(message), choice=int(index or 0)
-        )
+        text = _message_text(message)
+        return OtlpContent(span_key, ts_ms, order, "assistant", text, choice=int(index or 0), source=source)
     role = str(body.get("role") or MESSAGE_EVENTS[str(r.event_name)])
-    return OtlpContent(span_key, ts_ms, order, role, _message_text(body))
+    return OtlpContent(span_key, ts_ms, order, role, _message_text(body), source=source)
 
 
 def _message_text(message: dict[str, Any]) -> str:

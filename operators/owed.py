@@ -154,22 +154,42 @@ def _ms(owed: float) -> int | None:
     return None if owed == _NOTHING else int(owed)
 
 
-OWED = OwedWork()
+OWED = OwedWork()  # the sampler and the judges: what the judge-side windows wait for
+JOINED = OwedWork()  # the OTLP join (`operators.otlp_join`): what every stage after it waits for
+
+
+def arrived_ms() -> int | None:
+    """How far the stages after the OTLP join may take their windows as complete: what the flow has
+    processed of every partition (`event_time.processed_ms`), no further than the earliest event the
+    join still holds (None: no Kafka input, the watermark decides — or every partition is read and
+    processed and nothing is held)."""
+    return _arrived_ms(event_time.INPUT, JOINED)
 
 
 def judged_ms() -> int | None:
     """How far the judge-spend windows (and what follows them) may take their windows as complete:
-    what the flow has processed of every partition, no further than the earliest event a stage still
-    owes them (None: no Kafka input, the watermark decides — or every partition is read and processed
-    and nothing is owed)."""
-    return _judged_ms(event_time.INPUT, OWED)
+    `arrived_ms`, no further than the earliest event the sampler or a judge still owes them (None: no
+    Kafka input, the watermark decides — or every partition is read and processed and nothing is
+    owed)."""
+    return _judged_ms(event_time.INPUT, OWED, JOINED)
 
 
-def _judged_ms(progress: _Epochs, owed: OwedWork) -> int | None:
+def _arrived_ms(progress: _Epochs, joined: OwedWork) -> int | None:
     if not progress.has_input():
         return None
-    processed, owes = progress.processed_ms(), owed.owed_ms()
-    behind = 0 if processed is None or owes is None or owes < 0 else max(0, processed - owes)
+    return _earliest(progress.processed_ms(), joined.owed_ms())
+
+
+def _judged_ms(progress: _Epochs, owed: OwedWork, joined: OwedWork | None = None) -> int | None:
+    if not progress.has_input():
+        return None
+    processed = progress.processed_ms() if joined is None else _arrived_ms(progress, joined)
+    owes = owed.owed_ms()
+    behind = 0 if processed is None or owes is None or owes < 0 or processed < 0 else max(0, processed - owes)
     metrics.JUDGE_FRONTIER_BEHIND.set(behind / 1000)
-    bounds = [b for b in (processed, owes) if b is not None]
-    return min(bounds, default=None)
+    return _earliest(processed, owes)
+
+
+def _earliest(*bounds: int | None) -> int | None:
+    """The earliest of the bounds that are set (None: none is)."""
+    return min((b for b in bounds if b is not None), default=None)

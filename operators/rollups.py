@@ -28,6 +28,7 @@ from bytewax.operators import StatefulBatchLogic
 from core.records import CostWindow, LedgerEntry
 from operators import event_time
 from operators.ledger import SEP, key_of, window_row
+from operators.owed import arrived_ms
 
 
 @dataclass(slots=True)
@@ -47,7 +48,7 @@ class _RollupLogic(StatefulBatchLogic[CostWindow, CostWindow, _RollupState]):
         lateness_ms: int,
         clock_us: Callable[[], int],
         resume: _RollupState | None,
-        processed: Callable[[], int | None] = event_time.processed_ms,
+        processed: Callable[[], int | None] = arrived_ms,
     ) -> None:
         self._sizes = tuple(sizes_ms)
         self._lateness = lateness_ms
@@ -183,7 +184,7 @@ def rollup(
     sizes_s: Sequence[int],
     allowed_lateness_s: int,
     clock_us: Callable[[], int] = lambda: time.time_ns() // 1000,
-    processed: Callable[[], int | None] = event_time.processed_ms,
+    processed: Callable[[], int | None] = arrived_ms,
 ) -> Stream[CostWindow]:
     """Roll window rows up to coarser windows (e.g. 1 h and 1 day) per key and category.
 

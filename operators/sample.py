@@ -364,7 +364,7 @@ class _SampleLogic(StatefulBatchLogic[_In, _Decided, _SampleState]):
         idle_s = self._sampler.idle_s
         # and the flow has processed what every partition of the input (every process's, with
         # several) released up to there: none of the window's events is still on its way
-        frontier = event_time.INPUT.processed_ms()
+        frontier = owed.arrived_ms()
         idle = None  # (read once, when a window first needs it)
         for start in sorted(s.open):
             if self._waits_for_alerts(start):

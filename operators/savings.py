@@ -42,7 +42,7 @@ from core.records import (
 )
 from judges.base import JudgeItem
 from judges.rubrics import build_prompt
-from operators import event_time
+from operators.owed import arrived_ms
 from operators.price import Catalog, Rates, override_rates
 from operators.tumbling import tumbling
 
@@ -205,7 +205,7 @@ def judge_savings(
     size_s: int,
     allowed_lateness_s: int,
     clock: Callable[[], float] | None = None,
-    processed: Callable[[], int | None] = event_time.processed_ms,
+    processed: Callable[[], int | None] = arrived_ms,
 ) -> Stream[JudgeSavings]:
     """The savings ledger per (tenant, window); see the module docstring.
 

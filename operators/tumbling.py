@@ -49,6 +49,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from core import metrics
 from operators import event_time
+from operators.owed import arrived_ms
 from operators.stage import stage_of
 
 X = TypeVar("X")
@@ -154,7 +155,7 @@ class _Spec(Generic[X, A, R]):
     rows: Callable[[str, int, A, int], list[R]]
     clock: Callable[[], float]
     copy: Callable[[A], A] = deepcopy  # one accumulator, for snapshots: later folds must not reach it
-    processed: Callable[[], int | None] = event_time.processed_ms
+    processed: Callable[[], int | None] = arrived_ms
 
 
 class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
@@ -303,7 +304,7 @@ def tumbling(
     idle_s: float = 300.0,
     clock: Callable[[], float] = time.time,
     copy: Callable[[A], A] = deepcopy,
-    processed: Callable[[], int | None] = event_time.processed_ms,
+    processed: Callable[[], int | None] = arrived_ms,
 ) -> Stream[R]:
     """Per `key_of(record)`: fold records into windows, emit `rows(key, window_start_ms,
     acc, version)` when a window closes or changes (see the module docstring).

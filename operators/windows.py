@@ -60,6 +60,7 @@ from core import metrics
 from core.records import CostWindow, Event, LedgerEntry
 from operators import event_time
 from operators.ledger import combine, combine_events, key_of, window_row
+from operators.owed import arrived_ms
 from operators.stage import stage_of
 
 _NONE: frozenset[int] = frozenset()
@@ -111,7 +112,7 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         resume: _WindowState | None,
         category: str = "llm",
         provisional_s: float = 0.0,
-        processed: Callable[[], int | None] = event_time.processed_ms,
+        processed: Callable[[], int | None] = arrived_ms,
     ) -> None:
         self._category = category
         self._processed = processed
@@ -306,7 +307,7 @@ def cost_window(
     category: str = "llm",
     provisional_s: float = 0.0,
     clock: Callable[[], float] = time.time,
-    processed: Callable[[], int | None] = event_time.processed_ms,
+    processed: Callable[[], int | None] = arrived_ms,
 ) -> Stream[CostWindow]:
     """Windowed spend per (tenant, agent, model, variant); see the module docstring.
 

@@ -31,6 +31,7 @@ def _fresh_input_progress() -> None:
     stage owing anything (operators.owed)."""
     event_time.INPUT.reset()
     owed.OWED.reset()
+    owed.JOINED.reset()
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ from operators import event_time
 from operators.dedup import Candidate
 from operators.judge import _JudgeState, _owed_ms, _Waiting
 from operators.ledger import combine
-from operators.owed import OWED, OwedWork, _judged_ms
+from operators.owed import OWED, OwedWork, _arrived_ms, _judged_ms
 from operators.sample import _SampleLogic, tally_batch
 from operators.sample_design import Sampler
 from operators.windows import _WindowLogic
@@ -149,6 +149,20 @@ def test_the_judge_spend_windows_wait_for_the_flow_and_for_what_is_owed():
     assert _judged_ms(epochs, board) == BASE + MIN
     epochs.kafka = False  # no Kafka input (an in-memory source): the watermark decides
     assert _judged_ms(epochs, board) is None
+
+
+def test_the_stages_after_the_otlp_join_wait_for_what_it_holds_and_the_judge_side_for_both():
+    epochs = _Epochs(processed=BASE + 10 * MIN)
+    joined, owed = OwedWork(epochs), OwedWork(epochs)
+    assert _arrived_ms(epochs, joined) == _judged_ms(epochs, owed, joined) == BASE + 10 * MIN
+    joined.seal(joined.key(), BASE + 2 * MIN)  # a span waiting for its log records
+    assert _arrived_ms(epochs, joined) == _judged_ms(epochs, owed, joined) == BASE + 2 * MIN
+    owed.seal(owed.key(), BASE + MIN)
+    assert (_arrived_ms(epochs, joined), _judged_ms(epochs, owed, joined)) == (BASE + 2 * MIN, BASE + MIN)
+    epochs.processed = None  # every partition read to its end and processed: the join still holds
+    assert _arrived_ms(epochs, joined) == BASE + 2 * MIN
+    epochs.kafka = False  # no Kafka input: the watermark decides
+    assert _arrived_ms(epochs, joined) is None and _judged_ms(epochs, owed, joined) is None
 
 
 def test_how_far_the_judges_hold_the_windows_back_is_a_metric():

@@ -161,16 +161,18 @@ def test_rounds_come_faster_while_a_backlog_is_read(kafka):
 
 def test_what_a_process_owes_the_judge_spend_windows_crosses_the_board(kafka):
     """Process 2's judge owes an event: process 1's judge-spend windows wait for it, and process
-    1's own seals count only up to the epoch process 2 published from."""
+    1's own seals count only up to the epoch process 2 published from. What process 2's OTLP join
+    holds crosses the same way, apart from it."""
     kafka.create_topic(TOPIC, 2)
     now = [1_000.0]
     one, two = InputProgress(), InputProgress()
     owed_one, owed_two = OwedWork(one), OwedWork(two)
-    b1 = ProgressBoard(
-        kafka.bootstrap, [TOPIC], group="g4", progress=one, owed=owed_one, clock=lambda: now[0]
-    )
-    b2 = ProgressBoard(
-        kafka.bootstrap, [TOPIC], group="g4", progress=two, owed=owed_two, clock=lambda: now[0]
+    joined_one, joined_two = OwedWork(one), OwedWork(two)
+    b1, b2 = (
+        ProgressBoard(
+            kafka.bootstrap, [TOPIC], group="g4", progress=p, owed=o, joined=j, clock=lambda: now[0]
+        )
+        for p, o, j in ((one, owed_one, joined_one), (two, owed_two, joined_two))
     )
     try:
         for b in (b1, b2):
@@ -197,6 +199,13 @@ def test_what_a_process_owes_the_judge_spend_windows_crosses_the_board(kafka):
         b1.step()
         assert owed_one.owed_ms() == 200  # what process 2's judge owes
         assert b1._owed.local_ms() == (9, None)
+        # what process 2's OTLP join holds crosses apart: the stages after the join wait for it
+        assert joined_one.owed_ms() is None
+        joined_two.seal(joined_two.key(), 300)
+        now[0] += 0.2
+        b2.step()
+        b1.step()
+        assert (joined_one.owed_ms(), owed_one.owed_ms()) == (300, 200)
     finally:
         b1.close()
         b2.close()
