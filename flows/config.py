@@ -81,7 +81,8 @@ class OtlpConfig(_Section):
     tenant_attribute: str = "tenant.id"
     variant_attribute: str = "judgeflow.variant"
     default_tenant: str = ""  # empty: a call without a tenant attribute is dead-lettered
-    # event time a span without content waits for the log records of its span (operators/otlp_join.py)
+    # how long a span without content waits for the log records of its span: past its end, and past
+    # where its partition stood when it was read (operators/otlp_join.py)
     join_wait_s: float = Field(5.0, ge=0, le=3600)
     # the longest LLM call: a call's message log records are written when it starts, its span when it
     # ends, so a message record waits this much longer for its span before it is given up

@@ -1,4 +1,9 @@
-"""What the sampler and the judges still owe the stages after them: one home for the judge frontier.
+"""What stages still owe the stages after them: one home for the judge frontier and the OTLP join's.
+
+Two ledgers of the same kind. `JOINED`: the OTLP join (`operators.otlp_join`) holds a span until its
+log records have come, so every stage after it takes a window as complete only once the flow has
+processed where every partition stood AND the join holds nothing earlier (`arrived_ms`). `OWED`: the
+sampler and the judges, for the judge-side windows (`judged_ms`, which waits for both).
 
 Judge spend is made long after its request: the sampler holds a tenant's events until their window is
 decided, and the judge holds an event until its LLM calls are done (retries, a provider outage:
@@ -11,7 +16,8 @@ quality estimates and the savings ledger wait the same way before a window is fi
 
 What a stage owes. Each key of such a stage *seals*, at every epoch's end (its `snapshot`), the
 earliest event time it still owes downstream (`seal`; None: nothing): the sampler its oldest open
-window's start, the judge the oldest event under way or finished and not yet emitted.
+window's start, the judge the oldest event under way or finished and not yet emitted, the join the
+oldest call it has not sent on.
 
 When a seal counts. An event the key no longer owes may have left in that epoch and still be on its
 way downstream. bytewax reads in epoch e+1 only once the whole flow has processed epoch e (its
@@ -22,10 +28,11 @@ A key's seals count from its newest one that counts on, all of them (the minimum
 any of them is owed until its leaving is processed; the one it came from upstream owed it until then.
 
 Several processes. Every process publishes, with its partitions on the progress board
-(`flows.progress_board`), what it owes and the epoch the cluster read in when it said so (`local_ms`);
-a process's own seals count only up to the epoch every other process has published from
-(`set_remote`), so an event that moved from one process's stage to another's is owed by one of them
-all along. A process not heard of holds everything (as for `processed_ms`).
+(`flows.progress_board`: "o" for `OWED`, "j" for `JOINED`), what it owes and the epoch the cluster
+read in when it said so (`local_ms`); a process's own seals count only up to the epoch every other
+process has published from (`set_remote`), so an event that moved from one process's stage to
+another's is owed by one of them all along. A process not heard of holds everything (as for
+`processed_ms`).
 """
 
 from __future__ import annotations

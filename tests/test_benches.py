@@ -24,6 +24,7 @@ SMALL = {
     "kafka_source.py": ["--events", "4000", "--repeat", "1"],
     "local_model.py": ["--benign", "50", "--timed", "40", "--repeat", "1"],
     "otlp_decode.py": ["--events", "200", "--spans", "1", "5", "--repeat", "1"],
+    "otlp_join.py": ["--calls", "500", "--repeat", "1"],
     "profile_stages.py": ["--events", "1000"],
     "retention_disk.py": ["--events", "500"],
     "rules_engines.py": ["--events", "50", "--repeat", "1"],
