@@ -271,7 +271,8 @@ OTLP_JOIN = Counter(
     "OTLP spans and log records through the content join, by outcome: joined (a span got its content"
     " from log records), no_content (a span sent on without it after the bound), details_alone (a"
     " details event without its span, its own event), unmatched_logs (message log records whose span"
-    " never came: dropped), late_logs (log records after their span was sent on: dropped)",
+    " never came: dropped), late_logs (log records after their span was sent on: dropped), late_span (a"
+    " span after its details event went on alone with the same call: dropped)",
     ["outcome"],
 )
 OVERRIDES_ACTIVE = Gauge("judgeflow_sampler_overrides_active", "Tenant sampling overrides in force")

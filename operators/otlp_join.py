@@ -25,7 +25,8 @@ over every worker, one item per batch and shard crossing workers). Per span:
   whose span never comes are dropped and counted (`unmatched_logs`) — they
   carry no usage, so nothing is lost from the ledger; records of a span
   already sent on are dropped and counted (`late_logs`), so a details event
-  never counts a call twice.
+  never counts a call twice; nor does a span that comes after its details
+  event went on alone (`late_span`).
 
 The clock, with Kafka input: *where the partitions stood* (`Source.after_ms`,
 `operators.event_time`). A shard takes its items in, one by one, in the order
@@ -84,6 +85,7 @@ class _JoinState:
     parts: dict[str, list[OtlpContent]] = field(default_factory=dict)  # log records waiting
     due: dict[str, int] = field(default_factory=dict)  # span key -> event time it is settled at
     done: dict[str, int] = field(default_factory=dict)  # span keys sent on -> event time to forget them
+    alone: set[str] = field(default_factory=set)  # keys in `done` whose details event went on alone
     # (time, key) heaps over `due` and `done`; an entry whose time no longer matches is stale
     due_heap: list[tuple[int, str]] = field(default_factory=list)
     done_heap: list[tuple[int, str]] = field(default_factory=list)
@@ -120,6 +122,8 @@ class _JoinLogic(StatefulBatchLogic[list[Item], list[Event], _JoinState]):
             resume.seen_at_s = clock()  # the downtime is not event-time progress
             if not hasattr(resume, "pending"):  # a snapshot from before items waited for their position
                 resume.pending, resume.pushed = [], 0
+            if not hasattr(resume, "alone"):
+                resume.alone = set()
             joined.seal(self._owed, self._held_ms())  # what it held is held from the start
 
     def on_batch(self, values: list[list[Item]]) -> tuple[Iterable[list[Event]], bool]:
@@ -183,6 +187,7 @@ class _JoinLogic(StatefulBatchLogic[list[Item], list[Event], _JoinState]):
             parts={k: list(v) for k, v in s.parts.items()},
             due=dict(s.due),
             done=dict(s.done),
+            alone=set(s.alone),
             due_heap=list(s.due_heap),
             done_heap=list(s.done_heap),
             pending=list(s.pending),
@@ -225,8 +230,11 @@ class _JoinLogic(StatefulBatchLogic[list[Item], list[Event], _JoinState]):
     def _call(self, c: OtlpCall, out: list[Event]) -> None:
         s = self._s
         key = c.span_key
-        if key in s.done:  # the same span again (a re-delivery): the redelivery stage decides
-            out.append(c.event)
+        if key in s.done:
+            if key in s.alone:  # its details event went on alone with the same call: never twice
+                metrics.OTLP_JOIN.labels("late_span").inc()
+            else:  # the same span again (a re-delivery): the redelivery stage decides
+                out.append(c.event)
             return
         at = _at(c.event.source, c.end_ms)
         details = next((p.call for p in s.parts.get(key, ()) if p.call is not None), None)
@@ -272,13 +280,16 @@ class _JoinLogic(StatefulBatchLogic[list[Item], list[Event], _JoinState]):
             heapq.heappop(s.due_heap)  # settled or moved since
         return s.due_heap[0][0] if s.due_heap else None
 
-    def _finish(self, key: str, at_ms: int) -> None:
+    def _finish(self, key: str, at_ms: int, *, alone: bool = False) -> None:
+        """The span's call went on (`alone`: as its details event): what comes of it later is late."""
         s = self._s
         s.calls.pop(key, None)
         s.due.pop(key, None)
         s.parts.pop(key, None)  # records of a span that had its content add nothing
         until = max(at_ms, s.newest_ms) + self._wait
         s.done[key] = until
+        if alone:
+            s.alone.add(key)
         heapq.heappush(s.done_heap, (until, key))
 
     def _settle(self, now_ms: int | None, out: list[Event]) -> None:
@@ -293,7 +304,7 @@ class _JoinLogic(StatefulBatchLogic[list[Item], list[Event], _JoinState]):
                 messages = [p for p in parts if p.call is None and p.text]
                 metrics.OTLP_JOIN.labels("joined" if messages else "no_content").inc()
                 out.append(_assembled(call.event, messages) if messages else call.event)
-                self._finish(key, call.end_ms)
+                self._finish(key, first)
                 continue
             details = [p.call for p in parts if p.call is not None]
             if details:
@@ -301,11 +312,12 @@ class _JoinLogic(StatefulBatchLogic[list[Item], list[Event], _JoinState]):
                 out.append(min(details, key=lambda e: e.event_id))
             if len(parts) > len(details):
                 metrics.OTLP_JOIN.labels("unmatched_logs").inc(len(parts) - len(details))
-            self._finish(key, first)
+            self._finish(key, first, alone=bool(details))
         while now_ms is not None and s.done_heap and s.done_heap[0][0] <= now_ms:
             until, key = heapq.heappop(s.done_heap)
             if s.done.get(key) == until:
                 del s.done[key]
+                s.alone.discard(key)
 
 
 def _assembled(e: Event, messages: list[OtlpContent]) -> Event:

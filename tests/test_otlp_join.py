@@ -192,6 +192,16 @@ def test_log_records_after_their_span_went_on_are_dropped_never_a_second_event()
     assert outcome("late_logs") - before == 2
 
 
+def test_a_span_after_its_details_event_went_on_alone_is_dropped_never_a_second_call() -> None:
+    before = outcome("late_span")
+    out = run([[details("a", T0)], [tick(T0 + WAIT_MS)], [span("a", T0)], [span("b", content=True)]])
+    assert [e.event_id for e in out] == ["log:resp-a", "b"]  # the call of span a counts once
+    assert outcome("late_span") - before == 1
+    # a span that went on itself, delivered again, is left to the redelivery stage
+    out = run([[span("c", content=True)], [span("c", content=True)]])
+    assert [e.event_id for e in out] == ["c", "c"]
+
+
 def test_the_same_records_give_the_same_events_however_they_are_batched() -> None:
     items = [
         msg("a", "user", "q-a", T0),
