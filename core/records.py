@@ -191,6 +191,7 @@ class Evaluation(msgspec.Struct, gc=False, frozen=True, array_like=True):
     error: str = ""
     stratum: str = ""  # the sampler's stratum of the event (within its tenant and window)
     cheap: bool = False  # the cheap signal flagged the event for this metric (tier-0 rules or local flag)
+    after_ms: int | None = None  # where the event's partition stood when it was read (`Source.after_ms`)
 
 
 def entry_hash(entry_id: str) -> int:
@@ -257,6 +258,9 @@ class SavingsEntry(msgspec.Struct, gc=False, array_like=True):
     chosen: int = 0  # events the sampler chose to judge
     allowed: int = 0  # the most it could choose: the tenant's cap or judged-share ceiling, else every event
     forced: int = 0  # events the rules would have judged all of (tier-0 flags, long conversations)
+    # where its events' partitions stood when they were read (the latest), when they are late for
+    # the savings window (None: they are not; the estimates and savings drop late ones in every run)
+    after_ms: int | None = None
 
     def add(self, other: SavingsEntry) -> None:
         self.ts_ms = max(self.ts_ms, other.ts_ms)

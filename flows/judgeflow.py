@@ -134,6 +134,7 @@ def build_flow(
         alerts=spend_alerts.progress if d.alert_policy.actions else None,
         metrics_=tuple(d.plan.metrics),  # those with tier-0 rules: flags counted on every event
         local=d.local if cfg.judges.local.score_every_event else None,  # `<metric>.local` flags
+        judged_window_s=(cfg.windows.size_s, cfg.windows.judge_allowed_lateness_s),
     )
     judged = judge(
         "judge",

@@ -434,4 +434,5 @@ def quality_estimates(
         clock=clock or time.time,
         copy=_Acc.copy,
         processed=processed,
+        after_of=lambda v: v.after_ms,  # (a design record's: set when its events are late)
     )

@@ -450,6 +450,7 @@ def _evaluation(
         error=error,
         stratum=c.stratum,
         cheap=v.metric in c.cheap,
+        after_ms=e.source.after_ms if e.source is not None else None,
     )
 
 

@@ -159,6 +159,9 @@ class _Part:
     strata: dict[str, StratumTally]
     savings: SavingsEntry
     late: bool = False  # events their partition released after the window's end plus lateness
+    # where their partitions stood (the latest), when they are late for the estimates' and
+    # savings' window too (`judged_window_s`), which then drop what comes of them in every run
+    after_ms: int | None = None
 
 
 def tally_batch(
@@ -169,14 +172,20 @@ def tally_batch(
     baseline: Callable[[Event], tuple[int, int]],
     cheap: Sequence[str] = (),
     local: LocalFlags | None = None,
+    judged_window_s: tuple[int, int] | None = None,
 ) -> list[_Part]:
     """Flag and stratify a batch (each candidate gets its event with `flags`, its `stratum` and
     `cheap`) and tally it per (tenant, window): counts per stratum (with the cheap signal of the
     `cheap` metrics), and only the candidates any outcome may choose; the savings of the
-    others are counted here. `local`: the local models add their flags (`operators.local_flags`)."""
+    others are counted here. `local`: the local models add their flags (`operators.local_flags`).
+    `judged_window_s`: the estimates' and savings' window and allowed lateness; events late by
+    their position for it are tallied apart, with that position."""
     size_ms = sampler.window_s * 1000
     closes_ms = size_ms + int(sampler.allowed_lateness_s * 1000)
-    parts: dict[tuple[str, int, bool], _Part] = {}
+    judged_ms, judged_lateness_ms = (
+        (0, 0) if judged_window_s is None else (judged_window_s[0] * 1000, judged_window_s[1] * 1000)
+    )
+    parts: dict[tuple[str, int, bool, bool], _Part] = {}
     items = [JudgeItem(c.event.input_text, c.event.output_text, c.event.context) for c in cands]
     scored = local.flags(items) if local is not None else None
     for i, c in enumerate(cands):
@@ -191,12 +200,18 @@ def tally_batch(
         window = e.ts_ms - e.ts_ms % size_ms
         after = e.source.after_ms if e.source is not None else None
         late = event_time.late(after, window + closes_ms)  # its partition was past the window
-        part = parts.get((e.tenant_id, window, late))
+        # ... and past the estimates' and savings' window (of the sampler window's start)
+        stale = (
+            late and judged_ms > 0 and event_time.late(after, _closes(window, judged_ms, judged_lateness_ms))
+        )
+        part = parts.get((e.tenant_id, window, late, stale))
         if part is None:
-            part = parts[(e.tenant_id, window, late)] = _Part(
+            part = parts[(e.tenant_id, window, late, stale)] = _Part(
                 e.tenant_id, window, {}, SavingsEntry(tenant_id=e.tenant_id, ts_ms=e.ts_ms), late
             )
         sv = part.savings
+        if stale and after is not None:
+            part.after_ms = sv.after_ms = max(part.after_ms or -1, after)
         sv.ts_ms = max(sv.ts_ms, e.ts_ms)
         calls, pusd = baseline(e)
         sv.events += 1
@@ -298,7 +313,13 @@ class _SampleLogic(StatefulBatchLogic[_In, _Decided, _SampleState]):
             if part.savings.ts_ms > s.max_ts_ms:
                 s.max_ts_ms, s.seen_at_s = part.savings.ts_ms, now
             if part.late or part.window in s.closed:
-                out.extend(self._decide(part.tenant, part.window, part.strata, part.savings, late=True))
+                decided = self._decide(part.tenant, part.window, part.strata, part.savings, late=True)
+                if part.after_ms is not None:  # late for the estimates too: they drop its design
+                    decided = [
+                        msgspec.structs.replace(d, after_ms=part.after_ms) if _is_design(d) else d
+                        for d in decided
+                    ]
+                out.extend(decided)
                 continue
             w = s.open.get(part.window)
             self._copies.pop(part.window, None)
@@ -455,6 +476,11 @@ class _SampleLogic(StatefulBatchLogic[_In, _Decided, _SampleState]):
         return out
 
 
+def _closes(window_ms: int, size_ms: int, lateness_ms: int) -> int:
+    """When the `size_ms` window holding a sampler window's start closes (its end plus lateness)."""
+    return window_ms - window_ms % size_ms + size_ms + lateness_ms
+
+
 def _is_candidate(x: Candidate | _Part | DeadLetter) -> TypeGuard[Candidate]:
     return type(x) is Candidate
 
@@ -509,6 +535,7 @@ def sample(
     alerts: Stream[AlertProgress] | None = None,
     metrics_: Sequence[str] = (),
     local: LocalJudge | None = None,
+    judged_window_s: tuple[int, int] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> SampleOut:
     """Flag, stratify and choose events to judge (see the module docstring).
@@ -524,6 +551,9 @@ def sample(
             cheap signal counted on every event (`StratumCount.cheap`) and marked on each candidate.
         local: the local model tier, to score every event with (`operators.local_flags`: the
             `<metric>.local` flags, and the cheap signal of the metrics it scores); None: off.
+        judged_window_s: the window and allowed lateness of the estimates and the savings ledger:
+            the design and savings of events late by their position for it carry that position, so
+            those stages drop them in every run (as they drop those events' verdicts).
     """
     scoring = LocalFlags(local) if local is not None else None
     cheap = cheap_metrics(rules, metrics_, scoring)
@@ -532,7 +562,13 @@ def sample(
     def assign_batch(cands: list[Candidate]) -> Iterable[Candidate | _Part | DeadLetter]:
         def tally(cs: list[Candidate]) -> list[_Part]:
             return tally_batch(
-                cs, sampler=sampler, rules=rules, baseline=baseline, cheap=cheap, local=scoring
+                cs,
+                sampler=sampler,
+                rules=rules,
+                baseline=baseline,
+                cheap=cheap,
+                local=scoring,
+                judged_window_s=judged_window_s,
             )
 
         # an event that makes the tally raise (a bug) is stored, never judged, and a dead letter

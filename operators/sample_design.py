@@ -290,6 +290,9 @@ class StratumCount(msgspec.Struct, gc=False, frozen=True, array_like=True):
     chosen: int
     inclusion_prob: float
     cheap: tuple[tuple[str, int], ...]  # (metric, events the cheap signal flagged), by metric
+    # where its events' partitions stood when they were read (the latest), when they are late for
+    # the estimates' window (None: they are not; `operators.estimates` drops late ones in every run)
+    after_ms: int | None = None
 
 
 def choose(strata: dict[str, StratumTally], cap: int | None, *, salt: str = "", cut: str = CAP) -> Choice:

@@ -42,6 +42,7 @@ from core.records import (
 )
 from judges.base import JudgeItem
 from judges.rubrics import build_prompt
+from operators import event_time
 from operators.owed import arrived_ms
 from operators.price import Catalog, Rates, override_rates
 from operators.tumbling import tumbling
@@ -111,12 +112,17 @@ def _chars(prompt: Any) -> int:
 
 def from_spend(x: LedgerEntry) -> SavingsEntry:
     return SavingsEntry(
-        tenant_id=x.tenant_id, ts_ms=x.ts_ms, judge_calls=x.judge_calls, judge_pusd=x.judge_cost_pusd
+        tenant_id=x.tenant_id,
+        ts_ms=x.ts_ms,
+        judge_calls=x.judge_calls,
+        judge_pusd=x.judge_cost_pusd,
+        after_ms=x.after_ms,
     )
 
 
 def from_evaluation(v: Evaluation) -> SavingsEntry:
-    return SavingsEntry(tenant_id=v.tenant_id, ts_ms=v.ts_ms, cache_calls=1 if v.cache_hit else 0)
+    cache = 1 if v.cache_hit else 0
+    return SavingsEntry(tenant_id=v.tenant_id, ts_ms=v.ts_ms, cache_calls=cache, after_ms=v.after_ms)
 
 
 @dataclass
@@ -181,16 +187,20 @@ def fold(acc: _Acc, x: SavingsEntry) -> None:
     acc.entry.add(x)
 
 
-def combine(entries: Iterable[SavingsEntry], size_ms: int) -> list[SavingsEntry]:
-    """Sum a batch's entries per (tenant, window) before they cross workers."""
-    acc: dict[tuple[str, int], SavingsEntry] = {}
+def combine(entries: Iterable[SavingsEntry], size_ms: int, lateness_ms: int) -> list[SavingsEntry]:
+    """Sum a batch's entries per (tenant, window) before they cross workers, those of events late
+    by their position for the window (`event_time.late`) apart, keeping the latest position."""
+    acc: dict[tuple[str, int, bool], SavingsEntry] = {}
     for x in entries:
-        k = (x.tenant_id, x.ts_ms - x.ts_ms % size_ms)
+        window = x.ts_ms - x.ts_ms % size_ms
+        late = event_time.late(x.after_ms, window + size_ms + lateness_ms)
+        k = (x.tenant_id, window, late)
         cur = acc.get(k)
         if cur is None:
-            acc[k] = SavingsEntry(tenant_id=x.tenant_id, ts_ms=x.ts_ms)
-            cur = acc[k]
+            cur = acc[k] = SavingsEntry(tenant_id=x.tenant_id, ts_ms=x.ts_ms)
         cur.add(x)
+        if late:
+            cur.after_ms = max(cur.after_ms or -1, x.after_ms or -1)
     return list(acc.values())
 
 
@@ -224,7 +234,8 @@ def judge_savings(
         op.map("spend", spend, from_spend),
         op.map("cached", op.filter("hits", evaluations, _is_hit), from_evaluation),
     )
-    combined = op.flat_map_batch("combine", entries, lambda xs: combine(xs, size_ms))
+    lateness_ms = allowed_lateness_s * 1000
+    combined = op.flat_map_batch("combine", entries, lambda xs: combine(xs, size_ms, lateness_ms))
 
     def rows(_key: str, start: int, acc: _Acc, version: int) -> list[JudgeSavings]:
         assert acc.entry is not None
@@ -245,6 +256,7 @@ def judge_savings(
         clock=clock or time.time,
         copy=_Acc.copy,
         processed=processed,
+        after_of=lambda x: x.after_ms,
     )
 
 

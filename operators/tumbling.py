@@ -21,7 +21,11 @@ LLM verdicts over the next minutes. So a window is
 
 Records for a window already forgotten are counted
 (`judgeflow_late_records_dropped_total{step}`) and dropped: these windows hold
-statistics, and the exact judge spend is in the cost windows anyway. A window
+statistics, and the exact judge spend is in the cost windows anyway. So is a
+record whose events were read when their partition had already passed the
+window's end plus the allowed lateness (`after_of`, `event_time.late`), even
+if the window is still open: whether it still is depends on timing, the
+record's position does not. A window
 first seen after its end (a replay's first record for it) simply opens.
 
 Memory: a key remembers which windows are final for a day of event time behind
@@ -156,6 +160,7 @@ class _Spec(Generic[X, A, R]):
     clock: Callable[[], float]
     copy: Callable[[A], A] = deepcopy  # one accumulator, for snapshots: later folds must not reach it
     processed: Callable[[], int | None] = arrived_ms
+    after_of: Callable[[X], int | None] | None = None  # where a record's events' partitions stood
 
 
 class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
@@ -190,9 +195,13 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
         if newest > s.max_ts_ms:
             s.max_ts_ms, s.seen_at_s = newest, now
         dropped = 0
+        closes_after = spec.size_ms + spec.lateness_ms
         for x in values:
             ts = spec.ts_of(x)
             start = ts - ts % spec.size_ms
+            if spec.after_of is not None and event_time.late(spec.after_of(x), start + closes_after):
+                dropped += 1  # late by position: dropped in every run, open window or not
+                continue
             acc = s.open.get(start)
             if acc is None:
                 if start in s.final:  # (an open window is never final)
@@ -305,12 +314,16 @@ def tumbling(
     clock: Callable[[], float] = time.time,
     copy: Callable[[A], A] = deepcopy,
     processed: Callable[[], int | None] = arrived_ms,
+    after_of: Callable[[X], int | None] | None = None,
 ) -> Stream[R]:
     """Per `key_of(record)`: fold records into windows, emit `rows(key, window_start_ms,
     acc, version)` when a window closes or changes (see the module docstring).
 
     Args:
         copy: an independent copy of one accumulator, for snapshots (default `deepcopy`).
+        after_of: where the partition of a record's event (of all of its events) stood when it
+            was read (`Source.after_ms`; None: not late): a record late by that position for its
+            window is dropped in every run, as the window may or may not be final when it comes.
     """
     spec = _Spec(
         stage_of(step_id),
@@ -325,6 +338,7 @@ def tumbling(
         clock,
         copy,
         processed,
+        after_of,
     )
     keyed = op.key_on("key", up, key_of)
     out = op.stateful_batch("windows", keyed, lambda resume: _TumblingLogic(spec, resume))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import UTC, datetime
 
 import pytest
 
@@ -54,3 +55,40 @@ def test_batch_size_and_a_second_run_do_not_change_any_table(kafka, chdb_dsn, ju
     }
     equal = dict.fromkeys(TABLES, (0, 0))
     assert differ == {"batch 1": equal, "again": equal}, differ
+
+
+@pytest.mark.slow
+def test_events_late_by_position_for_the_judge_side_windows_stay_out_of_estimates_and_savings(
+    kafka, chdb_dsn, judge_endpoint
+):
+    """Thirty events whose payload time is 45 minutes older than where their partition stood when
+    they were read: late by position for their estimate and savings windows (60 s + 30 min of
+    lateness). Some are judged, but no estimate or savings row counts them — in every run, not only
+    when their windows happened to be final already (those windows hold nothing else, so they have
+    no rows at all); their requests are corrections in the cost windows."""
+    kafka.create_topic("llm-events", 1)
+    messages = list(generate(limit=1500, bad=False))
+    stale = []
+    for i, (_, v, ts) in enumerate(messages[100:130]):
+        d = json.loads(v)
+        d["event_id"] = f"stale-{i}"
+        d["ts"] = datetime.fromtimestamp(ts / 1000 - 45 * 60, tz=UTC).isoformat()
+        stale.append((d["event_id"].encode(), json.dumps(d).encode(), ts))
+    produce_all(kafka.bootstrap, "llm-events", sorted(messages + stale, key=lambda m: m[2]))
+    client = connect(chdb_dsn, "late_judged")
+    ensure_schema(client, "late_judged")
+    overrides = {"sampling.base_rate": 1.0, "sampling.max_judged_share": 0.0}
+    run_flow(topic_flow_settings(kafka, chdb_dsn, "late_judged", judge_endpoint, **overrides))
+    old = min(m[2] for m in messages) - 40 * 60_000  # every stale event is older than this
+    judged_stale = client.query("SELECT count() FROM evaluations FINAL WHERE event_id LIKE 'stale-%'")
+    assert judged_stale.result_rows[0][0] > 0
+    for table in ("quality_estimates", "judge_savings"):
+        rows_ = client.query(
+            f"SELECT count() FROM {table} FINAL WHERE toUnixTimestamp64Milli(window_start) < {old}"
+        )
+        assert rows_.result_rows == [(0,)], table
+    corrections = client.query(
+        "SELECT sum(requests) FROM cost_windows FINAL WHERE category = 'llm' AND kind = 'correction'"
+        " AND window_s = 60"
+    )
+    assert corrections.result_rows == [(30,)]

@@ -33,6 +33,7 @@ from operators.sample_design import (
     PAUSED,
     RATE,
     Sampler,
+    StratumCount,
     StratumRule,
     allocate,
     unit_hash,
@@ -527,3 +528,35 @@ def test_an_event_its_partition_released_past_the_window_is_late_even_while_the_
     chosen_late = [with_them[e.event_id] for e in late if e.event_id in with_them]
     assert chosen_late and len(chosen_late) < len(late)
     assert {p for p, _ in chosen_late} == {sampler.base_rate}  # each alone, at its stratum's rate
+
+
+def test_events_late_for_the_estimates_window_too_carry_their_position_into_design_and_savings():
+    """An event late for its sampler window is decided alone; if its partition had also passed the
+    estimates' and savings' window (a 60-s window with 1,800 s of lateness here), its design record
+    and savings entry say where (the latest position), so those stages drop them in every run, as
+    they drop its verdicts (`Evaluation.after_ms`). Those merely late for the sampler carry none."""
+    sampler = Sampler()
+    judged = (60, 1_800)
+    closes = T0 + 60_000 + int(sampler.allowed_lateness_s * 1000)
+    stale_from = T0 + 60_000 + 1_800_000
+    events = [
+        event("on-time", T0 + 1_000, "acme", source=Source("t", 0, 1, after_ms=T0)),
+        event("late", T0 + 2_000, "acme", source=Source("t", 0, 2, after_ms=closes)),
+        event("stale-1", T0 + 3_000, "acme", source=Source("t", 1, 3, after_ms=stale_from)),
+        event("stale-2", T0 + 4_000, "acme", source=Source("t", 2, 4, after_ms=stale_from + 5)),
+    ]
+    parts = tally_batch(
+        [cand(e) for e in events], sampler=sampler, rules=RULES, baseline=BASELINE, judged_window_s=judged
+    )
+    got = {(p.late, p.after_ms, p.savings.events, p.savings.after_ms) for p in parts}
+    assert got == {(False, None, 1, None), (True, None, 1, None), (True, stale_from + 5, 2, stale_from + 5)}
+    logic = _SampleLogic(sampler, lambda: 0.0, None, stored=dict)
+    out, _ = logic.on_batch(parts)
+    design = [x for x in out if isinstance(x, StratumCount)]
+    assert {(d.events, d.after_ms) for d in design} == {(1, None), (2, stale_from + 5)}
+    # without the estimates' window (an older caller) nothing is kept apart
+    plain = tally_batch([cand(e) for e in events], sampler=sampler, rules=RULES, baseline=BASELINE)
+    assert sorted((p.late, p.after_ms, p.savings.events) for p in plain) == [
+        (False, None, 1),
+        (True, None, 3),
+    ]

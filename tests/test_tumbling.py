@@ -400,3 +400,18 @@ def test_a_window_is_final_only_once_the_flow_has_processed_every_partition_past
     logic.on_batch([T0 + 3 * MIN])  # final now
     assert list(logic.on_batch([T0 + 3])[0]) == []
     assert dropped("t_processed") == before + 1
+
+
+def test_a_record_late_by_its_position_is_dropped_even_while_its_window_is_open():
+    """Whether a window is still open when a late record comes depends on timing; where its event's
+    partition stood does not: a record read when its partition had passed the window's end plus
+    lateness is dropped in every run, and one read before goes in."""
+    from dataclasses import replace
+
+    now, processed = [1000.0], [T0]  # the flow holds minute 0 open
+    at = {T0 + 1: None, T0 + 2: T0 + MIN - 1, T0 + 3: T0 + MIN, T0 + 4: T0 + 10 * MIN}  # ts -> after_ms
+    spec = replace(counting_spec("t_position", now), processed=lambda: processed[0], after_of=at.get)
+    logic = _TumblingLogic(spec, None)
+    before = dropped("t_position")
+    assert list(logic.on_batch([T0 + 1, T0 + 2, T0 + 3, T0 + 4, T0 + 2 * MIN])[0]) == [(T0, 2)]
+    assert dropped("t_position") == before + 2
