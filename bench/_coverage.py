@@ -43,8 +43,9 @@ from operators.estimates import (
 )
 from operators.local_flags import LocalFlags
 from operators.price import override_rates
-from operators.sample import _SampleLogic, cheap_metrics, tally_batch
+from operators.sample import _SampleLogic, cheap_metrics
 from operators.sample_design import Sampler, StratumCount
+from operators.sample_tally import tally_batch
 from operators.savings import Baseline, ReferenceJudge
 from simulators.traffic import shared_data_dir
 

@@ -30,8 +30,9 @@ from _traffic import table
 from core.records import Event
 from operators.dedup import Candidate
 from operators.estimates import stratified_estimate
-from operators.sample import _SampleLogic, tally_batch
+from operators.sample import _SampleLogic
 from operators.sample_design import Sampler, StratumCount
+from operators.sample_tally import tally_batch
 from simulators.traffic import generate
 
 CEILINGS = (0.0, 0.2, 0.1)

@@ -159,8 +159,8 @@ def _tally_us(texts: list[str], batch: int, repeat: int) -> tuple[float, float] 
     from judges.local import LocalJudge, ProfanityCheck
     from operators.dedup import Candidate
     from operators.local_flags import LocalFlags, cheap_metrics
-    from operators.sample import tally_batch
     from operators.sample_design import Sampler
+    from operators.sample_tally import tally_batch
 
     try:
         local = LocalFlags(LocalJudge({"toxicity": ProfanityCheck()}))

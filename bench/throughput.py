@@ -64,7 +64,8 @@ from operators.decode import decode
 from operators.dedup import Candidate, dedup, lookup
 from operators.price import price
 from operators.rollups import rollup
-from operators.sample import _SampleLogic, sample, tally_batch
+from operators.sample import _SampleLogic, sample
+from operators.sample_tally import tally_batch
 from operators.windows import cost_window
 
 NO_CLICKHOUSE = "build_flow, counting sinks instead of ClickHouse"

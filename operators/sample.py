@@ -101,7 +101,8 @@ a hand-set override applies from when it was set.
 
 Memory per open (tenant, window): for each stratum the events below its rate
 (at most M when capped) plus the K smallest others — each worker pre-selects
-per batch the same way, so only these, and per-stratum counts, cross workers.
+per batch the same way (`operators.sample_tally`), so only these, and
+per-stratum counts, cross workers.
 """
 
 from __future__ import annotations
@@ -122,12 +123,12 @@ from core import metrics
 from core.dead_letters import guarded
 from core.ports import ControlStore, Override
 from core.records import DeadLetter, Event, SavingsEntry
-from judges.base import JudgeItem, RuleJudge
+from judges.base import RuleJudge
 from judges.local import LocalJudge
 from operators import event_time, owed
 from operators.alerts import AlertProgress
 from operators.dedup import Candidate
-from operators.local_flags import LocalFlags, cheap_flagged, cheap_metrics
+from operators.local_flags import LocalFlags, cheap_metrics
 from operators.sample_design import (
     CAP,
     FLAGGED,
@@ -135,7 +136,6 @@ from operators.sample_design import (
     LONG,
     SEP,
     SHARE,
-    Held,
     Sampler,
     StratumCount,
     StratumTally,
@@ -144,101 +144,10 @@ from operators.sample_design import (
     late_rate,
     throttle,
 )
+from operators.sample_tally import Part, tally_batch
 from operators.stage import stage_of
 
 # --- the operator ---------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Part:
-    """What one worker's batch adds to one tenant's window: per-stratum tallies
-    (with the pre-selected candidates) and the savings of the events it dropped."""
-
-    tenant: str
-    window: int
-    strata: dict[str, StratumTally]
-    savings: SavingsEntry
-    late: bool = False  # events their partition released after the window's end plus lateness
-    # where their partitions stood (the latest), when they are late for the estimates' and
-    # savings' window too (`judged_window_s`), which then drop what comes of them in every run
-    after_ms: int | None = None
-
-
-def tally_batch(
-    cands: Sequence[Candidate],
-    *,
-    sampler: Sampler,
-    rules: RuleJudge,
-    baseline: Callable[[Event], tuple[int, int]],
-    cheap: Sequence[str] = (),
-    local: LocalFlags | None = None,
-    judged_window_s: tuple[int, int] | None = None,
-) -> list[_Part]:
-    """Flag and stratify a batch (each candidate gets its event with `flags`, its `stratum` and
-    `cheap`) and tally it per (tenant, window): counts per stratum (with the cheap signal of the
-    `cheap` metrics), and only the candidates any outcome may choose; the savings of the
-    others are counted here. `local`: the local models add their flags (`operators.local_flags`).
-    `judged_window_s`: the estimates' and savings' window and allowed lateness; events late by
-    their position for it are tallied apart, with that position."""
-    size_ms = sampler.window_s * 1000
-    closes_ms = size_ms + int(sampler.allowed_lateness_s * 1000)
-    judged_ms, judged_lateness_ms = (
-        (0, 0) if judged_window_s is None else (judged_window_s[0] * 1000, judged_window_s[1] * 1000)
-    )
-    parts: dict[tuple[str, int, bool, bool], _Part] = {}
-    items = [JudgeItem(c.event.input_text, c.event.output_text, c.event.context) for c in cands]
-    scored = local.flags(items) if local is not None else None
-    for i, c in enumerate(cands):
-        e = c.event
-        found = rules.flags(items[i])
-        flags = tuple(sorted(found.union(scored[i]) if scored else found))
-        c.event = e = msgspec.structs.replace(e, flags=flags)  # the cost branch keeps its own value
-        a = sampler.assign(e, e.flags)
-        c.stratum = a.stratum
-        if cheap:
-            c.cheap = tuple(m for m in cheap if cheap_flagged(m, e.flags, rules, local))
-        window = e.ts_ms - e.ts_ms % size_ms
-        after = e.source.after_ms if e.source is not None else None
-        late = event_time.late(after, window + closes_ms)  # its partition was past the window
-        # ... and past the estimates' and savings' window (of the sampler window's start)
-        stale = (
-            late and judged_ms > 0 and event_time.late(after, _closes(window, judged_ms, judged_lateness_ms))
-        )
-        part = parts.get((e.tenant_id, window, late, stale))
-        if part is None:
-            part = parts[(e.tenant_id, window, late, stale)] = _Part(
-                e.tenant_id, window, {}, SavingsEntry(tenant_id=e.tenant_id, ts_ms=e.ts_ms), late
-            )
-        sv = part.savings
-        if stale and after is not None:
-            part.after_ms = sv.after_ms = max(part.after_ms or -1, after)
-        sv.ts_ms = max(sv.ts_ms, e.ts_ms)
-        calls, pusd = baseline(e)
-        sv.events += 1
-        sv.baseline_calls += calls
-        sv.baseline_pusd += pusd
-        tally = part.strata.get(a.stratum)
-        if tally is None:
-            tally = part.strata[a.stratum] = StratumTally(
-                a.rate, a.reason, a.min_k, agent=e.agent, cheap=dict.fromkeys(cheap, 0)
-            )
-        tally.n += 1
-        for m in c.cheap:
-            tally.cheap[m] += 1
-        u = sampler.unit(e.event_id)
-        if u < a.rate:
-            tally.below += 1
-        if a.rate > 0 or a.min_k > 0:
-            tally.held.append(Held(u, e.event_id, c, a.reason, calls, pusd))
-        else:
-            sv.sampling_calls += calls
-            sv.sampling_pusd += pusd
-    for part in parts.values():
-        for tally in part.strata.values():
-            for h in tally.trim(sampler.max_per_tenant):  # only what may be chosen crosses workers
-                part.savings.sampling_calls += h.calls
-                part.savings.sampling_pusd += h.cost_pusd
-    return list(parts.values())
 
 
 @dataclass
@@ -261,7 +170,7 @@ class _SampleState:
 _CLOSED_HORIZON_MS = 86_400_000  # how long a decided window is remembered
 
 
-_In = _Part | AlertProgress
+_In = Part | AlertProgress
 _Decided = Candidate | SavingsEntry | StratumCount
 
 
@@ -303,7 +212,7 @@ class _SampleLogic(StatefulBatchLogic[_In, _Decided, _SampleState]):
     def on_batch(self, values: list[_In]) -> tuple[Iterable[_Decided], bool]:
         s, now = self._s, self._clock()
         out: list[_Decided] = []
-        parts: list[_Part] = []
+        parts: list[Part] = []
         for v in values:
             if isinstance(v, AlertProgress):
                 self._follow(v)
@@ -476,16 +385,11 @@ class _SampleLogic(StatefulBatchLogic[_In, _Decided, _SampleState]):
         return out
 
 
-def _closes(window_ms: int, size_ms: int, lateness_ms: int) -> int:
-    """When the `size_ms` window holding a sampler window's start closes (its end plus lateness)."""
-    return window_ms - window_ms % size_ms + size_ms + lateness_ms
-
-
-def _is_candidate(x: Candidate | _Part | DeadLetter) -> TypeGuard[Candidate]:
+def _is_candidate(x: Candidate | Part | DeadLetter) -> TypeGuard[Candidate]:
     return type(x) is Candidate
 
 
-def _is_dead(x: Candidate | _Part | DeadLetter) -> TypeGuard[DeadLetter]:
+def _is_dead(x: Candidate | Part | DeadLetter) -> TypeGuard[DeadLetter]:
     return type(x) is DeadLetter
 
 
@@ -559,8 +463,8 @@ def sample(
     cheap = cheap_metrics(rules, metrics_, scoring)
     stage = stage_of(step_id)  # what its dead letters name
 
-    def assign_batch(cands: list[Candidate]) -> Iterable[Candidate | _Part | DeadLetter]:
-        def tally(cs: list[Candidate]) -> list[_Part]:
+    def assign_batch(cands: list[Candidate]) -> Iterable[Candidate | Part | DeadLetter]:
+        def tally(cs: list[Candidate]) -> list[Part]:
             return tally_batch(
                 cs,
                 sampler=sampler,
@@ -578,7 +482,7 @@ def sample(
     assigned = op.flat_map_batch("assign", up, assign_batch)
     split = op.branch("split", assigned, _is_candidate)
     errs = op.branch("errs", split.falses, _is_dead)
-    parts = cast(Stream[_Part], errs.falses)
+    parts = cast(Stream[Part], errs.falses)
     keyed = cast(KeyedStream[_In], op.key_on("key", parts, lambda p: p.tenant))
     if alerts is not None:  # each tenant's windows wait for its alerts, and follow their overrides
         progress = cast(KeyedStream[_In], op.key_on("alerts", alerts, lambda p: p.tenant_id))

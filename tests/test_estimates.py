@@ -35,8 +35,9 @@ from operators.estimates import (
     stratum_variance,
     wilson,
 )
-from operators.sample import _SampleLogic, cheap_metrics, tally_batch
+from operators.sample import _SampleLogic, cheap_metrics
 from operators.sample_design import Sampler, StratumCount
+from operators.sample_tally import tally_batch
 from tests.test_sampler import T0
 
 CHEAP = cheap_metrics(RULES, ["refusal", "pii", "hallucination"])

@@ -30,8 +30,9 @@ from flows.report_format import format_table
 from flows.report_quality import savings
 from flows.report_queries import Scope
 from operators.dedup import Candidate
-from operators.sample import _SampleLogic, tally_batch
+from operators.sample import _SampleLogic
 from operators.sample_design import FLAGGED, LONG, SHARE, Sampler, StratumCount, unit_hash
+from operators.sample_tally import tally_batch
 from operators.savings import savings_row
 from simulators.chdb_http import start_chdb_http
 from simulators.kafka_mock import produce_all

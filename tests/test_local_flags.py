@@ -30,8 +30,9 @@ from judges.base import FLAGGED, METRICS, JudgeItem
 from judges.local import LocalJudge, ProfanityCheck
 from operators.dedup import Candidate
 from operators.local_flags import LocalFlags, cheap_metrics
-from operators.sample import _SampleLogic, tally_batch
+from operators.sample import _SampleLogic
 from operators.sample_design import SEP, Sampler, StratumCount
+from operators.sample_tally import tally_batch
 from simulators.kafka_mock import produce_all
 from simulators.traffic import generate
 from sinks.clickhouse import connect, ensure_schema

@@ -21,8 +21,9 @@ from operators.dedup import Candidate
 from operators.judge import _JudgeState, _owed_ms, _Waiting
 from operators.ledger import combine
 from operators.owed import OWED, OwedWork, _arrived_ms, _judged_ms
-from operators.sample import _SampleLogic, tally_batch
+from operators.sample import _SampleLogic
 from operators.sample_design import Sampler
+from operators.sample_tally import tally_batch
 from operators.windows import _WindowLogic
 from simulators.kafka_mock import produce_all
 from simulators.local_endpoint import EndpointConfig, LocalEndpoint

@@ -23,7 +23,7 @@ from judges.rules import Tier0Rules
 from operators.alerts import AlertProgress
 from operators.dedup import Candidate
 from operators.price import override_rates
-from operators.sample import _SampleLogic, tally_batch
+from operators.sample import _SampleLogic
 from operators.sample_design import (
     CAP,
     FLAGGED,
@@ -38,6 +38,7 @@ from operators.sample_design import (
     allocate,
     unit_hash,
 )
+from operators.sample_tally import tally_batch
 from operators.savings import Baseline, ReferenceJudge
 from simulators.kafka_mock import produce_all
 from simulators.traffic import generate
