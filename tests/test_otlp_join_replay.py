@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 
+import clickhouse_connect
 import msgspec
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -18,12 +19,20 @@ from core.records import Event, Source
 from operators.otlp import OtlpCall, OtlpContent
 from operators.otlp_join import _JoinLogic
 from operators.owed import OwedWork
+from simulators.chdb_http import start_chdb_http
 from simulators.kafka_mock import produce_all
 from sinks.clickhouse import connect, ensure_schema
-from tests.conftest import rows, run_flow, topic_flow_settings
+from tests.conftest import job_env, rows, run_flow, topic_flow_settings
 from tests.test_otlp_join import CALL_MAX_MS, T0, WAIT_MS, event
 from tests.test_otlp_join import instrumented as instrumented  # a fixture
-from tests.test_recovery import tables
+from tests.test_recovery import (
+    count,
+    crash_differences,
+    judge_minutes_unexplained,
+    judgeflow_run,
+    kill_twice_then_finish,
+    tables,
+)
 
 Item = OtlpCall | OtlpContent
 
@@ -272,3 +281,35 @@ def test_otlp_calls_give_the_same_tables_whatever_the_batches_or_the_workers(
     assert joined == 150 if wait_s == 5.0 else 0 < joined < 150
     got = results["batch 3, 2 workers"]
     assert {t: (len(got[t] - want[t]), len(want[t] - got[t])) for t in want} == dict.fromkeys(want, (0, 0))
+
+
+@pytest.mark.slow
+def test_otlp_calls_killed_twice_and_resumed_write_what_a_clean_run_writes(
+    instrumented, kafka, judge_endpoint, tmp_path
+) -> None:
+    """`judgeflow run` on OTLP spans whose content comes apart, SIGKILLed twice while spans wait in
+    the join, resumed from its snapshots: the same tables as a clean run."""
+    kafka.create_topic("llm-events", 3)
+    calls = 3000
+    produce_all(kafka.bootstrap, "llm-events", _otlp_topic(instrumented, judge_endpoint, calls))
+    database = "judgeflow"  # the example config's; each ClickHouse here is private to one run
+
+    with start_chdb_http(tmp_path / "clean_chdb") as url:
+        clean = judgeflow_run(tmp_path / "clean_recovery", job_env(kafka, url, judge_endpoint))
+        _, err = clean.communicate(timeout=300)
+        assert clean.returncode == 0, err.decode()[-3000:]
+        want = tables(_client(url, database))
+    with start_chdb_http(tmp_path / "chdb") as url:
+        kill_twice_then_finish(
+            url, job_env(kafka, url, judge_endpoint), tmp_path / "recovery", database, (300, 1500), calls
+        )
+        client = _client(url, database)
+        assert count(client, "llm_events") == calls
+        assert crash_differences(tables(client), want) == {}
+        assert judge_minutes_unexplained(client) == []
+    assert len(want["llm_events"]) == calls and want["evaluations"]
+
+
+def _client(url: str, database: str):
+    host, port = url.removeprefix("http://").split(":")
+    return clickhouse_connect.get_client(host=host, port=int(port), database=database)
