@@ -396,6 +396,24 @@ class FlowConfig(_Section):
     retention: RetentionConfig = RetentionConfig()
     metrics: MetricsConfig = MetricsConfig()
 
+    @model_validator(mode="after")
+    def _judge_windows_hold_sampler_windows(self) -> FlowConfig:
+        """The estimates' and savings' windows (`windows.size_s`, `judge_allowed_lateness_s`) must hold
+        whole sampler windows and wait at least as long: an event late for them is then late for its
+        sampler window too, so its design counts leave the estimates with its verdicts
+        (`operators.sample_tally`)."""
+        size, sample = self.windows.size_s, self.sampling.window_s
+        if size % sample:
+            msg = f"windows.size_s: must be a multiple of sampling.window_s ({sample}), got {size}"
+            raise ValueError(msg)
+        if self.windows.judge_allowed_lateness_s < self.sampling.allowed_lateness_s:
+            msg = (
+                f"windows.judge_allowed_lateness_s: must be at least sampling.allowed_lateness_s "
+                f"({self.sampling.allowed_lateness_s:g}), got {self.windows.judge_allowed_lateness_s}"
+            )
+            raise ValueError(msg)
+        return self
+
 
 class Secrets(_Section):
     openai_api_key: SecretStr | None = None
@@ -478,8 +496,11 @@ def _explain(path: Path, exc: ValidationError) -> str:
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         got = err.get("input")
         shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        msg = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             lines.append(f"  {where}: unknown key{shown}")
+        elif err["type"] == "value_error" and (not err["loc"] or msg.startswith(f"{err['loc'][0]}.")):
+            lines.append(f"  {msg}")  # a check of ours: its message names the key
         else:
             lines.append(f"  {where}: {err['msg']}{shown}")
     return "\n".join(lines)
