@@ -362,9 +362,9 @@ def test_a_slow_judge_holds_the_judge_spend_windows_in_a_replay(kafka, chdb_dsn,
     kafka.create_topic("llm-events", 4)
     produce_all(kafka.bootstrap, "llm-events", list(generate(limit=2500, bad=False)))
     with LocalEndpoint(EndpointConfig(latency=1500.0)) as endpoint:
-        settings = topic_flow_settings(
-            kafka, chdb_dsn, database, endpoint, **{"windows.judge_allowed_lateness_s": 0}
-        )
+        # (the sampler may wait no longer than the judge-side windows: none either)
+        overrides = {"windows.judge_allowed_lateness_s": 0, "sampling.allowed_lateness_s": 0}
+        settings = topic_flow_settings(kafka, chdb_dsn, database, endpoint, **overrides)
         run_flow(settings)
     client = connect(chdb_dsn, database)
     got = dict(
