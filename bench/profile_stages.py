@@ -54,9 +54,9 @@ STAGES = [
     ("operators/dedup.py", "keying + verdict cache"),
     ("operators/cache.py", "keying + verdict cache"),
     ("xxhash", "keying + verdict cache"),
-    ("judges/rules.py", "tier-0 rules"),
+    ("judges/rule", "tier-0 rules"),  # rules.py, rule_table.py, rule_checks.py
     ("hyperscan", "tier-0 rules"),
-    ("operators/sample.py", "sample"),
+    ("operators/sample", "sample"),  # sample.py, sample_tally.py, sample_design.py
     ("operators/estimates.py", "abuse, estimates, savings windows"),
     ("operators/savings.py", "abuse, estimates, savings windows"),
     ("operators/event_time.py", "event time"),

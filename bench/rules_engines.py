@@ -49,7 +49,8 @@ import _rules_v1
 from _traffic import table
 
 from judges.base import JudgeItem
-from judges.rules import RULES, Rule, Tier0Rules, _Texts
+from judges.rule_table import RULES, Rule
+from judges.rules import Tier0Rules, _Texts
 from simulators.traffic import shared_data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
