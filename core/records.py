@@ -275,6 +275,8 @@ class SavingsEntry(msgspec.Struct, gc=False, array_like=True):
         self.chosen += other.chosen
         self.allowed += other.allowed
         self.forced += other.forced
+        if other.after_ms is not None:
+            self.after_ms = max(self.after_ms or -1, other.after_ms)
 
 
 class JudgeSavings(msgspec.Struct, gc=False, frozen=True, array_like=True):

@@ -187,10 +187,10 @@ def _arrived_ms(progress: _Epochs, joined: OwedWork) -> int | None:
     return _earliest(progress.processed_ms(), joined.owed_ms())
 
 
-def _judged_ms(progress: _Epochs, owed: OwedWork, joined: OwedWork | None = None) -> int | None:
+def _judged_ms(progress: _Epochs, owed: OwedWork, joined: OwedWork) -> int | None:
     if not progress.has_input():
         return None
-    processed = progress.processed_ms() if joined is None else _arrived_ms(progress, joined)
+    processed = _arrived_ms(progress, joined)
     owes = owed.owed_ms()
     behind = 0 if processed is None or owes is None or owes < 0 or processed < 0 else max(0, processed - owes)
     metrics.JUDGE_FRONTIER_BEHIND.set(behind / 1000)

@@ -222,13 +222,7 @@ class _SampleLogic(StatefulBatchLogic[_In, _Decided, _SampleState]):
             if part.savings.ts_ms > s.max_ts_ms:
                 s.max_ts_ms, s.seen_at_s = part.savings.ts_ms, now
             if part.late or part.window in s.closed:
-                decided = self._decide(part.tenant, part.window, part.strata, part.savings, late=True)
-                if part.after_ms is not None:  # late for the estimates too: they drop its design
-                    decided = [
-                        msgspec.structs.replace(d, after_ms=part.after_ms) if _is_design(d) else d
-                        for d in decided
-                    ]
-                out.extend(decided)
+                out.extend(self._decide(part.tenant, part.window, part.strata, part.savings, late=True))
                 continue
             w = s.open.get(part.window)
             self._copies.pop(part.window, None)
@@ -381,7 +375,8 @@ class _SampleLogic(StatefulBatchLogic[_In, _Decided, _SampleState]):
             m = c.taken.get(name, 0)
             cheap = tuple(sorted(t.cheap.items()))
             prob = late_rate(t, share) if late else (m / t.n if t.n else 0.0)  # late: each event alone
-            out.append(StratumCount(tenant, t.agent, start, name, t.n, m, prob, cheap))
+            # (events late for the estimates' window too carry where they were read: dropped there)
+            out.append(StratumCount(tenant, t.agent, start, name, t.n, m, prob, cheap, savings.after_ms))
         return out
 
 

@@ -37,9 +37,6 @@ class Part:
     strata: dict[str, StratumTally]
     savings: SavingsEntry
     late: bool = False  # events their partition released after the window's end plus lateness
-    # where their partitions stood (the latest), when they are late for the estimates' and
-    # savings' window too (`judged_window_s`), which then drop what comes of them in every run
-    after_ms: int | None = None
 
 
 def tally_batch(
@@ -60,7 +57,7 @@ def tally_batch(
     their position for it are tallied apart, with that position."""
     size_ms = sampler.window_s * 1000
     closes_ms = size_ms + int(sampler.allowed_lateness_s * 1000)
-    judged_ms, judged_lateness_ms = (
+    judged_size_ms, judged_lateness_ms = (
         (0, 0) if judged_window_s is None else (judged_window_s[0] * 1000, judged_window_s[1] * 1000)
     )
     parts: dict[tuple[str, int, bool, bool], Part] = {}
@@ -80,7 +77,9 @@ def tally_batch(
         late = event_time.late(after, window + closes_ms)  # its partition was past the window
         # ... and past the estimates' and savings' window (of the sampler window's start)
         stale = (
-            late and judged_ms > 0 and event_time.late(after, _closes(window, judged_ms, judged_lateness_ms))
+            late
+            and judged_size_ms > 0
+            and event_time.late(after, _closes(window, judged_size_ms, judged_lateness_ms))
         )
         part = parts.get((e.tenant_id, window, late, stale))
         if part is None:
@@ -89,7 +88,8 @@ def tally_batch(
             )
         sv = part.savings
         if stale and after is not None:
-            part.after_ms = sv.after_ms = max(part.after_ms or -1, after)
+            # (late for the estimates' and savings' window too: they drop what comes of these events)
+            sv.after_ms = max(sv.after_ms or -1, after)
         sv.ts_ms = max(sv.ts_ms, e.ts_ms)
         calls, pusd = baseline(e)
         sv.events += 1

@@ -198,9 +198,7 @@ def combine(entries: Iterable[SavingsEntry], size_ms: int, lateness_ms: int) -> 
         cur = acc.get(k)
         if cur is None:
             cur = acc[k] = SavingsEntry(tenant_id=x.tenant_id, ts_ms=x.ts_ms)
-        cur.add(x)
-        if late:
-            cur.after_ms = max(cur.after_ms or -1, x.after_ms or -1)
+        cur.add(x)  # (only the late ones have a position to keep)
     return list(acc.values())
 
 

@@ -141,15 +141,15 @@ def test_other_processes_hold_their_share_and_the_epoch_a_seal_counts_to():
 def test_the_judge_spend_windows_wait_for_the_flow_and_for_what_is_owed():
     epochs = _Epochs(processed=BASE + 10 * MIN)
     board = OwedWork(epochs)
-    assert _judged_ms(epochs, board) == BASE + 10 * MIN
+    assert _judged_ms(epochs, board, OwedWork(epochs)) == BASE + 10 * MIN
     board.seal(board.key(), BASE + MIN)
-    assert _judged_ms(epochs, board) == BASE + MIN
+    assert _judged_ms(epochs, board, OwedWork(epochs)) == BASE + MIN
     epochs.processed = BASE
-    assert _judged_ms(epochs, board) == BASE
+    assert _judged_ms(epochs, board, OwedWork(epochs)) == BASE
     epochs.processed = None  # every partition read to its end and processed: the judges still owe
-    assert _judged_ms(epochs, board) == BASE + MIN
+    assert _judged_ms(epochs, board, OwedWork(epochs)) == BASE + MIN
     epochs.kafka = False  # no Kafka input (an in-memory source): the watermark decides
-    assert _judged_ms(epochs, board) is None
+    assert _judged_ms(epochs, board, OwedWork(epochs)) is None
 
 
 def test_the_stages_after_the_otlp_join_wait_for_what_it_holds_and_the_judge_side_for_both():
@@ -170,10 +170,10 @@ def test_how_far_the_judges_hold_the_windows_back_is_a_metric():
     epochs = _Epochs(processed=BASE + 10 * MIN)
     board = OwedWork(epochs)
     board.seal(board.key(), BASE + 4 * MIN)
-    _judged_ms(epochs, board)
+    _judged_ms(epochs, board, OwedWork(epochs))
     assert REGISTRY.get_sample_value("judgeflow_judge_frontier_behind_seconds") == 360.0
     board.set_remote({"1-llm-events": None})  # a process not heard of: not a measure of the judges
-    _judged_ms(epochs, board)
+    _judged_ms(epochs, board, OwedWork(epochs))
     assert REGISTRY.get_sample_value("judgeflow_judge_frontier_behind_seconds") == 0.0
 
 
@@ -292,7 +292,7 @@ def test_judge_spend_windows_count_each_event_once_whatever_the_judges_latency_o
 
         def judged() -> int | None:
             epochs.processed = kafka.processed()
-            return _judged_ms(epochs, board)
+            return _judged_ms(epochs, board, OwedWork(epochs))
 
         def window(state: Any = None) -> _WindowLogic:
             return _WindowLogic(MIN, lateness, now, state, "judge", processed=judged)

@@ -549,7 +549,7 @@ def test_events_late_for_the_estimates_window_too_carry_their_position_into_desi
     parts = tally_batch(
         [cand(e) for e in events], sampler=sampler, rules=RULES, baseline=BASELINE, judged_window_s=judged
     )
-    got = {(p.late, p.after_ms, p.savings.events, p.savings.after_ms) for p in parts}
+    got = {(p.late, p.savings.after_ms, p.savings.events, p.savings.after_ms) for p in parts}
     assert got == {(False, None, 1, None), (True, None, 1, None), (True, stale_from + 5, 2, stale_from + 5)}
     logic = _SampleLogic(sampler, lambda: 0.0, None, stored=dict)
     out, _ = logic.on_batch(parts)
@@ -557,7 +557,7 @@ def test_events_late_for_the_estimates_window_too_carry_their_position_into_desi
     assert {(d.events, d.after_ms) for d in design} == {(1, None), (2, stale_from + 5)}
     # without the estimates' window (an older caller) nothing is kept apart
     plain = tally_batch([cand(e) for e in events], sampler=sampler, rules=RULES, baseline=BASELINE)
-    assert sorted((p.late, p.after_ms, p.savings.events) for p in plain) == [
+    assert sorted((p.late, p.savings.after_ms, p.savings.events) for p in plain) == [
         (False, None, 1),
         (True, None, 3),
     ]
