@@ -138,7 +138,7 @@ def run_runtime(rt: JudgeRuntime, n: int, offset: int, batch: int = 500) -> int:
     for start in range(0, n, batch):  # one submit per source batch, as the operator does
         rt.submit_many(
             [
-                Task("toxicity", 1, item(offset + i), key=f"{offset + i}", on_done=on_done)
+                Task("toxicity", 1, item(offset + i), on_done=on_done)
                 for i in range(start, min(n, start + batch))
             ]
         )

@@ -229,6 +229,12 @@ JUDGE_RATE_LIMIT_WAIT = Counter(
     "Time judge calls waited for client-side rate limits",
     ["judge"],
 )
+JUDGE_REPLAYED = Counter(
+    "judgeflow_judge_paid_verdicts_replayed_total",
+    "Cached verdicts found by the very event that paid for them (read again after a crash, a replay):"
+    " its rows and judge spend are emitted again, no call is made",
+    ["metric"],
+)
 JUDGE_ESCALATIONS = Counter(
     "judgeflow_judge_escalations_total", "Tier-1 verdicts sent on to tier 2", ["metric", "reason"]
 )

@@ -4,7 +4,10 @@ shared by workers, processes and restarts) and `sinks/memory_store.py` (in-proce
 default). An adapter raises only `core.errors` kinds (`Unavailable` when its system cannot be reached).
 
 - `VerdictCache`: stored verdicts by content key, so identical (metric, text) pairs are judged once.
-  A cache failure never stops the flow: lookups miss and writes are skipped.
+  A cache failure never stops the flow: lookups miss and writes are skipped. A stored verdict names
+  the event that paid for it and what it paid (`paid_by`, `paid`): when that event comes again (read
+  again after a crash, a replay of the topic) the judge emits the rows its calls gave, spend included,
+  instead of a free cache hit, so judge spend paid once is counted once whatever was re-read.
 - `ControlStore`: per-tenant sampling overrides with a lifetime, and the judges a fatal error disabled.
   Alerts set and clear overrides (`OverrideAction`, applied by `sinks.control.ControlSink`), operators
   do it by hand (`judgeflow overrides ...`), and the sampler reads them.
@@ -23,12 +26,23 @@ from typing import Protocol
 
 import msgspec
 
-from core.records import Verdict
+from core.records import JudgeCall, Verdict
+
+
+class PaidTier(msgspec.Struct, gc=False, frozen=True, array_like=True):
+    """One tier of a judgement an event paid for: the tier's verdict and every billed call it took."""
+
+    verdict: Verdict
+    tier: int
+    judge: str  # the tier's judge (the judge-spend entry's model)
+    calls: tuple[JudgeCall, ...]
 
 
 class CachedVerdict(msgspec.Struct, gc=False, frozen=True, array_like=True):
     verdict: Verdict
     stored_ms: int
+    paid_by: str = ""  # the event whose calls gave the verdict
+    paid: tuple[PaidTier, ...] = ()  # its tiers in order, the last one's verdict is `verdict`
 
 
 class VerdictCache(Protocol):

@@ -3,7 +3,8 @@ LLM judge calls in flight without ever blocking the dataflow on the network.
 
 Workers hand work over with `submit_many` (one thread hop per batch); a
 bounded number of calls is in flight (the worker blocks only when the bound is
-reached: backpressure); identical work already in flight is not sent twice.
+reached: backpressure). Identical work is sent once by the judge stage
+(`operators.judge`), which knows what it has under way.
 Each judge endpoint (one per tier) has its own `EndpointPolicy`:
 
 - client-side rate limits (requests and tokens per minute, token buckets);
@@ -58,7 +59,8 @@ CIRCUIT_OPEN = "circuit open"
 @dataclass(slots=True)
 class Outcome:
     """The end of one (metric, item) judgement at one tier: a verdict or an error,
-    and every billed call it took. `shared` means another in-flight request did the work."""
+    and every billed call it took. `shared`: the judge stage gave it the outcome of another event's
+    call for the same content (no call of its own)."""
 
     metric: str
     verdict: Verdict | None
@@ -74,7 +76,6 @@ class Task:
     metric: str
     tier: int
     item: JudgeItem
-    key: str  # content key: identical keys in flight are judged once
     on_done: Callable[[Outcome], None]
 
 
@@ -148,8 +149,8 @@ class JudgeRuntime:
         self._endpoints: dict[int, _Endpoint] = {}
         self._disabled: dict[str, str] = dict(disabled or {})  # name -> why (remembered across restarts)
         self._on_disabled = on_disabled
-        self._in_flight: dict[str, list[Task]] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._running = 0  # tasks started and not finished (the in-flight gauge)
         self.clock: Callable[[], float] = time.monotonic  # for the give-up deadline
 
     # --- worker side -------------------------------------------------------
@@ -244,16 +245,11 @@ class JudgeRuntime:
     def _spawn_all(self, tasks: list[Task]) -> None:
         assert self._loop is not None
         for t in tasks:
-            waiters = self._in_flight.get(t.key)
-            if waiters is not None:
-                waiters.append(t)
-                self._slots.release()
-                continue
-            self._in_flight[t.key] = []
             task = self._loop.create_task(self._run(t))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        metrics.JUDGE_IN_FLIGHT.set(len(self._in_flight))
+        self._running += len(tasks)
+        metrics.JUDGE_IN_FLIGHT.set(self._running)
 
     async def _run(self, t: Task) -> None:
         try:
@@ -263,20 +259,9 @@ class JudgeRuntime:
             outcome = Outcome(t.metric, None, error=f"internal error: {type(exc).__name__}", tier=t.tier)
         finally:
             self._slots.release()
-        waiters = self._in_flight.pop(t.key, [])
-        metrics.JUDGE_IN_FLIGHT.set(len(self._in_flight))
+            self._running -= 1
+            metrics.JUDGE_IN_FLIGHT.set(self._running)
         t.on_done(outcome)
-        for w in waiters:
-            w.on_done(
-                Outcome(
-                    w.metric,
-                    outcome.verdict,
-                    error=outcome.error,
-                    shared=True,
-                    tier=outcome.tier,
-                    judge=outcome.judge,
-                )
-            )
 
     async def _judge_with_retries(self, t: Task) -> Outcome:
         ep = self._endpoints.get(t.tier)

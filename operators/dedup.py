@@ -1,9 +1,7 @@
 """dedup: look every event's content up in the verdict cache, one batch at a time.
 
-It runs before the sampler, so identical pairs seen before cost nothing
-whether or not the sampler picks them: their stored verdicts are reported
-for every event (`operators.sample` passes them on as certain observations).
-The judge stage looks the events the sampler chose up once more before
+It runs before the sampler, so an event the sampler chooses whose pair was
+judged before costs nothing. The judge stage looks the events the sampler chose up once more before
 calling a judge (`lookup`), because a sampled event waits for its window to
 be decided and verdicts stored meanwhile should not be paid for twice. The
 content key is xxh3-128 over the normalized input,
@@ -16,6 +14,12 @@ Identical pairs are judged once: a batch looks each distinct key up once (one
 `get_many` per batch); identical keys that miss go to the same judge worker
 (the judge shards by content), where the runtime shares one call in flight
 with every task of the same key.
+
+A stored verdict names the event that paid for it (`CachedVerdict.paid_by`).
+When that event itself finds it — read again after a crash, or in a replay of
+the topic — the candidate carries the tiers it paid for (`Candidate.paid`), and
+the judge emits what those calls gave, their spend included, instead of a free
+hit: the calls were made once and are counted once.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from bytewax.dataflow import Stream, operator
 
 from core import metrics
 from core.dead_letters import guarded
-from core.ports import VerdictCache
+from core.ports import PaidTier, VerdictCache
 from core.records import DeadLetter, Event, Verdict
 from operators.stage import stage_of
 
@@ -48,6 +52,7 @@ class Candidate(msgspec.Struct, gc=False, array_like=True):
     sample_reason: str = ""
     stratum: str = ""  # the sampler's stratum within the tenant
     cheap: tuple[str, ...] = ()  # metrics whose cheap signal is flagged (set by `sample`)
+    paid: dict[str, tuple[PaidTier, ...]] = {}  # cached verdicts this very event paid for, by metric
 
 
 class ContentKeyer:
@@ -98,6 +103,7 @@ def lookup(
     hits = 0
     for c, h in zip(cands, hashes, strict=True):
         cached: dict[str, Verdict] = dict(c.cached)
+        paid: dict[str, tuple[PaidTier, ...]] | None = None
         todo = []
         for m, key in zip(metrics_, keys_of[h], strict=True):
             v = found[key]
@@ -108,7 +114,12 @@ def lookup(
             else:
                 cached[m] = v.verdict
                 hits += 1
+                if v.paid and v.paid_by == c.event.event_id:  # its own calls, read again
+                    paid = dict(c.paid) if paid is None else paid
+                    paid[m] = v.paid
         c.content_hash, c.cached, c.todo = h, cached, tuple(todo)
+        if paid is not None:
+            c.paid = paid
     if stage != "dedup":
         metrics.CACHE.labels(f"hit_at_{stage}").inc(hits)
         return hits

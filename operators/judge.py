@@ -12,7 +12,10 @@ event's cost window.
 
 Work not yet finished is part of the snapshot, so a restart resumes it; work
 finished before a snapshot is carried in it, so it is never paid for twice;
-the budget book is in it too, estimates for work in flight included.
+the budget book is in it too, estimates for work in flight included. Work
+finished after the last snapshot is in the verdict cache with the event that
+paid for it: when that event is read again, its cached verdict gives back the
+rows its calls gave (evaluations, judge spend, budget), not a free hit.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TypeGuard, cast
@@ -33,8 +36,17 @@ from bytewax.operators import StatefulBatchLogic
 
 from core import metrics
 from core.dead_letters import guarded, item_error
-from core.ports import CachedVerdict, VerdictCache
-from core.records import PICO_PER_USD, DeadLetter, Evaluation, Event, LedgerEntry, Verdict, entry_hash
+from core.ports import CachedVerdict, PaidTier, VerdictCache
+from core.records import (
+    PICO_PER_USD,
+    DeadLetter,
+    Evaluation,
+    Event,
+    JudgeCall,
+    LedgerEntry,
+    Verdict,
+    entry_hash,
+)
 from judges.base import JudgeItem, RuleJudge
 from judges.budget import BudgetBook
 from judges.cascade import JudgePlan
@@ -69,6 +81,7 @@ class _Pending:
 
     tier: int
     reserved_pusd: int
+    paid: tuple[PaidTier, ...] = ()  # the tiers this event paid for before this one (escalation)
 
 
 @dataclass
@@ -82,6 +95,7 @@ class _JudgeState:
     waiting: list[_Waiting]
     ready: list[Evaluation | LedgerEntry]
     budget: dict[tuple[str, int], int] = field(default_factory=dict)
+    answered: dict[str, Outcome] = field(default_factory=dict)  # see `_JudgeLogic._answered`
 
 
 @dataclass
@@ -106,7 +120,15 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         self._d = deps
         self._plan = deps.plan
         self._waiting: dict[str, _Waiting] = {}
-        self._done: collections.deque[tuple[str, Outcome]] = collections.deque()
+        # (event id, call key, outcome): finished, not yet emitted
+        self._done: collections.deque[tuple[str, str, Outcome]] = collections.deque()
+        # One call per key (content, metric, tier) at a time: the events that need a key while its
+        # call is queued, under way or finished and not yet emitted wait for that call's outcome
+        # (shared, at no cost) instead of paying for it again.
+        self._followers: dict[str, list[str]] = {}
+        # Escalated tier-1 outcomes, until their content's final verdict is cached (and, within one
+        # harvest, the final verdicts just cached): an event needing the key meanwhile shares them.
+        self._answered: dict[str, Outcome] = dict(getattr(resume, "answered", {}))  # (older snapshots: none)
         # started, not yet admitted by the runtime (no free slot); their work is in `_waiting`
         self._queued: collections.deque[Task] = collections.deque()
         self._ready: list[Evaluation | LedgerEntry] = []
@@ -117,11 +139,30 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         if resume is not None:
             owed.OWED.seal(self._owed, _owed_ms(resume))
             self._ready = list(resume.ready)
-            work: list[_Work] = []
-            for w in resume.waiting:
-                self._waiting[w.cand.event.event_id] = w
-                work.extend((w.cand, m, p.tier) for m, p in w.pending.items())
-            self._submit(work)
+            self._resume(resume.waiting)
+
+    def _resume(self, waiting: list[_Waiting]) -> None:
+        """Work under way at the snapshot: what finished after it (its verdict is in the cache) is
+        emitted from there (an event's own calls as they were paid), the rest is sent again."""
+        try:
+            self._look_again([w.cand for w in waiting])
+        except Exception:  # a bug in the lookup: send everything again
+            log.exception("looking up restored judge work failed")
+        work: list[_Work] = []
+        for w in waiting:
+            e = w.cand.event
+            for m, p in list(w.pending.items()):
+                cached = w.cand.cached.get(m)
+                if cached is None:
+                    work.append((w.cand, m, p.tier))
+                    continue
+                del w.pending[m]
+                self._answered.pop(self._call_key(w.cand, m, 1), None)  # its cascade is over
+                self._budget.charge(e.tenant_id, e.ts_ms, -p.reserved_pusd)
+                self._ready.extend(self._from_cache(w.cand, cached, p.paid))
+            if w.pending:
+                self._waiting[e.event_id] = w
+        self._submit(work)
 
     def on_batch(self, values: list[Candidate]) -> tuple[Iterable[_Out], bool]:
         out: list[_Out] = [*self._take_ready()]
@@ -169,10 +210,12 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
                 verdict = _no_verdict(m, p.tier, ERROR)
                 out.append(_evaluation(w.cand, verdict, error="judge timed out at shutdown"))
         self._waiting.clear()
+        self._followers.clear()
+        self._answered.clear()
         return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        if self._waiting or self._done or self._queued:
+        if self._waiting or self._done or self._queued or self._ready:
             return datetime.now(tz=UTC) + _POLL
         return None
 
@@ -183,7 +226,12 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
             _Waiting(w.cand, {m: dataclasses.replace(p) for m, p in w.pending.items()})
             for w in self._waiting.values()
         ]
-        state = _JudgeState(waiting=waiting, ready=list(self._ready), budget=dict(self._budget.spent))
+        state = _JudgeState(
+            waiting=waiting,
+            ready=list(self._ready),
+            budget=dict(self._budget.spent),
+            answered=dict(self._answered),
+        )
         owed.OWED.seal(self._owed, _owed_ms(state))
         return state
 
@@ -260,7 +308,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
                     metrics.JUDGE_ESCALATIONS.labels(metric, reason).inc()
                     cached = c.cached.get(metric)
                     if cached is not None:
-                        out.append(_evaluation(c, cached, cache_hit=True))
+                        out.extend(self._from_cache(c, cached))
                     else:
                         reserved = plan.estimate_pusd(2, metric, item)
                         self._budget.charge(e.tenant_id, e.ts_ms, reserved)
@@ -270,7 +318,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
                 continue
             cached = c.cached.get(metric)
             if cached is not None:
-                out.append(_evaluation(c, cached, cache_hit=True))
+                out.extend(self._from_cache(c, cached))
                 continue
             tier = plan.first_tier(metric, ceiling)
             if plan.degraded(metric, ceiling):
@@ -288,6 +336,27 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
             work.extend((c, m, p.tier) for m, p in pending.items())
         return out
 
+    def _from_cache(
+        self, c: Candidate, v: Verdict, emitted: tuple[PaidTier, ...] = ()
+    ) -> list[Evaluation | LedgerEntry]:
+        """A cached verdict: a free hit — or, when this event paid for it (read again after a crash,
+        a replay), the rows its calls gave, but those of the tiers `emitted` already, its spend
+        charged to the budget as they charged it."""
+        paid = c.paid.get(v.metric)
+        if not paid or paid[: len(emitted)] != emitted:
+            return [_evaluation(c, v, cache_hit=True)]
+        e = c.event
+        out: list[Evaluation | LedgerEntry] = []
+        for part in paid[len(emitted) :]:
+            cost = sum(call.cost_pusd for call in part.calls)
+            self._budget.charge(e.tenant_id, e.ts_ms, cost)
+            if part.calls:
+                out.append(_spend(e, v.metric, part.tier, part.judge, part.calls))
+            latency = sum((call.latency_ms for call in part.calls), 0.0)
+            out.append(_evaluation(c, part.verdict, cost=cost, latency=latency))
+        metrics.JUDGE_REPLAYED.labels(v.metric).inc()
+        return out
+
     def _submit(self, work: list[_Work]) -> None:
         if not work:
             return
@@ -298,6 +367,16 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         for c, metric, tier in work:
             e = c.event
             event_id = e.event_id
+            key = self._call_key(c, metric, tier)
+            followers = self._followers.get(key)
+            if followers is not None:  # the same call is queued or under way
+                followers.append(event_id)
+                continue
+            answered = self._answered.get(key)
+            if answered is not None:
+                done.append((event_id, key, _shared(answered)))
+                continue
+            self._followers[key] = []
             item = items.get(event_id)
             if item is None:
                 item = JudgeItem(e.input_text, e.output_text, e.context)
@@ -305,11 +384,10 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
                     item = redactor.item(item)
                 items[event_id] = item
 
-            def on_done(o: Outcome, _id: str = event_id) -> None:
-                done.append((_id, o))
+            def on_done(o: Outcome, _id: str = event_id, _key: str = key) -> None:
+                done.append((_id, _key, o))
 
-            key = f"{self._d.keyer.metric_key(c.content_hash, metric)}|{tier}"
-            tasks.append(Task(metric=metric, tier=tier, item=item, key=key, on_done=on_done))
+            tasks.append(Task(metric=metric, tier=tier, item=item, on_done=on_done))
         self._queued.extend(tasks)
         self._admit()
 
@@ -333,8 +411,13 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         plan = self._plan
         now = self._d.now_ms()
         spent: dict[str, int] = {}
+        finals: list[str] = []  # keys answered for this harvest only (their verdicts are cached)
         while self._done:
-            event_id, o = self._done.popleft()
+            event_id, key, o = self._done.popleft()
+            if not o.shared:  # the call's outcome: every event that waited for it shares it
+                self._done.extend((f, key, _shared(o)) for f in self._followers.pop(key, ()))
+                if o.tier > 1 or o.verdict is None:  # the end of its content's cascade
+                    self._answered.pop(_with_tier(key, 1), None)
             w = self._waiting.get(event_id)
             p = w.pending.get(o.metric) if w is not None else None
             if w is None or p is None or p.tier != o.tier:
@@ -342,35 +425,46 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
             del w.pending[o.metric]
             c, e = w.cand, w.cand.event
             cost = sum(call.cost_pusd for call in o.calls)
-            latency = sum(call.latency_ms for call in o.calls)
+            latency = sum((call.latency_ms for call in o.calls), 0.0)
             self._budget.charge(e.tenant_id, e.ts_ms, cost - p.reserved_pusd)
             if o.calls:
-                out.append(_spend(e, o, cost))
+                out.append(_spend(e, o.metric, o.tier, o.judge, o.calls))
                 spent[e.tenant_id] = spent.get(e.tenant_id, 0) + cost
             if o.verdict is None:
                 verdict = _no_verdict(o.metric, o.tier, ERROR, judge=o.judge)
                 out.append(_evaluation(c, verdict, cost=cost, latency=latency, error=o.error))
             else:
                 out.append(_evaluation(c, o.verdict, cache_hit=o.shared, cost=cost, latency=latency))
+                # what this event paid for, up to this tier: the cached verdict keeps it
+                paid = p.paid if o.shared else (*p.paid, PaidTier(o.verdict, o.tier, o.judge, tuple(o.calls)))
                 reason = plan.escalation(o.verdict, self._budget.ceiling(e.tenant_id, e.ts_ms))
+                if not o.shared:  # answers this key until its content's final verdict is cached
+                    self._answered[key] = o
+                    if reason is None:
+                        finals.append(key)
                 if reason is not None:
                     metrics.JUDGE_ESCALATIONS.labels(o.metric, reason).inc()
                     item = JudgeItem(e.input_text, e.output_text, e.context)
                     reserved = plan.estimate_pusd(2, o.metric, item)
                     self._budget.charge(e.tenant_id, e.ts_ms, reserved)
-                    w.pending[o.metric] = _Pending(2, reserved)
+                    w.pending[o.metric] = _Pending(2, reserved, paid)
                     escalate.append((c, o.metric, 2))
                 elif not o.shared:
-                    key = self._d.keyer.metric_key(c.content_hash, o.metric)
-                    to_cache[key] = CachedVerdict(o.verdict, now)
+                    cache_key = self._d.keyer.metric_key(c.content_hash, o.metric)
+                    to_cache[cache_key] = CachedVerdict(o.verdict, now, paid_by=e.event_id, paid=paid)
             if not w.pending:
                 del self._waiting[event_id]
         if to_cache:
             self._d.cache.put_many(to_cache)
         for tenant, pusd in spent.items():
             metrics.COST.labels(metrics.tenant_label(tenant), "judge").inc(pusd / PICO_PER_USD)
-        self._submit(escalate)
+        self._submit(escalate)  # (an escalation of a verdict shared just now shares the final)
+        for key in finals:  # later work finds these verdicts in the cache
+            self._answered.pop(key, None)
         return out
+
+    def _call_key(self, c: Candidate, metric: str, tier: int) -> str:
+        return f"{self._d.keyer.metric_key(c.content_hash, metric)}|{tier}"
 
 
 @operator
@@ -410,6 +504,15 @@ def _is_dead(x: _Out) -> TypeGuard[DeadLetter]:
 
 def _shard(event_id: str) -> str:
     return str(xxhash.xxh3_64_intdigest(event_id.encode()) % SHARDS)
+
+
+def _shared(o: Outcome) -> Outcome:
+    """The outcome of a call for an event that waited for it: the verdict (or error), no calls."""
+    return Outcome(o.metric, o.verdict, error=o.error, shared=True, tier=o.tier, judge=o.judge)
+
+
+def _with_tier(key: str, tier: int) -> str:
+    return f"{key.rpartition('|')[0]}|{tier}"
 
 
 def _no_verdict(metric: str, tier: int, label: str, *, judge: str = "") -> Verdict:
@@ -460,19 +563,19 @@ def _owed_ms(state: _JudgeState) -> int | None:
     return min((*waiting, *(x.ts_ms for x in state.ready)), default=None)
 
 
-def _spend(e: Event, o: Outcome, cost: int) -> LedgerEntry:
+def _spend(e: Event, metric: str, tier: int, judge: str, calls: Sequence[JudgeCall]) -> LedgerEntry:
     """Judge spend for the event's tenant and agent, by judge model (`model`) and tier (`variant`)."""
     return LedgerEntry(
         tenant_id=e.tenant_id,
         agent=e.agent,
-        model=o.judge,
-        variant=f"tier{o.tier}",
+        model=judge,
+        variant=f"tier{tier}",
         ts_ms=e.ts_ms,
-        input_tokens=sum(call.input_tokens for call in o.calls),
-        output_tokens=sum(call.output_tokens for call in o.calls),
-        judge_calls=len(o.calls),
-        judge_cost_pusd=cost,
-        entry_id=(entry_id := f"{e.event_id}|judge|{o.metric}|{o.tier}"),
+        input_tokens=sum(call.input_tokens for call in calls),
+        output_tokens=sum(call.output_tokens for call in calls),
+        judge_calls=len(calls),
+        judge_cost_pusd=sum(call.cost_pusd for call in calls),
+        entry_id=(entry_id := f"{e.event_id}|judge|{metric}|{tier}"),
         ids=entry_hash(entry_id),
         after_ms=e.source.after_ms if e.source is not None else None,
     )

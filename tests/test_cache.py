@@ -11,14 +11,15 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 
+import msgspec
 import pytest
 import redis
 from bytewax.connectors.kafka import KafkaSourceMessage
 from bytewax.testing import TestingSource
 from prometheus_client import REGISTRY
 
-from core.ports import CachedVerdict
-from core.records import Verdict
+from core.ports import CachedVerdict, PaidTier
+from core.records import JudgeCall, Verdict
 from flows.deps import build_deps
 from flows.judgeflow import build_flow
 from sinks.clickhouse import connect, ensure_schema
@@ -50,6 +51,25 @@ def test_redis_cache_hits_misses_and_expires(redis_server):
         assert cache.get_many(["a", "b"]) == [None, None]
         raw.close()
     finally:
+        cache.close()
+
+
+def test_a_verdict_keeps_who_paid_for_it_and_entries_written_before_that_still_read(redis_server):
+    call = JudgeCall("openai/gpt-4o-mini", 1, 120, 30, 5_000_000, 812.5, True)
+    paid = CachedVerdict(
+        verdict().verdict,
+        T0,
+        paid_by="evt-1",
+        paid=(PaidTier(verdict().verdict, 1, "openai/gpt-4o-mini", (call,)),),
+    )
+    cache = RedisVerdictCache(redis_server.url, ttl_s=60)
+    raw = redis.Redis.from_url(redis_server.url)
+    try:
+        cache.put_many({"paid": paid})
+        raw.set("jf:v:old", msgspec.msgpack.encode([verdict().verdict, T0]))  # the format without payer
+        assert cache.get_many(["paid", "old"]) == [paid, verdict()]
+    finally:
+        raw.close()
         cache.close()
 
 

@@ -64,7 +64,9 @@ def by_tokens(i: int, o: int) -> int:
     return 150_000 * i + 600_000 * o
 
 
-def make_runtime(ep: LocalEndpoint, costs: dict[int, Callable[[int, int], int]]) -> JudgeRuntime:
+def make_runtime(
+    ep: LocalEndpoint, costs: dict[int, Callable[[int, int], int]], max_in_flight: int = 64
+) -> JudgeRuntime:
     def judges() -> dict:
         return {
             1: OpenAIJudge(
@@ -76,20 +78,27 @@ def make_runtime(ep: LocalEndpoint, costs: dict[int, Callable[[int, int], int]])
         }
 
     fast = EndpointPolicy(retry=RetryPolicy(base_backoff_s=0.01))
-    return JudgeRuntime(judges, max_in_flight=64, policies={1: fast, 2: fast})
+    return JudgeRuntime(judges, max_in_flight=max_in_flight, policies={1: fast, 2: fast})
 
 
 @contextmanager
 def judge_logic(
-    ep: LocalEndpoint, plan: JudgePlan, *, resume: _JudgeState | None = None
+    ep: LocalEndpoint,
+    plan: JudgePlan,
+    *,
+    resume: _JudgeState | None = None,
+    cache: MemoryVerdictCache | None = None,
+    max_in_flight: int = 64,
 ) -> Iterator[tuple[_JudgeLogic, _Deps]]:
+    """The judge's logic as Bytewax would build it; `cache`: one shared with another logic (a
+    restart, a replay), else its own."""
     costs = dict(plan.costs) or {1: by_tokens, 2: by_tokens}
-    runtime = make_runtime(ep, costs)
+    runtime = make_runtime(ep, costs, max_in_flight)
     deps = _Deps(
         plan=plan,
         rules=RULES,
         runtime=runtime,
-        cache=MemoryVerdictCache(max_entries=10_000, ttl_s=3600),
+        cache=cache or MemoryVerdictCache(max_entries=10_000, ttl_s=3600),
         keyer=ContentKeyer(lowercase=False, volatile_patterns=(), judge_version="test"),
         now_ms=lambda: T0,
         eof_timeout_s=30,

@@ -92,7 +92,7 @@ def _wait_all(rt, pairs, *, timeout_s: float):
     """Submit (metric, item) pairs and wait up to `timeout_s` for every outcome."""
     done: queue.Queue = queue.Queue()
     tasks = [
-        Task(m, 1, item, key=f"outage-{i}", on_done=lambda o, i=i: done.put((i, o)))
+        Task(m, 1, item, on_done=lambda o, i=i: done.put((i, o)))
         for i, (m, item) in enumerate(pairs)
     ]
     rt.submit_many(tasks)

@@ -76,18 +76,10 @@ def runtime(make: Callable[[], Mapping[int, LLMJudge]], **policy: Any) -> Iterat
         rt.close()
 
 
-_keys = iter(range(10**9))
-
-
-def judge_all(
-    rt: JudgeRuntime, work: list[tuple[str, JudgeItem]], *, tier: int = 1, key: str | None = None
-) -> list[Outcome]:
+def judge_all(rt: JudgeRuntime, work: list[tuple[str, JudgeItem]], *, tier: int = 1) -> list[Outcome]:
     """Submit (metric, item) pairs and wait for every outcome (in submission order)."""
     done: queue.Queue[tuple[int, Outcome]] = queue.Queue()
-    tasks = [
-        Task(m, tier, item, key=key or f"k{next(_keys)}", on_done=lambda o, i=i: done.put((i, o)))
-        for i, (m, item) in enumerate(work)
-    ]
+    tasks = [Task(m, tier, item, on_done=lambda o, i=i: done.put((i, o))) for i, (m, item) in enumerate(work)]
     rt.submit_many(tasks)
     return [o for _, o in sorted((done.get(timeout=30) for _ in work), key=lambda x: x[0])]
 
@@ -228,15 +220,6 @@ def test_a_throttled_endpoint_does_not_open_the_breaker(ep):
         states = rt.breaker_states()
     assert all("429" in o.error for o in throttled)
     assert set(states.values()) == {"closed"}
-
-
-def test_identical_work_in_flight_is_sent_once(ep):
-    with runtime(lambda: {1: make_judge("openai", ep)}) as rt:
-        outcomes = judge_all(rt, [("toxicity", ITEM)] * 20, key="same-content")
-    assert ep.stats()["total"] == 1
-    assert sum(not o.shared for o in outcomes) == 1
-    assert {o.verdict for o in outcomes if o.verdict} and all(o.verdict for o in outcomes)
-    assert sum(len(o.calls) for o in outcomes) == 1  # billed once
 
 
 def test_client_side_rate_limits_make_calls_wait_not_fail(ep):

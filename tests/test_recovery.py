@@ -180,3 +180,55 @@ def judge_minutes_unexplained(client) -> list[tuple]:
     that died with the process cannot save a call — so runs are compared on this, not on the calls.)"""
     windows, evaluations = (set(map(tuple, client.query(sql).result_rows)) for sql in _JUDGE_MINUTES)
     return sorted(windows ^ evaluations)[:8]
+
+
+# every (content, metric, tier) the LLM judges answered, by how many evaluations paid for it
+_PAYERS_PER_CALL = (
+    "SELECT payers, count() FROM (SELECT content_hash, metric, tier,"
+    " countIf(NOT cache_hit AND judge_cost_usd > 0) AS payers FROM evaluations FINAL"
+    " WHERE tier > 0 AND error = '' GROUP BY content_hash, metric, tier) GROUP BY payers"
+)
+_JUDGE_TOTALS = (
+    "SELECT window_s, sum(judge_calls), sum(judge_cost_usd) FROM cost_windows FINAL"
+    " WHERE category = 'judge' GROUP BY window_s"
+)
+
+
+@pytest.mark.slow
+def test_with_the_redis_cache_a_killed_job_shows_each_judge_call_once_as_a_clean_run_does(
+    kafka, judge_endpoint, redis_server, tmp_path
+):
+    """Redis outlives the process: a call paid before the kill is in it with the event that paid, and
+    that event, read again, gives back its rows and spend. So each content is paid for by exactly one
+    evaluation in both runs, and the judge spend adds up to the same calls and dollars at every window
+    size. (Which of identical events pays depends on which reached the judge first — timing, in any run.)"""
+    kafka.create_topic("llm-events", 4)
+    messages = list(generate(limit=12_000))
+    produce_all(kafka.bootstrap, "llm-events", messages)
+    bad = sum(1 for k, _, _ in messages if k.startswith(b"bad-"))
+    database = "judgeflow"
+    got: dict[str, tuple] = {}
+    for run in ("clean", "killed"):
+        redis_server.stop()
+        redis_server.start()  # empty: it keeps nothing on disk
+        with start_chdb_http(tmp_path / f"{run}_chdb") as url:
+            env = job_env(kafka, url, judge_endpoint) | {"JUDGEFLOW_REDIS_URL": redis_server.url}
+            if run == "clean":
+                proc = judgeflow_run(tmp_path / f"{run}_recovery", env)
+                _, err = proc.communicate(timeout=300)
+                assert proc.returncode == 0, err.decode()[-3000:]
+            else:
+                kill_twice_then_finish(
+                    url, env, tmp_path / "recovery", database, (1000, 5000), len(messages) - bad
+                )
+            host, port = url.removeprefix("http://").split(":")
+            client = clickhouse_connect.get_client(host=host, port=int(port), database=database)
+            payers = dict(map(tuple, client.query(_PAYERS_PER_CALL).result_rows))
+            totals = sorted(map(tuple, client.query(_JUDGE_TOTALS).result_rows))
+            got[run] = (tables(client), payers, totals)
+            assert judge_minutes_unexplained(client) == []
+    (want, want_payers, want_totals), (tables_, payers, totals) = got["clean"], got["killed"]
+    assert crash_differences(tables_, want) == {}
+    assert set(want_payers) == {1} and want_payers[1] > 1000, want_payers  # every call paid for once
+    assert payers == want_payers
+    assert totals == want_totals and len({t[1:] for t in totals}) == 1  # the same at every size
