@@ -24,7 +24,7 @@ import collections
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TypeGuard, cast
@@ -41,11 +41,8 @@ from core.records import (
     PICO_PER_USD,
     DeadLetter,
     Evaluation,
-    Event,
-    JudgeCall,
     LedgerEntry,
     Verdict,
-    entry_hash,
 )
 from judges.base import JudgeItem, RuleJudge
 from judges.budget import BudgetBook
@@ -54,6 +51,8 @@ from judges.local import LocalJudge
 from judges.runtime import JudgeRuntime, Outcome, Task
 from operators import owed
 from operators.dedup import Candidate, ContentKeyer, lookup
+from operators.judge_calls import SharedCalls, shared
+from operators.judge_rows import evaluation, no_verdict, paid_rows, spend
 
 __all__ = ["JudgeOut", "JudgePlan", "judge"]
 
@@ -95,7 +94,7 @@ class _JudgeState:
     waiting: list[_Waiting]
     ready: list[Evaluation | LedgerEntry]
     budget: dict[tuple[str, int], int] = field(default_factory=dict)
-    answered: dict[str, Outcome] = field(default_factory=dict)  # see `_JudgeLogic._answered`
+    answered: dict[str, Outcome] = field(default_factory=dict)  # `SharedCalls.snapshot`
 
 
 @dataclass
@@ -122,13 +121,8 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         self._waiting: dict[str, _Waiting] = {}
         # (event id, call key, outcome): finished, not yet emitted
         self._done: collections.deque[tuple[str, str, Outcome]] = collections.deque()
-        # One call per key (content, metric, tier) at a time: the events that need a key while its
-        # call is queued, under way or finished and not yet emitted wait for that call's outcome
-        # (shared, at no cost) instead of paying for it again.
-        self._followers: dict[str, list[str]] = {}
-        # Escalated tier-1 outcomes, until their content's final verdict is cached (and, within one
-        # harvest, the final verdicts just cached): an event needing the key meanwhile shares them.
-        self._answered: dict[str, Outcome] = dict(getattr(resume, "answered", {}))  # (older snapshots: none)
+        # one call per (content, metric, tier) at a time (older snapshots have no `answered`)
+        self._calls = SharedCalls(getattr(resume, "answered", None))
         # started, not yet admitted by the runtime (no free slot); their work is in `_waiting`
         self._queued: collections.deque[Task] = collections.deque()
         self._ready: list[Evaluation | LedgerEntry] = []
@@ -157,7 +151,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
                     work.append((w.cand, m, p.tier))
                     continue
                 del w.pending[m]
-                self._answered.pop(self._call_key(w.cand, m, 1), None)  # its cascade is over
+                self._calls.end_cascade(self._call_key(w.cand, m, p.tier))
                 self._budget.charge(e.tenant_id, e.ts_ms, -p.reserved_pusd)
                 self._ready.extend(self._from_cache(w.cand, cached, p.paid))
             if w.pending:
@@ -207,11 +201,10 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         out.extend(self._harvest())
         for w in list(self._waiting.values()):  # never silently drop: record the timeout
             for m, p in w.pending.items():
-                verdict = _no_verdict(m, p.tier, ERROR)
-                out.append(_evaluation(w.cand, verdict, error="judge timed out at shutdown"))
+                verdict = no_verdict(m, p.tier, ERROR)
+                out.append(evaluation(w.cand, verdict, error="judge timed out at shutdown"))
         self._waiting.clear()
-        self._followers.clear()
-        self._answered.clear()
+        self._calls.clear()
         return out, StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -230,7 +223,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
             waiting=waiting,
             ready=list(self._ready),
             budget=dict(self._budget.spent),
-            answered=dict(self._answered),
+            answered=self._calls.snapshot(),
         )
         owed.OWED.seal(self._owed, _owed_ms(state))
         return state
@@ -291,7 +284,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
             if 0 in tiers or (ceiling == 0 and metric in llm):
                 tier0 = self._d.rules.verdict(metric, e.flags)  # the sampler's pass found them
                 if tier0 is not None:
-                    out.append(_evaluation(c, tier0))
+                    out.append(evaluation(c, tier0))
             if plan.settles(tier0):
                 continue
             lv = local.get(metric)
@@ -300,7 +293,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
                     metrics.JUDGE_LOCAL.labels(metric, "asked_llm").inc()
                 else:
                     metrics.JUDGE_LOCAL.labels(metric, "final").inc()
-                    out.append(_evaluation(c, lv))
+                    out.append(evaluation(c, lv))
                     reason = plan.escalation(lv, ceiling) if metric in llm else None
                     if reason is None:
                         continue
@@ -325,8 +318,8 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
                 metrics.JUDGE_DEGRADED.labels(metrics.tenant_label(e.tenant_id), str(ceiling)).inc()
             if tier is None:
                 if tier0 is None:
-                    verdict = _no_verdict(metric, plan.default_tier(metric), SKIPPED)
-                    out.append(_evaluation(c, verdict, error=BUDGET_SPENT))
+                    verdict = no_verdict(metric, plan.default_tier(metric), SKIPPED)
+                    out.append(evaluation(c, verdict, error=BUDGET_SPENT))
                 continue
             reserved = plan.estimate_pusd(tier, metric, item)
             self._budget.charge(e.tenant_id, e.ts_ms, reserved)
@@ -344,18 +337,12 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         charged to the budget as they charged it."""
         paid = c.paid.get(v.metric)
         if not paid or paid[: len(emitted)] != emitted:
-            return [_evaluation(c, v, cache_hit=True)]
-        e = c.event
-        out: list[Evaluation | LedgerEntry] = []
-        for part in paid[len(emitted) :]:
-            cost = sum(call.cost_pusd for call in part.calls)
-            self._budget.charge(e.tenant_id, e.ts_ms, cost)
-            if part.calls:
-                out.append(_spend(e, v.metric, part.tier, part.judge, part.calls))
-            latency = sum((call.latency_ms for call in part.calls), 0.0)
-            out.append(_evaluation(c, part.verdict, cost=cost, latency=latency))
+            return [evaluation(c, v, cache_hit=True)]
+        parts = paid[len(emitted) :]
+        cost = sum(call.cost_pusd for part in parts for call in part.calls)
+        self._budget.charge(c.event.tenant_id, c.event.ts_ms, cost)
         metrics.JUDGE_REPLAYED.labels(v.metric).inc()
-        return out
+        return paid_rows(c, v.metric, parts)
 
     def _submit(self, work: list[_Work]) -> None:
         if not work:
@@ -368,15 +355,13 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
             e = c.event
             event_id = e.event_id
             key = self._call_key(c, metric, tier)
-            followers = self._followers.get(key)
-            if followers is not None:  # the same call is queued or under way
-                followers.append(event_id)
+            if self._calls.follow(key, event_id):  # the same call is queued or under way
                 continue
-            answered = self._answered.get(key)
+            answered = self._calls.answer(key)
             if answered is not None:
-                done.append((event_id, key, _shared(answered)))
+                done.append((event_id, key, answered))
                 continue
-            self._followers[key] = []
+            self._calls.lead(key)
             item = items.get(event_id)
             if item is None:
                 item = JudgeItem(e.input_text, e.output_text, e.context)
@@ -411,13 +396,10 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         plan = self._plan
         now = self._d.now_ms()
         spent: dict[str, int] = {}
-        finals: list[str] = []  # keys answered for this harvest only (their verdicts are cached)
         while self._done:
             event_id, key, o = self._done.popleft()
             if not o.shared:  # the call's outcome: every event that waited for it shares it
-                self._done.extend((f, key, _shared(o)) for f in self._followers.pop(key, ()))
-                if o.tier > 1 or o.verdict is None:  # the end of its content's cascade
-                    self._answered.pop(_with_tier(key, 1), None)
+                self._done.extend((f, key, shared(o)) for f in self._calls.finished(key, o))
             w = self._waiting.get(event_id)
             p = w.pending.get(o.metric) if w is not None else None
             if w is None or p is None or p.tier != o.tier:
@@ -428,20 +410,18 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
             latency = sum((call.latency_ms for call in o.calls), 0.0)
             self._budget.charge(e.tenant_id, e.ts_ms, cost - p.reserved_pusd)
             if o.calls:
-                out.append(_spend(e, o.metric, o.tier, o.judge, o.calls))
+                out.append(spend(e, o.metric, o.tier, o.judge, o.calls))
                 spent[e.tenant_id] = spent.get(e.tenant_id, 0) + cost
             if o.verdict is None:
-                verdict = _no_verdict(o.metric, o.tier, ERROR, judge=o.judge)
-                out.append(_evaluation(c, verdict, cost=cost, latency=latency, error=o.error))
+                verdict = no_verdict(o.metric, o.tier, ERROR, judge=o.judge)
+                out.append(evaluation(c, verdict, cost=cost, latency=latency, error=o.error))
             else:
-                out.append(_evaluation(c, o.verdict, cache_hit=o.shared, cost=cost, latency=latency))
+                out.append(evaluation(c, o.verdict, cache_hit=o.shared, cost=cost, latency=latency))
                 # what this event paid for, up to this tier: the cached verdict keeps it
                 paid = p.paid if o.shared else (*p.paid, PaidTier(o.verdict, o.tier, o.judge, tuple(o.calls)))
                 reason = plan.escalation(o.verdict, self._budget.ceiling(e.tenant_id, e.ts_ms))
-                if not o.shared:  # answers this key until its content's final verdict is cached
-                    self._answered[key] = o
-                    if reason is None:
-                        finals.append(key)
+                if not o.shared:
+                    self._calls.answers(key, o, final=reason is None)
                 if reason is not None:
                     metrics.JUDGE_ESCALATIONS.labels(o.metric, reason).inc()
                     item = JudgeItem(e.input_text, e.output_text, e.context)
@@ -459,8 +439,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         for tenant, pusd in spent.items():
             metrics.COST.labels(metrics.tenant_label(tenant), "judge").inc(pusd / PICO_PER_USD)
         self._submit(escalate)  # (an escalation of a verdict shared just now shares the final)
-        for key in finals:  # later work finds these verdicts in the cache
-            self._answered.pop(key, None)
+        self._calls.harvested()
         return out
 
     def _call_key(self, c: Candidate, metric: str, tier: int) -> str:
@@ -506,76 +485,7 @@ def _shard(event_id: str) -> str:
     return str(xxhash.xxh3_64_intdigest(event_id.encode()) % SHARDS)
 
 
-def _shared(o: Outcome) -> Outcome:
-    """The outcome of a call for an event that waited for it: the verdict (or error), no calls."""
-    return Outcome(o.metric, o.verdict, error=o.error, shared=True, tier=o.tier, judge=o.judge)
-
-
-def _with_tier(key: str, tier: int) -> str:
-    return f"{key.rpartition('|')[0]}|{tier}"
-
-
-def _no_verdict(metric: str, tier: int, label: str, *, judge: str = "") -> Verdict:
-    return Verdict(metric=metric, score=0.0, label=label, explanation="", judge=judge, tier=tier)
-
-
-def _evaluation(
-    c: Candidate,
-    v: Verdict,
-    *,
-    cache_hit: bool = False,
-    prob: float | None = None,
-    cost: int = 0,
-    latency: float = 0.0,
-    error: str = "",
-) -> Evaluation:
-    e = c.event
-    return Evaluation(
-        # one row per (event, metric, tier): a replay or a retry replaces it
-        eval_id=xxhash.xxh3_128_hexdigest(f"{e.event_id}|{v.metric}|{v.tier}".encode()),
-        event_id=e.event_id,
-        ts_ms=e.ts_ms,
-        tenant_id=e.tenant_id,
-        agent=e.agent,
-        model=e.model,
-        variant=e.variant,
-        metric=v.metric,
-        score=v.score,
-        label=v.label,
-        explanation=v.explanation,
-        judge=v.judge,
-        tier=v.tier,
-        cache_hit=cache_hit,
-        inclusion_prob=c.inclusion_prob if prob is None else prob,
-        content_hash=c.content_hash,
-        judge_cost_pusd=cost,
-        judge_latency_ms=latency,
-        error=error,
-        stratum=c.stratum,
-        cheap=v.metric in c.cheap,
-        after_ms=e.source.after_ms if e.source is not None else None,
-    )
-
-
 def _owed_ms(state: _JudgeState) -> int | None:
     """The earliest event time whose evaluations or spend are still to be emitted (None: none)."""
     waiting = (w.cand.event.ts_ms for w in state.waiting)
     return min((*waiting, *(x.ts_ms for x in state.ready)), default=None)
-
-
-def _spend(e: Event, metric: str, tier: int, judge: str, calls: Sequence[JudgeCall]) -> LedgerEntry:
-    """Judge spend for the event's tenant and agent, by judge model (`model`) and tier (`variant`)."""
-    return LedgerEntry(
-        tenant_id=e.tenant_id,
-        agent=e.agent,
-        model=judge,
-        variant=f"tier{tier}",
-        ts_ms=e.ts_ms,
-        input_tokens=sum(call.input_tokens for call in calls),
-        output_tokens=sum(call.output_tokens for call in calls),
-        judge_calls=len(calls),
-        judge_cost_pusd=sum(call.cost_pusd for call in calls),
-        entry_id=(entry_id := f"{e.event_id}|judge|{metric}|{tier}"),
-        ids=entry_hash(entry_id),
-        after_ms=e.source.after_ms if e.source is not None else None,
-    )

@@ -91,10 +91,7 @@ def test_an_hour_long_deadline_is_tested_with_an_injected_clock():
 def _wait_all(rt, pairs, *, timeout_s: float):
     """Submit (metric, item) pairs and wait up to `timeout_s` for every outcome."""
     done: queue.Queue = queue.Queue()
-    tasks = [
-        Task(m, 1, item, on_done=lambda o, i=i: done.put((i, o)))
-        for i, (m, item) in enumerate(pairs)
-    ]
+    tasks = [Task(m, 1, item, on_done=lambda o, i=i: done.put((i, o))) for i, (m, item) in enumerate(pairs)]
     rt.submit_many(tasks)
     return [done.get(timeout=timeout_s)[1] for _ in pairs]
 

@@ -90,6 +90,7 @@ def test_an_identical_event_arriving_while_tier_2_confirms_shares_both_tiers(jud
         assert not any(v.tier == 2 for v in evaluations(out))  # tier 2 is still under way
         second, _ = logic.on_batch([candidate(event("b", HARSH), plan, deps.keyer)])
         out += [*second, *drain(logic)]
+        assert logic.snapshot().answered == {}  # the cascade is over: the cache answers from now on
     assert calls_by_model(ep) == {TIER1: 1, TIER2: 1}
     assert tiers_by(out) == {("a", "toxicity"): [1, 2], ("b", "toxicity"): [1, 2]}
     b = [v for v in evaluations(out) if v.event_id == "b"]
@@ -165,5 +166,6 @@ def test_a_restore_takes_work_that_finished_after_the_snapshot_from_the_cache(ju
     with judge_logic(ep, plan, cache=cache, resume=state) as (restored, _):
         resumed = drain(restored)
         assert restored.snapshot().budget == budget
+        assert len(state.answered) == 1 and restored.snapshot().answered == {}  # e0's tier 1 answers no more
     assert ep.stats()["total"] == calls  # nothing was sent again
     assert table(resumed) == table(after_snapshot)  # and e0's tier 1, out before the snapshot, not again
