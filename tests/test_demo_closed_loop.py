@@ -21,8 +21,9 @@ def test_the_demo_throttles_judging_of_the_tenant_its_alert_names(chdb_dsn, data
     client = connect(chdb_dsn, database)
     ((tenant, at, before, before_pct, during, during_pct),) = rows(client, CLOSED_LOOP_SQL)
     assert tenant == "globex" and before > 1000 and during > 1000
-    # the normal design: 10% base rate plus the forced strata, less the events whose verdicts the cache had
-    assert before_pct > 8
+    # the normal design: 10% base rate plus the forced strata (17.6% of globex's events here), less the
+    # events that shared an identical text's call or found their verdict in the cache (7.6-7.9%)
+    assert before_pct > 5
     assert during_pct < 2  # 1%, in event time, although the whole hour was read before the alert
     critical = "SELECT toString(ts) FROM alerts FINAL WHERE tenant_id = 'globex' AND level = 'critical'"
     assert rows(client, critical) == [(at,)]
