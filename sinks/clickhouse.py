@@ -58,7 +58,8 @@ from clickhouse_connect.driver.insert import InsertContext
 from prometheus_client import Counter
 
 from core.errors import Backoff, FatalError, GaveUp, JudgeflowError, call_with_retries
-from sinks.clickhouse_tables import ROW_BUILDERS, TABLES, TableSpec, event_row, table_spec
+from sinks.clickhouse_rows import event_row
+from sinks.clickhouse_tables import ROW_BUILDERS, TABLES, TableSpec, table_spec
 
 logger = logging.getLogger(__name__)
 

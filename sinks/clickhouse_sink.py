@@ -55,7 +55,8 @@ from sinks.clickhouse import (
     is_data_fault,
     retry,
 )
-from sinks.clickhouse_tables import dead_letter_row, event_row, table_spec
+from sinks.clickhouse_rows import dead_letter_row, event_row
+from sinks.clickhouse_tables import table_spec
 
 logger = logging.getLogger(__name__)
 

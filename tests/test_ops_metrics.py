@@ -9,8 +9,8 @@ from prometheus_client import REGISTRY
 
 from judges.runtime import JudgeRuntime
 from simulators.local_endpoint import EndpointConfig, LocalEndpoint
+from sinks.clickhouse_rows import observe_evaluation_latency
 from sinks.clickhouse_sink import ClickHouseSink
-from sinks.clickhouse_tables import observe_evaluation_latency
 from tests.test_clickhouse_sink import make_evaluation
 from tests.test_judge_runtime import BAD_KEY, judge_one, make_judge, runtime
 
