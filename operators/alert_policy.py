@@ -10,8 +10,8 @@ from decimal import Decimal
 from functools import cached_property
 from typing import Any
 
+from operators.alert_rule import HOUR_MS, Rule
 from operators.alert_rules import (
-    HOUR_MS,
     INFORMATIONAL_RULES,
     RULE_NAMES,
     RULE_TYPES,
@@ -22,7 +22,6 @@ from operators.alert_rules import (
     JudgeBudget,
     MonthlyProjection,
     RepeatedPrompts,
-    Rule,
     SingleUserShare,
     VariantCost,
     VolumeSpike,

@@ -59,7 +59,7 @@ from core.ports import OverrideAction
 from core.records import LEVELS, RANK, AbuseWindow, Alert, CostWindow, alert_subject
 from operators import event_time
 from operators.alert_policy import AlertPolicy
-from operators.alert_rules import Reading, Rule, dec
+from operators.alert_rule import Reading, Rule, dec
 from operators.alert_state import DAY_MS, TenantLedger, month_bounds
 from operators.expensive import ExpensiveSlot
 from operators.owed import arrived_ms
