@@ -19,7 +19,8 @@ from core.errors import Unavailable
 from core.ports import ControlStore, DisabledJudge, VerdictCache
 from core.records import PICO_PER_USD, usd_to_pico
 from flows import gc_policy
-from flows.config import ConfigError, JudgeTierConfig, Settings
+from flows.config import ConfigError, Settings
+from flows.config_judges import JudgeTierConfig
 from judges.base import LLMJudge, RuleJudge
 from judges.budget import BudgetPolicy
 from judges.local import LocalJudge, load_local_models
