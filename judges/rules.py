@@ -42,9 +42,7 @@ How an item is matched (speed):
 
 from __future__ import annotations
 
-import hashlib
 import re
-import threading
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from re import _constants as _sre  # type: ignore[attr-defined]  # the parse tree: no public API
@@ -53,6 +51,7 @@ from typing import Any
 
 from core.records import Verdict
 from judges.base import FLAGGED, OK, JudgeItem
+from judges.rule_engines import engine_for, fingerprint
 from judges.rule_table import DIGIT_RUNS, LONG_RUN, OUT, OUT_FOLD, RULES, Rule
 
 # Bump when a check function or the matching engine changes; edits to the
@@ -209,32 +208,6 @@ def _occurrences(text: str, literal: str, end: int) -> Iterator[int]:
         i = text.find(literal, i + 1, end)
 
 
-# --- the engines ----------------------------------------------------------------------
-#
-# An engine answers one question per item: which rows can match? `re` says
-# "all of them" (each row then runs its own pattern, as before). `hyperscan`
-# compiles every row's pattern into one database per view in prefilter mode
-# (Hyperscan drops what it cannot run, such as lookarounds, and matches a
-# superset) and scans each view once (UTF-8, Unicode classes where the row has
-# them); it names the few rows that can match. Rows with their own prefilter
-# (`needs`: digit runs, token runs, a literal) skip the scan. The candidates
-# are confirmed by their exact `re` pattern and checks, so both engines give
-# the same flags and spans. bench/rules_engines.py measured the alternatives
-# (Hyperscan on required literals, an RE2 set, Aho-Corasick).
-
-ENGINES = ("hyperscan", "re")
-
-
-class _ReEngine:
-    name = "re"
-
-    def __init__(self, rules: Sequence[Rule]) -> None:
-        self._all = tuple(range(len(rules)))
-
-    def candidates(self, texts: _Texts, views: Sequence[int] = ()) -> Sequence[int]:
-        return self._all
-
-
 def _openings(items: Any) -> set[str] | None:
     for op, av in items:
         if op in (_sre.AT, _sre.ASSERT, _sre.ASSERT_NOT):
@@ -286,125 +259,6 @@ def _match_at(pattern: re.Pattern[str], text: str, openings: tuple[str, ...], en
     return False
 
 
-def _on_match(row: int, start: int, end: int, flags: int, hits: list[int]) -> None:
-    hits.append(row)
-
-
-class _HyperscanEngine:
-    """One Hyperscan database per view, one scan per view and item."""
-
-    name = "hyperscan"
-
-    def __init__(self, rules: Sequence[Rule]) -> None:
-        import hyperscan
-
-        self._hs = hyperscan
-        # rows with their own prefilter (digit runs, token runs, a literal) skip the scan
-        self.always = [i for i, r in enumerate(rules) if r.needs]
-        by_view: dict[int, list[int]] = {}
-        for i, r in enumerate(rules):
-            if not r.needs:
-                by_view.setdefault(r.reads, []).append(i)
-        self._dbs: list[tuple[int, Any]] = []
-        for view, rows in sorted(by_view.items()):
-            try:
-                db = self._compile(rules, rows)
-            except hyperscan.error:
-                # a row Hyperscan cannot take even as a prefilter runs on every item
-                ok = [i for i in rows if self._compiles(rules, i)]
-                self.always += [i for i in rows if i not in ok]
-                db = self._compile(rules, ok) if ok else None
-            if db is not None:
-                self._dbs.append((view, db))
-        self.always.sort()
-        self._local = threading.local()
-
-    def _compile(self, rules: Sequence[Rule], rows: list[int]) -> Any:
-        hs = self._hs
-        expressions, flags = [], []
-        for i in rows:
-            p = rules[i].pattern
-            expressions.append((("(?x)" if p.flags & re.VERBOSE else "") + p.pattern).encode())
-            flags.append(
-                hs.HS_FLAG_PREFILTER
-                | hs.HS_FLAG_SINGLEMATCH
-                | hs.HS_FLAG_UTF8
-                | (0 if p.flags & re.ASCII else hs.HS_FLAG_UCP)
-                | (hs.HS_FLAG_CASELESS if p.flags & re.IGNORECASE else 0)
-                | (hs.HS_FLAG_DOTALL if p.flags & re.DOTALL else 0)
-                | (hs.HS_FLAG_MULTILINE if p.flags & re.MULTILINE else 0)
-            )
-        db = hs.Database(mode=hs.HS_MODE_BLOCK)
-        db.compile(expressions=expressions, ids=rows, elements=len(rows), flags=flags)
-        return db
-
-    def _compiles(self, rules: Sequence[Rule], i: int) -> bool:
-        try:
-            self._compile(rules, [i])
-        except self._hs.error:
-            return False
-        return True
-
-    def _scratches(self) -> list[Any]:
-        # scratch space per thread and database: bytewax workers may share a process
-        scratches = getattr(self._local, "scratches", None)
-        if scratches is None:
-            scratches = self._local.scratches = [self._hs.Scratch(db) for _, db in self._dbs]
-        return scratches
-
-    def candidates(self, texts: _Texts, views: Sequence[int] = ()) -> Sequence[int]:
-        hits: list[int] = []
-        for (view, db), scratch in zip(self._dbs, self._scratches(), strict=True):
-            if views and view not in views:
-                continue
-            text = texts.get(view)
-            if text:
-                db.scan(text.encode(), match_event_handler=_on_match, context=hits, scratch=scratch)
-        if not hits:
-            return self.always
-        return sorted(hits + self.always)  # table order: the same explanations whatever the scan order
-
-
-# compiled databases per rule table (by fingerprint): compiling takes ~0.5 s and a
-# process builds its rules more than once (deps, tests)
-_COMPILED: dict[str, _HyperscanEngine] = {}
-
-
-def _hyperscan(rules: Sequence[Rule]) -> _HyperscanEngine:
-    key = _fingerprint(rules)
-    engine = _COMPILED.get(key)
-    if engine is None:
-        engine = _COMPILED[key] = _HyperscanEngine(rules)
-    return engine
-
-
-def _engine(name: str, rules: Sequence[Rule]) -> _ReEngine | _HyperscanEngine:
-    if name == "auto":
-        try:
-            return _hyperscan(rules)
-        except ImportError:
-            return _ReEngine(rules)
-    if name == "hyperscan":
-        try:
-            return _hyperscan(rules)
-        except ImportError as e:
-            msg = f"engine 'hyperscan' needs the hyperscan package: pip install 'hyperscan>=0.7,<1' ({e})"
-            raise ImportError(msg) from e
-    if name == "re":
-        return _ReEngine(rules)
-    msg = f"unknown tier-0 engine {name!r}; allowed: auto, {', '.join(ENGINES)}"
-    raise ValueError(msg)
-
-
-def _fingerprint(rules: Sequence[Rule]) -> str:
-    h = hashlib.sha256()
-    for r in rules:
-        fields = (r.name, r.metric, r.version, r.pattern.pattern, r.pattern.flags, r.reads, r.needs,
-                  r.window, r.head, r.score)  # fmt: skip
-        h.update(repr(fields).encode())
-    return h.hexdigest()[:8]
-
-
 class Tier0Rules:
     """The tier-0 `RuleJudge`: `flags()` for the sampler, `judge()` for verdicts.
 
@@ -422,8 +276,8 @@ class Tier0Rules:
 
     def __init__(self, rules: Sequence[Rule] = RULES, *, engine: str = "auto") -> None:
         self.rules = tuple(rules)
-        self.version = f"{RULESET_VERSION}.{_fingerprint(self.rules)}"
-        self._engine = _engine(engine, self.rules)
+        self.version = f"{RULESET_VERSION}.{fingerprint(self.rules)}"
+        self._engine = engine_for(engine, self.rules)
         self.engine = self._engine.name
         by_metric: dict[str, list[int]] = {}
         for i, r in enumerate(self.rules):

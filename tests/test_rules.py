@@ -38,8 +38,9 @@ from hypothesis import strategies as st
 
 from judges.base import FLAGGED, OK, JudgeItem, RuleJudge
 from judges.rule_checks import iban_valid, luhn_valid
+from judges.rule_engines import ENGINES
 from judges.rule_table import RULES
-from judges.rules import ENGINES, Tier0Rules, _clean, _lower, fold
+from judges.rules import Tier0Rules, _clean, _lower, fold
 
 DATA = Path(os.environ.get("JUDGEFLOW_DATA", "/work/shared/data"))
 
