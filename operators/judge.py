@@ -123,6 +123,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         self._done: collections.deque[tuple[str, str, Outcome]] = collections.deque()
         # one call per (content, metric, tier) at a time (older snapshots have no `answered`)
         self._calls = SharedCalls(getattr(resume, "answered", None))
+        self._judge_names: dict[int, str] = {}  # LLM tier -> judge name (the runtime's, on first use)
         # started, not yet admitted by the runtime (no free slot); their work is in `_waiting`
         self._queued: collections.deque[Task] = collections.deque()
         self._ready: list[Evaluation | LedgerEntry] = []
@@ -227,8 +228,6 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         )
         owed.OWED.seal(self._owed, _owed_ms(state))
         return state
-
-    # --- internals ---------------------------------------------------------
 
     def _look_again(self, cands: list[Candidate]) -> list[Candidate]:
         keyer, metrics_ = self._d.keyer, self._plan.llm_metrics
@@ -337,12 +336,21 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         charged to the budget as they charged it."""
         paid = c.paid.get(v.metric)
         if not paid or paid[: len(emitted)] != emitted:
-            return [evaluation(c, v, cache_hit=True)]
+            return [evaluation(c, v, cache_hit=True), *self._free(c, v.metric)]
         parts = paid[len(emitted) :]
         cost = sum(call.cost_pusd for part in parts for call in part.calls)
         self._budget.charge(c.event.tenant_id, c.event.ts_ms, cost)
         metrics.JUDGE_REPLAYED.labels(v.metric).inc()
         return paid_rows(c, v.metric, parts)
+
+    def _free(self, c: Candidate, metric: str) -> list[LedgerEntry]:
+        """An entry with no calls per LLM tier of the metric, for a verdict that cost the event nothing:
+        every judged event is in the judge-spend windows its calls would be in, so after a restart
+        (where another of identical events may pay) its minutes are written again."""
+        names = self._judge_names or self._d.runtime.judge_names()
+        self._judge_names = names
+        tiers = [t for t in self._plan.metrics.get(metric, ()) if t in names]
+        return [spend(c.event, metric, t, names[t], ()) for t in tiers]
 
     def _submit(self, work: list[_Work]) -> None:
         if not work:
@@ -409,7 +417,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
             cost = sum(call.cost_pusd for call in o.calls)
             latency = sum((call.latency_ms for call in o.calls), 0.0)
             self._budget.charge(e.tenant_id, e.ts_ms, cost - p.reserved_pusd)
-            if o.calls:
+            if o.calls or o.verdict is not None:  # (a shared verdict: an entry with no calls, see `_free`)
                 out.append(spend(e, o.metric, o.tier, o.judge, o.calls))
                 spent[e.tenant_id] = spent.get(e.tenant_id, 0) + cost
             if o.verdict is None:
@@ -481,8 +489,8 @@ def _is_dead(x: _Out) -> TypeGuard[DeadLetter]:
     return type(x) is DeadLetter
 
 
-def _shard(event_id: str) -> str:
-    return str(xxhash.xxh3_64_intdigest(event_id.encode()) % SHARDS)
+def _shard(content_hash: str) -> str:
+    return str(xxhash.xxh3_64_intdigest(content_hash.encode()) % SHARDS)
 
 
 def _owed_ms(state: _JudgeState) -> int | None:

@@ -28,6 +28,7 @@ from tests.test_otlp_join import instrumented as instrumented  # a fixture
 from tests.test_recovery import (
     count,
     crash_differences,
+    judge_minutes_unexplained,
     judgeflow_run,
     kill_twice_then_finish,
     tables,
@@ -287,10 +288,11 @@ def test_otlp_calls_killed_twice_and_resumed_write_what_a_clean_run_writes(
     instrumented, kafka, judge_endpoint, tmp_path
 ) -> None:
     """`judgeflow run` on OTLP spans whose content comes apart, SIGKILLed twice while spans wait in
-    the join, resumed from its snapshots: the same tables as a clean run. (Judge spend minute by
-    minute is not compared with the evaluations here: every call has the same text, so identical
-    judge calls in flight are shared, and after a crash another event can pay for the shared call
-    than before it; see "Status and known limits" in the README.)"""
+    the join, resumed from its snapshots: the same tables as a clean run, and judge spend minute by
+    minute equal to the evaluations'. Every call has the same text, so one event pays for the judge
+    call and the others share it, and after a crash (the in-process cache died) another event can pay:
+    every judged event writes a judge-spend entry (with no calls when it paid nothing), so the minutes
+    written before the crash are written again."""
     kafka.create_topic("llm-events", 3)
     calls = 3000
     produce_all(kafka.bootstrap, "llm-events", _otlp_topic(instrumented, judge_endpoint, calls))
@@ -308,6 +310,7 @@ def test_otlp_calls_killed_twice_and_resumed_write_what_a_clean_run_writes(
         client = _client(url, database)
         assert count(client, "llm_events") == calls
         assert crash_differences(tables(client), want) == {}
+        assert judge_minutes_unexplained(client) == []
     assert len(want["llm_events"]) == calls and want["evaluations"]
 
 
