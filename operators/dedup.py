@@ -12,8 +12,8 @@ model change re-judges instead of reusing stale verdicts.
 
 Identical pairs are judged once: a batch looks each distinct key up once (one
 `get_many` per batch); identical keys that miss go to the same judge worker
-(the judge shards by content), where the runtime shares one call in flight
-with every task of the same key.
+(the judge shards by content), where one call at a time is made per key and
+every other event needing it shares its outcome (`operators.judge_calls`).
 
 A stored verdict names the event that paid for it (`CachedVerdict.paid_by`).
 When that event itself finds it — read again after a crash, or in a replay of
@@ -103,7 +103,6 @@ def lookup(
     hits = 0
     for c, h in zip(cands, hashes, strict=True):
         cached: dict[str, Verdict] = dict(c.cached)
-        paid: dict[str, tuple[PaidTier, ...]] | None = None
         todo = []
         for m, key in zip(metrics_, keys_of[h], strict=True):
             v = found[key]
@@ -115,11 +114,8 @@ def lookup(
                 cached[m] = v.verdict
                 hits += 1
                 if v.paid and v.paid_by == c.event.event_id:  # its own calls, read again
-                    paid = dict(c.paid) if paid is None else paid
-                    paid[m] = v.paid
+                    c.paid = {**c.paid, m: v.paid}
         c.content_hash, c.cached, c.todo = h, cached, tuple(todo)
-        if paid is not None:
-            c.paid = paid
     if stage != "dedup":
         metrics.CACHE.labels(f"hit_at_{stage}").inc(hits)
         return hits

@@ -8,7 +8,8 @@ process's `JudgeRuntime` at the tier the plan and the tenant's budget allow
 next batch or notification, unsure or flagged tier-1 verdicts go on to tier
 2, final verdicts are written back to the verdict cache, and every billed
 call becomes a judge-spend ledger entry (by judge model and tier) for the
-event's cost window.
+event's cost window, as does (with no calls) every LLM verdict that cost the
+event nothing. Identical work is sent once per shard (`operators.judge_calls`).
 
 Work not yet finished is part of the snapshot, so a restart resumes it; work
 finished before a snapshot is carried in it, so it is never paid for twice;
@@ -51,7 +52,7 @@ from judges.local import LocalJudge
 from judges.runtime import JudgeRuntime, Outcome, Task
 from operators import owed
 from operators.dedup import Candidate, ContentKeyer, lookup
-from operators.judge_calls import SharedCalls, shared
+from operators.judge_calls import CallKey, SharedCalls, shared
 from operators.judge_rows import evaluation, no_verdict, paid_rows, spend
 
 __all__ = ["JudgeOut", "JudgePlan", "judge"]
@@ -94,7 +95,7 @@ class _JudgeState:
     waiting: list[_Waiting]
     ready: list[Evaluation | LedgerEntry]
     budget: dict[tuple[str, int], int] = field(default_factory=dict)
-    answered: dict[str, Outcome] = field(default_factory=dict)  # `SharedCalls.snapshot`
+    answered: dict[CallKey, Outcome] = field(default_factory=dict)  # `SharedCalls.snapshot`
 
 
 @dataclass
@@ -120,7 +121,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         self._plan = deps.plan
         self._waiting: dict[str, _Waiting] = {}
         # (event id, call key, outcome): finished, not yet emitted
-        self._done: collections.deque[tuple[str, str, Outcome]] = collections.deque()
+        self._done: collections.deque[tuple[str, CallKey, Outcome]] = collections.deque()
         # one call per (content, metric, tier) at a time (older snapshots have no `answered`)
         self._calls = SharedCalls(getattr(resume, "answered", None))
         self._judge_names: dict[int, str] = {}  # LLM tier -> judge name (the runtime's, on first use)
@@ -377,7 +378,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
                     item = redactor.item(item)
                 items[event_id] = item
 
-            def on_done(o: Outcome, _id: str = event_id, _key: str = key) -> None:
+            def on_done(o: Outcome, _id: str = event_id, _key: CallKey = key) -> None:
                 done.append((_id, _key, o))
 
             tasks.append(Task(metric=metric, tier=tier, item=item, on_done=on_done))
@@ -438,8 +439,7 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
                     w.pending[o.metric] = _Pending(2, reserved, paid)
                     escalate.append((c, o.metric, 2))
                 elif not o.shared:
-                    cache_key = self._d.keyer.metric_key(c.content_hash, o.metric)
-                    to_cache[cache_key] = CachedVerdict(o.verdict, now, paid_by=e.event_id, paid=paid)
+                    to_cache[key[0]] = CachedVerdict(o.verdict, now, paid_by=e.event_id, paid=paid)
             if not w.pending:
                 del self._waiting[event_id]
         if to_cache:
@@ -450,8 +450,8 @@ class _JudgeLogic(StatefulBatchLogic[Candidate, _Out, _JudgeState]):
         self._calls.harvested()
         return out
 
-    def _call_key(self, c: Candidate, metric: str, tier: int) -> str:
-        return f"{self._d.keyer.metric_key(c.content_hash, metric)}|{tier}"
+    def _call_key(self, c: Candidate, metric: str, tier: int) -> CallKey:
+        return self._d.keyer.metric_key(c.content_hash, metric), tier
 
 
 @operator

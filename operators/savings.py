@@ -7,7 +7,7 @@ text, ~4 characters per token, as `judges.rubrics` builds it) and a short
 verdict. Against it, per (tenant, window):
 
     sampling   calls for the events the sampler did not choose (paused tenants included), exact
-    cache      verdicts answered by the cache (stored, or shared with an identical call in flight);
+    cache      verdicts answered by the cache (stored, or shared with an identical event's call);
                dollars at the window's mean reference cost per call
     judge      the calls actually made and their real cost (from the judge-spend ledger)
     cascade    the rest: metrics settled for free by tier-0 rules, and cheaper tiers
