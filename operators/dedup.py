@@ -38,6 +38,7 @@ from core import metrics
 from core.dead_letters import guarded
 from core.ports import PaidTier, VerdictCache
 from core.records import DeadLetter, Event, Verdict
+from operators.anchored_sub import AnchoredSub
 from operators.stage import stage_of
 
 
@@ -61,13 +62,15 @@ class ContentKeyer:
     def __init__(self, *, lowercase: bool, volatile_patterns: Sequence[str], judge_version: str) -> None:
         self._lower = lowercase
         self._volatile = (
-            re.compile("|".join(f"(?:{p})" for p in volatile_patterns)) if volatile_patterns else None
+            AnchoredSub(re.compile("|".join(f"(?:{p})" for p in volatile_patterns)), "\x00")
+            if volatile_patterns
+            else None
         )
         self._version = judge_version
 
     def normalize(self, text: str) -> str:
         if self._volatile is not None:
-            text = self._volatile.sub("\x00", text)
+            text = self._volatile.sub(text)
         text = " ".join(text.split())  # whitespace runs -> one space (str.split is ~3x a regex)
         return text.lower() if self._lower else text
 

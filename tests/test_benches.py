@@ -16,6 +16,7 @@ SMALL = {
     "alerts.py": ["--tenants", "5", "--hours", "1", "--repeat", "1"],
     "cache_stage.py": ["--events", "2000", "--repeat", "1"],
     "clickhouse_sinks.py": ["--events", "2000", "--repeat", "1"],
+    "content_key.py": ["--texts", "200", "--repeat", "1"],
     "cost_path.py": ["--events", "4000", "--repeat", "1"],
     "estimates.py": ["--seeds", "3", "--shapes", "xstest", "presidio"],
     "judge_savings.py": ["--events", "500"],
