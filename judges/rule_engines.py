@@ -5,8 +5,9 @@ An engine answers one question per item: which rows can match? `re` says
 compiles every row's pattern into one database per view in prefilter mode
 (Hyperscan drops what it cannot run, such as lookarounds, and matches a
 superset) and scans each view once (UTF-8, Unicode classes where the row has
-them); it names the few rows that can match. Rows with their own prefilter
-(`needs`: digit runs, token runs, a literal) skip the scan. The candidates
+them); it names the few rows that can match. A row with its own prefilter
+(`needs`: a digit run, a token run, a literal) is scanned for that prefilter
+instead, so an item that has none of them tries none of those rows. The candidates
 are confirmed by their exact `re` pattern and checks, so both engines give
 the same flags and spans. bench/rules_engines.py measured the alternatives
 (Hyperscan on required literals, an RE2 set, Aho-Corasick).
@@ -20,7 +21,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from judges.rule_table import Rule
+from judges.rule_table import DIGIT_RUNS, LONG_RUN, OUT, Rule
 
 __all__ = ["ENGINES", "Views", "engine_for", "fingerprint"]
 
@@ -57,48 +58,39 @@ class _HyperscanEngine:
         import hyperscan
 
         self._hs = hyperscan
-        # rows with their own prefilter (digit runs, token runs, a literal) skip the scan
-        self.always = [i for i, r in enumerate(rules) if r.needs]
-        by_view: dict[int, list[int]] = {}
+        # a row is scanned for its pattern (prefilter mode) in the view it reads; a row with its own
+        # prefilter (`needs`) for that prefilter instead (`_gate`), which `judges.rules` then checks
+        by_view: dict[int, list[_Entry]] = {}
         for i, r in enumerate(rules):
-            if not r.needs:
-                by_view.setdefault(r.reads, []).append(i)
+            view, expression, flags = _gate(hyperscan, r) if r.needs else _prefilter(hyperscan, r)
+            by_view.setdefault(view, []).append((i, expression, flags))
+        self.always: list[int] = []  # rows Hyperscan cannot take even as a prefilter: tried on every item
         self._dbs: list[tuple[int, Any]] = []
-        for view, rows in sorted(by_view.items()):
+        for view, entries in sorted(by_view.items()):
             try:
-                db = self._compile(rules, rows)
+                db = self._compile(entries)
             except hyperscan.error:
-                # a row Hyperscan cannot take even as a prefilter runs on every item
-                ok = [i for i in rows if self._compiles(rules, i)]
-                self.always += [i for i in rows if i not in ok]
-                db = self._compile(rules, ok) if ok else None
+                ok = [e for e in entries if self._compiles(e)]
+                self.always += [e[0] for e in entries if e not in ok]
+                db = self._compile(ok) if ok else None
             if db is not None:
                 self._dbs.append((view, db))
         self.always.sort()
         self._local = threading.local()
 
-    def _compile(self, rules: Sequence[Rule], rows: list[int]) -> Any:
-        hs = self._hs
-        expressions, flags = [], []
-        for i in rows:
-            p = rules[i].pattern
-            expressions.append((("(?x)" if p.flags & re.VERBOSE else "") + p.pattern).encode())
-            flags.append(
-                hs.HS_FLAG_PREFILTER
-                | hs.HS_FLAG_SINGLEMATCH
-                | hs.HS_FLAG_UTF8
-                | (0 if p.flags & re.ASCII else hs.HS_FLAG_UCP)
-                | (hs.HS_FLAG_CASELESS if p.flags & re.IGNORECASE else 0)
-                | (hs.HS_FLAG_DOTALL if p.flags & re.DOTALL else 0)
-                | (hs.HS_FLAG_MULTILINE if p.flags & re.MULTILINE else 0)
-            )
-        db = hs.Database(mode=hs.HS_MODE_BLOCK)
-        db.compile(expressions=expressions, ids=rows, elements=len(rows), flags=flags)
+    def _compile(self, entries: list[_Entry]) -> Any:
+        db = self._hs.Database(mode=self._hs.HS_MODE_BLOCK)
+        db.compile(
+            expressions=[e[1] for e in entries],
+            ids=[e[0] for e in entries],
+            elements=len(entries),
+            flags=[e[2] for e in entries],
+        )
         return db
 
-    def _compiles(self, rules: Sequence[Rule], i: int) -> bool:
+    def _compiles(self, entry: _Entry) -> bool:
         try:
-            self._compile(rules, [i])
+            self._compile([entry])
         except self._hs.error:
             return False
         return True
@@ -121,6 +113,40 @@ class _HyperscanEngine:
         if not hits:
             return self.always
         return sorted(hits + self.always)  # table order: the same explanations whatever the scan order
+
+
+_Entry = tuple[int, bytes, int]  # a row, the expression it is scanned for, the Hyperscan flags
+
+
+def _prefilter(hs: Any, r: Rule) -> tuple[int, bytes, int]:
+    """The row's own pattern, in the view it reads, as a prefilter (a superset of its matches)."""
+    p = r.pattern
+    flags = (
+        hs.HS_FLAG_PREFILTER
+        | hs.HS_FLAG_SINGLEMATCH
+        | hs.HS_FLAG_UTF8
+        | (0 if p.flags & re.ASCII else hs.HS_FLAG_UCP)
+        | (hs.HS_FLAG_CASELESS if p.flags & re.IGNORECASE else 0)
+        | (hs.HS_FLAG_DOTALL if p.flags & re.DOTALL else 0)
+        | (hs.HS_FLAG_MULTILINE if p.flags & re.MULTILINE else 0)
+    )
+    return r.reads, (("(?x)" if p.flags & re.VERBOSE else "") + p.pattern).encode(), flags
+
+
+# the row prefilters that read the output's one-byte-per-character copy (`judges.rules`), on the output's
+# UTF-8 bytes: a non-ASCII character is bytes >= 0x80 there and `?` in the copy, neither of them in the
+# classes, so each matches exactly where the copy has what the prefilter looks for (a run of 7+ digits
+# is counted by `judges.rules` on the candidates)
+_RUN_GATES = {DIGIT_RUNS: rb"[0-9][0-9 .\-()]{5,}[0-9]", LONG_RUN: rb"[A-Za-z0-9_+/=\-]{20}"}
+
+
+def _gate(hs: Any, r: Rule) -> tuple[int, bytes, int]:
+    """The row's own prefilter (`needs`): a digit run or a token run in the output, or its literal
+    in the view it reads."""
+    flags = hs.HS_FLAG_SINGLEMATCH | hs.HS_FLAG_UTF8
+    if r.needs in _RUN_GATES:
+        return OUT, _RUN_GATES[r.needs], flags
+    return r.reads, re.escape(r.needs).encode(), flags
 
 
 # compiled databases per rule table (by fingerprint): compiling takes ~0.5 s and a

@@ -632,6 +632,19 @@ def test_hyperscan_finds_what_a_plain_scan_finds_on_any_text(input_text, output_
     assert RULES_HS.find_pii(output_text) == RULES_RE.find_pii(output_text)
 
 
+# digit runs, token runs, e-mail: what the rows with their own prefilter look for
+_GATED = "0123456789 .-()+/=_@ABCxyzé中\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=_GATED, max_size=120), st.text(alphabet=_GATED + "-----BEGIN", max_size=200))
+def test_hyperscan_scans_for_the_rows_own_prefilters_as_they_read(input_text, output_text):
+    """Hyperscan scans the output's UTF-8 bytes for the digit runs and token runs that the rows with
+    those prefilters check on a one-byte-per-character copy: it names every such row that can fire."""
+    item = JudgeItem(input_text, output_text)
+    assert RULES_HS.flags(item) == plain_scan(item)
+
+
 # --- speed (printed, never asserted) ---------------------------------------------------
 
 
