@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -45,6 +46,9 @@ def bucket_labels(edges: Sequence[int]) -> list[str]:
     if not edges:
         return ["any"]
     return [f"<{edges[0]}", *(f"{lo}-{hi}" for lo, hi in itertools.pairwise(edges)), f">={edges[-1]}"]
+
+
+_ASSIGNED_MAX = 100_000  # remembered assignments, at most (then they are forgotten and made again)
 
 
 def length_bucket(tokens: int, edges: Sequence[int]) -> str:
@@ -117,7 +121,17 @@ class Sampler:
     allowed_lateness_s: float = 10.0
     idle_s: float = 5.0
 
+    # `assign`'s answers by what decides them (the tenant only when a rule names tenants)
+    _assigned: dict[tuple[object, ...], Assignment] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _by_tenant: bool = field(default=False, init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_tenant", any(r.tenant is not None for r in self.rules))
+        if any(lo >= hi for lo, hi in itertools.pairwise(self.length_buckets)):
+            msg = f"sampler: length_buckets must be increasing, got {list(self.length_buckets)}"
+            raise ValueError(msg)
         unknown = [d for d in self.strata if d not in DIMENSIONS]
         if unknown:
             msg = f"sampler: unknown strata dimensions {unknown}; allowed: {', '.join(DIMENSIONS)}"
@@ -142,7 +156,28 @@ class Sampler:
         return max(min(self.min_per_stratum, events), int(share * events + v))
 
     def assign(self, e: Event, flags: Sequence[str]) -> Assignment:
-        """The stratum of one event (within its tenant)."""
+        """The stratum of one event (within its tenant): remembered per combination of what decides
+        it, as few combinations recur for most events (`_assign` works it out)."""
+        tokens = e.input_tokens, e.output_tokens
+        edges = self.length_buckets
+        key = (
+            e.tenant_id if self._by_tenant else "",
+            e.agent,
+            e.model,
+            e.variant,
+            bisect_right(edges, tokens[0]),
+            bisect_right(edges, tokens[1]),
+            bool(self.always_over_tokens) and tokens[0] + tokens[1] > self.always_over_tokens,
+            flags if type(flags) is tuple else tuple(flags),
+        )
+        found = self._assigned.get(key)
+        if found is None:
+            if len(self._assigned) >= _ASSIGNED_MAX:
+                self._assigned.clear()
+            found = self._assigned[key] = self._assign(e, flags)
+        return found
+
+    def _assign(self, e: Event, flags: Sequence[str]) -> Assignment:
         forcing = self.always_on_flags
         if forcing and any(f.startswith(forcing) for f in flags):
             return Assignment(f"{e.agent}{SEP}certain", 1.0, FLAGGED, 0)

@@ -158,6 +158,43 @@ def test_strata_rules_forcing_and_overrides():
     assert s.assign(e, []).stratum != s.assign(e, ["refusal.inline"]).stratum
     with pytest.raises(ValueError, match="unknown strata"):
         Sampler(strata=("colour",))
+    with pytest.raises(ValueError, match="increasing"):
+        Sampler(length_buckets=(4000, 1000))
+
+
+@pytest.mark.parametrize("by_tenant", [False, True])
+def test_a_remembered_assignment_is_the_one_worked_out(by_tenant, monkeypatch):
+    """`assign` remembers its answers by what decides them: on random events, flags and rules (with
+    and without tenant patterns, and with the memory forgotten every 50 answers) it answers as
+    working each one out does."""
+    monkeypatch.setattr("operators.sample_design._ASSIGNED_MAX", 50)
+    rng = random.Random(11)
+    rules = (
+        StratumRule(rate=0.5, tenant="small-*" if by_tenant else None, agent="code-*"),
+        StratumRule(rate=0.02, flag="refusal."),
+        StratumRule(rate=0.3, input_length=">=4000", model="m1"),
+        StratumRule(rate=0.2, output_length="1000-4000", variant="v2"),
+    )
+    s = Sampler(
+        rules=rules,
+        strata=("model", "variant", "input_length", "output_length", "flags"),
+        always_over_tokens=8000,
+        always_on_flags=("pii.",),
+    )
+    flag_sets = [(), ("refusal.opening",), ("pii.email",), ("refusal.inline", "toxicity.slur")]
+    for i in range(3000):
+        e = event(
+            f"e{i}",
+            T0,
+            rng.choice(["acme", "small-co", "small-x"]),
+            agent=rng.choice(["bot", "code-a", "code-b"]),
+            model=rng.choice(["m1", "m2"]),
+            variant=rng.choice(["baseline", "v2"]),
+            input_tokens=rng.choice([0, 999, 1000, 3999, 4000, 5000, 7999]),
+            output_tokens=rng.choice([0, 1, 999, 1000, 4000]),
+        )
+        flags = rng.choice(flag_sets)
+        assert s.assign(e, flags) == s._assign(e, flags), (e, flags)
 
 
 # --- the two stages in-process ------------------------------------------------------
