@@ -27,7 +27,10 @@ unmodified, so the production HTTP client path is the one under test:
 Not implemented: authentication (any user is accepted: loopback only),
 separate sessions (all requests share one session; `session_id` is ignored),
 external data, Native-compressed bodies (`decompress=1`), progress headers.
-Requests are served one at a time (one chdb session, one lock).
+Requests are served one at a time (one chdb session, one lock); with
+`--insert-delay-s` an insert's answer comes that much later, the wait taken
+outside the lock, so concurrent inserts wait side by side as on a server
+elsewhere (`GET /front/stats` reports how many did at once, at most).
 
 Run: `python -m simulators.chdb_http --path DIR --port 0 [--ready-file PATH]` prints
 `http://127.0.0.1:PORT` as its first stdout line and serves until SIGTERM
@@ -250,8 +253,8 @@ class ChdbEngine:
     when a later request does not send them, so requests do not leak
     settings into each other (clients resend the same ones, so this is
     nearly free). A `fail_inserts` count makes the first N INSERTs fail with
-    a server error: a test hook for retry paths; `insert_delay_s` makes every INSERT take that much
-    longer (a slow server, for tests that act while inserts are in flight).
+    a server error: a test hook for retry paths; `insert_delay_s` makes every INSERT answer that much
+    later (a server elsewhere, or a slow one, for tests that act while inserts are in flight).
     """
 
     def __init__(self, path: Path, *, fail_inserts: int = 0, insert_delay_s: float = 0.0) -> None:
@@ -268,6 +271,9 @@ class ChdbEngine:
         self._database: str | None = None
         self._fail_inserts = fail_inserts
         self._insert_delay_s = insert_delay_s
+        self._waiting_lock = threading.Lock()
+        self._waiting = 0
+        self.max_waiting = 0  # inserts waiting out `insert_delay_s` at once, at most
         timezone = self._conn.query("SELECT timezone()", "TabSeparated").bytes()
         self.timezone = timezone.decode().strip()
 
@@ -278,17 +284,31 @@ class ChdbEngine:
     def execute(self, request: Request) -> Response:
         """Run one request under the session lock; chdb errors become FrontError."""
         params = request.params
+        insert = _split_insert(request.payload)
+        if insert is not None and self._insert_delay_s:
+            self._wait(self._insert_delay_s)
         with self._lock:
             try:
                 self._use(params.get("database") or "default")
                 self._apply_settings(_settings_of(params))
-                insert = _split_insert(request.payload)
                 if insert is not None:
                     return self._insert(*insert)
                 return self._query(request.payload.decode(), params)
             except RuntimeError as ex:  # ChdbError and chdb's streaming insert errors
                 message = str(ex)
                 raise FrontError(message, _error_code(message)) from ex
+
+    def _wait(self, seconds: float) -> None:
+        """An insert's answer comes `seconds` late, as from a server elsewhere: concurrent requests
+        wait side by side, outside the engine's lock; `max_waiting` counts how many at once."""
+        with self._waiting_lock:
+            self._waiting += 1
+            self.max_waiting = max(self.max_waiting, self._waiting)
+        try:
+            time.sleep(seconds)
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
 
     def _use(self, database: str) -> None:
         if database != self._database:
@@ -313,8 +333,6 @@ class ChdbEngine:
                 f"failure ({self._fail_inserts} more to come). (UNKNOWN_EXCEPTION)"
             )
             raise FrontError(msg, _UNKNOWN_EXCEPTION)
-        if self._insert_delay_s:
-            time.sleep(self._insert_delay_s)
         inserter = self._conn.send_insert(statement, fmt)
         try:
             if data:
@@ -410,6 +428,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if split.path.rstrip("/") == "/ping" or (split.path in ("", "/") and not split.query and not body):
             self._send(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
+            return
+        if split.path == "/front/stats":  # the front's own counters (tests)
+            stats = {"max_waiting_inserts": self.server.engine.max_waiting}
+            self._send(200, json.dumps(stats).encode(), {"Content-Type": "application/json"})
             return
         if split.path not in ("", "/"):
             self._send(404, f"chdb_http: no handler for {split.path}\n".encode(), {})

@@ -19,8 +19,12 @@ One client API, two backends, chosen by the DSN:
 - `http(s)://user:pass@host:port`: a ClickHouse server (or `simulators.chdb_http`).
 
 Bytewax runs several worker threads per process, and chdb allows only one
-engine per process, so `connect()` shares one client per DSN per process and
-returns a `LockedClient` that serialises every call on it.
+engine per process, so `connect()` shares one chdb client per process and
+returns a `LockedClient` that serialises every call on it. Over HTTP the
+requests carry no session, so calls from several threads go out at once: the
+write-behind sinks' writer threads wait for their inserts side by side rather
+than one after another. There `connect()` shares one client per DSN and
+database (a client's database is its own), and takes no lock.
 
 Errors (what the sink raises; the flow stops, a restart resumes from the last
 bytewax snapshot and the idempotent keys make the re-write harmless):
@@ -150,9 +154,10 @@ def ensure_schema(client: LockedClient | Client, database: str = DEFAULT_DATABAS
 @dataclass
 class _Shared:
     client: Client
-    lock: threading.RLock
+    lock: threading.RLock | None  # None: the client takes calls from several threads at once (HTTP)
     default_database: str | None
     schemas: set[str] = field(default_factory=set)  # databases a sink has made sure of
+    schema_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 _SHARED: dict[str, _Shared] = {}
@@ -163,10 +168,12 @@ _chdb_dir: Path | None = None
 class LockedClient:
     """A clickhouse-connect `Client` shared by the threads of a process.
 
-    Every call holds the client's lock and runs in this handle's database, so
-    worker threads never interleave on the one chdb engine (or one HTTP
-    session). Methods not listed are forwarded the same way. `close()` does
-    nothing: the shared client lives as long as the process.
+    With chdb every call holds the client's lock and runs in this handle's
+    database, so worker threads never interleave on the one engine. Over HTTP
+    the client is this handle's database's own and calls are not serialised
+    (no session: clickhouse-connect takes them from several threads). Methods
+    not listed are forwarded the same way. `close()` does nothing: the shared
+    client lives as long as the process.
     """
 
     def __init__(self, shared: _Shared, database: str | None) -> None:
@@ -178,7 +185,10 @@ class LockedClient:
         return self._database
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        with self._shared.lock:
+        lock = self._shared.lock
+        if lock is None:  # over HTTP: a client of this database's own
+            return getattr(self._shared.client, method)(*args, **kwargs)
+        with lock:
             client = self._shared.client
             client.database = self._database
             return getattr(client, method)(*args, **kwargs)
@@ -257,21 +267,23 @@ def _open_chdb(path: Path) -> _Shared:
     return _Shared(client, threading.RLock(), str(current))
 
 
-def _open_http(dsn: str, connect_timeout: float) -> _Shared:
+def _open_http(dsn: str, connect_timeout: float, database: str | None) -> _Shared:
     client = clickhouse_connect.get_client(
         dsn=dsn,
-        # stateless requests: no server session to lock or expire
+        # stateless requests: no server session to lock or expire, so threads can share the client
         autogenerate_session_id=False,
         connect_timeout=max(1, round(connect_timeout)),
     )
-    return _Shared(client, threading.RLock(), None)
+    if database is not None:
+        client.database = database  # not checked here: `ensure_schema` may create it later
+    return _Shared(client, None, database)
 
 
-def _shared_key(dsn: str) -> str:
+def _shared_key(dsn: str, database: str | None) -> str:
     if dsn.startswith("chdb:"):
         return f"chdb://{_chdb_path(dsn)}"
     if dsn.startswith(("http://", "https://")):
-        return dsn
+        return f"{dsn}#{database or ''}"  # a client per database: calls do not switch it
     msg = f"unsupported ClickHouse DSN {redact_dsn(dsn)!r}: use chdb:///abs/dir or http(s)://..."
     raise ValueError(msg)
 
@@ -291,14 +303,14 @@ def connect(dsn: str, database: str | None = None, *, connect_timeout: float = 1
     """
     if database is not None:
         check_identifier(database)
-    key = _shared_key(dsn)
+    key = _shared_key(dsn, database)
     with _SHARED_LOCK:
         shared = _SHARED.get(key)
         if shared is None:
             if key.startswith("chdb:"):
                 shared = _open_chdb(_chdb_path(dsn))
             else:
-                shared = _open_http(dsn, connect_timeout)
+                shared = _open_http(dsn, connect_timeout, database)
             _SHARED[key] = shared
     return LockedClient(shared, database)
 
@@ -364,7 +376,7 @@ def retry(
 
 def check_dsn(dsn: str) -> str:
     """`dsn` if it is one `connect` takes, else ValueError (without connecting)."""
-    _shared_key(dsn)
+    _shared_key(dsn, None)
     return dsn
 
 
@@ -384,7 +396,7 @@ def ensure_schema_once(client: LockedClient, database: str) -> None:
     other sinks (one per table, on every worker) find it done instead of repeating its DDL
     (29 statements, a round trip each over HTTP)."""
     shared = client._shared
-    with shared.lock:
+    with shared.schema_lock:
         if database not in shared.schemas:
             ensure_schema(client, database)
             shared.schemas.add(database)
