@@ -35,11 +35,12 @@ class AnchoredSub:
     def __init__(self, pattern: re.Pattern[str], repl: str) -> None:
         self.pattern = pattern
         self._repl = repl
+        self._literal_repl = lambda _: repl  # `re.sub` reads a string for escapes, a function's answer as is
         self.anchor = anchor_of(pattern)
 
     def sub(self, text: str) -> str:
         if self.anchor is None:
-            return self.pattern.sub(lambda _: self._repl, text)
+            return self.pattern.sub(self._literal_repl, text)
         literal, lo, hi = self.anchor
         i = text.find(literal)
         if i < 0:
@@ -76,26 +77,27 @@ def anchor_of(pattern: re.Pattern[str]) -> Anchor | None:
         tree = _sre_parse.parse(pattern.pattern, pattern.flags)
     except (re.error, TypeError, ValueError):
         return None
-    return _in_sequence(tree)
+    found = _in_sequence(tree)
+    if found is None or found[2] - found[1] > _MAX_SPREAD:
+        return None  # unbounded, or too many starts to try per occurrence
+    return found
 
 
 def _in_sequence(seq: Any) -> Anchor | None:
     """The first anchor of a sequence of items, offset by the width of the items before it."""
     before_lo = before_hi = 0
     for item in seq.data:
-        found = _in_item(seq.state, item)
+        found = _in_item(item)
         if found is not None:
             literal, lo, hi = found
             return literal, before_lo + lo, before_hi + hi
         lo, hi = _sre_parse.SubPattern(seq.state, [item]).getwidth()
         before_lo += lo
         before_hi += hi
-        if before_hi - before_lo > _MAX_SPREAD:
-            return None  # unbounded, or too many starts to try per occurrence
     return None
 
 
-def _in_item(state: Any, item: tuple[Any, Any]) -> Anchor | None:
+def _in_item(item: tuple[Any, Any]) -> Anchor | None:
     op, av = item
     if op is _sre.LITERAL:
         return chr(av), 0, 0
@@ -109,6 +111,5 @@ def _in_item(state: Any, item: tuple[Any, Any]) -> Anchor | None:
         first = found[0]
         if first is None or any(f is None or f[0] != first[0] for f in found):
             return None  # a match through some branch might not hold the literal
-        lo, hi = min(f[1] for f in found if f), max(f[2] for f in found if f)
-        return (first[0], lo, hi) if hi - lo <= _MAX_SPREAD else None
+        return first[0], min(f[1] for f in found if f), max(f[2] for f in found if f)
     return None

@@ -9,7 +9,6 @@ meanwhile shares tier 1 and then follows tier 2. After that the verdict cache an
 stored in the harvest that emits it, before any later lookup, and it answers its key for the rest of that
 harvest (the escalations of outcomes shared in it).
 
-
 A call key is (the verdict-cache key of the content and metric, the tier).
 """
 
