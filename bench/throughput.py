@@ -22,6 +22,8 @@ Same traffic, same process, measured three ways:
 "CPU" is this process's CPU time per event, all its threads: with chdb in this process that
 includes the engine's inserts; over HTTP it leaves out the server's work, so it is what a worker
 pays per event, while events/s also counts the time the worker waits for each insert's answer.
+Over HTTP the table also shows the server's side: its CPU per event (the front's process, engine
+included) and the INSERTs it received per run.
 
     .venv/bin/python bench/throughput.py [--events 100000] [--batch 1000] [--repeat 3] [--sinks]
                                          [--server-wait-ms 20]
@@ -31,11 +33,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -162,6 +166,14 @@ def measured() -> Iterator[Took]:
 class Took:
     wall: float = 0.0
     cpu: float = 0.0
+    server_cpu: float | None = None  # the HTTP server's CPU time over the block
+    inserts: int | None = None  # INSERTs the HTTP server received in it
+
+
+def front_stats(url: str) -> dict[str, float]:
+    """The chdb HTTP front's counters (`GET /front/stats`): INSERTs received, its CPU time."""
+    with urllib.request.urlopen(f"{url}/front/stats", timeout=10) as resp:
+        return json.loads(resp.read())
 
 
 def run_bytewax(settings: Settings, msgs: list, batch: int) -> tuple[Took, dict[str, int]]:
@@ -200,8 +212,14 @@ def run_with_sinks(msgs: list, batch: int, dsn: str, run: int, *, write_behind: 
     d = build_deps(settings)
     try:
         flow = build_flow(settings, source=TestingSource(msgs, batch_size=batch), deps=d)
+        over_http = dsn.startswith("http")
+        before = front_stats(dsn) if over_http else {}
         with measured() as took:
             run_main(flow)
+        if over_http:
+            after = front_stats(dsn)
+            took.server_cpu = after["cpu_s"] - before["cpu_s"]
+            took.inserts = int(after["inserts"] - before["inserts"])
         return took
     finally:
         d.close()
@@ -272,6 +290,8 @@ def main() -> int:
         best = n / min(walls)
         vs_flow = f"{best / flow_base:.2f}x" if name.startswith((OVER_HTTP, EMBEDDED)) else ""
         cpu = statistics.median(t.cpu for t in runs) / n * 1e6
+        server_cpu = [t.server_cpu for t in runs if t.server_cpu is not None]
+        inserts = [t.inserts for t in runs if t.inserts is not None]
         rows.append(
             [
                 name,
@@ -280,6 +300,8 @@ def main() -> int:
                 f"{best / base:.2f}x",
                 vs_flow,
                 f"{cpu:.1f}",
+                f"{statistics.median(server_cpu) / n * 1e6:.1f}" if server_cpu else "",
+                f"{statistics.median(inserts):,.0f}" if inserts else "",
                 f"±{spread * 50:.0f}%",
             ]
         )
@@ -296,6 +318,8 @@ def main() -> int:
                 "vs plain (best)",
                 "vs no ClickHouse (best)",
                 "CPU µs/event (median)",
+                "server CPU µs/event (median)",
+                "inserts (median)",
                 "spread",
             ],
             rows,

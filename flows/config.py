@@ -228,6 +228,10 @@ class ClickHouseConfig(_Section):
     # inserts run on a writer thread per sink partition while the worker goes on, flushed before each
     # epoch commits; false: the worker waits for each insert's answer in line (the same rows)
     write_behind: bool = True
+    # write-behind: a sink partition inserts once this many rows wait, or once the first has waited
+    # linger_s (and at every epoch's end): fewer, larger inserts cost the worker and the server less
+    insert_rows: int = Field(10_000, ge=1)
+    insert_linger_s: float = Field(1.0, ge=0)
     # at start: keep trying to reach ClickHouse (schema) and Kafka (brokers, input topics) for this long
     startup_timeout_s: float = Field(120.0, ge=0)
 

@@ -72,11 +72,24 @@ def build_flow(
     ch = cfg.clickhouse
 
     def to_clickhouse(step_id: str, stream, table: str) -> None:
-        kind = WriteBehindClickHouseSink if ch.write_behind else ClickHouseSink
-        sink = kind(ch.dsn, ch.database, table, store_text=ch.store_text, max_retry_s=ch.max_retry_s)
-        if isinstance(sink, WriteBehindClickHouseSink):  # inserts on writer threads, flushed per epoch
-            stream = key_batches(f"{step_id}_shard", stream, sink=sink, shards=min(workers, MAX_SHARDS))
-        op.output(step_id, stream, sink)
+        if not ch.write_behind:  # the worker waits for each insert
+            in_line = ClickHouseSink(
+                ch.dsn, ch.database, table, store_text=ch.store_text, max_retry_s=ch.max_retry_s
+            )
+            op.output(step_id, stream, in_line)
+            return
+        # inserts on writer threads, flushed per epoch
+        behind = WriteBehindClickHouseSink(
+            ch.dsn,
+            ch.database,
+            table,
+            store_text=ch.store_text,
+            max_retry_s=ch.max_retry_s,
+            insert_rows=ch.insert_rows,
+            linger_s=ch.insert_linger_s,
+        )
+        stream = key_batches(f"{step_id}_shard", stream, sink=behind, shards=min(workers, MAX_SHARDS))
+        op.output(step_id, stream, behind)
 
     flow = Dataflow("judgeflow")
     longest_window_s = max((cfg.windows.size_s, *cfg.windows.rollups_s))

@@ -30,7 +30,8 @@ external data, Native-compressed bodies (`decompress=1`), progress headers.
 Requests are served one at a time (one chdb session, one lock); with
 `--insert-delay-s` an insert's answer comes that much later, the wait taken
 outside the lock, so concurrent inserts wait side by side as on a server
-elsewhere (`GET /front/stats` reports how many did at once, at most).
+elsewhere. `GET /front/stats` reports how many did at once (at most), the
+INSERTs received and the front's CPU time.
 
 Run: `python -m simulators.chdb_http --path DIR --port 0 [--ready-file PATH]` prints
 `http://127.0.0.1:PORT` as its first stdout line and serves until SIGTERM
@@ -274,6 +275,7 @@ class ChdbEngine:
         self._waiting_lock = threading.Lock()
         self._waiting = 0
         self.max_waiting = 0  # inserts waiting out `insert_delay_s` at once, at most
+        self.inserts = 0  # INSERTs received
         timezone = self._conn.query("SELECT timezone()", "TabSeparated").bytes()
         self.timezone = timezone.decode().strip()
 
@@ -285,6 +287,9 @@ class ChdbEngine:
         """Run one request under the session lock; chdb errors become FrontError."""
         params = request.params
         insert = _split_insert(request.payload)
+        if insert is not None:
+            with self._waiting_lock:
+                self.inserts += 1
         if insert is not None and self._insert_delay_s:
             self._wait(self._insert_delay_s)
         with self._lock:
@@ -429,8 +434,12 @@ class _Handler(BaseHTTPRequestHandler):
         if split.path.rstrip("/") == "/ping" or (split.path in ("", "/") and not split.query and not body):
             self._send(200, b"Ok.\n", {"Content-Type": "text/plain; charset=UTF-8"})
             return
-        if split.path == "/front/stats":  # the front's own counters (tests)
-            stats = {"max_waiting_inserts": self.server.engine.max_waiting}
+        if split.path == "/front/stats":  # the front's own counters (tests, benchmarks)
+            stats = {
+                "max_waiting_inserts": self.server.engine.max_waiting,
+                "inserts": self.server.engine.inserts,
+                "cpu_s": time.process_time(),  # the front's process, every thread (the engine's too)
+            }
             self._send(200, json.dumps(stats).encode(), {"Content-Type": "application/json"})
             return
         if split.path not in ("", "/"):

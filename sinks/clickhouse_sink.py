@@ -1,36 +1,37 @@
-"""The ClickHouse sinks: each writes one judgeflow record type into its table, one insert per batch.
+"""The ClickHouse sinks: each writes one judgeflow record type into its table.
 
 Two ways to wait for an insert, the same rows:
 
 - `WriteBehindClickHouseSink` (the flow's default): a bytewax `FixedPartitionedSink`. A partition
-  builds the rows in the worker, as before, and hands the insert to a writer thread of its own (one
-  per partition, so its inserts land in the order they were handed over); at most `MAX_PENDING`
-  inserts wait behind the one in flight, past that `write_batch` waits. `snapshot()` returns only
-  once every insert handed over is acknowledged. bytewax 0.21 calls it at the end of every epoch for
-  each partition written in that epoch — with or without recovery — and commits the epoch only after
-  it returned, so no epoch commits before its rows are in ClickHouse: the guarantee of a sink that
-  waits for each insert, with the wait moved to the epoch's end and overlapped with the worker's
-  work. An insert that fails for good in the writer thread is raised in the worker at the next
-  `write_batch`, `snapshot` or `close` (the flow stops, as it does when an insert fails in line).
-- `ClickHouseSink`: a `DynamicSink` whose `write_batch` returns when the insert is acknowledged
-  (`clickhouse.write_behind = false`).
+  builds the rows in the worker, as before, and hands them to a writer thread of its own (one per
+  partition, so its rows land in the order they were handed over). The thread inserts the rows that
+  waited together: once `insert_rows` wait, once the first has waited `linger_s`, or at the epoch's
+  end; while `insert_rows` rows wait behind the insert in flight, `write_batch` waits. `snapshot()`
+  returns only once every row handed over is acknowledged. bytewax 0.21 calls it at the end of every
+  epoch for each partition written in that epoch — with or without recovery — and commits the epoch
+  only after it returned, so no epoch commits before its rows are in ClickHouse: the guarantee of a
+  sink that waits for each insert, with the wait moved to the epoch's end and overlapped with the
+  worker's work. An insert that fails for good in the writer thread is raised in the worker at the
+  next `write_batch`, `snapshot` or `close` (the flow stops, as it does when an insert fails in
+  line).
+- `ClickHouseSink`: a `DynamicSink` that inserts each batch and returns from `write_batch` when the
+  insert is acknowledged (`clickhouse.write_behind = false`).
 
-A write-behind sink takes `(shard, records)` pairs, which `key_batches` makes: one pair per batch
-(so one insert per batch and table, as in line). Each shard is a partition, and bytewax routes a pair
-to the worker that owns its shard (it spreads the `shards` over the workers, one each when there are
-as many). A worker keys its batches to a shard it owns once it has built one, so they stay on it;
-until then it deals them round robin, which builds every shard's partition on its owner. With one
-worker nothing ever crosses; with several, only the first batches may. Which writer thread inserts a
-batch never changes a table: rows with the same key are identical, or the newest `version` wins.
+A write-behind sink takes `(shard, records)` pairs, which `key_batches` makes: one pair per batch.
+Each shard is a partition, and bytewax routes a pair to the worker that owns its shard (it spreads
+the `shards` over the workers, one each when there are as many). A worker keys its batches to a
+shard it owns once it has built one, so they stay on it; until then it deals them round robin, which
+builds every shard's partition on its owner. With one worker nothing ever crosses; with several,
+only the first batches may. Which writer thread inserts a row never changes a table: rows with the
+same key are identical, or the newest `version` wins.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
-import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -60,7 +61,8 @@ from sinks.clickhouse_tables import table_spec
 
 logger = logging.getLogger(__name__)
 
-MAX_PENDING = 2  # inserts a partition queues behind the one in flight before write_batch waits
+INSERT_ROWS = 10_000  # a write-behind partition inserts once this many rows wait ...
+LINGER_S = 1.0  # ... or once the first of them has waited this long (or at the epoch's end)
 MAX_SHARDS = 64  # partitions every worker lists: a cluster uses its worker count of them
 _PARTS = [f"{i:02d}" for i in range(MAX_SHARDS)]
 
@@ -159,28 +161,61 @@ class _TableWriter:
 
 
 class _WriterThread:
-    """Runs the inserts handed to it one at a time, in order, on a thread of its own (started with the
-    first). `submit` waits while `max_pending` inserts are queued; the first insert that fails is kept,
-    the ones after it are dropped, and `check` raises it in the caller."""
+    """Inserts the rows handed to it, in order, on a thread of its own (started with the first).
 
-    def __init__(self, name: str, max_pending: int = MAX_PENDING) -> None:
+    Rows wait to go in together: an insert takes everything waiting once `insert_rows` rows wait, once
+    the first of them has waited `linger_s`, or when `flush` or `close` asks. So a partition makes one
+    insert per `insert_rows` rows or per `linger_s`, not one per batch: each insert costs the worker
+    ~1-2 ms of the client's CPU whatever its size, and a ClickHouse server makes a part of each.
+    `submit` waits while `insert_rows` rows wait behind the insert in flight. The first insert that
+    fails is kept, the rows after it are dropped, and `check` raises it in the caller."""
+
+    def __init__(
+        self, name: str, table: _TableWriter, *, insert_rows: int = INSERT_ROWS, linger_s: float = LINGER_S
+    ) -> None:
         self._name = name
-        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue(max_pending)
+        self._table = table
+        self._insert_rows = insert_rows
+        self._linger_s = linger_s
+        self._cond = threading.Condition()
+        self._rows: list[tuple[Any, tuple[Any, ...]]] = []  # waiting, not yet taken by an insert
+        self._dead: list[DeadLetter] = []
+        self._first_at = 0.0  # when the oldest waiting batch was handed over (monotonic)
+        self._handed = 0  # batches handed over
+        self._done = 0  # batches whose insert returned (or that were dropped after a failure)
+        self._flushing = 0  # callers waiting in flush()
+        self._closing = False
         self._thread: threading.Thread | None = None
         self._error: Exception | None = None
         self._raised = False
 
-    def submit(self, job: Callable[[], None]) -> None:
+    def submit(self, rows: list[tuple[Any, tuple[Any, ...]]], dead: list[DeadLetter]) -> None:
         self.check()
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
-        self._jobs.put(job)
+        with self._cond:
+            while len(self._rows) >= self._insert_rows and self._error is None:
+                self._cond.wait()
+            self.check()
+            if not (self._rows or self._dead):
+                self._first_at = time.monotonic()
+            self._rows += rows
+            self._dead += dead
+            self._handed += 1
+            self._cond.notify_all()
 
     def flush(self) -> None:
-        """Wait until every insert handed over is done; raise the first that failed."""
-        if self._thread is not None:
-            self._jobs.join()
+        """Wait until every row handed over is inserted; raise the first insert that failed."""
+        with self._cond:
+            handed = self._handed
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                while self._done < handed and self._error is None:
+                    self._cond.wait()
+            finally:
+                self._flushing -= 1
         self.check()
 
     def check(self) -> None:
@@ -189,30 +224,48 @@ class _WriterThread:
             raise self._error
 
     def close(self) -> None:
-        """Flush and stop the thread. A failure already raised in the worker is not raised again: the
-        flow is stopping because of it (and bytewax closes partitions while it unwinds)."""
+        """Insert what waits and stop the thread. A failure already raised in the worker is not raised
+        again: the flow is stopping because of it (and bytewax closes partitions while it unwinds)."""
         if self._thread is None:
             return
-        self._jobs.join()
-        self._jobs.put(None)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
         self._thread.join()
         self._thread = None
         if not self._raised:
             self.check()
 
+    def _take(self) -> tuple[list[tuple[Any, tuple[Any, ...]]], list[DeadLetter], int] | None:
+        """What the next insert writes, when it is due; None when closing with nothing left."""
+        with self._cond:
+            while True:
+                waiting = bool(self._rows or self._dead)
+                if not waiting and self._closing:
+                    return None
+                if waiting:
+                    due_in = self._first_at + self._linger_s - time.monotonic()
+                    if self._flushing or self._closing or len(self._rows) >= self._insert_rows or due_in <= 0:
+                        taken = self._rows, self._dead, self._handed
+                        self._rows, self._dead = [], []
+                        self._cond.notify_all()  # room for submit
+                        return taken
+                    self._cond.wait(due_in)
+                else:
+                    self._cond.wait()
+
     def _run(self) -> None:
-        while True:
-            job = self._jobs.get()
+        while (taken := self._take()) is not None:
+            rows, dead, handed = taken
             try:
-                if job is None:
-                    return
                 if self._error is None:
-                    job()
+                    self._table.write(rows, dead)
             except Exception as ex:
                 logger.debug("ClickHouse writer %s failed: %r", self._name, ex)
                 self._error = ex
-            finally:
-                self._jobs.task_done()
+            with self._cond:
+                self._done = handed
+                self._cond.notify_all()
 
 
 class _ClickHouseSinkPartition(StatelessSinkPartition[Any]):
@@ -227,7 +280,7 @@ class _ClickHouseSinkPartition(StatelessSinkPartition[Any]):
 
 
 class _WriteBehindPartition(StatefulSinkPartition[list[Any], None]):
-    """One insert per batch, handed to this partition's writer thread; `snapshot()` waits for them."""
+    """Rows built here and handed to this partition's writer thread; `snapshot()` waits for them."""
 
     def __init__(self, writer: _TableWriter, thread: _WriterThread) -> None:
         self._writer = writer
@@ -238,8 +291,7 @@ class _WriteBehindPartition(StatefulSinkPartition[list[Any], None]):
         if not items:
             return
         self._thread.check()  # a failed insert stops the worker before it builds more rows
-        rows, dead = self._writer.rows(items)
-        self._thread.submit(functools.partial(self._writer.write, rows, dead))
+        self._thread.submit(*self._writer.rows(items))
 
     def snapshot(self) -> None:
         # the epoch commits after this returns: its rows must be in ClickHouse by then
@@ -309,12 +361,32 @@ class ClickHouseSink(_ClickHouseTable, DynamicSink[Any]):
 class WriteBehindClickHouseSink(_ClickHouseTable, FixedPartitionedSink[list[Any], None]):
     """`ClickHouseSink`'s rows, inserted by a writer thread per partition and flushed before each
     epoch commits (see the module docstring). Takes the `(shard, records)` pairs of `key_batches`;
-    the arguments are `ClickHouseSink`'s."""
+    the arguments are `ClickHouseSink`'s, and:
+
+    Args:
+        insert_rows: a partition inserts once this many rows wait (and the worker waits while as
+            many wait behind the insert in flight).
+        linger_s: ... or once the first waiting row has waited this long; every epoch's end inserts
+            what waits in any case.
+    """
 
     def __init__(
-        self, dsn: str, database: str, table: str, *, store_text: bool = False, max_retry_s: float = 60.0
+        self,
+        dsn: str,
+        database: str,
+        table: str,
+        *,
+        store_text: bool = False,
+        max_retry_s: float = 60.0,
+        insert_rows: int = INSERT_ROWS,
+        linger_s: float = LINGER_S,
     ) -> None:
         super().__init__(dsn, database, table, store_text=store_text, max_retry_s=max_retry_s)
+        if insert_rows < 1 or linger_s < 0:
+            msg = f"{type(self).__name__}({table!r}): insert_rows must be >= 1 and linger_s >= 0"
+            raise ValueError(msg)
+        self.insert_rows = insert_rows
+        self.linger_s = linger_s
         self._owned: dict[int, str] = {}  # worker thread (of this process) -> a shard it owns
 
     def owned_shard(self) -> str | None:
@@ -332,8 +404,11 @@ class WriteBehindClickHouseSink(_ClickHouseTable, FixedPartitionedSink[list[Any]
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _WriteBehindPartition:
         # nothing to resume: what an epoch handed over is written before it commits
         self._owned.setdefault(threading.get_ident(), str(int(for_part)))  # bytewax builds it on its owner
-        thread = _WriterThread(f"clickhouse-{step_id}-{for_part}")
-        return _WriteBehindPartition(self._writer(), thread)
+        writer = self._writer()
+        thread = _WriterThread(
+            f"clickhouse-{step_id}-{for_part}", writer, insert_rows=self.insert_rows, linger_s=self.linger_s
+        )
+        return _WriteBehindPartition(writer, thread)
 
 
 @operator
@@ -360,7 +435,8 @@ def key_batches(
 
 
 __all__ = [
-    "MAX_PENDING",
+    "INSERT_ROWS",
+    "LINGER_S",
     "MAX_SHARDS",
     "ClickHouseSink",
     "WriteBehindClickHouseSink",

@@ -12,6 +12,7 @@ of a clean run.
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from simulators.chdb_http import start_chdb_http
 from simulators.kafka_mock import produce_all
 from simulators.traffic import generate
 from sinks import clickhouse as ch
-from sinks.clickhouse_sink import MAX_PENDING, WriteBehindClickHouseSink, key_batches
+from sinks.clickhouse_sink import WriteBehindClickHouseSink, key_batches
 from tests.conftest import job_env
 from tests.test_clickhouse_sink import make_event, make_window
 from tests.test_recovery import (
@@ -50,12 +51,16 @@ def client(chdb_dsn: str, database: str) -> ch.LockedClient:
 
 
 class _GatedClient:
-    """A client whose inserts wait for `gate` and record the first value of each insert's first column."""
+    """A client whose inserts wait for `gate` and record the first value of each insert's first column
+    (the first row's key); `arrived` counts the inserts that reached the gate."""
 
-    def __init__(self, client: ch.LockedClient, gate: threading.Event, inserted: list[Any]) -> None:
-        self._client, self._gate, self._inserted = client, gate, inserted
+    def __init__(
+        self, client: ch.LockedClient, gate: threading.Event, inserted: list[Any], arrived: list[int]
+    ) -> None:
+        self._client, self._gate, self._inserted, self._arrived = client, gate, inserted, arrived
 
     def insert(self, *, context: Any) -> Any:
+        self._arrived.append(1)
         self._gate.wait()
         self._inserted.append(context.data[0][0])
         return self._client.insert(context=context)
@@ -67,16 +72,16 @@ class _GatedClient:
 class _GatedSink(WriteBehindClickHouseSink):
     def __init__(self, *args: Any, gate: threading.Event, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.gate, self.inserted = gate, []
+        self.gate, self.inserted, self.arrived = gate, [], []
 
     def _open(self) -> Any:
         client, context = super()._open()
-        return _GatedClient(client, self.gate, self.inserted), context
+        return _GatedClient(client, self.gate, self.inserted, self.arrived), context
 
 
-def held(chdb_dsn: str, database: str, table: str) -> tuple[_GatedSink, Any]:
+def held(chdb_dsn: str, database: str, table: str, **kwargs: Any) -> tuple[_GatedSink, Any]:
     """A sink whose inserts wait until `sink.gate` is set, and one of its partitions."""
-    sink = _GatedSink(chdb_dsn, database, table, gate=threading.Event())
+    sink = _GatedSink(chdb_dsn, database, table, gate=threading.Event(), **kwargs)
     return sink, sink.build_part("out", "00", None)
 
 
@@ -176,22 +181,75 @@ def test_rows_are_in_clickhouse_when_snapshot_returns(
     part.close()
 
 
-def test_inserts_land_in_order_and_only_a_few_wait(
+def test_batches_that_wait_go_in_as_one_insert_at_the_epochs_end(
     chdb_dsn: str, client: ch.LockedClient, database: str
 ) -> None:
-    sink, part = held(chdb_dsn, database, "llm_events")
-    batches = [[make_event(i) for i in range(k * 10, k * 10 + 10)] for k in range(MAX_PENDING + 4)]
-    for batch in batches[: MAX_PENDING + 1]:  # one in flight (held), MAX_PENDING queued
-        part.write_batch([batch])
-    handed = returns(part.write_batch, [batches[MAX_PENDING + 1]])
-    assert not handed.wait(0.3)  # full: the worker waits instead of piling up rows
+    sink, part = held(chdb_dsn, database, "llm_events", insert_rows=1000, linger_s=3600)
+    sink.gate.set()
+    for k in range(5):
+        part.write_batch([[make_event(i) for i in range(k * 10, k * 10 + 10)]])
+    assert events_count(client) == 0  # neither 1,000 rows nor an hour: they wait
+    part.snapshot()
+
+    assert sink.inserted == ["ev-0"]
+    assert events_count(client) == 50
+    part.close()
+
+
+def test_rows_go_in_once_insert_rows_wait(chdb_dsn: str, client: ch.LockedClient, database: str) -> None:
+    sink, part = held(chdb_dsn, database, "llm_events", insert_rows=25, linger_s=3600)
+    sink.gate.set()
+    for k in range(3):  # 30 rows: the third batch makes 25
+        part.write_batch([[make_event(i) for i in range(k * 10, k * 10 + 10)]])
+    part.write_batch([[make_event(30)]])
+    deadline = time.monotonic() + 30
+    while events_count(client) < 30 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert events_count(client) == 30  # without a snapshot; the last row waits
+    assert sink.inserted == ["ev-0"]
+    part.snapshot()
+    assert sink.inserted == ["ev-0", "ev-30"]
+    part.close()
+
+
+def test_rows_go_in_once_the_first_has_waited_linger_s(
+    chdb_dsn: str, client: ch.LockedClient, database: str
+) -> None:
+    sink, part = held(chdb_dsn, database, "llm_events", insert_rows=1000, linger_s=0.3)
+    sink.gate.set()
+    handed = time.monotonic()
+    part.write_batch([[make_event(i) for i in range(10)]])
+    part.write_batch([[make_event(i) for i in range(10, 20)]])
+    while events_count(client) < 20 and time.monotonic() < handed + 30:
+        time.sleep(0.02)
+    waited = time.monotonic() - handed
+
+    assert events_count(client) == 20  # without a snapshot
+    assert waited >= 0.3  # not before the first row's linger (an upper bound would time the machine)
+    assert sink.inserted == ["ev-0"]
+    part.close()
+
+
+def test_inserts_land_in_order_and_at_most_insert_rows_wait(
+    chdb_dsn: str, client: ch.LockedClient, database: str
+) -> None:
+    sink, part = held(chdb_dsn, database, "llm_events", insert_rows=10, linger_s=3600)
+    batches = [[make_event(i) for i in range(k * 10, k * 10 + 10)] for k in range(6)]
+    part.write_batch([batches[0]])  # 10 rows: taken at once, held at the gate
+    deadline = time.monotonic() + 30
+    while not sink.arrived and time.monotonic() < deadline:
+        time.sleep(0.01)
+    part.write_batch([batches[1]])  # waits behind the insert in flight
+    handed = returns(part.write_batch, [batches[2]])
+    assert not handed.wait(0.3)  # 10 rows wait: the worker waits instead of piling up rows
     sink.gate.set()
     assert handed.wait(30)
-    for batch in batches[MAX_PENDING + 2 :]:
+    for batch in batches[3:]:
         part.write_batch([batch])
     part.snapshot()
 
-    assert sink.inserted == [batch[0].event_id for batch in batches]
+    assert sink.inserted[0] == "ev-0"
+    assert sink.inserted == sorted(sink.inserted, key=lambda event_id: int(event_id.removeprefix("ev-")))
     assert events_count(client) == 10 * len(batches)
     part.close()
 
@@ -228,8 +286,14 @@ def test_a_flow_stops_when_an_insert_fails_in_the_background(chdb_dsn: str, data
     sink = _TableDroppedSink(chdb_dsn, database, "llm_events")
     op.output("out", key_batches("key", events, sink=sink), sink)
 
-    with pytest.raises(Exception, match="cannot be retried"):
+    with pytest.raises(Exception) as raised:  # noqa: PT011 - bytewax wraps it, the cause says what failed
         run_main(flow)
+    causes = []
+    exc: BaseException | None = raised.value
+    while exc is not None:
+        causes.append(exc)
+        exc = exc.__cause__
+    assert any(isinstance(c, ch.InsertRejectedError) and "cannot be retried" in str(c) for c in causes), causes
 
 
 def test_dead_letters_work_as_in_line(chdb_dsn: str, client: ch.LockedClient, database: str) -> None:
