@@ -75,6 +75,12 @@ def after_ms_of(message: Any) -> int | None:
     return getattr(message, _AFTER_MS, None)
 
 
+def first_read_of_partition(message: Any) -> bool:
+    """Whether the source handed `message` over as the first it read from its partition since the job
+    first started (`tag_after` with no position before it)."""
+    return _AFTER_MS in getattr(message, "__dict__", {}) and message.__dict__[_AFTER_MS] is None
+
+
 def late(after_ms: int | None, closes_ms: int) -> bool:
     """Whether an event read where its partition stood at `after_ms` (`tag_after`) is late for a
     window that closes at `closes_ms` (its end plus the allowed lateness): its partition had already

@@ -79,6 +79,9 @@ class OtlpCall(msgspec.Struct, gc=False, frozen=True, array_like=True):
     end_ms: int  # when the span ended: its log records are all written by then
     event: Event
     has_content: bool
+    # the Kafka time of its message when that was the first the flow read from its partition (which
+    # then stood nowhere before it): where the join's bounds count from instead (`first_read`)
+    first_read_ms: int | None = None
 
 
 class OtlpContent(msgspec.Struct, gc=False, frozen=True, array_like=True):
@@ -96,9 +99,21 @@ class OtlpContent(msgspec.Struct, gc=False, frozen=True, array_like=True):
     choice: int = -1
     call: Event | None = None
     source: Source | None = None  # the Kafka message it came in, and where its partition stood then
+    first_read_ms: int | None = None  # as `OtlpCall.first_read_ms`
 
 
 Decoded = Event | DeadLetter | OtlpCall | OtlpContent
+
+
+def first_read(items: list[Decoded], kafka_ms: int) -> list[Decoded]:
+    """`items` of the first message the flow read from its partition, which stood nowhere before it,
+    marked with the message's Kafka time: the join bounds them from there, as it bounds the items of a
+    later message from where their partition stood. Bounded from their own times instead, a span's
+    log records in another partition, read at that partition's (later) Kafka time, would be past it."""
+    return [
+        msgspec.structs.replace(x, first_read_ms=kafka_ms) if isinstance(x, OtlpCall | OtlpContent) else x
+        for x in items
+    ]
 
 
 def looks_like_otlp(raw: bytes) -> bool:

@@ -34,6 +34,10 @@ of where their partition stood when each was read (then by message and place
 in it), and only once the flow has processed every partition up to there
 (`event_time.INPUT.processed_ms`): by then nothing read before it can still be
 on its way. An item is "at" that position, and a bound is that far past it.
+The first message the flow reads from a partition stood nowhere before it (it
+is taken in at once): its bounds count from its own Kafka time instead
+(`OtlpCall.first_read_ms`), which is no earlier than where the records of its
+calls in other partitions, written with it, stood.
 So every run — batches, workers, processes, a crash and resume, a replay —
 takes the same items in the same order at the same clock and joins them the
 same way, whatever the interleaving of partitions or the judges' latency.
@@ -236,7 +240,7 @@ class _JoinLogic(StatefulBatchLogic[list[Item], list[Event], _JoinState]):
             else:  # the same span again (a re-delivery): the redelivery stage decides
                 out.append(c.event)
             return
-        at = _at(c.event.source, c.end_ms)
+        at = _at(c.event.source, c.end_ms, c.first_read_ms)
         details = next((p.call for p in s.parts.get(key, ()) if p.call is not None), None)
         if c.has_content or details is not None:
             if details is not None and not c.has_content:
@@ -260,12 +264,13 @@ class _JoinLogic(StatefulBatchLogic[list[Item], list[Event], _JoinState]):
         if call is not None and p.call is not None:
             metrics.OTLP_JOIN.labels("joined").inc()
             out.append(_filled(call.event, p.call.input_text, p.call.output_text))
-            self._finish(key, _at(call.event.source, call.end_ms))
+            self._finish(key, _at(call.event.source, call.end_ms, call.first_read_ms))
             return
         s.parts.setdefault(key, []).append(p)
         if call is None:  # no span yet: wait for it, from the earliest record's bound
             # a message record may be the prompt, written as the call started
-            bound = _at(p.source, p.ts_ms) + self._wait + (self._call_max if p.call is None else 0)
+            wait = self._wait + (self._call_max if p.call is None else 0)
+            bound = _at(p.source, p.ts_ms, p.first_read_ms) + wait
             self._wait_until(key, min(s.due.get(key, bound), bound))
 
     def _wait_until(self, key: str, due_ms: int) -> None:
@@ -332,11 +337,15 @@ def _filled(e: Event, input_text: str, output_text: str) -> Event:
     return msgspec.structs.replace(e, input_text=input_text, output_text=output_text)
 
 
-def _at(source: Source | None, own_ms: int) -> int:
+def _at(source: Source | None, own_ms: int, first_read_ms: int | None) -> int:
     """Where an item's bounds count from: its own time (a span's end, a record's time), or where its
     partition stood when it was read if that was later (a message can be read long after it was
-    written; where the partition stood before it says nothing of a sparse partition's next one)."""
-    return own_ms if source is None or source.after_ms is None else max(own_ms, source.after_ms)
+    written; where the partition stood before it says nothing of a sparse partition's next one). The
+    first message read from a partition stood nowhere before it: its own Kafka time stands in."""
+    stood = source.after_ms if source is not None else None
+    if stood is None:
+        stood = first_read_ms
+    return own_ms if stood is None else max(own_ms, stood)
 
 
 def _where(x: Item) -> _Where:

@@ -8,6 +8,8 @@ has the prompt and the completion."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from opentelemetry.exporter.otlp.proto.common._log_encoder import encode_logs
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -400,3 +402,30 @@ def test_a_call_longer_than_the_join_wait_is_stored_with_its_prompt(
         (f"system: You are a support agent.\nuser: {prompt}", completion)
         for prompt, completion in answers.values()
     )
+
+
+def test_a_span_first_in_its_partition_is_bounded_from_its_messages_kafka_time(
+    instrumented, kafka, chdb_dsn, database, judge_endpoint
+) -> None:
+    """The spans are the first message of partition 0; the calls' log records follow one another in
+    partition 1, all written by the exporter a second after the calls ended. The records after the first
+    are read where partition 1 stood, a second past the spans' own end times: a span bounded from its
+    end would be sent on without them. Bounded from its message's Kafka time, every call has its text."""
+    messages, answers = instrumented_calls(instrumented, judge_endpoint)
+    *log_messages, span_message = messages
+    time.sleep(1.0)  # the exporter's delay, five times the join's wait
+    written_ms = int(time.time() * 1000)
+    kafka.create_topic("llm-events", 2)
+    produce_all(kafka.bootstrap, "llm-events", [(None, span_message, written_ms)], partition=0)
+    produce_all(kafka.bootstrap, "llm-events", [(None, m, written_ms) for m in log_messages], partition=1)
+    client = connect(chdb_dsn, database)
+    ensure_schema(client, database)
+    late_before = outcome("late_logs")
+    overrides = {"clickhouse.store_text": True, "otlp.join_wait_s": 0.2}
+    run_flow(topic_flow_settings(kafka, chdb_dsn, database, **overrides))
+    stored = rows(client, "SELECT input_text, output_text FROM llm_events FINAL ORDER BY input_text")
+    assert stored == sorted(
+        (f"system: You are a support agent.\nuser: {prompt}", completion)
+        for prompt, completion in answers.values()
+    )
+    assert outcome("late_logs") == late_before
