@@ -393,12 +393,20 @@ def test_a_call_longer_than_the_join_wait_is_stored_with_its_prompt(
     # so their bound counts from their own end) and a call's records the second of another, read at
     # their produce time, seconds past the 1.2-s calls' bounds: that call is stored without its text
     produce_all(kafka.bootstrap, "llm-events", messages, partition=0)
+    assert stored_texts(kafka, chdb_dsn, database) == wanted_texts(answers)
+
+
+def stored_texts(kafka, chdb_dsn: str, database: str) -> list[tuple]:
+    """Run the flow over the topic with a 0.2-s join wait; the prompts and completions it stored."""
     client = connect(chdb_dsn, database)
     ensure_schema(client, database)
     overrides = {"clickhouse.store_text": True, "otlp.join_wait_s": 0.2}
     run_flow(topic_flow_settings(kafka, chdb_dsn, database, **overrides))
-    stored = rows(client, "SELECT input_text, output_text FROM llm_events FINAL ORDER BY input_text")
-    assert stored == sorted(
+    return rows(client, "SELECT input_text, output_text FROM llm_events FINAL ORDER BY input_text")
+
+
+def wanted_texts(answers: dict[str, tuple[str, str]]) -> list[tuple]:
+    return sorted(
         (f"system: You are a support agent.\nuser: {prompt}", completion)
         for prompt, completion in answers.values()
     )
@@ -418,14 +426,6 @@ def test_a_span_first_in_its_partition_is_bounded_from_its_messages_kafka_time(
     kafka.create_topic("llm-events", 2)
     produce_all(kafka.bootstrap, "llm-events", [(None, span_message, written_ms)], partition=0)
     produce_all(kafka.bootstrap, "llm-events", [(None, m, written_ms) for m in log_messages], partition=1)
-    client = connect(chdb_dsn, database)
-    ensure_schema(client, database)
     late_before = outcome("late_logs")
-    overrides = {"clickhouse.store_text": True, "otlp.join_wait_s": 0.2}
-    run_flow(topic_flow_settings(kafka, chdb_dsn, database, **overrides))
-    stored = rows(client, "SELECT input_text, output_text FROM llm_events FINAL ORDER BY input_text")
-    assert stored == sorted(
-        (f"system: You are a support agent.\nuser: {prompt}", completion)
-        for prompt, completion in answers.values()
-    )
+    assert stored_texts(kafka, chdb_dsn, database) == wanted_texts(answers)
     assert outcome("late_logs") == late_before
