@@ -33,13 +33,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,6 +69,7 @@ from operators.rollups import rollup
 from operators.sample import _SampleLogic, sample
 from operators.sample_tally import tally_batch
 from operators.windows import cost_window
+from simulators.chdb_http import front_stats
 
 NO_CLICKHOUSE = "build_flow, counting sinks instead of ClickHouse"
 OVER_HTTP = "build_flow + ClickHouse sinks over HTTP (server in another process)"
@@ -168,12 +167,6 @@ class Took:
     cpu: float = 0.0
     server_cpu: float | None = None  # the HTTP server's CPU time over the block
     inserts: int | None = None  # INSERTs the HTTP server received in it
-
-
-def front_stats(url: str) -> dict[str, float]:
-    """The chdb HTTP front's counters (`GET /front/stats`): INSERTs received, its CPU time."""
-    with urllib.request.urlopen(f"{url}/front/stats", timeout=10) as resp:
-        return json.loads(resp.read())
 
 
 def run_bytewax(settings: Settings, msgs: list, batch: int) -> tuple[Took, dict[str, int]]:

@@ -28,7 +28,7 @@ from typing import Any
 
 from bytewax.connectors.kafka import KafkaSource, KafkaSourceMessage
 from bytewax.inputs import StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TIMESTAMP_NOT_AVAILABLE, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
 from flows.config import KafkaConfig
 from flows.kafka_offsets import offsets_for_time
@@ -147,7 +147,7 @@ class _AlignedPartition(StatefulSourcePartition[Any, _PartState]):
             limit = event_time.INPUT.limit_ms(self._name, self._align_ms) if self._align_ms >= 0 else None
             held = self._held
             while held:
-                ts = _time_ms(held[0])
+                ts = event_time.kafka_time_ms(held[0])
                 if ts is not None and limit is not None and ts > limit:
                     break
                 m = held.popleft()
@@ -158,7 +158,7 @@ class _AlignedPartition(StatefulSourcePartition[Any, _PartState]):
                     self._released_ms = ts
                 if ts is not None and (self._stands_ms is None or ts > self._stands_ms):
                     self._stands_ms = ts
-        head = _time_ms(self._held[0]) if self._held else None
+        head = event_time.kafka_time_ms(self._held[0]) if self._held else None
         frontier = head if head is not None else self._released_ms
         caught_up = fetched == 0 and not self._held and not out and self._at_end()
         event_time.INPUT.polled(self._name, frontier_ms=frontier, caught_up=caught_up, now=now)
@@ -243,15 +243,6 @@ _SILENT_S = 10.0
 def _at_or_after(m: Any, offset: int) -> bool:
     found = getattr(getattr(m, "msg", m), "offset", None)  # a KafkaError wraps its message
     return found is not None and found >= offset
-
-
-def _time_ms(m: Any) -> int | None:
-    """A Kafka message's timestamp (the producer's time), None when the broker has none."""
-    msg = getattr(m, "msg", m)  # a KafkaError wraps its message
-    ts = getattr(msg, "timestamp", None)
-    if not ts or ts[0] == TIMESTAMP_NOT_AVAILABLE:
-        return None
-    return ts[1]
 
 
 class _AlignedKafkaSource(KafkaSource):

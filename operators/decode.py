@@ -28,11 +28,10 @@ import bytewax.operators as op
 import msgspec
 from bytewax.connectors.kafka import KafkaError, KafkaSourceMessage
 from bytewax.dataflow import Stream, operator
-from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 
 from core.dead_letters import dead_letter, internal_error
 from core.records import DeadLetter, Event, Source, WireEvent
-from operators.event_time import after_ms_of, first_read_of_partition
+from operators.event_time import after_ms_of, first_read_ms
 from operators.otlp import (
     Decoded,
     OtlpCall,
@@ -160,10 +159,8 @@ def decode_record(
         source = _source(m)
         read = decode_otlp_proto if encoding == "proto" else decode_otlp
         items = read(raw, limits, now_ms, source, otlp)
-        kafka_ms = _kafka_ms(m)
-        if first_read_of_partition(m) and kafka_ms is not None:
-            return first_read(items, kafka_ms)
-        return items
+        first_ms = first_read_ms(m)
+        return items if first_ms is None else first_read(items, first_ms)
     except UnicodeDecodeError as exc:
         reason = f"invalid UTF-8 at byte {_utf8_error_at(raw, exc)}"
         return [dead_letter("decode", reason, raw, _source(m), now_ms)]
@@ -196,12 +193,6 @@ def _utf8_error_at(raw: bytes, exc: UnicodeDecodeError) -> int:
     """The offset of the first invalid byte in the whole record (msgspec reports it per string)."""
     at = _first_invalid_utf8(raw)
     return exc.start if at is None else at
-
-
-def _kafka_ms(m: KafkaSourceMessage) -> int | None:
-    """A message's Kafka timestamp, None when the broker has none."""
-    ts = m.timestamp
-    return None if not ts or ts[0] == TIMESTAMP_NOT_AVAILABLE else int(ts[1])
 
 
 def _source(m: KafkaSourceMessage) -> Source | None:

@@ -54,6 +54,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
+
 RECHECK_S = 1.0  # how soon a stage looks again when its deadline passed but event time did not
 LIVE_LAG_S = 30.0  # input whose newest message is this close to the wall clock is live traffic
 CAUGHT_UP_LAG_S = 5.0  # a caught-up partition stands this far behind the wall clock (messages in flight)
@@ -75,10 +77,22 @@ def after_ms_of(message: Any) -> int | None:
     return getattr(message, _AFTER_MS, None)
 
 
-def first_read_of_partition(message: Any) -> bool:
-    """Whether the source handed `message` over as the first it read from its partition since the job
-    first started (`tag_after` with no position before it)."""
-    return _AFTER_MS in getattr(message, "__dict__", {}) and message.__dict__[_AFTER_MS] is None
+def kafka_time_ms(message: Any) -> int | None:
+    """A Kafka message's timestamp (the producer's time), None when the broker has none."""
+    msg = getattr(message, "msg", message)  # a KafkaError wraps its message
+    ts = getattr(msg, "timestamp", None)
+    if not ts or ts[0] == TIMESTAMP_NOT_AVAILABLE:
+        return None
+    return int(ts[1])
+
+
+def first_read_ms(message: Any) -> int | None:
+    """The Kafka time of `message` if the source handed it over as the first it read from its
+    partition since the job first started (`tag_after` with no position before it); None otherwise."""
+    tagged = getattr(message, "__dict__", {})
+    if _AFTER_MS not in tagged or tagged[_AFTER_MS] is not None:
+        return None
+    return kafka_time_ms(message)
 
 
 def late(after_ms: int | None, closes_ms: int) -> bool:

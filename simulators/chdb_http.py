@@ -52,6 +52,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -272,7 +273,7 @@ class ChdbEngine:
         self._database: str | None = None
         self._fail_inserts = fail_inserts
         self._insert_delay_s = insert_delay_s
-        self._waiting_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
         self._waiting = 0
         self.max_waiting = 0  # inserts waiting out `insert_delay_s` at once, at most
         self.inserts = 0  # INSERTs received
@@ -288,7 +289,7 @@ class ChdbEngine:
         params = request.params
         insert = _split_insert(request.payload)
         if insert is not None:
-            with self._waiting_lock:
+            with self._stats_lock:
                 self.inserts += 1
         if insert is not None and self._insert_delay_s:
             self._wait(self._insert_delay_s)
@@ -306,13 +307,13 @@ class ChdbEngine:
     def _wait(self, seconds: float) -> None:
         """An insert's answer comes `seconds` late, as from a server elsewhere: concurrent requests
         wait side by side, outside the engine's lock; `max_waiting` counts how many at once."""
-        with self._waiting_lock:
+        with self._stats_lock:
             self._waiting += 1
             self.max_waiting = max(self.max_waiting, self._waiting)
         try:
             time.sleep(seconds)
         finally:
-            with self._waiting_lock:
+            with self._stats_lock:
                 self._waiting -= 1
 
     def _use(self, database: str) -> None:
@@ -579,6 +580,13 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
             proc.wait()
     if proc.returncode != 0:
         logger.warning("chdb_http exited with status %s", proc.returncode)
+
+
+def front_stats(url: str) -> dict[str, float]:
+    """The front's own counters at `url` (`GET /front/stats`): `max_waiting_inserts`, `inserts` (INSERTs
+    received) and `cpu_s` (its process's CPU time)."""
+    with urllib.request.urlopen(f"{url}/front/stats", timeout=10) as resp:  # noqa: S310 - the front's URL
+        return json.loads(resp.read())
 
 
 @contextmanager

@@ -239,20 +239,22 @@ class _WriterThread:
     def _take(self) -> tuple[list[tuple[Any, tuple[Any, ...]]], list[DeadLetter], int] | None:
         """What the next insert writes, when it is due; None when closing with nothing left."""
         with self._cond:
-            while True:
-                waiting = bool(self._rows or self._dead)
-                if not waiting and self._closing:
+            while not (self._rows or self._dead):
+                if self._closing:
                     return None
-                if waiting:
-                    due_in = self._first_at + self._linger_s - time.monotonic()
-                    if self._flushing or self._closing or len(self._rows) >= self._insert_rows or due_in <= 0:
-                        taken = self._rows, self._dead, self._handed
-                        self._rows, self._dead = [], []
-                        self._cond.notify_all()  # room for submit
-                        return taken
-                    self._cond.wait(due_in)
-                else:
-                    self._cond.wait()
+                self._cond.wait()
+            while (due_in := self._due_in()) > 0:
+                self._cond.wait(due_in)
+            taken = self._rows, self._dead, self._handed
+            self._rows, self._dead = [], []
+            self._cond.notify_all()  # room for submit
+            return taken
+
+    def _due_in(self) -> float:
+        """Seconds until the rows that wait are due (called with rows waiting, under the lock)."""
+        if self._flushing or self._closing or len(self._rows) >= self._insert_rows:
+            return 0.0
+        return self._first_at + self._linger_s - time.monotonic()
 
     def _run(self) -> None:
         while (taken := self._take()) is not None:

@@ -8,12 +8,10 @@ tmp dir.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from clickhouse_connect.driver.exceptions import OperationalError
 from prometheus_client import REGISTRY
 
 from core.records import Alert, CostWindow, DeadLetter, Evaluation, Event, Source
-from simulators.chdb_http import start_chdb_http
+from simulators.chdb_http import front_stats, start_chdb_http
 from simulators.ports import free_port
 from sinks import clickhouse as ch
 from sinks.clickhouse_sink import ClickHouseSink
@@ -486,8 +484,7 @@ def test_over_http_threads_insert_side_by_side_each_into_its_own_database(tmp_pa
             t.start()
         for t in threads:
             t.join(timeout=120)
-        with urllib.request.urlopen(f"{url}/front/stats", timeout=10) as resp:
-            stats = json.load(resp)
+        stats = front_stats(url)
         by_tenant = "SELECT tenant_id, count() FROM llm_events GROUP BY 1"
         landed = {db: ch.connect(dsn, db).query(by_tenant).result_rows for db in ("jf_a", "jf_b")}
 
