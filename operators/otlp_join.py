@@ -7,7 +7,7 @@ versions may send a `gen_ai.client.inference.operation.details` event beside
 a content-less span. Both carry the span's trace and span id. Without this
 stage such calls are priced but can never be judged (no text).
 
-Spans and log records are sharded by a hash of their span id (`shards` keys
+Spans and log records are sharded by a hash of their span id (`shards` keys dealt round robin
 over every worker, one item per batch and shard crossing workers). Per span:
 
 - a span with content goes on at once;
@@ -76,6 +76,7 @@ from core import metrics
 from core.records import Event, Source
 from operators import event_time, owed
 from operators.otlp import OtlpCall, OtlpContent
+from operators.routing import spread_keys
 
 Item = OtlpCall | OtlpContent
 _Where = tuple[int, str, int, int, str, int]  # (partition's position, topic, partition, offset, span, place)
@@ -369,12 +370,13 @@ def join_otlp_content(
 ) -> Stream[Event]:
     """Spans from `up` as events, with the content of their log records filled in (module docstring)."""
     wait_ms = int(wait_s * 1000)
+    keys = spread_keys(shards)  # dealt round robin over the workers (the keys changed once: upgrade notes)
 
     def group_batch(items: list[Item]) -> Iterable[tuple[str, list[Item]]]:
         groups: dict[int, list[Item]] = {}
         for x in items:
             groups.setdefault(xxhash.xxh3_64_intdigest(x.span_key.encode()) % shards, []).append(x)
-        return [(str(shard), group) for shard, group in groups.items()]
+        return [(keys[shard], group) for shard, group in groups.items()]
 
     keyed = op.flat_map_batch("shard", up, group_batch)
     call_max_ms = int(call_max_s * 1000)
