@@ -32,6 +32,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
 
 from flows.config import KafkaConfig
 from flows.kafka_offsets import offsets_for_time
+from flows.kafka_partition import ANSWER_S, build_partition
 from operators import event_time
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class _AlignedPartition(StatefulSourcePartition[Any, _PartState]):
         self._epoch = 0  # epochs ended since the run started (every partition starts at the same one)
         self._sealed_ms = released_ms  # where it stood when the last epoch ended
         self._ended = False
+        self._silent = False  # its broker's silence was logged
         event_time.INPUT.opened(name)
         position = inner.snapshot()
         if tp is not None and position is not None and position >= 0:
@@ -193,6 +195,8 @@ class _AlignedPartition(StatefulSourcePartition[Any, _PartState]):
         consumer = getattr(inner, "_consumer", None)  # bytewax's partition keeps its consumer here
         if consumer is None:
             return True
+        if not self._answers():  # its high watermark may be stale: an outage is not event time
+            return False
         tp = TopicPartition(getattr(inner, "_topic"), getattr(inner, "_part_idx"))  # noqa: B009 (private)
         low, high = consumer.get_watermark_offsets(tp, cached=True)
         if high < 0:
@@ -203,6 +207,24 @@ class _AlignedPartition(StatefulSourcePartition[Any, _PartState]):
         if position is None or position < 0:  # from the beginning, not started: only an empty one is
             return low == high
         return position >= high
+
+    def _answers(self) -> bool:
+        """Whether the partition's leader broker answers (`flows.kafka_partition`); logs a silence
+        (not the first second of a run, before librdkafka's first statistics) and its end."""
+        answers = getattr(self._inner, "answers", None)
+        now = answers is None or answers()
+        if now and self._silent:
+            self._silent = False
+            log.info("Kafka partition %s: its broker answers again", self._name)
+        elif not now and not self._silent and time.monotonic() - self._opened_at > ANSWER_S:
+            self._silent = True
+            log.warning(
+                "Kafka partition %s: its broker has not answered for %.0f s; the partition holds event time"
+                " where it stands until it does",
+                self._name,
+                ANSWER_S,
+            )
+        return now
 
     def next_awake(self) -> datetime | None:
         if self._waiting:  # held back: look again soon instead of spinning
@@ -271,7 +293,7 @@ class _AlignedKafkaSource(KafkaSource):
         offset, released = resume_state if isinstance(resume_state, tuple) else (resume_state, None)
         if self._ranges is not None:
             start, stop = self._ranges.get(tp, (0, 0))
-            inner = super().build_part(step_id, for_part, start if offset is None else offset)
+            inner = build_partition(self, step_id, topic, int(idx), start if offset is None else offset)
             name = for_part  # "IDX-TOPIC": the name the progress board uses too
             return _AlignedPartition(inner, name, self._align_ms, tp=tp, stop_at=stop, released_ms=released)
         if offset is None and self._start_ms is not None:
@@ -280,7 +302,7 @@ class _AlignedKafkaSource(KafkaSource):
                     ",".join(self._brokers), topic, self._start_ms, config=self._add_config
                 )
             offset = self._offsets[topic][int(idx)]
-        inner = super().build_part(step_id, for_part, offset)
+        inner = build_partition(self, step_id, topic, int(idx), offset)
         return _AlignedPartition(inner, for_part, self._align_ms, tp=tp, released_ms=released)
 
 

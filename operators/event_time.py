@@ -44,7 +44,9 @@ With no Kafka input anywhere (tests and benchmarks on an in-memory source) wall 
    slowest partition that still has input, or to the live clock less `CAUGHT_UP_LAG_S`
    (`caught_up_at`) — and the move counts only from the end of the epoch it was made in, as part of the
    partition's snapshot: its next message is tagged with it (late for a window the others let go), and
-   a run resumed after a crash tags that message the same, whatever the wall clock says then.
+   a run resumed after a crash tags that message the same, whatever the wall clock says then. "Nothing
+   to read" is judged against the broker's high watermark, so only while the partition's broker
+   answers (`flows.kafka_partition`): a broker outage is not event time either.
 """
 
 from __future__ import annotations

@@ -372,3 +372,59 @@ def test_bytewax_reads_an_epoch_only_after_the_flow_processed_the_ones_before():
     assert len(processed) == 1800
     assert unprocessed_at_read and max(unprocessed_at_read) == 0
     assert in_flight_same_epoch[0] > 0  # (the current epoch's releases were still on their way)
+
+
+@pytest.mark.slow
+def test_a_partition_whose_broker_is_down_does_not_move_on_and_what_was_produced_meanwhile_is_not_late(
+    kafka, monkeypatch
+):
+    """While a partition's broker does not answer, the consumer's high watermark is stale and "caught
+    up" is a guess: the partition must not move on with the wall clock (an outage is not event time),
+    so a message produced during a 20-s outage and delivered after it is tagged where the partition
+    stood when the broker went down, not 15 s later (late for every window that closed meanwhile)."""
+    import time
+
+    from confluent_kafka import Producer
+
+    from flows.kafka_partition import ANSWER_S
+
+    progress = InputProgress()
+    monkeypatch.setattr(event_time, "INPUT", progress)
+    kafka.create_topic("live", 1)
+    config = {"bootstrap.servers": kafka.bootstrap, "log_level": 0, "reconnect.backoff.max.ms": 500}
+    producer = Producer(config)
+
+    def now_ms() -> int:
+        return int(time.time() * 1000)
+
+    def read_until(done, seconds: float) -> list:
+        got: list = []
+        deadline = time.monotonic() + seconds
+        epoch_at = time.monotonic() + 1
+        while time.monotonic() < deadline and not done(got):
+            got += part.next_batch()
+            if time.monotonic() > epoch_at:  # an epoch ends every second: moves count from there
+                part.snapshot()
+                epoch_at += 1
+            time.sleep(0.1)
+        return got
+
+    producer.produce("live", b"before", timestamp=now_ms())
+    producer.flush(10)
+    cfg = KafkaConfig(topics=("live",), start="beginning", extra={"log_level": "0"})
+    part = kafka_source(cfg, [kafka.bootstrap]).build_part("in", "0-live", None)
+    first = read_until(lambda got: got and progress._parts["0-live"].caught_up, 20)
+    assert [m.value for m in first] == [b"before"]
+    read_until(lambda _: False, 3)  # caught up: it moves on with the live clock
+    kafka.broker_down(1)
+    down_at = now_ms()
+    producer.produce("live", b"during", timestamp=down_at)  # the producer holds it until the broker is back
+    assert read_until(lambda _: False, 20) == []
+    assert not progress._parts["0-live"].caught_up
+    kafka.broker_up(1)
+    producer.flush(30)
+    (during,) = read_until(lambda got: got, 30)
+    assert during.value == b"during"
+    # it stood at most the time the outage took to notice past the broker's going down
+    assert after_ms_of(during) <= down_at + (ANSWER_S + 2) * 1000, after_ms_of(during) - down_at
+    part.close()
