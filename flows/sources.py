@@ -78,7 +78,8 @@ POSITIONS = ReadPositions()
 
 
 # a partition's snapshot: the offset to resume at, and where the partition stood (`_AlignedPartition`)
-_PartState = tuple[int | None, int | None]
+# (and the time of its last message while that is too far ahead to count, `_AlignedPartition._release`)
+_PartState = tuple[int | None, int | None, int | None]
 
 
 class _AlignedPartition(StatefulSourcePartition[Any, _PartState]):
@@ -105,6 +106,7 @@ class _AlignedPartition(StatefulSourcePartition[Any, _PartState]):
         tp: TopicPartitionKey | None = None,
         stop_at: int | None = None,
         released_ms: int | None = None,
+        pending_ms: int | None = None,
     ) -> None:
         self._inner = inner
         self._name = name
@@ -115,6 +117,7 @@ class _AlignedPartition(StatefulSourcePartition[Any, _PartState]):
         self._released_ms = released_ms  # the newest time released (a restore: where the snapshot stood)
         self._stands_ms = released_ms  # where it stands: that, or a move an epoch end has sealed
         self._moved_ms: int | None = None  # moved to this epoch while caught up: counts from its end
+        self._pending_ms = pending_ms  # the last message's time, too far ahead to count until the next
         self._waiting = False
         self._opened_at = time.monotonic()
         self._epoch = 0  # epochs ended since the run started (every partition starts at the same one)
@@ -150,17 +153,15 @@ class _AlignedPartition(StatefulSourcePartition[Any, _PartState]):
             held = self._held
             while held:
                 ts = event_time.kafka_time_ms(held[0])
-                if ts is not None and limit is not None and ts > limit:
+                counted = self._counted_ms(ts)
+                if counted is not None and limit is not None and counted > limit:
                     break
                 m = held.popleft()
                 if type(m) is KafkaSourceMessage:  # (a broker error becomes a dead letter, never an event)
                     event_time.tag_after(m, self._stands_ms)
                 out.append(m)
-                if ts is not None and (self._released_ms is None or ts > self._released_ms):
-                    self._released_ms = ts
-                if ts is not None and (self._stands_ms is None or ts > self._stands_ms):
-                    self._stands_ms = ts
-        head = event_time.kafka_time_ms(self._held[0]) if self._held else None
+                self._release(ts)
+        head = self._counted_ms(event_time.kafka_time_ms(self._held[0])) if self._held else None
         frontier = head if head is not None else self._released_ms
         caught_up = fetched == 0 and not self._held and not out and self._at_end()
         event_time.INPUT.polled(self._name, frontier_ms=frontier, caught_up=caught_up, now=now)
@@ -177,6 +178,34 @@ class _AlignedPartition(StatefulSourcePartition[Any, _PartState]):
             if position is not None and position >= 0:
                 POSITIONS.set(self._tp, position)
         return out
+
+    def _counted_ms(self, ts: int | None) -> int | None:
+        """How far a message at `ts` may move the partition before the next one confirms it:
+        `event_time.JUMP_S` past where it stands at most (the first message it reads: all the way)."""
+        if ts is None or self._stands_ms is None:
+            return ts
+        return min(ts, self._stands_ms + event_time.JUMP_MS)
+
+    def _release(self, ts: int | None) -> None:
+        """A message at `ts` was handed over: the partition stands at its time, or — when that is more
+        than `event_time.JUMP_S` past where it stood — at what the next message confirms of it (the
+        earlier of the two). One message stamped a day ahead (a producer's clock, a bug, hostile
+        input) would otherwise make everything after it in the partition late for that day."""
+        if ts is None:
+            return
+        if self._pending_ms is not None:
+            self._advance(min(self._pending_ms, ts))
+            self._pending_ms = None
+        if self._stands_ms is not None and ts > self._stands_ms + event_time.JUMP_MS:
+            self._pending_ms = ts
+        else:
+            self._advance(ts)
+
+    def _advance(self, ts: int) -> None:
+        if self._released_ms is None or ts > self._released_ms:
+            self._released_ms = ts
+        if self._stands_ms is None or ts > self._stands_ms:
+            self._stands_ms = ts
 
     def _stopped(self) -> bool:
         position = self._inner.snapshot()
@@ -239,7 +268,7 @@ class _AlignedPartition(StatefulSourcePartition[Any, _PartState]):
             self._stands_ms = self._moved_ms  # sealed: the next messages are tagged with it
         self._moved_ms = None
         self._sealed_ms = self._stands_ms
-        return (self._position(), self._stands_ms)
+        return (self._position(), self._stands_ms, self._pending_ms)
 
     def _position(self) -> int | None:
         """The offset a restore resumes at."""
@@ -289,13 +318,16 @@ class _AlignedKafkaSource(KafkaSource):
     def build_part(self, step_id: str, for_part: str, resume_state: _PartState | int | None):
         idx, topic = for_part.split("-", 1)
         tp = (topic, int(idx))
-        # a snapshot of an earlier version holds the offset alone
-        offset, released = resume_state if isinstance(resume_state, tuple) else (resume_state, None)
+        # a snapshot of an earlier version holds the offset alone, or no pending time
+        state = resume_state if isinstance(resume_state, tuple) else (resume_state,)
+        offset, released, pending = (*state, None, None)[:3]
         if self._ranges is not None:
             start, stop = self._ranges.get(tp, (0, 0))
             inner = build_partition(self, step_id, topic, int(idx), start if offset is None else offset)
             name = for_part  # "IDX-TOPIC": the name the progress board uses too
-            return _AlignedPartition(inner, name, self._align_ms, tp=tp, stop_at=stop, released_ms=released)
+            return _AlignedPartition(
+                inner, name, self._align_ms, tp=tp, stop_at=stop, released_ms=released, pending_ms=pending
+            )
         if offset is None and self._start_ms is not None:
             if topic not in self._offsets:
                 self._offsets[topic] = offsets_for_time(
@@ -303,7 +335,9 @@ class _AlignedKafkaSource(KafkaSource):
                 )
             offset = self._offsets[topic][int(idx)]
         inner = build_partition(self, step_id, topic, int(idx), offset)
-        return _AlignedPartition(inner, for_part, self._align_ms, tp=tp, released_ms=released)
+        return _AlignedPartition(
+            inner, for_part, self._align_ms, tp=tp, released_ms=released, pending_ms=pending
+        )
 
 
 def _common(cfg: KafkaConfig, brokers: list[str]) -> dict[str, Any]:

@@ -47,6 +47,11 @@ With no Kafka input anywhere (tests and benchmarks on an in-memory source) wall 
    a run resumed after a crash tags that message the same, whatever the wall clock says then. "Nothing
    to read" is judged against the broker's high watermark, so only while the partition's broker
    answers (`flows.kafka_partition`): a broker outage is not event time either.
+5. **One message cannot move a partition far.** A message stamped more than `JUMP_S` past where its
+   partition stands (a producer's clock a day ahead, a bug, hostile input) moves it, and counts for the
+   alignment, only as far as the next message confirms: the earlier of the two. Otherwise one such
+   message would make everything after it in the partition late, for as long as it was ahead (a
+   timestamp in 2100: for good). A real gap in a partition's traffic costs one message of lag.
 """
 
 from __future__ import annotations
@@ -61,6 +66,9 @@ from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 RECHECK_S = 1.0  # how soon a stage looks again when its deadline passed but event time did not
 LIVE_LAG_S = 30.0  # input whose newest message is this close to the wall clock is live traffic
 CAUGHT_UP_LAG_S = 5.0  # a caught-up partition stands this far behind the wall clock (messages in flight)
+# a message more than this past where its partition stands moves it only as far as the next one confirms
+JUMP_S = 5.0
+JUMP_MS = int(JUMP_S * 1000)
 
 
 _AFTER_MS = "after_ms"

@@ -92,3 +92,24 @@ def test_events_late_by_position_for_the_judge_side_windows_stay_out_of_estimate
         " AND window_s = 60"
     )
     assert corrections.result_rows == [(30,)]
+
+
+@pytest.mark.slow
+def test_one_message_stamped_in_2100_changes_no_table(kafka, chdb_dsn, judge_endpoint):
+    """The same topic twice, once with one message's Kafka timestamp set to 2100 (its event's own
+    time unchanged): every table is the same. Before, that message moved its partition to 2100, and
+    every event after it in the partition was late — corrections in the cost windows, left out of the
+    estimates — for good."""
+    messages = list(generate(limit=1500, bad=False))
+    far = [*messages[:700], (messages[700][0], messages[700][1], 4_102_444_800_000), *messages[701:]]
+    results = {}
+    for name, topic in (("clean", messages), ("far", far)):
+        kafka.create_topic(name, 2)
+        produce_all(kafka.bootstrap, name, topic)
+        client = connect(chdb_dsn, name)
+        ensure_schema(client, name)
+        run_flow(topic_flow_settings(kafka, chdb_dsn, name, judge_endpoint, topic=name))
+        results[name] = tables(connect(chdb_dsn, name))
+    want = results["clean"]
+    assert len(want["llm_events"]) == 1500 and len(want["evaluations"]) > 100
+    assert {t: len(results["far"][t] ^ want[t]) for t in TABLES} == dict.fromkeys(TABLES, 0)

@@ -200,7 +200,7 @@ def test_messages_held_back_are_read_again_after_a_restore(monkeypatch):
     progress.polled("slow", frontier_ms=1_000, caught_up=False, now=1.0)
     ahead = _AlignedPartition(_Backlog([_Err(_Msg(7, 60_000)), _Msg(8, 61_000)]), "ahead", 5_000)
     assert ahead.next_batch() == []  # a minute ahead of "slow": held, an error included
-    assert ahead.snapshot() == (7, None)  # the snapshot resumes at the first held message
+    assert ahead.snapshot() == (7, None, None)  # the snapshot resumes at the first held message
 
 
 def test_released_counts_as_processed_once_the_partition_reads_in_a_later_epoch():
@@ -287,28 +287,60 @@ def test_each_message_carries_its_partition_position_and_the_epochs_say_what_is_
 
     progress = InputProgress()
     monkeypatch.setattr(event_time, "INPUT", progress)
-    batches = [[_message(0, 1_000), _message(1, 9_000), _message(2, 4_000)], [_message(3, 12_000)], []]
+    batches = [[_message(0, 1_000), _message(1, 5_000), _message(2, 4_000)], [_message(3, 8_000)], []]
     part = _AlignedPartition(_Messages(batches), "p", -1)
     first = part.next_batch()
     # the newest time the partition released before each: an event's lateness is its partition's order
-    assert [after_ms_of(m) for m in first] == [None, 1_000, 9_000]
+    assert [after_ms_of(m) for m in first] == [None, 1_000, 5_000]
     assert progress.processed_ms() == -1  # released, not processed: still on their way
-    assert part.snapshot() == (0, 9_000)  # bytewax ends the epoch: (where to resume, newest released)
-    assert [after_ms_of(m) for m in part.next_batch()] == [9_000]  # read in the next epoch...
-    assert progress.processed_ms() == 9_000  # ...so the first epoch's releases went through the flow
+    assert part.snapshot() == (0, 5_000, None)  # bytewax ends the epoch: (where to resume, newest released)
+    assert [after_ms_of(m) for m in part.next_batch()] == [5_000]  # read in the next epoch...
+    assert progress.processed_ms() == 5_000  # ...so the first epoch's releases went through the flow
     part.snapshot()
     assert part.next_batch() == []
-    assert progress.processed_ms() == 12_000
+    assert progress.processed_ms() == 8_000
     with pytest.raises(StopIteration):
         part.next_batch()  # read to its end in epoch 2
     part.close()  # bytewax closes it: it stays known until the flow processed that epoch
-    assert progress.processed_ms() == 12_000
+    assert progress.processed_ms() == 8_000
     progress.processed("other", epoch=3, processed_ms=20_000)  # a caught-up partition that moved on
     progress.polled("other", frontier_ms=None, caught_up=True, now=1.0)
     assert progress.processed_ms() == 20_000
     # a restore tags the messages after the snapshot as the first run did
-    again = _AlignedPartition(_Messages([[_message(3, 2_000)]]), "p", -1, released_ms=9_000)
-    assert [after_ms_of(m) for m in again.next_batch()] == [9_000]
+    again = _AlignedPartition(_Messages([[_message(3, 2_000)]]), "p", -1, released_ms=5_000)
+    assert [after_ms_of(m) for m in again.next_batch()] == [5_000]
+
+
+def test_one_message_stamped_far_ahead_moves_its_partition_only_as_far_as_the_next_confirms(monkeypatch):
+    """A message stamped a day (or decades) ahead of its partition — a producer's clock, a bug, hostile
+    input — must not make everything after it late: it moves the partition, and counts against the
+    alignment, only `JUMP_S` ahead until the next message confirms it (the earlier of the two). A real
+    gap in the traffic is confirmed by the message after it, one message late; a restore in between
+    tags the same."""
+    from flows.sources import _AlignedPartition
+
+    progress = InputProgress()
+    monkeypatch.setattr(event_time, "INPUT", progress)
+    day, year_2100 = 86_400_000, 4_102_444_800_000
+    t = [_message(0, 1_000), _message(1, 2_000), _message(2, 2_000 + day), _message(3, 3_000)]
+    t += [_message(4, year_2100), _message(5, 4_000), _message(6, 3_600_000), _message(7, 3_601_000)]
+    t += [_message(8, 3_602_000)]
+    part = _AlignedPartition(_Messages([t]), "p", -1)
+    tags = [after_ms_of(m) for m in part.next_batch()]
+    # the day-ahead and the 2100 messages never count: 3,000 and 4,000 after them do
+    assert tags == [None, 1_000, 2_000, 2_000, 3_000, 3_000, 4_000, 4_000, 3_601_000]
+    # held against the alignment the same way: the far message is let through at JUMP_S past the others
+    progress.opened("other")
+    progress.polled("other", frontier_ms=10_000, caught_up=False, now=1.0)
+    aligned = _AlignedPartition(_Messages([t[:4]]), "q", 5_000)
+    assert [m.offset for m in aligned.next_batch()] == [0, 1, 2, 3]
+    # a snapshot between the far message and the next one keeps it pending
+    first = _AlignedPartition(_Messages([t[:3]]), "r", -1)
+    first.next_batch()
+    state = first.snapshot()
+    assert state == (0, 2_000, 2_000 + day)
+    again = _AlignedPartition(_Messages([t[3:5]]), "r", -1, released_ms=state[1], pending_ms=state[2])
+    assert [after_ms_of(m) for m in again.next_batch()] == [2_000, 3_000]
 
 
 def test_bytewax_reads_an_epoch_only_after_the_flow_processed_the_ones_before():
