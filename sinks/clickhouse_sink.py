@@ -12,8 +12,8 @@ Two ways to wait for an insert, the same rows:
   only after it returned, so no epoch commits before its rows are in ClickHouse: the guarantee of a
   sink that waits for each insert, with the wait moved to the epoch's end and overlapped with the
   worker's work. An insert that fails for good in the writer thread is raised in the worker at the
-  next `write_batch`, `snapshot` or `close` (the flow stops, as it does when an insert fails in
-  line).
+  next `write_batch` or `snapshot` (the flow stops, as it does when an insert fails in line); `close`
+  never raises (it logs such a failure), because bytewax closes partitions while it unwinds.
 - `ClickHouseSink`: a `DynamicSink` that inserts each batch and returns from `write_batch` when the
   insert is acknowledged (`clickhouse.write_behind = false`).
 
@@ -61,6 +61,7 @@ from sinks.clickhouse_tables import table_spec
 
 logger = logging.getLogger(__name__)
 
+CLOSE_WAIT_S = 5.0  # how long `close` waits for an insert in flight (the thread is a daemon)
 INSERT_ROWS = 10_000  # a write-behind partition inserts once this many rows wait ...
 LINGER_S = 1.0  # ... or once the first of them has waited this long (or at the epoch's end)
 MAX_SHARDS = 64  # partitions every worker lists: a cluster uses its worker count of them
@@ -224,17 +225,22 @@ class _WriterThread:
             raise self._error
 
     def close(self) -> None:
-        """Insert what waits and stop the thread. A failure already raised in the worker is not raised
-        again: the flow is stopping because of it (and bytewax closes partitions while it unwinds)."""
+        """Stop the thread; never raises. bytewax snapshots every partition (`flush`) before it closes
+        them at the end of the input, so rows still waiting here belong to an epoch that will not
+        commit — the flow is stopping on an error — and are dropped: a restart writes them again from
+        the last snapshot. bytewax also closes partitions while it unwinds from that error, where a
+        second exception aborts the process and loses the first one's message; so an insert failure
+        not raised yet is logged here instead."""
         if self._thread is None:
             return
         with self._cond:
             self._closing = True
+            self._rows, self._dead = [], []
             self._cond.notify_all()
-        self._thread.join()
+        self._thread.join(CLOSE_WAIT_S)  # an insert in flight may be retrying for `max_retry_s`
         self._thread = None
-        if not self._raised:
-            self.check()
+        if self._error is not None and not self._raised:
+            logger.error("ClickHouse writer %s stopped on: %s", self._name, self._error)
 
     def _take(self) -> tuple[list[tuple[Any, tuple[Any, ...]]], list[DeadLetter], int] | None:
         """What the next insert writes, when it is due; None when closing with nothing left."""

@@ -134,3 +134,25 @@ def test_the_same_topic_gives_the_same_tables_under_outages(kafka, judge_endpoin
     for name in differ:
         differ[name].pop("judge_windows", None)  # calls the cache saved in one run and not the other
     assert differ == {name: {} for name in differ}, json.dumps(differ, indent=1)
+
+
+def test_clickhouse_gone_for_good_stops_the_job_with_the_reason(kafka, judge_endpoint, tmp_path):
+    """ClickHouse stops answering and stays down past `clickhouse.max_retry_s`: every table's writer
+    gives up. The job must exit with an error that says so — not abort in bytewax's clean-up (a second
+    failure raised while it unwinds from the first aborts the process, SIGABRT, and the reason is lost)."""
+    kafka.create_topic(TOPIC, 4)
+    produce_all(kafka.bootstrap, TOPIC, skewed_topic(6000))
+    config = tmp_path / "judgeflow.toml"
+    config.write_text(CONFIG.read_text().replace("[clickhouse]", "[clickhouse]\nmax_retry_s = 2", 1))
+    with clickhouse(tmp_path / "gone") as (url, client):
+        env = job_env(kafka, url, judge_endpoint)
+        cmd = [sys.executable, "-m", "flows.cli", "run", "--config", str(config), "--bounded"]
+        job = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        seen = wait_for_events(client, job, DATABASE, 1500)
+        assert job.poll() is None and seen < 6000, "the job finished before ClickHouse went away"
+    _, err = job.communicate(timeout=300)  # the front is gone: nothing answers on its port
+
+    assert job.returncode == 1, err.decode()[-2000:]  # an error exit, not -6 (SIGABRT)
+    text = err.decode()
+    assert "gave up after" in text and "max_retry_s=2" in text, text[-2000:]
+    assert "panic in a destructor" not in text
