@@ -1,4 +1,4 @@
-"""A Kafka partition that knows whether its broker answers.
+"""bytewax's Kafka partition, made to know whether its broker answers and to survive a lost position.
 
 A partition with nothing to read moves on with the live clock (`operators.event_time`), and "nothing
 to read" is judged against the high watermark the consumer last heard. While the partition's broker
@@ -15,6 +15,14 @@ partition within `ANSWER_S`. Before the first statistics nothing is known, so a 
 caught up in its first second. With statistics turned off (`statistics.interval.ms = 0` in
 `kafka.extra`) the broker is taken to answer, as before.
 
+A position the broker no longer has — a snapshot's offset that retention deleted while the job was
+down or far behind, or one past the end of a topic that was recreated — is out of range, and
+librdkafka's default answer (`auto.offset.reset = latest`) jumps to the partition's end: everything
+still in it would be skipped without a word. Here it is an error (`auto.offset.reset = error`,
+unless `kafka.extra` sets it): the partition logs how many messages are gone, resumes at the
+earliest offset the broker has, and hands the error on (a `kafka_error` dead letter that names the
+offset it asked for).
+
 This builds bytewax's partition itself (`bytewax.connectors.kafka._KafkaSourcePartition`, private) to
 read the statistics bytewax already asks for; its consumer configuration is the one
 `KafkaSource.build_part` makes.
@@ -23,10 +31,15 @@ read the statistics bytewax already asks for; its consumer configuration is the 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
-from bytewax.connectors.kafka import KafkaSource, _KafkaSourcePartition
+from bytewax.connectors.kafka import KafkaError, KafkaSource, _KafkaSourcePartition
+from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+from confluent_kafka import KafkaError as ConfluentKafkaError
+
+log = logging.getLogger(__name__)
 
 ANSWER_S = 5.0  # a leader that received nothing for this long is taken not to answer
 
@@ -62,6 +75,37 @@ class AnsweringPartition(_KafkaSourcePartition):
         if idle_s is not None:
             self._answered_at = time.monotonic() - idle_s
 
+    def next_batch(self) -> list[Any]:
+        batch = super().next_batch()
+        for item in batch:
+            if type(item) is KafkaError and item.err.code() == ConfluentKafkaError._AUTO_OFFSET_RESET:
+                self._resume_at_earliest(item.msg.offset)
+        return batch
+
+    def _resume_at_earliest(self, asked: int | None) -> None:
+        """The broker no longer has offset `asked`: read on from the earliest offset it has."""
+        asked = -1 if asked is None else asked
+        tp = TopicPartition(self._topic, self._part_idx)
+        try:
+            low, high = self._consumer.get_watermark_offsets(tp, timeout=5)
+        except Exception:  # the numbers are for the log line only
+            low, high = -1, -1
+        if 0 <= asked < low:
+            gone = f"{low - asked} messages ({asked} to {low - 1}) are gone: deleted by retention"
+        elif asked > high >= 0:
+            gone = f"the partition ends at {high}: the topic was recreated or truncated"
+        else:
+            gone = f"the broker has {low} to {high}"
+        log.warning(
+            "Kafka partition %d-%s: offset %d is out of range, %s; reading on from the earliest offset",
+            self._part_idx,
+            self._topic,
+            asked,
+            gone,
+        )
+        self._consumer.assign([TopicPartition(self._topic, self._part_idx, OFFSET_BEGINNING)])
+        self._offset = OFFSET_BEGINNING  # a snapshot before the next message resumes there too
+
     def answers(self) -> bool:
         """Whether the leader answered within `ANSWER_S` (always, without statistics)."""
         if not self._watching:
@@ -79,6 +123,7 @@ def build_partition(
         "bootstrap.servers": ",".join(source._brokers),
         "enable.partition.eof": str(not source._tail),
         "statistics.interval.ms": 1000,
+        "auto.offset.reset": "error",  # a lost position is reported and read on from the earliest
         **source._add_config,
     }
     return AnsweringPartition(

@@ -232,3 +232,39 @@ def test_with_the_redis_cache_a_killed_job_shows_each_judge_call_once_as_a_clean
     assert set(want_payers) == {1} and want_payers[1] > 1000, want_payers  # every call paid for once
     assert payers == want_payers
     assert totals == want_totals and len({t[1:] for t in totals}) == 1  # the same at every size
+
+
+def test_a_snapshot_offset_the_broker_no_longer_has_reads_on_from_the_earliest(
+    kafka, judge_endpoint, tmp_path
+):
+    """The job resumes from a snapshot whose offsets the broker no longer has — here the topic was
+    recreated (a new cluster) with fewer messages, so they are past its end; retention deleting them
+    while the job was down is the same error. librdkafka's default jumps to the partition's end and
+    reads nothing of what is there; the job must read the partitions from their earliest offset and
+    leave one `kafka_error` dead letter per partition naming the offset it asked for."""
+    import json
+
+    from simulators.kafka_mock import MockCluster
+
+    kafka.create_topic("llm-events", 4)
+    produce_all(kafka.bootstrap, "llm-events", list(generate(limit=2000, bad=False)))
+    fresh = []
+    for key, value, ts in generate(limit=400, bad=False):
+        d = json.loads(value)
+        d["event_id"] = "recreated-" + d["event_id"]
+        fresh.append((b"recreated-" + key, json.dumps(d).encode(), ts))
+    with start_chdb_http(tmp_path / "chdb") as url, MockCluster() as recreated:
+        first = judgeflow_run(tmp_path / "recovery", job_env(kafka, url, judge_endpoint))
+        _, err = first.communicate(timeout=300)
+        assert first.returncode == 0, err.decode()[-3000:]
+        recreated.create_topic("llm-events", 4)
+        produce_all(recreated.bootstrap, "llm-events", fresh)
+        again = judgeflow_run(tmp_path / "recovery", job_env(recreated, url, judge_endpoint))
+        _, err = again.communicate(timeout=300)
+        assert again.returncode == 0, err.decode()[-3000:]
+        host, port = url.removeprefix("http://").split(":")
+        client = clickhouse_connect.get_client(host=host, port=int(port), database="judgeflow")
+        assert count(client, "llm_events") == 2400
+        reasons = client.query("SELECT reason FROM dead_letters FINAL WHERE stage = 'kafka'").result_rows
+        assert len(reasons) == 4 and all("out of range" in r[0] for r in reasons), reasons
+        assert "out of range" in err.decode()  # and the log says what is gone
