@@ -101,6 +101,11 @@ def test_minimal_event_with_epoch_ms_and_string_input():
         (good(usage={"output_tokens": 5, "reasoning_tokens": 9}), "reasoning_tokens (9) exceed"),
         (good(latency_ms=-3), "latency_ms = -3"),
         ({k: v for k, v in good().items() if k != "model"}, "missing required field `model`"),
+        # an unknown field nested 100,000 deep: the producer's fault, not an internal error (a bug alert)
+        (
+            json.dumps(good())[:-1].encode() + b', "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            "nested too deeply",
+        ),
     ],
 )
 def test_bad_input_becomes_a_dead_letter_with_reason(payload, reason):

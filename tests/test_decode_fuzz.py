@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
 from bytewax.connectors.kafka import KafkaSourceMessage
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -90,6 +91,15 @@ def hostile(rng: random.Random) -> bytes:
             b[rng.randrange(len(b))] = rng.randrange(256)
         return bytes(b[: rng.randrange(len(b) // 2, len(b) + 1)])
     return base[: rng.randrange(len(base))]  # truncated
+
+
+@pytest.mark.parametrize("envelope", ["native", "otlp"])
+def test_nesting_too_deep_to_decode_is_the_producers_fault_not_an_internal_error(envelope: str) -> None:
+    # an "internal error" dead letter fires the critical bug alert: a producer must not be able to
+    deep = b"[" * 100_000 + b"]" * 100_000
+    base = json.dumps(VALID if envelope == "native" else OTLP).encode()
+    (out,) = decode_any(base[:-1] + b', "extra": ' + deep + b"}")
+    assert isinstance(out, DeadLetter) and out.reason == "malformed JSON: nested too deeply to decode"
 
 
 def test_ten_thousand_hostile_records_decode_to_events_or_dead_letters() -> None:
