@@ -332,6 +332,15 @@ def judge_configs(settings: Settings) -> dict[str, str]:
 def build_runtime(settings: Settings, control: ControlStore | None = None) -> JudgeRuntime:
     """The process's judge runtime; its clients are made on its own loop, on first use. A judge the
     control store remembers as disabled (a fatal error, same configuration) stays disabled."""
+    if judge_tiers(settings):
+        # The SDKs are imported here, on the main thread before any worker runs, not on first use in
+        # the runtime's loop: importing them builds an AST (anyio's lazy importer compiles a module's
+        # source), and CPython 3.11 keeps the AST conversion's recursion depth in state the threads
+        # share — done while a worker's collection ran Python callbacks, it failed a CI run with
+        # "SystemError: AST constructor recursion depth mismatch".
+        import judges.anthropic_judge
+        import judges.openai_judge  # noqa: F401
+
     configs = judge_configs(settings)
     disabled: dict[str, str] = {}
     if control is not None:

@@ -70,3 +70,18 @@ def test_kafka_without_the_input_topic_ends_the_job_with_one_clear_line(kafka, c
         _check_kafka(settings)
     kafka.create_topic("llm-events", 2)
     _check_kafka(flow_settings(**{"kafka.brokers": kafka.bootstrap, "kafka.topics": ["llm-events"]}))
+
+
+def test_the_judge_sdks_are_imported_before_the_workers_start():
+    """Imported on first use in the judge runtime's thread, the SDKs' import (which builds an AST:
+    anyio's lazy importer) raced the workers and failed a run with "SystemError: AST constructor
+    recursion depth mismatch" (CPython 3.11). `build_runtime` imports them on the calling thread."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from tests.conftest import flow_settings; from flows.deps import build_runtime;"
+        " build_runtime(flow_settings()); print('anthropic' in sys.modules, 'openai' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]
