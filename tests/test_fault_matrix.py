@@ -143,13 +143,18 @@ def test_clickhouse_gone_for_good_stops_the_job_with_the_reason(kafka, judge_end
     kafka.create_topic(TOPIC, 4)
     produce_all(kafka.bootstrap, TOPIC, skewed_topic(6000))
     config = tmp_path / "judgeflow.toml"
-    config.write_text(CONFIG.read_text().replace("[clickhouse]", "[clickhouse]\nmax_retry_s = 2", 1))
+    text = CONFIG.read_text().replace("[clickhouse]", "[clickhouse]\nmax_retry_s = 2", 1)
+    # small inserts, so that the job is still writing when ClickHouse goes
+    text = text.replace("insert_rows = 10000", "insert_rows = 200")
+    text = text.replace("insert_linger_s = 1.0", "insert_linger_s = 0.1")
+    assert "insert_rows = 200" in text and "insert_linger_s = 0.1" in text
+    config.write_text(text)
     with clickhouse(tmp_path / "gone") as (url, client):
         env = job_env(kafka, url, judge_endpoint)
         cmd = [sys.executable, "-m", "flows.cli", "run", "--config", str(config), "--bounded"]
         job = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        seen = wait_for_events(client, job, DATABASE, 1500)
-        assert job.poll() is None and seen < 6000, "the job finished before ClickHouse went away"
+        seen = wait_for_events(client, job, DATABASE, 500)
+        assert job.poll() is None and seen < 6000, "the job wrote everything before ClickHouse went away"
     _, err = job.communicate(timeout=300)  # the front is gone: nothing answers on its port
 
     assert job.returncode == 1, err.decode()[-2000:]  # an error exit, not -6 (SIGABRT)
