@@ -136,14 +136,15 @@ def decode_message(
         return dead_letter("decode", f"invalid event: {exc}", raw, source, now_ms)
     except UnicodeDecodeError as exc:
         return dead_letter("decode", f"invalid UTF-8 at byte {_utf8_error_at(raw, exc)}", raw, source, now_ms)
-    except RecursionError:  # the producer's fault, not a bug: not an internal error
+    except RecursionError:
         return dead_letter("decode", _TOO_DEEP, raw, source, now_ms)
     except Exception as exc:  # a bug must not make this record a poison pill
         return internal_error("decode", exc, raw, source, now_ms)
 
 
 _KEEP_BYTES = 65_536  # of an oversized record, in its dead letter
-_TOO_DEEP = "malformed JSON: nested too deeply to decode"  # the producer's fault, not a bug
+# the producer's fault, not a bug: an internal error would fire the critical bug alert
+_TOO_DEEP = "malformed JSON: nested too deeply to decode"
 
 
 def decode_record(
