@@ -35,15 +35,23 @@ log = logging.getLogger("judgeflow")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # one line per judge call, and per connection retry, otherwise
-    for chatty in ("httpx", "httpx2", "openai", "anthropic", "urllib3", "clickhouse_connect"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    configure_logging()
     try:
         return int(args.func(args) or 0)
     except (ConfigError, StartupError, TrafficDataError) as exc:
         print(f"judgeflow: {exc}", file=sys.stderr)
         return 2
+
+
+def configure_logging() -> None:
+    """INFO and up to stderr, without the client libraries' lines that repeat ours."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("httpx", "httpx2", "openai", "anthropic"):  # a line per judge call otherwise
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    # two warnings per failed ClickHouse request (the pool's retry, the driver's exception), each with
+    # the whole URL: `sinks.clickhouse.retry` says it once, and only at each doubling of the attempts
+    for repeating in ("urllib3", "clickhouse_connect"):
+        logging.getLogger(repeating).setLevel(logging.ERROR)
 
 
 def _parser() -> argparse.ArgumentParser:

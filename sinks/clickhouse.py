@@ -347,14 +347,26 @@ def retry(
     leaves a rejection out of the failures metric (the caller decides).
     """
 
+    failing: list[float] = []  # [when the first attempt failed, retries so far]
+
     def retrying(n: int, delay: float, ex: BaseException) -> None:
         RETRIES.labels(table).inc()
-        logger.warning(
-            "ClickHouse %s for %s failed (attempt %d), retrying in %.2fs: %r", action, table, n, delay, ex
-        )
+        if not failing:
+            failing[:] = [time.monotonic(), 0]
+        failing[1] = n
+        if n & (n - 1) == 0:  # retries 1, 2, 4, 8, ...: an outage is a line per doubling, not per attempt
+            logger.warning(
+                "ClickHouse %s for %s failed (attempt %d, %.1fs since the first), retrying in %.2fs: %s",
+                action,
+                table,
+                n,
+                time.monotonic() - failing[0],
+                delay,
+                brief(ex),
+            )
 
     try:
-        return call_with_retries(
+        result = call_with_retries(
             fn, backoff=BACKOFF, retryable=is_retryable, within_s=max_retry_s, on_retry=retrying, sleep=sleep
         )
     except GaveUp as g:
@@ -369,6 +381,24 @@ def retry(
             FAILURES.labels(table).inc()
         msg = f"ClickHouse {action} for table {table!r} failed and cannot be retried: {ex!r}"
         raise InsertRejectedError(msg) from ex
+    if failing:
+        logger.info(
+            "ClickHouse %s for %s succeeded after %d attempts (%.1fs)",
+            action,
+            table,
+            failing[1] + 1,
+            time.monotonic() - failing[0],
+        )
+    return result
+
+
+def brief(ex: BaseException) -> str:
+    """`repr(ex)` without the request's query string (the HTTP client puts the whole URL, settings and
+    query id, into its errors: most of a 500-character line)."""
+    return _QUERY_STRING.sub("?...", repr(ex))
+
+
+_QUERY_STRING = re.compile(r"\?[^\s'\"]+")
 
 
 # --- what the sinks share ----------------------------------------------------

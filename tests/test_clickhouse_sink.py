@@ -8,6 +8,7 @@ tmp dir.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from clickhouse_connect.driver.exceptions import OperationalError
 from prometheus_client import REGISTRY
 
 from core.records import Alert, CostWindow, DeadLetter, Evaluation, Event, Source
+from flows.cli import configure_logging
 from simulators.chdb_http import front_stats, start_chdb_http
 from simulators.ports import free_port
 from sinks import clickhouse as ch
@@ -549,6 +551,41 @@ def test_retry_backs_off_and_never_sleeps_on_success() -> None:
     assert result == "ok"
     assert len(delays) == 2
     assert 0.025 <= delays[0] <= 0.05 and 0.05 <= delays[1] <= 0.1  # jittered, doubling
+
+
+def test_an_outage_logs_a_line_per_doubling_of_the_attempts_and_one_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = "http://127.0.0.1:8123/?query_id=0f1e&date_time_input_format=best_effort"
+    attempts = iter([OperationalError(f"Error Max retries exceeded with url: {url} (refused)")] * 9 + [None])
+
+    def flaky() -> str:
+        failure = next(attempts)
+        if failure is not None:
+            raise failure
+        return "ok"
+
+    with caplog.at_level(logging.INFO, logger="sinks.clickhouse"):
+        assert ch.retry(flaky, table="alerts", action="insert", max_retry_s=5, sleep=lambda s: None) == "ok"
+
+    lines = [r.getMessage() for r in caplog.records if r.name == "sinks.clickhouse"]
+    assert [line.split("(attempt ")[1].split(",")[0] for line in lines[:-1]] == ["1", "2", "4", "8"]
+    assert all("query_id" not in line and "127.0.0.1:8123/?..." in line for line in lines[:-1])
+    assert lines[-1].startswith("ClickHouse insert for alerts succeeded after 10 attempts")
+
+
+def test_the_http_client_libraries_do_not_repeat_the_retry_lines(caplog: pytest.LogCaptureFixture) -> None:
+    levels = {name: logging.getLogger(name).level for name in ("urllib3", "clickhouse_connect")}
+    configure_logging()  # as `judgeflow` sets it up
+    try:
+        with caplog.at_level(logging.INFO), pytest.raises(ch.InsertGaveUpError):
+            write(f"http://127.0.0.1:{free_port()}", "judgeflow", "alerts", [make_alert(0)], max_retry_s=0.5)
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+    names = {r.name for r in caplog.records}
+    assert names == {"sinks.clickhouse"}, names  # before: urllib3.connectionpool and the driver too
 
 
 def test_inserts_are_retried_until_the_server_accepts_them(tmp_path: Path) -> None:
