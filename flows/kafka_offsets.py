@@ -7,7 +7,6 @@ and where there is no answer — librdkafka's mock cluster never has one, and
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -15,8 +14,7 @@ from typing import Any
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE, Consumer, KafkaError, KafkaException, TopicPartition
 
 from core.errors import RetryableError
-
-logger = logging.getLogger(__name__)
+from core.kafka_log import LIBRDKAFKA_LOG
 
 
 class OffsetLookupError(RetryableError):
@@ -56,7 +54,7 @@ def _lookup_consumer(bootstrap: str, config: Mapping[str, Any] | None) -> Consum
         "queued.min.messages": 1,
         "fetch.queue.backoff.ms": 1,
         "fetch.wait.max.ms": 10,
-        "logger": logger,
+        "logger": LIBRDKAFKA_LOG,
     }
     conf.update(config or {})
     return Consumer(conf)

@@ -39,6 +39,8 @@ from bytewax.connectors.kafka import KafkaError, KafkaSource, _KafkaSourcePartit
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 from confluent_kafka import KafkaError as ConfluentKafkaError
 
+from core.kafka_log import LIBRDKAFKA_LOG
+
 log = logging.getLogger(__name__)
 
 ANSWER_S = 5.0  # a leader that received nothing for this long is taken not to answer
@@ -124,6 +126,7 @@ def build_partition(
         "enable.partition.eof": str(not source._tail),
         "statistics.interval.ms": 1000,
         "auto.offset.reset": "error",  # a lost position is reported and read on from the earliest
+        "logger": LIBRDKAFKA_LOG,  # an outage is a line per kind and half minute, not ~20 a second
         **source._add_config,
     }
     return AnsweringPartition(

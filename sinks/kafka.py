@@ -31,6 +31,7 @@ from bytewax.dataflow import Stream, operator
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import KafkaError, Message, Producer
 
+from core.kafka_log import LIBRDKAFKA_LOG
 from core.records import Alert, DeadLetter
 
 RAW_KEPT = 65_536  # of a dead letter's raw bytes, in its Kafka message
@@ -91,7 +92,12 @@ class DeliveredKafkaSink(DynamicSink[KafkaSinkMessage[bytes, bytes]]):
     """Messages to `topic`, each acknowledged before `write_batch` returns (module docstring)."""
 
     def __init__(self, brokers: list[str], topic: str, config: dict[str, str]) -> None:
-        self._config = {"bootstrap.servers": ",".join(brokers), **config}
+        # librdkafka's log through the job's, a line per kind and half minute (`core.kafka_log`)
+        self._config: dict[str, object] = {
+            "bootstrap.servers": ",".join(brokers),
+            "logger": LIBRDKAFKA_LOG,
+            **config,
+        }
         self._topic = topic
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeliveredPartition:
