@@ -15,7 +15,6 @@ and is skipped when its minute is no longer kept.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -29,6 +28,7 @@ from core.records import CostWindow, LedgerEntry
 from operators import event_time
 from operators.ledger import SEP, key_of, window_row
 from operators.owed import arrived_ms
+from operators.versions import next_version, wall_us
 
 
 @dataclass(slots=True)
@@ -123,7 +123,7 @@ class _RollupLogic(StatefulBatchLogic[CostWindow, CostWindow, _RollupState]):
 
     def _next_version(self) -> int:
         s = self._s
-        s.version = max(self._clock_us(), s.version + 1)
+        s.version = next_version(s.version, self._clock_us())
         return s.version
 
     def _row(
@@ -183,7 +183,7 @@ def rollup(
     *,
     sizes_s: Sequence[int],
     allowed_lateness_s: int,
-    clock_us: Callable[[], int] = lambda: time.time_ns() // 1000,
+    clock_us: Callable[[], int] = wall_us,
     processed: Callable[[], int | None] = arrived_ms,
 ) -> Stream[CostWindow]:
     """Roll window rows up to coarser windows (e.g. 1 h and 1 day) per key and category.

@@ -55,6 +55,7 @@ from core import metrics
 from operators import event_time
 from operators.owed import arrived_ms
 from operators.stage import stage_of
+from operators.versions import next_version
 
 X = TypeVar("X")
 A = TypeVar("A")
@@ -144,6 +145,9 @@ class _TumblingState(Generic[A]):
     arrived_s: dict[int, float] = field(default_factory=dict)  # window -> wall time of its last record
     emitted: set[int] = field(default_factory=set)
     dirty: set[int] = field(default_factory=set)
+    version: int = (
+        0  # of the key's last row: the next is newer, whatever the wall clock (`operators.versions`)
+    )
 
 
 @dataclass(frozen=True)
@@ -265,6 +269,7 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
             arrived_s=dict(s.arrived_s),
             emitted=set(s.emitted),
             dirty=set(s.dirty),
+            version=s.version,
         )
 
     def _advance(self, now: float) -> list[R]:
@@ -295,7 +300,9 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
 
     def _rows(self, start: int) -> list[R]:
         self._changed.add(start)  # `rows` may record what it reported in the accumulator
-        return self._spec.rows(self._s.key, start, self._s.open[start], time.time_ns() // 1000)
+        s = self._s
+        s.version = next_version(s.version)
+        return self._spec.rows(s.key, start, s.open[start], s.version)
 
 
 @operator

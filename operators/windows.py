@@ -62,6 +62,7 @@ from operators import event_time
 from operators.ledger import combine, combine_events, key_of, window_row
 from operators.owed import arrived_ms
 from operators.stage import stage_of
+from operators.versions import next_version
 
 _NONE: frozenset[int] = frozenset()
 
@@ -88,6 +89,9 @@ class _WindowState:
     open: dict[int, _Open] = field(default_factory=dict)
     # windows whose end plus lateness is at or before this may have been forgotten (it never goes back)
     forgot_ms: int = -1
+    version: int = (
+        0  # of the key's last row: the next is newer, whatever the wall clock (`operators.versions`)
+    )
 
 
 class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
@@ -126,6 +130,8 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         if resume is not None:
             if not hasattr(resume, "forgot_ms"):  # a snapshot from before the field: it forgot by watermark
                 resume.forgot_ms = resume.max_ts_ms
+            if not hasattr(resume, "version"):  # from before the field
+                resume.version = 0
             # a row the crashed run wrote after this snapshot came from an entry that is read again: a
             # window whose row was out is written again, as restored, when it takes an entry (it is
             # dirty then) or before it is forgotten (that entry may come later, as a correction); a
@@ -211,6 +217,7 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
             seen_at_s=s.seen_at_s,
             open={k: w.copy() for k, w in s.open.items()},
             forgot_ms=s.forgot_ms,
+            version=s.version,
         )
 
     def _forgettable(self, wm: int, processed: int | None) -> int:
@@ -285,8 +292,11 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         provisional: bool = False,
         restated: bool = False,
     ) -> CostWindow:
-        version = time.time_ns() // 1000
-        return window_row(w, self._size, self._category, version, kind, correction_id, provisional, restated)
+        s = self._s
+        s.version = next_version(s.version)
+        return window_row(
+            w, self._size, self._category, s.version, kind, correction_id, provisional, restated
+        )
 
     def _correction(self, x: LedgerEntry, start: int) -> CostWindow:
         metrics.LATE.inc()
