@@ -9,14 +9,16 @@ since the previous line (steadier than events/s on a shared machine) and the tim
 collector took per event (wall time of its collections, with the flow's `gc.callbacks`); the table at
 the end repeats them. What to expect: RSS grows while new keys appear (each stateful step keeps a key's
 state once it has seen the key) and with the state a day of event time holds (the 1-day rollups, the
-re-delivery seen-set: the longest window plus the lateness), then levels off.
+re-delivery seen-set: the longest window plus the lateness), then levels off. With `--churn N` every
+tenant's agents are replaced by new ones every N events (keys that come and go), and RSS keeps growing
+with the keys ever seen (README, "Keys that come and go").
 
 Sinks: by default the ClickHouse sinks are replaced by counting sinks (the flow's own work only);
 `--sinks http` writes every table to ClickHouse over HTTP (the chdb HTTP front in another process),
 `--sinks chdb` to the engine inside this process.
 
     .venv/bin/python bench/soak.py [--events 10000000] [--keys 100000] [--hours 24] [--every 1000000]
-        [--batch 5000] [--sinks none|http|chdb] [--dedup-horizon-s S] [--stop-after N]
+        [--batch 5000] [--sinks none|http|chdb] [--dedup-horizon-s S] [--stop-after N] [--churn N]
 """
 
 from __future__ import annotations
@@ -74,7 +76,9 @@ class Traffic:
     """Payload templates (the sample traffic with its id, time and keys cut out) and the
     deterministic i -> message that fills them in: cheap enough to make 10M on the fly."""
 
-    def __init__(self, n: int, *, keys: int, hours: float, agents: int = 100, spread: int = 0) -> None:
+    def __init__(
+        self, n: int, *, keys: int, hours: float, agents: int = 100, spread: int = 0, churn: int = 0
+    ) -> None:
         self.templates: list[list[bytes]] = []
         for _, value, _ in generate(bad=False):
             d = json.loads(value)
@@ -87,12 +91,15 @@ class Traffic:
         self.n = n
         self.keys = keys
         self.agents = min(agents, keys)
+        self.churn = churn  # every `churn` events every tenant's agents are replaced by new ones (0: never)
         self.t0 = 1_700_000_000_000 // 3_600_000 * 3_600_000
         self.step = hours * 3_600_000 / max(spread or n, 1)  # event time as if `spread` events came
 
     def message(self, i: int) -> KafkaSourceMessage:
         k = (i * 2_654_435_761) % self.keys  # every key, spread over the whole run
         tenant, agent = divmod(k, self.agents)
+        if self.churn:
+            agent += i // self.churn * self.agents  # a new generation of agents: new keys
         ts = self.t0 + int(i * self.step)
         values = {
             b"event_id": f'"soak-{i}"'.encode(),
@@ -182,6 +189,12 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--events", type=int, default=10_000_000)
     p.add_argument("--keys", type=int, default=100_000, help="tenant x agent pairs (100 agents per tenant)")
+    p.add_argument(
+        "--churn",
+        type=int,
+        default=0,
+        help="every N events each tenant's agents are replaced by new ones (keys come and go; 0: never)",
+    )
     p.add_argument("--hours", type=float, default=24.0, help="event time the events are spread over")
     p.add_argument("--every", type=int, default=0, help="print RSS and events/s every N events (default 1M)")
     p.add_argument(
@@ -200,7 +213,7 @@ def main() -> int:
 
     print(f"templates from the sample traffic ... (RSS {rss_mb():.0f} MB)", file=sys.stderr)
     made = min(args.stop_after or args.events, args.events)
-    traffic = Traffic(made, keys=args.keys, hours=args.hours, spread=args.events)
+    traffic = Traffic(made, keys=args.keys, hours=args.hours, spread=args.events, churn=args.churn)
     source = SoakSource(traffic, batch=args.batch, every=every)
     with tempfile.TemporaryDirectory(prefix="jf_soak_") as tmp, clickhouse(args.sinks, tmp) as (dsn, db):
         overrides: dict[str, Any] = {"judges.enabled": False}
