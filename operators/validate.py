@@ -6,6 +6,7 @@ accepted; callers turn it into a dead letter.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -14,6 +15,9 @@ from core.errors import InvalidInput
 from core.records import ChatMessage, Event, Source, WireEvent, usd_to_pico
 
 MAX_ID_LEN = 256
+# C0 and C1 control characters: never part of an id, and the keyed steps join ids with U+001F (a
+# tenant "a\x1fb" with agent "c" and tenant "a" with agent "b\x1fc" would share one key's windows)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +38,8 @@ def to_event(w: WireEvent, limits: DecodeLimits, now_ms: int, source: Source | N
     _check_id("tenant_id", w.tenant_id)
     _check_id("agent", w.agent)
     _check_id("model", w.model)
+    if w.variant:
+        _check_id("variant", w.variant)
     ts_ms = _event_time_ms(w.ts, limits, now_ms)
     u = w.usage
     for name in (
@@ -94,6 +100,10 @@ def _check_id(name: str, value: str) -> None:
         raise InvalidEvent(msg)
     if len(value) > MAX_ID_LEN:
         msg = f"{name} is {len(value)} characters long (at most {MAX_ID_LEN})"
+        raise InvalidEvent(msg)
+    control = _CONTROL.search(value)
+    if control is not None:
+        msg = f"{name} contains a control character (U+{ord(control.group()):04X} at {control.start()})"
         raise InvalidEvent(msg)
 
 

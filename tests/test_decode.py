@@ -95,6 +95,12 @@ def test_minimal_event_with_epoch_ms_and_string_input():
         (good(ts=True), "Expected `int | datetime`"),
         (good(tenant_id=""), "tenant_id is empty"),
         (good(event_id="x" * 300), "event_id is 300 characters long"),
+        (good(variant="v" * 300), "variant is 300 characters long"),
+        # ids are joined with U+001F into the keyed steps' keys: "acme\x1fglobex" + agent "a" would share
+        # the windows of tenant "acme" with agent "globex\x1fa"
+        (good(tenant_id="acme\x1fglobex"), "tenant_id contains a control character (U+001F at 4)"),
+        (good(agent="bot\x00"), "agent contains a control character (U+0000 at 3)"),
+        (good(variant="b\x85"), "variant contains a control character (U+0085 at 1)"),
         (good(cost_usd="-0.5"), "cost_usd -0.5 outside"),
         (good(cost_usd="NaN"), "not a finite number"),
         (good(usage={"input_tokens": 5, "cache_read_tokens": 9}), "exceed input_tokens"),
