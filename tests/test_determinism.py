@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -113,3 +114,35 @@ def test_one_message_stamped_in_2100_changes_no_table(kafka, chdb_dsn, judge_end
     want = results["clean"]
     assert len(want["llm_events"]) == 1500 and len(want["evaluations"]) > 100
     assert {t: len(results["far"][t] ^ want[t]) for t in TABLES} == dict.fromkeys(TABLES, 0)
+
+
+@pytest.mark.slow
+def test_a_wall_clock_that_keeps_stepping_back_changes_no_table(kafka, chdb_dsn, judge_endpoint, monkeypatch):
+    """The same topic twice, with open windows written as they fill (`windows.provisional_s`), the
+    second time with the wall clock stepped back an hour every 50 reads (an NTP correction, a VM
+    resumed, a restart on a host whose clock is behind — many times over): every table is the same.
+    Before, a window's final row written after a step was older than its provisional row, and
+    ClickHouse's FINAL kept the provisional one (`operators/versions.py`)."""
+    real = time.time_ns
+    reads, stepping = [0], [False]
+
+    def wall_ns() -> int:
+        reads[0] += 1
+        return real() - (reads[0] // 50 * 3600 * 1_000_000_000 if stepping[0] else 0)
+
+    monkeypatch.setattr(time, "time_ns", wall_ns)
+    kafka.create_topic("wall", 2)
+    produce_all(kafka.bootstrap, "wall", list(generate(limit=1500, bad=False)))
+    results = {}
+    for name in ("wall_clean", "wall_back"):
+        client = connect(chdb_dsn, name)
+        ensure_schema(client, name)
+        settings = topic_flow_settings(
+            kafka, chdb_dsn, name, judge_endpoint, topic="wall", **{"windows.provisional_s": 0.001}
+        )
+        run_flow(settings)
+        stepping[0] = True
+        results[name] = tables(connect(chdb_dsn, name))
+    want = results["wall_clean"]
+    assert len(want["llm_events"]) == 1500 and len(want["evaluations"]) > 100
+    assert {t: len(results["wall_back"][t] ^ want[t]) for t in TABLES} == dict.fromkeys(TABLES, 0)
