@@ -10,8 +10,8 @@ import time
 import pytest
 
 from operators.rollups import _RollupLogic
-from operators.tumbling import _Spec, _TumblingLogic
-from operators.windows import _WindowLogic
+from operators.tumbling import FinalWindows, _Spec, _TumblingLogic, _TumblingState
+from operators.windows import _WindowLogic, _WindowState
 from tests.test_windows import BASE, HOUR, LEVELS, MIN, entry, expected, final, row, run_windows
 
 SECOND_NS = 1_000_000_000
@@ -104,3 +104,16 @@ def test_the_minute_and_rollup_totals_hold_with_a_wall_clock_that_only_goes_back
     rows = run_windows(batches, workers=workers, provisional_s=1e-6)
     for size in LEVELS:
         assert final(rows, size) == expected(items, size), size
+
+
+def test_snapshots_from_before_the_version_field_restore(wall: list[int]) -> None:
+    old = _WindowState(("t", "a", "m", "baseline"), BASE, 1000.0, {}, BASE - MIN, 7)
+    del old.version  # a snapshot of the slotted state from before the field has no such slot
+    logic = _WindowLogic(MIN, 2 * MIN, lambda: 1000.0, pickle.loads(pickle.dumps(old)))
+    logic.on_batch([entry("t", BASE + 1_000, 5)])
+    [row_out] = logic.on_batch([entry("t", BASE + MIN + 10, 7)])[0]
+    assert row_out.version == wall[0] // 1000
+
+    tumbling = _TumblingState(FinalWindows(MIN))
+    del tumbling.__dict__["version"]  # (a plain dataclass: the class default answers)
+    assert pickle.loads(pickle.dumps(tumbling)).version == 0
