@@ -145,9 +145,8 @@ class _TumblingState(Generic[A]):
     arrived_s: dict[int, float] = field(default_factory=dict)  # window -> wall time of its last record
     emitted: set[int] = field(default_factory=set)
     dirty: set[int] = field(default_factory=set)
-    version: int = (
-        0  # of the key's last row: the next is newer, whatever the wall clock (`operators.versions`)
-    )
+    # the version of the key's last row: the next is newer, whatever the wall clock (`operators.versions`)
+    version: int = 0
 
 
 @dataclass(frozen=True)

@@ -89,9 +89,8 @@ class _WindowState:
     open: dict[int, _Open] = field(default_factory=dict)
     # windows whose end plus lateness is at or before this may have been forgotten (it never goes back)
     forgot_ms: int = -1
-    version: int = (
-        0  # of the key's last row: the next is newer, whatever the wall clock (`operators.versions`)
-    )
+    # the version of the key's last row: the next is newer, whatever the wall clock (`operators.versions`)
+    version: int = 0
 
 
 class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
