@@ -347,20 +347,18 @@ def retry(
     leaves a rejection out of the failures metric (the caller decides).
     """
 
-    failing: list[float] = []  # [when the first attempt failed, retries so far]
+    started, retries = time.monotonic(), [0]
 
     def retrying(n: int, delay: float, ex: BaseException) -> None:
         RETRIES.labels(table).inc()
-        if not failing:
-            failing[:] = [time.monotonic(), 0]
-        failing[1] = n
+        retries[0] = n
         if n & (n - 1) == 0:  # retries 1, 2, 4, 8, ...: an outage is a line per doubling, not per attempt
             logger.warning(
                 "ClickHouse %s for %s failed (attempt %d, %.1fs since the first), retrying in %.2fs: %s",
                 action,
                 table,
                 n,
-                time.monotonic() - failing[0],
+                time.monotonic() - started,
                 delay,
                 brief(ex),
             )
@@ -381,13 +379,10 @@ def retry(
             FAILURES.labels(table).inc()
         msg = f"ClickHouse {action} for table {table!r} failed and cannot be retried: {ex!r}"
         raise InsertRejectedError(msg) from ex
-    if failing:
+    if retries[0]:
+        elapsed = time.monotonic() - started
         logger.info(
-            "ClickHouse %s for %s succeeded after %d attempts (%.1fs)",
-            action,
-            table,
-            failing[1] + 1,
-            time.monotonic() - failing[0],
+            "ClickHouse %s for %s succeeded after %d attempts (%.1fs)", action, table, retries[0] + 1, elapsed
         )
     return result
 
