@@ -77,7 +77,7 @@ def cost_path_flow(
         op.map("ledger", priced.events, ledger_entry),
         size_s=cfg.windows.size_s,
         allowed_lateness_s=cfg.windows.allowed_lateness_s,
-    )
+    ).rows
     rollups = rollup(
         "rollup", windows, sizes_s=cfg.windows.rollups_s, allowed_lateness_s=cfg.windows.allowed_lateness_s
     )

@@ -11,7 +11,9 @@ the end repeats them. What to expect: RSS grows while new keys appear (each stat
 state once it has seen the key) and with the state a day of event time holds (the 1-day rollups, the
 re-delivery seen-set: the longest window plus the lateness), then levels off. With `--churn N` every
 tenant's agents are replaced by new ones every N events (keys that come and go), and RSS keeps growing
-with the keys ever seen (README, "Keys that come and go").
+with the keys ever seen (README, "Keys that come and go") unless the source reports its position as the
+flow's Kafka source does (`--positions`): then a cost-window key is dropped once its windows are done
+(`windows.drop_finished_keys`; `--keep-finished` keeps every key, to compare).
 
 Sinks: by default the ClickHouse sinks are replaced by counting sinks (the flow's own work only);
 `--sinks http` writes every table to ClickHouse over HTTP (the chdb HTTP front in another process),
@@ -19,6 +21,7 @@ Sinks: by default the ClickHouse sinks are replaced by counting sinks (the flow'
 
     .venv/bin/python bench/soak.py [--events 10000000] [--keys 100000] [--hours 24] [--every 1000000]
         [--batch 5000] [--sinks none|http|chdb] [--dedup-horizon-s S] [--stop-after N] [--churn N]
+        [--positions] [--keep-finished]
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from _traffic import TOPIC, table, without_clickhouse
 import flows.judgeflow
 from flows.config import KafkaConfig, load_settings
 from flows.deps import build_deps
+from flows.sources import _AlignedPartition
 from simulators.traffic import generate
 
 _SLOTS = ("event_id", "ts", "tenant_id", "agent", "conversation_id")
@@ -158,15 +162,21 @@ class _Partition(StatefulSourcePartition[KafkaSourceMessage, int]):
 class SoakSource(FixedPartitionedSource[KafkaSourceMessage, int]):
     """One partition that makes its messages as it hands them out, marking time and RSS."""
 
-    def __init__(self, traffic: Traffic, *, batch: int, every: int) -> None:
+    def __init__(self, traffic: Traffic, *, batch: int, every: int, positions: bool = False) -> None:
         self._args = (traffic, batch, every)
+        self._positions = positions
         self.marks: list[dict[str, float]] = []
 
     def list_parts(self) -> list[str]:
         return ["0"]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _Partition:
-        return _Partition(*self._args, self.marks)
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> StatefulSourcePartition:
+        part = _Partition(*self._args, self.marks)
+        if not self._positions:
+            return part
+        # as the flow's Kafka source: each message tagged with where the partition stood, and how far
+        # the flow has processed it reported at every epoch (lateness by position; not aligned)
+        return _AlignedPartition(part, f"{TOPIC}-{for_part}", -1)
 
 
 @contextlib.contextmanager
@@ -208,19 +218,27 @@ def main() -> int:
         help="stop after N events, their event times those of the whole --events run (its start, to profile)",
     )
     p.add_argument("--dedup-horizon-s", type=int, default=None, help="windows.dedup_horizon_s")
+    p.add_argument(
+        "--positions",
+        action="store_true",
+        help="the source tags positions and reports progress as the flow's Kafka source does",
+    )
+    p.add_argument("--keep-finished", action="store_true", help="windows.drop_finished_keys = false")
     args = p.parse_args()
     every = args.every or min(1_000_000, max(args.batch, args.events // 10))
 
     print(f"templates from the sample traffic ... (RSS {rss_mb():.0f} MB)", file=sys.stderr)
     made = min(args.stop_after or args.events, args.events)
     traffic = Traffic(made, keys=args.keys, hours=args.hours, spread=args.events, churn=args.churn)
-    source = SoakSource(traffic, batch=args.batch, every=every)
+    source = SoakSource(traffic, batch=args.batch, every=every, positions=args.positions)
     with tempfile.TemporaryDirectory(prefix="jf_soak_") as tmp, clickhouse(args.sinks, tmp) as (dsn, db):
         overrides: dict[str, Any] = {"judges.enabled": False}
         if dsn:
             overrides |= {"clickhouse.dsn": dsn, "clickhouse.database": db}
         if args.dedup_horizon_s is not None:
             overrides["windows.dedup_horizon_s"] = args.dedup_horizon_s
+        if args.keep_finished:
+            overrides["windows.drop_finished_keys"] = False
         settings = load_settings(None, env={}, **overrides)
         deps = build_deps(settings)
         gc.callbacks.insert(0, _collection_starts)  # around the flow's own (`flows.gc_policy`)
@@ -231,6 +249,10 @@ def main() -> int:
             deps.close()
 
     marks = source.marks
+    positions = ""
+    if args.positions:
+        kept = "kept" if args.keep_finished else "dropped"
+        positions = f", positions as from Kafka, finished keys {kept}"
     start = marks[0]
     rows = []
     for prev, m in itertools.pairwise(marks):
@@ -247,7 +269,8 @@ def main() -> int:
     print()
     print(
         table(
-            f"build_flow, judges off, sinks: {args.sinks}; {made:,} events (event times of {args.events:,}) "
+            f"build_flow, judges off, sinks: {args.sinks}{positions}; {made:,} events "
+            f"(event times of {args.events:,}) "
             f"over {args.keys:,} "
             f"tenant x agent keys and {args.hours:g} h of event time, batches of {args.batch}; "
             f"RSS before the flow {start['rss']:,.0f} MB",

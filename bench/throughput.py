@@ -102,7 +102,7 @@ def hot_path_flow(settings: Settings, d: Deps, msgs: list, batch: int, counts: d
         priced.events,
         size_s=cfg.windows.size_s,
         allowed_lateness_s=cfg.windows.allowed_lateness_s,
-    )
+    ).rows
     rollups = rollup(
         "rollup", windows, sizes_s=cfg.windows.rollups_s, allowed_lateness_s=cfg.windows.allowed_lateness_s
     )

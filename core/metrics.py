@@ -260,6 +260,12 @@ REDELIVERIES = Counter(
     ["kind"],
 )
 LATE = Counter("judgeflow_late_ledger_entries_total", "Ledger entries after the allowed lateness")
+KEYS_DROPPED = Counter(
+    "judgeflow_window_keys_dropped_total",
+    "Minute-window keys (step=cost_window, judge_window) and their levels' keys (step=rollup) whose state "
+    "was dropped once their windows were done (windows.drop_finished_keys)",
+    ["step"],
+)
 WINDOW_ENTRIES = Counter(
     "judgeflow_window_entries_total",
     "Ledger entries reaching a window step (stage=in) and the partial sums left after the per-batch "

@@ -123,6 +123,7 @@ def build_flow(
         size_s=cfg.windows.size_s,
         allowed_lateness_s=cfg.windows.allowed_lateness_s,
         provisional_s=cfg.windows.provisional_s,
+        drop_finished=cfg.windows.drop_finished_keys,
     )
     expensive = expensive_requests("expensive", events, policy=d.alert_policy)
     # the same prompt again and again, one user driving a tenant: per tenant and window
@@ -133,7 +134,7 @@ def build_flow(
         allowed_lateness_s=cfg.windows.allowed_lateness_s,
         normalize=d.keyer.normalize,
     )
-    spend_alerts = alerts("alerts", request_windows, expensive, abuse, policy=d.alert_policy.spend())
+    spend_alerts = alerts("alerts", request_windows.rows, expensive, abuse, policy=d.alert_policy.spend())
 
     # quality: look verdicts up, choose what to judge (under the overrides the alerts set), judge
     looked_up = dedup("dedup", events, cache=d.cache, keyer=d.keyer, llm_metrics=d.plan.llm_metrics)
@@ -195,14 +196,16 @@ def build_flow(
         category="judge",
         provisional_s=cfg.windows.provisional_s,
         processed=judged_ms,  # and until no stage still owes one of their entries
+        drop_finished=cfg.windows.drop_finished_keys,
     )
-    windows = op.merge("windows", request_windows, judge_windows)
+    windows = op.merge("windows", request_windows.rows, judge_windows.rows)
     judge_alerts = alerts("judge_alerts", windows, policy=d.alert_policy.judge_spend(), processed=judged_ms)
     if cfg.windows.rollups_s:  # 1 h and 1 day rows, derived from the minute rows
         lateness_s = max(cfg.windows.allowed_lateness_s, cfg.windows.judge_allowed_lateness_s)
         rollups = rollup(
             "rollup",
-            windows,
+            # with the marks of the minute keys that may be dropped, in line with their rows
+            op.merge("windows_marked", request_windows.marked, judge_windows.marked),
             sizes_s=cfg.windows.rollups_s,
             allowed_lateness_s=lateness_s,
             processed=judged_ms,

@@ -64,6 +64,9 @@ from typing import Any
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 
 RECHECK_S = 1.0  # how soon a stage looks again when its deadline passed but event time did not
+# how soon a key whose rows are all out looks again whether its windows can be dropped (`forget_at`)
+FORGET_MIN_S = 30.0
+FORGET_MAX_S = 300.0
 LIVE_LAG_S = 30.0  # input whose newest message is this close to the wall clock is live traffic
 CAUGHT_UP_LAG_S = 5.0  # a caught-up partition stands this far behind the wall clock (messages in flight)
 # a message more than this past where its partition stands moves it only as far as the next one confirms
@@ -374,3 +377,13 @@ def wake_at(due_s: float, now: float) -> float:
     """When a stage should look again: at `due_s`, or — when that has passed without event time
     moving enough — a little later (never a wake-up storm)."""
     return due_s if due_s > now else now + RECHECK_S
+
+
+def forget_at(closes_ms: int, progress_ms: int, now: float) -> float:
+    """When a key whose rows are all out should look again whether its state can be dropped: when
+    event time, going on at the wall clock's pace from `progress_ms`, reaches `closes_ms` (its first
+    window's end plus the lateness), but no sooner than `FORGET_MIN_S` — dropping is not urgent, and
+    a wake-up costs every scheduled key — and no later than `FORGET_MAX_S`, since a replay's event
+    time runs ahead of the wall clock."""
+    wait_s = (closes_ms - progress_ms) / 1000
+    return now + min(max(wait_s, FORGET_MIN_S), FORGET_MAX_S)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import msgspec
+
 from core.records import CostWindow, Event, LedgerEntry, entry_hash
 from operators import event_time
 
@@ -147,6 +149,19 @@ def combine(
     return [*acc.values(), *alone]
 
 
-def key_of(x: LedgerEntry | CostWindow) -> str:
+class KeyMark(msgspec.Struct, frozen=True, array_like=True, gc=False):
+    """What a minute-window key that may be dropped tells the levels built from its rows
+    (`operators.rollups`), in line with its rows: `opened`, it started afresh (its rows may come
+    again), or not, it was dropped (every row it will write for the windows it held is out)."""
+
+    tenant_id: str
+    agent: str
+    model: str
+    variant: str
+    category: str
+    opened: bool
+
+
+def key_of(x: LedgerEntry | CostWindow | KeyMark) -> str:
     """The window key: tenant, agent, model, variant."""
     return SEP.join((x.tenant_id, x.agent, x.model, x.variant))

@@ -11,23 +11,36 @@ flow has processed of every Kafka partition (`event_time.INPUT.processed_ms`) ha
 the lateness: the minute windows upstream hold a window until then too, so no revision of its
 minutes can still come. A minute written again after a restore as it stood (`restated`) adds nothing,
 and is skipped when its minute is no longer kept.
+
+A minute-window key that may be dropped (`operators.windows`, Kafka input) says so in line with its
+rows (`KeyMark`). After it was dropped, every row it wrote for the windows it held is here, and a row
+still to come is a correction or comes from a window opened by an entry that was not late by its
+partition's position — after the key's mark that it started afresh, which reaches this step before
+the flow counts that entry as processed. So until such a mark, what the flow has processed alone is
+the key's progress (its newest minute does not move while it is quiet), and once it holds no level
+its state is dropped too (`DISCARD`); it looks again every 30 s to 5 min of wall time until then
+(`event_time.forget_at`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import bytewax.operators as op
 import msgspec
 import xxhash
 from bytewax.dataflow import Stream, operator
 from bytewax.operators import StatefulBatchLogic
+from prometheus_client import Counter
 
+from core import metrics
 from core.records import CostWindow, LedgerEntry
 from operators import event_time
-from operators.ledger import SEP, key_of, window_row
+from operators.ledger import SEP, KeyMark, key_of, window_row
 from operators.owed import arrived_ms
+from operators.stage import stage_of
 from operators.versions import next_version, wall_us
 
 
@@ -39,9 +52,12 @@ class _RollupState:
     version: int = 0
     # levels and minutes whose end plus lateness is at or before this may have been forgotten (never back)
     forgot_ms: int = -1
+    # the minute-window key was dropped (`KeyMark`): what the flow has processed is its progress
+    upstream_dropped: bool = False
+    minute_ms: int = 0  # the minute rows' size (0: none seen yet)
 
 
-class _RollupLogic(StatefulBatchLogic[CostWindow, CostWindow, _RollupState]):
+class _RollupLogic(StatefulBatchLogic[CostWindow | KeyMark, CostWindow, _RollupState]):
     def __init__(
         self,
         sizes_ms: Sequence[int],
@@ -49,20 +65,29 @@ class _RollupLogic(StatefulBatchLogic[CostWindow, CostWindow, _RollupState]):
         clock_us: Callable[[], int],
         resume: _RollupState | None,
         processed: Callable[[], int | None] = arrived_ms,
+        dropped: Counter | None = None,
     ) -> None:
+        self._dropped = dropped if dropped is not None else metrics.KEYS_DROPPED.labels("rollup")
         self._sizes = tuple(sizes_ms)
         self._lateness = lateness_ms
         self._clock_us = clock_us
         self._processed = processed
+        self._kafka = False  # the input was Kafka when the key last looked (`processed` not None)
         self._s = resume if resume is not None else _RollupState()
         if resume is not None and not hasattr(resume, "forgot_ms"):  # from before the field
             resume.forgot_ms = resume.newest_end_ms
+        if resume is not None and not hasattr(resume, "upstream_dropped"):  # from before the fields
+            resume.upstream_dropped, resume.minute_ms = False, 0
 
-    def on_batch(self, values: list[CostWindow]) -> tuple[Iterable[CostWindow], bool]:
+    def on_batch(self, values: list[CostWindow | KeyMark]) -> tuple[Iterable[CostWindow], bool]:
         s = self._s
         out: list[CostWindow] = []
         changed: dict[tuple[int, int], CostWindow] = {}  # level -> a row of it (key, category)
         for r in values:
+            if isinstance(r, KeyMark):
+                s.upstream_dropped = not r.opened
+                continue
+            s.minute_ms = r.window_ms
             start = r.window_start_ms
             if r.kind == "correction":  # a correction of every level, whatever is open (see above)
                 delta = _added(r, None)
@@ -94,8 +119,28 @@ class _RollupLogic(StatefulBatchLogic[CostWindow, CostWindow, _RollupState]):
             out.append(
                 self._row(s.levels[level], level[0], changed[level].category, self._open_minutes(level))
             )
-        self._forget(values[0].window_ms)
-        return out, StatefulBatchLogic.RETAIN
+        self._forget()
+        return out, self._retain()
+
+    def on_notify(self) -> tuple[Iterable[CostWindow], bool]:
+        self._forget()
+        return (), self._retain()
+
+    def notify_at(self) -> datetime | None:
+        s = self._s
+        if not (s.upstream_dropped and self._kafka and (s.levels or s.minutes)):
+            return None
+        closes = min((start + size for size, start in s.levels), default=s.newest_end_ms) + self._lateness
+        at = event_time.forget_at(closes, s.forgot_ms, self._clock_us() / 1e6)
+        return datetime.fromtimestamp(at, tz=UTC)
+
+    def _retain(self) -> bool:
+        """DISCARD once the minute-window key was dropped and no level is held (module docstring)."""
+        s = self._s
+        if s.upstream_dropped and self._kafka and not s.levels and not s.minutes:
+            self._dropped.inc()
+            return StatefulBatchLogic.DISCARD
+        return StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> _RollupState:
         s = self._s
@@ -105,13 +150,19 @@ class _RollupLogic(StatefulBatchLogic[CostWindow, CostWindow, _RollupState]):
             levels={k: msgspec.structs.replace(v) for k, v in s.levels.items()},
             version=s.version,
             forgot_ms=s.forgot_ms,
+            upstream_dropped=s.upstream_dropped,
+            minute_ms=s.minute_ms,
         )
 
-    def _forget(self, minute_ms: int) -> None:
+    def _forget(self) -> None:
         s = self._s
-        s.forgot_ms = max(s.forgot_ms, event_time.settled_ms(s.newest_end_ms, self._processed()))
+        processed = self._processed()
+        self._kafka = processed is not None
+        # a dropped minute-window key has nothing on its way that is not announced (module docstring)
+        progress = processed if s.upstream_dropped and processed is not None else s.newest_end_ms
+        s.forgot_ms = max(s.forgot_ms, event_time.settled_ms(progress, processed))
         horizon = s.forgot_ms - self._lateness
-        for start in [m for m in s.minutes if m + minute_ms <= horizon]:
+        for start in [m for m in s.minutes if s.minute_ms and m + s.minute_ms <= horizon]:
             del s.minutes[start]
         for level in [lv for lv in s.levels if lv[1] + lv[0] <= horizon]:
             del s.levels[level]
@@ -179,7 +230,7 @@ def _added(new: CostWindow, previous: CostWindow | None) -> LedgerEntry:
 @operator
 def rollup(
     step_id: str,
-    up: Stream[CostWindow],
+    up: Stream[CostWindow] | Stream[CostWindow | KeyMark],
     *,
     sizes_s: Sequence[int],
     allowed_lateness_s: int,
@@ -189,6 +240,8 @@ def rollup(
     """Roll window rows up to coarser windows (e.g. 1 h and 1 day) per key and category.
 
     Args:
+        up: window rows, in line with the marks of keys that may be dropped
+            (`operators.windows.CostWindows.marked`).
         sizes_s: the rollup sizes; each a multiple of the incoming window size.
         allowed_lateness_s: at least the lateness of the windows upstream: how
             long a level keeps absorbing revisions and corrections of its
@@ -201,10 +254,11 @@ def rollup(
         raise ValueError(msg)
     sizes_ms = sorted(size * 1000 for size in sizes_s)
     lateness_ms = allowed_lateness_s * 1000
+    dropped = metrics.KEYS_DROPPED.labels(stage_of(step_id))
     keyed = op.key_on("key", up, lambda w: SEP.join((key_of(w), w.category)))
     rows = op.stateful_batch(
         "levels",
         keyed,
-        lambda resume: _RollupLogic(sizes_ms, lateness_ms, clock_us, resume, processed),
+        lambda resume: _RollupLogic(sizes_ms, lateness_ms, clock_us, resume, processed, dropped),
     )
     return op.map("unkey", rows, lambda kv: kv[1])

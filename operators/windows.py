@@ -14,6 +14,10 @@ holds how far it got) — so a window forgotten past its lateness is never
 opened again by a delayed entry, whose fresh row would replace the full one.
 A window is emitted when the watermark passes its end and re-emitted (a newer
 `version`, which replaces the ClickHouse row) when entries arrive after that.
+With Kafka input, what the flow has processed of every partition (below) counts
+as the watermark of every key at its wake-ups: in a replay a quiet key's
+watermark does not move (wall time is not event time there), and its last row
+would wait, the key woken every second, until the input went live.
 
 Lateness is decided by what a replay reproduces, not by timing. An event read
 from Kafka is *late* when its partition had already released something at or
@@ -34,6 +38,19 @@ forgotten when the key next has an entry or a row due, not at a wake-up of its
 own, so a quiet key is off bytewax's schedule (which every activation of the
 step scans in full) once its rows are out. Nothing is ever dropped.
 
+With `drop_finished` and Kafka input a key's state is dropped (`DISCARD`) once
+every window it holds is forgotten, so keys that come and go (agents, models,
+variants, tenants) do not add up. It may be dropped then because lateness is
+positional: once what the flow has processed of every partition is past a
+window's end plus the lateness, every entry still to come for it is late by its
+partition's position and becomes a correction whatever state its key has (a
+key that returns starts afresh). The key stays on the schedule until its
+windows are forgotten, looking again every 30 s to 5 min of wall time
+(`event_time.forget_at`). Without Kafka input the key's own watermark decides
+lateness, so nothing is dropped. Such a key tells the levels built from its
+rows (`operators.rollups`) when it starts afresh and when it is dropped, in line
+with its rows (`KeyMark`): they may then be dropped too.
+
 After a restore, a window whose row was out is written again when it takes an
 entry or before it is forgotten (`restated`: as it stood): any row the crashed
 run wrote for it after the snapshot came from an entry that is read again, so it
@@ -50,6 +67,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import cast
 
 import bytewax.operators as op
 import msgspec
@@ -59,7 +77,7 @@ from bytewax.operators import StatefulBatchLogic
 from core import metrics
 from core.records import CostWindow, Event, LedgerEntry
 from operators import event_time
-from operators.ledger import combine, combine_events, key_of, window_row
+from operators.ledger import KeyMark, combine, combine_events, key_of, window_row
 from operators.owed import arrived_ms
 from operators.stage import stage_of
 from operators.versions import next_version
@@ -93,11 +111,13 @@ class _WindowState:
     version: int = 0
 
 
-class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
+class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow | KeyMark, _WindowState]):
     # one per key ever seen: no instance dict
     __slots__ = (
         "_category",
         "_clock",
+        "_drop_finished",
+        "_kafka",
         "_lateness",
         "_processed",
         "_provisional_at",
@@ -116,8 +136,11 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         category: str = "llm",
         provisional_s: float = 0.0,
         processed: Callable[[], int | None] = arrived_ms,
+        drop_finished: bool = False,
     ) -> None:
         self._category = category
+        self._drop_finished = drop_finished
+        self._kafka = False  # the input was Kafka when the key last looked (`processed` not None)
         self._processed = processed
         self._size = size_ms
         self._lateness = lateness_ms
@@ -145,14 +168,19 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
             return -1
         return s.max_ts_ms + int(event_time.elapsed_s(s.seen_at_s, self._clock()) * 1000)
 
-    def on_batch(self, values: list[LedgerEntry]) -> tuple[Iterable[CostWindow], bool]:
+    def on_batch(self, values: list[LedgerEntry]) -> tuple[Iterable[CostWindow | KeyMark], bool]:
         s = self._s
-        if s.max_ts_ms < 0:
+        out: list[CostWindow | KeyMark] = []
+        if s.max_ts_ms < 0:  # a new key (or one dropped before)
             x = values[0]
             s.key = (x.tenant_id, x.agent, x.model, x.variant)
+            if self._drop_finished:  # its rows may come again: before any of them
+                out.append(KeyMark(*s.key, self._category, opened=True))
         wm, processed = self.watermark_ms(), self._processed()
+        self._kafka = processed is not None
         # first what the key would have done had it woken when its rows were past their lateness
-        out = self._forget(self._forgettable(wm, processed)) if s.open else []
+        if s.open:
+            out.extend(self._forget(self._forgettable(wm, processed)))
         newest = max(x.ts_ms for x in values)
         if newest > wm:  # never back: an entry newer than any before but behind the watermark is late
             s.max_ts_ms, s.seen_at_s = newest, self._clock()
@@ -177,13 +205,28 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
                 window.fresh = True
         out.extend(self._advance(wm))
         out.extend(self._provisional())
-        return out, StatefulBatchLogic.RETAIN
+        return self._retain(out)
 
-    def on_notify(self) -> tuple[Iterable[CostWindow], bool]:
-        wm = self.watermark_ms()
-        self._forgettable(wm, self._processed())
-        out = self._advance(wm)
+    def on_notify(self) -> tuple[Iterable[CostWindow | KeyMark], bool]:
+        s = self._s
+        wm, processed = self.watermark_ms(), self._processed()
+        self._kafka = processed is not None
+        self._forgettable(wm, processed)
+        if processed is not None:  # lateness by position: what the flow processed is every key's progress
+            wm = max(wm, processed)
+            if self._drop_finished:
+                s.forgot_ms = max(s.forgot_ms, processed)
+        out: list[CostWindow | KeyMark] = []
+        out.extend(self._advance(wm))
         out.extend(self._provisional())
+        return self._retain(out)
+
+    def _retain(self, out: list[CostWindow | KeyMark]) -> tuple[list[CostWindow | KeyMark], bool]:
+        """`out`, and DISCARD once every window is forgotten, when the key may be dropped (module
+        docstring): after its last rows, the mark that says so."""
+        if self._drop_finished and self._kafka and not self._s.open:
+            out.append(KeyMark(*self._s.key, self._category, opened=False))
+            return out, StatefulBatchLogic.DISCARD
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[CostWindow], bool]:
@@ -206,6 +249,10 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
             at = event_time.wake_at(s.seen_at_s + max(wait_s, 0.0), self._clock())
         if self._provisional_s and any(w.fresh for w in s.open.values()):  # due on the wall clock
             at = min(at, self._provisional_at)
+        if at == math.inf and s.open and self._drop_finished and self._kafka:  # to be dropped once forgotten
+            closes = min(s.open) + self._size + self._lateness
+            now = self._clock()
+            at = event_time.forget_at(closes, s.max_ts_ms + int((now - s.seen_at_s) * 1000), now)
         return None if at == math.inf else datetime.fromtimestamp(at, tz=UTC)
 
     def snapshot(self) -> _WindowState:
@@ -306,6 +353,15 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow, _WindowState]):
         return self._row(entry, kind="correction", correction_id=cid)
 
 
+@dataclass(frozen=True)
+class CostWindows:
+    """`rows`: the window rows; `marked`: the same in line with the key marks that the levels built
+    from them need (`KeyMark`, `operators.rollups`)."""
+
+    rows: Stream[CostWindow]
+    marked: Stream[CostWindow | KeyMark]
+
+
 @operator
 def cost_window(
     step_id: str,
@@ -317,14 +373,16 @@ def cost_window(
     provisional_s: float = 0.0,
     clock: Callable[[], float] = time.time,
     processed: Callable[[], int | None] = arrived_ms,
-) -> Stream[CostWindow]:
+    drop_finished: bool = False,
+) -> CostWindows:
     """Windowed spend per (tenant, agent, model, variant); see the module docstring.
 
     `up` carries priced events (each one request) or ledger entries (e.g. judge spend).
     With `provisional_s`, open windows that changed are also written every that many
     seconds of wall time as `provisional` rows, which their final row supersedes.
     `processed`: how far no entry that is not late can still come (judge spend:
-    `operators.owed.judged_ms`)."""
+    `operators.owed.judged_ms`). `drop_finished`: drop a key's state once its windows are
+    forgotten (Kafka input only)."""
     size_ms, lateness_ms = size_s * 1000, allowed_lateness_s * 1000
     newest = [0]  # this worker's newest event time, to spot possible corrections early
 
@@ -344,9 +402,23 @@ def cost_window(
 
     combined = op.flat_map_batch("combine", up, combine_batch)
     keyed = op.key_on("key", combined, key_of)
-    rows = op.stateful_batch(
+    out = op.stateful_batch(
         "windows",
         keyed,
-        lambda resume: _WindowLogic(size_ms, lateness_ms, clock, resume, category, provisional_s, processed),
+        lambda resume: _WindowLogic(
+            size_ms, lateness_ms, clock, resume, category, provisional_s, processed, drop_finished
+        ),
     )
-    return op.map("unkey", rows, lambda kv: kv[1])
+    marked = op.map("unkey", out, lambda kv: kv[1])
+    if not drop_finished:  # no marks
+        return CostWindows(cast(Stream[CostWindow], marked), marked)
+    dropped = metrics.KEYS_DROPPED.labels(stage)
+
+    def row_only(x: CostWindow | KeyMark) -> CostWindow | None:
+        if type(x) is CostWindow:
+            return x
+        if isinstance(x, KeyMark) and not x.opened:
+            dropped.inc()
+        return None
+
+    return CostWindows(op.filter_map("rows", marked, row_only), marked)

@@ -165,7 +165,9 @@ def job_env(kafka: MockCluster, clickhouse_url: str, judge_endpoint: LocalEndpoi
     return env
 
 
-def run_flow(settings: Settings, *, workers: int = 1, control: object | None = None) -> None:
+def run_flow(
+    settings: Settings, *, workers: int = 1, control: object | None = None, epoch_s: float = 1.0
+) -> None:
     """Run the whole judgeflow dataflow to the end of its (bounded) input; `control`
     replaces the control store (a test shares one with the flow)."""
     import dataclasses
@@ -182,7 +184,7 @@ def run_flow(settings: Settings, *, workers: int = 1, control: object | None = N
         cli_main(
             build_flow(settings, deps=deps, workers=workers),
             workers_per_process=workers,
-            epoch_interval=timedelta(seconds=1),
+            epoch_interval=timedelta(seconds=epoch_s),
         )
     finally:
         deps.close()

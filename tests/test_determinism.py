@@ -12,7 +12,9 @@ import time
 from datetime import UTC, datetime
 
 import pytest
+from prometheus_client import REGISTRY
 
+from operators import event_time, owed
 from simulators.kafka_mock import produce_all
 from simulators.traffic import generate
 from sinks.clickhouse import connect, ensure_schema
@@ -146,3 +148,60 @@ def test_a_wall_clock_that_keeps_stepping_back_changes_no_table(kafka, chdb_dsn,
     want = results["wall_clean"]
     assert len(want["llm_events"]) == 1500 and len(want["evaluations"]) > 100
     assert {t: len(results["wall_back"][t] ^ want[t]) for t in TABLES} == dict.fromkeys(TABLES, 0)
+
+
+def topic_with_keys_that_come_and_go(n: int) -> list[tuple[bytes, bytes, int]]:
+    """The sample traffic stretched to 700x its event time (~90 h for 3,000 events) from the start of
+    a UTC day, each agent replaced by a new one every 6 hours of it: keys that come and go, done long
+    before the end (their first day's levels too)."""
+    out: list[tuple[bytes, bytes, int]] = []
+    t0 = day = 0
+    for key, value, ts in generate(limit=n, bad=False):
+        d = json.loads(value)
+        if not out:
+            t0, day = ts, ts - ts % 86_400_000 + 86_400_000
+        stretched = day + (ts - t0) * 700
+        d["ts"] += stretched - ts
+        d["agent"] = f"{d['agent']}-{(stretched - day) // 21_600_000}"
+        out.append((key, json.dumps(d).encode(), stretched))
+    return out
+
+
+@pytest.mark.slow
+def test_keys_that_come_and_go_are_dropped_and_change_no_table(kafka, chdb_dsn, monkeypatch):
+    """Agents that come and go over 90 h of event time, read with finished keys dropped and with every
+    key kept (judges off: the levels wait for no judge): every table is the same, and minute-window
+    keys and their levels' keys were dropped. Epochs of 50 ms, and a quiet key woken within 0.1 s (its
+    rows due) and every 0.05-0.2 s until it is dropped — instead of after its window's end's distance in
+    event time, as wall seconds, and every 30 s-5 min — so that keys are dropped within the run."""
+    monkeypatch.setattr(event_time, "FORGET_MIN_S", 0.05)
+    monkeypatch.setattr(event_time, "FORGET_MAX_S", 0.2)
+    wake_at = event_time.wake_at
+    monkeypatch.setattr(event_time, "wake_at", lambda due_s, now: min(wake_at(due_s, now), now + 0.1))
+    kafka.create_topic("churn", 2)
+    produce_all(kafka.bootstrap, "churn", topic_with_keys_that_come_and_go(3000))
+
+    def dropped() -> dict[str, float]:
+        return {
+            step: REGISTRY.get_sample_value("judgeflow_window_keys_dropped_total", {"step": step}) or 0
+            for step in ("cost_window", "rollup")
+        }
+
+    results, drops = {}, {}
+    for name, drop in (("kept", False), ("dropped", True)):
+        client = connect(chdb_dsn, name)
+        ensure_schema(client, name)
+        before = dropped()
+        for progress in (event_time.INPUT, owed.OWED, owed.JOINED):  # as in a process of its own
+            progress.reset()
+        settings = topic_flow_settings(
+            kafka, chdb_dsn, name, topic="churn", **{"windows.drop_finished_keys": drop}
+        )
+        run_flow(settings, epoch_s=0.05)  # the flow's progress moves on at every epoch
+        drops[name] = {step: n - before[step] for step, n in dropped().items()}
+        results[name] = tables(connect(chdb_dsn, name))
+    want = results["kept"]
+    assert len(want["llm_events"]) == 3000 and len(want["cost_windows"]) > 2000
+    assert {t: len(results["dropped"][t] ^ want[t]) for t in TABLES} == dict.fromkeys(TABLES, 0)
+    assert drops["kept"] == {"cost_window": 0, "rollup": 0}
+    assert drops["dropped"]["cost_window"] > 0 and drops["dropped"]["rollup"] > 0, drops

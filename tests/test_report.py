@@ -203,8 +203,8 @@ def loaded(ch_url: str) -> list[Event]:
     spend = op.input("spend_in", flow, TestingSource(judge_spend(events), batch_size=50))
     minutes = op.merge(
         "minutes",
-        cost_window("cw", ledger, size_s=60, allowed_lateness_s=60),
-        cost_window("jw", spend, size_s=60, allowed_lateness_s=60, category="judge"),
+        cost_window("cw", ledger, size_s=60, allowed_lateness_s=60).rows,
+        cost_window("jw", spend, size_s=60, allowed_lateness_s=60, category="judge").rows,
     )
     windows = op.merge("all", minutes, rollup("ru", minutes, sizes_s=(3600, 86400), allowed_lateness_s=60))
     op.output("windows_out", windows, ClickHouseSink(ch_url, DB, "cost_windows"))

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from core.records import CostWindow, Event, LedgerEntry, Source
-from operators.ledger import combine, combine_events, ledger_entry
+from operators.ledger import KeyMark, combine, combine_events, ledger_entry
 from operators.rollups import _RollupLogic, rollup
 from operators.windows import _WindowLogic, cost_window
 
@@ -86,7 +86,8 @@ def run_windows(
     flow = Dataflow("windows_test")
     items = [e for b in batches for e in b]
     src = op.input("in", flow, TestingSource(items, batch_size=max(1, max(len(b) for b in batches))))
-    minutes = cost_window("cw", src, size_s=60, allowed_lateness_s=lateness_s, provisional_s=provisional_s)
+    cw = cost_window("cw", src, size_s=60, allowed_lateness_s=lateness_s, provisional_s=provisional_s)
+    minutes = cw.rows
     rollups = rollup("ru", minutes, sizes_s=(3600, 86400), allowed_lateness_s=lateness_s)
     out: list[CostWindow] = []
     op.output("out", op.merge("all", minutes, rollups), TestingSink(out))
@@ -451,7 +452,8 @@ class _Partitions:
         for p in order[:n]:
             kafka_ms, event_ms, cost, eid = self.parts[p][self.cursor[p]]
             before = self.released[p]
-            out.append(_event(eid, event_ms, cost, "ab"[p % 2], before))
+            # agents that come and go: a new one every 4 minutes of message time (keys to drop)
+            out.append(_event(eid, event_ms, cost, f"{'ab'[p % 2]}{(kafka_ms - BASE) // (4 * MIN)}", before))
             self.released[p] = kafka_ms if before is None else max(before, kafka_ms)
             self.cursor[p] += 1
             self.fresh[p] = True
@@ -482,17 +484,19 @@ def _partitions_and_order(
     return parts, order
 
 
-def kafka_messages(max_size: int) -> st.SearchStrategy[list[tuple[int, int, int, int]]]:
+def kafka_messages(
+    max_size: int, min_size: int = 1, span_ms: int = 15 * MIN
+) -> st.SearchStrategy[list[tuple[int, int, int, int]]]:
     """(partition, message time, how long the event took to reach Kafka, cost) for
     `_partitions_and_order`."""
     return st.lists(
         st.tuples(
             st.integers(0, 2),
-            st.integers(0, 15 * MIN),
+            st.integers(0, span_ms),
             st.one_of(st.just(0), st.integers(0, 12 * MIN)),
             st.integers(1, 10**9),
         ),
-        min_size=1,
+        min_size=min_size,
         max_size=max_size,
     )
 
@@ -503,32 +507,29 @@ def _running_clock() -> Callable[[], float]:
     return lambda: 1000.0 + next(clock) / 1000
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    messages=kafka_messages(max_size=50),
-    pick=st.lists(st.integers(0, 2), max_size=200),
-    before=st.integers(1, 5),
-    after=st.integers(1, 5),
-    crash=st.one_of(st.none(), st.tuples(st.integers(0, 8), st.integers(0, 4))),
-    lateness=st.sampled_from([0, 2 * MIN]),
-)
-def test_windows_and_rollups_of_kafka_events_do_not_depend_on_timing_batching_or_a_crash(
-    messages, pick, before, after, crash, lateness
-):
-    """Events from three Kafka partitions (message times in order, some events delayed: an older event
-    time), interleaved any way, read in epochs of one size before a crash and another after it (rows
-    written after the snapshot stay in the table; the input after it is read again), on a wall clock
-    that runs on: the newest minute rows plus the corrections, and the same for the 5 and 15 minute
-    levels, always hold each event exactly once."""
-    parts, order = _partitions_and_order(messages, pick)
-    now = _running_clock()
+_Rows = dict[tuple[int, str, int, str, str], CostWindow]
 
-    levels = (5 * MIN, 15 * MIN)
-    table: dict[tuple[int, str, int, str, str], CostWindow] = {}
+
+def _read_kafka(
+    parts: list[list[tuple[int, int, int, str]]],
+    order: list[int],
+    before: int,
+    after: int,
+    crash: tuple[int, int] | None,
+    lateness: int,
+    drop: bool,
+    levels: tuple[int, ...],
+) -> tuple[_Rows, set[str]]:
+    """Read `parts` in `order` through the minute windows and their rollups, in epochs of `before`
+    messages, then (after a crash: `crash` = (the epoch of the snapshot, epochs read after it)) of
+    `after`; bytewax's part played by hand, a key that asks to be dropped (`DISCARD`) starting afresh.
+    The table every row was written to (the last row of an identity stands), and the keys dropped."""
+    now = _running_clock()
+    table: _Rows = {}
     kafka = _Partitions(parts)
 
     def window(state: Any = None) -> _WindowLogic:
-        return _WindowLogic(MIN, lateness, now, state, processed=kafka.processed)
+        return _WindowLogic(MIN, lateness, now, state, processed=kafka.processed, drop_finished=drop)
 
     def level(state: Any = None) -> _RollupLogic:
         return _RollupLogic(levels, lateness, lambda: int(now() * 1e6), state, processed=kafka.processed)
@@ -537,15 +538,24 @@ def test_windows_and_rollups_of_kafka_events_do_not_depend_on_timing_batching_or
         resume = resume or {"w": {}, "r": {}}
         return {k: window(s) for k, s in resume["w"].items()}, {k: level(s) for k, s in resume["r"].items()}
 
-    def write(rows: Iterable[CostWindow], rollups: dict) -> None:
-        rows = list(rows)
+    def write(marked: Iterable[CostWindow | KeyMark], rollups: dict) -> None:
+        marked = list(marked)
+        for x in marked:
+            if isinstance(x, CostWindow):
+                table[(x.window_ms, x.agent, x.window_start_ms, x.kind, x.correction_id)] = x
+        for agent in sorted({x.agent for x in marked}):
+            logic = rollups.setdefault(agent, level())
+            levels_out(agent, *logic.on_batch([x for x in marked if x.agent == agent]), rollups)
+
+    def levels_out(agent: str, rows: Iterable[CostWindow], discard: bool, rollups: dict) -> None:
         for x in rows:
             table[(x.window_ms, x.agent, x.window_start_ms, x.kind, x.correction_id)] = x
-        for agent in sorted({x.agent for x in rows}):
-            for x in rollups.setdefault(agent, level()).on_batch([x for x in rows if x.agent == agent])[0]:
-                table[(x.window_ms, x.agent, x.window_start_ms, x.kind, x.correction_id)] = x
+        if discard:  # as bytewax does: the key starts afresh at its next row
+            dropped.add(f"levels {agent}")
+            del rollups[agent]
 
     logics, rollups = windows()
+    dropped: set[str] = set()
     saved = None
     snapshot_at, crash_after = crash if crash is not None else (-1, 0)
     epoch, size = 0, before
@@ -561,9 +571,19 @@ def test_windows_and_rollups_of_kafka_events_do_not_depend_on_timing_batching_or
         for x in combine_events(events, MIN, -1, lateness):
             keyed[x.agent].append(x)
         for agent, entries in keyed.items():
-            write(logics.setdefault(agent, window()).on_batch(entries)[0], rollups)
-        for logic in logics.values():
-            write(logic.on_notify()[0], rollups)
+            rows, discard = logics.setdefault(agent, window()).on_batch(entries)
+            write(rows, rollups)
+            if discard:  # as bytewax does: the key starts afresh at its next entry
+                dropped.add(agent)
+                del logics[agent]
+        for agent, logic in list(logics.items()):
+            rows, discard = logic.on_notify()
+            write(rows, rollups)
+            if discard:
+                dropped.add(agent)
+                del logics[agent]
+        for agent, rollup_logic in list(rollups.items()):
+            levels_out(agent, *rollup_logic.on_notify(), rollups)
         kafka.seal()
         epoch += 1
         if saved is not None and epoch == saved[0] + crash_after + 1 and crash is not None:
@@ -573,6 +593,31 @@ def test_windows_and_rollups_of_kafka_events_do_not_depend_on_timing_batching_or
     for logic in logics.values():
         write(logic.on_eof()[0], rollups)
 
+    return table, dropped
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    messages=kafka_messages(max_size=50),
+    pick=st.lists(st.integers(0, 2), max_size=200),
+    before=st.integers(1, 5),
+    after=st.integers(1, 5),
+    crash=st.one_of(st.none(), st.tuples(st.integers(0, 8), st.integers(0, 4))),
+    lateness=st.sampled_from([0, 2 * MIN]),
+    drop=st.booleans(),
+)
+def test_windows_and_rollups_of_kafka_events_do_not_depend_on_timing_batching_or_a_crash(
+    messages, pick, before, after, crash, lateness, drop
+):
+    """Events from three Kafka partitions (message times in order, some events delayed: an older event
+    time), interleaved any way, read in epochs of one size before a crash and another after it (rows
+    written after the snapshot stay in the table; the input after it is read again), on a wall clock
+    that runs on, with finished keys dropped or kept: the newest minute rows plus the corrections, and
+    the same for the 5 and 15 minute levels, always hold each event exactly once."""
+    parts, order = _partitions_and_order(messages, pick)
+    levels = (5 * MIN, 15 * MIN)
+    table, dropped = _read_kafka(parts, order, before, after, crash, lateness, drop, levels)
+    assert drop or not dropped
     got: dict[tuple[int, int], int] = defaultdict(int)
     for (size_ms, _, start, _, _), r in table.items():
         got[(size_ms, start)] += r.cost_pusd
@@ -582,6 +627,47 @@ def test_windows_and_rollups_of_kafka_events_do_not_depend_on_timing_batching_or
             for size_ms in (MIN, *levels):
                 want[(size_ms, event_ms - event_ms % size_ms)] += cost
     assert dict(got) == dict(want)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    messages=kafka_messages(max_size=80, min_size=20, span_ms=40 * MIN),
+    pick=st.lists(st.integers(0, 2), max_size=300),
+    before=st.integers(1, 8),
+    crash=st.one_of(st.none(), st.tuples(st.integers(0, 12), st.integers(0, 4))),
+    lateness=st.sampled_from([0, 2 * MIN]),
+)
+def test_dropping_finished_keys_writes_the_same_rows_as_keeping_them(messages, pick, before, crash, lateness):
+    """The same partitions read the same way, agents coming and going, with finished keys dropped and
+    with every key kept: the same window, level and correction rows (the newest of each identity),
+    crash or not."""
+    parts, order = _partitions_and_order(messages, pick)
+    levels = (5 * MIN, 15 * MIN)
+    kept, none = _read_kafka(parts, list(order), before, before, crash, lateness, False, levels)
+    dropping, _ = _read_kafka(parts, list(order), before, before, crash, lateness, True, levels)
+    assert not none
+
+    def rows(table: _Rows) -> dict[tuple, tuple]:
+        fields = ("requests", "cost_pusd", "max_request_cost_pusd", "provisional")
+        return {k: tuple(getattr(r, f) for f in fields) for k, r in table.items()}
+
+    assert rows(dropping) == rows(kept)
+
+
+def test_a_key_that_comes_and_goes_is_dropped_once_its_windows_are_done():
+    """Agent b's one event (partition 1), then minutes of agents a (partition 0, a new one every 4
+    minutes): b and the agents a that went on are dropped once the flow has processed past their
+    windows' end plus the lateness, their rows out; the one still active is kept."""
+    parts, order = _partitions_and_order(
+        [(1, 0, 0, 5), *((0, i * MIN, 0, 7) for i in range(1, 12))], [1] + [0] * 11
+    )
+    table, dropped = _read_kafka(parts, order, 1, 1, None, 2 * MIN, True, (5 * MIN,))
+    # and their levels once those are done too (a1's level from 5 to 10 minutes closes at 12)
+    assert dropped == {"b0", "a0", "a1", "levels b0", "levels a0"}
+    assert [(r.window_ms, r.cost_pusd, r.kind) for k, r in table.items() if r.agent == "b0"] == [
+        (MIN, 5, "window"),
+        (5 * MIN, 5, "window"),
+    ]
 
 
 def test_a_window_is_held_until_the_flow_has_processed_past_its_lateness():
