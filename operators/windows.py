@@ -36,7 +36,7 @@ partition stood (`LedgerEntry.after_ms`), and its windows also wait for what
 the sampler and the judges still owe them (`operators.owed.judged_ms`). A window is
 forgotten when the key next has an entry or a row due, not at a wake-up of its
 own, so a quiet key is off bytewax's schedule (which every activation of the
-step scans in full) once its rows are out. Nothing is ever dropped.
+step scans in full) once its rows are out. No entry is ever dropped.
 
 With `drop_finished` and Kafka input a key's state is dropped (`DISCARD`) once
 every window it holds is forgotten, so keys that come and go (agents, models,

@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 
 from core.records import CostWindow, Event, LedgerEntry, Source
 from operators.ledger import KeyMark, combine, combine_events, ledger_entry
-from operators.rollups import _RollupLogic, rollup
+from operators.rollups import _RollupLogic, _RollupState, rollup
 from operators.windows import _WindowLogic, cost_window
 
 MIN = 60_000
@@ -712,3 +712,23 @@ def test_rollup_levels_wait_for_the_flow_and_skip_a_restated_minute_they_forgot(
     logic.on_batch([row(t0 + 3 * HOUR, 2, version=5)])
     out, _ = logic.on_batch([msgspec.structs.replace(restated, version=6)])
     assert list(out) == []
+
+
+def test_a_level_snapshot_from_before_the_marks_restores_and_waits_for_its_key():
+    """A level's state from a snapshot written before the marks (no `upstream_dropped`, no `minute_ms`)
+    restores; it forgets by its own newest minute as before until its minute-window key is dropped and
+    says so, then by what the flow has processed."""
+    t0 = BASE - BASE % HOUR
+    old = _RollupState()
+    del old.upstream_dropped, old.minute_ms  # a slotted state pickled before the fields has no such slots
+    processed = [t0 + 10 * HOUR]
+    logic = _RollupLogic(
+        (HOUR,), 5 * MIN, lambda: 1_000, pickle.loads(pickle.dumps(old)), lambda: processed[0]
+    )
+    minute = row(t0 + MIN, 5, version=1)
+    assert [(r.window_ms, r.cost_pusd) for r in logic.on_batch([minute])[0]] == [(HOUR, 5)]
+    assert logic.on_notify() == ((), False) and logic.notify_at() is None  # its key not dropped: it waits
+    mark = KeyMark(
+        minute.tenant_id, minute.agent, minute.model, minute.variant, minute.category, opened=False
+    )
+    assert logic.on_batch([mark]) == ([], True)  # dropped: the flow processed past the hour and its lateness
