@@ -54,7 +54,6 @@ class _RollupState:
     forgot_ms: int = -1
     # the minute-window key was dropped (`KeyMark`): what the flow has processed is its progress
     upstream_dropped: bool = False
-    minute_ms: int = 0  # the minute rows' size (0: none seen yet)
 
 
 class _RollupLogic(StatefulBatchLogic[CostWindow | KeyMark, CostWindow, _RollupState]):
@@ -76,8 +75,8 @@ class _RollupLogic(StatefulBatchLogic[CostWindow | KeyMark, CostWindow, _RollupS
         self._s = resume if resume is not None else _RollupState()
         if resume is not None and not hasattr(resume, "forgot_ms"):  # from before the field
             resume.forgot_ms = resume.newest_end_ms
-        if resume is not None and not hasattr(resume, "upstream_dropped"):  # from before the fields
-            resume.upstream_dropped, resume.minute_ms = False, 0
+        if resume is not None and not hasattr(resume, "upstream_dropped"):  # from before the field
+            resume.upstream_dropped = False
 
     def on_batch(self, values: list[CostWindow | KeyMark]) -> tuple[Iterable[CostWindow], bool]:
         s = self._s
@@ -87,7 +86,6 @@ class _RollupLogic(StatefulBatchLogic[CostWindow | KeyMark, CostWindow, _RollupS
             if isinstance(r, KeyMark):
                 s.upstream_dropped = not r.opened
                 continue
-            s.minute_ms = r.window_ms
             start = r.window_start_ms
             if r.kind == "correction":  # a correction of every level, whatever is open (see above)
                 delta = _added(r, None)
@@ -151,7 +149,6 @@ class _RollupLogic(StatefulBatchLogic[CostWindow | KeyMark, CostWindow, _RollupS
             version=s.version,
             forgot_ms=s.forgot_ms,
             upstream_dropped=s.upstream_dropped,
-            minute_ms=s.minute_ms,
         )
 
     def _forget(self) -> None:
@@ -162,7 +159,7 @@ class _RollupLogic(StatefulBatchLogic[CostWindow | KeyMark, CostWindow, _RollupS
         progress = processed if s.upstream_dropped and processed is not None else s.newest_end_ms
         s.forgot_ms = max(s.forgot_ms, event_time.settled_ms(progress, processed))
         horizon = s.forgot_ms - self._lateness
-        for start in [m for m in s.minutes if s.minute_ms and m + s.minute_ms <= horizon]:
+        for start in [m for m, r in s.minutes.items() if m + r.window_ms <= horizon]:
             del s.minutes[start]
         for level in [lv for lv in s.levels if lv[1] + lv[0] <= horizon]:
             del s.levels[level]

@@ -415,9 +415,9 @@ def cost_window(
     dropped = metrics.KEYS_DROPPED.labels(stage)
 
     def row_only(x: CostWindow | KeyMark) -> CostWindow | None:
-        if type(x) is CostWindow:
+        if isinstance(x, CostWindow):
             return x
-        if isinstance(x, KeyMark) and not x.opened:
+        if not x.opened:  # the key was dropped
             dropped.inc()
         return None
 

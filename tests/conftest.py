@@ -25,13 +25,18 @@ from simulators.ports import free_port
 from sinks import clickhouse as ch
 
 
-@pytest.fixture(autouse=True)
-def _fresh_input_progress() -> None:
-    """Each test starts with no Kafka partitions known to the process (operators.event_time), and no
-    stage owing anything (operators.owed)."""
+def reset_input_progress() -> None:
+    """No Kafka partitions known to the process (operators.event_time), and no stage owing anything
+    (operators.owed): as in a process of its own."""
     event_time.INPUT.reset()
     owed.OWED.reset()
     owed.JOINED.reset()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_input_progress() -> None:
+    """Each test starts with no input progress (`reset_input_progress`)."""
+    reset_input_progress()
 
 
 @pytest.fixture(autouse=True)

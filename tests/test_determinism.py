@@ -14,11 +14,11 @@ from datetime import UTC, datetime
 import pytest
 from prometheus_client import REGISTRY
 
-from operators import event_time, owed
+from operators import event_time
 from simulators.kafka_mock import produce_all
 from simulators.traffic import generate
 from sinks.clickhouse import connect, ensure_schema
-from tests.conftest import run_flow, topic_flow_settings
+from tests.conftest import reset_input_progress, run_flow, topic_flow_settings
 from tests.test_recovery import TABLES, tables
 
 
@@ -192,8 +192,7 @@ def test_keys_that_come_and_go_are_dropped_and_change_no_table(kafka, chdb_dsn, 
         client = connect(chdb_dsn, name)
         ensure_schema(client, name)
         before = dropped()
-        for progress in (event_time.INPUT, owed.OWED, owed.JOINED):  # as in a process of its own
-            progress.reset()
+        reset_input_progress()  # each run as in a process of its own
         settings = topic_flow_settings(
             kafka, chdb_dsn, name, topic="churn", **{"windows.drop_finished_keys": drop}
         )

@@ -715,12 +715,12 @@ def test_rollup_levels_wait_for_the_flow_and_skip_a_restated_minute_they_forgot(
 
 
 def test_a_level_snapshot_from_before_the_marks_restores_and_waits_for_its_key():
-    """A level's state from a snapshot written before the marks (no `upstream_dropped`, no `minute_ms`)
+    """A level's state from a snapshot written before the marks (no `upstream_dropped`)
     restores; it forgets by its own newest minute as before until its minute-window key is dropped and
     says so, then by what the flow has processed."""
     t0 = BASE - BASE % HOUR
     old = _RollupState()
-    del old.upstream_dropped, old.minute_ms  # a slotted state pickled before the fields has no such slots
+    del old.upstream_dropped  # a slotted state pickled before the field has no such slot
     processed = [t0 + 10 * HOUR]
     logic = _RollupLogic(
         (HOUR,), 5 * MIN, lambda: 1_000, pickle.loads(pickle.dumps(old)), lambda: processed[0]
