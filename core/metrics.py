@@ -262,8 +262,8 @@ REDELIVERIES = Counter(
 LATE = Counter("judgeflow_late_ledger_entries_total", "Ledger entries after the allowed lateness")
 KEYS_DROPPED = Counter(
     "judgeflow_window_keys_dropped_total",
-    "Minute-window keys (step=cost_window, judge_window) and their levels' keys (step=rollup) whose state "
-    "was dropped once their windows were done (windows.drop_finished_keys)",
+    "Window keys whose state was dropped once their windows were done (windows.drop_finished_keys): minute "
+    "windows (step=cost_window, judge_window), their levels (step=rollup), abuse, estimates and savings",
     ["step"],
 )
 WINDOW_ENTRIES = Counter(

@@ -191,8 +191,9 @@ class WindowsConfig(_Section):
     # open windows that changed are written this often (wall time) as provisional rows, which the
     # final row replaces, so reports see the current minute; 0: only closed windows are written
     provisional_s: float = Field(5.0, ge=0)
-    # with Kafka input, drop a cost-window key's state once its windows are past their lateness (keys
-    # that come and go do not add up); off: every key ever seen is kept
+    # with Kafka input, drop a window key's state (cost windows and their levels; abuse, estimates,
+    # savings) once its windows are past their lateness (keys that come and go do not add up); off:
+    # every key ever seen is kept
     drop_finished_keys: bool = True
     # drop Kafka re-deliveries (each event_id counted once); off only with producers that
     # never re-send (idempotent producers, no mirrors): it costs ~20% on one process, ~50% on two

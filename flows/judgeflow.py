@@ -133,6 +133,7 @@ def build_flow(
         size_s=cfg.windows.size_s,
         allowed_lateness_s=cfg.windows.allowed_lateness_s,
         normalize=d.keyer.normalize,
+        drop_finished=cfg.windows.drop_finished_keys,
     )
     spend_alerts = alerts("alerts", request_windows.rows, expensive, abuse, policy=d.alert_policy.spend())
 
@@ -174,6 +175,7 @@ def build_flow(
         size_s=cfg.windows.size_s,
         allowed_lateness_s=cfg.windows.judge_allowed_lateness_s,
         processed=judged_ms,
+        drop_finished=cfg.windows.drop_finished_keys,
     )
     savings = judge_savings(
         "savings",
@@ -184,6 +186,7 @@ def build_flow(
         size_s=cfg.windows.size_s,
         allowed_lateness_s=cfg.windows.judge_allowed_lateness_s,
         processed=judged_ms,
+        drop_finished=cfg.windows.drop_finished_keys,
     )
     # judge verdicts come back after the requests they judge: judge spend gets
     # its own windows (same ledger, category "judge") that follow their own event-time progress

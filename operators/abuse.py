@@ -145,11 +145,14 @@ def abuse_window(
     allowed_lateness_s: int,
     normalize: Callable[[str], str],
     clock: Callable[[], float] = time.time,
+    drop_finished: bool = False,
 ) -> Stream[AbuseWindow]:
     """Repeated prompts and the top user per (tenant, window); see the module docstring.
 
     Args:
         normalize: the prompt normalization (the verdict cache keyer's `normalize`).
+        drop_finished: with Kafka input, drop a key's state once none of its windows is open
+            (`windows.drop_finished_keys`; `operators.tumbling`).
     """
     size_ms, lateness_ms = size_s * 1000, allowed_lateness_s * 1000
     dropped = metrics.LATE_DROPPED.labels(stage_of(step_id))
@@ -179,4 +182,5 @@ def abuse_window(
         idle_s=0.0,
         clock=clock,
         copy=_Counts.copy,
+        drop_finished=drop_finished,  # (`combine` drops the events late by their position)
     )

@@ -396,6 +396,7 @@ def quality_estimates(
     sample_window_s: int | None = None,
     clock: Callable[[], float] | None = None,
     processed: Callable[[], int | None] = arrived_ms,
+    drop_finished: bool = False,
 ) -> Stream[QualityEstimate]:
     """Per (tenant, agent, metric) and window: the flagged rate with its 95% interval, and the
     prediction-powered rate beside it.
@@ -407,6 +408,8 @@ def quality_estimates(
         sample_window_s: the sampler's window (`sampling.window_s`), which its strata are per.
         processed: how far no record that is not late can still come (after the judges:
             `operators.owed.judged_ms`, which waits for what the sampler and the judges owe).
+        drop_finished: with Kafka input, drop a key's state once none of its windows is open
+            (`windows.drop_finished_keys`; `operators.tumbling`).
     """
     window_ms = size_s * 1000
     sample_window_ms = (sample_window_s or size_s) * 1000
@@ -435,4 +438,5 @@ def quality_estimates(
         copy=_Acc.copy,
         processed=processed,
         after_of=lambda v: v.after_ms,  # (a design record's: set when its events are late)
+        drop_finished=drop_finished,
     )

@@ -385,5 +385,11 @@ def forget_at(closes_ms: int, progress_ms: int, now: float) -> float:
     window's end plus the lateness), but no sooner than `FORGET_MIN_S` — dropping is not urgent, and
     a wake-up costs every scheduled key — and no later than `FORGET_MAX_S`, since a replay's event
     time runs ahead of the wall clock."""
-    wait_s = (closes_ms - progress_ms) / 1000
-    return now + min(max(wait_s, FORGET_MIN_S), FORGET_MAX_S)
+    return forget_wake(now + (closes_ms - progress_ms) / 1000, now)
+
+
+def forget_wake(due_s: float, now: float) -> float:
+    """When a key should look again whether it can let state go that is due at wall time `due_s` (as
+    far as it can tell): then, but no sooner than `FORGET_MIN_S` from now and no later than
+    `FORGET_MAX_S` (`forget_at`)."""
+    return now + min(max(due_s - now, FORGET_MIN_S), FORGET_MAX_S)

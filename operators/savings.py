@@ -214,6 +214,7 @@ def judge_savings(
     allowed_lateness_s: int,
     clock: Callable[[], float] | None = None,
     processed: Callable[[], int | None] = arrived_ms,
+    drop_finished: bool = False,
 ) -> Stream[JudgeSavings]:
     """The savings ledger per (tenant, window); see the module docstring.
 
@@ -224,6 +225,8 @@ def judge_savings(
         reference: the reference judge's name, stored on every row.
         processed: how far no record that is not late can still come (after the judges:
             `operators.owed.judged_ms`, which waits for what the sampler and the judges owe).
+        drop_finished: with Kafka input, drop a key's state once none of its windows is open
+            (`windows.drop_finished_keys`; `operators.tumbling`).
     """
     size_ms = size_s * 1000
     entries = op.merge(
@@ -255,6 +258,7 @@ def judge_savings(
         copy=_Acc.copy,
         processed=processed,
         after_of=lambda x: x.after_ms,
+        drop_finished=drop_finished,
     )
 
 

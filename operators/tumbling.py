@@ -19,6 +19,17 @@ LLM verdicts over the next minutes. So a window is
   first conditions decide, in a replay the last keeps windows open while the
   judges work through them.
 
+With Kafka input, what the flow has processed (`processed`) counts as every key's watermark, and it
+alone decides when a window is complete: a record not late by its position cannot come after it has
+passed the window's end plus the lateness. In a replay a quiet key's own watermark does not move (wall
+time is not event time there), so its last window would be reported only once the input went live,
+and would stay open — the key woken every second (`event_time.RECHECK_S`) — until then. A window whose
+row is out and that only waits to be final looks again every 30 s to 5 min of wall time
+(`event_time.forget_wake`): finality frees memory, it decides no row. With `drop_finished` the
+key's state is then dropped (`DISCARD`, counted in `judgeflow_window_keys_dropped_total{step}`) once
+no window is open, so keys that come and go do not add up: a record for one of its windows is late by
+its position, and dropped whatever state the key has (a key that returns starts afresh).
+
 Records for a window already forgotten are counted
 (`judgeflow_late_records_dropped_total{step}`) and dropped: these windows hold
 statistics, and the exact judge spend is in the cost windows anyway. So is a
@@ -164,6 +175,7 @@ class _Spec(Generic[X, A, R]):
     copy: Callable[[A], A] = deepcopy  # one accumulator, for snapshots: later folds must not reach it
     processed: Callable[[], int | None] = arrived_ms
     after_of: Callable[[X], int | None] | None = None  # where a record's events' partitions stood
+    drop_finished: bool = False  # DISCARD a key with no open window, with Kafka input
 
 
 class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
@@ -173,6 +185,7 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
         # window unchanged since then is handed out again as it was, not copied again
         self._copies: dict[int, A] = {}
         self._changed: set[int] = set()
+        self._kafka = False  # the input was Kafka when the key last looked (`processed` not None)
         if resume is None:
             self._s: _TumblingState[A] = _TumblingState(FinalWindows(spec.size_ms))
             return
@@ -218,10 +231,17 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
                 s.dirty.add(start)
         if dropped:
             metrics.LATE_DROPPED.labels(spec.step_id).inc(dropped)
-        return self._advance(now), StatefulBatchLogic.RETAIN
+        return self._retain(self._advance(now))
 
     def on_notify(self) -> tuple[Iterable[R], bool]:
-        return self._advance(self._spec.clock()), StatefulBatchLogic.RETAIN
+        return self._retain(self._advance(self._spec.clock()))
+
+    def _retain(self, out: list[R]) -> tuple[list[R], bool]:
+        """`out`, and DISCARD once no window is open, when the key may be dropped (module docstring)."""
+        if self._spec.drop_finished and self._kafka and not self._s.open:
+            metrics.KEYS_DROPPED.labels(self._spec.step_id).inc()
+            return out, StatefulBatchLogic.DISCARD
+        return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[R], bool]:
         s = self._s
@@ -241,15 +261,22 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
         # per tenant): one pass; the watermark reaches t at wall time seen + max(t - newest, 0) / 1000
         seen, newest, emitted, dirty, arrived = s.seen_at_s, s.max_ts_ms, s.emitted, s.dirty, s.arrived_s
         size, final_after, idle_s = spec.size_ms, spec.size_ms + spec.lateness_ms, spec.idle_s
-        due = math.inf
+        report = final = math.inf
         for start in s.open:
             if start not in emitted or start in dirty:  # to report when the watermark passes its end
                 at = seen + max(start + size - newest, 0) / 1000
+                if at < report:
+                    report = at
             else:  # to make final: past its lateness, and idle
                 at = max(seen + max(start + final_after - newest, 0) / 1000, arrived[start] + idle_s)
-            if at < due:
-                due = at
-        return datetime.fromtimestamp(event_time.wake_at(due, spec.clock()), tz=UTC)
+                if at < final:
+                    final = at
+        now = spec.clock()
+        due = event_time.wake_at(report, now) if report < math.inf else math.inf
+        if final < math.inf:  # not urgent with Kafka input, and blocked there by what the flow processed
+            wake = event_time.forget_wake if self._kafka else event_time.wake_at
+            due = min(due, wake(final, now))
+        return datetime.fromtimestamp(due, tz=UTC)
 
     def snapshot(self) -> _TumblingState[A]:
         s, copy, before, changed = self._s, self._spec.copy, self._copies, self._changed
@@ -274,10 +301,14 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
     def _advance(self, now: float) -> list[R]:
         s, spec = self._s, self._spec
         wm = s.max_ts_ms + int(event_time.elapsed_s(s.seen_at_s, now) * 1000)
+        processed = spec.processed()
+        self._kafka = processed is not None
+        if processed is not None:  # lateness by position: what the flow processed is every key's progress
+            wm = max(wm, processed)
+        final_by = event_time.settled_ms(wm, processed)
         horizon = wm - _FORGOTTEN_HORIZON_MS
         out: list[R] = []
         idle = None  # (read once, when a window first needs it)
-        final_by = event_time.settled_ms(wm, spec.processed()) if s.open else wm
         for start in sorted(s.open):
             end = start + spec.size_ms
             if end > wm:
@@ -321,6 +352,7 @@ def tumbling(
     copy: Callable[[A], A] = deepcopy,
     processed: Callable[[], int | None] = arrived_ms,
     after_of: Callable[[X], int | None] | None = None,
+    drop_finished: bool = False,
 ) -> Stream[R]:
     """Per `key_of(record)`: fold records into windows, emit `rows(key, window_start_ms,
     acc, version)` when a window closes or changes (see the module docstring).
@@ -330,6 +362,9 @@ def tumbling(
         after_of: where the partition of a record's event (of all of its events) stood when it
             was read (`Source.after_ms`; None: not late): a record late by that position for its
             window is dropped in every run, as the window may or may not be final when it comes.
+        drop_finished: with Kafka input, drop a key's state once no window is open. Only where every
+            record late by its position is dropped (here by `after_of`, or before this step): a record
+            for a window the key no longer remembers as final must be one of them.
     """
     spec = _Spec(
         stage_of(step_id),
@@ -345,6 +380,7 @@ def tumbling(
         copy,
         processed,
         after_of,
+        drop_finished,
     )
     keyed = op.key_on("key", up, key_of)
     out = op.stateful_batch("windows", keyed, lambda resume: _TumblingLogic(spec, resume))

@@ -173,8 +173,9 @@ def job_env(kafka: MockCluster, clickhouse_url: str, judge_endpoint: LocalEndpoi
 def run_flow(
     settings: Settings, *, workers: int = 1, control: object | None = None, epoch_s: float = 1.0
 ) -> None:
-    """Run the whole judgeflow dataflow to the end of its (bounded) input; `control`
-    replaces the control store (a test shares one with the flow)."""
+    """Run the whole judgeflow dataflow to the end of its (bounded) input, as a process of its own
+    would (no input progress from an earlier run: `reset_input_progress`); `control` replaces the
+    control store (a test shares one with the flow)."""
     import dataclasses
 
     from bytewax.run import cli_main
@@ -182,6 +183,7 @@ def run_flow(
     from flows.deps import build_deps
     from flows.judgeflow import build_flow
 
+    reset_input_progress()
     deps = build_deps(settings)
     if control is not None:
         deps = dataclasses.replace(deps, control=control)

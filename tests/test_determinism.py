@@ -18,7 +18,7 @@ from operators import event_time
 from simulators.kafka_mock import produce_all
 from simulators.traffic import generate
 from sinks.clickhouse import connect, ensure_schema
-from tests.conftest import reset_input_progress, run_flow, topic_flow_settings
+from tests.conftest import run_flow, topic_flow_settings
 from tests.test_recovery import TABLES, tables
 
 
@@ -167,6 +167,17 @@ def topic_with_keys_that_come_and_go(n: int) -> list[tuple[bytes, bytes, int]]:
     return out
 
 
+def savings(client) -> set[tuple]:
+    """The savings ledger's rows (all but the version and the insert time)."""
+    return set(
+        client.query(
+            "SELECT tenant_id, window_s, window_start, events, baseline_calls, baseline_usd, sampling_calls,"
+            " sampling_usd, cache_calls, cache_usd, cascade_calls, cascade_usd, judge_calls, judge_usd,"
+            " judged_events, allowed_events, forced_events FROM judge_savings FINAL"
+        ).result_rows
+    )
+
+
 @pytest.mark.slow
 def test_keys_that_come_and_go_are_dropped_and_change_no_table(kafka, chdb_dsn, monkeypatch):
     """Agents that come and go over 90 h of event time, read with finished keys dropped and with every
@@ -184,7 +195,7 @@ def test_keys_that_come_and_go_are_dropped_and_change_no_table(kafka, chdb_dsn, 
     def dropped() -> dict[str, float]:
         return {
             step: REGISTRY.get_sample_value("judgeflow_window_keys_dropped_total", {"step": step}) or 0
-            for step in ("cost_window", "rollup")
+            for step in ("cost_window", "rollup", "abuse", "estimates", "savings")
         }
 
     results, drops = {}, {}
@@ -192,15 +203,16 @@ def test_keys_that_come_and_go_are_dropped_and_change_no_table(kafka, chdb_dsn, 
         client = connect(chdb_dsn, name)
         ensure_schema(client, name)
         before = dropped()
-        reset_input_progress()  # each run as in a process of its own
         settings = topic_flow_settings(
             kafka, chdb_dsn, name, topic="churn", **{"windows.drop_finished_keys": drop}
         )
         run_flow(settings, epoch_s=0.05)  # the flow's progress moves on at every epoch
         drops[name] = {step: n - before[step] for step, n in dropped().items()}
-        results[name] = tables(connect(chdb_dsn, name))
+        results[name] = tables(connect(chdb_dsn, name)) | {"judge_savings": savings(connect(chdb_dsn, name))}
     want = results["kept"]
     assert len(want["llm_events"]) == 3000 and len(want["cost_windows"]) > 2000
-    assert {t: len(results["dropped"][t] ^ want[t]) for t in TABLES} == dict.fromkeys(TABLES, 0)
-    assert drops["kept"] == {"cost_window": 0, "rollup": 0}
-    assert drops["dropped"]["cost_window"] > 0 and drops["dropped"]["rollup"] > 0, drops
+    assert len(want["abuse_windows"]) > 1000 and len(want["judge_savings"]) > 1000
+    compared = [*TABLES, "judge_savings"]
+    assert {t: len(results["dropped"][t] ^ want[t]) for t in compared} == dict.fromkeys(compared, 0)
+    assert set(drops["kept"].values()) == {0}
+    assert all(drops["dropped"].values()), drops  # minute and level keys, and every tumbling step's

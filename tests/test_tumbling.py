@@ -129,7 +129,8 @@ def test_final_windows_are_remembered_for_a_day_of_event_time_then_forgotten():
 
 def test_the_wake_up_is_the_earliest_time_a_window_is_due():
     """Due: a window not reported (or changed since) when the watermark passes its end; a reported one
-    when the watermark passes its end plus the lateness and it has been idle for `idle_s`."""
+    when the watermark passes its end plus the lateness and it has been idle for `idle_s` — with Kafka
+    input then, or when that has passed, 30 s to 5 min from now (`event_time.forget_wake`)."""
     rnd = random.Random(7)
     now = [0.0]
     for _ in range(300):
@@ -158,17 +159,22 @@ def test_the_wake_up_is_the_earliest_time_a_window_is_due():
                 s.emitted.add(start)
                 if rnd.random() < 0.2:
                     s.dirty.add(start)
-        due = []
+        report, final = [], []
         for start in s.open:
             end = start + MIN
             if start not in s.emitted or start in s.dirty:
-                due.append(s.seen_at_s + max(end - s.max_ts_ms, 0) / 1000)
+                report.append(s.seen_at_s + max(end - s.max_ts_ms, 0) / 1000)
             else:
                 past_lateness = s.seen_at_s + max(end + spec.lateness_ms - s.max_ts_ms, 0) / 1000
-                due.append(max(past_lateness, s.arrived_s[start] + spec.idle_s))
+                final.append(max(past_lateness, s.arrived_s[start] + spec.idle_s))
+        logic._kafka = rnd.random() < 0.5  # with Kafka input a window waiting to be final is not urgent
+        want = [event_time.wake_at(min(report), now[0])] if report else []
+        if final:
+            wake = event_time.forget_wake if logic._kafka else event_time.wake_at
+            want.append(wake(min(final), now[0]))
         at = logic.notify_at()
         assert at is not None
-        assert at.timestamp() == pytest.approx(event_time.wake_at(min(due), now[0]), abs=1e-6)
+        assert at.timestamp() == pytest.approx(min(want), abs=1e-6)
     s.open.clear()
     assert logic.notify_at() is None
 
@@ -415,3 +421,74 @@ def test_a_record_late_by_its_position_is_dropped_even_while_its_window_is_open(
     before = dropped("t_position")
     assert list(logic.on_batch([T0 + 1, T0 + 2, T0 + 3, T0 + 4, T0 + 2 * MIN])[0]) == [(T0, 2)]
     assert dropped("t_position") == before + 2
+
+
+def replaying(monkeypatch: pytest.MonkeyPatch, now_s: float) -> None:
+    """The process reads a Kafka backlog: one partition a day behind the wall clock (not live)."""
+    progress = event_time.InputProgress()
+    progress.opened("p")
+    progress.polled("p", frontier_ms=T0, caught_up=False, now=now_s)
+    monkeypatch.setattr(event_time, "INPUT", progress)
+    assert progress.replaying()
+
+
+def keys_dropped(step_id: str) -> float:
+    return REGISTRY.get_sample_value("judgeflow_window_keys_dropped_total", {"step": step_id}) or 0
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_in_a_kafka_replay_what_the_flow_processed_finishes_a_quiet_keys_windows(monkeypatch, drop):
+    """In a replay a quiet key's own watermark stands still (wall time is not event time there). What
+    the flow has processed reports its last window and makes it final, and meanwhile, its row out, the
+    key looks again no sooner than `FORGET_MIN_S` — not every second until the input goes live. With
+    `drop_finished` its state is dropped then; a record for its windows is late by its position and
+    dropped all the same, and one for a new window opens it afresh."""
+    from dataclasses import replace
+
+    now = [T0 / 1000 + 86_400]
+    replaying(monkeypatch, now[0])
+    processed = [T0]
+    after = {T0 + 1: T0, T0 + 2: T0, T0 + 3: T0 + 6 * MIN, T0 + 10 * MIN: T0 + 6 * MIN}  # ts -> position
+    step = f"t_quiet_{drop}"
+    spec = replace(
+        counting_spec(step, now),
+        lateness_ms=5 * MIN,
+        idle_s=300.0,
+        processed=lambda: processed[0],
+        after_of=after.get,
+        drop_finished=drop,
+    )
+    logic = _TumblingLogic(spec, None)
+    assert logic.on_batch([T0 + 1, T0 + 2]) == ([], False)  # (RETAIN)
+    now[0] += 1000.0  # wall time passes, event time does not
+    processed[0] = T0 + MIN
+    assert logic.on_notify() == ([(T0, 2)], False)
+    now[0] += 1000.0
+    at = logic.notify_at()
+    assert at is not None and at.timestamp() == pytest.approx(now[0] + event_time.FORGET_MIN_S)
+    before, late = keys_dropped(step), dropped(step)
+    processed[0] = T0 + 6 * MIN  # past the window's end plus the lateness
+    assert logic.on_notify() == ([], drop)  # final: DISCARD with drop_finished
+    assert not logic._s.open and keys_dropped(step) == before + drop
+    if drop:
+        logic = _TumblingLogic(spec, None)  # the key's next record meets a fresh state
+    else:
+        assert logic.notify_at() is None
+    assert logic.on_batch([T0 + 3]) == ([], drop)  # late by its position
+    assert dropped(step) == late + 1
+    assert logic.on_batch([T0 + 10 * MIN]) == ([], False)  # a new window opens
+    assert list(logic._s.open) == [T0 + 10 * MIN]
+
+
+def test_without_kafka_input_a_key_with_no_open_window_is_kept():
+    """Without Kafka input lateness is the key's own watermark's: it needs the final windows it
+    remembers, so it is never dropped."""
+    from dataclasses import replace
+
+    now = [1000.0]
+    spec = replace(counting_spec("t_no_kafka", now), drop_finished=True)
+    logic = _TumblingLogic(spec, None)
+    assert logic.on_batch([T0 + 1, T0 + 2 * MIN]) == ([(T0, 1)], False)
+    now[0] += 120.0
+    assert logic.on_notify() == ([(T0 + 2 * MIN, 1)], False)
+    assert not logic._s.open and list(logic._s.final) == [T0, T0 + 2 * MIN]
