@@ -135,7 +135,8 @@ def build_flow(
         normalize=d.keyer.normalize,
         drop_finished=cfg.windows.drop_finished_keys,
     )
-    spend_alerts = alerts("alerts", request_windows.rows, expensive, abuse, policy=d.alert_policy.spend())
+    # (with the marks of the keys dropped: the alert ledgers let their rows go then)
+    spend_alerts = alerts("alerts", request_windows.marked, expensive, abuse, policy=d.alert_policy.spend())
 
     # quality: look verdicts up, choose what to judge (under the overrides the alerts set), judge
     looked_up = dedup("dedup", events, cache=d.cache, keyer=d.keyer, llm_metrics=d.plan.llm_metrics)
@@ -202,13 +203,14 @@ def build_flow(
         drop_finished=cfg.windows.drop_finished_keys,
     )
     windows = op.merge("windows", request_windows.rows, judge_windows.rows)
-    judge_alerts = alerts("judge_alerts", windows, policy=d.alert_policy.judge_spend(), processed=judged_ms)
+    # the same in line with the marks of the minute keys that may be dropped (`KeyMark`)
+    marked = op.merge("windows_marked", request_windows.marked, judge_windows.marked)
+    judge_alerts = alerts("judge_alerts", marked, policy=d.alert_policy.judge_spend(), processed=judged_ms)
     if cfg.windows.rollups_s:  # 1 h and 1 day rows, derived from the minute rows
         lateness_s = max(cfg.windows.allowed_lateness_s, cfg.windows.judge_allowed_lateness_s)
         rollups = rollup(
             "rollup",
-            # with the marks of the minute keys that may be dropped, in line with their rows
-            op.merge("windows_marked", request_windows.marked, judge_windows.marked),
+            marked,
             sizes_s=cfg.windows.rollups_s,
             allowed_lateness_s=lateness_s,
             processed=judged_ms,

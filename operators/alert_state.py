@@ -115,6 +115,14 @@ class TenantLedger:
         if self.first_slot_ms < 0 or slot < self.first_slot_ms:
             self.first_slot_ms = slot
 
+    def key_dropped(self, key: tuple[str, str, str, str]) -> None:
+        """The window key (category, agent, model, variant) was dropped upstream (`KeyMark`): every row
+        it will write for the windows it held is in, so none of them can be revised any more (an entry
+        for one is a correction, which adds) and its rows go at the next `forget` — not only once the
+        key has been quiet for the `keys` horizon (two days), as a quiet key's last rows otherwise do."""
+        if key in self.newest:
+            del self.newest[key]
+
     def add_expensive(self, slot: int, count: int, top: list[Expensive], keep: int) -> None:
         have = self.expensive.get(slot)
         if have is None:

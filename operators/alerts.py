@@ -62,6 +62,7 @@ from operators.alert_policy import AlertPolicy
 from operators.alert_rule import Reading, Rule, dec
 from operators.alert_state import DAY_MS, TenantLedger, month_bounds
 from operators.expensive import ExpensiveSlot
+from operators.ledger import KeyMark
 from operators.owed import arrived_ms
 from operators.settled_dict import SettledDict
 
@@ -124,7 +125,7 @@ _Out = Alert | OverrideAction | AlertProgress
 _NONE: frozenset[str] = frozenset()
 
 
-_In = CostWindow | ExpensiveSlot | AbuseWindow
+_In = CostWindow | ExpensiveSlot | AbuseWindow | KeyMark
 
 
 class _AlertLogic(StatefulBatchLogic[_In, _Out, bytes]):
@@ -174,6 +175,9 @@ class _AlertLogic(StatefulBatchLogic[_In, _Out, bytes]):
             elif isinstance(v, AbuseWindow):
                 s.ledger.add_abuse(v)
                 _arrived(s.arrivals, now, v.window_start_ms)
+            elif isinstance(v, KeyMark):
+                if not v.opened:  # its rows can no longer be revised: forgotten at the next `forget`
+                    s.ledger.key_dropped((v.category, v.agent, v.model, v.variant))
             elif v.window_ms == self._slot:  # rollups (1 h, 1 day) repeat what the base windows hold
                 if self._policy.requests or v.category == "judge":
                     s.ledger.add_window(v)
@@ -419,7 +423,7 @@ def _duration(seconds: int) -> str:
 @operator
 def alerts(
     step_id: str,
-    windows: Stream[CostWindow],
+    windows: Stream[CostWindow] | Stream[CostWindow | KeyMark],
     expensive: Stream[ExpensiveSlot] | None = None,
     abuse: Stream[AbuseWindow] | None = None,
     *,
@@ -431,7 +435,8 @@ def alerts(
 
     Args:
         windows: cost windows (rollups and provisional rows are ignored); the LLM ones move the
-            tenant's clock.
+            tenant's clock. With the marks of the keys dropped upstream (`CostWindows.marked`), the
+            ledger lets their rows go as soon as they are dropped.
         expensive: requests above the single-request threshold (`operators.expensive`).
         abuse: repeated prompts and top users per tenant and window (`operators.abuse`).
         policy: rules, thresholds, actions, and the base window size.
@@ -441,7 +446,7 @@ def alerts(
     """
     # alerts read closed windows only: a provisional row would move a tenant's clock ahead of
     # what is final, and an alert must be the same in a replay as live
-    closed = op.filter("closed", windows, lambda w: not w.provisional)
+    closed = op.filter("closed", windows, lambda w: isinstance(w, KeyMark) or not w.provisional)
     extra = [s for s in (expensive, abuse) if s is not None]
     merged = cast(Stream[_In], op.merge("in", closed, *extra)) if extra else closed
     keyed = op.key_on("tenant", merged, lambda x: x.tenant_id)

@@ -31,6 +31,7 @@ from operators.alert_rules import RULE_TYPES, BurnRate, VariantCost, VolumeSpike
 from operators.alert_state import DAY_MS, TenantLedger
 from operators.alerts import AlertProgress, _AlertLogic, alerts
 from operators.expensive import ExpensiveSlot, expensive_requests
+from operators.ledger import KeyMark
 from sinks.control import ControlSink
 from sinks.memory_store import MemoryControlStore
 from tests.conftest import flow_settings
@@ -335,6 +336,38 @@ def test_the_ledger_keeps_a_row_the_flow_may_still_revise_and_skips_a_restated_o
     assert (T0 + 3 * MIN) not in {r[4] for r in led.rows}
     led.add_window(msgspec.structs.replace(win(3, "0.05", requests=4, version=3), restated=True))
     assert led.days[T0 - T0 % DAY_MS][0] == usd_to_pico("0.24")  # not counted again
+
+
+def test_the_rows_of_a_key_dropped_upstream_go_at_the_next_forget():
+    """A quiet key's last rows stay as long as a revision could come — for a key kept upstream, until
+    it has been quiet for the `keys` horizon. A key dropped upstream (`KeyMark`) writes no revision
+    any more: its rows go at the next forget, and the totals do not change — a correction for one of
+    its windows still adds, a restated row is skipped, and the key's fresh start counts afresh."""
+    pol = policy(only="burn_rate")
+    wall = [1000.0]
+    logic = _AlertLogic(pol, lambda: wall[0], None, processed=lambda: T0 + 60 * MIN)
+    for m in range(10):
+        logic.on_batch([win(m, "0.01", agent="a"), win(m, "0.01", agent="b")])
+    led = logic._s.ledger
+    day = T0 - T0 % DAY_MS
+
+    def forget() -> None:
+        led.forget(revisable_ms=pol.revisable_ms, keys=0, llm=0, agents=0, expensive=0, days=0)
+
+    forget()
+    kept = {r[1] for r in led.rows}
+    assert kept == {"a", "b"}  # each quiet key's last rows
+    logic.on_batch([KeyMark("t", "a", "m", "baseline", "llm", opened=False)])
+    forget()
+    assert {r[1] for r in led.rows} == {"b"}
+    totals = led.llm[T0 + 9 * MIN], led.days.get(day)
+    logic.on_batch([msgspec.structs.replace(win(9, "0.01", agent="a", version=2), restated=True)])
+    assert (led.llm[T0 + 9 * MIN], led.days.get(day)) == totals  # in the totals already
+    logic.on_batch([win(9, "0.5", agent="a", kind="correction", cid="late-a")])
+    assert led.llm[T0 + 9 * MIN] == [3, usd_to_pico("0.52")]  # (its request too)
+    logic.on_batch([KeyMark("t", "a", "m", "baseline", "llm", opened=True), win(30, "0.01", agent="a")])
+    assert led.newest[("llm", "a", "m", "baseline")] == T0 + 30 * MIN
+    assert led.llm[T0 + 30 * MIN] == [1, usd_to_pico("0.01")]
 
 
 # --- the other rules: fire on crafted data, quiet on normal data --------------
