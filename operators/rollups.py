@@ -71,7 +71,9 @@ class _RollupLogic(StatefulBatchLogic[CostWindow | KeyMark, CostWindow, _RollupS
         self._lateness = lateness_ms
         self._clock_us = clock_us
         self._processed = processed
-        self._kafka = False  # the input was Kafka when the key last looked (`processed` not None)
+        # the input was Kafka when the key last looked (`processed` not None); a restored key takes it
+        # for Kafka until it looks, so that a quiet one is woken to be dropped
+        self._kafka = resume is not None
         self._s = resume if resume is not None else _RollupState()
         if resume is not None and not hasattr(resume, "forgot_ms"):  # from before the field
             resume.forgot_ms = resume.newest_end_ms

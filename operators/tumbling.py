@@ -185,7 +185,9 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
         # window unchanged since then is handed out again as it was, not copied again
         self._copies: dict[int, A] = {}
         self._changed: set[int] = set()
-        self._kafka = False  # the input was Kafka when the key last looked (`processed` not None)
+        # the input was Kafka when the key last looked (`processed` not None); a restored key takes it
+        # for Kafka until it looks, so that it is woken to be dropped
+        self._kafka = resume is not None
         if resume is None:
             self._s: _TumblingState[A] = _TumblingState(FinalWindows(spec.size_ms))
             return
@@ -255,8 +257,10 @@ class _TumblingLogic(StatefulBatchLogic[X, R, _TumblingState[A]]):
 
     def notify_at(self) -> datetime | None:
         s, spec = self._s, self._spec
-        if not s.open:
-            return None
+        if not s.open:  # (only a restored key, with Kafka input: it looks, and goes)
+            return (
+                datetime.fromtimestamp(spec.clock(), tz=UTC) if spec.drop_finished and self._kafka else None
+            )
         # asked for every key after each of its batches, over every open window (a replay keeps ~200 open
         # per tenant): one pass; the watermark reaches t at wall time seen + max(t - newest, 0) / 1000
         seen, newest, emitted, dirty, arrived = s.seen_at_s, s.max_ts_ms, s.emitted, s.dirty, s.arrived_s

@@ -140,7 +140,9 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow | KeyMark, _Window
     ) -> None:
         self._category = category
         self._drop_finished = drop_finished
-        self._kafka = False  # the input was Kafka when the key last looked (`processed` not None)
+        # the input was Kafka when the key last looked (`processed` not None); a restored key takes it
+        # for Kafka until it looks, so that a quiet one is woken to be dropped
+        self._kafka = resume is not None
         self._processed = processed
         self._size = size_ms
         self._lateness = lateness_ms

@@ -492,3 +492,30 @@ def test_without_kafka_input_a_key_with_no_open_window_is_kept():
     now[0] += 120.0
     assert logic.on_notify() == ([(T0 + 2 * MIN, 1)], False)
     assert not logic._s.open and list(logic._s.final) == [T0, T0 + 2 * MIN]
+
+
+@pytest.mark.parametrize("kafka", [False, True])
+def test_a_key_restored_with_no_window_open_looks_once_and_is_dropped_with_kafka_input(monkeypatch, kafka):
+    """A snapshot from before keys were dropped holds keys with no window open, which ask for no wake-up:
+    with `drop_finished` such a key looks once, and goes if the input is Kafka."""
+    from dataclasses import replace
+
+    now = [T0 / 1000 + 86_400]
+    if kafka:
+        replaying(monkeypatch, now[0])
+    step = f"t_restored_{kafka}"
+    spec = replace(
+        counting_spec(step, now), processed=lambda: T0 + 10 * MIN if kafka else None, drop_finished=True
+    )
+    old = _TumblingState(FinalWindows(MIN), key="k", max_ts_ms=T0 + 2 * MIN)
+    old.final.add(T0)
+    logic = _TumblingLogic(spec, pickle.loads(pickle.dumps(old)))
+    at = logic.notify_at()
+    assert at is not None and at.timestamp() == pytest.approx(now[0])
+    before = keys_dropped(step)
+    assert logic.on_notify() == ([], kafka)
+    assert keys_dropped(step) == before + kafka
+    if not kafka:  # kept, and it has looked
+        assert logic.notify_at() is None
+    kept = _TumblingLogic(replace(spec, drop_finished=False), pickle.loads(pickle.dumps(old)))
+    assert kept.notify_at() is None

@@ -732,3 +732,38 @@ def test_a_level_snapshot_from_before_the_marks_restores_and_waits_for_its_key()
         minute.tenant_id, minute.agent, minute.model, minute.variant, minute.category, opened=False
     )
     assert logic.on_batch([mark]) == ([], True)  # dropped: the flow processed past the hour and its lateness
+
+
+def test_quiet_keys_restored_from_a_snapshot_are_still_woken_to_be_dropped():
+    """A key's logic is made anew at a restore, before it has looked whether the input is Kafka: a quiet
+    minute-window key whose row is out, and a level whose minute key was dropped, still ask for the
+    wake-up that drops them (before, they asked for none and stayed until their key returned)."""
+    now, processed = [1000.0], [BASE]
+
+    def window(resume: Any) -> _WindowLogic:
+        return _WindowLogic(
+            MIN, 2 * MIN, lambda: now[0], resume, processed=lambda: processed[0], drop_finished=True
+        )
+
+    logic = window(None)
+    logic.on_batch([entry("t", BASE + 1_000, 5, eid="a")])
+    processed[0] = BASE + MIN
+    out, _ = logic.on_notify()
+    assert [(r.window_start_ms, r.cost_pusd) for r in out if isinstance(r, CostWindow)] == [(BASE, 5)]
+    restored = window(pickle.loads(pickle.dumps(logic.snapshot())))
+    assert restored.notify_at() is not None
+    processed[0] = BASE + 3 * MIN
+    out, discard = restored.on_notify()
+    assert discard and [type(x).__name__ for x in out] == ["CostWindow", "KeyMark"]  # (restated, then gone)
+
+    t0 = BASE - BASE % HOUR
+    level = _RollupLogic((HOUR,), 5 * MIN, lambda: 1_000, None, lambda: processed[0])
+    processed[0] = t0
+    level.on_batch([row(t0 + MIN, 5, version=1)])
+    assert level.on_batch([KeyMark("t", "a", "m", "baseline", "llm", opened=False)]) == ([], False)
+    restored_level = _RollupLogic(
+        (HOUR,), 5 * MIN, lambda: 1_000, pickle.loads(pickle.dumps(level.snapshot())), lambda: processed[0]
+    )
+    assert restored_level.notify_at() is not None
+    processed[0] = t0 + 2 * HOUR
+    assert restored_level.on_notify() == ((), True)
