@@ -436,7 +436,7 @@ def alerts(
     Args:
         windows: cost windows (rollups and provisional rows are ignored); the LLM ones move the
             tenant's clock. With the marks of the keys dropped upstream (`CostWindows.marked`), the
-            ledger lets their rows go as soon as they are dropped.
+            ledger lets a dropped key's rows go at its next forgetting.
         expensive: requests above the single-request threshold (`operators.expensive`).
         abuse: repeated prompts and top users per tenant and window (`operators.abuse`).
         policy: rules, thresholds, actions, and the base window size.

@@ -150,9 +150,10 @@ def combine(
 
 
 class KeyMark(msgspec.Struct, frozen=True, array_like=True, gc=False):
-    """What a minute-window key that may be dropped tells the levels built from its rows
-    (`operators.rollups`), in line with its rows: `opened`, it started afresh (its rows may come
-    again), or not, it was dropped (every row it will write for the windows it held is out)."""
+    """What a minute-window key that may be dropped tells the steps that keep its rows (the levels,
+    `operators.rollups`; the alert ledgers, `operators.alerts`), in line with its rows: `opened`, it
+    started afresh (its rows may come again), or not, it was dropped (every row it will write for the
+    windows it held is out)."""
 
     tenant_id: str
     agent: str

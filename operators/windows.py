@@ -357,8 +357,8 @@ class _WindowLogic(StatefulBatchLogic[LedgerEntry, CostWindow | KeyMark, _Window
 
 @dataclass(frozen=True)
 class CostWindows:
-    """`rows`: the window rows; `marked`: the same in line with the key marks that the levels built
-    from them need (`KeyMark`, `operators.rollups`)."""
+    """`rows`: the window rows; `marked`: the same in line with the key marks that the steps keeping
+    them need (`KeyMark`: the levels, `operators.rollups`, and the alert ledgers)."""
 
     rows: Stream[CostWindow]
     marked: Stream[CostWindow | KeyMark]
